@@ -1,0 +1,332 @@
+//! pgshift's configuration: the TOML file, the command-line flags and their
+//! `PGSHIFT_*` environment variables, merged into one validated [`Config`].
+//!
+//! Precedence, highest first: flag, environment variable, file, default.
+//! `config/pgshift.example.toml` documents every key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default client listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// Default upstream Postgres.
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
+
+/// The resolved configuration the proxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// The Postgres server every session is relayed to.
+    pub upstream: Upstream,
+    /// Default `tracing` filter when `RUST_LOG` is not set.
+    pub log_level: String,
+    pub limits: Limits,
+}
+
+/// `host:port` of the upstream Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Invalid {
+            key: "upstream",
+            value: s.to_string(),
+            reason: "expected HOST:PORT".into(),
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad());
+        }
+        let port = port.parse().map_err(|_| bad())?;
+        Ok(Upstream {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// Resource limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Client sessions served at once; more are refused with SQLSTATE 53300.
+    pub max_client_connections: usize,
+    /// Largest protocol message accepted from either side, in bytes.
+    pub max_message_size: usize,
+    /// Time allowed to open the TCP connection to the upstream.
+    pub connect_timeout: Duration,
+    /// Time a new client has to send its startup packet.
+    pub startup_timeout: Duration,
+    /// A session in which no byte moved either way for this long is closed
+    /// (SQLSTATE 57P05). `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long sessions get to finish their transaction.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_connections: 1000,
+            max_message_size: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+            upstream: Upstream {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            log_level: "info".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The file's shape; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    upstream: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_client_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    connect_timeout_ms: Option<u64>,
+    startup_timeout_ms: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+/// Values given on the command line or in the environment; each one that is
+/// set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub log_level: Option<String>,
+    pub max_client_connections: Option<usize>,
+    pub max_message_size: Option<usize>,
+    pub connect_timeout_ms: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `overrides`, and validates the result.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::parse_file(&text, &path.display().to_string())?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, overrides)
+    }
+
+    /// Parses TOML text (for tests and `--config`).
+    pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::resolve(Self::parse_file(text, "<inline>")?, overrides)
+    }
+
+    fn parse_file(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
+        let defaults = Limits::default();
+        let listen_text = o
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse().map_err(|e| ConfigError::Invalid {
+            key: "listen",
+            value: listen_text.clone(),
+            reason: format!("{e} (expected IP:PORT)"),
+        })?;
+        let upstream = o
+            .upstream
+            .clone()
+            .or(file.upstream)
+            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_string())
+            .parse()?;
+        let fl = file.limits;
+        let limits = Limits {
+            max_client_connections: o
+                .max_client_connections
+                .or(fl.max_client_connections)
+                .unwrap_or(defaults.max_client_connections),
+            max_message_size: o
+                .max_message_size
+                .or(fl.max_message_size)
+                .unwrap_or(defaults.max_message_size),
+            connect_timeout: o
+                .connect_timeout_ms
+                .or(fl.connect_timeout_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.connect_timeout),
+            startup_timeout: fl
+                .startup_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.startup_timeout),
+            idle_timeout: match o.idle_timeout_secs.or(fl.idle_timeout_secs) {
+                None | Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
+            shutdown_grace: o
+                .shutdown_grace_secs
+                .or(fl.shutdown_grace_secs)
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.shutdown_grace),
+        };
+        if limits.max_client_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_client_connections",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if limits.max_message_size < 1024 || limits.max_message_size > (i32::MAX as usize) {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_message_size",
+                value: limits.max_message_size.to_string(),
+                reason: "must be between 1024 and 2147483647 bytes".into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            upstream,
+            log_level: o
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:6432");
+        assert_eq!(c.upstream.to_string(), "127.0.0.1:5432");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let toml = r#"
+            listen = "127.0.0.1:7000"
+            upstream = "db.internal:5433"
+            [limits]
+            max_client_connections = 10
+            idle_timeout_secs = 60
+        "#;
+        let c = Config::from_toml(toml, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.upstream.host, "db.internal");
+        assert_eq!(c.upstream.port, 5433);
+        assert_eq!(c.limits.max_client_connections, 10);
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(60)));
+        let o = Overrides {
+            listen: Some("127.0.0.1:7001".into()),
+            upstream: Some("[::1]:5999".into()),
+            max_client_connections: Some(20),
+            idle_timeout_secs: Some(0),
+            ..Default::default()
+        };
+        let c = Config::from_toml(toml, &o).unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.upstream.host, "::1");
+        assert_eq!(c.upstream.to_string(), "[::1]:5999");
+        assert_eq!(c.limits.max_client_connections, 20);
+        assert_eq!(c.limits.idle_timeout, None);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml("listen = \"nowhere\"", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::from_toml("upstream = \"host\"", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("HOST:PORT"), "{err}");
+        let err = Config::from_toml("lisen = \"x\"", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_message_size = 10", &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("max_message_size"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../config/pgshift.example.toml");
+        let c = Config::from_toml(text, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

@@ -1,0 +1,17 @@
+//! pgshift: a PostgreSQL wire-protocol proxy that makes column renames and
+//! column type changes zero-downtime.
+//!
+//! - [`proxy`]: the wire protocol — listener, per-connection relay, cancel.
+//! - [`rewrite`]: the statement rewrite seam the relay calls for every
+//!   Query and Parse (pure: SQL in, SQL out).
+//! - [`config`]: the TOML file, flags and environment, merged.
+//! - [`cluster`]: throwaway local Postgres clusters for the demo and tests.
+//! - [`demo`]: `pgshift demo`, the embedded default.
+//! - [`telemetry`]: logging set-up.
+
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod rewrite;
+pub mod telemetry;

@@ -1,0 +1,126 @@
+//! The `pgshift` command line: `serve` runs the proxy, `demo` runs it in
+//! front of a throwaway local Postgres.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use pgshift::config::{Config, Overrides};
+use pgshift::demo::{self, DemoOptions};
+use pgshift::proxy::Proxy;
+use pgshift::rewrite::PassThrough;
+use pgshift::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgshift",
+    version,
+    about = "Zero-downtime column renames and type changes for PostgreSQL, as a wire-protocol proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Start a throwaway local Postgres with pgshift in front of it and run pgbench through it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file (see config/pgshift.example.toml).
+    #[arg(long, env = "PGSHIFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:6432].
+    #[arg(long, env = "PGSHIFT_LISTEN")]
+    listen: Option<String>,
+    /// Postgres server to relay to, HOST:PORT [default: 127.0.0.1:5432].
+    #[arg(long, env = "PGSHIFT_UPSTREAM")]
+    upstream: Option<String>,
+    /// Log filter when RUST_LOG is unset [default: info].
+    #[arg(long, env = "PGSHIFT_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Client sessions served at once [default: 1000].
+    #[arg(long, env = "PGSHIFT_MAX_CLIENT_CONNECTIONS")]
+    max_client_connections: Option<usize>,
+    /// Largest protocol message accepted, in bytes [default: 67108864].
+    #[arg(long, env = "PGSHIFT_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Upstream connect timeout in milliseconds [default: 5000].
+    #[arg(long, env = "PGSHIFT_CONNECT_TIMEOUT_MS")]
+    connect_timeout_ms: Option<u64>,
+    /// Close sessions without traffic for this many seconds; 0 = never [default: 0].
+    #[arg(long, env = "PGSHIFT_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Seconds sessions get to finish on SIGINT/SIGTERM [default: 30].
+    #[arg(long, env = "PGSHIFT_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Where pgshift listens (a free port is taken if this one is in use).
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    listen: SocketAddr,
+    /// pgbench scale factor.
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
+    /// pgbench clients.
+    #[arg(long, default_value_t = 4)]
+    clients: u32,
+    /// Seconds of pgbench.
+    #[arg(long, default_value_t = 5)]
+    duration: u32,
+    /// Stop after pgbench instead of serving until Ctrl-C.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Serve(args) => {
+            let overrides = Overrides {
+                listen: args.listen,
+                upstream: args.upstream,
+                log_level: args.log_level,
+                max_client_connections: args.max_client_connections,
+                max_message_size: args.max_message_size,
+                connect_timeout_ms: args.connect_timeout_ms,
+                idle_timeout_secs: args.idle_timeout_secs,
+                shutdown_grace_secs: args.shutdown_grace_secs,
+            };
+            let config = Config::load(args.config.as_deref(), &overrides)?;
+            telemetry::init(&config.log_level);
+            runtime.block_on(async move {
+                let listen = config.listen;
+                let proxy = Proxy::bind(config, Arc::new(PassThrough))
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                proxy.run(telemetry::shutdown_signal()).await;
+                Ok(())
+            })
+        }
+        Command::Demo(args) => {
+            telemetry::init("warn,pgshift=info");
+            runtime.block_on(demo::run(DemoOptions {
+                listen: args.listen,
+                scale: args.scale,
+                clients: args.clients,
+                duration_secs: args.duration,
+                no_wait: args.no_wait,
+            }))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! One client connection from accept to close: the startup negotiation
+//! (SSLRequest / GSSENCRequest answered `N`, CancelRequest forwarded), the
+//! session limit, the upstream connection, then the relay.
+//!
+//! Everything a client can get wrong here ends in a FATAL `ErrorResponse`
+//! with a SQLSTATE and a sentence saying what pgshift refused.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+
+use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
+use super::{cancel, relay, Shared};
+
+/// How many SSLRequest/GSSENCRequest a client may send before its startup
+/// message (libpq sends at most one of each).
+const MAX_ENCRYPTION_REQUESTS: usize = 2;
+
+/// Serves one accepted client connection until it ends.
+pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mpsc::Sender<()>) {
+    let _ = client.set_nodelay(true);
+    let limits = &shared.config.limits;
+    let startup = match tokio::time::timeout(limits.startup_timeout, negotiate(&mut client)).await {
+        Ok(Ok(Some(packet))) => packet,
+        Ok(Ok(None)) => {
+            debug!("client closed the connection before its startup message");
+            return;
+        }
+        Ok(Err(NegotiationError::Io(e))) => {
+            debug!(error = %e, "client connection failed during startup");
+            return;
+        }
+        Ok(Err(NegotiationError::Protocol(e))) => {
+            warn!(error = %e, "refused a malformed startup packet");
+            let err = ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift refused the connection: {e}"),
+            );
+            reject(&mut client, err).await;
+            return;
+        }
+        Err(_) => {
+            info!(
+                timeout_ms = limits.startup_timeout.as_millis() as u64,
+                "client sent no startup message in time"
+            );
+            let err = ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "pgshift closed the connection: no startup message within startup_timeout_ms",
+            );
+            reject(&mut client, err).await;
+            return;
+        }
+    };
+
+    let (raw, params) = match startup {
+        StartupPacket::CancelRequest(packet) => {
+            cancel::forward(&shared.config, packet).await;
+            return;
+        }
+        StartupPacket::Startup { raw, params } => (raw, params),
+        StartupPacket::SslRequest | StartupPacket::GssEncRequest => return,
+    };
+    let span = tracing::Span::current();
+    span.record("user", params.user.as_deref().unwrap_or(""));
+    span.record(
+        "database",
+        params
+            .database
+            .as_deref()
+            .or(params.user.as_deref())
+            .unwrap_or(""),
+    );
+
+    let Ok(_permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
+        warn!(
+            max = limits.max_client_connections,
+            "refused a client: too many connections"
+        );
+        let err = ErrorResponse::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgshift refused the connection: too many client connections (max_client_connections = {})",
+                limits.max_client_connections
+            ),
+        );
+        reject(&mut client, err).await;
+        return;
+    };
+
+    let upstream = &shared.config.upstream;
+    let server = match connect_upstream(&shared.config).await {
+        Ok(server) => server,
+        Err(reason) => {
+            warn!(%upstream, %reason, "cannot reach the upstream");
+            let err = ErrorResponse::fatal(
+                sqlstate::CANNOT_CONNECT,
+                format!("pgshift could not connect to the upstream server {upstream}: {reason}"),
+            )
+            .with_hint(
+                "Check that Postgres is running and that pgshift's upstream setting points at it.",
+            );
+            reject(&mut client, err).await;
+            return;
+        }
+    };
+    let mut server = server;
+    if let Err(e) = server.write_all(&raw).await {
+        let err = ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!(
+                "pgshift could not send the startup message to the upstream server {upstream}: {e}"
+            ),
+        );
+        reject(&mut client, err).await;
+        return;
+    }
+    debug!(
+        application_name = params.application_name.as_deref().unwrap_or(""),
+        "session started"
+    );
+    relay::run(&shared, client, server).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum NegotiationError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] StartupError),
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives,
+/// answering encryption requests with `N`. `None`: the client hung up.
+async fn negotiate(client: &mut TcpStream) -> Result<Option<StartupPacket>, NegotiationError> {
+    let mut encryption_requests = 0;
+    loop {
+        let mut head = [0u8; 4];
+        match client.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let len = wire::startup_packet_len(head)?;
+        let mut packet = BytesMut::with_capacity(len);
+        packet.extend_from_slice(&head);
+        packet.resize(len, 0);
+        client.read_exact(&mut packet[4..]).await?;
+        match wire::parse_startup_packet(packet.freeze())? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest
+                if encryption_requests < MAX_ENCRYPTION_REQUESTS =>
+            {
+                encryption_requests += 1;
+                client.write_all(wire::NO_ENCRYPTION).await?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err(StartupError::Malformed("too many encryption requests").into())
+            }
+            other => return Ok(Some(other)),
+        }
+    }
+}
+
+/// Opens the TCP connection to the upstream within `connect_timeout`.
+pub(crate) async fn connect_upstream(config: &Config) -> Result<TcpStream, String> {
+    let upstream = &config.upstream;
+    let timeout = config.limits.connect_timeout;
+    match tokio::time::timeout(
+        timeout,
+        TcpStream::connect((upstream.host.as_str(), upstream.port)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "timed out after {} ms (connect_timeout_ms)",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Sends a FATAL error and closes, without waiting on a slow client.
+async fn reject(client: &mut TcpStream, err: ErrorResponse) {
+    let frame = err.encode();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        client.write_all(&frame).await?;
+        client.shutdown().await
+    })
+    .await;
+}

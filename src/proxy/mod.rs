@@ -1,0 +1,148 @@
+//! The client-facing side of pgshift: the listener, the limit on concurrent
+//! sessions, and graceful shutdown. Each accepted connection becomes one tokio
+//! task ([`connection`]) that negotiates startup, opens its own upstream
+//! connection (session mode) and relays both directions ([`relay`]).
+//!
+//! The proxy calls the rewrite seam ([`crate::rewrite`]) for every Query and
+//! Parse and knows nothing else about migrations.
+
+pub mod cancel;
+pub mod connection;
+pub mod framing;
+pub mod outqueue;
+pub mod relay;
+pub mod statement;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{error, info, Instrument};
+
+use crate::config::Config;
+use crate::rewrite::StatementRewriter;
+
+/// Where the proxy is in its life; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepting and serving.
+    Running,
+    /// No longer accepting; sessions close as soon as they are idle outside
+    /// a transaction.
+    Draining,
+    /// The grace period is over: every session closes now.
+    Closing,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub rewriter: Arc<dyn StatementRewriter>,
+    /// One permit per client session; its size is `max_client_connections`.
+    pub sessions: Arc<Semaphore>,
+    pub stage: watch::Receiver<Stage>,
+}
+
+/// A bound, not yet running proxy.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stage_tx: watch::Sender<Stage>,
+}
+
+impl Proxy {
+    /// Binds the client listener of `config`.
+    pub async fn bind(
+        config: Config,
+        rewriter: Arc<dyn StatementRewriter>,
+    ) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let (stage_tx, stage) = watch::channel(Stage::Running);
+        let shared = Arc::new(Shared {
+            sessions: Arc::new(Semaphore::new(config.limits.max_client_connections)),
+            config,
+            rewriter,
+            stage,
+        });
+        Ok(Proxy {
+            listener,
+            shared,
+            stage_tx,
+        })
+    }
+
+    /// The address clients connect to (useful when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets sessions
+    /// finish for up to the configured grace period, closes the rest, and
+    /// returns once every connection task has ended.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Proxy {
+            listener,
+            shared,
+            stage_tx,
+        } = self;
+        // Each connection task holds a clone; `recv` returns `None` once all
+        // of them have ended (the pattern from tokio's mini-redis).
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        info!(
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            upstream = %shared.config.upstream,
+            "pgshift is accepting connections"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let span = tracing::info_span!(
+                            "session",
+                            peer = %peer,
+                            user = tracing::field::Empty,
+                            database = tracing::field::Empty,
+                        );
+                        let task = connection::serve(Arc::clone(&shared), socket, alive_tx.clone());
+                        tokio::spawn(task.instrument(span));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning, keep serving existing sessions.
+                        error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        drop(alive_tx);
+        let limits = &shared.config.limits;
+        let open = limits.max_client_connections - shared.sessions.available_permits();
+        info!(
+            open_sessions = open,
+            grace_secs = limits.shutdown_grace.as_secs_f64(),
+            "shutting down: no longer accepting; closing sessions as they become idle"
+        );
+        let _ = stage_tx.send(Stage::Draining);
+        if tokio::time::timeout(limits.shutdown_grace, alive_rx.recv())
+            .await
+            .is_err()
+        {
+            let open = limits.max_client_connections - shared.sessions.available_permits();
+            info!(
+                open_sessions = open,
+                "grace period over: closing the remaining sessions"
+            );
+            let _ = stage_tx.send(Stage::Closing);
+            let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+        }
+        info!("pgshift stopped");
+    }
+}

@@ -1,0 +1,434 @@
+//! The relay of one session once startup is done: two pumps, client→server
+//! and server→client, polled by the session's one task, until either side
+//! ends, the session idles out, or the proxy shuts down.
+//!
+//! Each pump reads what is available, keeps reading while more is ready
+//! (without waiting), splits off whole frames only where it has to look at
+//! them, and writes everything it gathered in one vectored write: writes are
+//! coalesced per drained read, not per message. The pumps run concurrently so
+//! a server blocked on a slow client never blocks the other direction.
+//!
+//! The pumps keep a little shared state — requests in flight, the last
+//! transaction status, the last time a byte moved — so the session knows
+//! when it is idle outside a transaction and can be closed safely.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::framing::{FrameError, FrameSplitter, Piece, HEADER_LEN};
+use super::outqueue::OutQueue;
+use super::statement::{rewrite_frame, MalformedStatement};
+use super::wire::{backend, frontend, sqlstate, ErrorResponse};
+use super::{Shared, Stage};
+use crate::rewrite::StatementRewriter;
+
+/// Read buffers grow in steps of this size.
+const READ_CHUNK: usize = 8 * 1024;
+/// Stop gathering more input for one write past this many buffered bytes.
+const COALESCE_LIMIT: usize = 256 * 1024;
+/// A read buffer larger than this is released when the session goes quiet,
+/// so one big result does not pin memory for the rest of a session.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// Time allowed to hand the client its last bytes and a closing error.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed its socket (after Terminate or not).
+    ClientClosed,
+    ClientIo(io::Error),
+    ClientProtocol(String),
+    /// The upstream closed its socket.
+    ServerClosed,
+    ServerIo(io::Error),
+    ServerProtocol(FrameError),
+    IdleTimeout(Duration),
+    /// Shutdown: the session reached a point where closing loses nothing.
+    Drained,
+    /// Shutdown: the grace period is over.
+    ShutdownForced,
+}
+
+/// What the two pumps tell each other. Both run in the session's one task,
+/// so the atomics are never contended; they only make the sharing `Send`.
+struct SessionState {
+    started: Instant,
+    /// Milliseconds since `started` when a byte last moved.
+    last_activity_ms: AtomicU64,
+    /// Requests that will each end in a ReadyForQuery (startup, Query, Sync,
+    /// FunctionCall) minus the ReadyForQuery messages seen.
+    in_flight: AtomicU32,
+    /// The client sent extended-protocol messages not yet closed by a Sync.
+    unsynced: AtomicBool,
+    /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`).
+    txn_status: AtomicU8,
+    /// The client sent Terminate.
+    terminated: AtomicBool,
+    /// The proxy is shutting down: end the session at the next idle point.
+    draining: AtomicBool,
+}
+
+impl SessionState {
+    fn new() -> Self {
+        SessionState {
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            // The startup message itself ends in a ReadyForQuery.
+            in_flight: AtomicU32::new(1),
+            unsynced: AtomicBool::new(false),
+            txn_status: AtomicU8::new(b'I'),
+            terminated: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Idle outside a transaction with nothing in flight: closing the
+    /// session now cannot cut a statement or a transaction in half.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.unsynced.load(Ordering::Relaxed)
+            && self.txn_status.load(Ordering::Relaxed) == b'I'
+    }
+}
+
+/// One direction's buffers.
+struct Pump {
+    inbuf: BytesMut,
+    splitter: FrameSplitter,
+    pieces: Vec<Piece>,
+    out: OutQueue,
+    /// Bytes the next inspected frame needs in total.
+    wanted: usize,
+}
+
+impl Pump {
+    fn new(max_message_size: usize) -> Self {
+        Pump {
+            inbuf: BytesMut::new(),
+            splitter: FrameSplitter::new(max_message_size),
+            pieces: Vec::new(),
+            out: OutQueue::default(),
+            wanted: HEADER_LEN,
+        }
+    }
+
+    /// Reads at least one byte (waiting), then whatever else is ready without
+    /// waiting. Returns `Ok(true)` at end of stream.
+    async fn fill(&mut self, src: &mut ReadHalf<'_>) -> io::Result<bool> {
+        self.reserve();
+        if src.read_buf(&mut self.inbuf).await? == 0 {
+            return Ok(true);
+        }
+        while self.inbuf.len() < COALESCE_LIMIT {
+            self.reserve();
+            match src.try_read_buf(&mut self.inbuf) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    fn reserve(&mut self) {
+        let need = self.wanted.saturating_sub(self.inbuf.len()).max(READ_CHUNK);
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 2 || self.inbuf.capacity() < need
+        {
+            self.inbuf.reserve(need);
+        }
+    }
+
+    /// Drops an oversized, empty read buffer.
+    fn shrink_if_idle(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
+            self.inbuf = BytesMut::new();
+        }
+    }
+}
+
+fn inspect_frontend(tag: u8) -> bool {
+    matches!(
+        tag,
+        frontend::QUERY
+            | frontend::PARSE
+            | frontend::SYNC
+            | frontend::FUNCTION_CALL
+            | frontend::TERMINATE
+    )
+}
+
+fn inspect_backend(tag: u8) -> bool {
+    tag == backend::READY_FOR_QUERY
+}
+
+/// Client → server: rewrite seam for Query/Parse, request accounting.
+async fn client_to_server(
+    src: &mut ReadHalf<'_>,
+    dst: &mut WriteHalf<'_>,
+    pump: &mut Pump,
+    state: &SessionState,
+    rewriter: &dyn StatementRewriter,
+) -> End {
+    loop {
+        let eof = match pump.fill(src).await {
+            Ok(eof) => eof,
+            Err(e) => return End::ClientIo(e),
+        };
+        state.touch();
+        pump.wanted = match pump
+            .splitter
+            .split(&mut pump.inbuf, inspect_frontend, &mut pump.pieces)
+        {
+            Ok(wanted) => wanted,
+            Err(e) => return End::ClientProtocol(e.to_string()),
+        };
+        for piece in pump.pieces.drain(..) {
+            match piece {
+                Piece::Forward(bytes) => {
+                    state.unsynced.store(true, Ordering::Relaxed);
+                    pump.out.push(bytes);
+                }
+                Piece::Inspect { tag, frame } => {
+                    let frame = match tag {
+                        frontend::QUERY | frontend::PARSE => {
+                            match rewrite_frame(rewriter, tag, frame) {
+                                Ok(frame) => frame,
+                                Err(MalformedStatement(what, why)) => {
+                                    return End::ClientProtocol(format!(
+                                        "malformed {what} message: {why}"
+                                    ))
+                                }
+                            }
+                        }
+                        _ => frame,
+                    };
+                    match tag {
+                        frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
+                            state.in_flight.fetch_add(1, Ordering::Relaxed);
+                            state.unsynced.store(false, Ordering::Relaxed);
+                        }
+                        frontend::PARSE => state.unsynced.store(true, Ordering::Relaxed),
+                        frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
+                        _ => {}
+                    }
+                    pump.out.push(frame);
+                }
+            }
+        }
+        if let Err(e) = dst.write_all_buf(&mut pump.out).await {
+            return End::ServerIo(e);
+        }
+        if eof {
+            return End::ClientClosed;
+        }
+        pump.shrink_if_idle();
+    }
+}
+
+/// Server → client: pass-through, with ReadyForQuery noted.
+async fn server_to_client(
+    src: &mut ReadHalf<'_>,
+    dst: &mut WriteHalf<'_>,
+    pump: &mut Pump,
+    state: &SessionState,
+) -> End {
+    loop {
+        let eof = match pump.fill(src).await {
+            Ok(eof) => eof,
+            Err(e) => return End::ServerIo(e),
+        };
+        state.touch();
+        pump.wanted = match pump
+            .splitter
+            .split(&mut pump.inbuf, inspect_backend, &mut pump.pieces)
+        {
+            Ok(wanted) => wanted,
+            Err(e) => return End::ServerProtocol(e),
+        };
+        for piece in pump.pieces.drain(..) {
+            match piece {
+                Piece::Forward(bytes) => pump.out.push(bytes),
+                Piece::Inspect { frame, .. } => {
+                    if let Some(&status) = frame.get(HEADER_LEN) {
+                        state.txn_status.store(status, Ordering::Relaxed);
+                    }
+                    let _ =
+                        state
+                            .in_flight
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            });
+                    pump.out.push(frame);
+                }
+            }
+        }
+        if let Err(e) = dst.write_all_buf(&mut pump.out).await {
+            return End::ClientIo(e);
+        }
+        if eof {
+            return End::ServerClosed;
+        }
+        if state.draining.load(Ordering::Relaxed) && state.is_idle() {
+            return End::Drained;
+        }
+        pump.shrink_if_idle();
+    }
+}
+
+/// Completes when the session has been quiet for `limit`.
+async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let last = Duration::from_millis(state.last_activity_ms.load(Ordering::Relaxed));
+        let quiet = state.started.elapsed().saturating_sub(last);
+        if quiet >= limit {
+            return End::IdleTimeout(limit);
+        }
+        tokio::time::sleep(limit - quiet).await;
+    }
+}
+
+/// Relays one authenticated-or-authenticating session until it ends.
+pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpStream) {
+    let limits = &shared.config.limits;
+    let state = SessionState::new();
+    let mut up = Pump::new(limits.max_message_size);
+    let mut down = Pump::new(limits.max_message_size);
+    let mut stage = shared.stage.clone();
+    let (mut client_r, mut client_w) = client.split();
+    let (mut server_r, mut server_w) = server.split();
+
+    let end = {
+        let c2s = client_to_server(
+            &mut client_r,
+            &mut server_w,
+            &mut up,
+            &state,
+            &*shared.rewriter,
+        );
+        let s2c = server_to_client(&mut server_r, &mut client_w, &mut down, &state);
+        let idle = idle_watch(&state, limits.idle_timeout);
+        tokio::pin!(c2s, s2c, idle);
+        let mut current = *stage.borrow_and_update();
+        loop {
+            match current {
+                Stage::Running => {}
+                Stage::Draining => {
+                    state.draining.store(true, Ordering::Relaxed);
+                    if state.is_idle() {
+                        break End::Drained;
+                    }
+                }
+                Stage::Closing => break End::ShutdownForced,
+            }
+            tokio::select! {
+                end = &mut c2s => break end,
+                end = &mut s2c => break end,
+                end = &mut idle => break end,
+                changed = stage.changed() => {
+                    current = if changed.is_ok() { *stage.borrow_and_update() } else { Stage::Closing };
+                }
+            }
+        }
+    };
+
+    let upstream = &shared.config.upstream;
+    let farewell = match &end {
+        End::ClientClosed => {
+            if state.terminated.load(Ordering::Relaxed) {
+                debug!("session ended: client terminated");
+            } else {
+                info!("client closed the connection without Terminate; closing its upstream connection");
+            }
+            None
+        }
+        End::ClientIo(e) => {
+            info!(error = %e, "client connection failed; closing its upstream connection");
+            None
+        }
+        End::ClientProtocol(reason) => {
+            warn!(%reason, "protocol violation from the client; closing the session");
+            Some(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift closed the connection: {reason}"),
+            ))
+        }
+        End::ServerClosed if state.terminated.load(Ordering::Relaxed) => {
+            debug!("session ended: client terminated");
+            None
+        }
+        End::ServerClosed => {
+            warn!(%upstream, "the upstream closed the connection");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgshift lost its connection to the upstream server {upstream}: the server closed the connection"),
+            ))
+        }
+        End::ServerIo(e) => {
+            warn!(%upstream, error = %e, "the upstream connection failed");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgshift lost its connection to the upstream server {upstream}: {e}"),
+            ))
+        }
+        End::ServerProtocol(e) => {
+            warn!(%upstream, error = %e, "protocol violation from the upstream; closing the session");
+            Some(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "pgshift received an invalid message from the upstream server {upstream}: {e}"
+                ),
+            ))
+        }
+        End::IdleTimeout(limit) => {
+            info!(idle_secs = limit.as_secs(), "closing an idle session");
+            Some(ErrorResponse::fatal(
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                format!(
+                    "pgshift closed the session after {} s without traffic (idle_timeout_secs)",
+                    limit.as_secs()
+                ),
+            ))
+        }
+        End::Drained | End::ShutdownForced => {
+            debug!(
+                forced = matches!(end, End::ShutdownForced),
+                "closing the session: pgshift is shutting down"
+            );
+            Some(
+                ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, "pgshift is shutting down")
+                    .with_hint("Reconnect to continue."),
+            )
+        }
+    };
+    // The upstream goes first: a session cut off mid-transaction is rolled
+    // back by Postgres when its connection closes.
+    drop(server);
+    if let Some(err) = farewell {
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            client_w.write_all_buf(&mut down.out).await?;
+            // Only at a frame boundary can a frame of our own follow.
+            if down.out.is_empty() && down.splitter.at_frame_boundary() {
+                client_w.write_all(&err.encode()).await?;
+            }
+            client_w.shutdown().await
+        })
+        .await;
+    }
+}

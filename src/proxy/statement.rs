@@ -1,0 +1,116 @@
+//! Decoding the SQL text out of `Query` and `Parse` frames, handing it to the
+//! rewrite seam, and re-encoding a frame when the seam replaced the text.
+//!
+//! An unchanged statement is forwarded as the very `Bytes` it arrived in.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::proxy::framing::HEADER_LEN;
+use crate::proxy::wire::{frontend, split_cstr};
+use crate::rewrite::{Rewrite, StatementKind, StatementRewriter};
+
+/// A Query or Parse frame whose body does not follow the protocol.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {0} message: {1}")]
+pub struct MalformedStatement(pub &'static str, pub &'static str);
+
+/// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter` and
+/// returns the frame to forward.
+pub fn rewrite_frame(
+    rewriter: &dyn StatementRewriter,
+    tag: u8,
+    frame: Bytes,
+) -> Result<Bytes, MalformedStatement> {
+    let body = &frame[HEADER_LEN..];
+    match tag {
+        frontend::QUERY => {
+            let (sql, rest) =
+                split_cstr(body).ok_or(MalformedStatement("Query", "unterminated query string"))?;
+            if !rest.is_empty() {
+                return Err(MalformedStatement("Query", "data after the query string"));
+            }
+            match rewriter.rewrite(StatementKind::SimpleQuery, sql) {
+                Rewrite::Unchanged => Ok(frame),
+                Rewrite::Replaced(new_sql) => {
+                    Ok(encode(frontend::QUERY, &[b"", new_sql.as_bytes(), b"\0"]))
+                }
+            }
+        }
+        frontend::PARSE => {
+            let (name, rest) = split_cstr(body)
+                .ok_or(MalformedStatement("Parse", "unterminated statement name"))?;
+            let (sql, params) =
+                split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
+            match rewriter.rewrite(StatementKind::Parse, sql) {
+                Rewrite::Unchanged => Ok(frame),
+                Rewrite::Replaced(new_sql) => Ok(encode(
+                    frontend::PARSE,
+                    &[name, b"\0", new_sql.as_bytes(), b"\0", params],
+                )),
+            }
+        }
+        _ => Ok(frame),
+    }
+}
+
+/// Builds a frame from body parts.
+fn encode(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let body_len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body_len);
+    out.put_u8(tag);
+    out.put_u32((body_len + 4) as u32);
+    for part in parts {
+        out.put_slice(part);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::PassThrough;
+    use std::borrow::Cow;
+
+    struct Upper;
+    impl StatementRewriter for Upper {
+        fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
+            Rewrite::Replaced(Cow::Owned(String::from_utf8_lossy(sql).to_uppercase()))
+        }
+    }
+
+    fn query(sql: &str) -> Bytes {
+        encode(b'Q', &[sql.as_bytes(), b"\0"])
+    }
+
+    #[test]
+    fn unchanged_statements_are_the_same_bytes() {
+        let q = query("select 1");
+        let out = rewrite_frame(&PassThrough, b'Q', q.clone()).unwrap();
+        assert_eq!(out, q);
+        assert_eq!(
+            out.as_ptr(),
+            q.as_ptr(),
+            "no copy for an unchanged statement"
+        );
+    }
+
+    #[test]
+    fn replaced_parse_keeps_name_and_parameter_types() {
+        let parse = encode(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
+        let out = rewrite_frame(&Upper, b'P', parse).unwrap();
+        assert_eq!(
+            out,
+            encode(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]])
+        );
+        let q = rewrite_frame(&Upper, b'Q', query("select 2")).unwrap();
+        assert_eq!(q, query("SELECT 2"));
+    }
+
+    #[test]
+    fn malformed_frames_are_reported() {
+        let bad = encode(b'Q', &[b"no terminator"]);
+        assert!(rewrite_frame(&PassThrough, b'Q', bad).is_err());
+        let bad = encode(b'P', &[b"name\0sql"]);
+        assert!(rewrite_frame(&PassThrough, b'P', bad).is_err());
+    }
+}
