@@ -1,0 +1,293 @@
+//! The `pgshift` binary: flags, environment and config file; graceful
+//! shutdown on SIGTERM; the demo.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgshift");
+
+/// A `pgshift serve` child process, killed on drop.
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn spawn(configure: impl FnOnce(&mut Command, u16)) -> Serve {
+        let port = pgshift::cluster::free_port().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").stdout(Stdio::null()).stderr(Stdio::null());
+        configure(&mut cmd, port);
+        let child = cmd.spawn().expect("pgshift serve starts");
+        Serve { child, port }
+    }
+
+    fn upstream() -> String {
+        let db = db();
+        format!("{}:{}", db.host, db.port)
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
+        let db = db();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(&db.user)
+            .dbname(&db.dbname);
+        if let Some(p) = &db.password {
+            config.password(p);
+        }
+        config
+    }
+
+    /// Waits until the proxy accepts and serves a query.
+    async fn ready(&self) -> tokio_postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match connect(&self.config()).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("pgshift serve never became ready: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgshift did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_with_flags_only() {
+    let serve = Serve::spawn(|cmd, port| {
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &Serve::upstream(),
+        ]);
+    });
+    let client = serve.ready().await;
+    let v: i32 = client.query_one("select 40 + 2", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+}
+
+#[tokio::test]
+async fn environment_overrides_the_file_and_flags_override_both() {
+    let dir = std::env::temp_dir().join(unique("pgshift-config"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file: PathBuf = dir.join("pgshift.toml");
+    // The file names an upstream nobody listens on and a tiny session limit.
+    let dead = pgshift::cluster::free_port().unwrap();
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:{dead}\"\n[limits]\nmax_client_connections = 1\n"),
+    )
+    .unwrap();
+    let serve = Serve::spawn(|cmd, port| {
+        cmd.arg("--config")
+            .arg(&file)
+            .env("PGSHIFT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PGSHIFT_UPSTREAM", "127.0.0.1:9") // overridden by the flag below
+            .args(["--upstream", &Serve::upstream()]);
+    });
+    let first = serve.ready().await;
+    let v: i32 = first.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 1, "env listen + flag upstream are in effect");
+    let err = connect(&serve.config())
+        .await
+        .err()
+        .expect("the file's limit of 1 holds");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_reported() {
+    let dir = std::env::temp_dir().join(unique("pgshift-badconfig"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "listen = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("listen"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn sigterm_lets_transactions_finish_and_closes_idle_sessions() {
+    let mut serve = Serve::spawn(|cmd, port| {
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &Serve::upstream(),
+        ])
+        .args(["--shutdown-grace-secs", "20"]);
+    });
+    let busy = serve.ready().await;
+    let (idle, idle_connection) = serve.config().connect(tokio_postgres::NoTls).await.unwrap();
+    let idle_driver = tokio::spawn(idle_connection);
+    let table = unique("drain");
+    busy.batch_execute(&format!("create table {table} (v int)"))
+        .await
+        .unwrap();
+    busy.batch_execute(&format!("begin; insert into {table} values (1)"))
+        .await
+        .unwrap();
+
+    serve.signal(libc::SIGTERM);
+    // The idle session is closed promptly with 57P01.
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle_driver)
+        .await
+        .expect("the idle session is closed quickly")
+        .unwrap();
+    let err = closed.expect_err("closed with an error");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err}");
+    drop(idle);
+    // New connections are refused.
+    assert!(connect(&serve.config()).await.is_err());
+    // The open transaction goes on and commits.
+    busy.batch_execute(&format!("insert into {table} values (2); commit"))
+        .await
+        .unwrap();
+    let status = serve.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let direct = db().direct().await;
+    let n: i64 = direct
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the transaction committed in full");
+}
+
+#[tokio::test]
+async fn after_the_grace_period_open_transactions_are_cut_and_rolled_back() {
+    let mut serve = Serve::spawn(|cmd, port| {
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &Serve::upstream(),
+        ])
+        .args(["--shutdown-grace-secs", "1"]);
+    });
+    let busy = serve.ready().await;
+    let table = unique("grace");
+    busy.batch_execute(&format!("create table {table} (v int)"))
+        .await
+        .unwrap();
+    busy.batch_execute(&format!("begin; insert into {table} values (1)"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    serve.signal(libc::SIGINT);
+    let status = serve.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the grace period was honoured"
+    );
+    assert!(busy.batch_execute("select 1").await.is_err());
+    let direct = db().direct().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = direct
+            .query_one(&format!("select count(*) from {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "nothing half-committed");
+        // Wait for the backend to be gone as well.
+        let open: i64 = direct
+            .query_one(
+                "select count(*) from pg_stat_activity where state like 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_pgbench_through_the_proxy() {
+    if pgshift::cluster::PgBinaries::locate().is_err() {
+        panic!("the demo needs PostgreSQL binaries, which the harness found before");
+    }
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--no-wait",
+                "--duration",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("psql \"postgresql://postgres@127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cluster removed"), "{stdout}");
+}

@@ -1,0 +1,397 @@
+//! The test harness: one throwaway Postgres for the whole test run (started
+//! with the same code as `pgshift demo`), or the server named by
+//! `PGSHIFT_TEST_DATABASE_URL`; pgshift instances started in-process in front
+//! of it; and a raw protocol client for what drivers do not expose.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
+use pgshift::config::{Config, Upstream};
+use pgshift::proxy::Proxy;
+use pgshift::rewrite::PassThrough;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// Password roles created in the harness's own cluster.
+pub const SCRAM_USER: (&str, &str) = ("pgshift_scram", "scram-secret");
+pub const MD5_USER: (&str, &str) = ("pgshift_md5", "md5-secret");
+pub const CLEARTEXT_USER: (&str, &str) = ("pgshift_cleartext", "clear-secret");
+
+/// The database every test talks to, through pgshift.
+pub struct TestDb {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    /// Present when the harness started the cluster itself.
+    pub cluster: Option<Cluster>,
+}
+
+impl TestDb {
+    pub fn upstream(&self) -> Upstream {
+        Upstream {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// True when the harness owns the cluster (and so its pg_hba.conf and
+    /// roles); tests of password methods need that.
+    pub fn owns_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// A client connected directly to Postgres, bypassing pgshift.
+    pub async fn direct(&self) -> Client {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname);
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        connect(&config)
+            .await
+            .expect("direct connection to the test database")
+    }
+}
+
+static DB: OnceLock<TestDb> = OnceLock::new();
+
+/// The test run's database, started on first use.
+pub fn db() -> &'static TestDb {
+    DB.get_or_init(|| match std::env::var("PGSHIFT_TEST_DATABASE_URL") {
+        Ok(url) => external(&url),
+        Err(_) => local(),
+    })
+}
+
+fn external(url: &str) -> TestDb {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .expect("PGSHIFT_TEST_DATABASE_URL is a postgres URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    TestDb {
+        host,
+        port: config.get_ports().first().copied().unwrap_or(5432),
+        user: config.get_user().unwrap_or("postgres").to_string(),
+        password: config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        dbname: config.get_dbname().unwrap_or("postgres").to_string(),
+        cluster: None,
+    }
+}
+
+fn local() -> TestDb {
+    let options = ClusterOptions {
+        max_connections: 400,
+        hba_lines: vec![
+            format!("host all {} 127.0.0.1/32 scram-sha-256", SCRAM_USER.0),
+            format!("host all {} 127.0.0.1/32 md5", MD5_USER.0),
+            format!("host all {} 127.0.0.1/32 password", CLEARTEXT_USER.0),
+        ],
+        settings: vec![],
+    };
+    let cluster = Cluster::start(&options).expect("starting the test cluster");
+    let roles = format!(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE {s} LOGIN PASSWORD '{sp}'; \
+         CREATE ROLE {c} LOGIN PASSWORD '{cp}'; \
+         SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN PASSWORD '{mp}';",
+        s = SCRAM_USER.0,
+        sp = SCRAM_USER.1,
+        c = CLEARTEXT_USER.0,
+        cp = CLEARTEXT_USER.1,
+        m = MD5_USER.0,
+        mp = MD5_USER.1
+    );
+    cluster
+        .psql("postgres", &roles)
+        .expect("creating the password roles");
+    TestDb {
+        host: "127.0.0.1".into(),
+        port: cluster.port(),
+        user: SUPERUSER.into(),
+        password: None,
+        dbname: "postgres".into(),
+        cluster: Some(cluster),
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in a task.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A pgshift running in-process on a free port.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// pgshift in front of the test database with default limits.
+    pub async fn start() -> TestProxy {
+        Self::with(|_| {}).await
+    }
+
+    /// pgshift with a configuration adjusted by `adjust`.
+    pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestProxy {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: db().upstream(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let proxy = Proxy::bind(config, Arc::new(PassThrough))
+            .await
+            .expect("binding pgshift");
+        let addr = proxy.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(proxy.run(async {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A tokio-postgres config pointing at this proxy as the test user.
+    pub fn config(&self) -> tokio_postgres::Config {
+        let db = db();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.addr.port())
+            .user(&db.user)
+            .dbname(&db.dbname)
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(p) = &db.password {
+            config.password(p);
+        }
+        config
+    }
+
+    /// A client connected through this proxy.
+    pub async fn connect(&self) -> Client {
+        connect(&self.config())
+            .await
+            .expect("connecting through pgshift")
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A unique name for a table or object of one test.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The server's (or pgshift's) message of a tokio-postgres error.
+pub fn message_of(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_else(|| err.to_string())
+}
+
+/// The SQLSTATE of a tokio-postgres error, if it carries one.
+pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
+    err.code().map(|c| c.code().to_string())
+}
+
+/// A protocol message read by [`RawConn`].
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl Message {
+    /// A field of an ErrorResponse/NoticeResponse (`b'C'`: SQLSTATE).
+    pub fn field(&self, kind: u8) -> Option<String> {
+        let mut body = &self.body[..];
+        while let Some((&k, rest)) = body.split_first() {
+            if k == 0 {
+                break;
+            }
+            let end = rest.iter().position(|b| *b == 0)?;
+            if k == kind {
+                return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+            }
+            body = &rest[end + 1..];
+        }
+        None
+    }
+}
+
+/// A bare protocol client over a TCP socket.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        RawConn {
+            stream: TcpStream::connect(addr).await.expect("tcp connect"),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Connects and completes a trust-auth startup as the test user; returns
+    /// the BackendKeyData (pid, key) the client was given.
+    pub async fn startup(addr: SocketAddr) -> (RawConn, i32, i32) {
+        let mut conn = RawConn::connect(addr).await;
+        let db = db();
+        conn.send(&startup_message(&[
+            ("user", &db.user),
+            ("database", &db.dbname),
+        ]))
+        .await;
+        let mut key = (0, 0);
+        loop {
+            let msg = conn.read().await.expect("startup reply");
+            match msg.tag {
+                b'K' => {
+                    let mut b = msg.body.clone();
+                    key = (b.get_i32(), b.get_i32());
+                }
+                b'Z' => break,
+                b'E' => panic!("startup failed: {:?}", msg.field(b'M')),
+                _ => {}
+            }
+        }
+        (conn, key.0, key.1)
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("raw write");
+    }
+
+    /// Reads one message; `None` when the server closed the connection.
+    pub async fn read(&mut self) -> Option<Message> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let frame = self.buf.split_to(len + 1);
+                    return Some(Message {
+                        tag: frame[0],
+                        body: Bytes::copy_from_slice(&frame[5..]),
+                    });
+                }
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("raw read timed out")
+                    .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            let msg = self
+                .read()
+                .await
+                .expect("connection closed before ReadyForQuery");
+            let done = msg.tag == b'Z';
+            out.push(msg);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns everything read.
+    pub async fn until_closed(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Some(msg) = self.read().await {
+            out.push(msg);
+        }
+        out
+    }
+}
+
+/// Encodes a regular message.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Encodes a simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// Encodes a protocol-3.0 StartupMessage.
+pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_u32(196_608);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The first column of the first DataRow among `messages`, as text.
+pub fn first_value(messages: &[Message]) -> Option<String> {
+    let row = messages.iter().find(|m| m.tag == b'D')?;
+    let mut b = row.body.clone();
+    let _columns = b.get_i16();
+    let len = b.get_i32();
+    if len < 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&b[..len as usize]).into_owned())
+}

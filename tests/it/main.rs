@@ -1,0 +1,8 @@
+//! Integration tests: every test talks to a real Postgres through a real
+//! pgshift, with real clients (tokio-postgres, psql, pgbench, raw sockets).
+
+mod cli;
+mod faults;
+mod harness;
+mod protocol;
+mod tools;
