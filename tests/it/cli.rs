@@ -125,10 +125,10 @@ async fn environment_overrides_the_file_and_flags_override_both() {
     let first = serve.ready().await;
     let v: i32 = first.query_one("select 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 1, "env listen + flag upstream are in effect");
-    let err = connect(&serve.config())
-        .await
-        .err()
-        .expect("the file's limit of 1 holds");
+    let err = refused(
+        connect(&serve.config()).await,
+        "the file's limit of 1 holds",
+    );
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     let _ = std::fs::remove_dir_all(dir);
 }

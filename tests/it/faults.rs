@@ -134,10 +134,7 @@ async fn messages_over_max_message_size_are_refused() {
 async fn upstream_down_at_connect_time() {
     let closed_port = pgshift::cluster::free_port().unwrap();
     let proxy = TestProxy::with(|c| c.upstream.port = closed_port).await;
-    let err = connect(&proxy.config())
-        .await
-        .err()
-        .expect("connecting must fail");
+    let err = refused(connect(&proxy.config()).await, "connecting must fail");
     assert_eq!(sqlstate(&err).as_deref(), Some("08001"), "{err}");
     let text = message_of(&err);
     assert!(
@@ -153,10 +150,7 @@ async fn too_many_clients_get_53300() {
     for _ in 0..3 {
         clients.push(proxy.connect().await);
     }
-    let err = connect(&proxy.config())
-        .await
-        .err()
-        .expect("the fourth is refused");
+    let err = refused(connect(&proxy.config()).await, "the fourth is refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
     assert!(
         message_of(&err).contains("max_client_connections = 3"),

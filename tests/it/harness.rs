@@ -228,6 +228,14 @@ pub fn message_of(err: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| err.to_string())
 }
 
+/// The error of a result that must have failed.
+pub fn refused<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
+    match result {
+        Ok(_) => panic!("expected a failure: {what}"),
+        Err(e) => e,
+    }
+}
+
 /// The SQLSTATE of a tokio-postgres error, if it carries one.
 pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
     err.code().map(|c| c.code().to_string())

@@ -408,10 +408,7 @@ async fn password_authentication_methods_are_relayed() {
             assert_eq!(method_seen, method);
         }
         config.password("wrong password");
-        let err = connect(&config)
-            .await
-            .err()
-            .expect("a wrong password is refused");
+        let err = refused(connect(&config).await, "a wrong password is refused");
         assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{method}: {err}");
     }
 }
