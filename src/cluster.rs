@@ -210,7 +210,13 @@ impl Cluster {
     /// A command for one of the installation's programs, run as the
     /// cluster's owner.
     pub fn command(&self, tool: &str) -> Command {
-        let mut cmd = Command::new(self.bin.tool(tool));
+        self.command_as_owner(self.bin.tool(tool))
+    }
+
+    /// Any program, run as the cluster's owner in the cluster's folder (for
+    /// servers that, like Postgres, refuse to run as root: PgBouncer).
+    pub fn command_as_owner(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.current_dir(&self.root);
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);

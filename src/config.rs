@@ -25,6 +25,8 @@ pub struct Config {
     pub upstream: Upstream,
     /// Default `tracing` filter when `RUST_LOG` is not set.
     pub log_level: String,
+    /// Session worker threads (one event loop each).
+    pub workers: usize,
     pub limits: Limits,
 }
 
@@ -107,9 +109,17 @@ impl Default for Config {
                 port: 5432,
             },
             log_level: "info".into(),
+            workers: default_workers(),
             limits: Limits::default(),
         }
     }
+}
+
+/// One worker per available core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A configuration that cannot be used.
@@ -137,6 +147,7 @@ struct FileConfig {
     listen: Option<String>,
     upstream: Option<String>,
     log_level: Option<String>,
+    workers: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
 }
@@ -159,6 +170,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub log_level: Option<String>,
+    pub workers: Option<usize>,
     pub max_client_connections: Option<usize>,
     pub max_message_size: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
@@ -263,6 +275,10 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            workers: match o.workers.or(file.workers) {
+                None | Some(0) => default_workers(),
+                Some(n) => n,
+            },
             limits,
         })
     }

@@ -47,6 +47,9 @@ struct ServeArgs {
     /// Log filter when RUST_LOG is unset [default: info].
     #[arg(long, env = "PGSHIFT_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Session worker threads; 0 = one per CPU core [default: 0].
+    #[arg(long, env = "PGSHIFT_WORKERS")]
+    workers: Option<usize>,
     /// Client sessions served at once [default: 1000].
     #[arg(long, env = "PGSHIFT_MAX_CLIENT_CONNECTIONS")]
     max_client_connections: Option<usize>,
@@ -85,7 +88,9 @@ struct DemoArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The main runtime accepts connections and handles signals; sessions
+    // run on the proxy's own worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
@@ -95,6 +100,7 @@ fn main() -> Result<()> {
                 listen: args.listen,
                 upstream: args.upstream,
                 log_level: args.log_level,
+                workers: args.workers,
                 max_client_connections: args.max_client_connections,
                 max_message_size: args.max_message_size,
                 connect_timeout_ms: args.connect_timeout_ms,

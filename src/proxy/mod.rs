@@ -1,6 +1,7 @@
 //! The client-facing side of pgshift: the listener, the limit on concurrent
-//! sessions, and graceful shutdown. Each accepted connection becomes one tokio
-//! task ([`connection`]) that negotiates startup, opens its own upstream
+//! sessions, and graceful shutdown. Each accepted connection is handed to a
+//! worker thread (one per core, [`workers`]) where it becomes one tokio task
+//! ([`connection`]) that negotiates startup, opens its own upstream
 //! connection (session mode) and relays both directions ([`relay`]).
 //!
 //! The proxy calls the rewrite seam ([`crate::rewrite`]) for every Query and
@@ -13,6 +14,7 @@ pub mod outqueue;
 pub mod relay;
 pub mod statement;
 pub mod wire;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +23,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{error, info, Instrument};
+use tracing::{error, info};
+
+use self::workers::Workers;
 
 use crate::config::Config;
 use crate::rewrite::StatementRewriter;
@@ -97,6 +101,13 @@ impl Proxy {
             upstream = %shared.config.upstream,
             "pgshift is accepting connections"
         );
+        let mut workers = match Workers::start(shared.config.workers, &shared) {
+            Ok(workers) => workers,
+            Err(e) => {
+                error!(error = %e, "cannot start the worker threads");
+                return;
+            }
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -108,8 +119,7 @@ impl Proxy {
                             user = tracing::field::Empty,
                             database = tracing::field::Empty,
                         );
-                        let task = connection::serve(Arc::clone(&shared), socket, alive_tx.clone());
-                        tokio::spawn(task.instrument(span));
+                        workers.dispatch(socket, span, alive_tx.clone());
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off
@@ -122,6 +132,7 @@ impl Proxy {
             }
         }
         drop(listener);
+        drop(workers);
         drop(alive_tx);
         let limits = &shared.config.limits;
         let open = limits.max_client_connections - shared.sessions.available_permits();

@@ -61,6 +61,8 @@ enum End {
 /// so the atomics are never contended; they only make the sharing `Send`.
 struct SessionState {
     started: Instant,
+    /// Whether `last_activity_ms` is kept (only with an idle timeout).
+    track_activity: bool,
     /// Milliseconds since `started` when a byte last moved.
     last_activity_ms: AtomicU64,
     /// Requests that will each end in a ReadyForQuery (startup, Query, Sync,
@@ -77,9 +79,10 @@ struct SessionState {
 }
 
 impl SessionState {
-    fn new() -> Self {
+    fn new(track_activity: bool) -> Self {
         SessionState {
             started: Instant::now(),
+            track_activity,
             last_activity_ms: AtomicU64::new(0),
             // The startup message itself ends in a ReadyForQuery.
             in_flight: AtomicU32::new(1),
@@ -91,6 +94,9 @@ impl SessionState {
     }
 
     fn touch(&self) {
+        if !self.track_activity {
+            return;
+        }
         let now = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(now, Ordering::Relaxed);
     }
@@ -307,7 +313,7 @@ async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
 /// Relays one authenticated-or-authenticating session until it ends.
 pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpStream) {
     let limits = &shared.config.limits;
-    let state = SessionState::new();
+    let state = SessionState::new(limits.idle_timeout.is_some());
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
     let mut stage = shared.stage.clone();
@@ -338,6 +344,9 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
                 Stage::Closing => break End::ShutdownForced,
             }
             tokio::select! {
+                // Fixed order: no per-poll random number for fairness
+                // between branches that are rarely ready together.
+                biased;
                 end = &mut c2s => break end,
                 end = &mut s2c => break end,
                 end = &mut idle => break end,

@@ -1,0 +1,330 @@
+//! The pgbench comparison: direct Postgres vs pgshift vs PgBouncer (session
+//! mode), measured in one run on one throwaway cluster, in interleaved rounds
+//! so drift on the machine hits every target alike. Then the memory pgshift
+//! needs for 1,000 idle client connections.
+//!
+//! Run: `cargo bench --bench pgbench_compare`. Knobs (environment):
+//! `PGSHIFT_BENCH_SECS` (per pgbench run, default 5), `PGSHIFT_BENCH_ROUNDS`
+//! (default 3), `PGSHIFT_BENCH_SCALE` (default 10), `PGSHIFT_BENCH_IDLE`
+//! (idle connections for the memory figure, default 1000).
+//! PgBouncer is installed with apt-get when it is missing and we are root.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PGSHIFT: &str = env!("CARGO_BIN_EXE_pgshift");
+
+fn env_num(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child server, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn pgbouncer_path() -> Result<PathBuf> {
+    for p in [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ] {
+        if std::path::Path::new(p).is_file() {
+            return Ok(p.into());
+        }
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("installing pgbouncer with apt-get…");
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "pgbouncer"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if status.success() {
+            return pgbouncer_path_installed();
+        }
+    }
+    bail!("PgBouncer is not installed: `sudo apt-get install pgbouncer`")
+}
+
+fn pgbouncer_path_installed() -> Result<PathBuf> {
+    let p = PathBuf::from("/usr/sbin/pgbouncer");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!("apt-get installed pgbouncer but /usr/sbin/pgbouncer is missing")
+    }
+}
+
+fn start_pgbouncer(cluster: &Cluster, port: u16, pool: u32) -> Result<Server> {
+    let root = cluster.root();
+    let ini = root.join("pgbouncer.ini");
+    let users = root.join("userlist.txt");
+    std::fs::write(&users, format!("\"{SUPERUSER}\" \"\"\n"))?;
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={upstream}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = trust\nauth_file = {users}\npool_mode = session\nmax_client_conn = 2000\n\
+             default_pool_size = {pool}\nlogfile = {log}\npidfile = {pid}\nlog_connections = 0\nlog_disconnections = 0\n",
+            upstream = cluster.port(),
+            users = users.display(),
+            log = root.join("pgbouncer.log").display(),
+            pid = root.join("pgbouncer.pid").display(),
+        ),
+    )?;
+    let child = cluster
+        .command_as_owner(pgbouncer_path()?)
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting pgbouncer")?;
+    wait_for_port(port)?;
+    Ok(Server(child))
+}
+
+fn start_pgshift(upstream: u16, port: u16, max_clients: u32) -> Result<Server> {
+    let child = Command::new(PGSHIFT)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+        .args(["--max-client-connections", &max_clients.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting pgshift")?;
+    wait_for_port(port)?;
+    Ok(Server(child))
+}
+
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+}
+
+fn pgbench(cluster: &Cluster, port: u16, args: &[&str]) -> Result<Run> {
+    let out = Command::new(cluster.binaries().tool("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
+        .args(args)
+        .arg("postgres")
+        .output()
+        .context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench {args:?} on port {port} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |prefix: &str| -> Result<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {prefix:?} in pgbench output: {stdout}"))
+    };
+    let failed = field("number of failed transactions: ")?;
+    if failed != 0.0 {
+        bail!("pgbench {args:?} on port {port}: {failed} failed transactions");
+    }
+    Ok(Run {
+        tps: field("tps = ")?,
+        latency_ms: field("latency average = ")?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Opens `n` connections through `addr`, completes startup on each, holds
+/// them idle, and returns pgshift's resident memory (current, peak) in KiB.
+async fn idle_connections_rss(addr: SocketAddr, n: u32, pid: u32) -> Result<(u64, u64, u64)> {
+    let before = rss_kib(pid)?.0;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut body = Vec::new();
+        body.extend_from_slice(&196_608u32.to_be_bytes());
+        body.extend_from_slice(format!("user\0{SUPERUSER}\0database\0postgres\0\0").as_bytes());
+        let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).await?;
+        // Read until ReadyForQuery ('Z', len 5, status).
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                bail!(
+                    "connection closed during startup: {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+            seen.extend_from_slice(&buf[..k]);
+            if seen.len() >= 6 && seen[seen.len() - 6] == b'Z' {
+                break;
+            }
+        }
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss, peak) = rss_kib(pid)?;
+    drop(held);
+    Ok((before, rss, peak))
+}
+
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((get("VmRSS:"), get("VmHWM:")))
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // else: only run for real under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pgbench_compare: run with `cargo bench --bench pgbench_compare`");
+        return Ok(());
+    }
+    let secs = env_num("PGSHIFT_BENCH_SECS", 5);
+    let rounds = env_num("PGSHIFT_BENCH_ROUNDS", 3);
+    let scale = env_num("PGSHIFT_BENCH_SCALE", 10);
+    let idle = env_num("PGSHIFT_BENCH_IDLE", 1000);
+
+    let cluster = Cluster::start(&ClusterOptions {
+        max_connections: idle + 100,
+        ..ClusterOptions::default()
+    })?;
+    eprintln!("cluster on port {}; pgbench -i -s {scale}…", cluster.port());
+    let init = Command::new(cluster.binaries().tool("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            SUPERUSER,
+        ])
+        .args(["-i", "-q", "-s", &scale.to_string(), "postgres"])
+        .output()?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let shift_port = free_port()?;
+    let bouncer_port = free_port()?;
+    let pgshift = start_pgshift(cluster.port(), shift_port, idle + 50)?;
+    let _bouncer = start_pgbouncer(&cluster, bouncer_port, 64)?;
+    let targets = [
+        ("direct", cluster.port()),
+        ("pgshift", shift_port),
+        ("pgbouncer", bouncer_port),
+    ];
+    let workloads: [(&str, &[&str]); 4] = [
+        ("-S -M simple", &["-S", "-M", "simple"]),
+        ("-S -M extended", &["-S", "-M", "extended"]),
+        ("-S -M prepared", &["-S", "-M", "prepared"]),
+        ("tpcb-like", &[]),
+    ];
+    let secs_s = secs.to_string();
+    let mut table = Vec::new();
+    for (name, workload) in workloads {
+        for clients in [8u32, 32] {
+            let clients_s = clients.to_string();
+            let mut tps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+            let mut lat: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+            for round in 0..rounds {
+                for (i, (target, port)) in targets.iter().enumerate() {
+                    let mut args: Vec<&str> = workload.to_vec();
+                    args.extend(["-c", &clients_s, "-j", "2", "-T", &secs_s]);
+                    let run = pgbench(&cluster, *port, &args)?;
+                    eprintln!(
+                        "{name} -c {clients} round {round} {target}: {:.0} tps, {:.3} ms",
+                        run.tps, run.latency_ms
+                    );
+                    tps[i].push(run.tps);
+                    lat[i].push(run.latency_ms);
+                }
+            }
+            let tps: Vec<f64> = tps.into_iter().map(median).collect();
+            let lat: Vec<f64> = lat.into_iter().map(median).collect();
+            table.push(format!(
+                "| {name} | {clients} | {:.0} | {:.0} ({:.2}×) | {:.0} ({:.2}×) | {:.3} / {:.3} / {:.3} |",
+                tps[0],
+                tps[1],
+                tps[1] / tps[0],
+                tps[2],
+                tps[2] / tps[0],
+                lat[0],
+                lat[1],
+                lat[2]
+            ));
+        }
+    }
+
+    // Memory on a fresh pgshift process, so its peak is that of the idle
+    // connections alone.
+    drop(pgshift);
+    let idle_port = free_port()?;
+    let fresh = start_pgshift(cluster.port(), idle_port, idle + 50)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], idle_port).into();
+    let (before, rss, peak) = runtime.block_on(idle_connections_rss(addr, idle, fresh.0.id()))?;
+
+    println!();
+    println!("pgbench through each target, median of {rounds} interleaved rounds of {secs} s, scale {scale}, -j 2:");
+    println!();
+    println!("| workload | clients | direct TPS | pgshift TPS (× direct) | PgBouncer session TPS (× direct) | median latency ms direct / pgshift / PgBouncer |");
+    println!("|---|---|---|---|---|---|");
+    for row in &table {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "pgshift memory (VmRSS of a fresh `pgshift serve`): {:.1} MiB before, {:.1} MiB holding {idle} idle client sessions (each with its upstream connection); peak VmHWM {:.1} MiB",
+        before as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
