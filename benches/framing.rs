@@ -6,7 +6,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pgshift::proxy::framing::{FrameSplitter, Piece};
+use pgshift::proxy::framing::{FrameSplitter, Handling, Piece};
+use pgshift::proxy::relay::{classify_backend, classify_frontend};
 use pgshift::proxy::statement::rewrite_frame;
 use pgshift::rewrite::PassThrough;
 
@@ -45,32 +46,41 @@ fn server_stream(transactions: usize) -> Vec<u8> {
     out
 }
 
-fn split_all(input: &[u8], inspect: fn(u8) -> bool) -> usize {
+fn split_all(input: &[u8], classify: fn(u8) -> Handling) -> usize {
     let mut buf = BytesMut::with_capacity(input.len());
     buf.put_slice(input);
     let mut splitter = FrameSplitter::new(64 << 20);
     let mut pieces = Vec::with_capacity(4096);
-    splitter.split(&mut buf, inspect, &mut pieces).unwrap();
-    pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Forward(b) => b.len(),
-            Piece::Inspect { frame, .. } => frame.len(),
-        })
-        .sum()
+    let mut observed = 0usize;
+    splitter
+        .split(
+            &mut buf,
+            classify,
+            |_, frame| observed += frame.map_or(0, <[u8]>::len),
+            &mut pieces,
+        )
+        .unwrap();
+    observed
+        + pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Forward(b) => b.len(),
+                Piece::Inspect { frame, .. } => frame.len(),
+            })
+            .sum::<usize>()
 }
 
 fn framing(c: &mut Criterion) {
-    for (name, input, inspect) in [
+    for (name, input, classify) in [
         (
             "client_bind_execute_sync",
             client_stream(1000),
-            (|t| matches!(t, b'Q' | b'P' | b'S' | b'F' | b'X')) as fn(u8) -> bool,
+            classify_frontend as fn(u8) -> Handling,
         ),
         (
             "server_row_complete_ready",
             server_stream(1000),
-            (|t| t == b'Z') as fn(u8) -> bool,
+            classify_backend as fn(u8) -> Handling,
         ),
     ] {
         let mut group = c.benchmark_group(format!("framing/{name}"));
@@ -83,7 +93,7 @@ fn framing(c: &mut Criterion) {
             })
         });
         group.bench_function("pgshift_split", |b| {
-            b.iter(|| std::hint::black_box(split_all(&input, inspect)))
+            b.iter(|| std::hint::black_box(split_all(&input, classify)))
         });
         group.finish();
     }

@@ -5,8 +5,10 @@
 //! frames the caller does not inspect — including a frame that has only partly
 //! arrived — is split off the read buffer as one [`Bytes`] that shares the
 //! buffer's memory: no payload is copied or decoded, and a 1 GB DataRow streams
-//! through without being held whole. Frames whose tag the caller inspects are
-//! handed over whole, once all of their bytes are in.
+//! through without being held whole. Each frame is classified by its tag
+//! ([`Handling`]): forwarded blind, observed (the caller sees the whole frame
+//! but it stays part of the forwarded run), or inspected (handed over whole
+//! as its own piece, so the caller can replace it).
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,6 +23,18 @@ pub enum Piece {
     Forward(Bytes),
     /// One whole frame (header included) whose tag the caller inspects.
     Inspect { tag: u8, frame: Bytes },
+}
+
+/// What the caller wants done with frames of one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// Forward as it comes; the observer sees the tag only.
+    Forward,
+    /// Wait for the whole frame, show it to the observer, forward it as part
+    /// of the surrounding run.
+    Observe,
+    /// Wait for the whole frame and hand it over as its own piece.
+    Inspect,
 }
 
 /// A frame header that cannot be right.
@@ -56,18 +70,21 @@ impl FrameSplitter {
     }
 
     /// Takes every complete piece off the front of `buf` and appends it to
-    /// `out`. What is left in `buf` is the start of a frame to inspect (or of a
-    /// header) that needs more bytes; the return value is how many bytes that
-    /// frame needs in total, so the caller can reserve room for it.
+    /// `out`. `classify` says how each tag is handled; `observe` is called
+    /// once per frame, in stream order, when its header is read — with the
+    /// whole frame for observed and inspected tags, `None` for forwarded
+    /// ones. What is left in `buf` is the start of a frame that must be seen
+    /// whole (or of a header) and needs more bytes; the return value is how
+    /// many bytes that frame needs in total, so the caller can reserve room.
     pub fn split(
         &mut self,
         buf: &mut BytesMut,
-        inspect: impl Fn(u8) -> bool,
+        classify: impl Fn(u8) -> Handling,
+        mut observe: impl FnMut(u8, Option<&[u8]>),
         out: &mut Vec<Piece>,
     ) -> Result<usize, FrameError> {
         // `run` counts bytes at the front of `buf` that are forwarded as is.
         let mut run = 0;
-        let mut wanted = HEADER_LEN;
         let result = loop {
             if self.in_frame_remaining > 0 {
                 let take = self.in_frame_remaining.min(buf.len() - run);
@@ -97,27 +114,33 @@ impl FrameSplitter {
                 });
             }
             let total = 1 + len as usize;
-            if inspect(tag) {
-                if avail.len() < total {
-                    wanted = total;
-                    break Ok(total);
+            match classify(tag) {
+                Handling::Forward => {
+                    observe(tag, None);
+                    self.in_frame_remaining = total;
                 }
-                if run > 0 {
-                    out.push(Piece::Forward(buf.split_to(run).freeze()));
-                    run = 0;
+                _ if avail.len() < total => break Ok(total),
+                Handling::Observe => {
+                    observe(tag, Some(&avail[..total]));
+                    self.in_frame_remaining = total;
                 }
-                out.push(Piece::Inspect {
-                    tag,
-                    frame: buf.split_to(total).freeze(),
-                });
-            } else {
-                self.in_frame_remaining = total;
+                Handling::Inspect => {
+                    observe(tag, Some(&avail[..total]));
+                    if run > 0 {
+                        out.push(Piece::Forward(buf.split_to(run).freeze()));
+                        run = 0;
+                    }
+                    out.push(Piece::Inspect {
+                        tag,
+                        frame: buf.split_to(total).freeze(),
+                    });
+                }
             }
         };
         if run > 0 {
             out.push(Piece::Forward(buf.split_to(run).freeze()));
         }
-        result.map(|_| wanted)
+        result
     }
 }
 
@@ -144,9 +167,15 @@ mod tests {
         s
     }
 
-    fn inspect_qp(tag: u8) -> bool {
-        tag == b'Q' || tag == b'P'
+    fn inspect_qp(tag: u8) -> Handling {
+        match tag {
+            b'Q' | b'P' => Handling::Inspect,
+            b'S' => Handling::Observe,
+            _ => Handling::Forward,
+        }
     }
+
+    fn ignore(_: u8, _: Option<&[u8]>) {}
 
     /// Feeds `input` in chunks of the given sizes and reassembles the output.
     fn run(input: &[u8], chunks: &[usize]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
@@ -154,6 +183,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut forwarded = Vec::new();
         let mut inspected = Vec::new();
+        let mut seen = Vec::new();
         let mut pos = 0;
         let mut sizes = chunks.iter().cycle();
         while pos < input.len() {
@@ -161,7 +191,14 @@ mod tests {
             buf.put_slice(&input[pos..pos + n]);
             pos += n;
             let mut out = Vec::new();
-            splitter.split(&mut buf, inspect_qp, &mut out).unwrap();
+            splitter
+                .split(
+                    &mut buf,
+                    inspect_qp,
+                    |tag, frame| seen.push((tag, frame.map(<[u8]>::to_vec))),
+                    &mut out,
+                )
+                .unwrap();
             for piece in out {
                 match piece {
                     Piece::Forward(b) => forwarded.extend_from_slice(&b),
@@ -174,6 +211,18 @@ mod tests {
         }
         assert!(buf.is_empty(), "all bytes consumed");
         assert!(splitter.at_frame_boundary());
+        let tags: Vec<u8> = seen.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            tags,
+            b"BQEdPS".to_vec(),
+            "every frame observed once, in order"
+        );
+        assert_eq!(
+            seen[5].1.as_deref(),
+            Some(&frame(b'S', b"")[..]),
+            "observed frames are whole"
+        );
+        assert_eq!(seen[0].1, None, "forwarded frames show only their tag");
         (forwarded, inspected)
     }
 
@@ -205,7 +254,9 @@ mod tests {
         let big = frame(b'd', &[1u8; 1000]);
         let mut buf = BytesMut::from(&big[..400]);
         let mut out = Vec::new();
-        splitter.split(&mut buf, inspect_qp, &mut out).unwrap();
+        splitter
+            .split(&mut buf, inspect_qp, ignore, &mut out)
+            .unwrap();
         assert_eq!(
             out,
             vec![Piece::Forward(Bytes::copy_from_slice(&big[..400]))]
@@ -220,7 +271,9 @@ mod tests {
         let q = frame(b'Q', &[b'x'; 100]);
         let mut buf = BytesMut::from(&q[..10]);
         let mut out = Vec::new();
-        let wanted = splitter.split(&mut buf, inspect_qp, &mut out).unwrap();
+        let wanted = splitter
+            .split(&mut buf, inspect_qp, ignore, &mut out)
+            .unwrap();
         assert!(out.is_empty());
         assert_eq!(wanted, q.len());
         assert_eq!(buf.len(), 10);
@@ -231,12 +284,12 @@ mod tests {
         let mut splitter = FrameSplitter::new(100);
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
         let err = splitter
-            .split(&mut buf, inspect_qp, &mut Vec::new())
+            .split(&mut buf, inspect_qp, ignore, &mut Vec::new())
             .unwrap_err();
         assert_eq!(err, FrameError::LengthTooSmall { tag: 'Q', len: 3 });
         let mut buf = BytesMut::from(&[b'd', 0, 0, 1, 0][..]);
         let err = FrameSplitter::new(100)
-            .split(&mut buf, inspect_qp, &mut Vec::new())
+            .split(&mut buf, inspect_qp, ignore, &mut Vec::new())
             .unwrap_err();
         assert_eq!(
             err,
@@ -254,7 +307,7 @@ mod tests {
         input.extend_from_slice(&[b'Q', 0, 0, 0, 1]);
         let mut buf = BytesMut::from(&input[..]);
         let mut out = Vec::new();
-        let err = FrameSplitter::new(100).split(&mut buf, inspect_qp, &mut out);
+        let err = FrameSplitter::new(100).split(&mut buf, inspect_qp, ignore, &mut out);
         assert!(err.is_err());
         assert_eq!(out, vec![Piece::Forward(Bytes::from(frame(b'B', b"ok")))]);
     }

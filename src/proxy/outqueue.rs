@@ -23,6 +23,11 @@ impl OutQueue {
         }
     }
 
+    /// How many chunks are queued.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// True when nothing is left to write.
     pub fn is_empty(&self) -> bool {
         self.remaining == 0

@@ -16,13 +16,13 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::framing::{FrameError, FrameSplitter, Piece, HEADER_LEN};
+use super::framing::{FrameError, FrameSplitter, Handling, Piece, HEADER_LEN};
 use super::outqueue::OutQueue;
 use super::statement::{rewrite_frame, MalformedStatement};
 use super::wire::{backend, frontend, sqlstate, ErrorResponse};
@@ -158,6 +158,27 @@ impl Pump {
         }
     }
 
+    /// Writes everything queued: a plain `write` for the usual single chunk,
+    /// a vectored write when there are several. Cancel-safe: the queue only
+    /// advances by what was written, so a session that ends mid-write still
+    /// knows exactly what is left to send.
+    async fn flush(&mut self, dst: &mut WriteHalf<'_>) -> io::Result<()> {
+        while !self.out.is_empty() {
+            let written = if self.out.chunk_count() == 1 {
+                dst.write(self.out.chunk()).await?
+            } else {
+                let mut slices = [io::IoSlice::new(&[]); 64];
+                let n = self.out.chunks_vectored(&mut slices);
+                dst.write_vectored(&slices[..n]).await?
+            };
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.out.advance(written);
+        }
+        Ok(())
+    }
+
     /// Drops an oversized, empty read buffer.
     fn shrink_if_idle(&mut self) {
         if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_BUFFER {
@@ -166,19 +187,23 @@ impl Pump {
     }
 }
 
-fn inspect_frontend(tag: u8) -> bool {
-    matches!(
-        tag,
-        frontend::QUERY
-            | frontend::PARSE
-            | frontend::SYNC
-            | frontend::FUNCTION_CALL
-            | frontend::TERMINATE
-    )
+/// Client messages: Query and Parse go through the rewrite seam; the ones
+/// that end in a ReadyForQuery, and Terminate, are counted.
+pub fn classify_frontend(tag: u8) -> Handling {
+    match tag {
+        frontend::QUERY | frontend::PARSE => Handling::Inspect,
+        frontend::SYNC | frontend::FUNCTION_CALL | frontend::TERMINATE => Handling::Observe,
+        _ => Handling::Forward,
+    }
 }
 
-fn inspect_backend(tag: u8) -> bool {
-    tag == backend::READY_FOR_QUERY
+/// Server messages: ReadyForQuery is counted and its status noted.
+pub fn classify_backend(tag: u8) -> Handling {
+    if tag == backend::READY_FOR_QUERY {
+        Handling::Observe
+    } else {
+        Handling::Forward
+    }
 }
 
 /// Client → server: rewrite seam for Query/Parse, request accounting.
@@ -189,53 +214,41 @@ async fn client_to_server(
     state: &SessionState,
     rewriter: &dyn StatementRewriter,
 ) -> End {
+    let observe = |tag: u8, _frame: Option<&[u8]>| match tag {
+        frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
+            state.in_flight.fetch_add(1, Ordering::Relaxed);
+            state.unsynced.store(false, Ordering::Relaxed);
+        }
+        frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
+        _ => state.unsynced.store(true, Ordering::Relaxed),
+    };
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
             Err(e) => return End::ClientIo(e),
         };
         state.touch();
-        pump.wanted = match pump
-            .splitter
-            .split(&mut pump.inbuf, inspect_frontend, &mut pump.pieces)
-        {
+        pump.wanted = match pump.splitter.split(
+            &mut pump.inbuf,
+            classify_frontend,
+            observe,
+            &mut pump.pieces,
+        ) {
             Ok(wanted) => wanted,
             Err(e) => return End::ClientProtocol(e.to_string()),
         };
         for piece in pump.pieces.drain(..) {
             match piece {
-                Piece::Forward(bytes) => {
-                    state.unsynced.store(true, Ordering::Relaxed);
-                    pump.out.push(bytes);
-                }
-                Piece::Inspect { tag, frame } => {
-                    let frame = match tag {
-                        frontend::QUERY | frontend::PARSE => {
-                            match rewrite_frame(rewriter, tag, frame) {
-                                Ok(frame) => frame,
-                                Err(MalformedStatement(what, why)) => {
-                                    return End::ClientProtocol(format!(
-                                        "malformed {what} message: {why}"
-                                    ))
-                                }
-                            }
-                        }
-                        _ => frame,
-                    };
-                    match tag {
-                        frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
-                            state.in_flight.fetch_add(1, Ordering::Relaxed);
-                            state.unsynced.store(false, Ordering::Relaxed);
-                        }
-                        frontend::PARSE => state.unsynced.store(true, Ordering::Relaxed),
-                        frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
-                        _ => {}
+                Piece::Forward(bytes) => pump.out.push(bytes),
+                Piece::Inspect { tag, frame } => match rewrite_frame(rewriter, tag, frame) {
+                    Ok(frame) => pump.out.push(frame),
+                    Err(MalformedStatement(what, why)) => {
+                        return End::ClientProtocol(format!("malformed {what} message: {why}"))
                     }
-                    pump.out.push(frame);
-                }
+                },
             }
         }
-        if let Err(e) = dst.write_all_buf(&mut pump.out).await {
+        if let Err(e) = pump.flush(dst).await {
             return End::ServerIo(e);
         }
         if eof {
@@ -252,37 +265,36 @@ async fn server_to_client(
     pump: &mut Pump,
     state: &SessionState,
 ) -> End {
+    let observe = |_tag: u8, frame: Option<&[u8]>| {
+        // Only ReadyForQuery is observed.
+        if let Some(&status) = frame.and_then(|f| f.get(HEADER_LEN)) {
+            state.txn_status.store(status, Ordering::Relaxed);
+            let _ = state
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    };
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
             Err(e) => return End::ServerIo(e),
         };
         state.touch();
-        pump.wanted = match pump
-            .splitter
-            .split(&mut pump.inbuf, inspect_backend, &mut pump.pieces)
-        {
-            Ok(wanted) => wanted,
-            Err(e) => return End::ServerProtocol(e),
-        };
+        pump.wanted =
+            match pump
+                .splitter
+                .split(&mut pump.inbuf, classify_backend, observe, &mut pump.pieces)
+            {
+                Ok(wanted) => wanted,
+                Err(e) => return End::ServerProtocol(e),
+            };
         for piece in pump.pieces.drain(..) {
+            // Nothing from the server is inspected today.
             match piece {
-                Piece::Forward(bytes) => pump.out.push(bytes),
-                Piece::Inspect { frame, .. } => {
-                    if let Some(&status) = frame.get(HEADER_LEN) {
-                        state.txn_status.store(status, Ordering::Relaxed);
-                    }
-                    let _ =
-                        state
-                            .in_flight
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            });
-                    pump.out.push(frame);
-                }
+                Piece::Forward(bytes) | Piece::Inspect { frame: bytes, .. } => pump.out.push(bytes),
             }
         }
-        if let Err(e) = dst.write_all_buf(&mut pump.out).await {
+        if let Err(e) = pump.flush(dst).await {
             return End::ClientIo(e);
         }
         if eof {
@@ -431,7 +443,7 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
     drop(server);
     if let Some(err) = farewell {
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
-            client_w.write_all_buf(&mut down.out).await?;
+            down.flush(&mut client_w).await?;
             // Only at a frame boundary can a frame of our own follow.
             if down.out.is_empty() && down.splitter.at_frame_boundary() {
                 client_w.write_all(&err.encode()).await?;
