@@ -103,7 +103,7 @@ impl Default for Limits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
             upstream: Upstream {
                 host: "127.0.0.1".into(),
                 port: 5432,
