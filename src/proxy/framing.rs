@@ -1,49 +1,58 @@
 //! Splitting a byte stream of regular (post-startup) protocol messages into
-//! what the relay forwards untouched and what it needs to look at.
+//! what the relay forwards.
 //!
 //! Only frame headers (a tag byte and a big-endian length) are read. A run of
-//! frames the caller does not inspect — including a frame that has only partly
-//! arrived — is split off the read buffer as one [`Bytes`] that shares the
-//! buffer's memory: no payload is copied or decoded, and a 1 GB DataRow streams
-//! through without being held whole. Each frame is classified by its tag
-//! ([`Handling`]): forwarded blind, observed (the caller sees the whole frame
-//! but it stays part of the forwarded run), or inspected (handed over whole
-//! as its own piece, so the caller can replace it).
+//! frames — including a frame that has only partly arrived — is split off the
+//! read buffer as one [`Bytes`] that shares the buffer's memory: no payload is
+//! copied, and a 1 GB DataRow streams through without being held whole. The
+//! caller's [`FrameVisitor`] sees every frame's tag in stream order; for the
+//! tags it asks to see whole it gets the complete frame and may keep it in
+//! the run (the usual case: nothing is split or copied) or replace it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::outqueue::OutQueue;
 
 /// Bytes in a frame header: tag + length word.
 pub const HEADER_LEN: usize = 5;
 
-/// What [`FrameSplitter::split`] hands back, in stream order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    /// Bytes to forward as they are: whole frames, and possibly the start or
-    /// the rest of a frame that spans reads.
-    Forward(Bytes),
-    /// One whole frame (header included) whose tag the caller inspects.
-    Inspect { tag: u8, frame: Bytes },
-}
-
-/// What the caller wants done with frames of one tag.
+/// How the visitor wants frames of one tag delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handling {
-    /// Forward as it comes; the observer sees the tag only.
+    /// Forwarded as the bytes come; the visitor sees the tag only.
     Forward,
-    /// Wait for the whole frame, show it to the observer, forward it as part
-    /// of the surrounding run.
-    Observe,
-    /// Wait for the whole frame and hand it over as its own piece.
-    Inspect,
+    /// Held back until the whole frame is in; the visitor sees all of it.
+    Whole,
 }
 
-/// A frame header that cannot be right.
+/// The visitor's answer for a whole frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward the frame as it arrived.
+    Keep,
+    /// Forward these bytes instead of the frame.
+    Replace(Bytes),
+}
+
+/// The caller's view of the stream.
+pub trait FrameVisitor {
+    /// How frames with `tag` are delivered.
+    fn handling(&self, tag: u8) -> Handling;
+    /// Called once per frame, in stream order: with the whole frame (header
+    /// included) for [`Handling::Whole`] tags, `None` otherwise. An `Err`
+    /// stops the stream; its text says why.
+    fn visit(&mut self, tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String>;
+}
+
+/// Why a stream cannot go on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("invalid message length {len} for message type {tag:?} (less than 4)")]
     LengthTooSmall { tag: char, len: u32 },
     #[error("message type {tag:?} of {len} bytes exceeds max_message_size ({max} bytes)")]
     TooLarge { tag: char, len: u32, max: usize },
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// Per-direction framing state: where the next header starts.
@@ -69,19 +78,15 @@ impl FrameSplitter {
         self.in_frame_remaining == 0
     }
 
-    /// Takes every complete piece off the front of `buf` and appends it to
-    /// `out`. `classify` says how each tag is handled; `observe` is called
-    /// once per frame, in stream order, when its header is read — with the
-    /// whole frame for observed and inspected tags, `None` for forwarded
-    /// ones. What is left in `buf` is the start of a frame that must be seen
-    /// whole (or of a header) and needs more bytes; the return value is how
+    /// Moves everything that can be forwarded from the front of `buf` to
+    /// `out`. What stays in `buf` is the start of a frame the visitor wants
+    /// whole (or of a header) that needs more bytes; the return value is how
     /// many bytes that frame needs in total, so the caller can reserve room.
     pub fn split(
         &mut self,
         buf: &mut BytesMut,
-        classify: impl Fn(u8) -> Handling,
-        mut observe: impl FnMut(u8, Option<&[u8]>),
-        out: &mut Vec<Piece>,
+        visitor: &mut impl FrameVisitor,
+        out: &mut OutQueue,
     ) -> Result<usize, FrameError> {
         // `run` counts bytes at the front of `buf` that are forwarded as is.
         let mut run = 0;
@@ -114,31 +119,26 @@ impl FrameSplitter {
                 });
             }
             let total = 1 + len as usize;
-            match classify(tag) {
-                Handling::Forward => {
-                    observe(tag, None);
-                    self.in_frame_remaining = total;
-                }
-                _ if avail.len() < total => break Ok(total),
-                Handling::Observe => {
-                    observe(tag, Some(&avail[..total]));
-                    self.in_frame_remaining = total;
-                }
-                Handling::Inspect => {
-                    observe(tag, Some(&avail[..total]));
+            let frame = match visitor.handling(tag) {
+                Handling::Forward => None,
+                Handling::Whole if avail.len() < total => break Ok(total),
+                Handling::Whole => Some(&avail[..total]),
+            };
+            match visitor.visit(tag, frame) {
+                Ok(Verdict::Keep) => self.in_frame_remaining = total,
+                Ok(Verdict::Replace(bytes)) => {
                     if run > 0 {
-                        out.push(Piece::Forward(buf.split_to(run).freeze()));
+                        out.push(buf.split_to(run).freeze());
                         run = 0;
                     }
-                    out.push(Piece::Inspect {
-                        tag,
-                        frame: buf.split_to(total).freeze(),
-                    });
+                    buf.advance(total);
+                    out.push(bytes);
                 }
+                Err(reason) => break Err(FrameError::Rejected(reason)),
             }
         };
         if run > 0 {
-            out.push(Piece::Forward(buf.split_to(run).freeze()));
+            out.push(buf.split_to(run).freeze());
         }
         result
     }
@@ -167,85 +167,101 @@ mod tests {
         s
     }
 
-    fn inspect_qp(tag: u8) -> Handling {
-        match tag {
-            b'Q' | b'P' => Handling::Inspect,
-            b'S' => Handling::Observe,
-            _ => Handling::Forward,
+    /// Wants Q, P and S whole; replaces Q by `replace_q` when set.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<(u8, Option<Vec<u8>>)>,
+        replace_q: Option<Bytes>,
+    }
+
+    impl FrameVisitor for Recorder {
+        fn handling(&self, tag: u8) -> Handling {
+            match tag {
+                b'Q' | b'P' | b'S' => Handling::Whole,
+                _ => Handling::Forward,
+            }
+        }
+        fn visit(&mut self, tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
+            self.seen.push((tag, frame.map(<[u8]>::to_vec)));
+            match (&self.replace_q, tag) {
+                (Some(q), b'Q') => Ok(Verdict::Replace(q.clone())),
+                _ => Ok(Verdict::Keep),
+            }
         }
     }
 
-    fn ignore(_: u8, _: Option<&[u8]>) {}
-
-    /// Feeds `input` in chunks of the given sizes and reassembles the output.
-    fn run(input: &[u8], chunks: &[usize]) -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
+    /// Feeds `input` in chunks of the given sizes; returns what went out.
+    fn run(input: &[u8], chunks: &[usize], visitor: &mut Recorder) -> Vec<u8> {
         let mut splitter = FrameSplitter::new(1 << 20);
         let mut buf = BytesMut::new();
+        let mut out = OutQueue::default();
         let mut forwarded = Vec::new();
-        let mut inspected = Vec::new();
-        let mut seen = Vec::new();
         let mut pos = 0;
         let mut sizes = chunks.iter().cycle();
         while pos < input.len() {
             let n = (*sizes.next().unwrap()).min(input.len() - pos);
             buf.put_slice(&input[pos..pos + n]);
             pos += n;
-            let mut out = Vec::new();
-            splitter
-                .split(
-                    &mut buf,
-                    inspect_qp,
-                    |tag, frame| seen.push((tag, frame.map(<[u8]>::to_vec))),
-                    &mut out,
-                )
-                .unwrap();
-            for piece in out {
-                match piece {
-                    Piece::Forward(b) => forwarded.extend_from_slice(&b),
-                    Piece::Inspect { tag, frame } => {
-                        inspected.push((tag, frame.to_vec()));
-                        forwarded.extend_from_slice(&frame);
-                    }
-                }
-            }
+            splitter.split(&mut buf, visitor, &mut out).unwrap();
+            let n = out.remaining();
+            forwarded.extend_from_slice(&out.copy_to_bytes(n));
         }
         assert!(buf.is_empty(), "all bytes consumed");
         assert!(splitter.at_frame_boundary());
-        let tags: Vec<u8> = seen.iter().map(|(t, _)| *t).collect();
-        assert_eq!(
-            tags,
-            b"BQEdPS".to_vec(),
-            "every frame observed once, in order"
-        );
-        assert_eq!(
-            seen[5].1.as_deref(),
-            Some(&frame(b'S', b"")[..]),
-            "observed frames are whole"
-        );
-        assert_eq!(seen[0].1, None, "forwarded frames show only their tag");
-        (forwarded, inspected)
+        forwarded
     }
 
     #[test]
-    fn whole_stream_in_one_read() {
-        let input = stream();
-        let (fwd, insp) = run(&input, &[input.len()]);
-        assert_eq!(fwd, input);
-        assert_eq!(insp.len(), 2);
-        assert_eq!(insp[0].1, frame(b'Q', b"select 1\0"));
-        assert_eq!(insp[1].1, frame(b'P', b"s1\0select $1\0\0\0"));
-    }
-
-    #[test]
-    fn every_chunking_gives_the_same_stream() {
+    fn every_chunking_gives_the_same_stream_and_visits() {
         let input = stream();
         for size in 1..=input.len() {
-            let (fwd, insp) = run(&input, &[size]);
-            assert_eq!(fwd, input, "chunk size {size}");
-            assert_eq!(insp.len(), 2, "chunk size {size}");
+            let mut v = Recorder::default();
+            assert_eq!(run(&input, &[size], &mut v), input, "chunk size {size}");
+            let tags: Vec<u8> = v.seen.iter().map(|(t, _)| *t).collect();
+            assert_eq!(
+                tags,
+                b"BQEdPS".to_vec(),
+                "each frame visited once, in order"
+            );
+            assert_eq!(
+                v.seen[1].1.as_deref(),
+                Some(&frame(b'Q', b"select 1\0")[..])
+            );
+            assert_eq!(v.seen[5].1.as_deref(), Some(&frame(b'S', b"")[..]));
+            assert_eq!(v.seen[0].1, None, "forwarded frames show only their tag");
         }
-        let (fwd, _) = run(&input, &[3, 1, 17, 2, 250, 5]);
-        assert_eq!(fwd, input);
+        let mut v = Recorder::default();
+        assert_eq!(run(&input, &[3, 1, 17, 2, 250, 5], &mut v), input);
+    }
+
+    #[test]
+    fn kept_frames_stay_in_one_run() {
+        let input = stream();
+        let mut buf = BytesMut::from(&input[..]);
+        let mut out = OutQueue::default();
+        FrameSplitter::new(1 << 20)
+            .split(&mut buf, &mut Recorder::default(), &mut out)
+            .unwrap();
+        assert_eq!(out.chunk_count(), 1, "nothing split or copied");
+    }
+
+    #[test]
+    fn replaced_frames_are_swapped_in_place() {
+        let input = stream();
+        let new_q = Bytes::from(frame(b'Q', b"select 2\0"));
+        let mut expected = Vec::new();
+        expected.extend(frame(b'B', b"bind-payload"));
+        expected.extend_from_slice(&new_q);
+        expected.extend_from_slice(
+            &input[frame(b'B', b"bind-payload").len() + frame(b'Q', b"select 1\0").len()..],
+        );
+        for size in [1, 7, input.len()] {
+            let mut v = Recorder {
+                replace_q: Some(new_q.clone()),
+                ..Default::default()
+            };
+            assert_eq!(run(&input, &[size], &mut v), expected, "chunk size {size}");
+        }
     }
 
     #[test]
@@ -253,26 +269,23 @@ mod tests {
         let mut splitter = FrameSplitter::new(1 << 20);
         let big = frame(b'd', &[1u8; 1000]);
         let mut buf = BytesMut::from(&big[..400]);
-        let mut out = Vec::new();
+        let mut out = OutQueue::default();
         splitter
-            .split(&mut buf, inspect_qp, ignore, &mut out)
+            .split(&mut buf, &mut Recorder::default(), &mut out)
             .unwrap();
-        assert_eq!(
-            out,
-            vec![Piece::Forward(Bytes::copy_from_slice(&big[..400]))]
-        );
+        assert_eq!(out.remaining(), 400);
         assert!(!splitter.at_frame_boundary());
         assert!(buf.is_empty());
     }
 
     #[test]
-    fn inspected_frame_waits_and_reports_its_size() {
+    fn whole_frames_wait_and_report_their_size() {
         let mut splitter = FrameSplitter::new(1 << 20);
         let q = frame(b'Q', &[b'x'; 100]);
         let mut buf = BytesMut::from(&q[..10]);
-        let mut out = Vec::new();
+        let mut out = OutQueue::default();
         let wanted = splitter
-            .split(&mut buf, inspect_qp, ignore, &mut out)
+            .split(&mut buf, &mut Recorder::default(), &mut out)
             .unwrap();
         assert!(out.is_empty());
         assert_eq!(wanted, q.len());
@@ -280,16 +293,15 @@ mod tests {
     }
 
     #[test]
-    fn bad_lengths_are_errors() {
-        let mut splitter = FrameSplitter::new(100);
+    fn bad_lengths_and_rejections_are_errors() {
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
-        let err = splitter
-            .split(&mut buf, inspect_qp, ignore, &mut Vec::new())
+        let err = FrameSplitter::new(100)
+            .split(&mut buf, &mut Recorder::default(), &mut OutQueue::default())
             .unwrap_err();
         assert_eq!(err, FrameError::LengthTooSmall { tag: 'Q', len: 3 });
         let mut buf = BytesMut::from(&[b'd', 0, 0, 1, 0][..]);
         let err = FrameSplitter::new(100)
-            .split(&mut buf, inspect_qp, ignore, &mut Vec::new())
+            .split(&mut buf, &mut Recorder::default(), &mut OutQueue::default())
             .unwrap_err();
         assert_eq!(
             err,
@@ -299,16 +311,19 @@ mod tests {
                 max: 100
             }
         );
-    }
-
-    #[test]
-    fn frames_before_a_bad_header_are_still_forwarded() {
-        let mut input = frame(b'B', b"ok");
-        input.extend_from_slice(&[b'Q', 0, 0, 0, 1]);
-        let mut buf = BytesMut::from(&input[..]);
-        let mut out = Vec::new();
-        let err = FrameSplitter::new(100).split(&mut buf, inspect_qp, ignore, &mut out);
-        assert!(err.is_err());
-        assert_eq!(out, vec![Piece::Forward(Bytes::from(frame(b'B', b"ok")))]);
+        struct No;
+        impl FrameVisitor for No {
+            fn handling(&self, _: u8) -> Handling {
+                Handling::Whole
+            }
+            fn visit(&mut self, _: u8, _: Option<&[u8]>) -> Result<Verdict, String> {
+                Err("no".into())
+            }
+        }
+        let mut buf = BytesMut::from(&frame(b'Q', b"x\0")[..]);
+        let err = FrameSplitter::new(100)
+            .split(&mut buf, &mut No, &mut OutQueue::default())
+            .unwrap_err();
+        assert_eq!(err, FrameError::Rejected("no".into()));
     }
 }

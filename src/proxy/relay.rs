@@ -22,9 +22,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::framing::{FrameError, FrameSplitter, Handling, Piece, HEADER_LEN};
+use super::framing::{FrameError, FrameSplitter, FrameVisitor, Handling, Verdict, HEADER_LEN};
 use super::outqueue::OutQueue;
-use super::statement::{rewrite_frame, MalformedStatement};
+use super::statement::rewrite_frame;
 use super::wire::{backend, frontend, sqlstate, ErrorResponse};
 use super::{Shared, Stage};
 use crate::rewrite::StatementRewriter;
@@ -59,7 +59,7 @@ enum End {
 
 /// What the two pumps tell each other. Both run in the session's one task,
 /// so the atomics are never contended; they only make the sharing `Send`.
-struct SessionState {
+pub struct SessionState {
     started: Instant,
     /// Whether `last_activity_ms` is kept (only with an idle timeout).
     track_activity: bool,
@@ -79,7 +79,9 @@ struct SessionState {
 }
 
 impl SessionState {
-    fn new(track_activity: bool) -> Self {
+    /// Fresh state of a session that has just sent its startup message;
+    /// `track_activity` keeps the last-activity clock (for an idle timeout).
+    pub fn new(track_activity: bool) -> Self {
         SessionState {
             started: Instant::now(),
             track_activity,
@@ -114,7 +116,6 @@ impl SessionState {
 struct Pump {
     inbuf: BytesMut,
     splitter: FrameSplitter,
-    pieces: Vec<Piece>,
     out: OutQueue,
     /// Bytes the next inspected frame needs in total.
     wanted: usize,
@@ -125,7 +126,6 @@ impl Pump {
         Pump {
             inbuf: BytesMut::new(),
             splitter: FrameSplitter::new(max_message_size),
-            pieces: Vec::new(),
             out: OutQueue::default(),
             wanted: HEADER_LEN,
         }
@@ -187,22 +187,81 @@ impl Pump {
     }
 }
 
-/// Client messages: Query and Parse go through the rewrite seam; the ones
-/// that end in a ReadyForQuery, and Terminate, are counted.
-pub fn classify_frontend(tag: u8) -> Handling {
-    match tag {
-        frontend::QUERY | frontend::PARSE => Handling::Inspect,
-        frontend::SYNC | frontend::FUNCTION_CALL | frontend::TERMINATE => Handling::Observe,
-        _ => Handling::Forward,
+/// The client stream as the relay sees it: Query and Parse go through the
+/// rewrite seam; the requests that end in a ReadyForQuery, and Terminate,
+/// are counted.
+pub struct FrontendVisitor<'a> {
+    state: &'a SessionState,
+    rewriter: &'a dyn StatementRewriter,
+}
+
+impl<'a> FrontendVisitor<'a> {
+    pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
+        FrontendVisitor { state, rewriter }
     }
 }
 
-/// Server messages: ReadyForQuery is counted and its status noted.
-pub fn classify_backend(tag: u8) -> Handling {
-    if tag == backend::READY_FOR_QUERY {
-        Handling::Observe
-    } else {
-        Handling::Forward
+impl FrameVisitor for FrontendVisitor<'_> {
+    fn handling(&self, tag: u8) -> Handling {
+        match tag {
+            frontend::QUERY
+            | frontend::PARSE
+            | frontend::SYNC
+            | frontend::FUNCTION_CALL
+            | frontend::TERMINATE => Handling::Whole,
+            _ => Handling::Forward,
+        }
+    }
+
+    fn visit(&mut self, tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
+        let state = self.state;
+        match tag {
+            frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
+                state.in_flight.fetch_add(1, Ordering::Relaxed);
+                state.unsynced.store(false, Ordering::Relaxed);
+            }
+            frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
+            _ => state.unsynced.store(true, Ordering::Relaxed),
+        }
+        match (tag, frame) {
+            (frontend::QUERY | frontend::PARSE, Some(frame)) => {
+                rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())
+            }
+            _ => Ok(Verdict::Keep),
+        }
+    }
+}
+
+/// The server stream as the relay sees it: ReadyForQuery is counted and its
+/// transaction status noted.
+pub struct BackendVisitor<'a> {
+    state: &'a SessionState,
+}
+
+impl<'a> BackendVisitor<'a> {
+    pub fn new(state: &'a SessionState) -> Self {
+        BackendVisitor { state }
+    }
+}
+
+impl FrameVisitor for BackendVisitor<'_> {
+    fn handling(&self, tag: u8) -> Handling {
+        if tag == backend::READY_FOR_QUERY {
+            Handling::Whole
+        } else {
+            Handling::Forward
+        }
+    }
+
+    fn visit(&mut self, _tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
+        if let Some(&status) = frame.and_then(|f| f.get(HEADER_LEN)) {
+            self.state.txn_status.store(status, Ordering::Relaxed);
+            let _ = self
+                .state
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+        Ok(Verdict::Keep)
     }
 }
 
@@ -214,40 +273,20 @@ async fn client_to_server(
     state: &SessionState,
     rewriter: &dyn StatementRewriter,
 ) -> End {
-    let observe = |tag: u8, _frame: Option<&[u8]>| match tag {
-        frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
-            state.in_flight.fetch_add(1, Ordering::Relaxed);
-            state.unsynced.store(false, Ordering::Relaxed);
-        }
-        frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
-        _ => state.unsynced.store(true, Ordering::Relaxed),
-    };
+    let mut visitor = FrontendVisitor { state, rewriter };
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
             Err(e) => return End::ClientIo(e),
         };
         state.touch();
-        pump.wanted = match pump.splitter.split(
-            &mut pump.inbuf,
-            classify_frontend,
-            observe,
-            &mut pump.pieces,
-        ) {
+        pump.wanted = match pump
+            .splitter
+            .split(&mut pump.inbuf, &mut visitor, &mut pump.out)
+        {
             Ok(wanted) => wanted,
             Err(e) => return End::ClientProtocol(e.to_string()),
         };
-        for piece in pump.pieces.drain(..) {
-            match piece {
-                Piece::Forward(bytes) => pump.out.push(bytes),
-                Piece::Inspect { tag, frame } => match rewrite_frame(rewriter, tag, frame) {
-                    Ok(frame) => pump.out.push(frame),
-                    Err(MalformedStatement(what, why)) => {
-                        return End::ClientProtocol(format!("malformed {what} message: {why}"))
-                    }
-                },
-            }
-        }
         if let Err(e) = pump.flush(dst).await {
             return End::ServerIo(e);
         }
@@ -265,35 +304,20 @@ async fn server_to_client(
     pump: &mut Pump,
     state: &SessionState,
 ) -> End {
-    let observe = |_tag: u8, frame: Option<&[u8]>| {
-        // Only ReadyForQuery is observed.
-        if let Some(&status) = frame.and_then(|f| f.get(HEADER_LEN)) {
-            state.txn_status.store(status, Ordering::Relaxed);
-            let _ = state
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-    };
+    let mut visitor = BackendVisitor { state };
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
             Err(e) => return End::ServerIo(e),
         };
         state.touch();
-        pump.wanted =
-            match pump
-                .splitter
-                .split(&mut pump.inbuf, classify_backend, observe, &mut pump.pieces)
-            {
-                Ok(wanted) => wanted,
-                Err(e) => return End::ServerProtocol(e),
-            };
-        for piece in pump.pieces.drain(..) {
-            // Nothing from the server is inspected today.
-            match piece {
-                Piece::Forward(bytes) | Piece::Inspect { frame: bytes, .. } => pump.out.push(bytes),
-            }
-        }
+        pump.wanted = match pump
+            .splitter
+            .split(&mut pump.inbuf, &mut visitor, &mut pump.out)
+        {
+            Ok(wanted) => wanted,
+            Err(e) => return End::ServerProtocol(e),
+        };
         if let Err(e) = pump.flush(dst).await {
             return End::ClientIo(e);
         }

@@ -1,11 +1,11 @@
 //! Decoding the SQL text out of `Query` and `Parse` frames, handing it to the
 //! rewrite seam, and re-encoding a frame when the seam replaced the text.
 //!
-//! An unchanged statement is forwarded as the very `Bytes` it arrived in.
+//! An unchanged statement is forwarded as the very bytes it arrived in.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::proxy::framing::HEADER_LEN;
+use crate::proxy::framing::{Verdict, HEADER_LEN};
 use crate::proxy::wire::{frontend, split_cstr};
 use crate::rewrite::{Rewrite, StatementKind, StatementRewriter};
 
@@ -14,14 +14,14 @@ use crate::rewrite::{Rewrite, StatementKind, StatementRewriter};
 #[error("malformed {0} message: {1}")]
 pub struct MalformedStatement(pub &'static str, pub &'static str);
 
-/// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter` and
-/// returns the frame to forward.
+/// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter`:
+/// keep the frame, or replace it with a re-encoded one.
 pub fn rewrite_frame(
     rewriter: &dyn StatementRewriter,
     tag: u8,
-    frame: Bytes,
-) -> Result<Bytes, MalformedStatement> {
-    let body = &frame[HEADER_LEN..];
+    frame: &[u8],
+) -> Result<Verdict, MalformedStatement> {
+    let body = frame.get(HEADER_LEN..).unwrap_or_default();
     match tag {
         frontend::QUERY => {
             let (sql, rest) =
@@ -30,10 +30,11 @@ pub fn rewrite_frame(
                 return Err(MalformedStatement("Query", "data after the query string"));
             }
             match rewriter.rewrite(StatementKind::SimpleQuery, sql) {
-                Rewrite::Unchanged => Ok(frame),
-                Rewrite::Replaced(new_sql) => {
-                    Ok(encode(frontend::QUERY, &[b"", new_sql.as_bytes(), b"\0"]))
-                }
+                Rewrite::Unchanged => Ok(Verdict::Keep),
+                Rewrite::Replaced(new_sql) => Ok(Verdict::Replace(encode(
+                    frontend::QUERY,
+                    &[new_sql.as_bytes(), b"\0"],
+                ))),
             }
         }
         frontend::PARSE => {
@@ -42,14 +43,14 @@ pub fn rewrite_frame(
             let (sql, params) =
                 split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
             match rewriter.rewrite(StatementKind::Parse, sql) {
-                Rewrite::Unchanged => Ok(frame),
-                Rewrite::Replaced(new_sql) => Ok(encode(
+                Rewrite::Unchanged => Ok(Verdict::Keep),
+                Rewrite::Replaced(new_sql) => Ok(Verdict::Replace(encode(
                     frontend::PARSE,
                     &[name, b"\0", new_sql.as_bytes(), b"\0", params],
-                )),
+                ))),
             }
         }
-        _ => Ok(frame),
+        _ => Ok(Verdict::Keep),
     }
 }
 
@@ -83,34 +84,29 @@ mod tests {
     }
 
     #[test]
-    fn unchanged_statements_are_the_same_bytes() {
-        let q = query("select 1");
-        let out = rewrite_frame(&PassThrough, b'Q', q.clone()).unwrap();
-        assert_eq!(out, q);
+    fn unchanged_statements_are_kept() {
         assert_eq!(
-            out.as_ptr(),
-            q.as_ptr(),
-            "no copy for an unchanged statement"
+            rewrite_frame(&PassThrough, b'Q', &query("select 1")),
+            Ok(Verdict::Keep)
         );
     }
 
     #[test]
     fn replaced_parse_keeps_name_and_parameter_types() {
         let parse = encode(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
-        let out = rewrite_frame(&Upper, b'P', parse).unwrap();
-        assert_eq!(
-            out,
-            encode(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]])
-        );
-        let q = rewrite_frame(&Upper, b'Q', query("select 2")).unwrap();
-        assert_eq!(q, query("SELECT 2"));
+        let out = rewrite_frame(&Upper, b'P', &parse).unwrap();
+        let expected = encode(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]]);
+        assert_eq!(out, Verdict::Replace(expected));
+        let q = rewrite_frame(&Upper, b'Q', &query("select 2")).unwrap();
+        assert_eq!(q, Verdict::Replace(query("SELECT 2")));
     }
 
     #[test]
     fn malformed_frames_are_reported() {
         let bad = encode(b'Q', &[b"no terminator"]);
-        assert!(rewrite_frame(&PassThrough, b'Q', bad).is_err());
+        assert!(rewrite_frame(&PassThrough, b'Q', &bad).is_err());
         let bad = encode(b'P', &[b"name\0sql"]);
-        assert!(rewrite_frame(&PassThrough, b'P', bad).is_err());
+        assert!(rewrite_frame(&PassThrough, b'P', &bad).is_err());
+        assert!(rewrite_frame(&PassThrough, b'Q', b"Q").is_err());
     }
 }
