@@ -194,7 +194,18 @@ impl Config {
         Self::resolve(file, overrides)
     }
 
-    /// Parses TOML text (for tests and `--config`).
+    /// Parses TOML text; every key not given keeps its default.
+    ///
+    /// ```
+    /// use pgshift::config::{Config, Overrides};
+    ///
+    /// let text = "upstream = \"db.internal:5433\"\n[limits]\nmax_client_connections = 50\n";
+    /// let flags = Overrides { listen: Some("0.0.0.0:7432".into()), ..Overrides::default() };
+    /// let config = Config::from_toml(text, &flags).unwrap();
+    /// assert_eq!(config.upstream.to_string(), "db.internal:5433");
+    /// assert_eq!(config.listen.port(), 7432); // the flag wins over the file
+    /// assert_eq!(config.limits.max_client_connections, 50);
+    /// ```
     pub fn from_toml(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
         Self::resolve(Self::parse_file(text, "<inline>")?, overrides)
     }
