@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgshift::proxy::framing::{FrameSplitter, FrameVisitor};
 use pgshift::proxy::outqueue::OutQueue;
-use pgshift::proxy::relay::{BackendVisitor, FrontendVisitor, SessionState};
+use pgshift::proxy::session::{BackendVisitor, FrontendVisitor, SessionState};
 use pgshift::proxy::statement::rewrite_frame;
 use pgshift::rewrite::PassThrough;
 

@@ -13,8 +13,7 @@
 //! when it is idle outside a transaction and can be closed safely.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,10 +21,10 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::framing::{FrameError, FrameSplitter, FrameVisitor, Handling, Verdict, HEADER_LEN};
+use super::framing::{FrameError, FrameSplitter, HEADER_LEN};
 use super::outqueue::OutQueue;
-use super::statement::rewrite_frame;
-use super::wire::{backend, frontend, sqlstate, ErrorResponse};
+use super::session::{BackendVisitor, FrontendVisitor, SessionState};
+use super::wire::{sqlstate, ErrorResponse};
 use super::{Shared, Stage};
 use crate::rewrite::StatementRewriter;
 
@@ -55,61 +54,6 @@ enum End {
     Drained,
     /// Shutdown: the grace period is over.
     ShutdownForced,
-}
-
-/// What the two pumps tell each other. Both run in the session's one task,
-/// so the atomics are never contended; they only make the sharing `Send`.
-pub struct SessionState {
-    started: Instant,
-    /// Whether `last_activity_ms` is kept (only with an idle timeout).
-    track_activity: bool,
-    /// Milliseconds since `started` when a byte last moved.
-    last_activity_ms: AtomicU64,
-    /// Requests that will each end in a ReadyForQuery (startup, Query, Sync,
-    /// FunctionCall) minus the ReadyForQuery messages seen.
-    in_flight: AtomicU32,
-    /// The client sent extended-protocol messages not yet closed by a Sync.
-    unsynced: AtomicBool,
-    /// Transaction status of the last ReadyForQuery (`I`, `T` or `E`).
-    txn_status: AtomicU8,
-    /// The client sent Terminate.
-    terminated: AtomicBool,
-    /// The proxy is shutting down: end the session at the next idle point.
-    draining: AtomicBool,
-}
-
-impl SessionState {
-    /// Fresh state of a session that has just sent its startup message;
-    /// `track_activity` keeps the last-activity clock (for an idle timeout).
-    pub fn new(track_activity: bool) -> Self {
-        SessionState {
-            started: Instant::now(),
-            track_activity,
-            last_activity_ms: AtomicU64::new(0),
-            // The startup message itself ends in a ReadyForQuery.
-            in_flight: AtomicU32::new(1),
-            unsynced: AtomicBool::new(false),
-            txn_status: AtomicU8::new(b'I'),
-            terminated: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-        }
-    }
-
-    fn touch(&self) {
-        if !self.track_activity {
-            return;
-        }
-        let now = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Idle outside a transaction with nothing in flight: closing the
-    /// session now cannot cut a statement or a transaction in half.
-    fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.unsynced.load(Ordering::Relaxed)
-            && self.txn_status.load(Ordering::Relaxed) == b'I'
-    }
 }
 
 /// One direction's buffers.
@@ -187,84 +131,6 @@ impl Pump {
     }
 }
 
-/// The client stream as the relay sees it: Query and Parse go through the
-/// rewrite seam; the requests that end in a ReadyForQuery, and Terminate,
-/// are counted.
-pub struct FrontendVisitor<'a> {
-    state: &'a SessionState,
-    rewriter: &'a dyn StatementRewriter,
-}
-
-impl<'a> FrontendVisitor<'a> {
-    pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
-        FrontendVisitor { state, rewriter }
-    }
-}
-
-impl FrameVisitor for FrontendVisitor<'_> {
-    fn handling(&self, tag: u8) -> Handling {
-        match tag {
-            frontend::QUERY
-            | frontend::PARSE
-            | frontend::SYNC
-            | frontend::FUNCTION_CALL
-            | frontend::TERMINATE => Handling::Whole,
-            _ => Handling::Forward,
-        }
-    }
-
-    fn visit(&mut self, tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
-        let state = self.state;
-        match tag {
-            frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
-                state.in_flight.fetch_add(1, Ordering::Relaxed);
-                state.unsynced.store(false, Ordering::Relaxed);
-            }
-            frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
-            _ => state.unsynced.store(true, Ordering::Relaxed),
-        }
-        match (tag, frame) {
-            (frontend::QUERY | frontend::PARSE, Some(frame)) => {
-                rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())
-            }
-            _ => Ok(Verdict::Keep),
-        }
-    }
-}
-
-/// The server stream as the relay sees it: ReadyForQuery is counted and its
-/// transaction status noted.
-pub struct BackendVisitor<'a> {
-    state: &'a SessionState,
-}
-
-impl<'a> BackendVisitor<'a> {
-    pub fn new(state: &'a SessionState) -> Self {
-        BackendVisitor { state }
-    }
-}
-
-impl FrameVisitor for BackendVisitor<'_> {
-    fn handling(&self, tag: u8) -> Handling {
-        if tag == backend::READY_FOR_QUERY {
-            Handling::Whole
-        } else {
-            Handling::Forward
-        }
-    }
-
-    fn visit(&mut self, _tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
-        if let Some(&status) = frame.and_then(|f| f.get(HEADER_LEN)) {
-            self.state.txn_status.store(status, Ordering::Relaxed);
-            let _ = self
-                .state
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-        Ok(Verdict::Keep)
-    }
-}
-
 /// Client → server: rewrite seam for Query/Parse, request accounting.
 async fn client_to_server(
     src: &mut ReadHalf<'_>,
@@ -273,7 +139,7 @@ async fn client_to_server(
     state: &SessionState,
     rewriter: &dyn StatementRewriter,
 ) -> End {
-    let mut visitor = FrontendVisitor { state, rewriter };
+    let mut visitor = FrontendVisitor::new(state, rewriter);
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
@@ -304,7 +170,7 @@ async fn server_to_client(
     pump: &mut Pump,
     state: &SessionState,
 ) -> End {
-    let mut visitor = BackendVisitor { state };
+    let mut visitor = BackendVisitor::new(state);
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
@@ -324,7 +190,7 @@ async fn server_to_client(
         if eof {
             return End::ServerClosed;
         }
-        if state.draining.load(Ordering::Relaxed) && state.is_idle() {
+        if state.drained() {
             return End::Drained;
         }
         pump.shrink_if_idle();
@@ -337,8 +203,7 @@ async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
         return std::future::pending().await;
     };
     loop {
-        let last = Duration::from_millis(state.last_activity_ms.load(Ordering::Relaxed));
-        let quiet = state.started.elapsed().saturating_sub(last);
+        let quiet = state.quiet_for();
         if quiet >= limit {
             return End::IdleTimeout(limit);
         }
@@ -372,7 +237,7 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
             match current {
                 Stage::Running => {}
                 Stage::Draining => {
-                    state.draining.store(true, Ordering::Relaxed);
+                    state.start_draining();
                     if state.is_idle() {
                         break End::Drained;
                     }
@@ -396,7 +261,7 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
     let upstream = &shared.config.upstream;
     let farewell = match &end {
         End::ClientClosed => {
-            if state.terminated.load(Ordering::Relaxed) {
+            if state.terminated() {
                 debug!("session ended: client terminated");
             } else {
                 info!("client closed the connection without Terminate; closing its upstream connection");
@@ -414,7 +279,7 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
                 format!("pgshift closed the connection: {reason}"),
             ))
         }
-        End::ServerClosed if state.terminated.load(Ordering::Relaxed) => {
+        End::ServerClosed if state.terminated() => {
             debug!("session ended: client terminated");
             None
         }

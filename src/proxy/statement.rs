@@ -5,9 +5,20 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::proxy::framing::{Verdict, HEADER_LEN};
+use crate::proxy::framing::HEADER_LEN;
 use crate::proxy::wire::{frontend, split_cstr};
-use crate::rewrite::{Rewrite, StatementKind, StatementRewriter};
+use crate::rewrite::{Refusal, Rewrite, StatementKind, StatementRewriter};
+
+/// What to do with a Query or Parse frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward it as it arrived.
+    Keep,
+    /// Forward this frame instead.
+    Replace(Bytes),
+    /// Refuse it.
+    Refuse(Refusal),
+}
 
 /// A Query or Parse frame whose body does not follow the protocol.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,7 +31,7 @@ pub fn rewrite_frame(
     rewriter: &dyn StatementRewriter,
     tag: u8,
     frame: &[u8],
-) -> Result<Verdict, MalformedStatement> {
+) -> Result<Outcome, MalformedStatement> {
     let body = frame.get(HEADER_LEN..).unwrap_or_default();
     match tag {
         frontend::QUERY => {
@@ -30,11 +41,12 @@ pub fn rewrite_frame(
                 return Err(MalformedStatement("Query", "data after the query string"));
             }
             match rewriter.rewrite(StatementKind::SimpleQuery, sql) {
-                Rewrite::Unchanged => Ok(Verdict::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Verdict::Replace(encode(
+                Rewrite::Unchanged => Ok(Outcome::Keep),
+                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode(
                     frontend::QUERY,
                     &[new_sql.as_bytes(), b"\0"],
                 ))),
+                Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
             }
         }
         frontend::PARSE => {
@@ -43,14 +55,15 @@ pub fn rewrite_frame(
             let (sql, params) =
                 split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
             match rewriter.rewrite(StatementKind::Parse, sql) {
-                Rewrite::Unchanged => Ok(Verdict::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Verdict::Replace(encode(
+                Rewrite::Unchanged => Ok(Outcome::Keep),
+                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode(
                     frontend::PARSE,
                     &[name, b"\0", new_sql.as_bytes(), b"\0", params],
                 ))),
+                Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
             }
         }
-        _ => Ok(Verdict::Keep),
+        _ => Ok(Outcome::Keep),
     }
 }
 
@@ -87,7 +100,7 @@ mod tests {
     fn unchanged_statements_are_kept() {
         assert_eq!(
             rewrite_frame(&PassThrough, b'Q', &query("select 1")),
-            Ok(Verdict::Keep)
+            Ok(Outcome::Keep)
         );
     }
 
@@ -96,9 +109,9 @@ mod tests {
         let parse = encode(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
         let out = rewrite_frame(&Upper, b'P', &parse).unwrap();
         let expected = encode(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]]);
-        assert_eq!(out, Verdict::Replace(expected));
+        assert_eq!(out, Outcome::Replace(expected));
         let q = rewrite_frame(&Upper, b'Q', &query("select 2")).unwrap();
-        assert_eq!(q, Verdict::Replace(query("SELECT 2")));
+        assert_eq!(q, Outcome::Replace(query("SELECT 2")));
     }
 
     #[test]

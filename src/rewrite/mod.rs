@@ -24,6 +24,21 @@ pub enum Rewrite<'a> {
     Unchanged,
     /// Send this SQL text instead.
     Replaced(Cow<'a, str>),
+    /// Do not run the statement: the client gets this error, and the
+    /// session behaves as if the statement had failed on the server
+    /// (transaction aborted, rest of the pipeline skipped up to Sync).
+    Refused(Refusal),
+}
+
+/// Why a statement was refused, as the client will read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// SQLSTATE (`0A000` for a statement pgshift cannot rewrite safely).
+    pub code: &'static str,
+    /// What was refused and why: names the migration, the column and the reason.
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
 }
 
 /// Decides what SQL reaches the server. Called on the per-connection hot path

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
 use pgshift::config::{Config, Upstream};
 use pgshift::proxy::Proxy;
-use pgshift::rewrite::PassThrough;
+use pgshift::rewrite::{PassThrough, StatementRewriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -154,13 +154,21 @@ impl TestProxy {
 
     /// pgshift with a configuration adjusted by `adjust`.
     pub async fn with(adjust: impl FnOnce(&mut Config)) -> TestProxy {
+        Self::with_rewriter(Arc::new(PassThrough), adjust).await
+    }
+
+    /// pgshift with its own statement rewriter.
+    pub async fn with_rewriter(
+        rewriter: Arc<dyn StatementRewriter>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestProxy {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: db().upstream(),
             ..Config::default()
         };
         adjust(&mut config);
-        let proxy = Proxy::bind(config, Arc::new(PassThrough))
+        let proxy = Proxy::bind(config, rewriter)
             .await
             .expect("binding pgshift");
         let addr = proxy.local_addr().unwrap();

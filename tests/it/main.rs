@@ -5,4 +5,5 @@ mod cli;
 mod faults;
 mod harness;
 mod protocol;
+mod refusal;
 mod tools;
