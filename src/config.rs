@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::rewrite::migration::{MigrationSpec, Phase};
+use crate::rewrite::rules::ActiveMigration;
+
 /// Default client listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 /// Default upstream Postgres.
@@ -28,6 +31,8 @@ pub struct Config {
     /// Session worker threads (one event loop each).
     pub workers: usize,
     pub limits: Limits,
+    /// The configured migrations and their phases.
+    pub migrations: Vec<ActiveMigration>,
 }
 
 /// `host:port` of the upstream Postgres.
@@ -111,6 +116,7 @@ impl Default for Config {
             log_level: "info".into(),
             workers: default_workers(),
             limits: Limits::default(),
+            migrations: Vec::new(),
         }
     }
 }
@@ -150,6 +156,24 @@ struct FileConfig {
     workers: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    migrations: Vec<FileMigration>,
+}
+
+/// One `[[migrations]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMigration {
+    id: String,
+    table: String,
+    from: String,
+    to: String,
+    #[serde(rename = "type")]
+    new_type: Option<String>,
+    up: Option<String>,
+    down: Option<String>,
+    /// Until the lifecycle driver runs migrations, the phase is configured.
+    phase: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,7 +302,9 @@ impl Config {
                 reason: "must be between 1024 and 2147483647 bytes".into(),
             });
         }
+        let migrations = resolve_migrations(file.migrations)?;
         Ok(Config {
+            migrations,
             listen,
             upstream,
             log_level: o
@@ -293,6 +319,55 @@ impl Config {
             limits,
         })
     }
+}
+
+fn resolve_migrations(entries: Vec<FileMigration>) -> Result<Vec<ActiveMigration>, ConfigError> {
+    let mut out: Vec<ActiveMigration> = Vec::new();
+    for e in entries {
+        let spec = MigrationSpec::new(
+            &e.id,
+            &e.table,
+            &e.from,
+            &e.to,
+            e.new_type.as_deref(),
+            e.up.as_deref(),
+            e.down.as_deref(),
+        )
+        .map_err(|err| ConfigError::Invalid {
+            key: "migrations",
+            value: e.id.clone(),
+            reason: err.reason,
+        })?;
+        let phase_text = e.phase.as_deref().unwrap_or("planned");
+        let phase = Phase::parse(phase_text).ok_or_else(|| ConfigError::Invalid {
+            key: "migrations.phase",
+            value: phase_text.to_string(),
+            reason: format!(
+                "migration {:?}: expected one of {}",
+                e.id,
+                Phase::ALL.map(Phase::as_str).join(", ")
+            ),
+        })?;
+        for other in &out {
+            let clash = other.spec.id == spec.id
+                || (other.spec.table == spec.table
+                    && [&other.spec.from, &other.spec.to]
+                        .iter()
+                        .any(|c| **c == spec.from || **c == spec.to));
+            if clash {
+                return Err(ConfigError::Invalid {
+                    key: "migrations",
+                    value: spec.id.clone(),
+                    reason: format!(
+                        "clashes with migration {:?} (same id, or same table and column)",
+                        other.spec.id
+                    ),
+                });
+            }
+        }
+        out.push(ActiveMigration { spec, phase });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -348,6 +423,56 @@ mod tests {
         let err = Config::from_toml("[limits]\nmax_message_size = 10", &Overrides::default())
             .unwrap_err();
         assert!(err.to_string().contains("max_message_size"), "{err}");
+    }
+
+    #[test]
+    fn migrations_are_read_and_checked() {
+        let toml = r#"
+            [[migrations]]
+            id = "users_full_name"
+            table = "public.users"
+            from = "name"
+            to = "full_name"
+            phase = "expanded"
+
+            [[migrations]]
+            id = "orders_amount_decimal"
+            table = "orders"
+            from = "amount"
+            to = "amount_decimal"
+            type = "numeric(12,2)"
+            up = "amount::numeric / 100"
+            down = "(amount_decimal * 100)::integer"
+        "#;
+        let c = Config::from_toml(toml, &Overrides::default()).unwrap();
+        assert_eq!(c.migrations.len(), 2);
+        assert_eq!(c.migrations[0].phase, Phase::Expanded);
+        assert_eq!(c.migrations[1].phase, Phase::Planned);
+        assert_eq!(
+            c.migrations[1].spec.new_type.as_deref(),
+            Some("numeric(12,2)")
+        );
+        let bad_phase = toml.replace("\"expanded\"", "\"halfway\"");
+        let err = Config::from_toml(&bad_phase, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("halfway") && err.contains("switched"), "{err}");
+        let bad_up = toml.replace("amount::numeric / 100", "price / 100");
+        let err = Config::from_toml(&bad_up, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("orders_amount_decimal") && err.contains("does not reference"),
+            "{err}"
+        );
+        let twice = format!("{toml}\n[[migrations]]\nid = \"again\"\ntable = \"users\"\nfrom = \"full_name\"\nto = \"display_name\"\n");
+        let err = Config::from_toml(&twice, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("clashes with migration \"users_full_name\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 
 use std::borrow::Cow;
 
+pub mod migration;
+pub mod rules;
+
 /// Where a statement came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatementKind {

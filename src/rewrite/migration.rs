@@ -1,0 +1,436 @@
+//! The migration model the rewriter works from: which column of which table
+//! becomes which, how values convert, and the phase the migration is in —
+//! with the phase table of DESIGN.md as methods on [`Phase`].
+//!
+//! Names are kept folded the way Postgres folds them: unquoted identifiers
+//! in lower case, quoted ones as written.
+
+use std::fmt;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+/// A migration as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationSpec {
+    pub id: String,
+    pub table: TableName,
+    /// The old column `a`.
+    pub from: String,
+    /// The new column `b`.
+    pub to: String,
+    /// `b`'s declared type when it differs from `a`'s (a type change).
+    pub new_type: Option<String>,
+    /// `up(a) -> b`, an expression over `from`; `None` for a rename.
+    pub up: Option<String>,
+    /// `down(b) -> a`, an expression over `to`; `None` for a rename.
+    pub down: Option<String>,
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// Where a migration is in its lifecycle (DESIGN.md's phase table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Planned,
+    Expanded,
+    Backfilling,
+    Backfilled,
+    Validated,
+    Switched,
+    Contracted,
+    Complete,
+    RolledBack,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Planned,
+        Phase::Expanded,
+        Phase::Backfilling,
+        Phase::Backfilled,
+        Phase::Validated,
+        Phase::Switched,
+        Phase::Contracted,
+        Phase::Complete,
+        Phase::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Expanded => "expanded",
+            Phase::Backfilling => "backfilling",
+            Phase::Backfilled => "backfilled",
+            Phase::Validated => "validated",
+            Phase::Switched => "switched",
+            Phase::Contracted => "contracted",
+            Phase::Complete => "complete",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
+    /// The migration's rewrite rules apply (every phase but the two ends).
+    pub fn rules_active(self) -> bool {
+        !matches!(self, Phase::Complete | Phase::RolledBack)
+    }
+
+    /// The old column `a` physically exists.
+    pub fn has_old(self) -> bool {
+        !matches!(self, Phase::Contracted | Phase::Complete)
+    }
+
+    /// The new column `b` physically exists.
+    pub fn has_new(self) -> bool {
+        !matches!(self, Phase::Planned | Phase::RolledBack)
+    }
+
+    /// Reads are answered from `b` (the read switch is on `new`).
+    pub fn reads_new(self) -> bool {
+        matches!(self, Phase::Switched | Phase::Contracted | Phase::Complete)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A migration definition that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("migration {id:?}: {reason}")]
+pub struct SpecError {
+    pub id: String,
+    pub reason: String,
+}
+
+impl MigrationSpec {
+    /// Builds and checks a spec from its configured text.
+    pub fn new(
+        id: &str,
+        table: &str,
+        from: &str,
+        to: &str,
+        new_type: Option<&str>,
+        up: Option<&str>,
+        down: Option<&str>,
+    ) -> Result<MigrationSpec, SpecError> {
+        let err = |reason: String| SpecError {
+            id: id.to_string(),
+            reason,
+        };
+        if id.trim().is_empty() {
+            return Err(err("the id is empty".into()));
+        }
+        let table = parse_table_name(table).map_err(|e| err(format!("table {table:?}: {e}")))?;
+        let from = parse_ident(from).map_err(|e| err(format!("from {from:?}: {e}")))?;
+        let to = parse_ident(to).map_err(|e| err(format!("to {to:?}: {e}")))?;
+        if from == to {
+            return Err(err(format!("from and to are the same column {from:?}")));
+        }
+        if let Some(t) = new_type {
+            check_type(t).map_err(|e| err(format!("type {t:?}: {e}")))?;
+        }
+        match (new_type, up, down) {
+            (None, None, None) => {}
+            (_, Some(up), Some(down)) => {
+                check_expression(up, &from).map_err(|e| err(format!("up {up:?}: {e}")))?;
+                check_expression(down, &to).map_err(|e| err(format!("down {down:?}: {e}")))?;
+            }
+            (Some(_), _, _) => {
+                return Err(err(
+                    "a type change needs both up and down expressions".into()
+                ));
+            }
+            (None, _, _) => {
+                return Err(err(
+                    "up and down come together (and with a type for a type change)".into(),
+                ));
+            }
+        }
+        Ok(MigrationSpec {
+            id: id.to_string(),
+            table,
+            from,
+            to,
+            new_type: new_type.map(str::to_string),
+            up: up.map(str::to_string),
+            down: down.map(str::to_string),
+        })
+    }
+
+    /// A pure rename: same type, identity conversions.
+    pub fn is_rename(&self) -> bool {
+        self.up.is_none()
+    }
+}
+
+/// Double-quotes an identifier when Postgres would need it.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain && !is_reserved(name) {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn is_reserved(name: &str) -> bool {
+    matches!(
+        name,
+        "all"
+            | "and"
+            | "any"
+            | "as"
+            | "asc"
+            | "case"
+            | "check"
+            | "column"
+            | "constraint"
+            | "create"
+            | "default"
+            | "desc"
+            | "distinct"
+            | "do"
+            | "else"
+            | "end"
+            | "false"
+            | "for"
+            | "from"
+            | "grant"
+            | "group"
+            | "having"
+            | "in"
+            | "into"
+            | "limit"
+            | "not"
+            | "null"
+            | "offset"
+            | "on"
+            | "or"
+            | "order"
+            | "primary"
+            | "references"
+            | "returning"
+            | "select"
+            | "table"
+            | "then"
+            | "to"
+            | "true"
+            | "union"
+            | "unique"
+            | "user"
+            | "using"
+            | "when"
+            | "where"
+            | "with"
+    )
+}
+
+fn tokens(text: &str) -> Result<Vec<Token>, String> {
+    Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .map(|t| {
+            t.into_iter()
+                .filter(|t| !matches!(t, Token::Whitespace(_)))
+                .collect()
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Folds one identifier: unquoted → lower case, quoted → as written.
+fn parse_ident(text: &str) -> Result<String, String> {
+    match tokens(text)?.as_slice() {
+        [Token::Word(w)] if w.quote_style.is_some() => Ok(w.value.clone()),
+        [Token::Word(w)] => Ok(w.value.to_lowercase()),
+        _ => Err("expected one column name".into()),
+    }
+}
+
+/// `name` or `schema.name`; the schema defaults to `public`.
+fn parse_table_name(text: &str) -> Result<TableName, String> {
+    let fold = |w: &sqlparser::tokenizer::Word| {
+        if w.quote_style.is_some() {
+            w.value.clone()
+        } else {
+            w.value.to_lowercase()
+        }
+    };
+    match tokens(text)?.as_slice() {
+        [Token::Word(name)] => Ok(TableName {
+            schema: "public".into(),
+            name: fold(name),
+        }),
+        [Token::Word(schema), Token::Period, Token::Word(name)] => Ok(TableName {
+            schema: fold(schema),
+            name: fold(name),
+        }),
+        _ => Err("expected TABLE or SCHEMA.TABLE".into()),
+    }
+}
+
+fn check_type(text: &str) -> Result<(), String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    parser.parse_data_type().map_err(|e| e.to_string())?;
+    if parser.peek_token().token != Token::EOF {
+        return Err("unexpected text after the type".into());
+    }
+    Ok(())
+}
+
+/// The expression parses on its own and names `column`.
+fn check_expression(text: &str, column: &str) -> Result<(), String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    parser.parse_expr().map_err(|e| e.to_string())?;
+    if parser.peek_token().token != Token::EOF {
+        return Err("unexpected text after the expression".into());
+    }
+    let names_column = tokens(text)?.iter().any(|t| match t {
+        Token::Word(w) if w.quote_style.is_some() => w.value == column,
+        Token::Word(w) => w.value.to_lowercase() == column,
+        _ => false,
+    });
+    if !names_column {
+        return Err(format!("does not reference column {column:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_folds_names() {
+        let m = MigrationSpec::new(
+            "m",
+            "Public.Users",
+            "Name",
+            "\"FullName\"",
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.table.schema, "public");
+        assert_eq!(m.table.name, "users");
+        assert_eq!(m.from, "name");
+        assert_eq!(m.to, "FullName");
+        assert!(m.is_rename());
+        assert_eq!(quote_ident(&m.to), "\"FullName\"");
+        assert_eq!(m.table.to_string(), "public.users");
+        let m = MigrationSpec::new("m", "accounts", "a", "b", None, None, None).unwrap();
+        assert_eq!(m.table.schema, "public");
+    }
+
+    #[test]
+    fn a_type_change_checks_its_expressions() {
+        let ok = MigrationSpec::new(
+            "orders_amount_decimal",
+            "public.orders",
+            "amount",
+            "amount_decimal",
+            Some("numeric(12,2)"),
+            Some("amount::numeric / 100"),
+            Some("(amount_decimal * 100)::integer"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = |up: &str, down: &str| {
+            MigrationSpec::new("m", "t", "a", "b", Some("bigint"), Some(up), Some(down))
+                .unwrap_err()
+                .reason
+        };
+        assert!(err("x + 1", "b").contains("does not reference column \"a\""));
+        assert!(err("a +", "b").starts_with("up"));
+        assert!(err("a", "b b").starts_with("down"));
+        let e = MigrationSpec::new("m", "t", "a", "b", Some("bigint"), None, None).unwrap_err();
+        assert!(e.reason.contains("needs both up and down"));
+        let e = MigrationSpec::new(
+            "m",
+            "t",
+            "a",
+            "b",
+            Some("not a type ("),
+            Some("a"),
+            Some("b"),
+        )
+        .unwrap_err();
+        assert!(e.reason.starts_with("type"));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(MigrationSpec::new("m", "a.b.c", "x", "y", None, None, None).is_err());
+        assert!(MigrationSpec::new("m", "t", "x y", "z", None, None, None).is_err());
+        assert!(MigrationSpec::new("m", "t", "x", "X", None, None, None).is_err());
+        assert!(MigrationSpec::new("", "t", "x", "y", None, None, None).is_err());
+    }
+
+    #[test]
+    fn the_phase_table() {
+        use Phase::*;
+        let rows: Vec<(Phase, bool, bool, bool, bool)> = Phase::ALL
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    p.rules_active(),
+                    p.has_old(),
+                    p.has_new(),
+                    p.reads_new(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (Planned, true, true, false, false),
+                (Expanded, true, true, true, false),
+                (Backfilling, true, true, true, false),
+                (Backfilled, true, true, true, false),
+                (Validated, true, true, true, false),
+                (Switched, true, true, true, true),
+                (Contracted, true, false, true, true),
+                (Complete, false, false, true, true),
+                (RolledBack, false, true, false, false),
+            ]
+        );
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+        }
+    }
+}

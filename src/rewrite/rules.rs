@@ -1,0 +1,147 @@
+//! The rewrite rules in force: a snapshot of every migration and its phase,
+//! stamped with an epoch. A phase change publishes a whole new snapshot (one
+//! new epoch), so every statement is rewritten under exactly one consistent
+//! set of rules. Readers on the hot path take no lock: each worker thread
+//! keeps the snapshot it last saw and only goes to the shared cell when the
+//! epoch counter says a newer one exists.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::migration::{MigrationSpec, Phase};
+
+/// One migration and the phase it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveMigration {
+    pub spec: MigrationSpec,
+    pub phase: Phase,
+}
+
+/// A consistent set of rules.
+#[derive(Debug, Default)]
+pub struct Rules {
+    /// Increases by one with every published snapshot.
+    pub epoch: u64,
+    /// Migrations whose rules apply (complete and rolled-back ones are left out).
+    pub migrations: Vec<ActiveMigration>,
+    /// Lower-cased names of the migrating tables, for the fast path.
+    pub table_names: Vec<String>,
+}
+
+impl Rules {
+    fn new(epoch: u64, migrations: &[ActiveMigration]) -> Rules {
+        let migrations: Vec<ActiveMigration> = migrations
+            .iter()
+            .filter(|m| m.phase.rules_active())
+            .cloned()
+            .collect();
+        let mut table_names: Vec<String> = migrations
+            .iter()
+            .map(|m| m.spec.table.name.to_lowercase())
+            .collect();
+        table_names.sort();
+        table_names.dedup();
+        Rules {
+            epoch,
+            migrations,
+            table_names,
+        }
+    }
+}
+
+/// Where the current rules are published.
+#[derive(Debug)]
+pub struct RulesCell {
+    epoch: AtomicU64,
+    current: RwLock<Arc<Rules>>,
+}
+
+impl RulesCell {
+    /// A cell holding `migrations` as epoch 1.
+    pub fn new(migrations: &[ActiveMigration]) -> RulesCell {
+        RulesCell {
+            epoch: AtomicU64::new(1),
+            current: RwLock::new(Arc::new(Rules::new(1, migrations))),
+        }
+    }
+
+    /// Publishes a new snapshot; returns its epoch.
+    pub fn publish(&self, migrations: &[ActiveMigration]) -> u64 {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let epoch = current.epoch + 1;
+        *current = Arc::new(Rules::new(epoch, migrations));
+        self.epoch.store(epoch, Ordering::Release);
+        epoch
+    }
+
+    /// The epoch of the newest snapshot.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The newest snapshot (takes the read lock: not for the hot path).
+    pub fn load(&self) -> Arc<Rules> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs `f` with the newest snapshot, from this thread's cache when it
+    /// is current: one atomic load, no lock, no reference count change.
+    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&Rules) -> R) -> R {
+        thread_local! {
+            static CACHE: RefCell<Option<(usize, Arc<Rules>)>> = const { RefCell::new(None) };
+        }
+        let key = Arc::as_ptr(self) as usize;
+        let epoch = self.epoch();
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let fresh = matches!(&*cache, Some((k, rules)) if *k == key && rules.epoch == epoch);
+            if !fresh {
+                *cache = Some((key, self.load()));
+            }
+            match &*cache {
+                Some((_, rules)) => f(rules),
+                None => f(&Rules::default()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn migration(phase: Phase) -> ActiveMigration {
+        ActiveMigration {
+            spec: MigrationSpec::new("m", "Accounts", "a", "b", None, None, None).unwrap(),
+            phase,
+        }
+    }
+
+    #[test]
+    fn publishing_makes_a_new_epoch_that_readers_see() {
+        let cell = Arc::new(RulesCell::new(&[migration(Phase::Planned)]));
+        assert_eq!(
+            cell.with(|r| (r.epoch, r.migrations[0].phase)),
+            (1, Phase::Planned)
+        );
+        assert_eq!(
+            cell.with(|r| r.table_names.clone()),
+            vec!["accounts".to_string()]
+        );
+        assert_eq!(cell.publish(&[migration(Phase::Switched)]), 2);
+        assert_eq!(
+            cell.with(|r| (r.epoch, r.migrations[0].phase)),
+            (2, Phase::Switched)
+        );
+        cell.publish(&[migration(Phase::Complete)]);
+        assert!(
+            cell.with(|r| r.migrations.is_empty()),
+            "complete migrations have no rules"
+        );
+        // A second cell on the same thread is not confused with the first.
+        let other = Arc::new(RulesCell::new(&[]));
+        assert!(other.with(|r| r.table_names.is_empty()));
+        assert_eq!(cell.with(|r| r.epoch), 3);
+    }
+}
