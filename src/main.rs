@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use pgshift::config::{Config, Overrides};
 use pgshift::demo::{self, DemoOptions};
 use pgshift::proxy::Proxy;
-use pgshift::rewrite::PassThrough;
+use pgshift::rewrite::engine::MigrationRewriter;
+use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+use pgshift::rewrite::{PassThrough, StatementRewriter};
 use pgshift::telemetry;
 
 #[derive(Debug, Parser)]
@@ -86,6 +88,45 @@ struct DemoArgs {
     no_wait: bool,
 }
 
+fn log_rules(migrations: &[ActiveMigration], epoch: u64) {
+    if migrations.is_empty() {
+        tracing::info!(epoch, "no migrations configured");
+    }
+    for m in migrations {
+        tracing::info!(
+            epoch,
+            migration = %m.spec.id,
+            table = %m.spec.table,
+            from = %m.spec.from,
+            to = %m.spec.to,
+            phase = %m.phase,
+            "migration rules in force"
+        );
+    }
+}
+
+/// Re-reads the migrations of the config file on every SIGHUP and publishes
+/// them as a new rules epoch; a file that does not validate changes nothing.
+async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesCell>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; migrations will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Config::load(Some(&path), &overrides) {
+            Ok(config) => {
+                let epoch = rules.publish(&config.migrations);
+                tracing::info!(epoch, file = %path.display(), "SIGHUP: migrations reloaded (other settings need a restart)");
+                log_rules(&config.migrations, epoch);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the config file is not valid; the rules in force stay")
+            }
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The main runtime accepts connections and handles signals; sessions
@@ -111,7 +152,18 @@ fn main() -> Result<()> {
             telemetry::init(&config.log_level);
             runtime.block_on(async move {
                 let listen = config.listen;
-                let proxy = Proxy::bind(config, Arc::new(PassThrough))
+                // With a config file, migrations are read from it and
+                // re-read on SIGHUP; without one there is nothing to rewrite.
+                let rewriter: Arc<dyn StatementRewriter> = match args.config {
+                    Some(path) => {
+                        let rules = Arc::new(RulesCell::new(&config.migrations));
+                        log_rules(&config.migrations, rules.epoch());
+                        tokio::spawn(reload_on_sighup(path, overrides, Arc::clone(&rules)));
+                        Arc::new(MigrationRewriter::new(rules))
+                    }
+                    None => Arc::new(PassThrough),
+                };
+                let proxy = Proxy::bind(config, rewriter)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
                 proxy.run(telemetry::shutdown_signal()).await;

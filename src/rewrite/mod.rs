@@ -2,14 +2,19 @@
 //!
 //! The relay decodes exactly two kinds of message into SQL — simple `Query`
 //! and extended `Parse` — and asks a [`StatementRewriter`] what to send
-//! instead. This module is pure: no sockets, no database. Today the only
-//! rewriter is [`PassThrough`], which leaves every statement as it is; the
-//! migration rules plug in here.
+//! instead. This module is pure: no sockets, no database.
+//!
+//! - [`PassThrough`]: no migrations configured; every statement as it is.
+//! - [`engine::MigrationRewriter`]: driven by the published [`rules`]
+//!   (migrations of [`migration`] and their phases), with the [`scan`] fast
+//!   path in front.
 
 use std::borrow::Cow;
 
+pub mod engine;
 pub mod migration;
 pub mod rules;
+pub mod scan;
 
 /// Where a statement came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
