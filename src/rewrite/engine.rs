@@ -15,11 +15,10 @@
 
 use std::sync::Arc;
 
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Token, Tokenizer, Word};
+use std::borrow::Cow;
 
 use super::migration::quote_ident;
+use super::plan::{plan, Plan};
 use super::rules::{ActiveMigration, Rules, RulesCell};
 use super::scan::mentions_any;
 use super::{Refusal, Rewrite, StatementKind, StatementRewriter};
@@ -53,119 +52,16 @@ impl StatementRewriter for MigrationRewriter {
     }
 }
 
-/// Looks at a statement that mentions a migrating table.
+/// Plans a statement that mentions a migrating table.
 fn check<'a>(sql: &str, rules: &Rules) -> Rewrite<'a> {
-    let tokens: Vec<Token> = match Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() {
-        Ok(tokens) => tokens
-            .into_iter()
-            .filter(|t| !matches!(t, Token::Whitespace(_)))
-            .collect(),
-        Err(e) => return refuse_all(rules, &format!("cannot be tokenized ({e})")),
-    };
-    for m in &rules.migrations {
-        if !tokens.iter().any(|t| names(t, &m.spec.table.name)) {
-            continue;
-        }
-        if let Some(reason) = unsupported_use(&tokens, m) {
-            return Rewrite::Refused(refusal(m, &reason));
-        }
-    }
-    Rewrite::Unchanged
-}
-
-/// Why `tokens` (a statement that names `m`'s table) cannot pass unchanged.
-fn unsupported_use(tokens: &[Token], m: &ActiveMigration) -> Option<String> {
-    let spec = &m.spec;
-    for column in [&spec.from, &spec.to] {
-        if tokens.iter().any(|t| names(t, column)) {
-            return Some(format!(
-                "uses column {}, and rewriting statements that read or write a migrating column is not implemented yet",
-                quote_ident(column)
-            ));
-        }
-    }
-    if let Some(Token::Word(w)) = tokens.first() {
-        if w.keyword == Keyword::TABLE {
-            return Some("reads every column (TABLE), which needs the column list expanded".into());
-        }
-    }
-    for (i, t) in tokens.iter().enumerate() {
-        if *t == Token::Mul && i > 0 && is_wildcard_context(&tokens[i - 1]) {
-            return Some("selects * (all columns), which needs the column list expanded".into());
-        }
-    }
-    for (i, t) in tokens.iter().enumerate() {
-        let Token::Word(w) = t else { continue };
-        let writes = match w.keyword {
-            Keyword::INTO => i > 0 && is_keyword(&tokens[i - 1], Keyword::INSERT),
-            Keyword::COPY => true,
-            _ => false,
-        };
-        if !writes {
-            continue;
-        }
-        // The table name (possibly schema-qualified) follows.
-        let mut j = i + 1;
-        while j + 1 < tokens.len() && tokens[j + 1] == Token::Period {
-            j += 2;
-        }
-        if !tokens.get(j).is_some_and(|t| names(t, &spec.table.name)) {
-            continue;
-        }
-        let mut next = j + 1;
-        // An INSERT may alias the table: INSERT INTO t AS x (...).
-        if tokens.get(next).is_some_and(|t| is_keyword(t, Keyword::AS)) {
-            next += 2;
-        }
-        let has_column_list = tokens.get(next) == Some(&Token::LParen)
-            && !tokens.get(next + 1).is_some_and(|t| {
-                is_keyword(t, Keyword::SELECT)
-                    || is_keyword(t, Keyword::VALUES)
-                    || is_keyword(t, Keyword::WITH)
-            });
-        if !has_column_list {
-            return Some(
-                "writes the table without a column list, which needs the columns expanded".into(),
-            );
-        }
-        if w.keyword == Keyword::INTO && m.phase.has_new() {
-            return Some(format!(
-                "inserts without naming {} or {}, which leaves the new column unset while the migration keeps both in step",
-                quote_ident(&spec.from),
-                quote_ident(&spec.to)
-            ));
-        }
-    }
-    None
-}
-
-/// Tokens after which `*` is a wildcard, not multiplication.
-fn is_wildcard_context(prev: &Token) -> bool {
-    match prev {
-        Token::Comma | Token::Period => true,
-        Token::Word(w) => matches!(
-            w.keyword,
-            Keyword::SELECT | Keyword::DISTINCT | Keyword::ALL | Keyword::RETURNING
-        ),
-        _ => false,
-    }
-}
-
-fn is_keyword(token: &Token, keyword: Keyword) -> bool {
-    matches!(token, Token::Word(w) if w.keyword == keyword)
-}
-
-/// The word token names `folded` (an unquoted word in any case, or a quoted
-/// one exactly).
-fn names(token: &Token, folded: &str) -> bool {
-    match token {
-        Token::Word(Word {
-            value, quote_style, ..
-        }) => match quote_style {
-            Some(_) => value == folded,
-            None => value.eq_ignore_ascii_case(folded),
-        },
-        _ => false,
+    match plan(sql, rules) {
+        Plan::Unchanged => Rewrite::Unchanged,
+        Plan::Replaced(text) => Rewrite::Replaced(Cow::Owned(text)),
+        Plan::Refused {
+            migration: Some(m),
+            reason,
+        } => Rewrite::Refused(refusal(m, &reason)),
+        Plan::Refused { migration: None, .. } => Rewrite::Unchanged,
     }
 }
 
@@ -202,16 +98,25 @@ mod tests {
     use super::*;
     use crate::rewrite::migration::{MigrationSpec, Phase};
 
-    fn rewriter(phase: Phase) -> MigrationRewriter {
+    fn rename(phase: Phase) -> MigrationRewriter {
+        let m = ActiveMigration {
+            spec: MigrationSpec::new("accounts_balance", "pgbench_accounts", "abalance", "balance", None, None, None)
+                .unwrap(),
+            phase,
+        };
+        MigrationRewriter::new(Arc::new(RulesCell::new(&[m])))
+    }
+
+    fn retype(phase: Phase) -> MigrationRewriter {
         let m = ActiveMigration {
             spec: MigrationSpec::new(
-                "accounts_balance",
-                "pgbench_accounts",
-                "abalance",
-                "balance",
-                None,
-                None,
-                None,
+                "orders_amount",
+                "orders",
+                "amount",
+                "amount_dec",
+                Some("numeric(12,2)"),
+                Some("amount::numeric / 100"),
+                Some("(amount_dec * 100)::integer"),
             )
             .unwrap(),
             phase,
@@ -219,17 +124,18 @@ mod tests {
         MigrationRewriter::new(Arc::new(RulesCell::new(&[m])))
     }
 
-    fn verdict(r: &MigrationRewriter, sql: &str) -> Rewrite<'static> {
+    /// The rewritten text, "=" when unchanged, "refused: …" when refused.
+    fn out(r: &MigrationRewriter, sql: &str) -> String {
         match r.rewrite(StatementKind::SimpleQuery, sql.as_bytes()) {
-            Rewrite::Unchanged => Rewrite::Unchanged,
-            Rewrite::Refused(x) => Rewrite::Refused(x),
-            Rewrite::Replaced(_) => panic!("nothing is rewritten yet"),
+            Rewrite::Unchanged => "=".into(),
+            Rewrite::Replaced(text) => text.into_owned(),
+            Rewrite::Refused(x) => format!("refused: {}", x.message),
         }
     }
 
     #[test]
     fn statements_that_cannot_touch_the_columns_pass() {
-        let r = rewriter(Phase::Expanded);
+        let r = rename(Phase::Expanded);
         for sql in [
             "select 1",
             "select * from pgbench_branches",
@@ -239,73 +145,96 @@ mod tests {
             "insert into pgbench_history (tid, bid, aid, delta) values (1, 2, 3, 4)",
             "select count(*) from pgbench_accounts",
             "select aid * 2 from pgbench_accounts",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
         ] {
-            assert_eq!(verdict(&r, sql), Rewrite::Unchanged, "{sql}");
+            assert_eq!(out(&r, sql), "=", "{sql}");
         }
     }
 
     #[test]
-    fn statements_that_touch_them_are_refused_with_the_reason() {
-        let r = rewriter(Phase::Expanded);
+    fn renames_follow_the_phase_table() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded, "select balance from pgbench_accounts where aid = $1",
+             "select abalance AS balance from pgbench_accounts where aid = $1"),
+            (Phase::Switched, "select abalance from pgbench_accounts where aid = $1",
+             "select balance AS abalance from pgbench_accounts where aid = $1"),
+            (Phase::Switched, "select a.abalance + 1 as x from pgbench_accounts a /* c */ where a.abalance > 0 order by abalance",
+             "select a.balance + 1 as x from pgbench_accounts a /* c */ where a.balance > 0 order by balance"),
+            (Phase::Expanded, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+             "UPDATE pgbench_accounts SET abalance = abalance + $1, balance = abalance + $1 WHERE aid = $2"),
+            (Phase::Switched, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+             "UPDATE pgbench_accounts SET abalance = balance + $1, balance = balance + $1 WHERE aid = $2"),
+            (Phase::Contracted, "update pgbench_accounts set abalance = abalance - 1 where aid = 1 returning abalance",
+             "update pgbench_accounts set balance = balance - 1 where aid = 1 returning balance AS abalance"),
+            (Phase::Planned, "update pgbench_accounts set balance = 5 where aid = 1",
+             "update pgbench_accounts set abalance = 5 where aid = 1"),
+            (Phase::Expanded, "insert into pgbench_accounts (aid, bid, abalance, filler) values (1, 1, 0, 'x'), ($1, $2, $3, '')",
+             "insert into pgbench_accounts (aid, bid, abalance, balance, filler) values (1, 1, 0, 0, 'x'), ($1, $2, $3, $3, '')"),
+            (Phase::Contracted, "insert into pgbench_accounts (aid, balance) values (1, 7) returning balance",
+             "insert into pgbench_accounts (aid, balance) values (1, 7) returning balance"),
+            (Phase::Planned, "delete from pgbench_accounts where balance < 0 returning aid, balance",
+             "delete from pgbench_accounts where abalance < 0 returning aid, abalance AS balance"),
+            (Phase::Switched, "select 1; select abalance from pgbench_accounts",
+             "select 1; select balance AS abalance from pgbench_accounts"),
+            (Phase::Switched, "select b.bbalance, a.abalance from pgbench_branches b join pgbench_accounts a on a.bid = b.bid",
+             "select b.bbalance, a.balance AS abalance from pgbench_branches b join pgbench_accounts a on a.bid = b.bid"),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&rename(*phase), sql), *expected, "{phase}: {sql}");
+        }
+    }
+
+    #[test]
+    fn type_changes_convert_with_up_and_down() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded, "select amount_dec from orders where id = 1",
+             "select ((amount)::numeric / 100)::numeric(12,2) AS amount_dec from orders where id = 1"),
+            (Phase::Switched, "select o.amount from orders o",
+             "select (((o.amount_dec) * 100)::integer) AS amount from orders o"),
+            (Phase::Expanded, "update orders set amount = 250 where id = 1",
+             "update orders set amount = 250, amount_dec = ((250)::numeric / 100)::numeric(12,2) where id = 1"),
+            (Phase::Expanded, "insert into orders (id, amount_dec) values (2, 1.5)",
+             "insert into orders (id, amount, amount_dec) values (2, (((1.5) * 100)::integer), 1.5)"),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&retype(*phase), sql), *expected, "{phase}: {sql}");
+        }
+        let refused = out(&retype(Phase::Expanded), "update orders set amount = $1 where id = 1");
+        assert!(refused.contains("parameter through a type conversion"), "{refused}");
+    }
+
+    #[test]
+    fn what_cannot_be_rewritten_safely_is_refused() {
+        let r = rename(Phase::Expanded);
         for (sql, says) in [
-            (
-                "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-                "uses column abalance",
-            ),
-            (
-                "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-                "uses column abalance",
-            ),
-            (
-                "select \"balance\" from Pgbench_Accounts",
-                "uses column balance",
-            ),
             ("select * from pgbench_accounts", "selects *"),
             ("select a.* from pgbench_accounts a", "selects *"),
             ("table pgbench_accounts", "TABLE"),
-            (
-                "insert into pgbench_accounts values (1, 1, 0, '')",
-                "without a column list",
-            ),
-            (
-                "insert into public.pgbench_accounts (aid, bid) values (1, 1)",
-                "inserts without naming",
-            ),
+            ("insert into pgbench_accounts values (1, 1, 0, '')", "without a column list"),
+            ("insert into public.pgbench_accounts (aid, bid) values (1, 1)", "inserts without naming"),
             ("copy pgbench_accounts from stdin", "without a column list"),
+            ("copy pgbench_accounts (aid, abalance) from stdin", "COPY is not rewritten"),
+            ("select balance from pgbench_accounts where aid in (select aid from x)", "subquery"),
+            ("select abalance from pgbench_accounts join pgbench_branches using (bid)", "qualify it"),
+            ("update pgbench_accounts set abalance = random() where aid = 1", "random(…)"),
+            ("insert into pgbench_accounts (aid, abalance, balance) values (1, 1, 1)", "both"),
+            ("alter table pgbench_accounts drop column abalance", "DDL"),
+            ("insert into pgbench_accounts (aid, abalance) values (1, default)", "DEFAULT"),
         ] {
-            match verdict(&r, sql) {
-                Rewrite::Refused(refusal) => {
-                    assert_eq!(refusal.code, "0A000");
-                    assert!(refusal.message.contains(says), "{sql}: {}", refusal.message);
-                    assert!(
-                        refusal.message.contains("migration \"accounts_balance\""),
-                        "{}",
-                        refusal.message
-                    );
-                    assert!(
-                        refusal.message.contains("phase expanded"),
-                        "{}",
-                        refusal.message
-                    );
-                }
-                other => panic!("{sql}: {other:?}"),
-            }
+            let got = out(&r, sql);
+            assert!(got.starts_with("refused: "), "{sql}: {got}");
+            assert!(got.contains(says), "{sql}: {got}");
+            assert!(got.contains("migration \"accounts_balance\""), "{got}");
+            assert!(got.contains("phase expanded"), "{got}");
         }
     }
 
     #[test]
     fn the_phase_matters_where_it_should() {
-        let planned = rewriter(Phase::Planned);
+        let planned = rename(Phase::Planned);
         let sql = "insert into pgbench_accounts (aid, bid) values (1, 1)";
-        assert_eq!(
-            verdict(&planned, sql),
-            Rewrite::Unchanged,
-            "no new column yet"
-        );
-        let done = rewriter(Phase::Complete);
-        assert_eq!(
-            verdict(&done, "select abalance from pgbench_accounts"),
-            Rewrite::Unchanged
-        );
+        assert_eq!(out(&planned, sql), "=", "no new column yet");
+        let done = rename(Phase::Complete);
+        assert_eq!(out(&done, "select abalance from pgbench_accounts"), "=");
     }
 }

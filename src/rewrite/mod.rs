@@ -13,8 +13,10 @@ use std::borrow::Cow;
 
 pub mod engine;
 pub mod migration;
+pub mod plan;
 pub mod rules;
 pub mod scan;
+pub mod text;
 
 /// Where a statement came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

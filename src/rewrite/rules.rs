@@ -53,6 +53,8 @@ impl Rules {
 /// Where the current rules are published.
 #[derive(Debug)]
 pub struct RulesCell {
+    /// Distinguishes cells in the per-thread cache (an address could be reused).
+    id: u64,
     epoch: AtomicU64,
     current: RwLock<Arc<Rules>>,
 }
@@ -60,7 +62,9 @@ pub struct RulesCell {
 impl RulesCell {
     /// A cell holding `migrations` as epoch 1.
     pub fn new(migrations: &[ActiveMigration]) -> RulesCell {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         RulesCell {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(1),
             current: RwLock::new(Arc::new(Rules::new(1, migrations))),
         }
@@ -87,11 +91,11 @@ impl RulesCell {
 
     /// Runs `f` with the newest snapshot, from this thread's cache when it
     /// is current: one atomic load, no lock, no reference count change.
-    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&Rules) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&Rules) -> R) -> R {
         thread_local! {
-            static CACHE: RefCell<Option<(usize, Arc<Rules>)>> = const { RefCell::new(None) };
+            static CACHE: RefCell<Option<(u64, Arc<Rules>)>> = const { RefCell::new(None) };
         }
-        let key = Arc::as_ptr(self) as usize;
+        let key = self.id;
         let epoch = self.epoch();
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();

@@ -1,0 +1,754 @@
+//! Planning the rewrite of one statement text under the rules in force: the
+//! phase table of DESIGN.md applied to every reference to a migrating column.
+//!
+//! The parser (sqlparser's AST) tells what kind of statement this is, which
+//! tables are in scope under which qualifiers, which references are bare
+//! projection items, and which are INSERT columns or UPDATE targets; the
+//! token stream gives exact byte positions. Every occurrence of a migrating
+//! column's name must be accounted for — rewritten, or known to be something
+//! else (another table's column, a function name, an alias) — or the whole
+//! statement is refused: what pgshift does not understand, it does not pass.
+//!
+//! Supported today: SELECT (one query level; joins with qualified
+//! references), INSERT … VALUES with a column list, UPDATE … SET, DELETE,
+//! RETURNING, WHERE / ORDER BY / GROUP BY / HAVING / JOIN ON, several
+//! statements in one Query — for renames and for type changes with
+//! `up`/`down`. Refused for now: subqueries, CTEs and set operations that
+//! use a migrating column, unqualified columns in joins, `*`, INSERT … SELECT
+//! or without a column list, duplicated values that are not plain (function
+//! calls), and type-change writes of parameters.
+
+use sqlparser::ast::{
+    AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+use super::migration::{quote_ident, MigrationSpec};
+use super::rules::{ActiveMigration, Rules};
+use super::text::{splice, tokenize, Edit, LineIndex, Tok};
+
+/// What to do with a statement text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan<'r> {
+    Unchanged,
+    Replaced(String),
+    /// Refused because of `migration`, for `reason` (completes "it …").
+    Refused {
+        migration: Option<&'r ActiveMigration>,
+        reason: String,
+    },
+}
+
+fn refuse<'r>(m: &'r ActiveMigration, reason: impl Into<String>) -> Plan<'r> {
+    Plan::Refused {
+        migration: Some(m),
+        reason: reason.into(),
+    }
+}
+
+/// Plans `sql` (which mentions a migrating table, per the fast path).
+pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
+    let tokens = match tokenize(sql) {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            return Plan::Refused {
+                migration: rules.migrations.first(),
+                reason: format!("cannot be tokenized ({e})"),
+            }
+        }
+    };
+    let relevant: Vec<&ActiveMigration> = rules
+        .migrations
+        .iter()
+        .filter(|m| tokens.iter().any(|t| names(&t.token, &m.spec.table.name)))
+        .collect();
+    if relevant.is_empty() {
+        return Plan::Unchanged;
+    }
+    for m in &relevant {
+        if let Some(reason) = structural_refusal(&tokens, m) {
+            return refuse(m, reason);
+        }
+    }
+    let uses_columns = relevant
+        .iter()
+        .any(|m| tokens.iter().any(|t| names(&t.token, &m.spec.from) || names(&t.token, &m.spec.to)));
+    if !uses_columns {
+        return Plan::Unchanged;
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements,
+        Err(e) => {
+            return refuse(
+                relevant[0],
+                format!("uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"),
+            )
+        }
+    };
+    let segments = split_statements(&tokens);
+    if segments.len() != statements.len() {
+        return refuse(relevant[0], "could not be split into its statements");
+    }
+    let index = LineIndex::new(sql);
+    let mut edits = Vec::new();
+    for (statement, range) in statements.iter().zip(segments) {
+        let toks = &tokens[range];
+        for m in &relevant {
+            if let Err(reason) = plan_statement(sql, &index, statement, toks, m, &mut edits) {
+                return refuse(m, reason);
+            }
+        }
+    }
+    if edits.is_empty() {
+        return Plan::Unchanged;
+    }
+    match splice(sql, &mut edits) {
+        Some(text) => Plan::Replaced(text),
+        None => refuse(relevant[0], "needs overlapping rewrites"),
+    }
+}
+
+/// Token ranges of the statements of a text, split at top-level `;`.
+fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        if t.token == Token::SemiColon {
+            if i > start {
+                out.push(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    if start < tokens.len() {
+        out.push(start..tokens.len());
+    }
+    out
+}
+
+/// Shapes that need the catalog (column lists) whatever the column names.
+fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
+    let spec = &m.spec;
+    if let Some(Token::Word(w)) = tokens.first().map(|t| &t.token) {
+        if w.keyword == Keyword::TABLE {
+            return Some("reads every column (TABLE), which needs the column list expanded".into());
+        }
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        if t.token == Token::Mul && i > 0 && is_wildcard_context(&tokens[i - 1].token) {
+            return Some("selects * (all columns), which needs the column list expanded".into());
+        }
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        let Token::Word(w) = &t.token else { continue };
+        let writes = match w.keyword {
+            Keyword::INTO => i > 0 && is_keyword(&tokens[i - 1].token, Keyword::INSERT),
+            Keyword::COPY => true,
+            _ => false,
+        };
+        if !writes {
+            continue;
+        }
+        let mut j = i + 1;
+        while j + 1 < tokens.len() && tokens[j + 1].token == Token::Period {
+            j += 2;
+        }
+        if !tokens.get(j).is_some_and(|t| names(&t.token, &spec.table.name)) {
+            continue;
+        }
+        let mut next = j + 1;
+        if tokens.get(next).is_some_and(|t| is_keyword(&t.token, Keyword::AS)) {
+            next += 2;
+        }
+        let has_column_list = tokens.get(next).map(|t| &t.token) == Some(&Token::LParen)
+            && !tokens.get(next + 1).is_some_and(|t| {
+                is_keyword(&t.token, Keyword::SELECT)
+                    || is_keyword(&t.token, Keyword::VALUES)
+                    || is_keyword(&t.token, Keyword::WITH)
+            });
+        if !has_column_list {
+            return Some("writes the table without a column list, which needs the columns expanded".into());
+        }
+        let names_a_column = tokens[next..]
+            .iter()
+            .take_while(|t| t.token != Token::RParen)
+            .any(|t| names(&t.token, &spec.from) || names(&t.token, &spec.to));
+        if w.keyword == Keyword::INTO && m.phase.has_new() && !names_a_column {
+            return Some(format!(
+                "inserts without naming {} or {}, which leaves the new column unset while the migration keeps both in step",
+                quote_ident(&spec.from),
+                quote_ident(&spec.to)
+            ));
+        }
+        if w.keyword == Keyword::COPY && names_a_column {
+            return Some("copies a migrating column, and COPY is not rewritten yet".into());
+        }
+    }
+    None
+}
+
+/// How an occurrence of a migrating column's name is used.
+enum Use {
+    /// Not a reference to the migrating table's column.
+    Other,
+    /// A read of the column; `qualifier` is the byte range of its qualifier
+    /// chain (`t.` / `s.t.`) if any.
+    Read { qualifier: Option<usize> },
+}
+
+/// Adds the edits for one statement and one migration.
+fn plan_statement(
+    sql: &str,
+    index: &LineIndex<'_>,
+    statement: &Statement,
+    toks: &[Tok],
+    m: &ActiveMigration,
+    edits: &mut Vec<Edit>,
+) -> Result<(), String> {
+    let spec = &m.spec;
+    let column_tokens: Vec<usize> = (0..toks.len())
+        .filter(|&i| names(&toks[i].token, &spec.from) || names(&toks[i].token, &spec.to))
+        .collect();
+    if column_tokens.is_empty() {
+        return Ok(());
+    }
+    let selects = toks.iter().filter(|t| is_keyword(&t.token, Keyword::SELECT)).count();
+    let scope = Scope::of(statement, spec)?;
+    let expected_selects = usize::from(matches!(statement, Statement::Query(_)));
+    let nested = selects != expected_selects
+        || toks.iter().any(|t| {
+            is_keyword(&t.token, Keyword::WITH)
+                || is_keyword(&t.token, Keyword::UNION)
+                || is_keyword(&t.token, Keyword::INTERSECT)
+                || is_keyword(&t.token, Keyword::EXCEPT)
+        });
+    if nested {
+        return Err(format!(
+            "uses column {} together with a subquery, CTE or set operation, which is not rewritten yet",
+            quote_ident(&spec.from)
+        ));
+    }
+    if scope.target_qualifiers.is_empty() {
+        // The table is only mentioned (say, as another table's column name).
+        return Ok(());
+    }
+    let tok_at = |offset: usize| toks.iter().position(|t| t.start == offset);
+    let ident_tok = |ident: &Ident| index.offset(ident.span.start).and_then(tok_at);
+
+    // Bare projection items (output names to keep) and write targets.
+    let mut bare = Vec::new();
+    for item in scope.projection.iter().chain(scope.returning.iter()) {
+        if let SelectItem::UnnamedExpr(expr) = item {
+            let last = match expr {
+                Expr::Identifier(ident) => Some(ident),
+                Expr::CompoundIdentifier(idents) => idents.last(),
+                _ => None,
+            };
+            if let Some(i) = last.and_then(ident_tok) {
+                bare.push(i);
+            }
+        }
+    }
+    let mut writes: Vec<(usize, usize)> = Vec::new(); // (column token, value slot)
+    let mut value_ranges: Vec<Vec<(usize, usize)>> = Vec::new(); // per slot: byte ranges
+    match statement {
+        Statement::Insert(insert) => {
+            let Some(source) = &insert.source else {
+                return Err("inserts without VALUES, which is not rewritten yet".into());
+            };
+            let SetExpr::Values(values) = source.body.as_ref() else {
+                return Err("inserts from a query, which is not rewritten yet".into());
+            };
+            for (k, column) in insert.columns.iter().enumerate() {
+                let Some(ident) = last_ident(column) else { continue };
+                if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
+                    continue;
+                }
+                let i = ident_tok(ident).ok_or("has a column whose position is unknown")?;
+                let mut ranges = Vec::new();
+                for row in &values.rows {
+                    let open = index.offset(row.opening_token.0.span.start).ok_or("has a VALUES row without position")?;
+                    let items = row_items(toks, open)?;
+                    if items.len() != insert.columns.len() {
+                        return Err("has VALUES rows whose length differs from the column list".into());
+                    }
+                    ranges.push(items[k]);
+                }
+                writes.push((i, value_ranges.len()));
+                value_ranges.push(ranges);
+            }
+        }
+        Statement::Update(update) => {
+            for assignment in &update.assignments {
+                match &assignment.target {
+                    AssignmentTarget::ColumnName(name) => {
+                        let Some(ident) = last_ident(name) else { continue };
+                        if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
+                            continue;
+                        }
+                        let i = ident_tok(ident).ok_or("has a SET target whose position is unknown")?;
+                        let value = assignment_value(toks, i)?;
+                        writes.push((i, value_ranges.len()));
+                        value_ranges.push(vec![value]);
+                    }
+                    AssignmentTarget::Tuple(names) => {
+                        if names
+                            .iter()
+                            .filter_map(last_ident)
+                            .any(|id| ident_is(id, &spec.from) || ident_is(id, &spec.to))
+                        {
+                            return Err("assigns a migrating column in a SET (…) = (…) tuple, which is not rewritten yet".into());
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    let insert_targets: Vec<usize> = writes.iter().map(|(i, _)| *i).collect();
+    if matches!(statement, Statement::Insert(_)) && writes.len() > 1 {
+        return Err(format!(
+            "inserts into both {} and {}, which pgshift cannot reconcile",
+            quote_ident(&spec.from),
+            quote_ident(&spec.to)
+        ));
+    }
+
+    // Classify every occurrence; rewrite the reads.
+    let mut read_edits: Vec<Edit> = Vec::new();
+    for &i in &column_tokens {
+        if insert_targets.contains(&i) {
+            continue;
+        }
+        match classify(toks, i, &scope)? {
+            Use::Other => {}
+            Use::Read { qualifier } => {
+                let column = column_of(&toks[i].token, spec);
+                let start = qualifier.unwrap_or(toks[i].start);
+                let qualifier_text = &sql[start..toks[i].start];
+                if let Some(mut text) = read_expr(m, column, qualifier_text) {
+                    if bare.contains(&i) {
+                        text = format!("{text} AS {}", quote_ident(column));
+                    }
+                    read_edits.push(Edit {
+                        start,
+                        end: toks[i].end,
+                        text,
+                    });
+                }
+            }
+        }
+    }
+
+    // Writes: each written value, with its own reads rewritten, goes to the
+    // physical column(s) of the phase.
+    for (i, slot) in writes {
+        let column = column_of(&toks[i].token, spec);
+        let targets = write_targets(m, column);
+        let mut value_texts: Vec<Vec<String>> = Vec::new();
+        for &(start, end) in &value_ranges[slot] {
+            let mut inner: Vec<Edit> = Vec::new();
+            read_edits.retain(|e| {
+                if e.start >= start && e.end <= end {
+                    inner.push(Edit {
+                        start: e.start - start,
+                        end: e.end - start,
+                        text: e.text.clone(),
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            let value = splice(&sql[start..end], &mut inner).ok_or("needs overlapping rewrites")?;
+            check_value(&toks_in(toks, start, end), targets.len(), m)?;
+            value_texts.push(targets.iter().map(|(_, convert)| convert.apply(spec, &value)).collect());
+        }
+        let names: Vec<String> = targets.iter().map(|(c, _)| quote_ident(c)).collect();
+        match statement {
+            Statement::Insert(_) => {
+                edits.push(Edit {
+                    start: toks[i].start,
+                    end: toks[i].end,
+                    text: names.join(", "),
+                });
+                for (&(start, end), texts) in value_ranges[slot].iter().zip(&value_texts) {
+                    edits.push(Edit {
+                        start,
+                        end,
+                        text: texts.join(", "),
+                    });
+                }
+            }
+            _ => {
+                let (_, end) = value_ranges[slot][0];
+                let text = names
+                    .iter()
+                    .zip(&value_texts[0])
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                edits.push(Edit {
+                    start: toks[i].start,
+                    end,
+                    text,
+                });
+            }
+        }
+    }
+    edits.extend(read_edits);
+    Ok(())
+}
+
+/// Which tables a statement reads, under which names.
+struct Scope<'s> {
+    /// Names (folded) that qualify the migrating table in this statement.
+    target_qualifiers: Vec<String>,
+    /// Names of the other tables in scope.
+    other_tables: usize,
+    projection: &'s [SelectItem],
+    returning: &'s [SelectItem],
+}
+
+impl<'s> Scope<'s> {
+    fn of(statement: &'s Statement, spec: &MigrationSpec) -> Result<Scope<'s>, String> {
+        let mut scope = Scope {
+            target_qualifiers: Vec::new(),
+            other_tables: 0,
+            projection: &[],
+            returning: &[],
+        };
+        match statement {
+            Statement::Query(query) => {
+                if let SetExpr::Select(select) = query.body.as_ref() {
+                    scope.projection = &select.projection;
+                    for twj in &select.from {
+                        scope.add_joined(twj, spec);
+                    }
+                }
+            }
+            Statement::Insert(insert) => {
+                if let TableObject::TableName(name) = &insert.table {
+                    let alias = insert.table_alias.as_ref().map(|a| &a.alias);
+                    scope.add(name, alias, spec);
+                }
+                scope.returning = insert.returning.as_deref().unwrap_or_default();
+            }
+            Statement::Update(update) => {
+                scope.add_joined(&update.table, spec);
+                if let Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) = &update.from {
+                    for twj in from {
+                        scope.add_joined(twj, spec);
+                    }
+                }
+                scope.returning = update.returning.as_deref().unwrap_or_default();
+            }
+            Statement::Delete(delete) => {
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
+                for twj in from.iter().chain(delete.using.iter().flatten()) {
+                    scope.add_joined(twj, spec);
+                }
+                scope.returning = delete.returning.as_deref().unwrap_or_default();
+            }
+            _ => return Err("is a kind of statement that pgshift does not rewrite (DDL or utility) while the migration is active".into()),
+        }
+        Ok(scope)
+    }
+
+    fn add_joined(&mut self, twj: &TableWithJoins, spec: &MigrationSpec) {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            match factor {
+                TableFactor::Table { name, alias, .. } => self.add(name, alias.as_ref().map(|a| &a.name), spec),
+                _ => self.other_tables += 1,
+            }
+        }
+    }
+
+    fn add(&mut self, name: &ObjectName, alias: Option<&Ident>, spec: &MigrationSpec) {
+        let parts: Vec<&Ident> = name
+            .0
+            .iter()
+            .filter_map(|p| match p {
+                ObjectNamePart::Identifier(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let is_target = match parts.as_slice() {
+            [table] => ident_is(table, &spec.table.name),
+            [schema, table] => ident_is(schema, &spec.table.schema) && ident_is(table, &spec.table.name),
+            _ => false,
+        };
+        if is_target {
+            let qualifier = alias.or(parts.last().copied()).map(fold);
+            self.target_qualifiers.extend(qualifier);
+        } else {
+            self.other_tables += 1;
+        }
+    }
+}
+
+/// How the occurrence at `i` is used.
+fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
+    let prev = i.checked_sub(1).map(|j| &toks[j].token);
+    let next = toks.get(i + 1).map(|t| &t.token);
+    if next == Some(&Token::LParen) || matches!(prev, Some(Token::DoubleColon)) {
+        return Ok(Use::Other); // a function or type of the same name
+    }
+    if prev.is_some_and(|t| is_keyword(t, Keyword::AS)) {
+        return Ok(Use::Other); // an output alias
+    }
+    if next == Some(&Token::Period) {
+        return Ok(Use::Other); // a qualifier itself (a table named like the column)
+    }
+    if prev == Some(&Token::Period) {
+        let qualifier = i.checked_sub(2).map(|j| &toks[j]);
+        let Some(Tok {
+            token: Token::Word(w),
+            ..
+        }) = qualifier
+        else {
+            return Err("uses a migrating column with a qualifier pgshift cannot read".into());
+        };
+        let q = if w.quote_style.is_some() {
+            w.value.clone()
+        } else {
+            w.value.to_lowercase()
+        };
+        if !scope.target_qualifiers.contains(&q) {
+            return Ok(Use::Other);
+        }
+        // Include a schema in front: s.t.a
+        let mut start = i - 2;
+        while start >= 2 && toks[start - 1].token == Token::Period && matches!(toks[start - 2].token, Token::Word(_)) {
+            start -= 2;
+        }
+        return Ok(Use::Read {
+            qualifier: Some(toks[start].start),
+        });
+    }
+    if scope.target_qualifiers.len() + scope.other_tables > 1 {
+        return Err(
+            "uses a migrating column without a table qualifier while several tables are in scope; qualify it (t.column)"
+                .into(),
+        );
+    }
+    Ok(Use::Read { qualifier: None })
+}
+
+/// The folded column (`from` or `to`) a token names.
+fn column_of<'s>(token: &Token, spec: &'s MigrationSpec) -> &'s str {
+    if names(token, &spec.from) {
+        &spec.from
+    } else {
+        &spec.to
+    }
+}
+
+/// The expression that reads `column` (with `qualifier` text such as `t.`)
+/// in this phase, or `None` when the column is read as it is.
+fn read_expr(m: &ActiveMigration, column: &str, qualifier: &str) -> Option<String> {
+    let spec = &m.spec;
+    let source = if m.phase.reads_new() { &spec.to } else { &spec.from };
+    if column == source {
+        return None;
+    }
+    let source_ref = format!("{qualifier}{}", quote_ident(source));
+    Some(if column == spec.to {
+        Convert::Up.apply(spec, &source_ref)
+    } else {
+        Convert::Down.apply(spec, &source_ref)
+    })
+}
+
+/// A conversion between the two columns' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Convert {
+    Same,
+    Up,
+    Down,
+}
+
+impl Convert {
+    fn apply(self, spec: &MigrationSpec, value: &str) -> String {
+        match (self, &spec.up, &spec.down) {
+            (Convert::Up, Some(up), _) => {
+                let ty = spec.new_type.as_deref().unwrap_or("unknown");
+                format!("({})::{ty}", substitute(up, &spec.from, value))
+            }
+            (Convert::Down, _, Some(down)) => format!("({})", substitute(down, &spec.to, value)),
+            _ => value.to_string(),
+        }
+    }
+}
+
+/// The physical columns a write of `column` goes to in this phase.
+fn write_targets<'s>(m: &'s ActiveMigration, column: &str) -> Vec<(&'s str, Convert)> {
+    let spec = &m.spec;
+    let mut out = Vec::new();
+    let writes_old = column == spec.from;
+    if m.phase.has_old() {
+        out.push((spec.from.as_str(), if writes_old { Convert::Same } else { Convert::Down }));
+    }
+    if m.phase.has_new() {
+        out.push((spec.to.as_str(), if writes_old { Convert::Up } else { Convert::Same }));
+    }
+    out
+}
+
+/// A written value may be duplicated or converted only when that keeps its
+/// meaning: no function calls or subqueries (volatile: evaluated twice),
+/// no DEFAULT, and no parameters under a type conversion (their type would
+/// be inferred twice).
+fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<(), String> {
+    let converts = !m.spec.is_rename();
+    if targets < 2 && !converts {
+        return Ok(());
+    }
+    for (k, t) in value.iter().enumerate() {
+        match &t.token {
+            Token::Word(w) if w.keyword == Keyword::DEFAULT => {
+                return Err("writes DEFAULT to a migrating column, which needs the catalog's default".into())
+            }
+            Token::Word(w)
+                if value.get(k + 1).is_some_and(|n| n.token == Token::LParen)
+                    && !matches!(w.keyword, Keyword::CAST) =>
+            {
+                return Err(format!(
+                    "writes the result of {}(…) to a migrating column, and evaluating it twice could change its value",
+                    w.value
+                ))
+            }
+            Token::Placeholder(_) if converts => {
+                return Err("writes a parameter through a type conversion, which is not rewritten yet".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn toks_in(toks: &[Tok], start: usize, end: usize) -> Vec<&Tok> {
+    toks.iter().filter(|t| t.start >= start && t.end <= end).collect()
+}
+
+/// Byte ranges of the comma-separated items of the parenthesized list that
+/// opens at byte `open`.
+fn row_items(toks: &[Tok], open: usize) -> Result<Vec<(usize, usize)>, String> {
+    let first = toks
+        .iter()
+        .position(|t| t.start == open && t.token == Token::LParen)
+        .ok_or("has a VALUES row pgshift cannot find")?;
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut item_start: Option<usize> = None;
+    let mut item_end = 0;
+    for t in &toks[first + 1..] {
+        match t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket if depth > 0 => depth -= 1,
+            Token::RParen => {
+                items.push((item_start.ok_or("has an empty VALUES item")?, item_end));
+                return Ok(items);
+            }
+            Token::Comma if depth == 0 => {
+                items.push((item_start.take().ok_or("has an empty VALUES item")?, item_end));
+                continue;
+            }
+            _ => {}
+        }
+        item_start.get_or_insert(t.start);
+        item_end = t.end;
+    }
+    Err("has an unterminated VALUES row".into())
+}
+
+/// Byte range of the value assigned to the SET target at token `target`.
+fn assignment_value(toks: &[Tok], target: usize) -> Result<(usize, usize), String> {
+    if toks.get(target + 1).map(|t| &t.token) != Some(&Token::Eq) {
+        return Err("has a SET target pgshift cannot read".into());
+    }
+    let mut depth = 0usize;
+    let mut range: Option<(usize, usize)> = None;
+    for t in &toks[target + 2..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0 && matches!(w.keyword, Keyword::FROM | Keyword::WHERE | Keyword::RETURNING) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        range = Some((range.map_or(t.start, |r| r.0), t.end));
+    }
+    range.ok_or_else(|| "has an empty SET value".into())
+}
+
+/// Replaces every reference to `column` in `expression` by `(value)`.
+fn substitute(expression: &str, column: &str, value: &str) -> String {
+    let Ok(toks) = tokenize(expression) else {
+        return expression.to_string();
+    };
+    let mut edits: Vec<Edit> = toks
+        .iter()
+        .filter(|t| names(&t.token, column))
+        .map(|t| Edit {
+            start: t.start,
+            end: t.end,
+            text: format!("({value})"),
+        })
+        .collect();
+    splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
+}
+
+fn last_ident(name: &ObjectName) -> Option<&Ident> {
+    match name.0.last()? {
+        ObjectNamePart::Identifier(id) => Some(id),
+        _ => None,
+    }
+}
+
+fn fold(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn ident_is(ident: &Ident, folded: &str) -> bool {
+    fold(ident) == folded
+}
+
+fn is_wildcard_context(prev: &Token) -> bool {
+    match prev {
+        Token::Comma | Token::Period => true,
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::SELECT | Keyword::DISTINCT | Keyword::ALL | Keyword::RETURNING
+        ),
+        _ => false,
+    }
+}
+
+fn is_keyword(token: &Token, keyword: Keyword) -> bool {
+    matches!(token, Token::Word(w) if w.keyword == keyword)
+}
+
+/// The word token names `folded` (unquoted in any case, quoted exactly).
+pub fn names(token: &Token, folded: &str) -> bool {
+    match token {
+        Token::Word(w) => match w.quote_style {
+            Some(_) => w.value == folded,
+            None => w.value.eq_ignore_ascii_case(folded),
+        },
+        _ => false,
+    }
+}
+
