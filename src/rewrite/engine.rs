@@ -61,7 +61,9 @@ fn check<'a>(sql: &str, rules: &Rules) -> Rewrite<'a> {
             migration: Some(m),
             reason,
         } => Rewrite::Refused(refusal(m, &reason)),
-        Plan::Refused { migration: None, .. } => Rewrite::Unchanged,
+        Plan::Refused {
+            migration: None, ..
+        } => Rewrite::Unchanged,
     }
 }
 
@@ -100,8 +102,16 @@ mod tests {
 
     fn rename(phase: Phase) -> MigrationRewriter {
         let m = ActiveMigration {
-            spec: MigrationSpec::new("accounts_balance", "pgbench_accounts", "abalance", "balance", None, None, None)
-                .unwrap(),
+            spec: MigrationSpec::new(
+                "accounts_balance",
+                "pgbench_accounts",
+                "abalance",
+                "balance",
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
             phase,
         };
         MigrationRewriter::new(Arc::new(RulesCell::new(&[m])))
@@ -199,8 +209,14 @@ mod tests {
         for (phase, sql, expected) in cases {
             assert_eq!(out(&retype(*phase), sql), *expected, "{phase}: {sql}");
         }
-        let refused = out(&retype(Phase::Expanded), "update orders set amount = $1 where id = 1");
-        assert!(refused.contains("parameter through a type conversion"), "{refused}");
+        let refused = out(
+            &retype(Phase::Expanded),
+            "update orders set amount = $1 where id = 1",
+        );
+        assert!(
+            refused.contains("parameter through a type conversion"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -210,16 +226,40 @@ mod tests {
             ("select * from pgbench_accounts", "selects *"),
             ("select a.* from pgbench_accounts a", "selects *"),
             ("table pgbench_accounts", "TABLE"),
-            ("insert into pgbench_accounts values (1, 1, 0, '')", "without a column list"),
-            ("insert into public.pgbench_accounts (aid, bid) values (1, 1)", "inserts without naming"),
+            (
+                "insert into pgbench_accounts values (1, 1, 0, '')",
+                "without a column list",
+            ),
+            (
+                "insert into public.pgbench_accounts (aid, bid) values (1, 1)",
+                "inserts without naming",
+            ),
             ("copy pgbench_accounts from stdin", "without a column list"),
-            ("copy pgbench_accounts (aid, abalance) from stdin", "COPY is not rewritten"),
-            ("select balance from pgbench_accounts where aid in (select aid from x)", "subquery"),
-            ("select abalance from pgbench_accounts join pgbench_branches using (bid)", "qualify it"),
-            ("update pgbench_accounts set abalance = random() where aid = 1", "random(…)"),
-            ("insert into pgbench_accounts (aid, abalance, balance) values (1, 1, 1)", "both"),
+            (
+                "copy pgbench_accounts (aid, abalance) from stdin",
+                "COPY is not rewritten",
+            ),
+            (
+                "select balance from pgbench_accounts where aid in (select aid from x)",
+                "subquery",
+            ),
+            (
+                "select abalance from pgbench_accounts join pgbench_branches using (bid)",
+                "qualify it",
+            ),
+            (
+                "update pgbench_accounts set abalance = random() where aid = 1",
+                "random(…)",
+            ),
+            (
+                "insert into pgbench_accounts (aid, abalance, balance) values (1, 1, 1)",
+                "both",
+            ),
             ("alter table pgbench_accounts drop column abalance", "DDL"),
-            ("insert into pgbench_accounts (aid, abalance) values (1, default)", "DEFAULT"),
+            (
+                "insert into pgbench_accounts (aid, abalance) values (1, default)",
+                "DEFAULT",
+            ),
         ] {
             let got = out(&r, sql);
             assert!(got.starts_with("refused: "), "{sql}: {got}");

@@ -74,21 +74,24 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
             return refuse(m, reason);
         }
     }
-    let uses_columns = relevant
-        .iter()
-        .any(|m| tokens.iter().any(|t| names(&t.token, &m.spec.from) || names(&t.token, &m.spec.to)));
+    let uses_columns = relevant.iter().any(|m| {
+        tokens
+            .iter()
+            .any(|t| names(&t.token, &m.spec.from) || names(&t.token, &m.spec.to))
+    });
     if !uses_columns {
         return Plan::Unchanged;
     }
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements,
-        Err(e) => {
-            return refuse(
+    let statements =
+        match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(statements) => statements,
+            Err(e) => return refuse(
                 relevant[0],
-                format!("uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"),
-            )
-        }
-    };
+                format!(
+                    "uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"
+                ),
+            ),
+        };
     let segments = split_statements(&tokens);
     if segments.len() != statements.len() {
         return refuse(relevant[0], "could not be split into its statements");
@@ -157,11 +160,17 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
         while j + 1 < tokens.len() && tokens[j + 1].token == Token::Period {
             j += 2;
         }
-        if !tokens.get(j).is_some_and(|t| names(&t.token, &spec.table.name)) {
+        if !tokens
+            .get(j)
+            .is_some_and(|t| names(&t.token, &spec.table.name))
+        {
             continue;
         }
         let mut next = j + 1;
-        if tokens.get(next).is_some_and(|t| is_keyword(&t.token, Keyword::AS)) {
+        if tokens
+            .get(next)
+            .is_some_and(|t| is_keyword(&t.token, Keyword::AS))
+        {
             next += 2;
         }
         let has_column_list = tokens.get(next).map(|t| &t.token) == Some(&Token::LParen)
@@ -171,7 +180,9 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
                     || is_keyword(&t.token, Keyword::WITH)
             });
         if !has_column_list {
-            return Some("writes the table without a column list, which needs the columns expanded".into());
+            return Some(
+                "writes the table without a column list, which needs the columns expanded".into(),
+            );
         }
         let names_a_column = tokens[next..]
             .iter()
@@ -216,7 +227,10 @@ fn plan_statement(
     if column_tokens.is_empty() {
         return Ok(());
     }
-    let selects = toks.iter().filter(|t| is_keyword(&t.token, Keyword::SELECT)).count();
+    let selects = toks
+        .iter()
+        .filter(|t| is_keyword(&t.token, Keyword::SELECT))
+        .count();
     let scope = Scope::of(statement, spec)?;
     let expected_selects = usize::from(matches!(statement, Statement::Query(_)));
     let nested = selects != expected_selects
@@ -264,17 +278,23 @@ fn plan_statement(
                 return Err("inserts from a query, which is not rewritten yet".into());
             };
             for (k, column) in insert.columns.iter().enumerate() {
-                let Some(ident) = last_ident(column) else { continue };
+                let Some(ident) = last_ident(column) else {
+                    continue;
+                };
                 if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
                     continue;
                 }
                 let i = ident_tok(ident).ok_or("has a column whose position is unknown")?;
                 let mut ranges = Vec::new();
                 for row in &values.rows {
-                    let open = index.offset(row.opening_token.0.span.start).ok_or("has a VALUES row without position")?;
+                    let open = index
+                        .offset(row.opening_token.0.span.start)
+                        .ok_or("has a VALUES row without position")?;
                     let items = row_items(toks, open)?;
                     if items.len() != insert.columns.len() {
-                        return Err("has VALUES rows whose length differs from the column list".into());
+                        return Err(
+                            "has VALUES rows whose length differs from the column list".into()
+                        );
                     }
                     ranges.push(items[k]);
                 }
@@ -286,11 +306,14 @@ fn plan_statement(
             for assignment in &update.assignments {
                 match &assignment.target {
                     AssignmentTarget::ColumnName(name) => {
-                        let Some(ident) = last_ident(name) else { continue };
+                        let Some(ident) = last_ident(name) else {
+                            continue;
+                        };
                         if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
                             continue;
                         }
-                        let i = ident_tok(ident).ok_or("has a SET target whose position is unknown")?;
+                        let i =
+                            ident_tok(ident).ok_or("has a SET target whose position is unknown")?;
                         let value = assignment_value(toks, i)?;
                         writes.push((i, value_ranges.len()));
                         value_ranges.push(vec![value]);
@@ -366,7 +389,12 @@ fn plan_statement(
             });
             let value = splice(&sql[start..end], &mut inner).ok_or("needs overlapping rewrites")?;
             check_value(&toks_in(toks, start, end), targets.len(), m)?;
-            value_texts.push(targets.iter().map(|(_, convert)| convert.apply(spec, &value)).collect());
+            value_texts.push(
+                targets
+                    .iter()
+                    .map(|(_, convert)| convert.apply(spec, &value))
+                    .collect(),
+            );
         }
         let names: Vec<String> = targets.iter().map(|(c, _)| quote_ident(c)).collect();
         match statement {
@@ -462,7 +490,9 @@ impl<'s> Scope<'s> {
     fn add_joined(&mut self, twj: &TableWithJoins, spec: &MigrationSpec) {
         for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
             match factor {
-                TableFactor::Table { name, alias, .. } => self.add(name, alias.as_ref().map(|a| &a.name), spec),
+                TableFactor::Table { name, alias, .. } => {
+                    self.add(name, alias.as_ref().map(|a| &a.name), spec)
+                }
                 _ => self.other_tables += 1,
             }
         }
@@ -479,7 +509,9 @@ impl<'s> Scope<'s> {
             .collect();
         let is_target = match parts.as_slice() {
             [table] => ident_is(table, &spec.table.name),
-            [schema, table] => ident_is(schema, &spec.table.schema) && ident_is(table, &spec.table.name),
+            [schema, table] => {
+                ident_is(schema, &spec.table.schema) && ident_is(table, &spec.table.name)
+            }
             _ => false,
         };
         if is_target {
@@ -523,7 +555,10 @@ fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
         }
         // Include a schema in front: s.t.a
         let mut start = i - 2;
-        while start >= 2 && toks[start - 1].token == Token::Period && matches!(toks[start - 2].token, Token::Word(_)) {
+        while start >= 2
+            && toks[start - 1].token == Token::Period
+            && matches!(toks[start - 2].token, Token::Word(_))
+        {
             start -= 2;
         }
         return Ok(Use::Read {
@@ -552,7 +587,11 @@ fn column_of<'s>(token: &Token, spec: &'s MigrationSpec) -> &'s str {
 /// in this phase, or `None` when the column is read as it is.
 fn read_expr(m: &ActiveMigration, column: &str, qualifier: &str) -> Option<String> {
     let spec = &m.spec;
-    let source = if m.phase.reads_new() { &spec.to } else { &spec.from };
+    let source = if m.phase.reads_new() {
+        &spec.to
+    } else {
+        &spec.from
+    };
     if column == source {
         return None;
     }
@@ -591,10 +630,24 @@ fn write_targets<'s>(m: &'s ActiveMigration, column: &str) -> Vec<(&'s str, Conv
     let mut out = Vec::new();
     let writes_old = column == spec.from;
     if m.phase.has_old() {
-        out.push((spec.from.as_str(), if writes_old { Convert::Same } else { Convert::Down }));
+        out.push((
+            spec.from.as_str(),
+            if writes_old {
+                Convert::Same
+            } else {
+                Convert::Down
+            },
+        ));
     }
     if m.phase.has_new() {
-        out.push((spec.to.as_str(), if writes_old { Convert::Up } else { Convert::Same }));
+        out.push((
+            spec.to.as_str(),
+            if writes_old {
+                Convert::Up
+            } else {
+                Convert::Same
+            },
+        ));
     }
     out
 }
@@ -632,7 +685,9 @@ fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<()
 }
 
 fn toks_in(toks: &[Tok], start: usize, end: usize) -> Vec<&Tok> {
-    toks.iter().filter(|t| t.start >= start && t.end <= end).collect()
+    toks.iter()
+        .filter(|t| t.start >= start && t.end <= end)
+        .collect()
 }
 
 /// Byte ranges of the comma-separated items of the parenthesized list that
@@ -655,7 +710,10 @@ fn row_items(toks: &[Tok], open: usize) -> Result<Vec<(usize, usize)>, String> {
                 return Ok(items);
             }
             Token::Comma if depth == 0 => {
-                items.push((item_start.take().ok_or("has an empty VALUES item")?, item_end));
+                items.push((
+                    item_start.take().ok_or("has an empty VALUES item")?,
+                    item_end,
+                ));
                 continue;
             }
             _ => {}
@@ -679,7 +737,11 @@ fn assignment_value(toks: &[Tok], target: usize) -> Result<(usize, usize), Strin
             Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
             Token::Comma if depth == 0 => break,
             Token::Word(w)
-                if depth == 0 && matches!(w.keyword, Keyword::FROM | Keyword::WHERE | Keyword::RETURNING) =>
+                if depth == 0
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM | Keyword::WHERE | Keyword::RETURNING
+                    ) =>
             {
                 break
             }
@@ -751,4 +813,3 @@ pub fn names(token: &Token, folded: &str) -> bool {
         _ => false,
     }
 }
-

@@ -55,7 +55,8 @@ pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
         if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
             continue;
         }
-        let (Some(start), Some(end)) = (index.offset(t.span.start), index.offset(t.span.end)) else {
+        let (Some(start), Some(end)) = (index.offset(t.span.start), index.offset(t.span.end))
+        else {
             return Err("token position out of range".into());
         };
         out.push(Tok {
@@ -120,7 +121,10 @@ mod tests {
                 text: "b AS a".into(),
             },
         ];
-        assert_eq!(splice(sql, &mut edits).unwrap(), "select b AS a /* keep */ from t where b = 1");
+        assert_eq!(
+            splice(sql, &mut edits).unwrap(),
+            "select b AS a /* keep */ from t where b = 1"
+        );
         let mut overlapping = vec![
             Edit {
                 start: 0,

@@ -6,4 +6,5 @@ mod faults;
 mod harness;
 mod protocol;
 mod refusal;
+mod rewriting;
 mod tools;
