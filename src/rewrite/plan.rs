@@ -82,16 +82,17 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
     if !uses_columns {
         return Plan::Unchanged;
     }
-    let statements =
-        match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-            Ok(statements) => statements,
-            Err(e) => return refuse(
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements,
+        Err(e) => {
+            return refuse(
                 relevant[0],
                 format!(
                     "uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let segments = split_statements(&tokens);
     if segments.len() != statements.len() {
         return refuse(relevant[0], "could not be split into its statements");
