@@ -260,6 +260,14 @@ mod tests {
                 "insert into pgbench_accounts (aid, abalance) values (1, default)",
                 "DEFAULT",
             ),
+            (
+                "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set abalance = excluded.abalance",
+                "ON CONFLICT",
+            ),
+            (
+                "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set bid = 1, balance = 3",
+                "ON CONFLICT",
+            ),
         ] {
             let got = out(&r, sql);
             assert!(got.starts_with("refused: "), "{sql}: {got}");

@@ -524,10 +524,17 @@ impl<'s> Scope<'s> {
     }
 }
 
-/// How the occurrence at `i` is used.
+/// How the occurrence at `i` (not a recognized write target) is used.
 fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
     let prev = i.checked_sub(1).map(|j| &toks[j].token);
     let next = toks.get(i + 1).map(|t| &t.token);
+    // `SET a = …` / `, a = …` that is not an UPDATE target pgshift knows
+    // (ON CONFLICT … DO UPDATE SET, say) is a write it would miss.
+    let assigns = next == Some(&Token::Eq)
+        && (prev == Some(&Token::Comma) || prev.is_some_and(|t| is_keyword(t, Keyword::SET)));
+    if assigns {
+        return Err("assigns a migrating column in a form that is not rewritten yet (such as ON CONFLICT … DO UPDATE)".into());
+    }
     if next == Some(&Token::LParen) || matches!(prev, Some(Token::DoubleColon)) {
         return Ok(Use::Other); // a function or type of the same name
     }
