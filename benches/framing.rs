@@ -79,7 +79,7 @@ fn framing(c: &mut Criterion) {
         b.iter(|| std::hint::black_box(copy(&server)))
     });
     group.bench_function("pgshift_split", |b| {
-        let mut visitor = BackendVisitor::new(&state);
+        let mut visitor = BackendVisitor::new(&state, &PassThrough);
         b.iter(|| std::hint::black_box(split_all(&server, &mut visitor)))
     });
     group.finish();

@@ -15,6 +15,7 @@ pub mod refusal;
 pub mod relay;
 pub mod session;
 pub mod statement;
+pub mod statements;
 pub mod wire;
 mod workers;
 

@@ -169,8 +169,9 @@ async fn server_to_client(
     dst: &mut WriteHalf<'_>,
     pump: &mut Pump,
     state: &SessionState,
+    rewriter: &dyn StatementRewriter,
 ) -> End {
-    let mut visitor = BackendVisitor::new(state);
+    let mut visitor = BackendVisitor::new(state, rewriter);
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
@@ -229,7 +230,13 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
             &state,
             &*shared.rewriter,
         );
-        let s2c = server_to_client(&mut server_r, &mut client_w, &mut down, &state);
+        let s2c = server_to_client(
+            &mut server_r,
+            &mut client_w,
+            &mut down,
+            &state,
+            &*shared.rewriter,
+        );
         let idle = idle_watch(&state, limits.idle_timeout);
         tokio::pin!(c2s, s2c, idle);
         let mut current = *stage.borrow_and_update();

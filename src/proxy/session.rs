@@ -2,10 +2,12 @@
 //! direction's stream is looked at (its [`FrameVisitor`]).
 //!
 //! The client side counts the requests that end in a ReadyForQuery, passes
-//! Query and Parse through the rewrite seam, and turns a refusal into a
-//! marker statement (see [`super::refusal`]); the server side counts
-//! ReadyForQuery, notes the transaction status, and swaps a marker's syntax
-//! error for pgshift's refusal. Both directions run in the session's one
+//! Query and Parse through the rewrite seam, turns a refusal into a marker
+//! statement (see [`super::refusal`]), and re-prepares statements prepared
+//! under older rules before their next use (see [`super::statements`]); the
+//! server side counts ReadyForQuery, notes the transaction status, swaps a
+//! marker's syntax error for pgshift's refusal, and swallows the answers to
+//! the messages pgshift injected. Both directions run in the session's one
 //! task, so the atomics and the mutex are never contended; they only make
 //! the sharing `Send`.
 
@@ -14,11 +16,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+
 use super::framing::{FrameVisitor, Handling, Verdict, HEADER_LEN};
 use super::refusal::PendingRefusal;
 use super::statement::{rewrite_frame, Outcome};
+use super::statements::{self, Deallocation, Statements};
 use super::wire::{backend, frontend};
-use crate::rewrite::StatementRewriter;
+use crate::rewrite::{Refusal, StatementRewriter};
 
 /// The shared state of one session.
 pub struct SessionState {
@@ -40,9 +45,18 @@ pub struct SessionState {
     terminated: AtomicBool,
     /// The proxy is shutting down: end the session at the next idle point.
     draining: AtomicBool,
-    /// Refusals whose marker error has not come back yet, oldest first.
-    refusals: Mutex<VecDeque<PendingRefusal>>,
+    /// Refusals in flight and prepared statements.
+    book: Mutex<Book>,
     refusal_seq: AtomicU64,
+}
+
+/// What the session keeps about statements.
+#[derive(Default)]
+struct Book {
+    /// Refusals whose marker error has not come back yet, oldest first.
+    refusals: VecDeque<PendingRefusal>,
+    /// Prepared statements and the rules epoch of each.
+    statements: Statements,
 }
 
 impl SessionState {
@@ -60,7 +74,7 @@ impl SessionState {
             txn_status: AtomicU8::new(b'I'),
             terminated: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            refusals: Mutex::new(VecDeque::new()),
+            book: Mutex::new(Book::default()),
             refusal_seq: AtomicU64::new(0),
         }
     }
@@ -103,10 +117,10 @@ impl SessionState {
         self.draining.load(Ordering::Relaxed) && self.is_idle()
     }
 
-    fn with_refusals<R>(&self, f: impl FnOnce(&mut VecDeque<PendingRefusal>) -> R) -> R {
+    fn with_book<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
         // A poisoned lock can only follow a panic in this very session.
-        let mut queue = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut queue)
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut book)
     }
 }
 
@@ -114,11 +128,61 @@ impl SessionState {
 pub struct FrontendVisitor<'a> {
     state: &'a SessionState,
     rewriter: &'a dyn StatementRewriter,
+    /// The rewriter has rules epochs, so prepared statements are tracked.
+    tracking: bool,
 }
 
 impl<'a> FrontendVisitor<'a> {
     pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
-        FrontendVisitor { state, rewriter }
+        FrontendVisitor {
+            state,
+            rewriter,
+            tracking: rewriter.epoch().is_some(),
+        }
+    }
+
+    /// Records a refusal and returns the marker frame to send instead.
+    fn refuse(&self, request: u64, tag: u8, frame: &[u8], refusal: &Refusal) -> Bytes {
+        let seq = self.state.refusal_seq.fetch_add(1, Ordering::Relaxed);
+        let pending = PendingRefusal::new(request, seq, refusal);
+        let marker = pending.marker_frame(tag, frame);
+        tracing::info!(code = refusal.code, message = %refusal.message, "refused a statement");
+        self.state.with_book(|b| b.refusals.push_back(pending));
+        marker
+    }
+
+    /// A Bind or Describe of a statement prepared under older rules:
+    /// re-prepare it first (Close + Parse injected, their answers swallowed).
+    fn reprepare(&self, request: u64, tag: u8, frame: &[u8], epoch: u64) -> Verdict {
+        let Some(name) = statements::statement_used(tag, frame) else {
+            return Verdict::Keep;
+        };
+        let Some((sql, param_types)) = self
+            .state
+            .with_book(|b| b.statements.take_stale(name, epoch))
+        else {
+            return Verdict::Keep;
+        };
+        let parse = statements::parse_frame(name, &sql, &param_types);
+        let (parse, with_parse_complete) =
+            match rewrite_frame(self.rewriter, frontend::PARSE, &parse) {
+                Ok(Outcome::Keep) => (parse, true),
+                Ok(Outcome::Replace(rewritten)) => (rewritten, true),
+                Ok(Outcome::Refuse(refusal)) => (
+                    self.refuse(request, frontend::PARSE, &parse, &refusal),
+                    false,
+                ),
+                Err(_) => return Verdict::Keep,
+            };
+        tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
+        self.state
+            .with_book(|b| b.statements.expect_injected(request, with_parse_complete));
+        let close = statements::close_frame(name);
+        let mut out = BytesMut::with_capacity(close.len() + parse.len() + frame.len());
+        out.extend_from_slice(&close);
+        out.extend_from_slice(&parse);
+        out.extend_from_slice(frame);
+        Verdict::Replace(out.freeze())
     }
 }
 
@@ -130,6 +194,15 @@ impl FrameVisitor for FrontendVisitor<'_> {
             | frontend::SYNC
             | frontend::FUNCTION_CALL
             | frontend::TERMINATE => Handling::Whole,
+            frontend::CLOSE if self.tracking => Handling::Whole,
+            frontend::BIND | frontend::DESCRIBE if self.tracking => {
+                let epoch = self.rewriter.epoch().unwrap_or(0);
+                if self.state.with_book(|b| b.statements.any_stale(epoch)) {
+                    Handling::Whole
+                } else {
+                    Handling::Forward
+                }
+            }
             _ => Handling::Forward,
         }
     }
@@ -147,32 +220,66 @@ impl FrameVisitor for FrontendVisitor<'_> {
             frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
             _ => state.unsynced.store(true, Ordering::Relaxed),
         }
-        let (frontend::QUERY | frontend::PARSE, Some(frame)) = (tag, frame) else {
+        let Some(frame) = frame else {
             return Ok(Verdict::Keep);
         };
-        match rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())? {
-            Outcome::Keep => Ok(Verdict::Keep),
-            Outcome::Replace(bytes) => Ok(Verdict::Replace(bytes)),
-            Outcome::Refuse(refusal) => {
-                let seq = state.refusal_seq.fetch_add(1, Ordering::Relaxed);
-                let pending = PendingRefusal::new(request, seq, &refusal);
-                let marker = pending.marker_frame(tag, frame);
-                tracing::info!(code = refusal.code, message = %refusal.message, "refused a statement");
-                state.with_refusals(|q| q.push_back(pending));
-                Ok(Verdict::Replace(marker))
+        let epoch = self.rewriter.epoch();
+        match tag {
+            frontend::QUERY | frontend::PARSE => {}
+            frontend::CLOSE => {
+                if let Some(name) = statements::statement_closed(frame) {
+                    state.with_book(|b| b.statements.closed(name));
+                }
+                return Ok(Verdict::Keep);
+            }
+            frontend::BIND | frontend::DESCRIBE => {
+                return Ok(self.reprepare(request, tag, frame, epoch.unwrap_or(0)));
+            }
+            _ => return Ok(Verdict::Keep),
+        }
+        let outcome = rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())?;
+        if let (true, Some(epoch)) = (self.tracking, epoch) {
+            match tag {
+                frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
+                    if let Some(fields) = statements::parse_fields(frame) {
+                        state.with_book(|b| b.statements.parsed(request, &fields, epoch));
+                    }
+                }
+                frontend::QUERY => {
+                    let sql = frame.get(HEADER_LEN..).unwrap_or_default();
+                    match statements::deallocation(sql.strip_suffix(&[0]).unwrap_or(sql)) {
+                        Some(Deallocation::All) => state.with_book(|b| b.statements.clear()),
+                        Some(Deallocation::One(name)) => {
+                            state.with_book(|b| b.statements.closed(&name))
+                        }
+                        None => {}
+                    }
+                }
+                _ => {}
             }
         }
+        Ok(match outcome {
+            Outcome::Keep => Verdict::Keep,
+            Outcome::Replace(bytes) => Verdict::Replace(bytes),
+            Outcome::Refuse(refusal) => {
+                Verdict::Replace(self.refuse(request, tag, frame, &refusal))
+            }
+        })
     }
 }
 
 /// The server stream as the relay sees it.
 pub struct BackendVisitor<'a> {
     state: &'a SessionState,
+    tracking: bool,
 }
 
 impl<'a> BackendVisitor<'a> {
-    pub fn new(state: &'a SessionState) -> Self {
-        BackendVisitor { state }
+    pub fn new(state: &'a SessionState, rewriter: &dyn StatementRewriter) -> Self {
+        BackendVisitor {
+            state,
+            tracking: rewriter.epoch().is_some(),
+        }
     }
 }
 
@@ -180,6 +287,7 @@ impl FrameVisitor for BackendVisitor<'_> {
     fn handling(&self, tag: u8) -> Handling {
         match tag {
             backend::READY_FOR_QUERY | backend::ERROR_RESPONSE => Handling::Whole,
+            backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE if self.tracking => Handling::Whole,
             _ => Handling::Forward,
         }
     }
@@ -191,25 +299,34 @@ impl FrameVisitor for BackendVisitor<'_> {
         };
         let current = state.ready_seen.load(Ordering::Relaxed) + 1;
         match tag {
-            backend::ERROR_RESPONSE => Ok(state.with_refusals(|q| match q.front() {
+            backend::ERROR_RESPONSE => Ok(state.with_book(|b| match b.refusals.front() {
                 Some(p) if p.request == current && p.matches(frame) => {
                     let error = p.error.clone();
-                    q.pop_front();
+                    b.refusals.pop_front();
                     Verdict::Replace(error)
                 }
                 _ => Verdict::Keep,
             })),
+            backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE => {
+                let injected = state.with_book(|b| b.statements.on_complete(current, tag));
+                Ok(if injected {
+                    Verdict::Replace(Bytes::new())
+                } else {
+                    Verdict::Keep
+                })
+            }
             _ => {
                 if let Some(&status) = frame.get(HEADER_LEN) {
                     state.txn_status.store(status, Ordering::Relaxed);
                 }
                 state.ready_seen.store(current, Ordering::Relaxed);
-                // Markers the server skipped (an earlier error in the same
-                // pipeline) are done with.
-                state.with_refusals(|q| {
-                    while q.front().is_some_and(|p| p.request <= current) {
-                        q.pop_front();
+                // Markers and injected messages the server skipped (an
+                // earlier error in the same pipeline) are done with.
+                state.with_book(|b| {
+                    while b.refusals.front().is_some_and(|p| p.request <= current) {
+                        b.refusals.pop_front();
                     }
+                    b.statements.on_ready(current);
                 });
                 Ok(Verdict::Keep)
             }

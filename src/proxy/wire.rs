@@ -27,6 +27,9 @@ pub mod frontend {
     pub const QUERY: u8 = b'Q';
     pub const PARSE: u8 = b'P';
     pub const SYNC: u8 = b'S';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const CLOSE: u8 = b'C';
     pub const FUNCTION_CALL: u8 = b'F';
     pub const TERMINATE: u8 = b'X';
 }
@@ -35,6 +38,8 @@ pub mod frontend {
 pub mod backend {
     pub const READY_FOR_QUERY: u8 = b'Z';
     pub const ERROR_RESPONSE: u8 = b'E';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const CLOSE_COMPLETE: u8 = b'3';
 }
 
 /// Which peer sent a message.

@@ -50,6 +50,10 @@ impl StatementRewriter for MigrationRewriter {
             }
         })
     }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(self.rules.epoch())
+    }
 }
 
 /// Plans a statement that mentions a migrating table.

@@ -57,6 +57,13 @@ pub trait StatementRewriter: Send + Sync + 'static {
     /// `sql` is the statement text as the client sent it (in the session's
     /// client encoding, so not necessarily UTF-8).
     fn rewrite<'a>(&self, kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a>;
+
+    /// The epoch of the rules in force, for rewriters whose rules change
+    /// while sessions run; statements prepared under an older epoch are
+    /// re-prepared before their next use. `None`: rules never change.
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The rewriter used while no migration is configured: every statement goes

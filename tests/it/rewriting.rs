@@ -282,3 +282,122 @@ async fn refused_statements_leave_the_table_untouched() {
         .collect();
     assert_eq!(got, vec![(1, 100, Some(100))]);
 }
+
+#[tokio::test]
+async fn statements_prepared_before_a_phase_change_follow_it() {
+    let direct = db().direct().await;
+    let table = unique("reprep");
+    direct
+        .batch_execute(&rename_table_ddl(&table, Phase::Expanded))
+        .await
+        .unwrap();
+    let spec =
+        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
+    let rules = Arc::new(RulesCell::new(&[ActiveMigration {
+        spec: spec.clone(),
+        phase: Phase::Expanded,
+    }]));
+    let proxy =
+        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
+            .await;
+    let client = proxy.connect().await;
+    let read = client
+        .prepare(&format!("select bal from {table} where id = $1"))
+        .await
+        .unwrap();
+    let add = client
+        .prepare(&format!("update {table} set bal = bal + $1 where id = $2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .query_one(&read, &[&1i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        100
+    );
+
+    // Make the physical columns differ, so the read source shows.
+    direct
+        .batch_execute(&format!("update {table} set balance = 555 where id = 1"))
+        .await
+        .unwrap();
+    rules.publish(&[ActiveMigration {
+        spec: spec.clone(),
+        phase: Phase::Switched,
+    }]);
+    let row = client.query_one(&read, &[&1i32]).await.unwrap();
+    assert_eq!(row.columns()[0].name(), "bal");
+    assert_eq!(
+        row.get::<_, i32>(0),
+        555,
+        "reads now come from the new column"
+    );
+    client.execute(&add, &[&5i32, &1i32]).await.unwrap();
+    let row = direct
+        .query_one(
+            &format!("select bal, balance from {table} where id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, i32>(1)),
+        (560, 560),
+        "dual write from the new source"
+    );
+    // Executing again needs no second re-prepare and still works.
+    assert_eq!(
+        client
+            .query_one(&read, &[&1i32])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        560
+    );
+
+    // On the wire: the client sees exactly what Postgres would send.
+    let (mut conn, _, _) = RawConn::startup(proxy.addr).await;
+    conn.send(&message(
+        b'P',
+        format!("named\0select bal from {table} where id = 1\0\0\0").as_bytes(),
+    ))
+    .await;
+    conn.send(&message(b'P', b"broken\0selec 1\0\0\0")).await;
+    conn.send(&message(b'S', b"")).await;
+    let reply = conn.until_ready().await;
+    let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"1EZ".to_vec());
+    rules.publish(&[ActiveMigration {
+        spec: spec.clone(),
+        phase: Phase::Expanded,
+    }]);
+    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
+    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
+    conn.send(&message(b'S', b"")).await;
+    let reply = conn.until_ready().await;
+    let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
+    assert_eq!(
+        tags,
+        b"2DCZ".to_vec(),
+        "the injected Close/Parse answers are swallowed"
+    );
+    assert_eq!(first_value(&reply).as_deref(), Some("560"));
+    // A statement whose Parse failed is not resurrected by a re-prepare.
+    conn.send(&message(b'B', b"\0broken\0\0\0\0\0\0\0")).await;
+    conn.send(&message(b'S', b"")).await;
+    let reply = conn.until_ready().await;
+    assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
+    // DEALLOCATE keeps the registry true: the name is gone.
+    conn.send(&query("deallocate named")).await;
+    conn.until_ready().await;
+    rules.publish(&[ActiveMigration {
+        spec,
+        phase: Phase::Switched,
+    }]);
+    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
+    conn.send(&message(b'S', b"")).await;
+    let reply = conn.until_ready().await;
+    assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
+}

@@ -1,0 +1,325 @@
+//! The prepared statements of one session as the server holds them, with the
+//! rules epoch each was rewritten under, so a statement prepared before a
+//! phase change can be re-prepared before its next use (DESIGN invariant 4).
+//!
+//! Re-preparing injects `Close` + `Parse` ahead of the client's `Bind` or
+//! `Describe`; the server's `CloseComplete` and `ParseComplete` for them are
+//! swallowed on the way back. A client `Parse` is confirmed by its
+//! `ParseComplete`; one that failed (its pipeline ended in an error first)
+//! leaves no entry behind, so pgshift never resurrects a statement the
+//! server refused.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::framing::HEADER_LEN;
+use super::wire::split_cstr;
+
+/// A statement the client prepared.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The SQL as the client sent it.
+    sql: Bytes,
+    /// The Parse message's parameter type list (count and OIDs), raw.
+    param_types: Bytes,
+    /// Rules epoch it was prepared under.
+    epoch: u64,
+}
+
+/// An injected response to drop: (request number, `'1'` or `'3'`).
+type Swallow = (u64, u8);
+
+/// The registry of one session.
+#[derive(Debug, Default)]
+pub struct Statements {
+    entries: HashMap<Vec<u8>, Entry>,
+    /// Oldest epoch among the entries (`u64::MAX` when there are none).
+    oldest_epoch: Option<u64>,
+    /// Client Parses waiting for their ParseComplete: (request, name).
+    unconfirmed: VecDeque<(u64, Vec<u8>)>,
+    swallow: VecDeque<Swallow>,
+}
+
+/// The fields of a whole Parse frame.
+pub struct ParseFields<'f> {
+    pub name: &'f [u8],
+    pub sql: &'f [u8],
+    pub param_types: &'f [u8],
+}
+
+/// Reads a whole Parse frame.
+pub fn parse_fields(frame: &[u8]) -> Option<ParseFields<'_>> {
+    let (name, rest) = split_cstr(frame.get(HEADER_LEN..)?)?;
+    let (sql, param_types) = split_cstr(rest)?;
+    Some(ParseFields {
+        name,
+        sql,
+        param_types,
+    })
+}
+
+/// The statement a whole Bind (`B`) or Describe-statement (`D` `S`) frame
+/// refers to; `None` for a portal Describe.
+pub fn statement_used(tag: u8, frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(HEADER_LEN..)?;
+    match tag {
+        b'B' => split_cstr(split_cstr(body)?.1).map(|(name, _)| name),
+        b'D' if body.first() == Some(&b'S') => split_cstr(&body[1..]).map(|(name, _)| name),
+        _ => None,
+    }
+}
+
+/// The statement a whole Close frame closes; `None` for a portal.
+pub fn statement_closed(frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(HEADER_LEN..)?;
+    if body.first() != Some(&b'S') {
+        return None;
+    }
+    split_cstr(&body[1..]).map(|(name, _)| name)
+}
+
+impl Statements {
+    /// True when some statement was prepared under an epoch older than
+    /// `epoch`, so Binds and Describes must be looked at.
+    pub fn any_stale(&self, epoch: u64) -> bool {
+        self.oldest_epoch.is_some_and(|oldest| oldest < epoch)
+    }
+
+    /// True while injected responses are still to be swallowed.
+    pub fn swallowing(&self) -> bool {
+        !self.swallow.is_empty()
+    }
+
+    /// The client sent Parse (part of request `request`) under `epoch`.
+    pub fn parsed(&mut self, request: u64, fields: &ParseFields<'_>, epoch: u64) {
+        self.entries.insert(
+            fields.name.to_vec(),
+            Entry {
+                sql: Bytes::copy_from_slice(fields.sql),
+                param_types: Bytes::copy_from_slice(fields.param_types),
+                epoch,
+            },
+        );
+        self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
+        self.unconfirmed.push_back((request, fields.name.to_vec()));
+    }
+
+    /// The client closed (or deallocated) a statement.
+    pub fn closed(&mut self, name: &[u8]) {
+        if self.entries.remove(name).is_some() {
+            self.recompute_oldest();
+        }
+    }
+
+    /// `DEALLOCATE ALL` / `DISCARD ALL`.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.oldest_epoch = None;
+    }
+
+    /// If `name` is stale under `epoch`, marks it current and returns its
+    /// original SQL and parameter types for re-preparing.
+    pub fn take_stale(&mut self, name: &[u8], epoch: u64) -> Option<(Bytes, Bytes)> {
+        let entry = self.entries.get_mut(name)?;
+        if entry.epoch >= epoch {
+            return None;
+        }
+        entry.epoch = epoch;
+        let out = (entry.sql.clone(), entry.param_types.clone());
+        self.recompute_oldest();
+        Some(out)
+    }
+
+    /// Expects the server's answers to an injected Close (+ Parse).
+    pub fn expect_injected(&mut self, request: u64, with_parse: bool) {
+        self.swallow.push_back((request, b'3'));
+        if with_parse {
+            self.swallow.push_back((request, b'1'));
+        }
+    }
+
+    /// A CloseComplete or ParseComplete arrived for request `request`:
+    /// `true` when it answers an injected message and must be dropped.
+    pub fn on_complete(&mut self, request: u64, tag: u8) -> bool {
+        if self.swallow.front() == Some(&(request, tag)) {
+            self.swallow.pop_front();
+            return true;
+        }
+        if tag == b'1' {
+            self.unconfirmed.pop_front();
+        }
+        false
+    }
+
+    /// ReadyForQuery ended request `request`: injected answers that never
+    /// came (an error skipped them) are forgotten, and client Parses that
+    /// were never confirmed failed, so their names are gone on the server.
+    pub fn on_ready(&mut self, request: u64) {
+        while self.swallow.front().is_some_and(|(r, _)| *r <= request) {
+            self.swallow.pop_front();
+        }
+        let mut removed = false;
+        while self.unconfirmed.front().is_some_and(|(r, _)| *r <= request) {
+            if let Some((_, name)) = self.unconfirmed.pop_front() {
+                removed |= self.entries.remove(&name).is_some();
+            }
+        }
+        if removed {
+            self.recompute_oldest();
+        }
+    }
+
+    fn recompute_oldest(&mut self) {
+        self.oldest_epoch = self.entries.values().map(|e| e.epoch).min();
+    }
+}
+
+/// `Close` of statement `name`.
+pub fn close_frame(name: &[u8]) -> Bytes {
+    frame(b'C', &[b"S", name, b"\0"])
+}
+
+/// `Parse` of statement `name` with `sql` and the raw parameter type list.
+pub fn parse_frame(name: &[u8], sql: &[u8], param_types: &[u8]) -> Bytes {
+    frame(b'P', &[name, b"\0", sql, b"\0", param_types])
+}
+
+fn frame(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + len);
+    out.put_u8(tag);
+    out.put_u32((len + 4) as u32);
+    for p in parts {
+        out.put_slice(p);
+    }
+    out.freeze()
+}
+
+/// What `DEALLOCATE` / `DISCARD` in a simple query does to the registry.
+pub enum Deallocation<'s> {
+    All,
+    One(std::borrow::Cow<'s, [u8]>),
+}
+
+/// Recognizes `DEALLOCATE [PREPARE] name|ALL` and `DISCARD ALL`.
+pub fn deallocation(sql: &[u8]) -> Option<Deallocation<'_>> {
+    let text = std::str::from_utf8(sql)
+        .ok()?
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    let mut words = text.split_whitespace();
+    let first = words.next()?;
+    if first.eq_ignore_ascii_case("discard") {
+        return words
+            .next()
+            .filter(|w| w.eq_ignore_ascii_case("all"))
+            .map(|_| Deallocation::All);
+    }
+    if !first.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Some(Deallocation::All);
+    }
+    Some(Deallocation::One(
+        if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            std::borrow::Cow::Owned(quoted.replace("\"\"", "\"").into_bytes())
+        } else {
+            std::borrow::Cow::Owned(name.to_lowercase().into_bytes())
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields<'a>(name: &'a [u8], sql: &'a [u8]) -> ParseFields<'a> {
+        ParseFields {
+            name,
+            sql,
+            param_types: &[0, 0],
+        }
+    }
+
+    #[test]
+    fn stale_statements_are_handed_out_once() {
+        let mut s = Statements::default();
+        s.parsed(2, &fields(b"s1", b"select 1"), 1);
+        assert!(!s.any_stale(1));
+        assert!(s.any_stale(2));
+        let (sql, types) = s.take_stale(b"s1", 2).unwrap();
+        assert_eq!((&sql[..], &types[..]), (&b"select 1"[..], &[0u8, 0][..]));
+        assert!(s.take_stale(b"s1", 2).is_none());
+        assert!(!s.any_stale(2));
+    }
+
+    #[test]
+    fn injected_answers_are_swallowed_in_order() {
+        let mut s = Statements::default();
+        s.parsed(5, &fields(b"p", b"select 2"), 1);
+        s.expect_injected(5, true);
+        assert!(
+            !s.on_complete(5, b'1'),
+            "the client's own ParseComplete passes"
+        );
+        assert!(s.on_complete(5, b'3'));
+        assert!(s.on_complete(5, b'1'));
+        assert!(!s.on_complete(5, b'3'));
+        s.on_ready(5);
+        assert!(s.take_stale(b"p", 9).is_some(), "a confirmed Parse stays");
+    }
+
+    #[test]
+    fn a_failed_parse_leaves_no_entry() {
+        let mut s = Statements::default();
+        s.parsed(3, &fields(b"bad", b"selec 1"), 1);
+        s.expect_injected(3, true);
+        s.on_ready(3); // an error skipped everything up to Sync
+        assert!(!s.swallowing());
+        assert!(s.take_stale(b"bad", 9).is_none());
+    }
+
+    #[test]
+    fn frames_are_read_and_written() {
+        let parse = parse_frame(b"s1", b"select $1", &[0, 1, 0, 0, 0, 23]);
+        let f = parse_fields(&parse).unwrap();
+        assert_eq!(
+            (f.name, f.sql, f.param_types),
+            (&b"s1"[..], &b"select $1"[..], &[0u8, 1, 0, 0, 0, 23][..])
+        );
+        let bind = frame(b'B', &[b"portal\0s1\0", &[0, 0, 0, 0, 0, 0]]);
+        assert_eq!(statement_used(b'B', &bind), Some(&b"s1"[..]));
+        let describe = frame(b'D', &[b"Ss1\0"]);
+        assert_eq!(statement_used(b'D', &describe), Some(&b"s1"[..]));
+        assert_eq!(statement_used(b'D', &frame(b'D', &[b"Pp\0"])), None);
+        assert_eq!(statement_closed(&close_frame(b"s1")), Some(&b"s1"[..]));
+    }
+
+    #[test]
+    fn deallocations_are_recognized() {
+        assert!(matches!(
+            deallocation(b"DISCARD ALL"),
+            Some(Deallocation::All)
+        ));
+        assert!(matches!(
+            deallocation(b"deallocate all;"),
+            Some(Deallocation::All)
+        ));
+        match deallocation(b"DEALLOCATE PREPARE \"S1\"") {
+            Some(Deallocation::One(name)) => assert_eq!(&name[..], b"S1"),
+            _ => panic!(),
+        }
+        match deallocation(b"deallocate Foo") {
+            Some(Deallocation::One(name)) => assert_eq!(&name[..], b"foo"),
+            _ => panic!(),
+        }
+        assert!(deallocation(b"select 1").is_none());
+    }
+}
