@@ -1,21 +1,19 @@
 //! The migration rewriter: the [`StatementRewriter`] pgshift runs when
 //! migrations are configured.
 //!
-//! Today it is the fail-closed half of the phase table: a statement that
-//! cannot touch a migrating table takes the fast path (byte scan, no parse)
-//! and is forwarded byte for byte; a statement that names the table but
-//! neither migrating column, no `*` over it and no column-less INSERT or COPY
-//! into it is forwarded unchanged too, because its meaning is the same in
-//! every phase. Every other statement touching a migrating table — one
-//! that reads or writes `a` or `b`, expands `*`, or writes the table without
-//! naming its columns — is refused with SQLSTATE 0A000 naming the migration,
-//! the column and the reason, because rewriting it is not implemented yet.
-//! Refusing is always safe: nothing is half-written, and the client learns
-//! exactly what pgshift would not do.
-
-use std::sync::Arc;
+//! A statement that cannot touch a migrating table takes the fast path (a
+//! byte scan, no parse) and is forwarded byte for byte. One that can is
+//! planned under the rules in force ([`super::plan`]): rewritten per the
+//! phase table, forwarded unchanged when its meaning is the same in every
+//! phase, or refused with SQLSTATE 0A000 naming the migration, the column
+//! and the reason when pgshift cannot rewrite it safely. Plans are cached per
+//! worker thread, keyed by the SQL text and checked against the rules epoch,
+//! so a repeated statement costs one hash lookup.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::migration::quote_ident;
 use super::plan::{plan, Plan};
@@ -38,16 +36,56 @@ impl MigrationRewriter {
     }
 }
 
+/// Plans kept per worker thread.
+const CACHE_CAPACITY: usize = 4096;
+
+/// A cached plan: which rules it was made under, and its outcome.
+struct Cached {
+    cell: u64,
+    epoch: u64,
+    outcome: Rewrite<'static>,
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<Box<[u8]>, Cached>> = RefCell::new(HashMap::new());
+}
+
 impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
         self.rules.with(|rules| {
             if rules.migrations.is_empty() || !mentions_any(sql, &rules.table_names) {
                 return Rewrite::Unchanged;
             }
-            match std::str::from_utf8(sql) {
+            let cell = self.rules.id();
+            let hit = PLANS.with(|plans| {
+                plans
+                    .borrow()
+                    .get(sql)
+                    .filter(|c| c.cell == cell && c.epoch == rules.epoch)
+                    .map(|c| c.outcome.clone())
+            });
+            if let Some(outcome) = hit {
+                return outcome;
+            }
+            let outcome: Rewrite<'static> = match std::str::from_utf8(sql) {
                 Ok(text) => check(text, rules),
                 Err(_) => refuse_all(rules, "is not valid UTF-8, so pgshift cannot read it"),
-            }
+            };
+            PLANS.with(|plans| {
+                let mut plans = plans.borrow_mut();
+                if plans.len() >= CACHE_CAPACITY {
+                    plans.clear();
+                }
+                plans.insert(
+                    sql.into(),
+                    Cached {
+                        cell,
+                        epoch: rules.epoch,
+                        outcome: outcome.clone(),
+                    },
+                );
+            });
+            outcome
         })
     }
 

@@ -79,6 +79,11 @@ impl RulesCell {
         epoch
     }
 
+    /// This cell's identity (unique in the process).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The epoch of the newest snapshot.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)

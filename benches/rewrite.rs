@@ -1,0 +1,67 @@
+//! Micro-benchmarks of the migration rewriter on pgbench's statements, with
+//! the pass-through seam (no migrations) as the baseline in the same run:
+//! the fast path (a statement that cannot touch the migrating table), a
+//! repeated statement (plan cache hit), and a new statement (parse + plan).
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pgshift::rewrite::engine::MigrationRewriter;
+use pgshift::rewrite::migration::{MigrationSpec, Phase};
+use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+use pgshift::rewrite::{PassThrough, Rewrite, StatementKind, StatementRewriter};
+
+const UPDATE: &str = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;";
+const OTHER: &str = "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;";
+
+fn rewriter() -> MigrationRewriter {
+    let spec = MigrationSpec::new(
+        "accounts",
+        "pgbench_accounts",
+        "abalance",
+        "balance",
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    MigrationRewriter::new(Arc::new(RulesCell::new(&[ActiveMigration {
+        spec,
+        phase: Phase::Expanded,
+    }])))
+}
+
+fn run(r: &dyn StatementRewriter, sql: &str) -> usize {
+    match r.rewrite(StatementKind::Parse, sql.as_bytes()) {
+        Rewrite::Unchanged => 0,
+        Rewrite::Replaced(s) => s.len(),
+        Rewrite::Refused(_) => 1,
+    }
+}
+
+fn rewrite(c: &mut Criterion) {
+    let r = rewriter();
+    let mut group = c.benchmark_group("rewrite");
+    group.bench_function("baseline_passthrough", |b| {
+        b.iter(|| std::hint::black_box(run(&PassThrough, UPDATE)))
+    });
+    group.bench_function("fast_path_other_table", |b| {
+        b.iter(|| std::hint::black_box(run(&r, OTHER)))
+    });
+    group.bench_function("cached_dual_write_update", |b| {
+        b.iter(|| std::hint::black_box(run(&r, UPDATE)))
+    });
+    let mut n = 0u64;
+    group.bench_function("new_dual_write_update", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql =
+                format!("UPDATE pgbench_accounts SET abalance = abalance + {n} WHERE aid = 7;");
+            std::hint::black_box(run(&r, &sql))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rewrite);
+criterion_main!(benches);
