@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::harness::*;
 
-fn tool(name: &str) -> std::path::PathBuf {
+pub(crate) fn tool(name: &str) -> std::path::PathBuf {
     pgshift::cluster::PgBinaries::locate()
         .map(|b| b.tool(name))
         .unwrap_or_else(|_| name.into())
@@ -78,7 +78,7 @@ async fn psql_through_pgshift() {
 }
 
 /// Runs pgbench through the proxy and returns (processed, failed).
-fn pgbench(proxy_args: &[String], db: &str, extra: &[&str]) -> (u64, u64, String) {
+pub(crate) fn pgbench(proxy_args: &[String], db: &str, extra: &[&str]) -> (u64, u64, String) {
     let out = Command::new(tool("pgbench"))
         .args(proxy_args)
         .args(extra)
