@@ -1,7 +1,9 @@
-//! The pgbench comparison: direct Postgres vs pgshift vs PgBouncer (session
-//! mode), measured in one run on one throwaway cluster, in interleaved rounds
-//! so drift on the machine hits every target alike. Then the memory pgshift
-//! needs for 1,000 idle client connections.
+//! The pgbench comparison: direct Postgres vs pgshift vs pgshift with a
+//! migration in its dual-write phase (the rename `pgbench_accounts.abalance
+//! -> balance`, expanded: every UPDATE of the old column is rewritten) vs
+//! PgBouncer (session mode), measured in one run on one throwaway cluster, in
+//! interleaved rounds so drift on the machine hits every target alike. Then
+//! the memory pgshift needs for 1,000 idle client connections.
 //!
 //! Run: `cargo bench --bench pgbench_compare`. Knobs (environment):
 //! `PGSHIFT_BENCH_SECS` (per pgbench run, default 5), `PGSHIFT_BENCH_ROUNDS`
@@ -110,9 +112,19 @@ fn start_pgbouncer(cluster: &Cluster, port: u16, pool: u32) -> Result<Server> {
     Ok(Server(child))
 }
 
-fn start_pgshift(upstream: u16, port: u16, max_clients: u32) -> Result<Server> {
-    let child = Command::new(PGSHIFT)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+fn start_pgshift(
+    upstream: u16,
+    port: u16,
+    max_clients: u32,
+    config: Option<&std::path::Path>,
+) -> Result<Server> {
+    let mut cmd = Command::new(PGSHIFT);
+    cmd.arg("serve");
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("127.0.0.1:{upstream}")])
         .args(["--max-client-connections", &max_clients.to_string()])
         .env("RUST_LOG", "warn")
@@ -249,13 +261,28 @@ fn main() -> Result<()> {
             String::from_utf8_lossy(&init.stderr)
         );
     }
+    // The rename abalance -> balance, expanded: the new column exists and
+    // pgshift dual-writes every UPDATE of the old one.
+    cluster.psql(
+        "postgres",
+        "alter table pgbench_accounts add column balance int; update pgbench_accounts set balance = abalance",
+    )?;
+    cluster.psql("postgres", "vacuum analyze pgbench_accounts")?;
+    let migration_config = cluster.root().join("pgshift-migration.toml");
+    std::fs::write(
+        &migration_config,
+        "[[migrations]]\nid = \"accounts_balance\"\ntable = \"pgbench_accounts\"\nfrom = \"abalance\"\nto = \"balance\"\nphase = \"expanded\"\n",
+    )?;
     let shift_port = free_port()?;
+    let migrating_port = free_port()?;
     let bouncer_port = free_port()?;
-    let pgshift = start_pgshift(cluster.port(), shift_port, idle + 50)?;
+    let pgshift = start_pgshift(cluster.port(), shift_port, idle + 50, None)?;
+    let _migrating = start_pgshift(cluster.port(), migrating_port, 200, Some(&migration_config))?;
     let _bouncer = start_pgbouncer(&cluster, bouncer_port, 64)?;
     let targets = [
         ("direct", cluster.port()),
         ("pgshift", shift_port),
+        ("pgshift+migration", migrating_port),
         ("pgbouncer", bouncer_port),
     ];
     let workloads: [(&str, &[&str]); 4] = [
@@ -287,15 +314,18 @@ fn main() -> Result<()> {
             let tps: Vec<f64> = tps.into_iter().map(median).collect();
             let lat: Vec<f64> = lat.into_iter().map(median).collect();
             table.push(format!(
-                "| {name} | {clients} | {:.0} | {:.0} ({:.2}×) | {:.0} ({:.2}×) | {:.3} / {:.3} / {:.3} |",
+                "| {name} | {clients} | {:.0} | {:.0} ({:.2}×) | {:.0} ({:.2}× pgshift) | {:.0} ({:.2}×) | {:.3} / {:.3} / {:.3} / {:.3} |",
                 tps[0],
                 tps[1],
                 tps[1] / tps[0],
                 tps[2],
-                tps[2] / tps[0],
+                tps[2] / tps[1],
+                tps[3],
+                tps[3] / tps[0],
                 lat[0],
                 lat[1],
-                lat[2]
+                lat[2],
+                lat[3]
             ));
         }
     }
@@ -304,7 +334,7 @@ fn main() -> Result<()> {
     // connections alone.
     drop(pgshift);
     let idle_port = free_port()?;
-    let fresh = start_pgshift(cluster.port(), idle_port, idle + 50)?;
+    let fresh = start_pgshift(cluster.port(), idle_port, idle + 50, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -314,8 +344,8 @@ fn main() -> Result<()> {
     println!();
     println!("pgbench through each target, median of {rounds} interleaved rounds of {secs} s, scale {scale}, -j 2:");
     println!();
-    println!("| workload | clients | direct TPS | pgshift TPS (× direct) | PgBouncer session TPS (× direct) | median latency ms direct / pgshift / PgBouncer |");
-    println!("|---|---|---|---|---|---|");
+    println!("| workload | clients | direct TPS | pgshift TPS (× direct) | pgshift with a migration in dual-write TPS (× pgshift) | PgBouncer session TPS (× direct) | median latency ms direct / pgshift / migrating / PgBouncer |");
+    println!("|---|---|---|---|---|---|---|");
     for row in &table {
         println!("{row}");
     }
