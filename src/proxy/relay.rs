@@ -3,14 +3,16 @@
 //! ends, the session idles out, or the proxy shuts down.
 //!
 //! Each pump reads what is available, keeps reading while more is ready
-//! (without waiting), splits off whole frames only where it has to look at
-//! them, and writes everything it gathered in one vectored write: writes are
-//! coalesced per drained read, not per message. The pumps run concurrently so
-//! a server blocked on a slow client never blocks the other direction.
+//! (without waiting), hands the bytes to its stream visitor through the
+//! frame splitter (which copies nothing unless a frame is replaced), and
+//! writes everything it gathered at once: writes are coalesced per drained
+//! read, not per message. The pumps run concurrently so a server blocked on
+//! a slow client never blocks the other direction.
 //!
-//! The pumps keep a little shared state — requests in flight, the last
-//! transaction status, the last time a byte moved — so the session knows
-//! when it is idle outside a transaction and can be closed safely.
+//! What the pumps know about each other — requests in flight, the last
+//! transaction status, the last time a byte moved, refusals and prepared
+//! statements — lives in [`SessionState`]; with it the session knows when it
+//! is idle outside a transaction and can be closed safely.
 
 use std::io;
 use std::time::Duration;
