@@ -11,10 +11,10 @@
 //! the marker and the client sees only that earlier error, as it would from
 //! Postgres.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::framing::HEADER_LEN;
-use super::wire::{frontend, split_cstr, ErrorResponse, Severity};
+use super::wire::{encode_frame, frontend, split_cstr, ErrorResponse, Severity};
 use crate::rewrite::Refusal;
 
 /// SQLSTATE of the syntax error the marker statement raises.
@@ -62,21 +62,13 @@ impl PendingRefusal {
                 .unwrap_or_default(),
             _ => &[],
         };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + name.len() + self.marker.len() + 4);
-        out.put_u8(tag);
-        out.put_u32(0);
+        let marker = self.marker.as_bytes();
         if tag == frontend::PARSE {
-            out.put_slice(name);
-            out.put_u8(0);
+            // No parameter types: the marker takes none.
+            encode_frame(tag, &[name, b"\0", marker, b"\0", &[0, 0]])
+        } else {
+            encode_frame(tag, &[marker, b"\0"])
         }
-        out.put_slice(self.marker.as_bytes());
-        out.put_u8(0);
-        if tag == frontend::PARSE {
-            out.put_u16(0); // no parameter types
-        }
-        let len = (out.len() - 1) as u32;
-        out[1..5].copy_from_slice(&len.to_be_bytes());
-        out.freeze()
     }
 
     /// True when `frame` (a whole ErrorResponse from the server) is the

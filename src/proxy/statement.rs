@@ -3,10 +3,10 @@
 //!
 //! An unchanged statement is forwarded as the very bytes it arrived in.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::proxy::framing::HEADER_LEN;
-use crate::proxy::wire::{frontend, split_cstr};
+use crate::proxy::wire::{encode_frame, frontend, split_cstr};
 use crate::rewrite::{Refusal, Rewrite, StatementKind, StatementRewriter};
 
 /// What to do with a Query or Parse frame.
@@ -42,7 +42,7 @@ pub fn rewrite_frame(
             }
             match rewriter.rewrite(StatementKind::SimpleQuery, sql) {
                 Rewrite::Unchanged => Ok(Outcome::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode(
+                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
                     frontend::QUERY,
                     &[new_sql.as_bytes(), b"\0"],
                 ))),
@@ -56,7 +56,7 @@ pub fn rewrite_frame(
                 split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
             match rewriter.rewrite(StatementKind::Parse, sql) {
                 Rewrite::Unchanged => Ok(Outcome::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode(
+                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
                     frontend::PARSE,
                     &[name, b"\0", new_sql.as_bytes(), b"\0", params],
                 ))),
@@ -65,18 +65,6 @@ pub fn rewrite_frame(
         }
         _ => Ok(Outcome::Keep),
     }
-}
-
-/// Builds a frame from body parts.
-fn encode(tag: u8, parts: &[&[u8]]) -> Bytes {
-    let body_len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body_len);
-    out.put_u8(tag);
-    out.put_u32((body_len + 4) as u32);
-    for part in parts {
-        out.put_slice(part);
-    }
-    out.freeze()
 }
 
 #[cfg(test)]
@@ -93,7 +81,7 @@ mod tests {
     }
 
     fn query(sql: &str) -> Bytes {
-        encode(b'Q', &[sql.as_bytes(), b"\0"])
+        encode_frame(b'Q', &[sql.as_bytes(), b"\0"])
     }
 
     #[test]
@@ -106,9 +94,9 @@ mod tests {
 
     #[test]
     fn replaced_parse_keeps_name_and_parameter_types() {
-        let parse = encode(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
+        let parse = encode_frame(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
         let out = rewrite_frame(&Upper, b'P', &parse).unwrap();
-        let expected = encode(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]]);
+        let expected = encode_frame(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]]);
         assert_eq!(out, Outcome::Replace(expected));
         let q = rewrite_frame(&Upper, b'Q', &query("select 2")).unwrap();
         assert_eq!(q, Outcome::Replace(query("SELECT 2")));
@@ -116,9 +104,9 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_reported() {
-        let bad = encode(b'Q', &[b"no terminator"]);
+        let bad = encode_frame(b'Q', &[b"no terminator"]);
         assert!(rewrite_frame(&PassThrough, b'Q', &bad).is_err());
-        let bad = encode(b'P', &[b"name\0sql"]);
+        let bad = encode_frame(b'P', &[b"name\0sql"]);
         assert!(rewrite_frame(&PassThrough, b'P', &bad).is_err());
         assert!(rewrite_frame(&PassThrough, b'Q', b"Q").is_err());
     }

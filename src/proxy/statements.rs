@@ -11,10 +11,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::framing::HEADER_LEN;
-use super::wire::split_cstr;
+use super::wire::{encode_frame, split_cstr};
 
 /// A statement the client prepared.
 #[derive(Debug, Clone)]
@@ -177,23 +177,12 @@ impl Statements {
 
 /// `Close` of statement `name`.
 pub fn close_frame(name: &[u8]) -> Bytes {
-    frame(b'C', &[b"S", name, b"\0"])
+    encode_frame(b'C', &[b"S", name, b"\0"])
 }
 
 /// `Parse` of statement `name` with `sql` and the raw parameter type list.
 pub fn parse_frame(name: &[u8], sql: &[u8], param_types: &[u8]) -> Bytes {
-    frame(b'P', &[name, b"\0", sql, b"\0", param_types])
-}
-
-fn frame(tag: u8, parts: &[&[u8]]) -> Bytes {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + len);
-    out.put_u8(tag);
-    out.put_u32((len + 4) as u32);
-    for p in parts {
-        out.put_slice(p);
-    }
-    out.freeze()
+    encode_frame(b'P', &[name, b"\0", sql, b"\0", param_types])
 }
 
 /// What `DEALLOCATE` / `DISCARD` in a simple query does to the registry.
@@ -294,11 +283,11 @@ mod tests {
             (f.name, f.sql, f.param_types),
             (&b"s1"[..], &b"select $1"[..], &[0u8, 1, 0, 0, 0, 23][..])
         );
-        let bind = frame(b'B', &[b"portal\0s1\0", &[0, 0, 0, 0, 0, 0]]);
+        let bind = encode_frame(b'B', &[b"portal\0s1\0", &[0, 0, 0, 0, 0, 0]]);
         assert_eq!(statement_used(b'B', &bind), Some(&b"s1"[..]));
-        let describe = frame(b'D', &[b"Ss1\0"]);
+        let describe = encode_frame(b'D', &[b"Ss1\0"]);
         assert_eq!(statement_used(b'D', &describe), Some(&b"s1"[..]));
-        assert_eq!(statement_used(b'D', &frame(b'D', &[b"Pp\0"])), None);
+        assert_eq!(statement_used(b'D', &encode_frame(b'D', &[b"Pp\0"])), None);
         assert_eq!(statement_closed(&close_frame(b"s1")), Some(&b"s1"[..]));
     }
 

@@ -308,6 +308,18 @@ pub fn split_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
+/// Builds a regular frame (tag, length, body) from body parts.
+pub fn encode_frame(tag: u8, parts: &[&[u8]]) -> Bytes {
+    let body_len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = BytesMut::with_capacity(5 + body_len);
+    out.put_u8(tag);
+    out.put_u32((body_len + 4) as u32);
+    for part in parts {
+        out.put_slice(part);
+    }
+    out.freeze()
+}
+
 /// The one-byte answer to SSLRequest / GSSENCRequest: not supported.
 pub const NO_ENCRYPTION: &[u8] = b"N";
 
