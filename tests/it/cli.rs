@@ -501,7 +501,9 @@ async fn pgbench_old_and_new_shapes_through_a_read_switch() {
         let dbname = dbname.clone();
         handles.push(std::thread::spawn(move || {
             let mut extra: Vec<&str> = run.iter().map(String::as_str).collect();
-            extra.extend(["-T", "4"]);
+            // -n: without it every pgbench run starts by truncating
+            // pgbench_history, under the feet of the runs already going.
+            extra.extend(["-n", "-T", "4"]);
             pgbench(&args, &dbname, &extra)
         }));
     }
