@@ -322,6 +322,70 @@ mod tests {
         }
     }
 
+    /// Mutated statements (bytes dropped, duplicated, swapped for SQL
+    /// punctuation, quotes and non-ASCII) must never panic the rewriter:
+    /// whatever comes off the network gets an answer.
+    #[test]
+    fn mangled_statements_never_panic() {
+        let seeds = [
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+            "select a.balance, 'é' from pgbench_accounts a join x on a.aid = x.aid order by 1",
+            "insert into pgbench_accounts (aid, abalance) values (1, 2), ($1, -3) returning balance",
+            "delete from pgbench_accounts where balance in (select 1) returning *",
+            "update orders set amount = amount + 1 where id = 1; select o.amount_dec from orders o",
+            "insert into orders (id, amount_dec) values (1, 2.5)",
+        ];
+        let junk: [&[u8]; 12] = [
+            b"(",
+            b")",
+            b",",
+            b"'",
+            b"\"",
+            b";",
+            b"$",
+            b"\xc3\xa9",
+            b"--",
+            b"/*",
+            b" AS ",
+            b".",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for phase in [
+            Phase::Planned,
+            Phase::Expanded,
+            Phase::Switched,
+            Phase::Contracted,
+        ] {
+            for r in [rename(phase), retype(phase)] {
+                for _ in 0..400 {
+                    let mut sql = seeds[(next() % seeds.len() as u64) as usize]
+                        .as_bytes()
+                        .to_vec();
+                    for _ in 0..(next() % 4 + 1) {
+                        let at = (next() % (sql.len() as u64 + 1)) as usize;
+                        match next() % 3 {
+                            0 if at < sql.len() => {
+                                sql.remove(at);
+                            }
+                            1 => {
+                                let piece = junk[(next() % junk.len() as u64) as usize];
+                                sql.splice(at..at, piece.iter().copied());
+                            }
+                            _ => sql.insert(at, (next() % 256) as u8),
+                        }
+                    }
+                    let _ = r.rewrite(StatementKind::SimpleQuery, &sql);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_phase_matters_where_it_should() {
         let planned = rename(Phase::Planned);
