@@ -306,6 +306,11 @@ mod tests {
                 "DEFAULT",
             ),
             (
+                // Another table's column of the same name is no dual write.
+                "update pgbench_branches set abalance = 1 from pgbench_accounts a where a.bid = pgbench_branches.bid",
+                "assigns a migrating column",
+            ),
+            (
                 "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set abalance = excluded.abalance",
                 "ON CONFLICT",
             ),

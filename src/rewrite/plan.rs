@@ -303,7 +303,7 @@ fn plan_statement(
     let mut writes: Vec<(usize, usize)> = Vec::new(); // (column token, value slot)
     let mut value_ranges: Vec<Vec<(usize, usize)>> = Vec::new(); // per slot: byte ranges
     match statement {
-        Statement::Insert(insert) => {
+        Statement::Insert(insert) if scope.writes_target => {
             let Some(source) = &insert.source else {
                 return Err("inserts without VALUES, which is not rewritten yet".into());
             };
@@ -335,7 +335,7 @@ fn plan_statement(
                 value_ranges.push(ranges);
             }
         }
-        Statement::Update(update) => {
+        Statement::Update(update) if scope.writes_target => {
             for assignment in &update.assignments {
                 match &assignment.target {
                     AssignmentTarget::ColumnName(name) => {
@@ -469,8 +469,10 @@ fn plan_statement(
 struct Scope<'s> {
     /// Names (folded) that qualify the migrating table in this statement.
     target_qualifiers: Vec<String>,
-    /// Names of the other tables in scope.
+    /// How many other tables are in scope.
     other_tables: usize,
+    /// The statement's INSERT or UPDATE target is the migrating table.
+    writes_target: bool,
     projection: &'s [SelectItem],
     returning: &'s [SelectItem],
 }
@@ -480,6 +482,7 @@ impl<'s> Scope<'s> {
         let mut scope = Scope {
             target_qualifiers: Vec::new(),
             other_tables: 0,
+            writes_target: false,
             projection: &[],
             returning: &[],
         };
@@ -496,11 +499,13 @@ impl<'s> Scope<'s> {
                 if let TableObject::TableName(name) = &insert.table {
                     let alias = insert.table_alias.as_ref().map(|a| &a.alias);
                     scope.add(name, alias, spec);
+                    scope.writes_target = !scope.target_qualifiers.is_empty();
                 }
                 scope.returning = insert.returning.as_deref().unwrap_or_default();
             }
             Statement::Update(update) => {
                 scope.add_joined(&update.table, spec);
+                scope.writes_target = !scope.target_qualifiers.is_empty();
                 if let Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) = &update.from {
                     for twj in from {
                         scope.add_joined(twj, spec);
