@@ -116,6 +116,9 @@ async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesC
     while hangups.recv().await.is_some() {
         match Config::load(Some(&path), &overrides) {
             Ok(config) => {
+                for (migration, rewritten, refused) in rules.counters() {
+                    tracing::info!(%migration, rewritten, refused, "statements so far");
+                }
                 let epoch = rules.publish(&config.migrations);
                 tracing::info!(epoch, file = %path.display(), "SIGHUP: migrations reloaded (other settings need a restart)");
                 log_rules(&config.migrations, epoch);

@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::migration::quote_ident;
@@ -39,11 +40,33 @@ impl MigrationRewriter {
 /// Plans kept per worker thread.
 const CACHE_CAPACITY: usize = 4096;
 
-/// A cached plan: which rules it was made under, and its outcome.
+/// A cached plan: which rules it was made under, its outcome, and the
+/// migration (index in the rules) each use of it counts for.
 struct Cached {
     cell: u64,
     epoch: u64,
     outcome: Rewrite<'static>,
+    tally: Tally,
+}
+
+/// What a planned statement counts as, per migration index.
+#[derive(Clone, Default)]
+struct Tally {
+    rewritten: Vec<usize>,
+    refused: Option<usize>,
+}
+
+impl Tally {
+    fn record(&self, rules: &Rules) {
+        for &i in &self.rewritten {
+            if let Some(c) = rules.counters.get(i) {
+                c.rewritten.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(c) = self.refused.and_then(|i| rules.counters.get(i)) {
+            c.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 thread_local! {
@@ -62,15 +85,17 @@ impl StatementRewriter for MigrationRewriter {
                     .borrow()
                     .get(sql)
                     .filter(|c| c.cell == cell && c.epoch == rules.epoch)
-                    .map(|c| c.outcome.clone())
+                    .map(|c| (c.outcome.clone(), c.tally.clone()))
             });
-            if let Some(outcome) = hit {
+            if let Some((outcome, tally)) = hit {
+                tally.record(rules);
                 return outcome;
             }
-            let outcome: Rewrite<'static> = match std::str::from_utf8(sql) {
+            let (outcome, tally): (Rewrite<'static>, Tally) = match std::str::from_utf8(sql) {
                 Ok(text) => check(text, rules),
                 Err(_) => refuse_all(rules, "is not valid UTF-8, so pgshift cannot read it"),
             };
+            tally.record(rules);
             PLANS.with(|plans| {
                 let mut plans = plans.borrow_mut();
                 if plans.len() >= CACHE_CAPACITY {
@@ -82,6 +107,7 @@ impl StatementRewriter for MigrationRewriter {
                         cell,
                         epoch: rules.epoch,
                         outcome: outcome.clone(),
+                        tally,
                     },
                 );
             });
@@ -95,17 +121,29 @@ impl StatementRewriter for MigrationRewriter {
 }
 
 /// Plans a statement that mentions a migrating table.
-fn check<'a>(sql: &str, rules: &Rules) -> Rewrite<'a> {
+fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally) {
     match plan(sql, rules) {
-        Plan::Unchanged => Rewrite::Unchanged,
-        Plan::Replaced(text) => Rewrite::Replaced(Cow::Owned(text)),
+        Plan::Unchanged => (Rewrite::Unchanged, Tally::default()),
+        Plan::Replaced { text, by } => (
+            Rewrite::Replaced(Cow::Owned(text)),
+            Tally {
+                rewritten: by,
+                refused: None,
+            },
+        ),
         Plan::Refused {
             migration: Some(m),
             reason,
-        } => Rewrite::Refused(refusal(m, &reason)),
+        } => (
+            Rewrite::Refused(refusal(m, &reason)),
+            Tally {
+                rewritten: Vec::new(),
+                refused: rules.migrations.iter().position(|x| std::ptr::eq(x, m)),
+            },
+        ),
         Plan::Refused {
             migration: None, ..
-        } => Rewrite::Unchanged,
+        } => (Rewrite::Unchanged, Tally::default()),
     }
 }
 
@@ -130,10 +168,16 @@ fn refusal(m: &ActiveMigration, reason: &str) -> Refusal {
     }
 }
 
-fn refuse_all<'a>(rules: &Rules, reason: &str) -> Rewrite<'a> {
+fn refuse_all<'a>(rules: &Rules, reason: &str) -> (Rewrite<'a>, Tally) {
     match rules.migrations.first() {
-        Some(m) => Rewrite::Refused(refusal(m, reason)),
-        None => Rewrite::Unchanged,
+        Some(m) => (
+            Rewrite::Refused(refusal(m, reason)),
+            Tally {
+                rewritten: Vec::new(),
+                refused: Some(0),
+            },
+        ),
+        None => (Rewrite::Unchanged, Tally::default()),
     }
 }
 
@@ -389,6 +433,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rewrites_and_refusals_are_counted_per_migration() {
+        let cell = Arc::new(RulesCell::new(&[ActiveMigration {
+            spec: MigrationSpec::new(
+                "accounts_balance",
+                "pgbench_accounts",
+                "abalance",
+                "balance",
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
+            phase: Phase::Switched,
+        }]));
+        let r = MigrationRewriter::new(Arc::clone(&cell));
+        for _ in 0..3 {
+            // The second and third come from the plan cache and count too.
+            let _ = r.rewrite(
+                StatementKind::Parse,
+                b"select abalance from pgbench_accounts",
+            );
+        }
+        let _ = r.rewrite(StatementKind::Parse, b"select * from pgbench_accounts");
+        let _ = r.rewrite(StatementKind::Parse, b"select 1");
+        assert_eq!(
+            cell.counters(),
+            vec![("accounts_balance".to_string(), 3, 1)]
+        );
+        cell.publish(&[ActiveMigration {
+            spec: MigrationSpec::new(
+                "accounts_balance",
+                "pgbench_accounts",
+                "abalance",
+                "balance",
+                None,
+                None,
+                None,
+            )
+            .unwrap(),
+            phase: Phase::Contracted,
+        }]);
+        let _ = r.rewrite(
+            StatementKind::Parse,
+            b"select abalance from pgbench_accounts",
+        );
+        assert_eq!(
+            cell.counters(),
+            vec![("accounts_balance".to_string(), 4, 1)],
+            "kept across epochs"
+        );
     }
 
     #[test]

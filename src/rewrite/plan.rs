@@ -35,7 +35,12 @@ use super::text::{splice, tokenize, Edit, LineIndex, Tok};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan<'r> {
     Unchanged,
-    Replaced(String),
+    /// The new text, and the indices (in `Rules::migrations`) of the
+    /// migrations whose rules changed it.
+    Replaced {
+        text: String,
+        by: Vec<usize>,
+    },
     /// Refused because of `migration`, for `reason` (completes "it …").
     Refused {
         migration: Option<&'r ActiveMigration>,
@@ -61,10 +66,16 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
             }
         }
     };
-    let relevant: Vec<&ActiveMigration> = rules
-        .migrations
+    let relevant_indices: Vec<usize> = (0..rules.migrations.len())
+        .filter(|&i| {
+            tokens
+                .iter()
+                .any(|t| names(&t.token, &rules.migrations[i].spec.table.name))
+        })
+        .collect();
+    let relevant: Vec<&ActiveMigration> = relevant_indices
         .iter()
-        .filter(|m| tokens.iter().any(|t| names(&t.token, &m.spec.table.name)))
+        .map(|&i| &rules.migrations[i])
         .collect();
     if relevant.is_empty() {
         return Plan::Unchanged;
@@ -99,11 +110,16 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
     }
     let index = LineIndex::new(sql);
     let mut edits = Vec::new();
+    let mut by = Vec::new();
     for (statement, range) in statements.iter().zip(segments) {
         let toks = &tokens[range];
-        for m in &relevant {
+        for (m, &i) in relevant.iter().zip(&relevant_indices) {
+            let before = edits.len();
             if let Err(reason) = plan_statement(sql, &index, statement, toks, m, &mut edits) {
                 return refuse(m, reason);
+            }
+            if edits.len() > before && !by.contains(&i) {
+                by.push(i);
             }
         }
     }
@@ -111,7 +127,7 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
         return Plan::Unchanged;
     }
     match splice(sql, &mut edits) {
-        Some(text) => Plan::Replaced(text),
+        Some(text) => Plan::Replaced { text, by },
         None => refuse(relevant[0], "needs overlapping rewrites"),
     }
 }

@@ -6,8 +6,9 @@
 //! epoch counter says a newer one exists.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::migration::{MigrationSpec, Phase};
 
@@ -18,6 +19,14 @@ pub struct ActiveMigration {
     pub phase: Phase,
 }
 
+/// Statements rewritten and refused on account of one migration; kept
+/// across epochs (one set per migration id).
+#[derive(Debug, Default)]
+pub struct MigrationCounters {
+    pub rewritten: AtomicU64,
+    pub refused: AtomicU64,
+}
+
 /// A consistent set of rules.
 #[derive(Debug, Default)]
 pub struct Rules {
@@ -25,16 +34,27 @@ pub struct Rules {
     pub epoch: u64,
     /// Migrations whose rules apply (complete and rolled-back ones are left out).
     pub migrations: Vec<ActiveMigration>,
+    /// The counters of each of `migrations`, index for index.
+    pub counters: Vec<Arc<MigrationCounters>>,
     /// Lower-cased names of the migrating tables, for the fast path.
     pub table_names: Vec<String>,
 }
 
 impl Rules {
-    fn new(epoch: u64, migrations: &[ActiveMigration]) -> Rules {
+    fn new(
+        epoch: u64,
+        migrations: &[ActiveMigration],
+        registry: &Mutex<HashMap<String, Arc<MigrationCounters>>>,
+    ) -> Rules {
         let migrations: Vec<ActiveMigration> = migrations
             .iter()
             .filter(|m| m.phase.rules_active())
             .cloned()
+            .collect();
+        let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = migrations
+            .iter()
+            .map(|m| Arc::clone(registry.entry(m.spec.id.clone()).or_default()))
             .collect();
         let mut table_names: Vec<String> = migrations
             .iter()
@@ -45,6 +65,7 @@ impl Rules {
         Rules {
             epoch,
             migrations,
+            counters,
             table_names,
         }
     }
@@ -57,16 +78,20 @@ pub struct RulesCell {
     id: u64,
     epoch: AtomicU64,
     current: RwLock<Arc<Rules>>,
+    counters: Mutex<HashMap<String, Arc<MigrationCounters>>>,
 }
 
 impl RulesCell {
     /// A cell holding `migrations` as epoch 1.
     pub fn new(migrations: &[ActiveMigration]) -> RulesCell {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let counters = Mutex::new(HashMap::new());
+        let first = Rules::new(1, migrations, &counters);
         RulesCell {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(1),
-            current: RwLock::new(Arc::new(Rules::new(1, migrations))),
+            current: RwLock::new(Arc::new(first)),
+            counters,
         }
     }
 
@@ -74,9 +99,27 @@ impl RulesCell {
     pub fn publish(&self, migrations: &[ActiveMigration]) -> u64 {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let epoch = current.epoch + 1;
-        *current = Arc::new(Rules::new(epoch, migrations));
+        *current = Arc::new(Rules::new(epoch, migrations, &self.counters));
         self.epoch.store(epoch, Ordering::Release);
         epoch
+    }
+
+    /// (migration id, statements rewritten, statements refused) for every
+    /// migration ever published in this cell, sorted by id.
+    pub fn counters(&self) -> Vec<(String, u64, u64)> {
+        let registry = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, u64, u64)> = registry
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    c.rewritten.load(Ordering::Relaxed),
+                    c.refused.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// This cell's identity (unique in the process).
