@@ -273,6 +273,11 @@ mod tests {
              "insert into pgbench_accounts (aid, balance) values (1, 7) returning balance"),
             (Phase::Planned, "delete from pgbench_accounts where balance < 0 returning aid, balance",
              "delete from pgbench_accounts where abalance < 0 returning aid, abalance AS balance"),
+            (
+                Phase::Switched,
+                "select abalance::text, (a.abalance)::numeric(10,2), x from pgbench_accounts a",
+                "select balance::text AS abalance, (a.balance)::numeric(10,2) AS abalance, x from pgbench_accounts a",
+            ),
             (Phase::Switched, "select 1; select abalance from pgbench_accounts",
              "select 1; select balance AS abalance from pgbench_accounts"),
             (Phase::Switched, "select b.bbalance, a.abalance from pgbench_branches b join pgbench_accounts a on a.bid = b.bid",

@@ -303,16 +303,25 @@ fn plan_statement(
     let ident_tok = |ident: &Ident| index.offset(ident.span.start).and_then(tok_at);
 
     // Bare projection items (output names to keep) and write targets.
-    let mut bare = Vec::new();
+    // Projection items whose output name Postgres takes from the column:
+    // a bare reference, or one only wrapped in casts and parentheses
+    // (`a::text` is still named `a`). (token, wrapped)
+    let mut bare: Vec<(usize, bool)> = Vec::new();
     for item in scope.projection.iter().chain(scope.returning.iter()) {
         if let SelectItem::UnnamedExpr(expr) = item {
-            let last = match expr {
+            let mut core = expr;
+            let mut wrapped = false;
+            while let Expr::Cast { expr, .. } | Expr::Nested(expr) = core {
+                core = expr;
+                wrapped = true;
+            }
+            let last = match core {
                 Expr::Identifier(ident) => Some(ident),
                 Expr::CompoundIdentifier(idents) => idents.last(),
                 _ => None,
             };
             if let Some(i) = last.and_then(ident_tok) {
-                bare.push(i);
+                bare.push((i, wrapped));
             }
         }
     }
@@ -403,8 +412,18 @@ fn plan_statement(
                 let start = qualifier.unwrap_or(toks[i].start);
                 let qualifier_text = &sql[start..toks[i].start];
                 if let Some(mut text) = read_expr(m, column, qualifier_text) {
-                    if bare.contains(&i) {
-                        text = format!("{text} AS {}", quote_ident(column));
+                    let alias = format!(" AS {}", quote_ident(column));
+                    match bare.iter().find(|(t, _)| *t == i) {
+                        Some((_, false)) => text.push_str(&alias),
+                        Some((_, true)) => {
+                            let end = item_end(toks, i);
+                            read_edits.push(Edit {
+                                start: end,
+                                end,
+                                text: alias,
+                            });
+                        }
+                        None => {}
                     }
                     read_edits.push(Edit {
                         start,
@@ -783,6 +802,40 @@ fn row_items(toks: &[Tok], open: usize) -> Result<Vec<(usize, usize)>, String> {
         item_end = t.end;
     }
     Err("has an unterminated VALUES row".into())
+}
+
+/// Byte offset just after the projection item that holds the column
+/// reference at token `at` (the item ends at a top-level comma or the
+/// clause keyword that follows the list).
+fn item_end(toks: &[Tok], at: usize) -> usize {
+    // Closing the parentheses that wrap the reference leaves depth at 0:
+    // only parentheses opened after it (a type's `(10,2)`) nest.
+    let mut depth = 0usize;
+    let mut end = toks[at].end;
+    for t in &toks[at + 1..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::Comma | Token::SemiColon if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM
+                            | Keyword::WHERE
+                            | Keyword::INTO
+                            | Keyword::GROUP
+                            | Keyword::ORDER
+                            | Keyword::LIMIT
+                    ) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        end = t.end;
+    }
+    end
 }
 
 /// Byte range of the value assigned to the SET target at token `target`.
