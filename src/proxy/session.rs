@@ -223,7 +223,6 @@ impl FrameVisitor for FrontendVisitor<'_> {
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);
         };
-        let epoch = self.rewriter.epoch();
         match tag {
             frontend::QUERY | frontend::PARSE => {}
             frontend::CLOSE => {
@@ -233,10 +232,14 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 return Ok(Verdict::Keep);
             }
             frontend::BIND | frontend::DESCRIBE => {
-                return Ok(self.reprepare(request, tag, frame, epoch.unwrap_or(0)));
+                let epoch = self.rewriter.epoch().unwrap_or(0);
+                return Ok(self.reprepare(request, tag, frame, epoch));
             }
             _ => return Ok(Verdict::Keep),
         }
+        // Read the epoch before rewriting: a statement is never recorded as
+        // newer than the rules it was rewritten under.
+        let epoch = self.rewriter.epoch();
         let outcome = rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())?;
         if let (true, Some(epoch)) = (self.tracking, epoch) {
             match tag {

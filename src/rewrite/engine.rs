@@ -186,8 +186,9 @@ mod tests {
     use super::*;
     use crate::rewrite::migration::{MigrationSpec, Phase};
 
-    fn rename(phase: Phase) -> MigrationRewriter {
-        let m = ActiveMigration {
+    /// The rename abalance -> balance of pgbench_accounts in `phase`.
+    fn accounts(phase: Phase) -> ActiveMigration {
+        ActiveMigration {
             spec: MigrationSpec::new(
                 "accounts_balance",
                 "pgbench_accounts",
@@ -199,8 +200,11 @@ mod tests {
             )
             .unwrap(),
             phase,
-        };
-        MigrationRewriter::new(Arc::new(RulesCell::new(&[m])))
+        }
+    }
+
+    fn rename(phase: Phase) -> MigrationRewriter {
+        MigrationRewriter::new(Arc::new(RulesCell::new(&[accounts(phase)])))
     }
 
     fn retype(phase: Phase) -> MigrationRewriter {
@@ -442,19 +446,7 @@ mod tests {
 
     #[test]
     fn rewrites_and_refusals_are_counted_per_migration() {
-        let cell = Arc::new(RulesCell::new(&[ActiveMigration {
-            spec: MigrationSpec::new(
-                "accounts_balance",
-                "pgbench_accounts",
-                "abalance",
-                "balance",
-                None,
-                None,
-                None,
-            )
-            .unwrap(),
-            phase: Phase::Switched,
-        }]));
+        let cell = Arc::new(RulesCell::new(&[accounts(Phase::Switched)]));
         let r = MigrationRewriter::new(Arc::clone(&cell));
         for _ in 0..3 {
             // The second and third come from the plan cache and count too.
@@ -469,19 +461,7 @@ mod tests {
             cell.counters(),
             vec![("accounts_balance".to_string(), 3, 1)]
         );
-        cell.publish(&[ActiveMigration {
-            spec: MigrationSpec::new(
-                "accounts_balance",
-                "pgbench_accounts",
-                "abalance",
-                "balance",
-                None,
-                None,
-                None,
-            )
-            .unwrap(),
-            phase: Phase::Contracted,
-        }]);
+        cell.publish(&[accounts(Phase::Contracted)]);
         let _ = r.rewrite(
             StatementKind::Parse,
             b"select abalance from pgbench_accounts",

@@ -25,6 +25,18 @@ impl Serve {
         Serve { child, port }
     }
 
+    /// `pgshift serve --listen <free port> --upstream <test db>` plus `args`.
+    fn with_args(args: &[&std::ffi::OsStr]) -> Serve {
+        Serve::spawn(|cmd, port| {
+            cmd.args(args).args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &Serve::upstream(),
+            ]);
+        })
+    }
+
     fn upstream() -> String {
         let db = db();
         format!("{}:{}", db.host, db.port)
@@ -88,16 +100,24 @@ impl Drop for Serve {
     }
 }
 
+/// Writes a config file holding one rename migration in `phase`.
+fn write_migration(
+    file: &std::path::Path,
+    id: &str,
+    table: &str,
+    from: &str,
+    to: &str,
+    phase: &str,
+) {
+    let text = format!(
+        "[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"{from}\"\nto = \"{to}\"\nphase = \"{phase}\"\n"
+    );
+    std::fs::write(file, text).unwrap();
+}
+
 #[tokio::test]
 async fn serve_with_flags_only() {
-    let serve = Serve::spawn(|cmd, port| {
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &Serve::upstream(),
-        ]);
-    });
+    let serve = Serve::with_args(&[]);
     let client = serve.ready().await;
     let v: i32 = client.query_one("select 40 + 2", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);
@@ -156,15 +176,7 @@ async fn a_bad_config_file_is_reported() {
 
 #[tokio::test]
 async fn sigterm_lets_transactions_finish_and_closes_idle_sessions() {
-    let mut serve = Serve::spawn(|cmd, port| {
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &Serve::upstream(),
-        ])
-        .args(["--shutdown-grace-secs", "20"]);
-    });
+    let mut serve = Serve::with_args(&["--shutdown-grace-secs".as_ref(), "20".as_ref()]);
     let busy = serve.ready().await;
     let (idle, idle_connection) = serve.config().connect(tokio_postgres::NoTls).await.unwrap();
     let idle_driver = tokio::spawn(idle_connection);
@@ -204,15 +216,7 @@ async fn sigterm_lets_transactions_finish_and_closes_idle_sessions() {
 
 #[tokio::test]
 async fn after_the_grace_period_open_transactions_are_cut_and_rolled_back() {
-    let mut serve = Serve::spawn(|cmd, port| {
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &Serve::upstream(),
-        ])
-        .args(["--shutdown-grace-secs", "1"]);
-    });
+    let mut serve = Serve::with_args(&["--shutdown-grace-secs".as_ref(), "1".as_ref()]);
     let busy = serve.ready().await;
     let table = unique("grace");
     busy.batch_execute(&format!("create table {table} (v int)"))
@@ -306,24 +310,10 @@ async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let dir = std::env::temp_dir().join(unique("pgshift-mig"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("pgshift.toml");
-    let write_config = |phase: &str| {
-        std::fs::write(
-            &file,
-            format!(
-                "[[migrations]]\nid = \"rename_old_col\"\ntable = \"{table}\"\nfrom = \"old_col\"\nto = \"new_col\"\nphase = \"{phase}\"\n"
-            ),
-        )
-        .unwrap();
-    };
+    let write_config =
+        |phase: &str| write_migration(&file, "rename_old_col", &table, "old_col", "new_col", phase);
     write_config("expanded");
-    let serve = Serve::spawn(|cmd, port| {
-        cmd.arg("--config").arg(&file).args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &Serve::upstream(),
-        ]);
-    });
+    let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
     let client = serve.ready().await;
 
     // Expanded: the new shape is served from the old column; writes go to both.
@@ -440,21 +430,17 @@ async fn pgbench_old_and_new_shapes_through_a_read_switch() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("pgshift.toml");
     let write_config = |phase: &str| {
-        std::fs::write(
+        write_migration(
             &file,
-            format!("[[migrations]]\nid = \"accounts_balance\"\ntable = \"pgbench_accounts\"\nfrom = \"abalance\"\nto = \"balance\"\nphase = \"{phase}\"\n"),
+            "accounts_balance",
+            "pgbench_accounts",
+            "abalance",
+            "balance",
+            phase,
         )
-        .unwrap();
     };
     write_config("expanded");
-    let serve = Serve::spawn(|cmd, port| {
-        cmd.arg("--config").arg(&file).args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            &Serve::upstream(),
-        ]);
-    });
+    let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
     serve.ready().await;
     let script = dir.join("new_shape.sql");
     std::fs::write(
