@@ -31,8 +31,30 @@ pub struct Config {
     /// Session worker threads (one event loop each).
     pub workers: usize,
     pub limits: Limits,
+    /// pgshift's own connection to the upstream.
+    pub control: Control,
     /// The configured migrations and their phases.
     pub migrations: Vec<ActiveMigration>,
+}
+
+/// The database the migrations are in, and the role pgshift connects as to
+/// read its catalog. Client sessions to other databases are relayed without
+/// rewriting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub database: String,
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            database: "postgres".into(),
+            user: "postgres".into(),
+            password: None,
+        }
+    }
 }
 
 /// `host:port` of the upstream Postgres.
@@ -116,6 +138,7 @@ impl Default for Config {
             log_level: "info".into(),
             workers: default_workers(),
             limits: Limits::default(),
+            control: Control::default(),
             migrations: Vec::new(),
         }
     }
@@ -157,7 +180,17 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    control: FileControl,
+    #[serde(default)]
     migrations: Vec<FileMigration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileControl {
+    database: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
 }
 
 /// One `[[migrations]]` entry.
@@ -200,6 +233,9 @@ pub struct Overrides {
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub database: Option<String>,
+    pub control_user: Option<String>,
+    pub control_password: Option<String>,
 }
 
 impl Config {
@@ -303,8 +339,31 @@ impl Config {
             });
         }
         let migrations = resolve_migrations(file.migrations)?;
+        let default_control = Control::default();
+        let fc = file.control;
+        if !migrations.is_empty() && o.database.is_none() && fc.database.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "control.database",
+                value: String::new(),
+                reason: "migrations need the name of the database their tables are in: set [control] database (or --database, PGSHIFT_DATABASE); sessions to other databases are relayed without rewriting".into(),
+            });
+        }
+        let control = Control {
+            database: o
+                .database
+                .clone()
+                .or(fc.database)
+                .unwrap_or(default_control.database),
+            user: o
+                .control_user
+                .clone()
+                .or(fc.user)
+                .unwrap_or(default_control.user),
+            password: o.control_password.clone().or(fc.password),
+        };
         Ok(Config {
             migrations,
+            control,
             listen,
             upstream,
             log_level: o
@@ -428,6 +487,9 @@ mod tests {
     #[test]
     fn migrations_are_read_and_checked() {
         let toml = r#"
+            [control]
+            database = "app"
+
             [[migrations]]
             id = "users_full_name"
             table = "public.users"
@@ -446,6 +508,12 @@ mod tests {
         "#;
         let c = Config::from_toml(toml, &Overrides::default()).unwrap();
         assert_eq!(c.migrations.len(), 2);
+        assert_eq!(c.control.database, "app");
+        let no_database = toml.replace("database = \"app\"", "");
+        let err = Config::from_toml(&no_database, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control.database"), "{err}");
         assert_eq!(c.migrations[0].phase, Phase::Expanded);
         assert_eq!(c.migrations[1].phase, Phase::Planned);
         assert_eq!(

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod proxy;
 pub mod rewrite;

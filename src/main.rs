@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use pgshift::config::{Config, Overrides};
+use pgshift::control;
 use pgshift::demo::{self, DemoOptions};
 use pgshift::proxy::Proxy;
 use pgshift::rewrite::engine::MigrationRewriter;
@@ -30,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start a throwaway local Postgres with pgshift in front of it and run pgbench through it.
     Demo(DemoArgs),
 }
@@ -67,6 +69,16 @@ struct ServeArgs {
     /// Seconds sessions get to finish on SIGINT/SIGTERM [default: 30].
     #[arg(long, env = "PGSHIFT_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+    /// The database the migrations are in; sessions to other databases are
+    /// relayed without rewriting [default: postgres].
+    #[arg(long, env = "PGSHIFT_DATABASE")]
+    database: Option<String>,
+    /// Role pgshift connects as to read the catalog [default: postgres].
+    #[arg(long, env = "PGSHIFT_CONTROL_USER")]
+    control_user: Option<String>,
+    /// Password of the control role (prefer the environment variable).
+    #[arg(long, env = "PGSHIFT_CONTROL_PASSWORD", hide_env_values = true)]
+    control_password: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,13 +131,52 @@ async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesC
                 for (migration, rewritten, refused) in rules.counters() {
                     tracing::info!(%migration, rewritten, refused, "statements so far");
                 }
-                let epoch = rules.publish(&config.migrations);
+                // The catalog is re-read with the migrations, so that one
+                // epoch carries both; if it cannot be read, the last
+                // snapshot stays in force.
+                let epoch = match control::load_catalog(&config).await {
+                    Ok(catalog) => {
+                        let tables = catalog.len();
+                        let epoch = rules.publish_with_catalog(&config.migrations, catalog);
+                        tracing::info!(epoch, tables, "catalog snapshot read");
+                        epoch
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SIGHUP: cannot read the catalog; the last snapshot stays");
+                        rules.publish(&config.migrations)
+                    }
+                };
                 tracing::info!(epoch, file = %path.display(), "SIGHUP: migrations reloaded (other settings need a restart)");
                 log_rules(&config.migrations, epoch);
             }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: the config file is not valid; the rules in force stay")
             }
+        }
+    }
+}
+
+/// The first rules: the configured migrations with the catalog snapshot
+/// when it can be read now; otherwise without one, and a background task
+/// keeps trying (until then pgshift refuses what needs the catalog).
+async fn start_rules(config: &Config) -> Arc<RulesCell> {
+    if config.migrations.is_empty() {
+        return Arc::new(RulesCell::new(&config.migrations));
+    }
+    match control::load_catalog(config).await {
+        Ok(catalog) => {
+            tracing::info!(tables = catalog.len(), "catalog snapshot read");
+            Arc::new(RulesCell::with_catalog(&config.migrations, catalog))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the catalog at start; retrying in the background");
+            let rules = Arc::new(RulesCell::new(&config.migrations));
+            tokio::spawn(control::publish_catalog_until_read(
+                config.clone(),
+                Arc::clone(&rules),
+                Duration::from_secs(5),
+            ));
+            rules
         }
     }
 }
@@ -140,6 +191,7 @@ fn main() -> Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => {
+            let args = *args;
             let overrides = Overrides {
                 listen: args.listen,
                 upstream: args.upstream,
@@ -150,6 +202,9 @@ fn main() -> Result<()> {
                 connect_timeout_ms: args.connect_timeout_ms,
                 idle_timeout_secs: args.idle_timeout_secs,
                 shutdown_grace_secs: args.shutdown_grace_secs,
+                database: args.database,
+                control_user: args.control_user,
+                control_password: args.control_password,
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             telemetry::init(&config.log_level);
@@ -159,7 +214,7 @@ fn main() -> Result<()> {
                 // re-read on SIGHUP; without one there is nothing to rewrite.
                 let rewriter: Arc<dyn StatementRewriter> = match args.config {
                     Some(path) => {
-                        let rules = Arc::new(RulesCell::new(&config.migrations));
+                        let rules = start_rules(&config).await;
                         log_rules(&config.migrations, rules.epoch());
                         tokio::spawn(reload_on_sighup(path, overrides, Arc::clone(&rules)));
                         Arc::new(MigrationRewriter::new(rules))

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::rewrite::{PassThrough, StatementRewriter};
 
 use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
 use super::{cancel, relay, Shared};
@@ -68,15 +69,20 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => return,
     };
     let span = tracing::Span::current();
+    let database = params
+        .database
+        .as_deref()
+        .or(params.user.as_deref())
+        .unwrap_or("");
     span.record("user", params.user.as_deref().unwrap_or(""));
-    span.record(
-        "database",
-        params
-            .database
-            .as_deref()
-            .or(params.user.as_deref())
-            .unwrap_or(""),
-    );
+    span.record("database", database);
+    // Migrations belong to one database: sessions to any other are relayed
+    // without rewriting.
+    let rewriter: &dyn StatementRewriter = if database == shared.config.control.database {
+        &*shared.rewriter
+    } else {
+        &PassThrough
+    };
 
     let Ok(_permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
         warn!(
@@ -125,7 +131,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
     );
-    relay::run(&shared, client, server).await;
+    relay::run(&shared, rewriter, client, server).await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -215,7 +215,12 @@ async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
 }
 
 /// Relays one authenticated-or-authenticating session until it ends.
-pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpStream) {
+pub(crate) async fn run(
+    shared: &Shared,
+    rewriter: &dyn StatementRewriter,
+    mut client: TcpStream,
+    mut server: TcpStream,
+) {
     let limits = &shared.config.limits;
     let state = SessionState::new(limits.idle_timeout.is_some());
     let mut up = Pump::new(limits.max_message_size);
@@ -225,20 +230,8 @@ pub(crate) async fn run(shared: &Shared, mut client: TcpStream, mut server: TcpS
     let (mut server_r, mut server_w) = server.split();
 
     let end = {
-        let c2s = client_to_server(
-            &mut client_r,
-            &mut server_w,
-            &mut up,
-            &state,
-            &*shared.rewriter,
-        );
-        let s2c = server_to_client(
-            &mut server_r,
-            &mut client_w,
-            &mut down,
-            &state,
-            &*shared.rewriter,
-        );
+        let c2s = client_to_server(&mut client_r, &mut server_w, &mut up, &state, rewriter);
+        let s2c = server_to_client(&mut server_r, &mut client_w, &mut down, &state, rewriter);
         let idle = idle_watch(&state, limits.idle_timeout);
         tokio::pin!(c2s, s2c, idle);
         let mut current = *stage.borrow_and_update();

@@ -11,7 +11,9 @@
 
 use std::borrow::Cow;
 
+pub mod catalog;
 pub mod engine;
+mod expand;
 pub mod migration;
 pub mod plan;
 pub mod rules;

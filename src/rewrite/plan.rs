@@ -27,6 +27,8 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
+use super::catalog::Catalog;
+use super::expand;
 use super::migration::{quote_ident, MigrationSpec};
 use super::rules::{ActiveMigration, Rules};
 use super::text::{splice, tokenize, Edit, LineIndex, Tok};
@@ -57,6 +59,10 @@ fn refuse<'r>(m: &'r ActiveMigration, reason: impl Into<String>) -> Plan<'r> {
 
 /// Plans `sql` (which mentions a migrating table, per the fast path).
 pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
+    plan_text(sql, rules, true)
+}
+
+fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
     let tokens = match tokenize(sql) {
         Ok(tokens) => tokens,
         Err(e) => {
@@ -79,6 +85,41 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
         .collect();
     if relevant.is_empty() {
         return Plan::Unchanged;
+    }
+    if expand_first && expand::may_need_expansion(&tokens) {
+        if let Some(reason) = expand::table_command(&tokens) {
+            return refuse(relevant[0], reason);
+        }
+        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(statements) => statements,
+            Err(e) => {
+                return refuse(
+                    relevant[0],
+                    format!("selects * or inserts into a migrating table but cannot be parsed by pgshift's SQL parser ({e})"),
+                )
+            }
+        };
+        match expand::expand(sql, &tokens, &statements, &relevant, &rules.catalog) {
+            Err((k, reason)) => return refuse(relevant[k], reason),
+            Ok(None) => {}
+            Ok(Some(expanded)) => {
+                return match plan_text(&expanded, rules, false) {
+                    Plan::Unchanged => Plan::Replaced {
+                        text: expanded,
+                        by: relevant_indices,
+                    },
+                    Plan::Replaced { text, mut by } => {
+                        for i in relevant_indices {
+                            if !by.contains(&i) {
+                                by.push(i);
+                            }
+                        }
+                        Plan::Replaced { text, by }
+                    }
+                    refused => refused,
+                };
+            }
+        }
     }
     for m in &relevant {
         if let Some(reason) = structural_refusal(&tokens, m) {
@@ -115,7 +156,9 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
         let toks = &tokens[range];
         for (m, &i) in relevant.iter().zip(&relevant_indices) {
             let before = edits.len();
-            if let Err(reason) = plan_statement(sql, &index, statement, toks, m, &mut edits) {
+            if let Err(reason) =
+                plan_statement(sql, &index, statement, toks, m, &rules.catalog, &mut edits)
+            {
                 return refuse(m, reason);
             }
             if edits.len() > before && !by.contains(&i) {
@@ -165,7 +208,7 @@ fn reads_only_the_source(tokens: &[Tok], relevant: &[&ActiveMigration]) -> bool 
 }
 
 /// Token ranges of the statements of a text, split at top-level `;`.
-fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
+pub(super) fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, t) in tokens.iter().enumerate() {
@@ -182,19 +225,11 @@ fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Shapes that need the catalog (column lists) whatever the column names.
+/// Writes whose columns are implied: COPY without the migrating column
+/// handled, and (a safety net behind [`expand`], which gives INSERTs their
+/// columns) an INSERT that would leave the new column unset.
 fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
     let spec = &m.spec;
-    if let Some(Token::Word(w)) = tokens.first().map(|t| &t.token) {
-        if w.keyword == Keyword::TABLE {
-            return Some("reads every column (TABLE), which needs the column list expanded".into());
-        }
-    }
-    for (i, t) in tokens.iter().enumerate() {
-        if t.token == Token::Mul && i > 0 && is_wildcard_context(&tokens[i - 1].token) {
-            return Some("selects * (all columns), which needs the column list expanded".into());
-        }
-    }
     for (i, t) in tokens.iter().enumerate() {
         let Token::Word(w) = &t.token else { continue };
         let writes = match w.keyword {
@@ -228,7 +263,7 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
                     || is_keyword(&t.token, Keyword::VALUES)
                     || is_keyword(&t.token, Keyword::WITH)
             });
-        if !has_column_list {
+        if !has_column_list && (w.keyword == Keyword::COPY || m.phase.has_new()) {
             return Some(
                 "writes the table without a column list, which needs the columns expanded".into(),
             );
@@ -237,7 +272,7 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
             .iter()
             .take_while(|t| t.token != Token::RParen)
             .any(|t| names(&t.token, &spec.from) || names(&t.token, &spec.to));
-        if w.keyword == Keyword::INTO && m.phase.has_new() && !names_a_column {
+        if w.keyword == Keyword::INTO && m.phase.has_new() && m.phase.has_old() && !names_a_column {
             return Some(format!(
                 "inserts without naming {} or {}, which leaves the new column unset while the migration keeps both in step",
                 quote_ident(&spec.from),
@@ -267,6 +302,7 @@ fn plan_statement(
     statement: &Statement,
     toks: &[Tok],
     m: &ActiveMigration,
+    catalog: &Catalog,
     edits: &mut Vec<Edit>,
 ) -> Result<(), String> {
     let spec = &m.spec;
@@ -280,7 +316,7 @@ fn plan_statement(
         .iter()
         .filter(|t| is_keyword(&t.token, Keyword::SELECT))
         .count();
-    let scope = Scope::of(statement, spec)?;
+    let scope = Scope::of(statement, spec, catalog)?;
     let expected_selects = usize::from(matches!(statement, Statement::Query(_)));
     let nested = selects != expected_selects
         || toks.iter().any(|t| {
@@ -455,8 +491,22 @@ fn plan_statement(
                     true
                 }
             });
-            let value = splice(&sql[start..end], &mut inner).ok_or("needs overlapping rewrites")?;
-            check_value(&toks_in(toks, start, end), targets.len(), m)?;
+            let mut value =
+                splice(&sql[start..end], &mut inner).ok_or("needs overlapping rewrites")?;
+            let value_toks = toks_in(toks, start, end);
+            check_value(&value_toks, targets.len(), m)?;
+            if !spec.is_rename() && has_placeholder(&value_toks) {
+                // A parameter written through a conversion appears twice
+                // (X and up(X)): cast it to the written column's type, so
+                // Postgres infers the type it would on the client's shape.
+                let Some(ty) = declared_type(m, column, catalog) else {
+                    return Err(format!(
+                        "writes a parameter to {} whose type pgshift does not know (not in its catalog snapshot)",
+                        quote_ident(column)
+                    ));
+                };
+                value = format!("{value}::{ty}");
+            }
             value_texts.push(
                 targets
                     .iter()
@@ -504,7 +554,8 @@ fn plan_statement(
 struct Scope<'s> {
     /// Names (folded) that qualify the migrating table in this statement.
     target_qualifiers: Vec<String>,
-    /// How many other tables are in scope.
+    /// How many other tables in scope may have a column named like a
+    /// migrating one (unknown to the catalog, or known to have one).
     other_tables: usize,
     /// The statement's INSERT or UPDATE target is the migrating table.
     writes_target: bool,
@@ -513,7 +564,11 @@ struct Scope<'s> {
 }
 
 impl<'s> Scope<'s> {
-    fn of(statement: &'s Statement, spec: &MigrationSpec) -> Result<Scope<'s>, String> {
+    fn of(
+        statement: &'s Statement,
+        spec: &MigrationSpec,
+        catalog: &Catalog,
+    ) -> Result<Scope<'s>, String> {
         let mut scope = Scope {
             target_qualifiers: Vec::new(),
             other_tables: 0,
@@ -526,24 +581,24 @@ impl<'s> Scope<'s> {
                 if let SetExpr::Select(select) = query.body.as_ref() {
                     scope.projection = &select.projection;
                     for twj in &select.from {
-                        scope.add_joined(twj, spec);
+                        scope.add_joined(twj, spec, catalog);
                     }
                 }
             }
             Statement::Insert(insert) => {
                 if let TableObject::TableName(name) = &insert.table {
                     let alias = insert.table_alias.as_ref().map(|a| &a.alias);
-                    scope.add(name, alias, spec);
+                    scope.add(name, alias, spec, catalog);
                     scope.writes_target = !scope.target_qualifiers.is_empty();
                 }
                 scope.returning = insert.returning.as_deref().unwrap_or_default();
             }
             Statement::Update(update) => {
-                scope.add_joined(&update.table, spec);
+                scope.add_joined(&update.table, spec, catalog);
                 scope.writes_target = !scope.target_qualifiers.is_empty();
                 if let Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) = &update.from {
                     for twj in from {
-                        scope.add_joined(twj, spec);
+                        scope.add_joined(twj, spec, catalog);
                     }
                 }
                 scope.returning = update.returning.as_deref().unwrap_or_default();
@@ -551,7 +606,7 @@ impl<'s> Scope<'s> {
             Statement::Delete(delete) => {
                 let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
                 for twj in from.iter().chain(delete.using.iter().flatten()) {
-                    scope.add_joined(twj, spec);
+                    scope.add_joined(twj, spec, catalog);
                 }
                 scope.returning = delete.returning.as_deref().unwrap_or_default();
             }
@@ -560,18 +615,24 @@ impl<'s> Scope<'s> {
         Ok(scope)
     }
 
-    fn add_joined(&mut self, twj: &TableWithJoins, spec: &MigrationSpec) {
+    fn add_joined(&mut self, twj: &TableWithJoins, spec: &MigrationSpec, catalog: &Catalog) {
         for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
             match factor {
                 TableFactor::Table { name, alias, .. } => {
-                    self.add(name, alias.as_ref().map(|a| &a.name), spec)
+                    self.add(name, alias.as_ref().map(|a| &a.name), spec, catalog)
                 }
                 _ => self.other_tables += 1,
             }
         }
     }
 
-    fn add(&mut self, name: &ObjectName, alias: Option<&Ident>, spec: &MigrationSpec) {
+    fn add(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&Ident>,
+        spec: &MigrationSpec,
+        catalog: &Catalog,
+    ) {
         let parts: Vec<&Ident> = name
             .0
             .iter()
@@ -590,7 +651,17 @@ impl<'s> Scope<'s> {
         if is_target {
             let qualifier = alias.or(parts.last().copied()).map(fold);
             self.target_qualifiers.extend(qualifier);
-        } else {
+            return;
+        }
+        // Another table: it cannot take an unqualified reference away from
+        // the migrating table when the catalog says it has no such column.
+        let table = match parts.as_slice() {
+            [table] => catalog.table(None, &fold(table)),
+            [schema, table] => catalog.table(Some(&fold(schema)), &fold(table)),
+            _ => None,
+        };
+        let clear = table.is_some_and(|t| !t.has_column(&spec.from) && !t.has_column(&spec.to));
+        if !clear {
             self.other_tables += 1;
         }
     }
@@ -647,7 +718,7 @@ fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
     }
     if scope.target_qualifiers.len() + scope.other_tables > 1 {
         return Err(
-            "uses a migrating column without a table qualifier while several tables are in scope; qualify it (t.column)"
+            "uses a migrating column without a table qualifier while another table in scope has (or may have, per pgshift's catalog snapshot) a column of that name; qualify it (t.column)"
                 .into(),
         );
     }
@@ -755,13 +826,38 @@ fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<()
                     w.value
                 ))
             }
-            Token::Placeholder(_) if converts => {
-                return Err("writes a parameter through a type conversion, which is not rewritten yet".into())
+            Token::Placeholder(_)
+                if converts
+                    && value.len() > 1
+                    && value.get(k + 1).map(|t| &t.token) != Some(&Token::DoubleColon) =>
+            {
+                return Err("writes a parameter inside an expression through a type conversion; cast it ($1::type) or send the value alone".into())
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+fn has_placeholder(value: &[&Tok]) -> bool {
+    value
+        .iter()
+        .any(|t| matches!(t.token, Token::Placeholder(_)))
+}
+
+/// The declared type of a migrating column as the client's shape has it:
+/// `b`'s from the migration, `a`'s from the catalog snapshot.
+fn declared_type(m: &ActiveMigration, column: &str, catalog: &Catalog) -> Option<String> {
+    let spec = &m.spec;
+    if column == spec.to {
+        if let Some(ty) = &spec.new_type {
+            return Some(ty.clone());
+        }
+    }
+    catalog
+        .table(Some(&spec.table.schema), &spec.table.name)?
+        .column(&spec.from)
+        .map(|c| c.type_name.clone())
 }
 
 fn toks_in(toks: &[Tok], start: usize, end: usize) -> Vec<&Tok> {
@@ -890,7 +986,7 @@ fn last_ident(name: &ObjectName) -> Option<&Ident> {
     }
 }
 
-fn fold(ident: &Ident) -> String {
+pub(super) fn fold(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
@@ -902,7 +998,7 @@ fn ident_is(ident: &Ident, folded: &str) -> bool {
     fold(ident) == folded
 }
 
-fn is_wildcard_context(prev: &Token) -> bool {
+pub(super) fn is_wildcard_context(prev: &Token) -> bool {
     match prev {
         Token::Comma | Token::Period => true,
         Token::Word(w) => matches!(
@@ -913,7 +1009,7 @@ fn is_wildcard_context(prev: &Token) -> bool {
     }
 }
 
-fn is_keyword(token: &Token, keyword: Keyword) -> bool {
+pub(super) fn is_keyword(token: &Token, keyword: Keyword) -> bool {
     matches!(token, Token::Word(w) if w.keyword == keyword)
 }
 

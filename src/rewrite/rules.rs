@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::catalog::Catalog;
 use super::migration::{MigrationSpec, Phase};
 
 /// One migration and the phase it is in.
@@ -38,12 +39,15 @@ pub struct Rules {
     pub counters: Vec<Arc<MigrationCounters>>,
     /// Lower-cased names of the migrating tables, for the fast path.
     pub table_names: Vec<String>,
+    /// The catalog snapshot names are resolved with.
+    pub catalog: Arc<Catalog>,
 }
 
 impl Rules {
     fn new(
         epoch: u64,
         migrations: &[ActiveMigration],
+        catalog: Arc<Catalog>,
         registry: &Mutex<HashMap<String, Arc<MigrationCounters>>>,
     ) -> Rules {
         let migrations: Vec<ActiveMigration> = migrations
@@ -67,6 +71,7 @@ impl Rules {
             migrations,
             counters,
             table_names,
+            catalog,
         }
     }
 }
@@ -82,11 +87,16 @@ pub struct RulesCell {
 }
 
 impl RulesCell {
-    /// A cell holding `migrations` as epoch 1.
+    /// A cell holding `migrations` as epoch 1, with no catalog snapshot yet.
     pub fn new(migrations: &[ActiveMigration]) -> RulesCell {
+        Self::with_catalog(migrations, Catalog::empty())
+    }
+
+    /// A cell holding `migrations` and `catalog` as epoch 1.
+    pub fn with_catalog(migrations: &[ActiveMigration], catalog: Catalog) -> RulesCell {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let counters = Mutex::new(HashMap::new());
-        let first = Rules::new(1, migrations, &counters);
+        let first = Rules::new(1, migrations, Arc::new(catalog), &counters);
         RulesCell {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(1),
@@ -95,11 +105,30 @@ impl RulesCell {
         }
     }
 
-    /// Publishes a new snapshot; returns its epoch.
+    /// Publishes new migrations (with the catalog snapshot in force);
+    /// returns the new epoch.
     pub fn publish(&self, migrations: &[ActiveMigration]) -> u64 {
+        self.replace(|current| (migrations.to_vec(), Arc::clone(&current.catalog)))
+    }
+
+    /// Publishes a new catalog snapshot (with the migrations in force);
+    /// returns the new epoch.
+    pub fn publish_catalog(&self, catalog: Catalog) -> u64 {
+        let catalog = Arc::new(catalog);
+        self.replace(move |current| (current.migrations.clone(), catalog))
+    }
+
+    /// Publishes new migrations and a new catalog snapshot together.
+    pub fn publish_with_catalog(&self, migrations: &[ActiveMigration], catalog: Catalog) -> u64 {
+        let catalog = Arc::new(catalog);
+        self.replace(move |_| (migrations.to_vec(), catalog))
+    }
+
+    fn replace(&self, next: impl FnOnce(&Rules) -> (Vec<ActiveMigration>, Arc<Catalog>)) -> u64 {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let epoch = current.epoch + 1;
-        *current = Arc::new(Rules::new(epoch, migrations, &self.counters));
+        let (migrations, catalog) = next(&current);
+        *current = Arc::new(Rules::new(epoch, &migrations, catalog, &self.counters));
         self.epoch.store(epoch, Ordering::Release);
         epoch
     }

@@ -100,17 +100,24 @@ impl Drop for Serve {
     }
 }
 
-/// Writes a config file holding one rename migration in `phase`.
+/// Writes a config file holding one rename migration in `phase`, of a
+/// table in `database` of the test cluster.
 fn write_migration(
     file: &std::path::Path,
+    database: &str,
     id: &str,
     table: &str,
     from: &str,
     to: &str,
     phase: &str,
 ) {
+    let user = &db().user;
+    let password = match &db().password {
+        Some(p) => format!("password = \"{p}\"\n"),
+        None => String::new(),
+    };
     let text = format!(
-        "[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"{from}\"\nto = \"{to}\"\nphase = \"{phase}\"\n"
+        "[control]\ndatabase = \"{database}\"\nuser = \"{user}\"\n{password}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"{from}\"\nto = \"{to}\"\nphase = \"{phase}\"\n"
     );
     std::fs::write(file, text).unwrap();
 }
@@ -310,8 +317,17 @@ async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let dir = std::env::temp_dir().join(unique("pgshift-mig"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("pgshift.toml");
-    let write_config =
-        |phase: &str| write_migration(&file, "rename_old_col", &table, "old_col", "new_col", phase);
+    let write_config = |phase: &str| {
+        write_migration(
+            &file,
+            &db().dbname,
+            "rename_old_col",
+            &table,
+            "old_col",
+            "new_col",
+            phase,
+        )
+    };
     write_config("expanded");
     let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
     let client = serve.ready().await;
@@ -344,10 +360,38 @@ async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
         (11, 11),
         "dual write"
     );
-    // What needs the catalog is refused, naming the migration.
+    // The catalog was read at start: * yields both columns, a positional
+    // INSERT in the old shape writes both.
+    let row = client
+        .query_one(&format!("select * from {table} where id = 1"), &[])
+        .await
+        .unwrap();
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "old_col", "new_col", "note"]);
+    assert_eq!((row.get::<_, i32>(1), row.get::<_, i32>(2)), (11, 11));
+    client
+        .batch_execute(&format!("insert into {table} values (2, 20, 'z')"))
+        .await
+        .unwrap();
+    let row = direct
+        .query_one(
+            &format!("select old_col, new_col, note from {table} where id = 2"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i32>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, String>(2)
+        ),
+        (20, 20, "z".to_string())
+    );
+    // What cannot be rewritten safely is refused, naming the migration.
     for sql in [
-        format!("select * from {table}"),
-        format!("insert into {table} values (2, 20, 20, 'z')"),
+        format!("select x from (select * from {table}) x"),
+        format!("update {table} set old_col = random() where id = 1"),
     ] {
         let err = refused(client.batch_execute(&sql).await, &sql);
         assert_eq!(sqlstate(&err).as_deref(), Some("0A000"), "{sql}: {err:?}");
@@ -432,6 +476,7 @@ async fn pgbench_old_and_new_shapes_through_a_read_switch() {
     let write_config = |phase: &str| {
         write_migration(
             &file,
+            &dbname,
             "accounts_balance",
             "pgbench_accounts",
             "abalance",

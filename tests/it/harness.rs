@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
-use pgshift::config::{Config, Upstream};
+use pgshift::config::{Config, Control, Upstream};
 use pgshift::proxy::Proxy;
+use pgshift::rewrite::catalog::Catalog;
 use pgshift::rewrite::{PassThrough, StatementRewriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -139,6 +140,28 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
     Ok(client)
 }
 
+/// A configuration whose upstream and control connection are the test
+/// database (the catalog is read from it).
+pub fn control_config() -> Config {
+    let db = db();
+    Config {
+        upstream: db.upstream(),
+        control: Control {
+            database: db.dbname.clone(),
+            user: db.user.clone(),
+            password: db.password.clone(),
+        },
+        ..Config::default()
+    }
+}
+
+/// The test database's catalog snapshot, as `pgshift serve` reads it.
+pub async fn catalog() -> Catalog {
+    pgshift::control::load_catalog(&control_config())
+        .await
+        .expect("reading the catalog of the test database")
+}
+
 /// A pgshift running in-process on a free port.
 pub struct TestProxy {
     pub addr: SocketAddr,
@@ -162,11 +185,8 @@ impl TestProxy {
         rewriter: Arc<dyn StatementRewriter>,
         adjust: impl FnOnce(&mut Config),
     ) -> TestProxy {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream: db().upstream(),
-            ..Config::default()
-        };
+        let mut config = control_config();
+        config.listen = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
         let proxy = Proxy::bind(config, rewriter)
             .await

@@ -1,0 +1,148 @@
+//! pgshift's own connection to the upstream (the control connection): who
+//! it connects as, and what it reads there — today the catalog snapshot the
+//! rewriter resolves `*`, positional INSERTs and join columns with.
+//!
+//! Client sessions never share this connection; it is opened when pgshift
+//! needs the catalog (at start, on SIGHUP, and until a first read succeeds).
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::Config;
+use crate::rewrite::catalog::{Catalog, ColumnDef, TableDef};
+use crate::rewrite::rules::RulesCell;
+
+/// What failed on the control connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot connect to {upstream} as {user:?} (database {database:?}): {source}")]
+    Connect {
+        upstream: String,
+        user: String,
+        database: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("connecting to {upstream} timed out after {ms} ms")]
+    Timeout { upstream: String, ms: u128 },
+    #[error("reading the catalog failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Opens the control connection of `config`; its driver task runs on the
+/// current runtime and ends with the returned client.
+pub async fn connect(config: &Config) -> Result<Client, ControlError> {
+    let control = &config.control;
+    let upstream = &config.upstream;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&upstream.host)
+        .port(upstream.port)
+        .user(&control.user)
+        .dbname(&control.database)
+        .application_name("pgshift-control")
+        .connect_timeout(config.limits.connect_timeout);
+    if let Some(password) = &control.password {
+        pg.password(password);
+    }
+    let timeout = config.limits.connect_timeout + Duration::from_secs(5);
+    let connected = tokio::time::timeout(timeout, pg.connect(NoTls))
+        .await
+        .map_err(|_| ControlError::Timeout {
+            upstream: upstream.to_string(),
+            ms: timeout.as_millis(),
+        })?;
+    let (client, connection) = connected.map_err(|source| ControlError::Connect {
+        upstream: upstream.to_string(),
+        user: control.user.clone(),
+        database: control.database.clone(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "control connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The columns of every user table, view and foreign table of the
+/// database, in position order.
+pub async fn read_catalog(client: &Client) -> Result<Catalog, ControlError> {
+    let rows = client
+        .query(
+            "select n.nspname::text, c.relname::text, a.attname::text,
+                    format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    pg_get_expr(d.adbin, d.adrelid)
+               from pg_attribute a
+               join pg_class c on c.oid = a.attrelid
+               join pg_namespace n on n.oid = c.relnamespace
+               left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+              where c.relkind in ('r', 'p', 'v', 'm', 'f')
+                and a.attnum > 0 and not a.attisdropped
+                and n.nspname not in ('pg_catalog', 'information_schema')
+                and n.nspname not like 'pg\\_toast%'
+              order by 1, 2, a.attnum",
+            &[],
+        )
+        .await?;
+    let mut catalog = Catalog::empty();
+    let mut current: Option<(String, String, TableDef)> = None;
+    for row in rows {
+        let schema: String = row.try_get(0)?;
+        let table: String = row.try_get(1)?;
+        let column = ColumnDef {
+            name: row.try_get(2)?,
+            type_name: row.try_get(3)?,
+            not_null: row.try_get(4)?,
+            default: row.try_get(5)?,
+        };
+        match &mut current {
+            Some((s, t, def)) if *s == schema && *t == table => def.columns.push(column),
+            _ => {
+                if let Some((s, t, def)) = current.take() {
+                    catalog.insert(&s, &t, def);
+                }
+                current = Some((
+                    schema,
+                    table,
+                    TableDef {
+                        columns: vec![column],
+                    },
+                ));
+            }
+        }
+    }
+    if let Some((s, t, def)) = current {
+        catalog.insert(&s, &t, def);
+    }
+    Ok(catalog)
+}
+
+/// Reads the catalog over a fresh control connection.
+pub async fn load_catalog(config: &Config) -> Result<Catalog, ControlError> {
+    let client = connect(config).await?;
+    read_catalog(&client).await
+}
+
+/// Reads the catalog and publishes it into `rules`, retrying every
+/// `retry` until a read succeeds (Postgres may still be starting).
+pub async fn publish_catalog_until_read(
+    config: Config,
+    rules: std::sync::Arc<RulesCell>,
+    retry: Duration,
+) {
+    loop {
+        match load_catalog(&config).await {
+            Ok(catalog) => {
+                let tables = catalog.len();
+                let epoch = rules.publish_catalog(catalog);
+                tracing::info!(epoch, tables, "catalog snapshot read");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_secs = retry.as_secs(), "cannot read the catalog yet; SELECT *, positional INSERTs and unqualified join columns on migrating tables stay refused");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
