@@ -454,6 +454,12 @@ impl Expander<'_> {
         }
         let mut appended_value = None;
         if insert.columns.is_empty() {
+            if !self.table_def(k)?.has_column(&spec.from) {
+                return Err((k, format!(
+                    "inserts without a column list after {} was dropped, when its place among the columns is no longer known; list the columns",
+                    quote_ident(&spec.from)
+                )));
+            }
             let columns = self.old_shape_columns(k)?;
             if width > columns.len() {
                 return Err((k, format!(
