@@ -26,6 +26,9 @@ pub struct MigrationSpec {
     pub up: Option<String>,
     /// `down(b) -> a`, an expression over `to`; `None` for a rename.
     pub down: Option<String>,
+    /// The type `down` casts to last (`(b * 100)::integer` → `integer`):
+    /// `a`'s type, known even after `a` is dropped.
+    pub down_type: Option<String>,
 }
 
 /// A schema-qualified table name.
@@ -177,6 +180,7 @@ impl MigrationSpec {
             to,
             new_type: new_type.map(str::to_string),
             up: up.map(str::to_string),
+            down_type: down.and_then(outer_cast_type),
             down: down.map(str::to_string),
         })
     }
@@ -310,6 +314,23 @@ fn check_type(text: &str) -> Result<(), String> {
 }
 
 /// The expression parses on its own and names `column`.
+/// The type an expression's outermost cast converts to, if it ends in one.
+fn outer_cast_type(text: &str) -> Option<String> {
+    let dialect = PostgreSqlDialect {};
+    let mut expr = Parser::new(&dialect)
+        .try_with_sql(text)
+        .ok()?
+        .parse_expr()
+        .ok()?;
+    while let sqlparser::ast::Expr::Nested(inner) = expr {
+        expr = *inner;
+    }
+    match expr {
+        sqlparser::ast::Expr::Cast { data_type, .. } => Some(data_type.to_string()),
+        _ => None,
+    }
+}
+
 fn check_expression(text: &str, column: &str) -> Result<(), String> {
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)

@@ -846,7 +846,8 @@ fn has_placeholder(value: &[&Tok]) -> bool {
 }
 
 /// The declared type of a migrating column as the client's shape has it:
-/// `b`'s from the migration, `a`'s from the catalog snapshot.
+/// `b`'s from the migration, `a`'s from the catalog snapshot (or, once `a`
+/// is dropped, the type `down` casts to).
 fn declared_type(m: &ActiveMigration, column: &str, catalog: &Catalog) -> Option<String> {
     let spec = &m.spec;
     if column == spec.to {
@@ -855,9 +856,10 @@ fn declared_type(m: &ActiveMigration, column: &str, catalog: &Catalog) -> Option
         }
     }
     catalog
-        .table(Some(&spec.table.schema), &spec.table.name)?
-        .column(&spec.from)
+        .table(Some(&spec.table.schema), &spec.table.name)
+        .and_then(|t| t.column(&spec.from))
         .map(|c| c.type_name.clone())
+        .or_else(|| spec.down_type.clone())
 }
 
 fn toks_in(toks: &[Tok], start: usize, end: usize) -> Vec<&Tok> {
