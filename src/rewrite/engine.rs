@@ -308,11 +308,11 @@ mod tests {
         for (phase, sql, expected) in cases {
             assert_eq!(out(&retype(*phase), sql), *expected, "{phase}: {sql}");
         }
-        let refused = out(
-            &retype(Phase::Expanded),
-            "update orders set amount = $1 where id = 1",
+        // Without a catalog, a's type is the one `down` casts to.
+        assert_eq!(
+            out(&retype(Phase::Expanded), "update orders set amount = $1 where id = 1"),
+            "update orders set amount = $1::INTEGER, amount_dec = (($1::INTEGER)::numeric / 100)::numeric(12,2) where id = 1"
         );
-        assert!(refused.contains("does not know"), "{refused}");
     }
 
     #[test]

@@ -266,7 +266,7 @@ fn seed() -> u64 {
     std::env::var("PGSHIFT_ORACLE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0f_9e57)
+        .unwrap_or(0x5eed_0f9e_57ed)
 }
 
 #[tokio::test]
