@@ -337,8 +337,16 @@ mod tests {
                 "COPY is not rewritten",
             ),
             (
-                "select balance from pgbench_accounts where aid in (select aid from x)",
-                "subquery",
+                "select balance from pgbench_accounts union select 1",
+                "set operations",
+            ),
+            (
+                "select aid from pgbench_accounts where aid in (select aid from x where balance > 0)",
+                "subquery whose tables may have",
+            ),
+            (
+                "insert into pgbench_accounts (aid, abalance) select aid, abalance from x",
+                "INSERT … SELECT",
             ),
             (
                 "select balance from pgbench_accounts join pgbench_branches using (bid)",
@@ -528,6 +536,44 @@ mod tests {
             "insert into orders (id) values (1)",
         );
         assert!(got.contains("nextval"), "{got}");
+    }
+
+    #[test]
+    fn subqueries_and_ctes_resolve_block_by_block() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded,
+             "select aid from pgbench_accounts where balance > (select avg(balance) from pgbench_accounts)",
+             "select aid from pgbench_accounts where abalance > (select avg(abalance) from pgbench_accounts)"),
+            (Phase::Switched,
+             "with c as (select aid, abalance from pgbench_accounts) select c.abalance from c",
+             "with c as (select aid, balance AS abalance from pgbench_accounts) select c.abalance from c"),
+            (Phase::Switched,
+             "select x.abalance from (select abalance from pgbench_accounts) x",
+             "select x.abalance from (select balance AS abalance from pgbench_accounts) x"),
+            // Correlated, qualified.
+            (Phase::Expanded,
+             "select bid from pgbench_branches b where exists (select 1 from pgbench_accounts a where a.bid = b.bid and a.balance > 0)",
+             "select bid from pgbench_branches b where exists (select 1 from pgbench_accounts a where a.bid = b.bid and a.abalance > 0)"),
+            (Phase::Expanded,
+             "update pgbench_accounts set abalance = 0 where aid in (select aid from pgbench_accounts where balance < 0)",
+             "update pgbench_accounts set abalance = 0, balance = 0 where aid in (select aid from pgbench_accounts where abalance < 0)"),
+            // Another table's column of the same name, in a subquery.
+            (Phase::Switched,
+             "select abalance from pgbench_accounts a where a.bid in (select t.bid from x t where t.abalance > 0)",
+             "select balance AS abalance from pgbench_accounts a where a.bid in (select t.bid from x t where t.abalance > 0)"),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&rename(*phase), sql), *expected, "{phase}: {sql}");
+        }
+        // With the catalog, an unqualified column in a subquery over a
+        // table without it is the outer migrating table's (correlated).
+        assert_eq!(
+            out(
+                &with_catalog(accounts(Phase::Switched)),
+                "select aid from pgbench_accounts where exists (select 1 from pgbench_branches where bbalance < abalance)"
+            ),
+            "select aid from pgbench_accounts where exists (select 1 from pgbench_branches where bbalance < balance)"
+        );
     }
 
     /// Mutated statements (bytes dropped, duplicated, swapped for SQL

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 
+mod blocks;
 pub mod catalog;
 pub mod engine;
 mod expand;

@@ -27,6 +27,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
+use super::blocks;
 use super::catalog::Catalog;
 use super::expand;
 use super::migration::{quote_ident, MigrationSpec};
@@ -312,52 +313,71 @@ fn plan_statement(
     if column_tokens.is_empty() {
         return Ok(());
     }
-    let selects = toks
-        .iter()
-        .filter(|t| is_keyword(&t.token, Keyword::SELECT))
-        .count();
-    let scope = Scope::of(statement, spec, catalog)?;
-    let expected_selects = usize::from(matches!(statement, Statement::Query(_)));
-    let nested = selects != expected_selects
-        || toks.iter().any(|t| {
-            is_keyword(&t.token, Keyword::WITH)
-                || is_keyword(&t.token, Keyword::UNION)
-                || is_keyword(&t.token, Keyword::INTERSECT)
-                || is_keyword(&t.token, Keyword::EXCEPT)
-        });
-    if nested {
-        return Err(format!(
-            "uses column {} together with a subquery, CTE or set operation, which is not rewritten yet",
-            quote_ident(&spec.from)
-        ));
+    let blocks =
+        blocks::nested_blocks(toks, matches!(statement, Statement::Query(_))).map_err(|what| {
+            format!(
+                "uses column {} in {what}, which is not rewritten yet",
+                quote_ident(&spec.from)
+            )
+        })?;
+    // Each nested block parsed on its own, for its FROM list and projection.
+    let mut sub_statements: Vec<(usize, Statement)> = Vec::new();
+    for &(start, end) in &blocks {
+        let base = toks[start].start;
+        let text = &sql[base..toks[end - 1].end];
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, text)
+            .ok()
+            .and_then(|mut v| (v.len() == 1).then(|| v.remove(0)))
+            .ok_or("has a subquery pgshift cannot parse on its own")?;
+        sub_statements.push((base, parsed));
     }
-    if scope.target_qualifiers.is_empty() {
+    let mut scopes = vec![Scope::of(statement, spec, catalog)?];
+    for (_, sub) in &sub_statements {
+        scopes.push(Scope::of(sub, spec, catalog)?);
+    }
+    if scopes.iter().all(|s| s.target_qualifiers.is_empty()) {
         // The table is only mentioned (say, as another table's column name).
         return Ok(());
     }
+    let ranges: Vec<blocks::Block> = std::iter::once((0, toks.len()))
+        .chain(blocks.iter().copied())
+        .collect();
+    let scope = &scopes[0];
     let tok_at = |offset: usize| toks.iter().position(|t| t.start == offset);
     let ident_tok = |ident: &Ident| index.offset(ident.span.start).and_then(tok_at);
 
-    // Bare projection items (output names to keep) and write targets.
+    // Bare projection items (output names to keep), in every block.
     // Projection items whose output name Postgres takes from the column:
     // a bare reference, or one only wrapped in casts and parentheses
     // (`a::text` is still named `a`). (token, wrapped)
     let mut bare: Vec<(usize, bool)> = Vec::new();
-    for item in scope.projection.iter().chain(scope.returning.iter()) {
-        if let SelectItem::UnnamedExpr(expr) = item {
-            let mut core = expr;
-            let mut wrapped = false;
-            while let Expr::Cast { expr, .. } | Expr::Nested(expr) = core {
-                core = expr;
-                wrapped = true;
+    for (k, block_scope) in scopes.iter().enumerate() {
+        let sub_index = match k {
+            0 => None,
+            _ => {
+                let (base, _) = &sub_statements[k - 1];
+                let (start, end) = ranges[k];
+                Some((
+                    *base,
+                    LineIndex::new(&sql[toks[start].start..toks[end - 1].end]),
+                ))
             }
-            let last = match core {
-                Expr::Identifier(ident) => Some(ident),
-                Expr::CompoundIdentifier(idents) => idents.last(),
-                _ => None,
-            };
-            if let Some(i) = last.and_then(ident_tok) {
-                bare.push((i, wrapped));
+        };
+        let locate = |ident: &Ident| match &sub_index {
+            None => ident_tok(ident),
+            Some((base, sub)) => sub
+                .offset(ident.span.start)
+                .and_then(|rel| tok_at(base + rel)),
+        };
+        for item in block_scope
+            .projection
+            .iter()
+            .chain(block_scope.returning.iter())
+        {
+            if let Some((ident, wrapped)) = bare_reference(item) {
+                if let Some(i) = locate(ident) {
+                    bare.push((i, wrapped));
+                }
             }
         }
     }
@@ -441,7 +461,11 @@ fn plan_statement(
         if insert_targets.contains(&i) {
             continue;
         }
-        match classify(toks, i, &scope)? {
+        let chain: Vec<&Scope<'_>> = blocks::chain(&ranges, i)
+            .into_iter()
+            .map(|k| &scopes[k])
+            .collect();
+        match classify(toks, i, &chain)? {
             Use::Other => {}
             Use::Read { qualifier } => {
                 let column = column_of(&toks[i].token, spec);
@@ -550,10 +574,32 @@ fn plan_statement(
     Ok(())
 }
 
+/// The column a projection item names, if the item is a bare reference
+/// (possibly wrapped in casts and parentheses: `wrapped`).
+fn bare_reference(item: &SelectItem) -> Option<(&Ident, bool)> {
+    let SelectItem::UnnamedExpr(expr) = item else {
+        return None;
+    };
+    let mut core = expr;
+    let mut wrapped = false;
+    while let Expr::Cast { expr, .. } | Expr::Nested(expr) = core {
+        core = expr;
+        wrapped = true;
+    }
+    let ident = match core {
+        Expr::Identifier(ident) => Some(ident),
+        Expr::CompoundIdentifier(idents) => idents.last(),
+        _ => None,
+    }?;
+    Some((ident, wrapped))
+}
+
 /// Which tables a statement reads, under which names.
 struct Scope<'s> {
     /// Names (folded) that qualify the migrating table in this statement.
     target_qualifiers: Vec<String>,
+    /// Names (folded) that qualify the other tables in scope.
+    other_qualifiers: Vec<String>,
     /// How many other tables in scope may have a column named like a
     /// migrating one (unknown to the catalog, or known to have one).
     other_tables: usize,
@@ -571,6 +617,7 @@ impl<'s> Scope<'s> {
     ) -> Result<Scope<'s>, String> {
         let mut scope = Scope {
             target_qualifiers: Vec::new(),
+            other_qualifiers: Vec::new(),
             other_tables: 0,
             writes_target: false,
             projection: &[],
@@ -621,6 +668,14 @@ impl<'s> Scope<'s> {
                 TableFactor::Table { name, alias, .. } => {
                     self.add(name, alias.as_ref().map(|a| &a.name), spec, catalog)
                 }
+                TableFactor::Derived { alias, .. }
+                | TableFactor::Function { alias, .. }
+                | TableFactor::TableFunction { alias, .. }
+                | TableFactor::UNNEST { alias, .. } => {
+                    self.other_qualifiers
+                        .extend(alias.as_ref().map(|a| fold(&a.name)));
+                    self.other_tables += 1;
+                }
                 _ => self.other_tables += 1,
             }
         }
@@ -653,6 +708,8 @@ impl<'s> Scope<'s> {
             self.target_qualifiers.extend(qualifier);
             return;
         }
+        self.other_qualifiers
+            .extend(alias.or(parts.last().copied()).map(fold));
         // Another table: it cannot take an unqualified reference away from
         // the migrating table when the catalog says it has no such column.
         let table = match parts.as_slice() {
@@ -668,7 +725,7 @@ impl<'s> Scope<'s> {
 }
 
 /// How the occurrence at `i` (not a recognized write target) is used.
-fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
+fn classify(toks: &[Tok], i: usize, chain: &[&Scope<'_>]) -> Result<Use, String> {
     let prev = i.checked_sub(1).map(|j| &toks[j].token);
     let next = toks.get(i + 1).map(|t| &t.token);
     // `SET a = …` / `, a = …` that is not an UPDATE target pgshift knows
@@ -701,7 +758,12 @@ fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
         } else {
             w.value.to_lowercase()
         };
-        if !scope.target_qualifiers.contains(&q) {
+        // The innermost block that knows the qualifier decides.
+        let is_target = chain
+            .iter()
+            .find(|s| s.target_qualifiers.contains(&q) || s.other_qualifiers.contains(&q))
+            .is_some_and(|s| s.target_qualifiers.contains(&q));
+        if !is_target {
             return Ok(Use::Other);
         }
         // Include a schema in front: s.t.a
@@ -716,13 +778,28 @@ fn classify(toks: &[Tok], i: usize, scope: &Scope<'_>) -> Result<Use, String> {
             qualifier: Some(toks[start].start),
         });
     }
-    if scope.target_qualifiers.len() + scope.other_tables > 1 {
-        return Err(
-            "uses a migrating column without a table qualifier while another table in scope has (or may have, per pgshift's catalog snapshot) a column of that name; qualify it (t.column)"
-                .into(),
-        );
+    // Unqualified: the innermost block with a table that has (or may have)
+    // the column decides; blocks whose tables certainly lack it pass the
+    // name outwards (a correlated reference).
+    for scope in chain {
+        let targets = scope.target_qualifiers.len();
+        if targets > 1 || (targets == 1 && scope.other_tables > 0) {
+            return Err(
+                "uses a migrating column without a table qualifier while another table in scope has (or may have, per pgshift's catalog snapshot) a column of that name; qualify it (t.column)"
+                    .into(),
+            );
+        }
+        if targets == 1 {
+            return Ok(Use::Read { qualifier: None });
+        }
+        if scope.other_tables > 0 {
+            return Err(
+                "uses a migrating column without a table qualifier in a subquery whose tables may have a column of that name; qualify it (t.column)"
+                    .into(),
+            );
+        }
     }
-    Ok(Use::Read { qualifier: None })
+    Ok(Use::Other)
 }
 
 /// The folded column (`from` or `to`) a token names.
