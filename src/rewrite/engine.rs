@@ -371,12 +371,8 @@ mod tests {
                 "assigns a migrating column",
             ),
             (
-                "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set abalance = excluded.abalance",
-                "ON CONFLICT",
-            ),
-            (
-                "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set bid = 1, balance = 3",
-                "ON CONFLICT",
+                "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set (bid, balance) = (1, 3)",
+                "tuple",
             ),
         ] {
             let got = out(&r, sql);
@@ -536,6 +532,33 @@ mod tests {
             "insert into orders (id) values (1)",
         );
         assert!(got.contains("nextval"), "{got}");
+    }
+
+    #[test]
+    fn on_conflict_do_update_writes_both_columns() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded,
+             "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set abalance = excluded.abalance",
+             "insert into pgbench_accounts (aid, abalance, balance) values (1, 2, 2) on conflict (aid) do update set abalance = excluded.abalance, balance = excluded.abalance"),
+            (Phase::Switched,
+             "insert into pgbench_accounts as t (aid, balance) values (1, 2) on conflict (aid) do update set balance = t.balance + excluded.balance where t.abalance < 100",
+             "insert into pgbench_accounts as t (aid, abalance, balance) values (1, 2, 2) on conflict (aid) do update set abalance = t.balance + excluded.balance, balance = t.balance + excluded.balance where t.balance < 100"),
+            (Phase::Expanded,
+             "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (aid) do update set bid = 1, balance = 3",
+             "insert into pgbench_accounts (aid, abalance, balance) values (1, 2, 2) on conflict (aid) do update set bid = 1, abalance = 3, balance = 3"),
+            // A rename's conflict target follows the read source (its unique index exists on both).
+            (Phase::Switched,
+             "insert into pgbench_accounts (aid, abalance) values (1, 2) on conflict (abalance) do nothing",
+             "insert into pgbench_accounts (aid, abalance, balance) values (1, 2, 2) on conflict (balance) do nothing"),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&rename(*phase), sql), *expected, "{phase}: {sql}");
+        }
+        let got = out(
+            &retype(Phase::Expanded),
+            "insert into orders (id, amount) values (1, 2) on conflict (amount) do nothing",
+        );
+        assert!(got.contains("ON CONFLICT ON CONSTRAINT"), "{got}");
     }
 
     #[test]

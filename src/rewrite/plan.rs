@@ -19,8 +19,9 @@
 //! calls), and type-change writes of parameters.
 
 use sqlparser::ast::{
-    AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, UpdateTableFromKind,
+    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, ObjectName,
+    ObjectNamePart, OnConflictAction, OnInsert, SelectItem, SetExpr, Statement, TableFactor,
+    TableObject, TableWithJoins, UpdateTableFromKind,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
@@ -381,7 +382,8 @@ fn plan_statement(
             }
         }
     }
-    let mut writes: Vec<(usize, usize)> = Vec::new(); // (column token, value slot)
+    // (column token, value slot, written as `col = value` rather than in a column list)
+    let mut writes: Vec<(usize, usize, bool)> = Vec::new();
     let mut value_ranges: Vec<Vec<(usize, usize)>> = Vec::new(); // per slot: byte ranges
     match statement {
         Statement::Insert(insert) if scope.writes_target => {
@@ -412,42 +414,44 @@ fn plan_statement(
                     }
                     ranges.push(items[k]);
                 }
-                writes.push((i, value_ranges.len()));
+                writes.push((i, value_ranges.len(), false));
                 value_ranges.push(ranges);
             }
-        }
-        Statement::Update(update) if scope.writes_target => {
-            for assignment in &update.assignments {
-                match &assignment.target {
-                    AssignmentTarget::ColumnName(name) => {
-                        let Some(ident) = last_ident(name) else {
-                            continue;
-                        };
-                        if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
-                            continue;
-                        }
-                        let i =
-                            ident_tok(ident).ok_or("has a SET target whose position is unknown")?;
-                        let value = assignment_value(toks, i)?;
-                        writes.push((i, value_ranges.len()));
-                        value_ranges.push(vec![value]);
+            if let Some(OnInsert::OnConflict(on_conflict)) = &insert.on {
+                if let Some(ConflictTarget::Columns(columns)) = &on_conflict.conflict_target {
+                    let names_column = columns
+                        .iter()
+                        .any(|c| ident_is(c, &spec.from) || ident_is(c, &spec.to));
+                    if names_column && !spec.is_rename() {
+                        return Err("uses a migrating column as the ON CONFLICT target during a type change; name the unique constraint (ON CONFLICT ON CONSTRAINT …)".into());
                     }
-                    AssignmentTarget::Tuple(names) => {
-                        if names
-                            .iter()
-                            .filter_map(last_ident)
-                            .any(|id| ident_is(id, &spec.from) || ident_is(id, &spec.to))
-                        {
-                            return Err("assigns a migrating column in a SET (…) = (…) tuple, which is not rewritten yet".into());
-                        }
-                    }
+                }
+                if let OnConflictAction::DoUpdate(update) = &on_conflict.action {
+                    assignment_writes(
+                        &update.assignments,
+                        spec,
+                        toks,
+                        &ident_tok,
+                        &mut writes,
+                        &mut value_ranges,
+                    )?;
                 }
             }
         }
+        Statement::Update(update) if scope.writes_target => {
+            assignment_writes(
+                &update.assignments,
+                spec,
+                toks,
+                &ident_tok,
+                &mut writes,
+                &mut value_ranges,
+            )?;
+        }
         _ => {}
     }
-    let insert_targets: Vec<usize> = writes.iter().map(|(i, _)| *i).collect();
-    if matches!(statement, Statement::Insert(_)) && writes.len() > 1 {
+    let insert_targets: Vec<usize> = writes.iter().map(|(i, _, _)| *i).collect();
+    if writes.iter().filter(|(_, _, assign)| !assign).count() > 1 {
         return Err(format!(
             "inserts into both {} and {}, which pgshift cannot reconcile",
             quote_ident(&spec.from),
@@ -497,7 +501,7 @@ fn plan_statement(
 
     // Writes: each written value, with its own reads rewritten, goes to the
     // physical column(s) of the phase.
-    for (i, slot) in writes {
+    for (i, slot, assign) in writes {
         let column = column_of(&toks[i].token, spec);
         let targets = write_targets(m, column);
         let mut value_texts: Vec<Vec<String>> = Vec::new();
@@ -539,8 +543,8 @@ fn plan_statement(
             );
         }
         let names: Vec<String> = targets.iter().map(|(c, _)| quote_ident(c)).collect();
-        match statement {
-            Statement::Insert(_) => {
+        match assign {
+            false => {
                 edits.push(Edit {
                     start: toks[i].start,
                     end: toks[i].end,
@@ -574,6 +578,44 @@ fn plan_statement(
     Ok(())
 }
 
+/// The writes of `SET col = value, …` (UPDATE, ON CONFLICT … DO UPDATE)
+/// to a migrating column: the target token and the value's byte range.
+fn assignment_writes(
+    assignments: &[Assignment],
+    spec: &MigrationSpec,
+    toks: &[Tok],
+    ident_tok: &dyn Fn(&Ident) -> Option<usize>,
+    writes: &mut Vec<(usize, usize, bool)>,
+    value_ranges: &mut Vec<Vec<(usize, usize)>>,
+) -> Result<(), String> {
+    for assignment in assignments {
+        match &assignment.target {
+            AssignmentTarget::ColumnName(name) => {
+                let Some(ident) = last_ident(name) else {
+                    continue;
+                };
+                if !(ident_is(ident, &spec.from) || ident_is(ident, &spec.to)) {
+                    continue;
+                }
+                let i = ident_tok(ident).ok_or("has a SET target whose position is unknown")?;
+                let value = assignment_value(toks, i)?;
+                writes.push((i, value_ranges.len(), true));
+                value_ranges.push(vec![value]);
+            }
+            AssignmentTarget::Tuple(names) => {
+                if names
+                    .iter()
+                    .filter_map(last_ident)
+                    .any(|id| ident_is(id, &spec.from) || ident_is(id, &spec.to))
+                {
+                    return Err("assigns a migrating column in a SET (…) = (…) tuple, which is not rewritten yet".into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The column a projection item names, if the item is a bare reference
 /// (possibly wrapped in casts and parentheses: `wrapped`).
 fn bare_reference(item: &SelectItem) -> Option<(&Ident, bool)> {
@@ -600,6 +642,9 @@ struct Scope<'s> {
     target_qualifiers: Vec<String>,
     /// Names (folded) that qualify the other tables in scope.
     other_qualifiers: Vec<String>,
+    /// `EXCLUDED` (the row proposed for insertion) is in scope: it has the
+    /// migrating table's columns, both of them once rewritten.
+    excluded: bool,
     /// How many other tables in scope may have a column named like a
     /// migrating one (unknown to the catalog, or known to have one).
     other_tables: usize,
@@ -618,6 +663,7 @@ impl<'s> Scope<'s> {
         let mut scope = Scope {
             target_qualifiers: Vec::new(),
             other_qualifiers: Vec::new(),
+            excluded: false,
             other_tables: 0,
             writes_target: false,
             projection: &[],
@@ -637,6 +683,11 @@ impl<'s> Scope<'s> {
                     let alias = insert.table_alias.as_ref().map(|a| &a.alias);
                     scope.add(name, alias, spec, catalog);
                     scope.writes_target = !scope.target_qualifiers.is_empty();
+                    scope.excluded = scope.writes_target
+                        && matches!(
+                            &insert.on,
+                            Some(OnInsert::OnConflict(c)) if matches!(c.action, OnConflictAction::DoUpdate(_))
+                        );
                 }
                 scope.returning = insert.returning.as_deref().unwrap_or_default();
             }
@@ -759,10 +810,12 @@ fn classify(toks: &[Tok], i: usize, chain: &[&Scope<'_>]) -> Result<Use, String>
             w.value.to_lowercase()
         };
         // The innermost block that knows the qualifier decides.
+        let names_target =
+            |s: &Scope<'_>| s.target_qualifiers.contains(&q) || (s.excluded && q == "excluded");
         let is_target = chain
             .iter()
-            .find(|s| s.target_qualifiers.contains(&q) || s.other_qualifiers.contains(&q))
-            .is_some_and(|s| s.target_qualifiers.contains(&q));
+            .find(|s| names_target(s) || s.other_qualifiers.contains(&q))
+            .is_some_and(|s| names_target(s));
         if !is_target {
             return Ok(Use::Other);
         }

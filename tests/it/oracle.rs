@@ -176,7 +176,7 @@ impl Run {
         // a new-shape client's value would be taken as the old type.
         let positional =
             self.phase.has_old() && (self.kind == Kind::Rename || self.shape == Shape::Old);
-        let forms = if positional { 25 } else { 24 };
+        let forms = if positional { 28 } else { 27 };
         match rng.below(forms) {
             0 => format!("select id, {x} from {t} where {x} > {v} order by id"),
             1 => format!(
@@ -219,6 +219,13 @@ impl Run {
             23 => format!(
                 "delete from {t} where {x} in (select q.{x} from {t} q where q.id = {id}) returning id"
             ),
+            24 => format!(
+                "insert into {t} (id, {x}, note) values ({id}, {v}, 'up') on conflict (id) do update set {x} = excluded.{x}, note = 'upserted'"
+            ),
+            25 => format!(
+                "insert into {t} as r (id, {x}) values ({id}, {v}) on conflict (id) do update set {x} = r.{x} + excluded.{x} where r.{x} is not null returning id, {x}"
+            ),
+            26 => format!("insert into {t} (id, {x}) values ({id}, {v}) on conflict do nothing"),
             // Positional: the client's shape has x second. (Not once a is
             // dropped: its place is unknown, and pgshift refuses.)
             _ => format!("insert into {t} values ({id}, {v}, 'positional')"),
