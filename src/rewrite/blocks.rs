@@ -18,9 +18,21 @@ use super::text::Tok;
 /// A token range `[start, end)` of the statement's tokens.
 pub(super) type Block = (usize, usize);
 
-/// The nested `(SELECT …)` blocks of `toks`, in text order (an outer block
-/// before the blocks inside it). `Err` names what cannot be delimited.
-pub(super) fn nested_blocks(toks: &[Tok], is_query: bool) -> Result<Vec<Block>, String> {
+/// What kind of statement the tokens are, for the top-level SELECTs it may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Top {
+    /// A query: its own SELECT is the statement's block.
+    Query,
+    /// INSERT … SELECT: the SELECT (up to ON CONFLICT / RETURNING) is a block.
+    InsertSelect,
+    /// Anything else: no SELECT outside parentheses.
+    Other,
+}
+
+/// The nested `(SELECT …)` blocks of `toks` (and the SELECT of an
+/// INSERT … SELECT), ordered by start. `Err` names what cannot be delimited.
+pub(super) fn nested_blocks(toks: &[Tok], top: Top) -> Result<Vec<Block>, String> {
+    let is_query = top == Top::Query;
     let mut open: Vec<usize> = Vec::new();
     // Blocks whose SELECT opened at the paren at stack depth d: (depth, start).
     let mut pending: Vec<(usize, usize)> = Vec::new();
@@ -50,6 +62,9 @@ pub(super) fn nested_blocks(toks: &[Tok], is_query: bool) -> Result<Vec<Block>, 
             Token::Word(w) if w.keyword == Keyword::SELECT => {
                 if open.is_empty() {
                     top_level_selects += 1;
+                    if top == Top::InsertSelect {
+                        blocks.push((i, insert_select_end(toks, i)));
+                    }
                     continue;
                 }
                 let after_paren = i > 0 && toks[i - 1].token == Token::LParen;
@@ -64,7 +79,7 @@ pub(super) fn nested_blocks(toks: &[Tok], is_query: bool) -> Result<Vec<Block>, 
     if !pending.is_empty() {
         return Err("an unterminated subquery".into());
     }
-    let expected = usize::from(is_query);
+    let expected = usize::from(top != Top::Other);
     if top_level_selects != expected {
         return Err(if is_query {
             "a query pgshift cannot delimit".into()
@@ -74,6 +89,25 @@ pub(super) fn nested_blocks(toks: &[Tok], is_query: bool) -> Result<Vec<Block>, 
     }
     blocks.sort_by_key(|b| b.0);
     Ok(blocks)
+}
+
+/// The end (exclusive) of an INSERT's SELECT starting at token `start`:
+/// the first top-level ON (CONFLICT) or RETURNING, or the end.
+fn insert_select_end(toks: &[Tok], start: usize) -> usize {
+    let mut depth = 0usize;
+    for (i, t) in toks.iter().enumerate().skip(start) {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w)
+                if depth == 0 && matches!(w.keyword, Keyword::ON | Keyword::RETURNING) =>
+            {
+                return i;
+            }
+            _ => {}
+        }
+    }
+    toks.len()
 }
 
 /// Indices (into `ranges`) of the blocks containing token `i`, innermost
@@ -93,7 +127,8 @@ mod tests {
 
     fn blocks_of(sql: &str, is_query: bool) -> Result<Vec<String>, String> {
         let toks = tokenize(sql).unwrap();
-        Ok(nested_blocks(&toks, is_query)?
+        let top = if is_query { Top::Query } else { Top::Other };
+        Ok(nested_blocks(&toks, top)?
             .into_iter()
             .map(|(s, e)| sql[toks[s].start..toks[e - 1].end].to_string())
             .collect())
@@ -119,6 +154,14 @@ mod tests {
         );
         assert!(blocks_of("select a from t union select b from u", true).is_err());
         assert!(blocks_of("insert into t (a) select a from u", false).is_err());
+        let sql = "insert into t (a) select a from u where x in (select 1) on conflict do nothing";
+        let toks = tokenize(sql).unwrap();
+        let got: Vec<&str> = nested_blocks(&toks, Top::InsertSelect)
+            .unwrap()
+            .into_iter()
+            .map(|(s, e)| &sql[toks[s].start..toks[e - 1].end])
+            .collect();
+        assert_eq!(got, ["select a from u where x in (select 1)", "select 1"]);
         let toks = tokenize("select (select 1) from t").unwrap();
         let ranges = [(0, toks.len()), (2, 4)];
         assert_eq!(chain(&ranges, 2), vec![1, 0]);

@@ -345,8 +345,12 @@ mod tests {
                 "subquery whose tables may have",
             ),
             (
-                "insert into pgbench_accounts (aid, abalance) select aid, abalance from x",
-                "INSERT … SELECT",
+                "insert into pgbench_accounts (aid, abalance) select aid, abalance as v from x",
+                "aliases",
+            ),
+            (
+                "insert into pgbench_accounts (aid, abalance) select 1, 2 union select 3, 4",
+                "set operations",
             ),
             (
                 "select balance from pgbench_accounts join pgbench_branches using (bid)",
@@ -559,6 +563,21 @@ mod tests {
             "insert into orders (id, amount) values (1, 2) on conflict (amount) do nothing",
         );
         assert!(got.contains("ON CONFLICT ON CONSTRAINT"), "{got}");
+    }
+
+    #[test]
+    fn insert_select_writes_both_columns() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded,
+             "insert into pgbench_accounts (aid, abalance) select aid + 1000, abalance * 2 from pgbench_accounts where aid < 10",
+             "insert into pgbench_accounts (aid, abalance, balance) select aid + 1000, abalance * 2, abalance * 2 from pgbench_accounts where aid < 10"),
+            (Phase::Switched,
+             "insert into pgbench_accounts (aid, abalance) select aid + 1000, abalance from pgbench_accounts where abalance > 0 on conflict do nothing",
+             "insert into pgbench_accounts (aid, abalance, balance) select aid + 1000, balance, balance from pgbench_accounts where balance > 0 on conflict do nothing"),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&rename(*phase), sql), *expected, "{phase}: {sql}");
+        }
     }
 
     #[test]

@@ -314,13 +314,24 @@ fn plan_statement(
     if column_tokens.is_empty() {
         return Ok(());
     }
-    let blocks =
-        blocks::nested_blocks(toks, matches!(statement, Statement::Query(_))).map_err(|what| {
-            format!(
-                "uses column {} in {what}, which is not rewritten yet",
-                quote_ident(&spec.from)
-            )
-        })?;
+    let top = match statement {
+        Statement::Query(_) => blocks::Top::Query,
+        Statement::Insert(insert)
+            if insert
+                .source
+                .as_ref()
+                .is_some_and(|q| matches!(q.body.as_ref(), SetExpr::Select(_))) =>
+        {
+            blocks::Top::InsertSelect
+        }
+        _ => blocks::Top::Other,
+    };
+    let blocks = blocks::nested_blocks(toks, top).map_err(|what| {
+        format!(
+            "uses column {} in {what}, which is not rewritten yet",
+            quote_ident(&spec.from)
+        )
+    })?;
     // Each nested block parsed on its own, for its FROM list and projection.
     let mut sub_statements: Vec<(usize, Statement)> = Vec::new();
     for &(start, end) in &blocks {
@@ -353,6 +364,9 @@ fn plan_statement(
     // (`a::text` is still named `a`). (token, wrapped)
     let mut bare: Vec<(usize, bool)> = Vec::new();
     for (k, block_scope) in scopes.iter().enumerate() {
+        if k == 1 && top == blocks::Top::InsertSelect {
+            continue; // its select list is values, not output names
+        }
         let sub_index = match k {
             0 => None,
             _ => {
@@ -390,8 +404,36 @@ fn plan_statement(
             let Some(source) = &insert.source else {
                 return Err("inserts without VALUES, which is not rewritten yet".into());
             };
-            let SetExpr::Values(values) = source.body.as_ref() else {
-                return Err("inserts from a query, which is not rewritten yet".into());
+            let rows: Vec<Vec<(usize, usize)>> = match source.body.as_ref() {
+                SetExpr::Values(values) => {
+                    let mut rows = Vec::new();
+                    for row in &values.rows {
+                        let open = index
+                            .offset(row.opening_token.0.span.start)
+                            .ok_or("has a VALUES row without position")?;
+                        rows.push(row_items(toks, open)?);
+                    }
+                    rows
+                }
+                SetExpr::Select(select) if source.with.is_none() => {
+                    // INSERT … SELECT: the select list is the one row of values.
+                    let (start, end) = blocks
+                        .first()
+                        .copied()
+                        .ok_or("has an INSERT … SELECT pgshift cannot delimit")?;
+                    let items = select_items(&toks[start..end])?;
+                    if items.len() != select.projection.len() {
+                        return Err(
+                            "has an INSERT … SELECT whose select list pgshift cannot split".into(),
+                        );
+                    }
+                    vec![items]
+                }
+                _ => {
+                    return Err(
+                        "inserts from a set operation or CTE, which is not rewritten yet".into(),
+                    )
+                }
             };
             for (k, column) in insert.columns.iter().enumerate() {
                 let Some(ident) = last_ident(column) else {
@@ -402,14 +444,10 @@ fn plan_statement(
                 }
                 let i = ident_tok(ident).ok_or("has a column whose position is unknown")?;
                 let mut ranges = Vec::new();
-                for row in &values.rows {
-                    let open = index
-                        .offset(row.opening_token.0.span.start)
-                        .ok_or("has a VALUES row without position")?;
-                    let items = row_items(toks, open)?;
+                for items in &rows {
                     if items.len() != insert.columns.len() {
                         return Err(
-                            "has VALUES rows whose length differs from the column list".into()
+                            "has VALUES rows (or a select list) whose length differs from the column list".into()
                         );
                     }
                     ranges.push(items[k]);
@@ -949,7 +987,8 @@ fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<()
             }
             Token::Word(w)
                 if value.get(k + 1).is_some_and(|n| n.token == Token::LParen)
-                    && !matches!(w.keyword, Keyword::CAST) =>
+                    && !matches!(w.keyword, Keyword::CAST)
+                    && !is_deterministic_function(&w.value) =>
             {
                 return Err(format!(
                     "writes the result of {}(…) to a migrating column, and evaluating it twice could change its value",
@@ -967,6 +1006,44 @@ fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Built-in functions (and aggregates) that give the same result for the
+/// same arguments within a statement, so a value using them can be written
+/// to both columns.
+fn is_deterministic_function(name: &str) -> bool {
+    const DETERMINISTIC: &[&str] = &[
+        "abs",
+        "avg",
+        "ceil",
+        "ceiling",
+        "coalesce",
+        "concat",
+        "count",
+        "floor",
+        "greatest",
+        "least",
+        "left",
+        "length",
+        "lower",
+        "max",
+        "min",
+        "mod",
+        "nullif",
+        "power",
+        "replace",
+        "right",
+        "round",
+        "sign",
+        "sqrt",
+        "substr",
+        "substring",
+        "sum",
+        "trim",
+        "trunc",
+        "upper",
+    ];
+    DETERMINISTIC.contains(&name.to_ascii_lowercase().as_str())
 }
 
 fn has_placeholder(value: &[&Tok]) -> bool {
@@ -1030,6 +1107,63 @@ fn row_items(toks: &[Tok], open: usize) -> Result<Vec<(usize, usize)>, String> {
         item_end = t.end;
     }
     Err("has an unterminated VALUES row".into())
+}
+
+/// Byte ranges of the items of a SELECT's select list (`toks` starts at the
+/// SELECT). Items with an output alias are refused: the value would be
+/// written twice under one name.
+fn select_items(toks: &[Tok]) -> Result<Vec<(usize, usize)>, String> {
+    let mut i = 1;
+    if toks
+        .get(i)
+        .is_some_and(|t| is_keyword(&t.token, Keyword::ALL))
+    {
+        i += 1;
+    }
+    if toks
+        .get(i)
+        .is_some_and(|t| is_keyword(&t.token, Keyword::DISTINCT))
+    {
+        return Err("inserts from SELECT DISTINCT, which is not rewritten yet".into());
+    }
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut item: Option<(usize, usize)> = None;
+    for t in &toks[i..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => {
+                items.push(item.take().ok_or("has an empty select item")?);
+                continue;
+            }
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::AS => {
+                return Err(
+                    "inserts from a select list with aliases, which is not rewritten yet".into(),
+                );
+            }
+            Token::Word(w)
+                if depth == 0
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM
+                            | Keyword::WHERE
+                            | Keyword::GROUP
+                            | Keyword::HAVING
+                            | Keyword::ORDER
+                            | Keyword::LIMIT
+                            | Keyword::OFFSET
+                            | Keyword::WINDOW
+                    ) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        item = Some((item.map_or(t.start, |r| r.0), t.end));
+    }
+    items.push(item.ok_or("has an empty select list")?);
+    Ok(items)
 }
 
 /// Byte offset just after the projection item that holds the column

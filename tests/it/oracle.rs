@@ -176,7 +176,7 @@ impl Run {
         // a new-shape client's value would be taken as the old type.
         let positional =
             self.phase.has_old() && (self.kind == Kind::Rename || self.shape == Shape::Old);
-        let forms = if positional { 28 } else { 27 };
+        let forms = if positional { 30 } else { 29 };
         match rng.below(forms) {
             0 => format!("select id, {x} from {t} where {x} > {v} order by id"),
             1 => format!(
@@ -226,6 +226,12 @@ impl Run {
                 "insert into {t} as r (id, {x}) values ({id}, {v}) on conflict (id) do update set {x} = r.{x} + excluded.{x} where r.{x} is not null returning id, {x}"
             ),
             26 => format!("insert into {t} (id, {x}) values ({id}, {v}) on conflict do nothing"),
+            27 => format!(
+                "insert into {t} (id, {x}, note) select id + 100, {x}, 'copy' from {t} where id = {id}"
+            ),
+            28 => format!(
+                "insert into {t} (id, {x}) select {id} + 50, max({x}) from {t} where {x} < {w} on conflict (id) do update set {x} = excluded.{x}"
+            ),
             // Positional: the client's shape has x second. (Not once a is
             // dropped: its place is unknown, and pgshift refuses.)
             _ => format!("insert into {t} values ({id}, {v}, 'positional')"),
