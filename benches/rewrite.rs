@@ -1,7 +1,9 @@
 //! Micro-benchmarks of the migration rewriter on pgbench's statements, with
 //! the pass-through seam (no migrations) as the baseline in the same run:
-//! the fast path (a statement that cannot touch the migrating table), a
-//! repeated statement (plan cache hit), and a new statement (parse + plan).
+//! the fast path (a 200-byte statement that cannot touch the migrating
+//! table), a repeated statement (plan cache hit), the same statement with
+//! new literals (`-M simple`: a template fill), and new statements (parse +
+//! plan + splice: pgbench's UPDATE, an ORM-style SELECT).
 
 use std::sync::Arc;
 
@@ -12,7 +14,8 @@ use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
 use pgshift::rewrite::{PassThrough, Rewrite, StatementKind, StatementRewriter};
 
 const UPDATE: &str = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;";
-const OTHER: &str = "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;";
+/// 200 bytes, on another table.
+const OTHER: &str = "SELECT \"orders\".\"id\", \"orders\".\"customer_id\", \"orders\".\"total_cents\", \"orders\".\"created_at\" FROM \"orders\" WHERE \"orders\".\"customer_id\" = $1 AND \"orders\".\"status\" = $2 ORDER BY \"orders\".\"id\" LIMIT 50";
 
 fn rewriter() -> MigrationRewriter {
     let spec = MigrationSpec::new(
@@ -52,11 +55,30 @@ fn rewrite(c: &mut Criterion) {
         b.iter(|| std::hint::black_box(run(&r, UPDATE)))
     });
     let mut n = 0u64;
-    group.bench_function("new_dual_write_update", |b| {
+    group.bench_function("new_literals_dual_write_update", |b| {
         b.iter(|| {
             n += 1;
             let sql =
                 format!("UPDATE pgbench_accounts SET abalance = abalance + {n} WHERE aid = 7;");
+            std::hint::black_box(run(&r, &sql))
+        })
+    });
+    group.bench_function("miss_dual_write_update", |b| {
+        b.iter(|| {
+            n += 1;
+            // A comment is part of the cache key: every statement is new.
+            let sql = format!(
+                "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2 /* {n} */;"
+            );
+            std::hint::black_box(run(&r, &sql))
+        })
+    });
+    group.bench_function("miss_orm_select", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql = format!(
+                "SELECT \"pgbench_accounts\".\"aid\", \"pgbench_accounts\".\"balance\" FROM \"pgbench_accounts\" WHERE \"pgbench_accounts\".\"aid\" = $1 LIMIT 1 /* {n} */"
+            );
             std::hint::black_box(run(&r, &sql))
         })
     });

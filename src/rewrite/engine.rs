@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::literals::{normalize, with_sentinels, Kind, Template};
 use super::migration::quote_ident;
 use super::plan::{plan, Plan};
 use super::rules::{ActiveMigration, Rules, RulesCell};
@@ -45,8 +46,15 @@ const CACHE_CAPACITY: usize = 4096;
 struct Cached {
     cell: u64,
     epoch: u64,
-    outcome: Rewrite<'static>,
+    outcome: CachedOutcome,
     tally: Tally,
+}
+
+enum CachedOutcome {
+    /// The same for every statement with this key.
+    Fixed(Rewrite<'static>),
+    /// A rewrite to fill with the statement's own literals.
+    Template(Template),
 }
 
 /// What a planned statement counts as, per migration index.
@@ -80,37 +88,56 @@ impl StatementRewriter for MigrationRewriter {
                 return Rewrite::Unchanged;
             }
             let cell = self.rules.id();
+            // Statements that differ only in their literals share a plan.
+            let normalized = normalize(sql);
+            let key: &[u8] = match &normalized {
+                Some(n) if !n.key.is_empty() => &n.key,
+                _ => sql,
+            };
+            let literals = normalized.as_ref().map_or(&[][..], |n| &n.literals[..]);
             let hit = PLANS.with(|plans| {
-                plans
-                    .borrow()
-                    .get(sql)
-                    .filter(|c| c.cell == cell && c.epoch == rules.epoch)
-                    .map(|c| (c.outcome.clone(), c.tally.clone()))
+                let plans = plans.borrow();
+                let cached = plans
+                    .get(key)
+                    .filter(|c| c.cell == cell && c.epoch == rules.epoch)?;
+                let outcome = match &cached.outcome {
+                    CachedOutcome::Fixed(outcome) => outcome.clone(),
+                    CachedOutcome::Template(t) => {
+                        let text = std::str::from_utf8(sql).ok()?;
+                        Rewrite::Replaced(Cow::Owned(t.fill(text, literals)?))
+                    }
+                };
+                Some((outcome, cached.tally.clone()))
             });
             if let Some((outcome, tally)) = hit {
                 tally.record(rules);
                 return outcome;
             }
-            let (outcome, tally): (Rewrite<'static>, Tally) = match std::str::from_utf8(sql) {
-                Ok(text) => check(text, rules),
-                Err(_) => refuse_all(rules, "is not valid UTF-8, so pgshift cannot read it"),
+            let Ok(text) = std::str::from_utf8(sql) else {
+                let (outcome, tally) =
+                    refuse_all(rules, "is not valid UTF-8, so pgshift cannot read it");
+                tally.record(rules);
+                return outcome;
             };
+            let (outcome, cached, tally) = plan_for_cache(text, literals, rules);
             tally.record(rules);
-            PLANS.with(|plans| {
-                let mut plans = plans.borrow_mut();
-                if plans.len() >= CACHE_CAPACITY {
-                    plans.clear();
-                }
-                plans.insert(
-                    sql.into(),
-                    Cached {
-                        cell,
-                        epoch: rules.epoch,
-                        outcome: outcome.clone(),
-                        tally,
-                    },
-                );
-            });
+            if let Some(cached) = cached {
+                PLANS.with(|plans| {
+                    let mut plans = plans.borrow_mut();
+                    if plans.len() >= CACHE_CAPACITY {
+                        plans.clear();
+                    }
+                    plans.insert(
+                        key.into(),
+                        Cached {
+                            cell,
+                            epoch: rules.epoch,
+                            outcome: cached,
+                            tally,
+                        },
+                    );
+                });
+            }
             outcome
         })
     }
@@ -118,6 +145,46 @@ impl StatementRewriter for MigrationRewriter {
     fn epoch(&self) -> Option<u64> {
         Some(self.rules.epoch())
     }
+}
+
+/// Plans `sql` for this use and for the cache: with its literals replaced
+/// by sentinels when it has any, so the plan serves every statement that
+/// differs only in them. A refusal is planned again on the real text (its
+/// message may quote it) and is cached only for literal-free statements.
+fn plan_for_cache(
+    sql: &str,
+    literals: &[(usize, usize, Kind)],
+    rules: &Rules,
+) -> (Rewrite<'static>, Option<CachedOutcome>, Tally) {
+    if !literals.is_empty() {
+        if let Some(sentinel_text) = with_sentinels(sql, literals) {
+            let (outcome, tally) = check(&sentinel_text, rules);
+            match outcome {
+                Rewrite::Unchanged => {
+                    return (
+                        Rewrite::Unchanged,
+                        Some(CachedOutcome::Fixed(Rewrite::Unchanged)),
+                        tally,
+                    )
+                }
+                Rewrite::Replaced(planned) => {
+                    let template = Template::new(&planned, literals);
+                    if let Some(text) = template.fill(sql, literals) {
+                        return (
+                            Rewrite::Replaced(Cow::Owned(text)),
+                            Some(CachedOutcome::Template(template)),
+                            tally,
+                        );
+                    }
+                }
+                Rewrite::Refused(_) => {}
+            }
+        }
+        let (outcome, tally) = check(sql, rules);
+        return (outcome, None, tally);
+    }
+    let (outcome, tally) = check(sql, rules);
+    (outcome.clone(), Some(CachedOutcome::Fixed(outcome)), tally)
 }
 
 /// Plans a statement that mentions a migrating table.

@@ -15,6 +15,7 @@ mod blocks;
 pub mod catalog;
 pub mod engine;
 mod expand;
+pub mod literals;
 pub mod migration;
 pub mod plan;
 pub mod rules;
