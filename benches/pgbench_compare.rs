@@ -13,42 +13,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+mod common;
+use common::{
+    env_num, finish_pgbench, median, spawn_pgbench, start_pgshift, wait_for_port, Run, Server,
+};
 use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const PGSHIFT: &str = env!("CARGO_BIN_EXE_pgshift");
-
-fn env_num(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A child server, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
 
 fn pgbouncer_path() -> Result<PathBuf> {
     for p in [
@@ -112,69 +87,15 @@ fn start_pgbouncer(cluster: &Cluster, port: u16, pool: u32) -> Result<Server> {
     Ok(Server(child))
 }
 
-fn start_pgshift(
-    upstream: u16,
-    port: u16,
-    max_clients: u32,
-    config: Option<&std::path::Path>,
-) -> Result<Server> {
-    let mut cmd = Command::new(PGSHIFT);
-    cmd.arg("serve");
-    if let Some(config) = config {
-        cmd.arg("--config").arg(config);
-    }
-    let child = cmd
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &format!("127.0.0.1:{upstream}")])
-        .args(["--max-client-connections", &max_clients.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting pgshift")?;
-    wait_for_port(port)?;
-    Ok(Server(child))
-}
-
-struct Run {
-    tps: f64,
-    latency_ms: f64,
-}
-
 fn pgbench(cluster: &Cluster, port: u16, args: &[&str]) -> Result<Run> {
-    let out = Command::new(cluster.binaries().tool("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
-        .args(args)
-        .arg("postgres")
-        .output()
-        .context("running pgbench")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "pgbench {args:?} on port {port} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let field = |prefix: &str| -> Result<f64> {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no {prefix:?} in pgbench output: {stdout}"))
-    };
-    let failed = field("number of failed transactions: ")?;
-    if failed != 0.0 {
-        bail!("pgbench {args:?} on port {port}: {failed} failed transactions");
-    }
-    Ok(Run {
-        tps: field("tps = ")?,
-        latency_ms: field("latency average = ")?,
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let child = spawn_pgbench(
+        &cluster.binaries().tool("pgbench"),
+        SUPERUSER,
+        port,
+        "postgres",
+        args,
+    )?;
+    finish_pgbench(child, &format!("{args:?} on port {port}"))
 }
 
 /// Opens `n` connections through `addr`, completes startup on each, holds

@@ -1,0 +1,123 @@
+//! What the pgbench benchmarks share: knobs from the environment, child
+//! servers killed on drop, starting pgshift, running pgbench and reading
+//! its summary.
+
+#![allow(dead_code)] // each bench uses a different subset
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const PGSHIFT: &str = env!("CARGO_BIN_EXE_pgshift");
+
+pub fn env_num(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child server, killed on drop.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// `pgshift serve` (release build) on `port` in front of `upstream`.
+pub fn start_pgshift(
+    upstream: u16,
+    port: u16,
+    max_clients: u32,
+    config: Option<&Path>,
+) -> Result<Server> {
+    let mut cmd = Command::new(PGSHIFT);
+    cmd.arg("serve");
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+        .args(["--max-client-connections", &max_clients.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting pgshift")?;
+    wait_for_port(port)?;
+    Ok(Server(child))
+}
+
+/// The summary of one pgbench run.
+pub struct Run {
+    pub tps: f64,
+    pub latency_ms: f64,
+}
+
+/// Starts pgbench (`args` then the database name) against `port`.
+pub fn spawn_pgbench(
+    pgbench: &Path,
+    user: &str,
+    port: u16,
+    database: &str,
+    args: &[&str],
+) -> Result<Child> {
+    Command::new(pgbench)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(args)
+        .arg(database)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running pgbench")
+}
+
+/// Waits for a pgbench started by [`spawn_pgbench`] and reads its summary;
+/// failed transactions are an error.
+pub fn finish_pgbench(child: Child, what: &str) -> Result<Run> {
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |prefix: &str| -> Result<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {prefix:?} in pgbench output: {stdout}"))
+    };
+    let failed = field("number of failed transactions: ")?;
+    if failed != 0.0 {
+        bail!("pgbench {what}: {failed} failed transactions");
+    }
+    Ok(Run {
+        tps: field("tps = ")?,
+        latency_ms: field("latency average = ")?,
+    })
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
