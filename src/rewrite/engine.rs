@@ -398,10 +398,10 @@ mod tests {
                 "insert into public.pgbench_accounts (aid, bid) values (1, 1)",
                 "catalog snapshot",
             ),
-            ("copy pgbench_accounts from stdin", "without a column list"),
+            ("copy pgbench_accounts from stdin", "COPY FROM is not rewritten"),
             (
                 "copy pgbench_accounts (aid, abalance) from stdin",
-                "COPY is not rewritten",
+                "both migrating columns are written",
             ),
             (
                 "select balance from pgbench_accounts union select 1",
@@ -630,6 +630,36 @@ mod tests {
             "insert into orders (id, amount) values (1, 2) on conflict (amount) do nothing",
         );
         assert!(got.contains("ON CONFLICT ON CONSTRAINT"), "{got}");
+    }
+
+    #[test]
+    fn copy_to_reads_through_a_query_and_copy_from_needs_one_column() {
+        let cases: &[(Phase, &str, &str)] = &[
+            (Phase::Expanded, "copy pgbench_accounts (aid, balance) to stdout",
+             "copy (SELECT aid, abalance AS balance FROM pgbench_accounts) to stdout"),
+            (Phase::Switched, "COPY (select aid, abalance from pgbench_accounts where aid < 5) TO STDOUT WITH (FORMAT csv)",
+             "COPY (select aid, balance AS abalance from pgbench_accounts where aid < 5) TO STDOUT WITH (FORMAT csv)"),
+            (Phase::Planned, "copy pgbench_accounts (aid, abalance) from stdin", "="),
+            (Phase::Planned, "copy pgbench_accounts from stdin", "="),
+            (Phase::Contracted, "copy pgbench_accounts (aid, balance) from stdin", "="),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&rename(*phase), sql), *expected, "{phase}: {sql}");
+        }
+        assert_eq!(
+            out(&with_catalog(accounts(Phase::Expanded)), "copy public.pgbench_accounts to stdout"),
+            "copy (SELECT pgbench_accounts.aid, pgbench_accounts.bid, pgbench_accounts.abalance, pgbench_accounts.filler, pgbench_accounts.abalance AS balance FROM public.pgbench_accounts) to stdout"
+        );
+        for (phase, sql) in [
+            (
+                Phase::Planned,
+                "copy pgbench_accounts (aid, balance) from stdin",
+            ),
+            (Phase::Contracted, "copy pgbench_accounts from stdin"),
+        ] {
+            let got = out(&rename(phase), sql);
+            assert!(got.contains("does not exist"), "{phase}: {got}");
+        }
     }
 
     #[test]

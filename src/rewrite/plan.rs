@@ -19,7 +19,7 @@
 //! calls), and type-change writes of parameters.
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, ConflictTarget, Expr, FromTable, Ident, ObjectName,
+    Assignment, AssignmentTarget, ConflictTarget, CopySource, Expr, FromTable, Ident, ObjectName,
     ObjectNamePart, OnConflictAction, OnInsert, SelectItem, SetExpr, Statement, TableFactor,
     TableObject, TableWithJoins, UpdateTableFromKind,
 };
@@ -87,6 +87,15 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
         .collect();
     if relevant.is_empty() {
         return Plan::Unchanged;
+    }
+    if expand_first
+        && tokens
+            .first()
+            .is_some_and(|t| is_keyword(&t.token, Keyword::COPY))
+    {
+        if let Some(plan) = plan_copy_to(sql, &tokens, rules, &relevant) {
+            return plan;
+        }
     }
     if expand_first && expand::may_need_expansion(&tokens) {
         if let Some(reason) = expand::table_command(&tokens) {
@@ -177,6 +186,74 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
     }
 }
 
+/// `COPY t [(cols)] TO …` and `COPY (query) TO …` read the table: planned
+/// as the query `SELECT cols FROM t` (or the query itself), which is put in
+/// the COPY's place: `COPY (SELECT …) TO …`. `None` for anything else
+/// (COPY FROM is left to [`structural_refusal`]).
+fn plan_copy_to<'r>(
+    sql: &str,
+    tokens: &[Tok],
+    rules: &'r Rules,
+    relevant: &[&'r ActiveMigration],
+) -> Option<Plan<'r>> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Copy {
+        source, to: true, ..
+    }] = statements.as_slice()
+    else {
+        return None;
+    };
+    // The source spans the tokens between COPY and the top-level TO.
+    let mut depth = 0usize;
+    let to = tokens.iter().enumerate().skip(1).find_map(|(i, t)| {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::TO => return Some(i),
+            _ => {}
+        }
+        None
+    })?;
+    if to < 2 {
+        return None;
+    }
+    let (start, end) = (tokens[1].start, tokens[to - 1].end);
+    let source_text = &sql[start..end];
+    let query = match source {
+        CopySource::Query(_) => source_text
+            .strip_prefix('(')
+            .and_then(|q| q.strip_suffix(')'))?
+            .to_string(),
+        CopySource::Table { columns, .. } => {
+            let (table, list) = match source_text.find('(') {
+                Some(open) if !columns.is_empty() => (
+                    &source_text[..open],
+                    source_text[open + 1..].strip_suffix(')')?,
+                ),
+                _ => (source_text, "*"),
+            };
+            format!("SELECT {list} FROM {}", table.trim_end())
+        }
+    };
+    let planned = match plan_text(&query, rules, true) {
+        Plan::Unchanged if matches!(source, CopySource::Query(_)) => return Some(Plan::Unchanged),
+        Plan::Unchanged => query,
+        Plan::Replaced { text, .. } => text,
+        refused @ Plan::Refused { .. } => return Some(refused),
+    };
+    let by = (0..rules.migrations.len())
+        .filter(|&i| {
+            relevant
+                .iter()
+                .any(|m| std::ptr::eq(*m, &rules.migrations[i]))
+        })
+        .collect();
+    Some(Plan::Replaced {
+        text: format!("{}({planned}){}", &sql[..start], &sql[end..]),
+        by,
+    })
+}
+
 /// A single plain SELECT whose only migrating-column references name the
 /// column reads are served from in this phase: it means the same on the
 /// physical table, so it passes without being parsed (the common case for
@@ -265,7 +342,32 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
                     || is_keyword(&t.token, Keyword::VALUES)
                     || is_keyword(&t.token, Keyword::WITH)
             });
-        if !has_column_list && (w.keyword == Keyword::COPY || m.phase.has_new()) {
+        let dual = m.phase.has_old() && m.phase.has_new();
+        if w.keyword == Keyword::COPY {
+            let lists = |c: &str| {
+                tokens[next..]
+                    .iter()
+                    .take_while(|t| t.token != Token::RParen)
+                    .any(|t| names(&t.token, c))
+            };
+            // Only one column exists: COPY FROM may name it (or, before
+            // expand, imply it); everything else needs a dual write.
+            let fine = if dual {
+                false
+            } else if m.phase.has_old() {
+                !has_column_list || !lists(&spec.to)
+            } else {
+                has_column_list && !lists(&spec.from)
+            };
+            if fine {
+                continue;
+            }
+            return Some(format!(
+                "copies into the table while {} — COPY FROM is not rewritten; use INSERT, or name only the column that exists",
+                if dual { "both migrating columns are written" } else { "the migrating column it implies does not exist" }
+            ));
+        }
+        if !has_column_list && m.phase.has_new() {
             return Some(
                 "writes the table without a column list, which needs the columns expanded".into(),
             );
@@ -280,9 +382,6 @@ fn structural_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
                 quote_ident(&spec.from),
                 quote_ident(&spec.to)
             ));
-        }
-        if w.keyword == Keyword::COPY && names_a_column {
-            return Some("copies a migrating column, and COPY is not rewritten yet".into());
         }
     }
     None
@@ -746,6 +845,9 @@ impl<'s> Scope<'s> {
                 }
                 scope.returning = delete.returning.as_deref().unwrap_or_default();
             }
+            // COPY FROM that passed `structural_refusal` names only the
+            // column that exists: nothing to rewrite.
+            Statement::Copy { to: false, .. } => {}
             _ => return Err("is a kind of statement that pgshift does not rewrite (DDL or utility) while the migration is active".into()),
         }
         Ok(scope)

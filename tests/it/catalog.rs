@@ -279,3 +279,57 @@ async fn sessions_to_other_databases_are_not_rewritten() {
     assert_eq!(row.get::<_, i32>(0), 1);
     drop(other);
 }
+
+#[tokio::test]
+async fn copy_to_reads_from_the_read_source() {
+    use futures_util::TryStreamExt;
+    let direct = db().direct().await;
+    let table = unique("copyto");
+    // Switched: reads come from balance; make the columns differ to see it.
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int, note text, balance int);
+             insert into {table} values (1, 10, 'x', 20), (2, 11, 'y', 21)"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new("copy", &table, "bal", "balance", None, None, None).unwrap();
+    let proxy = proxy_with_catalog(spec, Phase::Switched).await;
+    let app = proxy.connect().await;
+    let copy = |sql: String| {
+        let app = &app;
+        async move {
+            let chunks: Vec<bytes::Bytes> = app
+                .copy_out(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+                .try_collect()
+                .await
+                .unwrap();
+            String::from_utf8(chunks.concat()).unwrap()
+        }
+    };
+    assert_eq!(
+        copy(format!("copy {table} (id, bal) to stdout")).await,
+        "1\t20\n2\t21\n"
+    );
+    assert_eq!(
+        copy(format!(
+            "copy (select bal from {table} order by id) to stdout with (format csv, header)"
+        ))
+        .await,
+        "bal\n20\n21\n"
+    );
+    // Without a column list: every column, both migrating ones from the source.
+    assert_eq!(
+        copy(format!("copy {table} to stdout")).await,
+        "1\t20\tx\t20\n2\t21\ty\t21\n"
+    );
+    // COPY FROM while both columns are written is refused, table untouched.
+    let err = refused(
+        app.batch_execute(&format!("copy {table} (id, bal) from stdin"))
+            .await,
+        "copy from",
+    );
+    assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
+}
