@@ -35,6 +35,13 @@ pub struct Config {
     pub control: Control,
     /// The configured migrations and their phases.
     pub migrations: Vec<ActiveMigration>,
+    /// Ids of the migrations whose `phase` the file sets explicitly: an
+    /// operator override of the stored phase.
+    pub phase_overrides: Vec<String>,
+    /// Where the admin HTTP port listens (`None`: no admin port).
+    pub admin: Option<SocketAddr>,
+    /// Bearer token the admin port requires (mandatory off loopback).
+    pub admin_token: Option<String>,
 }
 
 /// The database the migrations are in, and the role pgshift connects as to
@@ -140,6 +147,9 @@ impl Default for Config {
             limits: Limits::default(),
             control: Control::default(),
             migrations: Vec::new(),
+            phase_overrides: Vec::new(),
+            admin: None,
+            admin_token: None,
         }
     }
 }
@@ -181,6 +191,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     control: FileControl,
+    admin: Option<String>,
+    admin_token: Option<String>,
     #[serde(default)]
     migrations: Vec<FileMigration>,
 }
@@ -236,6 +248,8 @@ pub struct Overrides {
     pub database: Option<String>,
     pub control_user: Option<String>,
     pub control_password: Option<String>,
+    pub admin: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -338,7 +352,38 @@ impl Config {
                 reason: "must be between 1024 and 2147483647 bytes".into(),
             });
         }
+        let phase_overrides: Vec<String> = file
+            .migrations
+            .iter()
+            .filter(|m| m.phase.is_some())
+            .map(|m| m.id.clone())
+            .collect();
         let migrations = resolve_migrations(file.migrations)?;
+        let admin = match o.admin.clone().or(file.admin) {
+            // With migrations the lifecycle is driven from the admin port.
+            None if !migrations.is_empty() => Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
+            None => None,
+            Some(text) if text == "off" => None,
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "admin",
+                        value: text.clone(),
+                        reason: format!("{e} (expected IP:PORT, or \"off\")"),
+                    })?,
+            ),
+        };
+        let admin_token = o.admin_token.clone().or(file.admin_token);
+        if let Some(addr) = admin {
+            if !addr.ip().is_loopback() && admin_token.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: "admin",
+                    value: addr.to_string(),
+                    reason: "an admin port off loopback needs admin_token (or PGSHIFT_ADMIN_TOKEN)"
+                        .into(),
+                });
+            }
+        }
         let default_control = Control::default();
         let fc = file.control;
         if !migrations.is_empty() && o.database.is_none() && fc.database.is_none() {
@@ -363,6 +408,9 @@ impl Config {
         };
         Ok(Config {
             migrations,
+            phase_overrides,
+            admin,
+            admin_token,
             control,
             listen,
             upstream,

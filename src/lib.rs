@@ -9,10 +9,13 @@
 //! - [`demo`]: `pgshift demo`, the embedded default.
 //! - [`telemetry`]: logging set-up.
 
+pub mod admin;
+pub mod admin_client;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod lifecycle;
 pub mod proxy;
 pub mod rewrite;
 pub mod telemetry;

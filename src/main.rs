@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,11 +12,13 @@ use clap::{Args, Parser, Subcommand};
 use pgshift::config::{Config, Overrides};
 use pgshift::control;
 use pgshift::demo::{self, DemoOptions};
+use pgshift::lifecycle::Lifecycle;
 use pgshift::proxy::Proxy;
 use pgshift::rewrite::engine::MigrationRewriter;
 use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
 use pgshift::rewrite::{PassThrough, StatementRewriter};
 use pgshift::telemetry;
+use pgshift::{admin, admin_client};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +37,49 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Start a throwaway local Postgres with pgshift in front of it and run pgbench through it.
     Demo(DemoArgs),
+    /// Show every migration's phase and progress (a client of the admin port).
+    Status(AdminArgs),
+    /// Run a lifecycle step: expand, backfill, pause, resume, validate,
+    /// switch-reads, contract, complete, rollback.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The admin port of a running pgshift.
+    #[arg(long, env = "PGSHIFT_ADMIN", default_value = "127.0.0.1:9432")]
+    admin: String,
+    /// Bearer token, when the admin port requires one.
+    #[arg(long, env = "PGSHIFT_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the admin port's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// expand | backfill | pause | resume | validate | switch-reads | contract | complete | rollback
+    action: String,
+    /// The migration id.
+    id: String,
+    /// switch-reads: new or old.
+    #[arg(long)]
+    to: Option<String>,
+    /// backfill: rows per batch.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// backfill: pause between batches, in milliseconds.
+    #[arg(long)]
+    batch_pause_ms: Option<u32>,
+    /// backfill: statement_timeout per batch, in milliseconds.
+    #[arg(long)]
+    batch_timeout_ms: Option<u32>,
+    /// validate: fix the mismatches found (catch-up pass).
+    #[arg(long)]
+    fix: bool,
+    #[command(flatten)]
+    target: AdminArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +124,12 @@ struct ServeArgs {
     /// Password of the control role (prefer the environment variable).
     #[arg(long, env = "PGSHIFT_CONTROL_PASSWORD", hide_env_values = true)]
     control_password: Option<String>,
+    /// Admin HTTP port, IP:PORT or "off" [default with migrations: 127.0.0.1:9432].
+    #[arg(long, env = "PGSHIFT_ADMIN")]
+    admin: Option<String>,
+    /// Bearer token the admin port requires (required off loopback).
+    #[arg(long, env = "PGSHIFT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +170,12 @@ fn log_rules(migrations: &[ActiveMigration], epoch: u64) {
 
 /// Re-reads the migrations of the config file on every SIGHUP and publishes
 /// them as a new rules epoch; a file that does not validate changes nothing.
-async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesCell>) {
+async fn reload_on_sighup(
+    path: PathBuf,
+    overrides: Overrides,
+    rules: Arc<RulesCell>,
+    lifecycle: Arc<OnceLock<Arc<Lifecycle>>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP; migrations will not be reloaded");
@@ -130,6 +186,19 @@ async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesC
             Ok(config) => {
                 for (migration, rewritten, refused) in rules.counters() {
                     tracing::info!(%migration, rewritten, refused, "statements so far");
+                }
+                // With the lifecycle running, the store is the truth: new
+                // migrations are added to it, explicit phases override it.
+                if let Some(lifecycle) = lifecycle.get() {
+                    match lifecycle.reload(&config).await {
+                        Ok(()) => {
+                            tracing::info!(epoch = rules.epoch(), file = %path.display(), "SIGHUP: migrations reloaded")
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: reloading the migrations failed; the rules in force stay")
+                        }
+                    }
+                    continue;
                 }
                 // The catalog is re-read with the migrations, so that one
                 // epoch carries both; if it cannot be read, the last
@@ -153,6 +222,32 @@ async fn reload_on_sighup(path: PathBuf, overrides: Overrides, rules: Arc<RulesC
                 tracing::error!(error = %e, "SIGHUP: the config file is not valid; the rules in force stay")
             }
         }
+    }
+}
+
+/// Starts the lifecycle driver (retrying until the upstream answers), then
+/// serves the admin port.
+async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock<Arc<Lifecycle>>>) {
+    let lifecycle = loop {
+        match Lifecycle::start(config.clone(), Arc::clone(&rules)).await {
+            Ok(lifecycle) => break lifecycle,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the migration lifecycle yet (retrying in 5 s); rules from the config file stay in force");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let _ = slot.set(Arc::clone(&lifecycle));
+    let Some(addr) = config.admin else {
+        return;
+    };
+    match admin::bind(addr).await {
+        Ok(listener) => {
+            let local = listener.local_addr().map_or(addr, |a| a);
+            tracing::info!(admin = %local, "admin port listening");
+            admin::serve(listener, lifecycle, config.admin_token.clone()).await;
+        }
+        Err(e) => tracing::error!(%addr, error = %e, "cannot listen on the admin port"),
     }
 }
 
@@ -205,6 +300,8 @@ fn main() -> Result<()> {
                 database: args.database,
                 control_user: args.control_user,
                 control_password: args.control_password,
+                admin: args.admin,
+                admin_token: args.admin_token,
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             telemetry::init(&config.log_level);
@@ -216,7 +313,20 @@ fn main() -> Result<()> {
                     Some(path) => {
                         let rules = start_rules(&config).await;
                         log_rules(&config.migrations, rules.epoch());
-                        tokio::spawn(reload_on_sighup(path, overrides, Arc::clone(&rules)));
+                        let lifecycle = Arc::new(OnceLock::new());
+                        if !config.migrations.is_empty() {
+                            tokio::spawn(run_lifecycle(
+                                config.clone(),
+                                Arc::clone(&rules),
+                                Arc::clone(&lifecycle),
+                            ));
+                        }
+                        tokio::spawn(reload_on_sighup(
+                            path,
+                            overrides,
+                            Arc::clone(&rules),
+                            lifecycle,
+                        ));
                         Arc::new(MigrationRewriter::new(rules))
                     }
                     None => Arc::new(PassThrough),
@@ -227,6 +337,40 @@ fn main() -> Result<()> {
                 proxy.run(telemetry::shutdown_signal()).await;
                 Ok(())
             })
+        }
+        Command::Status(args) => runtime.block_on(admin_client::status(&admin_client::Target {
+            admin: args.admin,
+            token: args.token,
+            json: args.json,
+        })),
+        Command::Migrate(args) => {
+            let mut body = serde_json::Map::new();
+            if let Some(to) = args.to {
+                body.insert("to".into(), to.into());
+            }
+            for (key, value) in [
+                ("batch_size", args.batch_size),
+                ("batch_pause_ms", args.batch_pause_ms),
+                ("batch_timeout_ms", args.batch_timeout_ms),
+            ] {
+                if let Some(v) = value {
+                    body.insert(key.into(), v.into());
+                }
+            }
+            if args.fix {
+                body.insert("fix".into(), true.into());
+            }
+            let target = admin_client::Target {
+                admin: args.target.admin,
+                token: args.target.token,
+                json: args.target.json,
+            };
+            runtime.block_on(admin_client::migrate(
+                &target,
+                &args.action,
+                &args.id,
+                serde_json::Value::Object(body),
+            ))
         }
         Command::Demo(args) => {
             telemetry::init("warn,pgshift=info");

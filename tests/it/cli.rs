@@ -116,8 +116,9 @@ fn write_migration(
         Some(p) => format!("password = \"{p}\"\n"),
         None => String::new(),
     };
+    let admin = pgshift::cluster::free_port().unwrap();
     let text = format!(
-        "[control]\ndatabase = \"{database}\"\nuser = \"{user}\"\n{password}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"{from}\"\nto = \"{to}\"\nphase = \"{phase}\"\n"
+        "admin = \"127.0.0.1:{admin}\"\n[control]\ndatabase = \"{database}\"\nuser = \"{user}\"\n{password}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"{from}\"\nto = \"{to}\"\nphase = \"{phase}\"\n"
     );
     std::fs::write(file, text).unwrap();
 }
@@ -567,5 +568,126 @@ async fn pgbench_old_and_new_shapes_through_a_read_switch() {
         0,
         "no row where the two columns differ"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
+    let table = unique("crash");
+    let id = unique("crash_m");
+    let direct = db().direct().await;
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, old_col int not null, note text);
+             insert into {table} select g, g, 'x' from generate_series(1, 30000) g"
+        ))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("pgshift-crash"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgshift.toml");
+    let admin_port = pgshift::cluster::free_port().unwrap();
+    let user = &db().user;
+    std::fs::write(
+        &file,
+        format!(
+            "admin = \"127.0.0.1:{admin_port}\"\n[control]\ndatabase = \"{}\"\nuser = \"{user}\"\n{}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"old_col\"\nto = \"new_col\"\n",
+            db().dbname,
+            db().password.as_ref().map(|p| format!("password = \"{p}\"")).unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let call = |method: &'static str, path: String, body: Option<serde_json::Value>| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match pgshift::admin::request(&admin, method, &path, body.as_ref(), None).await {
+                    Ok(answer) => return answer,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{method} {path}: {e}"),
+                }
+            }
+        }
+    };
+    let status = |admin: String, id: String| async move {
+        let (_, body) = pgshift::admin::request(&admin, "GET", "/status", None, None)
+            .await
+            .unwrap();
+        body["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .cloned()
+            .unwrap()
+    };
+
+    let mut first = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
+    first.ready().await;
+    let (code, body) = call("POST", format!("/migrations/{id}/expand"), None).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call(
+        "POST",
+        format!("/migrations/{id}/backfill"),
+        Some(serde_json::json!({"batch_size": 500, "batch_pause_ms": 30})),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = status(admin.clone(), id.clone()).await;
+        if m["backfill"]["rows_done"].as_i64().unwrap_or(0) >= 5000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backfill does not move: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10)).await;
+    let row = direct
+        .query_one(
+            "select phase, backfill_running, rows_done from pgshift.migrations where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (phase, running, done): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((phase.as_str(), running), ("backfilling", true));
+    assert!((5000..30000).contains(&done), "{done}");
+
+    // A new process picks the backfill up where the cursor says.
+    let second = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
+    second.ready().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let (_, body) = call("GET", "/status".into(), None).await;
+        let m = body["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if m["phase"] == "backfilled" {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill never finished: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Each row walked exactly once: the batch in flight at the kill was
+    // rolled back with its cursor.
+    assert_eq!(m["backfill"]["rows_done"], 30000, "{m}");
+    let (code, body) = call("POST", format!("/migrations/{id}/validate"), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    drop(second);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -5,6 +5,7 @@ mod catalog;
 mod cli;
 mod faults;
 mod harness;
+mod lifecycle;
 mod oracle;
 mod protocol;
 mod refusal;

@@ -1,0 +1,232 @@
+//! DDL under the lock-timeout discipline: every ALTER runs with a short
+//! `lock_timeout` and is retried with jittered back-off, so that waiting
+//! for a lock never queues application queries behind it for longer than
+//! the timeout. Plus what the expand and contract steps need to read from
+//! the catalog: column types, the indexes on a column, NOT NULL.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+/// How ALTERs wait for their lock.
+#[derive(Debug, Clone, Copy)]
+pub struct LockDiscipline {
+    pub lock_timeout: Duration,
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Default for LockDiscipline {
+    fn default() -> Self {
+        LockDiscipline {
+            lock_timeout: Duration::from_secs(1),
+            attempts: 60,
+            backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    #[error("gave up after {attempts} attempts to take the lock for `{sql}` (lock_timeout {timeout_ms} ms each)")]
+    LockNotAvailable {
+        sql: String,
+        attempts: u32,
+        timeout_ms: u128,
+    },
+    #[error("`{sql}` failed: {source}")]
+    Failed {
+        sql: String,
+        source: tokio_postgres::Error,
+    },
+}
+
+/// A pseudo-random fraction in [0, 1) (no RNG crate for one jitter).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = u64::from(nanos) ^ 0x9E37_79B9_7F4A_7C15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x % 10_000) as f64 / 10_000.0
+}
+
+/// Runs `sql` (one statement, in its own implicit transaction) with the
+/// lock discipline; returns how many attempts it took.
+pub async fn run_with_lock_timeout(
+    client: &Client,
+    sql: &str,
+    discipline: LockDiscipline,
+) -> Result<u32, DdlError> {
+    let timeout_ms = discipline.lock_timeout.as_millis();
+    for attempt in 1..=discipline.attempts {
+        let text = format!("set local lock_timeout = '{timeout_ms}ms'; {sql}");
+        // `set local` needs a transaction block: the Query's statements
+        // run in one implicit transaction.
+        match client
+            .batch_execute(&format!("begin; {text}; commit"))
+            .await
+        {
+            Ok(()) => return Ok(attempt),
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let _ = client.batch_execute("rollback").await;
+                let wait = discipline.backoff.mul_f64(1.0 + jitter());
+                tracing::info!(attempt, %sql, wait_ms = wait.as_millis() as u64, "lock not available; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(source) => {
+                let _ = client.batch_execute("rollback").await;
+                return Err(DdlError::Failed {
+                    sql: sql.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Err(DdlError::LockNotAvailable {
+        sql: sql.to_string(),
+        attempts: discipline.attempts,
+        timeout_ms,
+    })
+}
+
+/// Runs one statement outside a transaction (CREATE/DROP INDEX CONCURRENTLY).
+pub async fn run(client: &Client, sql: &str) -> Result<(), DdlError> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|source| DdlError::Failed {
+            sql: sql.to_string(),
+            source,
+        })
+}
+
+/// A column as the catalog declares it.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub type_name: String,
+    pub not_null: bool,
+}
+
+/// `table`'s column `column`, if it exists (`table` is a quoted,
+/// qualified name).
+pub async fn column_info(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Option<ColumnInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select format_type(atttypid, atttypmod), attnotnull from pg_attribute
+              where attrelid = $1::text::regclass and attname = $2 and attnum > 0 and not attisdropped",
+            &[&table, &column],
+        )
+        .await?;
+    Ok(row.map(|r| ColumnInfo {
+        type_name: r.get(0),
+        not_null: r.get(1),
+    }))
+}
+
+/// A plain index (columns only: no expressions, no predicate) that uses
+/// a column, for recreating it on the new column.
+#[derive(Debug, Clone)]
+pub struct IndexInfo {
+    pub name: String,
+    pub unique: bool,
+    pub method: String,
+    pub columns: Vec<String>,
+}
+
+/// The plain indexes of `table` that include `column`; the primary key is
+/// left out (it is the key the backfill walks, not a copy to make).
+pub async fn indexes_on(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Vec<IndexInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select ic.relname::text, i.indisunique, am.amname::text,
+                    array(select a.attname::text from unnest(i.indkey) with ordinality k(attnum, n)
+                          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                          order by k.n)
+               from pg_index i
+               join pg_class ic on ic.oid = i.indexrelid
+               join pg_am am on am.oid = ic.relam
+              where i.indrelid = $1::text::regclass and not i.indisprimary
+                and i.indexprs is null and i.indpred is null and i.indisvalid
+                and exists (select 1 from pg_attribute a where a.attrelid = i.indrelid
+                              and a.attname = $2 and a.attnum = any(i.indkey))",
+            &[&table, &column],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| IndexInfo {
+            name: r.get(0),
+            unique: r.get(1),
+            method: r.get(2),
+            columns: r.get(3),
+        })
+        .collect())
+}
+
+/// Whether an index of this name exists and is invalid (a failed
+/// CREATE INDEX CONCURRENTLY leaves one behind).
+pub async fn invalid_index(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select i.indisvalid from pg_index i join pg_class c on c.oid = i.indexrelid
+               join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2",
+            &[&schema, &name],
+        )
+        .await?;
+    Ok(row.map(|r| !r.get::<_, bool>(0)))
+}
+
+/// The key a backfill walks: the primary key, or else a unique index whose
+/// columns are all NOT NULL — (column, type) in key order.
+pub async fn walk_key(
+    client: &Client,
+    table: &str,
+) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select i.indexrelid, i.indisprimary, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, k.n
+               from pg_index i
+               cross join lateral unnest(i.indkey) with ordinality k(attnum, n)
+               join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+              where i.indrelid = $1::text::regclass and i.indisunique and i.indisvalid
+                and i.indexprs is null and i.indpred is null
+              order by i.indisprimary desc, i.indexrelid, k.n",
+            &[&table],
+        )
+        .await?;
+    let mut current: Option<u32> = None;
+    let mut key: Vec<(String, String)> = Vec::new();
+    let mut usable = true;
+    for r in &rows {
+        let index: u32 = r.get(0);
+        if current != Some(index) {
+            if current.is_some() && usable && !key.is_empty() {
+                return Ok(Some(key));
+            }
+            current = Some(index);
+            key.clear();
+            usable = true;
+        }
+        let not_null: bool = r.get(4);
+        usable &= not_null;
+        key.push((r.get(2), r.get(3)));
+    }
+    Ok((usable && !key.is_empty()).then_some(key))
+}

@@ -1,0 +1,823 @@
+//! The migration lifecycle, run by pgshift itself: expand → backfill →
+//! validate → switch reads → contract → complete, and rollback — each step
+//! a legal transition of the durable record in [`store`], its DDL under the
+//! lock discipline of [`ddl`], and a new rules epoch so every session sees
+//! the new phase at its next statement.
+//!
+//! Actions are serialized (one at a time per proxy); the backfill runs as a
+//! background task that commits its cursor with every batch and resumes
+//! from it after a restart. Every transition and failure is appended to
+//! `pgshift.events`.
+
+pub mod backfill;
+pub mod ddl;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::control;
+use crate::rewrite::migration::{quote_ident, Phase};
+use crate::rewrite::rules::{ActiveMigration, RulesCell};
+use backfill::Walk;
+use ddl::LockDiscipline;
+use store::{Record, Validation};
+
+/// Why an action did not happen, as the admin port answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no migration {0:?}")]
+    NotFound(String),
+    /// The action is not legal now (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<store::StoreError> for ActionError {
+    fn from(e: store::StoreError) -> Self {
+        ActionError::Failed(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for ActionError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ActionError::Failed(format!("Postgres: {e}"))
+    }
+}
+
+impl From<ddl::DdlError> for ActionError {
+    fn from(e: ddl::DdlError) -> Self {
+        ActionError::Failed(e.to_string())
+    }
+}
+
+/// The lifecycle driver of one proxy.
+pub struct Lifecycle {
+    config: Config,
+    rules: Arc<RulesCell>,
+    /// The records as last loaded or saved (never held across an await).
+    records: Mutex<BTreeMap<String, Record>>,
+    /// One action at a time.
+    action: tokio::sync::Mutex<()>,
+    /// Pause flags of running backfills.
+    pauses: Mutex<BTreeMap<String, Arc<AtomicBool>>>,
+    pub lock: LockDiscipline,
+    /// Time between publishing rules that stop using a column and dropping
+    /// it, so statements already rewritten under the old rules (sent but
+    /// not yet executed) finish first.
+    pub settle: Duration,
+}
+
+impl Lifecycle {
+    /// Creates the `pgshift` schema if needed, stores the configured
+    /// migrations that are new (and applies a `phase` given in the config
+    /// as an operator override), loads every record, publishes the rules
+    /// and resumes interrupted backfills.
+    pub async fn start(
+        config: Config,
+        rules: Arc<RulesCell>,
+    ) -> Result<Arc<Lifecycle>, ActionError> {
+        let client = control::connect(&config)
+            .await
+            .map_err(|e| ActionError::Failed(e.to_string()))?;
+        store::create_schema(&client).await?;
+        let lifecycle = Arc::new(Lifecycle {
+            config,
+            rules,
+            records: Mutex::new(BTreeMap::new()),
+            action: tokio::sync::Mutex::new(()),
+            pauses: Mutex::new(BTreeMap::new()),
+            lock: LockDiscipline::default(),
+            settle: Duration::from_millis(500),
+        });
+        lifecycle.reload(&lifecycle.config.clone()).await?;
+        let resume: Vec<String> = lifecycle
+            .records()
+            .into_iter()
+            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running && !r.backfill.paused)
+            .map(|r| r.spec.id)
+            .collect();
+        for id in resume {
+            tracing::info!(migration = %id, "resuming the backfill from its cursor");
+            lifecycle.spawn_backfill(&id);
+        }
+        Ok(lifecycle)
+    }
+
+    /// SIGHUP: stores newly configured migrations, applies explicit
+    /// `phase` overrides, reloads every record and publishes.
+    pub async fn reload(&self, config: &Config) -> Result<(), ActionError> {
+        let _one_at_a_time = self.action.lock().await;
+        let client = self.connect().await?;
+        for m in &config.migrations {
+            let stored =
+                store::insert_if_absent(&client, &Record::new(m.spec.clone(), m.phase)).await?;
+            if config.phase_overrides.contains(&m.spec.id) && stored.phase != m.phase {
+                let mut r = stored;
+                let from = r.phase;
+                r.phase = m.phase;
+                store::save(&client, &r).await?;
+                store::event(
+                    &client,
+                    &m.spec.id,
+                    "config",
+                    "phase override",
+                    &format!("{from} -> {}", m.phase),
+                )
+                .await?;
+            }
+        }
+        let records = store::load_all(&client).await?;
+        *self.lock_records() = records
+            .into_iter()
+            .map(|r| (r.spec.id.clone(), r))
+            .collect();
+        self.publish().await;
+        Ok(())
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.lock_records().values().cloned().collect()
+    }
+
+    fn lock_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Record>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, id: &str) -> Result<Record, ActionError> {
+        self.lock_records()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ActionError::NotFound(id.to_string()))
+    }
+
+    /// Publishes the records' phases, with a fresh catalog snapshot, as a
+    /// new rules epoch.
+    async fn publish(&self) {
+        let migrations: Vec<ActiveMigration> = self
+            .records()
+            .into_iter()
+            .map(|r| ActiveMigration {
+                spec: r.spec,
+                phase: r.phase,
+            })
+            .collect();
+        let epoch = match control::load_catalog(&self.config).await {
+            Ok(catalog) => self.rules.publish_with_catalog(&migrations, catalog),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the catalog; publishing with the last snapshot");
+                self.rules.publish(&migrations)
+            }
+        };
+        for m in &migrations {
+            tracing::info!(epoch, migration = %m.spec.id, phase = %m.phase, "rules in force");
+        }
+    }
+
+    /// Saves `record` (and its event) and makes it the current one.
+    async fn commit(
+        &self,
+        client: &tokio_postgres::Client,
+        record: Record,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), ActionError> {
+        store::save(client, &record).await?;
+        store::event(client, &record.spec.id, "admin", action, detail).await?;
+        self.lock_records().insert(record.spec.id.clone(), record);
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, ActionError> {
+        control::connect(&self.config)
+            .await
+            .map_err(|e| ActionError::Failed(e.to_string()))
+    }
+
+    /// Runs `action` on migration `id`; the answer is the migration's status.
+    pub async fn act(
+        self: &Arc<Self>,
+        id: &str,
+        action: &str,
+        body: &Value,
+    ) -> Result<Value, ActionError> {
+        let _one_at_a_time = self.action.lock().await;
+        let record = self.record(id)?;
+        match action {
+            "expand" => self.expand(record).await?,
+            "backfill" => self.backfill(record, body).await?,
+            "pause" => self.pause(record).await?,
+            "resume" => self.resume(record).await?,
+            "validate" => self.validate(record, body).await?,
+            "switch-reads" => self.switch_reads(record, body).await?,
+            "contract" => self.contract(record).await?,
+            "complete" => self.complete(record).await?,
+            "rollback" => self.rollback(record).await?,
+            other => return Err(ActionError::NotFound(format!("action {other:?}"))),
+        }
+        self.status_of(id)
+    }
+
+    fn illegal(record: &Record, action: &str, needs: &str) -> ActionError {
+        ActionError::Conflict(format!(
+            "migration {:?} is {}: {action} needs {needs}",
+            record.spec.id, record.phase
+        ))
+    }
+
+    async fn expand(&self, mut record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Planned {
+            return Err(Self::illegal(&record, "expand", "phase planned"));
+        }
+        let client = self.connect().await?;
+        let spec = record.spec.clone();
+        let table = spec.table.to_string();
+        let old = ddl::column_info(&client, &table, &spec.from)
+            .await?
+            .ok_or_else(|| {
+                ActionError::Conflict(format!(
+                    "table {table} has no column {}",
+                    quote_ident(&spec.from)
+                ))
+            })?;
+        let new_type = spec
+            .new_type
+            .clone()
+            .unwrap_or_else(|| old.type_name.clone());
+        let (a, b) = (quote_ident(&spec.from), quote_ident(&spec.to));
+        let attempts = ddl::run_with_lock_timeout(
+            &client,
+            &format!("alter table {table} add column if not exists {b} {new_type}"),
+            self.lock,
+        )
+        .await?;
+        // Indexes on a, recreated on b without blocking writes.
+        for index in ddl::indexes_on(&client, &table, &spec.from).await? {
+            let name = format!("{}_pgshift_{}", index.name, spec.to);
+            let name = name.chars().take(63).collect::<String>();
+            if ddl::invalid_index(&client, &spec.table.schema, &name).await? == Some(true) {
+                ddl::run(
+                    &client,
+                    &format!(
+                        "drop index concurrently if exists {}.{}",
+                        quote_ident(&spec.table.schema),
+                        quote_ident(&name)
+                    ),
+                )
+                .await?;
+            }
+            let columns: Vec<String> = index
+                .columns
+                .iter()
+                .map(|c| {
+                    if *c == spec.from {
+                        b.clone()
+                    } else {
+                        quote_ident(c)
+                    }
+                })
+                .collect();
+            ddl::run(
+                &client,
+                &format!(
+                    "create {}index concurrently if not exists {} on {table} using {} ({})",
+                    if index.unique { "unique " } else { "" },
+                    quote_ident(&name),
+                    index.method,
+                    columns.join(", ")
+                ),
+            )
+            .await?;
+        }
+        // NOT NULL on a: carried to b as a NOT VALID check until validated.
+        if old.not_null {
+            let check = format!("pgshift_{}_not_null", spec.to)
+                .chars()
+                .take(63)
+                .collect::<String>();
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!(
+                    "alter table {table} drop constraint if exists {c}; alter table {table} add constraint {c} check ({b} is not null) not valid",
+                    c = quote_ident(&check)
+                ),
+                self.lock,
+            )
+            .await?;
+            record.not_null_check = Some(check);
+        }
+        record.phase = Phase::Expanded;
+        record.write_path_changed_ms = store::now_ms(&client).await?;
+        self.commit(
+            &client,
+            record,
+            "expand",
+            &format!("added {b} {new_type} (lock attempts: {attempts}); {a} dual-written"),
+        )
+        .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn backfill(
+        self: &Arc<Self>,
+        mut record: Record,
+        body: &Value,
+    ) -> Result<(), ActionError> {
+        // Settings may change at any time, running or not.
+        let setting = |key: &str| {
+            body.get(key)
+                .and_then(Value::as_i64)
+                .map(|v| v.clamp(0, i32::MAX as i64) as i32)
+        };
+        let changed = setting("batch_size").is_some()
+            || setting("batch_pause_ms").is_some()
+            || setting("batch_timeout_ms").is_some();
+        if let Some(v) = setting("batch_size") {
+            if v < 1 {
+                return Err(ActionError::BadRequest(
+                    "batch_size must be at least 1".into(),
+                ));
+            }
+            record.backfill.batch_size = v;
+        }
+        if let Some(v) = setting("batch_pause_ms") {
+            record.backfill.batch_pause_ms = v;
+        }
+        if let Some(v) = setting("batch_timeout_ms") {
+            record.backfill.batch_timeout_ms = v.max(1);
+        }
+        let client = self.connect().await?;
+        if record.phase == Phase::Backfilling && record.backfill.running {
+            if changed {
+                self.commit(&client, record, "backfill settings", &body.to_string())
+                    .await?;
+                return Ok(());
+            }
+            return Err(Self::illegal(
+                &record,
+                "backfill",
+                "a backfill that is not running (it is; pause or change its settings)",
+            ));
+        }
+        if !matches!(record.phase, Phase::Expanded | Phase::Backfilling) {
+            return Err(Self::illegal(&record, "backfill", "phase expanded"));
+        }
+        let table = record.spec.table.to_string();
+        if ddl::walk_key(&client, &table).await?.is_none() {
+            return Err(ActionError::Conflict(format!(
+                "table {table} has no primary key (nor a unique index on NOT NULL columns) to walk the backfill in order"
+            )));
+        }
+        let total: i64 = client
+            .query_one("select greatest(reltuples, 0)::bigint from pg_class where oid = $1::text::regclass", &[&table])
+            .await?
+            .get(0);
+        record.phase = Phase::Backfilling;
+        record.backfill.running = true;
+        record.backfill.paused = false;
+        record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
+        if record.backfill.started_ms.is_none() {
+            record.backfill.started_ms = Some(store::now_ms(&client).await?);
+        }
+        let id = record.spec.id.clone();
+        self.commit(&client, record, "backfill", "started").await?;
+        self.publish().await;
+        self.spawn_backfill(&id);
+        Ok(())
+    }
+
+    async fn pause(&self, record: Record) -> Result<(), ActionError> {
+        if !(record.phase == Phase::Backfilling && record.backfill.running) {
+            return Err(Self::illegal(&record, "pause", "a running backfill"));
+        }
+        if let Some(flag) = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.spec.id)
+        {
+            flag.store(true, Ordering::Release);
+        }
+        // The task saves running = false when it stops at its next batch.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.record(&record.spec.id)?.backfill.running {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ActionError::Failed(
+                    "the backfill did not stop within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn resume(self: &Arc<Self>, record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Backfilling || record.backfill.running {
+            return Err(Self::illegal(&record, "resume", "a paused backfill"));
+        }
+        self.backfill(record, &Value::Null).await
+    }
+
+    /// Starts the backfill task of `id` (it runs until done or paused).
+    fn spawn_backfill(self: &Arc<Self>, id: &str) {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Arc::clone(&flag));
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = this.run_backfill(&id, &flag).await {
+                tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
+                if let Ok(mut record) = this.record(&id) {
+                    record.backfill.running = false;
+                    record.backfill.paused = true;
+                    if let Ok(client) = this.connect().await {
+                        let _ = store::save(&client, &record).await;
+                        let _ =
+                            store::event(&client, &id, "backfill", "failed", &e.to_string()).await;
+                    }
+                    this.lock_records().insert(id.clone(), record);
+                }
+            }
+        });
+    }
+
+    async fn run_backfill(&self, id: &str, pause: &AtomicBool) -> Result<(), ActionError> {
+        let mut client = self.connect().await?;
+        let mut record = self.record(id)?;
+        let table = record.spec.table.to_string();
+        let key = ddl::walk_key(&client, &table)
+            .await?
+            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
+        let walk = Walk::new(&record, &key);
+        loop {
+            if pause.load(Ordering::Acquire) {
+                record.backfill.running = false;
+                record.backfill.paused = true;
+                store::save(&client, &record).await?;
+                store::event(
+                    &client,
+                    id,
+                    "admin",
+                    "pause",
+                    &format!("at {} rows", record.backfill.rows_done),
+                )
+                .await?;
+                self.lock_records().insert(id.to_string(), record);
+                return Ok(());
+            }
+            // Settings changed through the admin port apply from the next batch.
+            let current = self.record(id)?;
+            record.backfill.batch_size = current.backfill.batch_size;
+            record.backfill.batch_pause_ms = current.backfill.batch_pause_ms;
+            record.backfill.batch_timeout_ms = current.backfill.batch_timeout_ms;
+            let (walked, _updated) =
+                backfill::commit_batch(&mut client, &walk, &mut record).await?;
+            if walked == 0 {
+                break;
+            }
+            if let Some(total) = record.backfill.rows_total {
+                record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
+            }
+            self.lock_records().insert(id.to_string(), record.clone());
+            if record.backfill.batch_pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(record.backfill.batch_pause_ms as u64))
+                    .await;
+            }
+        }
+        record.phase = Phase::Backfilled;
+        record.backfill.running = false;
+        record.backfill.rows_total = Some(record.backfill.rows_done);
+        record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        store::save(&client, &record).await?;
+        store::event(
+            &client,
+            id,
+            "backfill",
+            "done",
+            &format!("{} rows", record.backfill.rows_done),
+        )
+        .await?;
+        self.lock_records().insert(id.to_string(), record);
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn validate(&self, mut record: Record, body: &Value) -> Result<(), ActionError> {
+        if !matches!(
+            record.phase,
+            Phase::Backfilled | Phase::Validated | Phase::Switched
+        ) {
+            return Err(Self::illegal(
+                &record,
+                "validate",
+                "a finished backfill (phase backfilled, validated or switched)",
+            ));
+        }
+        let fix = body.get("fix").and_then(Value::as_bool).unwrap_or(false);
+        let client = self.connect().await?;
+        let table = record.spec.table.to_string();
+        let key = ddl::walk_key(&client, &table)
+            .await?
+            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
+        let walk = Walk::new(&record, &key);
+        let mut cursor: Option<Vec<String>> = None;
+        let (mut mismatches, mut samples) = (0i64, Vec::new());
+        loop {
+            let (rows, bad, some, last) = walk.check_range(&client, &cursor, 10_000, fix).await?;
+            if rows == 0 {
+                break;
+            }
+            mismatches += bad;
+            samples.extend(some.into_iter().take(5usize.saturating_sub(samples.len())));
+            cursor = last;
+        }
+        let at_ms = store::now_ms(&client).await?;
+        record.validation = Some(Validation {
+            mismatches,
+            samples,
+            at_ms,
+        });
+        if mismatches == 0 {
+            if let Some(check) = &record.not_null_check {
+                ddl::run_with_lock_timeout(
+                    &client,
+                    &format!(
+                        "alter table {table} validate constraint {}",
+                        quote_ident(check)
+                    ),
+                    self.lock,
+                )
+                .await?;
+            }
+            if record.phase == Phase::Backfilled {
+                record.phase = Phase::Validated;
+            }
+        }
+        self.commit(
+            &client,
+            record,
+            "validate",
+            &format!(
+                "{mismatches} mismatches{}",
+                if fix { " after the catch-up pass" } else { "" }
+            ),
+        )
+        .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn switch_reads(&self, mut record: Record, body: &Value) -> Result<(), ActionError> {
+        let to = body.get("to").and_then(Value::as_str).ok_or_else(|| {
+            ActionError::BadRequest("body must be {\"to\": \"new\"} or {\"to\": \"old\"}".into())
+        })?;
+        let client = self.connect().await?;
+        match to {
+            "new" => {
+                if record.phase == Phase::Switched {
+                    return Ok(());
+                }
+                if record.phase != Phase::Validated {
+                    return Err(Self::illegal(
+                        &record,
+                        "switch-reads to new",
+                        "phase validated",
+                    ));
+                }
+                match &record.validation {
+                    Some(v) if v.mismatches > 0 => {
+                        return Err(ActionError::Conflict(format!("the last validation found {} mismatches (e.g. keys {:?}); validate again (with {{\"fix\": true}} to fix them)", v.mismatches, v.samples)))
+                    }
+                    Some(v) if v.at_ms < record.write_path_changed_ms => {
+                        return Err(ActionError::Conflict("the last validation is older than the last change of the write path; validate again".into()))
+                    }
+                    None => return Err(ActionError::Conflict("no validation yet; run validate".into())),
+                    Some(_) => {}
+                }
+                record.phase = Phase::Switched;
+            }
+            "old" => {
+                if record.phase == Phase::Validated {
+                    return Ok(());
+                }
+                if record.phase != Phase::Switched {
+                    return Err(Self::illegal(
+                        &record,
+                        "switch-reads to old",
+                        "phase switched",
+                    ));
+                }
+                record.phase = Phase::Validated;
+            }
+            other => {
+                return Err(ActionError::BadRequest(format!(
+                    "\"to\" must be \"new\" or \"old\", not {other:?}"
+                )))
+            }
+        }
+        self.commit(&client, record, "switch-reads", to).await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn contract(&self, mut record: Record) -> Result<(), ActionError> {
+        let client = self.connect().await?;
+        let spec = record.spec.clone();
+        let table = spec.table.to_string();
+        match record.phase {
+            Phase::Switched => {
+                // Stop writing a before dropping it: once these rules are
+                // out, nothing reads or writes a any more.
+                record.phase = Phase::Contracted;
+                self.commit(&client, record.clone(), "contract", "rules: b only")
+                    .await?;
+                self.publish().await;
+            }
+            // A contract whose DROP failed is finished by running it again.
+            Phase::Contracted
+                if ddl::column_info(&client, &table, &spec.from)
+                    .await?
+                    .is_some() => {}
+            _ => {
+                return Err(Self::illegal(
+                    &record,
+                    "contract",
+                    "reads switched to new (phase switched)",
+                ))
+            }
+        }
+        let b = quote_ident(&spec.to);
+        if let Some(check) = record.not_null_check.clone() {
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!(
+                    "alter table {table} validate constraint {}",
+                    quote_ident(&check)
+                ),
+                self.lock,
+            )
+            .await?;
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!("alter table {table} alter column {b} set not null; alter table {table} drop constraint if exists {}", quote_ident(&check)),
+                self.lock,
+            )
+            .await?;
+            record.not_null_check = None;
+        }
+        let attempts = ddl::run_with_lock_timeout(
+            &client,
+            &format!(
+                "alter table {table} drop column if exists {}",
+                quote_ident(&spec.from)
+            ),
+            self.lock,
+        )
+        .await?;
+        self.commit(
+            &client,
+            record,
+            "contract",
+            &format!(
+                "dropped {} (lock attempts: {attempts})",
+                quote_ident(&spec.from)
+            ),
+        )
+        .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn complete(&self, mut record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Contracted {
+            return Err(Self::illegal(&record, "complete", "phase contracted"));
+        }
+        let client = self.connect().await?;
+        record.phase = Phase::Complete;
+        self.commit(&client, record, "complete", "rules removed")
+            .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    async fn rollback(&self, mut record: Record) -> Result<(), ActionError> {
+        if matches!(
+            record.phase,
+            Phase::Contracted | Phase::Complete | Phase::RolledBack
+        ) {
+            return Err(Self::illegal(
+                &record,
+                "rollback",
+                "a phase before contracted",
+            ));
+        }
+        if record.backfill.running {
+            if let Some(flag) = self
+                .pauses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&record.spec.id)
+            {
+                flag.store(true, Ordering::Release);
+            }
+            while self.record(&record.spec.id)?.backfill.running {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            record = self.record(&record.spec.id)?;
+        }
+        let client = self.connect().await?;
+        // Reads back on a and dual writes off first; then b goes.
+        record.phase = Phase::RolledBack;
+        record.backfill.running = false;
+        self.commit(&client, record.clone(), "rollback", "rules off")
+            .await?;
+        self.publish().await;
+        let spec = &record.spec;
+        ddl::run_with_lock_timeout(
+            &client,
+            &format!(
+                "alter table {} drop column if exists {}",
+                spec.table,
+                quote_ident(&spec.to)
+            ),
+            self.lock,
+        )
+        .await?;
+        store::event(
+            &client,
+            &spec.id,
+            "admin",
+            "rollback",
+            &format!("dropped {}", quote_ident(&spec.to)),
+        )
+        .await?;
+        self.publish().await;
+        Ok(())
+    }
+
+    /// One migration's status, as `/status` lists it.
+    pub fn status_of(&self, id: &str) -> Result<Value, ActionError> {
+        let record = self.record(id)?;
+        Ok(self.status_json(&record))
+    }
+
+    fn status_json(&self, r: &Record) -> Value {
+        let counters = self.rules.counters();
+        let (rewritten, refused) = counters
+            .iter()
+            .find(|(id, _, _)| *id == r.spec.id)
+            .map(|(_, a, b)| (*a, *b))
+            .unwrap_or((0, 0));
+        let b = &r.backfill;
+        json!({
+            "id": r.spec.id,
+            "table": r.spec.table.to_string(),
+            "from": r.spec.from,
+            "to": r.spec.to,
+            "type": r.spec.new_type,
+            "phase": r.phase.as_str(),
+            "read_source": if r.phase.reads_new() { "new" } else { "old" },
+            "backfill": {
+                "rows_done": b.rows_done,
+                "rows_total": b.rows_total,
+                "running": b.running,
+                "paused": b.paused,
+                "batch_size": b.batch_size,
+                "batch_pause_ms": b.batch_pause_ms,
+                "batch_timeout_ms": b.batch_timeout_ms,
+                "started_ms": b.started_ms,
+                "finished_ms": b.finished_ms,
+            },
+            "validation": r.validation.as_ref().map(|v| json!({
+                "mismatches": v.mismatches,
+                "samples": v.samples,
+                "at_ms": v.at_ms,
+            })),
+            "statements": { "rewritten": rewritten, "refused": refused },
+        })
+    }
+
+    /// Every migration's status.
+    pub fn status(&self) -> Value {
+        let migrations: Vec<Value> = self.records().iter().map(|r| self.status_json(r)).collect();
+        json!({
+            "rules_epoch": self.rules.epoch(),
+            "database": self.config.control.database,
+            "upstream": self.config.upstream.to_string(),
+            "migrations": migrations,
+        })
+    }
+}

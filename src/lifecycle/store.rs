@@ -1,0 +1,305 @@
+//! The durable state of the migrations, in the upstream database's own
+//! `pgshift` schema (created idempotently at start): one row per migration
+//! (spec, phase, backfill cursor and counters, last validation), an event
+//! history, and the proxies serving the database. A proxy that starts —
+//! or restarts after a crash — reads it and goes on where it was.
+
+use serde::Serialize;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
+
+/// Creates the schema and its tables if they are missing.
+pub const SCHEMA: &str = "
+create schema if not exists pgshift;
+create table if not exists pgshift.migrations (
+    id text primary key,
+    table_name text not null,
+    from_column text not null,
+    to_column text not null,
+    new_type text,
+    up text,
+    down text,
+    phase text not null,
+    backfill_cursor text[],
+    rows_done bigint not null default 0,
+    rows_total bigint,
+    backfill_running boolean not null default false,
+    backfill_paused boolean not null default false,
+    batch_size integer not null default 1000,
+    batch_pause_ms integer not null default 0,
+    batch_timeout_ms integer not null default 30000,
+    backfill_started_ms bigint,
+    backfill_finished_ms bigint,
+    validation_mismatches bigint,
+    validation_samples text[],
+    validation_ms bigint,
+    write_path_changed_ms bigint not null default 0,
+    not_null_check text,
+    updated_ms bigint not null default 0
+);
+create table if not exists pgshift.events (
+    id bigserial primary key,
+    migration_id text not null,
+    at timestamptz not null default now(),
+    actor text not null,
+    action text not null,
+    detail text not null default ''
+);
+";
+
+/// Milliseconds since the Unix epoch, as Postgres computes it.
+pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Backfill settings and progress.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Backfill {
+    /// Key of the last row done (text of each key column), `None` before
+    /// the first batch.
+    pub cursor: Option<Vec<String>>,
+    pub rows_done: i64,
+    pub rows_total: Option<i64>,
+    pub running: bool,
+    pub paused: bool,
+    pub batch_size: i32,
+    pub batch_pause_ms: i32,
+    pub batch_timeout_ms: i32,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// The last parity check.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Validation {
+    pub mismatches: i64,
+    /// Keys of a few mismatching rows.
+    pub samples: Vec<String>,
+    pub at_ms: i64,
+}
+
+/// One migration's durable record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub spec: MigrationSpec,
+    pub phase: Phase,
+    pub backfill: Backfill,
+    pub validation: Option<Validation>,
+    /// When the write path last changed (expand): a validation older than
+    /// this does not count.
+    pub write_path_changed_ms: i64,
+    /// The NOT VALID check carrying `a`'s NOT NULL to `b`, if any.
+    pub not_null_check: Option<String>,
+}
+
+impl Record {
+    pub fn new(spec: MigrationSpec, phase: Phase) -> Record {
+        Record {
+            spec,
+            phase,
+            backfill: Backfill {
+                cursor: None,
+                rows_done: 0,
+                rows_total: None,
+                running: false,
+                paused: false,
+                batch_size: 1000,
+                batch_pause_ms: 0,
+                batch_timeout_ms: 30_000,
+                started_ms: None,
+                finished_ms: None,
+            },
+            validation: None,
+            write_path_changed_ms: 0,
+            not_null_check: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migration {id:?} in pgshift.migrations is not valid: {reason}")]
+    Invalid { id: String, reason: String },
+}
+
+pub async fn create_schema(client: &Client) -> Result<(), StoreError> {
+    // Two proxies starting at once may race on CREATE … IF NOT EXISTS;
+    // an advisory lock serializes them.
+    client
+        .batch_execute(&format!(
+            "select pg_advisory_lock(7316298450); {SCHEMA} select pg_advisory_unlock(7316298450);"
+        ))
+        .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, down, phase,
+    backfill_cursor, rows_done, rows_total, backfill_running, backfill_paused, batch_size,
+    batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
+    validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
+    let id: String = row.try_get(0)?;
+    let invalid = |reason: String| StoreError::Invalid {
+        id: id.clone(),
+        reason,
+    };
+    let table: String = row.try_get(1)?;
+    let from: String = row.try_get(2)?;
+    let to: String = row.try_get(3)?;
+    let new_type: Option<String> = row.try_get(4)?;
+    let up: Option<String> = row.try_get(5)?;
+    let down: Option<String> = row.try_get(6)?;
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        &from,
+        &to,
+        new_type.as_deref(),
+        up.as_deref(),
+        down.as_deref(),
+    )
+    .map_err(|e| invalid(e.reason))?;
+    let phase_text: String = row.try_get(7)?;
+    let phase =
+        Phase::parse(&phase_text).ok_or_else(|| invalid(format!("phase {phase_text:?}")))?;
+    let validation = match row.try_get::<_, Option<i64>>(18)? {
+        Some(mismatches) => Some(Validation {
+            mismatches,
+            samples: row
+                .try_get::<_, Option<Vec<String>>>(19)?
+                .unwrap_or_default(),
+            at_ms: row.try_get::<_, Option<i64>>(20)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Record {
+        spec,
+        phase,
+        backfill: Backfill {
+            cursor: row.try_get(8)?,
+            rows_done: row.try_get(9)?,
+            rows_total: row.try_get(10)?,
+            running: row.try_get(11)?,
+            paused: row.try_get(12)?,
+            batch_size: row.try_get(13)?,
+            batch_pause_ms: row.try_get(14)?,
+            batch_timeout_ms: row.try_get(15)?,
+            started_ms: row.try_get(16)?,
+            finished_ms: row.try_get(17)?,
+        },
+        validation,
+        write_path_changed_ms: row.try_get(21)?,
+        not_null_check: row.try_get(22)?,
+    })
+}
+
+/// Every migration in the store, by id.
+pub async fn load_all(client: &impl GenericClient) -> Result<Vec<Record>, StoreError> {
+    let rows = client
+        .query(
+            &format!("select {COLUMNS} from pgshift.migrations order by id"),
+            &[],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Inserts `record` unless a migration with its id exists; returns the
+/// stored record (the existing one wins: the store is the truth).
+pub async fn insert_if_absent(
+    client: &impl GenericClient,
+    record: &Record,
+) -> Result<Record, StoreError> {
+    let spec = &record.spec;
+    client
+        .execute(
+            &format!(
+                "insert into pgshift.migrations (id, table_name, from_column, to_column, new_type, up, down, phase, updated_ms)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, {NOW_MS}) on conflict (id) do nothing"
+            ),
+            &[
+                &spec.id,
+                &spec.table.to_string(),
+                &quote_ident(&spec.from),
+                &quote_ident(&spec.to),
+                &spec.new_type,
+                &spec.up,
+                &spec.down,
+                &record.phase.as_str(),
+            ],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &format!("select {COLUMNS} from pgshift.migrations where id = $1"),
+            &[&spec.id],
+        )
+        .await?;
+    from_row(&row)
+}
+
+/// Saves everything but the spec.
+pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreError> {
+    let b = &r.backfill;
+    let v = r.validation.as_ref();
+    client
+        .execute(
+            &format!(
+                "update pgshift.migrations set phase = $2, backfill_cursor = $3, rows_done = $4,
+                   rows_total = $5, backfill_running = $6, backfill_paused = $7, batch_size = $8,
+                   batch_pause_ms = $9, batch_timeout_ms = $10, backfill_started_ms = $11,
+                   backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
+                   validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
+                   updated_ms = {NOW_MS}
+                 where id = $1"
+            ),
+            &[
+                &r.spec.id,
+                &r.phase.as_str(),
+                &b.cursor,
+                &b.rows_done,
+                &b.rows_total,
+                &b.running,
+                &b.paused,
+                &b.batch_size,
+                &b.batch_pause_ms,
+                &b.batch_timeout_ms,
+                &b.started_ms,
+                &b.finished_ms,
+                &v.map(|v| v.mismatches),
+                &v.map(|v| v.samples.clone()),
+                &v.map(|v| v.at_ms),
+                &r.write_path_changed_ms,
+                &r.not_null_check,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Appends to the event history.
+pub async fn event(
+    client: &impl GenericClient,
+    migration: &str,
+    actor: &str,
+    action: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "insert into pgshift.events (migration_id, actor, action, detail) values ($1, $2, $3, $4)",
+            &[&migration, &actor, &action, &detail],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch on the database's clock.
+pub async fn now_ms(client: &impl GenericClient) -> Result<i64, StoreError> {
+    Ok(client
+        .query_one(&format!("select {NOW_MS}"), &[])
+        .await?
+        .get(0))
+}

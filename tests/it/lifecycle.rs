@@ -1,0 +1,346 @@
+//! The lifecycle driven through the admin port against a real Postgres:
+//! expand → backfill → validate → switch reads → contract → complete with
+//! old- and new-shape writers running through the proxy the whole time
+//! (every committed increment must be in the final column), the illegal
+//! transitions (409) and unknown ids (404), and rollback.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgshift::lifecycle::Lifecycle;
+use pgshift::rewrite::engine::MigrationRewriter;
+use pgshift::rewrite::migration::{MigrationSpec, Phase};
+use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// A proxy with the lifecycle driver and its admin port, in-process.
+struct Driven {
+    proxy: TestProxy,
+    admin: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn driven(spec: MigrationSpec) -> Driven {
+    let mut config = control_config();
+    config.migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let rules = Arc::new(RulesCell::new(&config.migrations));
+    let lifecycle = Lifecycle::start(config, Arc::clone(&rules))
+        .await
+        .expect("the lifecycle starts");
+    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, None));
+    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), |_| {}).await;
+    Driven {
+        proxy,
+        admin,
+        server,
+    }
+}
+
+async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
+    pgshift::admin::request(admin, "POST", path, Some(&body), None)
+        .await
+        .unwrap()
+}
+
+async fn migration_status(admin: &str, id: &str) -> Value {
+    let (code, body) = pgshift::admin::request(admin, "GET", "/status", None, None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    body["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not in {body}"))
+}
+
+async fn wait_for_phase(admin: &str, id: &str, phase: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = migration_status(admin, id).await;
+        if m["phase"] == phase {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never reached {phase}: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
+    let direct = db().direct().await;
+    let table = unique("life");
+    let id = unique("life_rename");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null, note text);
+             insert into {table} select g, g % 100, 'row ' || g from generate_series(1, 20000) g;
+             create index {table}_bal on {table} (bal)"
+        ))
+        .await
+        .unwrap();
+    let before: i64 = direct
+        .query_one(&format!("select sum(bal)::int8 from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
+    let d = driven(spec).await;
+    let admin = d.admin.as_str();
+
+    // Writers in both shapes, on both protocols, all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicI64::new(0));
+    let mut writers = Vec::new();
+    for (k, sql) in [
+        format!("update {table} set bal = bal + 1 where id = $1"),
+        format!("update {table} set balance = balance + 1 where id = $1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let client = d.proxy.connect().await;
+        let (stop, committed) = (Arc::clone(&stop), Arc::clone(&committed));
+        writers.push(tokio::spawn(async move {
+            let mut n = 0i32;
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let row = (n * 7919 + k as i32 * 13) % 20000 + 1;
+                // The new shape has nothing to write to before expand.
+                match client.execute(&sql, &[&row]).await {
+                    Ok(1) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(format!("{:?}: {}", sqlstate(&e), message_of(&e))),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Illegal transitions and unknown ids.
+    let (code, body) = post(admin, &format!("/migrations/{id}/contract"), json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("planned"),
+        "{body}"
+    );
+    let (code, _) = post(admin, "/migrations/nope/expand", json!({})).await;
+    assert_eq!(code, 404);
+
+    let (code, body) = post(admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("expanded")),
+        "{body}"
+    );
+    let indexed: i64 = direct
+        .query_one(
+            "select count(*) from pg_indexes where tablename = $1 and indexdef like '%(balance)%'",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(indexed, 1, "the index on bal is recreated on balance");
+
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 1500}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert_eq!(m["backfill"]["rows_done"], 20000, "{m}");
+
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/switch-reads"),
+        json!({"to": "new"}),
+    )
+    .await;
+    assert_eq!(code, 409, "no validation yet: {body}");
+    let (code, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    assert_eq!(body["phase"], "validated");
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/switch-reads"),
+        json!({"to": "new"}),
+    )
+    .await;
+    assert_eq!(
+        (code, body["read_source"].as_str()),
+        (200, Some("new")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, body) = post(admin, &format!("/migrations/{id}/contract"), json!({})).await;
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("contracted")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let errors = w.await.unwrap();
+        // Only the new shape's writes before expand may fail (no column yet).
+        assert!(
+            errors.iter().all(|e| e.contains("balance")),
+            "unexpected write errors: {errors:?}"
+        );
+    }
+    let (code, body) = post(admin, &format!("/migrations/{id}/complete"), json!({})).await;
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("complete")),
+        "{body}"
+    );
+
+    // b holds every committed increment; a is gone; NOT NULL carried over.
+    let row = direct
+        .query_one(
+            &format!(
+                "select sum(balance)::int8, (select attnotnull from pg_attribute where attrelid = '{table}'::regclass and attname = 'balance'),
+                        (select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'bal' and not attisdropped)
+                   from {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        before + committed.load(Ordering::Relaxed),
+        "every committed write landed"
+    );
+    assert!(row.get::<_, bool>(1), "balance is NOT NULL like bal was");
+    assert_eq!(row.get::<_, i64>(2), 0, "bal is dropped");
+    // The history names every step.
+    let events: Vec<String> = direct
+        .query(
+            "select action from pgshift.events where migration_id = $1 order by id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for step in [
+        "expand",
+        "backfill",
+        "validate",
+        "switch-reads",
+        "contract",
+        "complete",
+    ] {
+        assert!(
+            events.iter().any(|e| e == step),
+            "{step} missing from {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
+    let direct = db().direct().await;
+    let table = unique("rollback");
+    let id = unique("rollback_m");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, amount int);
+             insert into {table} select g, g from generate_series(1, 500) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        "amount",
+        "amount_dec",
+        Some("numeric(12,2)"),
+        Some("amount::numeric / 100"),
+        Some("(amount_dec * 100)::integer"),
+    )
+    .unwrap();
+    let d = driven(spec).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/backfill"), json!({}))
+            .await
+            .0,
+        202
+    );
+    wait_for_phase(admin, &id, "backfilled").await;
+    let app = d.proxy.connect().await;
+    let v: String = app
+        .query_one(
+            &format!("select amount_dec::text from {table} where id = 250"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "2.50");
+    let (code, body) = post(admin, &format!("/migrations/{id}/rollback"), json!({})).await;
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("rolled_back")),
+        "{body}"
+    );
+    let gone: i64 = direct
+        .query_one(
+            &format!("select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'amount_dec' and not attisdropped"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 0);
+    // The old shape goes on as before; the migration cannot move on.
+    let v: i32 = app
+        .query_one(&format!("select amount from {table} where id = 250"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 250);
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        409
+    );
+}
