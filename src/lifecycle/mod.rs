@@ -11,10 +11,11 @@
 
 pub mod backfill;
 pub mod ddl;
+pub mod peers;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,32 @@ pub struct Lifecycle {
     /// it, so statements already rewritten under the old rules (sent but
     /// not yet executed) finish first.
     pub settle: Duration,
+    /// This proxy's id in `pgshift.proxies`.
+    id: String,
+    options: peers::Options,
+    /// The state version whose rules are in force here.
+    applied: AtomicI64,
+    poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        self.stop();
+        // Best effort: leave the proxies table (a crashed proxy instead
+        // ages out after `proxy_timeout`).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (config, id) = (self.config.clone(), self.id.clone());
+            runtime.spawn(async move {
+                if let Ok(client) = control::connect(&config).await {
+                    let _ = peers::leave(&client, &id).await;
+                }
+            });
+        }
+    }
+}
+
+fn config_listen(config: &Config) -> String {
+    config.listen.to_string()
 }
 
 impl Lifecycle {
@@ -86,10 +113,25 @@ impl Lifecycle {
         config: Config,
         rules: Arc<RulesCell>,
     ) -> Result<Arc<Lifecycle>, ActionError> {
+        Self::start_with(config, rules, peers::Options::default()).await
+    }
+
+    /// [`Lifecycle::start`] with the coordination timing given.
+    pub async fn start_with(
+        config: Config,
+        rules: Arc<RulesCell>,
+        options: peers::Options,
+    ) -> Result<Arc<Lifecycle>, ActionError> {
         let client = control::connect(&config)
             .await
             .map_err(|e| ActionError::Failed(e.to_string()))?;
         store::create_schema(&client).await?;
+        // Host and listen address: two live proxies cannot share them, and
+        // a proxy restarted after a crash takes its old place.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let id = format!("{host}/{}", config_listen(&config));
         let lifecycle = Arc::new(Lifecycle {
             config,
             rules,
@@ -98,8 +140,33 @@ impl Lifecycle {
             pauses: Mutex::new(BTreeMap::new()),
             lock: LockDiscipline::default(),
             settle: Duration::from_millis(500),
+            id,
+            options,
+            applied: AtomicI64::new(0),
+            poller: Mutex::new(None),
         });
         lifecycle.reload(&lifecycle.config.clone()).await?;
+        // Other proxies' changes arrive through the state version.
+        let weak = Arc::downgrade(&lifecycle);
+        let poller = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                let poll = this.options.poll;
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = this.connect().await.ok();
+                }
+                if let Some(c) = &client {
+                    if let Err(e) = this.follow(c).await {
+                        tracing::warn!(error = %e, "cannot follow the migration state; retrying");
+                        client = None;
+                    }
+                }
+                drop(this);
+                tokio::time::sleep(poll).await;
+            }
+        });
+        *lifecycle.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(poller);
         let resume: Vec<String> = lifecycle
             .records()
             .into_iter()
@@ -118,6 +185,7 @@ impl Lifecycle {
     pub async fn reload(&self, config: &Config) -> Result<(), ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let client = self.connect().await?;
+        let mut changed = false;
         for m in &config.migrations {
             let stored =
                 store::insert_if_absent(&client, &Record::new(m.spec.clone(), m.phase)).await?;
@@ -134,15 +202,64 @@ impl Lifecycle {
                     &format!("{from} -> {}", m.phase),
                 )
                 .await?;
+                changed = true;
             }
         }
+        let version = if changed {
+            peers::bump(&client).await?
+        } else {
+            peers::version(&client).await?
+        };
         let records = store::load_all(&client).await?;
         *self.lock_records() = records
             .into_iter()
             .map(|r| (r.spec.id.clone(), r))
             .collect();
         self.publish().await;
+        self.applied.fetch_max(version, Ordering::AcqRel);
+        peers::heartbeat(&client, &self.id, &config_listen(&self.config), version).await?;
         Ok(())
+    }
+
+    /// One poll: heartbeat, and when the state version moved, reload and
+    /// publish the records.
+    async fn follow(&self, client: &tokio_postgres::Client) -> Result<(), ActionError> {
+        let version = peers::version(client).await?;
+        if version > self.applied.load(Ordering::Acquire) {
+            let records = store::load_all(client).await?;
+            *self.lock_records() = records
+                .into_iter()
+                .map(|r| (r.spec.id.clone(), r))
+                .collect();
+            self.publish().await;
+            self.applied.fetch_max(version, Ordering::AcqRel);
+            tracing::info!(version, "applied a migration state change");
+        }
+        let applied = self.applied.load(Ordering::Acquire);
+        peers::heartbeat(client, &self.id, &config_listen(&self.config), applied).await?;
+        Ok(())
+    }
+
+    /// Stops following the state (at shutdown; tests use it to make a
+    /// proxy that no longer applies changes).
+    pub fn stop(&self) {
+        if let Some(poller) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            poller.abort();
+        }
+    }
+
+    /// Stops following the state and removes this proxy from
+    /// `pgshift.proxies`, so actions elsewhere no longer wait for it.
+    pub async fn leave(&self) {
+        self.stop();
+        if let Ok(client) = self.connect().await {
+            let _ = peers::leave(&client, &self.id).await;
+        }
+    }
+
+    /// This proxy's id in `pgshift.proxies`.
+    pub fn proxy_id(&self) -> &str {
+        &self.id
     }
 
     fn records(&self) -> Vec<Record> {
@@ -183,18 +300,31 @@ impl Lifecycle {
         }
     }
 
-    /// Saves `record` (and its event) and makes it the current one.
+    /// Saves `record` (and its event), makes it the current one, publishes
+    /// the new rules here and (with `wait`) waits until every live proxy
+    /// has applied them — for changes of the rewrite rules; progress that
+    /// leaves the rules as they were (the backfill's) does not wait.
     async fn commit(
         &self,
         client: &tokio_postgres::Client,
         record: Record,
         action: &str,
         detail: &str,
+        wait: bool,
     ) -> Result<(), ActionError> {
         store::save(client, &record).await?;
         store::event(client, &record.spec.id, "admin", action, detail).await?;
+        let version = peers::bump(client).await?;
         self.lock_records().insert(record.spec.id.clone(), record);
-        Ok(())
+        self.publish().await;
+        self.applied.fetch_max(version, Ordering::AcqRel);
+        peers::heartbeat(client, &self.id, &config_listen(&self.config), version).await?;
+        if !wait {
+            return Ok(());
+        }
+        peers::wait_for(client, version, self.options)
+            .await
+            .map_err(ActionError::Failed)
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, ActionError> {
@@ -322,9 +452,9 @@ impl Lifecycle {
             record,
             "expand",
             &format!("added {b} {new_type} (lock attempts: {attempts}); {a} dual-written"),
+            true,
         )
         .await?;
-        self.publish().await;
         Ok(())
     }
 
@@ -359,8 +489,14 @@ impl Lifecycle {
         let client = self.connect().await?;
         if record.phase == Phase::Backfilling && record.backfill.running {
             if changed {
-                self.commit(&client, record, "backfill settings", &body.to_string())
-                    .await?;
+                self.commit(
+                    &client,
+                    record,
+                    "backfill settings",
+                    &body.to_string(),
+                    false,
+                )
+                .await?;
                 return Ok(());
             }
             return Err(Self::illegal(
@@ -390,8 +526,8 @@ impl Lifecycle {
             record.backfill.started_ms = Some(store::now_ms(&client).await?);
         }
         let id = record.spec.id.clone();
-        self.commit(&client, record, "backfill", "started").await?;
-        self.publish().await;
+        self.commit(&client, record, "backfill", "started", false)
+            .await?;
         self.spawn_backfill(&id);
         Ok(())
     }
@@ -510,8 +646,12 @@ impl Lifecycle {
             &format!("{} rows", record.backfill.rows_done),
         )
         .await?;
+        // Same rules (dual writes) as while backfilling: other proxies
+        // only need to see the phase; nothing to wait for.
+        let version = peers::bump(&client).await?;
         self.lock_records().insert(id.to_string(), record);
         self.publish().await;
+        self.applied.fetch_max(version, Ordering::AcqRel);
         Ok(())
     }
 
@@ -574,9 +714,9 @@ impl Lifecycle {
                 "{mismatches} mismatches{}",
                 if fix { " after the catch-up pass" } else { "" }
             ),
+            true,
         )
         .await?;
-        self.publish().await;
         Ok(())
     }
 
@@ -628,8 +768,8 @@ impl Lifecycle {
                 )))
             }
         }
-        self.commit(&client, record, "switch-reads", to).await?;
-        self.publish().await;
+        self.commit(&client, record, "switch-reads", to, true)
+            .await?;
         Ok(())
     }
 
@@ -642,9 +782,9 @@ impl Lifecycle {
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
                 record.phase = Phase::Contracted;
-                self.commit(&client, record.clone(), "contract", "rules: b only")
+                self.commit(&client, record.clone(), "contract", "rules: b only", true)
                     .await?;
-                self.publish().await;
+                tokio::time::sleep(self.settle).await;
             }
             // A contract whose DROP failed is finished by running it again.
             Phase::Contracted
@@ -695,9 +835,9 @@ impl Lifecycle {
                 "dropped {} (lock attempts: {attempts})",
                 quote_ident(&spec.from)
             ),
+            true,
         )
         .await?;
-        self.publish().await;
         Ok(())
     }
 
@@ -707,17 +847,27 @@ impl Lifecycle {
         }
         let client = self.connect().await?;
         record.phase = Phase::Complete;
-        self.commit(&client, record, "complete", "rules removed")
+        self.commit(&client, record, "complete", "rules removed", true)
             .await?;
-        self.publish().await;
         Ok(())
     }
 
     async fn rollback(&self, mut record: Record) -> Result<(), ActionError> {
-        if matches!(
-            record.phase,
-            Phase::Contracted | Phase::Complete | Phase::RolledBack
-        ) {
+        let spec = record.spec.clone();
+        let table = spec.table.to_string();
+        if record.phase == Phase::RolledBack {
+            // A rollback whose DROP failed is finished by running it again.
+            let client = self.connect().await?;
+            if ddl::column_info(&client, &table, &spec.to).await?.is_none() {
+                return Err(Self::illegal(
+                    &record,
+                    "rollback",
+                    "a phase before contracted",
+                ));
+            }
+            return self.drop_new_column(&client, &record).await;
+        }
+        if matches!(record.phase, Phase::Contracted | Phase::Complete) {
             return Err(Self::illegal(
                 &record,
                 "rollback",
@@ -742,12 +892,20 @@ impl Lifecycle {
         // Reads back on a and dual writes off first; then b goes.
         record.phase = Phase::RolledBack;
         record.backfill.running = false;
-        self.commit(&client, record.clone(), "rollback", "rules off")
+        self.commit(&client, record.clone(), "rollback", "rules off", true)
             .await?;
-        self.publish().await;
+        tokio::time::sleep(self.settle).await;
+        self.drop_new_column(&client, &record).await
+    }
+
+    async fn drop_new_column(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+    ) -> Result<(), ActionError> {
         let spec = &record.spec;
         ddl::run_with_lock_timeout(
-            &client,
+            client,
             &format!(
                 "alter table {} drop column if exists {}",
                 spec.table,
@@ -757,7 +915,7 @@ impl Lifecycle {
         )
         .await?;
         store::event(
-            &client,
+            client,
             &spec.id,
             "admin",
             "rollback",

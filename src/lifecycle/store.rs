@@ -38,6 +38,18 @@ create table if not exists pgshift.migrations (
     not_null_check text,
     updated_ms bigint not null default 0
 );
+create table if not exists pgshift.state (
+    id boolean primary key default true check (id),
+    version bigint not null default 0
+);
+insert into pgshift.state (id, version) values (true, 0) on conflict do nothing;
+create table if not exists pgshift.proxies (
+    id text primary key,
+    address text not null,
+    applied_version bigint not null default 0,
+    heartbeat_ms bigint not null,
+    started_ms bigint not null
+);
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,

@@ -17,9 +17,15 @@ struct Serve {
 
 impl Serve {
     fn spawn(configure: impl FnOnce(&mut Command, u16)) -> Serve {
-        let port = pgshift::cluster::free_port().unwrap();
+        Serve::spawn_on(pgshift::cluster::free_port().unwrap(), configure)
+    }
+
+    fn spawn_on(port: u16, configure: impl FnOnce(&mut Command, u16)) -> Serve {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("serve").stdout(Stdio::null());
+        if std::env::var_os("PGSHIFT_TEST_SERVE_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
         configure(&mut cmd, port);
         let child = cmd.spawn().expect("pgshift serve starts");
         Serve { child, port }
@@ -27,7 +33,12 @@ impl Serve {
 
     /// `pgshift serve --listen <free port> --upstream <test db>` plus `args`.
     fn with_args(args: &[&std::ffi::OsStr]) -> Serve {
-        Serve::spawn(|cmd, port| {
+        Serve::with_args_on(pgshift::cluster::free_port().unwrap(), args)
+    }
+
+    /// [`Serve::with_args`] listening on `port` (a restart in place).
+    fn with_args_on(port: u16, args: &[&std::ffi::OsStr]) -> Serve {
+        Serve::spawn_on(port, |cmd, port| {
             cmd.args(args).args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -58,9 +69,16 @@ impl Serve {
 
     /// Waits until the proxy accepts and serves a query.
     async fn ready(&self) -> tokio_postgres::Client {
+        self.ready_on(&db().dbname).await
+    }
+
+    /// Waits until the proxy serves a session to database `dbname`.
+    async fn ready_on(&self, dbname: &str) -> tokio_postgres::Client {
+        let mut config = self.config();
+        config.dbname(dbname);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match connect(&self.config()).await {
+            match connect(&config).await {
                 Ok(client) => return client,
                 Err(e) if Instant::now() < deadline => {
                     let _ = e;
@@ -307,7 +325,7 @@ async fn demo_runs_pgbench_through_the_proxy() {
 #[tokio::test]
 async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let table = unique("mig");
-    let direct = db().direct().await;
+    let (dbname, direct) = db().fresh_database("migdb").await;
     direct
         .batch_execute(&format!(
             "create table {table} (id int primary key, old_col int, new_col int, note text);
@@ -321,7 +339,7 @@ async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let write_config = |phase: &str| {
         write_migration(
             &file,
-            &db().dbname,
+            &dbname,
             "rename_old_col",
             &table,
             "old_col",
@@ -331,7 +349,7 @@ async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     };
     write_config("expanded");
     let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
-    let client = serve.ready().await;
+    let client = serve.ready_on(&dbname).await;
 
     // Expanded: the new shape is served from the old column; writes go to both.
     let row = client
@@ -575,7 +593,7 @@ async fn pgbench_old_and_new_shapes_through_a_read_switch() {
 async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     let table = unique("crash");
     let id = unique("crash_m");
-    let direct = db().direct().await;
+    let (dbname, direct) = db().fresh_database("crashdb").await;
     direct
         .batch_execute(&format!(
             "create table {table} (id int primary key, old_col int not null, note text);
@@ -592,7 +610,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
         &file,
         format!(
             "admin = \"127.0.0.1:{admin_port}\"\n[control]\ndatabase = \"{}\"\nuser = \"{user}\"\n{}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"old_col\"\nto = \"new_col\"\n",
-            db().dbname,
+            dbname,
             db().password.as_ref().map(|p| format!("password = \"{p}\"")).unwrap_or_default()
         ),
     )
@@ -661,7 +679,9 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     assert!((5000..30000).contains(&done), "{done}");
 
     // A new process picks the backfill up where the cursor says.
-    let second = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
+    // Restarted in place (same listen address: it takes the crashed
+    // proxy's row in pgshift.proxies).
+    let second = Serve::with_args_on(first.port, &["--config".as_ref(), file.as_os_str()]);
     second.ready().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let m = loop {

@@ -66,6 +66,38 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A client config for database `dbname` of the test server, direct.
+    pub fn config_for(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(dbname);
+        if let Some(p) = &self.password {
+            config.password(p);
+        }
+        config
+    }
+
+    /// A new database of the test's own — its own `pgshift` schema, so
+    /// proxies and migration state of concurrent tests do not meet — and a
+    /// direct client to it.
+    pub async fn fresh_database(&self, prefix: &str) -> (String, Client) {
+        let name = unique(prefix);
+        self.direct()
+            .await
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .expect("creating a database");
+        let client = connect(&self.config_for(&name))
+            .await
+            .expect("connecting to the new database");
+        (name, client)
+    }
+}
+
 static DB: OnceLock<TestDb> = OnceLock::new();
 
 /// The test run's database, started on first use.
@@ -155,6 +187,13 @@ pub fn control_config() -> Config {
     }
 }
 
+/// [`control_config`] for database `dbname`.
+pub fn control_config_for(dbname: &str) -> Config {
+    let mut config = control_config();
+    config.control.database = dbname.to_string();
+    config
+}
+
 /// The test database's catalog snapshot, as `pgshift serve` reads it.
 pub async fn catalog() -> Catalog {
     pgshift::control::load_catalog(&control_config())
@@ -201,6 +240,13 @@ impl TestProxy {
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// A client of this proxy connected to database `dbname`.
+    pub async fn connect_to(&self, dbname: &str) -> Client {
+        let mut config = self.config();
+        config.dbname(dbname);
+        connect(&config).await.expect("connecting through pgshift")
     }
 
     /// A tokio-postgres config pointing at this proxy as the test user.

@@ -29,14 +29,14 @@ impl Drop for Driven {
     }
 }
 
-async fn driven(spec: MigrationSpec) -> Driven {
-    let mut config = control_config();
+async fn driven(spec: MigrationSpec, dbname: &str) -> Driven {
+    let mut config = control_config_for(dbname);
     config.migrations = vec![ActiveMigration {
         spec,
         phase: Phase::Planned,
     }];
     let rules = Arc::new(RulesCell::new(&config.migrations));
-    let lifecycle = Lifecycle::start(config, Arc::clone(&rules))
+    let lifecycle = Lifecycle::start(config.clone(), Arc::clone(&rules))
         .await
         .expect("the lifecycle starts");
     let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
@@ -44,7 +44,11 @@ async fn driven(spec: MigrationSpec) -> Driven {
         .unwrap();
     let admin = listener.local_addr().unwrap().to_string();
     let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, None));
-    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), |_| {}).await;
+    let control = config.control.clone();
+    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), move |c| {
+        c.control = control
+    })
+    .await;
     Driven {
         proxy,
         admin,
@@ -86,7 +90,7 @@ async fn wait_for_phase(admin: &str, id: &str, phase: &str) -> Value {
 
 #[tokio::test]
 async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
-    let direct = db().direct().await;
+    let (dbname, direct) = db().fresh_database("lifedb").await;
     let table = unique("life");
     let id = unique("life_rename");
     direct
@@ -103,7 +107,7 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
         .unwrap()
         .get(0);
     let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
-    let d = driven(spec).await;
+    let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
 
     // Writers in both shapes, on both protocols, all along.
@@ -117,7 +121,7 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
     .into_iter()
     .enumerate()
     {
-        let client = d.proxy.connect().await;
+        let client = d.proxy.connect_to(&dbname).await;
         let (stop, committed) = (Arc::clone(&stop), Arc::clone(&committed));
         writers.push(tokio::spawn(async move {
             let mut n = 0i32;
@@ -270,7 +274,7 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
 
 #[tokio::test]
 async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
-    let direct = db().direct().await;
+    let (dbname, direct) = db().fresh_database("rollbackdb").await;
     let table = unique("rollback");
     let id = unique("rollback_m");
     direct
@@ -290,7 +294,7 @@ async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
         Some("(amount_dec * 100)::integer"),
     )
     .unwrap();
-    let d = driven(spec).await;
+    let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
     assert_eq!(
         post(admin, &format!("/migrations/{id}/expand"), json!({}))
@@ -305,7 +309,7 @@ async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
         202
     );
     wait_for_phase(admin, &id, "backfilled").await;
-    let app = d.proxy.connect().await;
+    let app = d.proxy.connect_to(&dbname).await;
     let v: String = app
         .query_one(
             &format!("select amount_dec::text from {table} where id = 250"),
@@ -343,4 +347,71 @@ async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
             .0,
         409
     );
+}
+
+#[tokio::test]
+async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
+    use pgshift::lifecycle::peers::Options;
+    let (dbname, direct) = db().fresh_database("twodb").await;
+    let table = unique("two");
+    let id = unique("two_m");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} values (1, 1)"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let options = Options {
+        ack_timeout: Duration::from_secs(2),
+        proxy_timeout: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
+    };
+    let start = |listen: &str| {
+        let mut config = control_config_for(&dbname);
+        config.listen = listen.parse().unwrap();
+        config.migrations = migrations.clone();
+        let rules = Arc::new(RulesCell::new(&migrations));
+        async move {
+            let lifecycle = Lifecycle::start_with(config, Arc::clone(&rules), options)
+                .await
+                .unwrap();
+            (lifecycle, rules)
+        }
+    };
+    let (a, _rules_a) = start("127.0.0.1:16001").await;
+    let (b, rules_b) = start("127.0.0.1:16002").await;
+
+    // An action through A returns only once B has applied it too.
+    a.act(&id, "expand", &Value::Null).await.unwrap();
+    assert_eq!(rules_b.load().migrations[0].phase, Phase::Expanded);
+
+    // B stops following (hung, partitioned): the next change fails
+    // clearly, naming B, within the ack timeout — it does not hang.
+    b.stop();
+    let started = Instant::now();
+    let err = a.act(&id, "rollback", &Value::Null).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let message = err.to_string();
+    assert!(
+        message.contains("127.0.0.1:16002") && message.contains("did not apply"),
+        "{message}"
+    );
+    assert_eq!(rules_b.load().migrations[0].phase, Phase::Expanded);
+    // Once B is gone from the table, running the rollback again finishes it.
+    b.leave().await;
+    a.act(&id, "rollback", &Value::Null).await.unwrap();
+    let gone: i64 = direct
+        .query_one(
+            &format!("select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'w' and not attisdropped"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 0);
 }
