@@ -217,7 +217,14 @@ impl Lifecycle {
             .collect();
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
-        peers::heartbeat(&client, &self.id, &config_listen(&self.config), version).await?;
+        peers::heartbeat(
+            &client,
+            &self.id,
+            &config_listen(&self.config),
+            version,
+            &self.old_shape_json(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -236,7 +243,14 @@ impl Lifecycle {
             tracing::info!(version, "applied a migration state change");
         }
         let applied = self.applied.load(Ordering::Acquire);
-        peers::heartbeat(client, &self.id, &config_listen(&self.config), applied).await?;
+        peers::heartbeat(
+            client,
+            &self.id,
+            &config_listen(&self.config),
+            applied,
+            &self.old_shape_json(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -255,6 +269,23 @@ impl Lifecycle {
         if let Ok(client) = self.connect().await {
             let _ = peers::leave(&client, &self.id).await;
         }
+    }
+
+    /// This proxy's old-shape usage, as its heartbeat publishes it.
+    fn old_shape_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for (id, usage) in self.rules.old_shape_usage() {
+            let apps: serde_json::Map<String, Value> = usage
+                .applications
+                .iter()
+                .map(|(name, ms)| (name.clone(), json!(ms)))
+                .collect();
+            out.insert(
+                id,
+                json!({ "statements": usage.statements, "last_ms": usage.last_ms, "applications": apps }),
+            );
+        }
+        Value::Object(out)
     }
 
     /// This proxy's id in `pgshift.proxies`.
@@ -318,7 +349,14 @@ impl Lifecycle {
         self.lock_records().insert(record.spec.id.clone(), record);
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
-        peers::heartbeat(client, &self.id, &config_listen(&self.config), version).await?;
+        peers::heartbeat(
+            client,
+            &self.id,
+            &config_listen(&self.config),
+            version,
+            &self.old_shape_json(),
+        )
+        .await?;
         if !wait {
             return Ok(());
         }
@@ -349,7 +387,7 @@ impl Lifecycle {
             "resume" => self.resume(record).await?,
             "validate" => self.validate(record, body).await?,
             "switch-reads" => self.switch_reads(record, body).await?,
-            "contract" => self.contract(record).await?,
+            "contract" => self.contract(record, body).await?,
             "complete" => self.complete(record).await?,
             "rollback" => self.rollback(record).await?,
             other => return Err(ActionError::NotFound(format!("action {other:?}"))),
@@ -773,12 +811,13 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn contract(&self, mut record: Record) -> Result<(), ActionError> {
+    async fn contract(&self, mut record: Record, body: &Value) -> Result<(), ActionError> {
         let client = self.connect().await?;
         let spec = record.spec.clone();
         let table = spec.table.to_string();
         match record.phase {
             Phase::Switched => {
+                self.check_no_old_shape(&client, &record, body).await?;
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
                 record.phase = Phase::Contracted;
@@ -839,6 +878,57 @@ impl Lifecycle {
         )
         .await?;
         Ok(())
+    }
+
+    /// Refuses to contract while applications still send old-shape
+    /// statements (through any live proxy) within the window, unless forced.
+    async fn check_no_old_shape(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        body: &Value,
+    ) -> Result<(), ActionError> {
+        if body.get("force").and_then(Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        let window = Duration::from_secs(
+            body.get("window_secs")
+                .and_then(Value::as_u64)
+                .unwrap_or(600),
+        );
+        // Our own usage first, so it is current in the table.
+        peers::heartbeat(
+            client,
+            &self.id,
+            &config_listen(&self.config),
+            self.applied.load(Ordering::Acquire),
+            &self.old_shape_json(),
+        )
+        .await?;
+        let users = peers::old_shape_users(client, &record.spec.id, window, self.options).await?;
+        if users.is_empty() {
+            return Ok(());
+        }
+        let now = store::now_ms(client).await?;
+        let list: Vec<String> = users
+            .iter()
+            .take(10)
+            .map(|(app, proxy, at)| {
+                let name = if app.is_empty() {
+                    "(no application_name)"
+                } else {
+                    app.as_str()
+                };
+                format!("{name} via {proxy}, {} s ago", (now - at).max(0) / 1000)
+            })
+            .collect();
+        Err(ActionError::Conflict(format!(
+            "old-shape statements (naming {}) were seen in the last {} s from: {}; move them to {} first, or contract with {{\"force\": true}}",
+            quote_ident(&record.spec.from),
+            window.as_secs(),
+            list.join("; "),
+            quote_ident(&record.spec.to),
+        )))
     }
 
     async fn complete(&self, mut record: Record) -> Result<(), ActionError> {
@@ -939,6 +1029,16 @@ impl Lifecycle {
             .find(|(id, _, _)| *id == r.spec.id)
             .map(|(_, a, b)| (*a, *b))
             .unwrap_or((0, 0));
+        let old_shape = self
+            .rules
+            .old_shape_usage()
+            .into_iter()
+            .find(|(id, _)| *id == r.spec.id)
+            .map(|(_, u)| json!({
+                "statements": u.statements,
+                "last_ms": u.last_ms,
+                "applications": u.applications.iter().map(|(name, ms)| json!({"name": name, "last_ms": ms})).collect::<Vec<_>>(),
+            }));
         let b = &r.backfill;
         json!({
             "id": r.spec.id,
@@ -965,6 +1065,7 @@ impl Lifecycle {
                 "at_ms": v.at_ms,
             })),
             "statements": { "rewritten": rewritten, "refused": refused },
+            "old_shape": old_shape,
         })
     }
 

@@ -51,24 +51,59 @@ pub async fn version(client: &Client) -> Result<i64, tokio_postgres::Error> {
 }
 
 /// Records that proxy `id` (at `address`) is alive and has applied `applied`.
+/// `old_shape` is this proxy's old-shape usage: `{migration id:
+/// {"statements": n, "last_ms": t, "applications": {name: t}}}`.
 pub async fn heartbeat(
     client: &Client,
     id: &str,
     address: &str,
     applied: i64,
+    old_shape: &serde_json::Value,
 ) -> Result<(), tokio_postgres::Error> {
+    let old_shape = old_shape.to_string();
     client
         .execute(
             &format!(
-                "insert into pgshift.proxies (id, address, applied_version, heartbeat_ms, started_ms)
-                 values ($1, $2, $3, {NOW_MS}, {NOW_MS})
+                "insert into pgshift.proxies (id, address, applied_version, heartbeat_ms, started_ms, old_shape)
+                 values ($1, $2, $3, {NOW_MS}, {NOW_MS}, $4::text::jsonb)
                  on conflict (id) do update set applied_version = greatest(pgshift.proxies.applied_version, excluded.applied_version),
-                                                heartbeat_ms = excluded.heartbeat_ms, address = excluded.address"
+                                                heartbeat_ms = excluded.heartbeat_ms, address = excluded.address,
+                                                old_shape = excluded.old_shape"
             ),
-            &[&id, &address, &applied],
+            &[&id, &address, &applied, &old_shape],
         )
         .await?;
     Ok(())
+}
+
+/// Applications that sent old-shape statements for `migration` within
+/// `window`, through any live proxy: (application, proxy, Unix ms).
+pub async fn old_shape_users(
+    client: &Client,
+    migration: &str,
+    window: Duration,
+    options: Options,
+) -> Result<Vec<(String, String, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "select app.key, p.id, app.value::bigint
+                   from pgshift.proxies p,
+                        jsonb_each_text(coalesce(p.old_shape -> $1 -> 'applications', '{{}}'::jsonb)) app
+                  where p.heartbeat_ms > {NOW_MS} - $2 and app.value::bigint > {NOW_MS} - $3
+                  order by 3 desc"
+            ),
+            &[
+                &migration,
+                &(options.proxy_timeout.as_millis() as i64),
+                &(window.as_millis() as i64),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Removes proxy `id` (a clean shutdown).

@@ -50,6 +50,7 @@ create table if not exists pgshift.proxies (
     heartbeat_ms bigint not null,
     started_ms bigint not null
 );
+alter table pgshift.proxies add column if not exists old_shape jsonb not null default '{}';
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,

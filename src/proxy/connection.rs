@@ -131,7 +131,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
     );
-    relay::run(&shared, rewriter, client, server).await;
+    let application = params.application_name.as_deref().map(Arc::from);
+    relay::run(&shared, rewriter, application, client, server).await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -48,6 +48,8 @@ pub struct SessionState {
     /// Refusals in flight and prepared statements.
     book: Mutex<Book>,
     refusal_seq: AtomicU64,
+    /// The client's `application_name` (startup), for the old-shape report.
+    application: Option<Arc<str>>,
 }
 
 /// What the session keeps about statements.
@@ -62,7 +64,7 @@ struct Book {
 impl SessionState {
     /// Fresh state of a session that has just sent its startup message;
     /// `track_activity` keeps the last-activity clock (for an idle timeout).
-    pub fn new(track_activity: bool) -> Self {
+    pub fn new(track_activity: bool, application: Option<Arc<str>>) -> Self {
         SessionState {
             started: Instant::now(),
             track_activity,
@@ -76,6 +78,7 @@ impl SessionState {
             draining: AtomicBool::new(false),
             book: Mutex::new(Book::default()),
             refusal_seq: AtomicU64::new(0),
+            application,
         }
     }
 
@@ -165,7 +168,9 @@ impl<'a> FrontendVisitor<'a> {
         };
         let parse = statements::parse_frame(name, &sql, &param_types);
         let (parse, with_parse_complete) =
-            match rewrite_frame(self.rewriter, frontend::PARSE, &parse) {
+            match crate::rewrite::with_application(self.state.application.as_ref(), || {
+                rewrite_frame(self.rewriter, frontend::PARSE, &parse)
+            }) {
                 Ok(Outcome::Keep) => (parse, true),
                 Ok(Outcome::Replace(rewritten)) => (rewritten, true),
                 Ok(Outcome::Refuse(refusal)) => (
@@ -240,7 +245,10 @@ impl FrameVisitor for FrontendVisitor<'_> {
         // Read the epoch before rewriting: a statement is never recorded as
         // newer than the rules it was rewritten under.
         let epoch = self.rewriter.epoch();
-        let outcome = rewrite_frame(self.rewriter, tag, frame).map_err(|e| e.to_string())?;
+        let outcome = crate::rewrite::with_application(self.state.application.as_ref(), || {
+            rewrite_frame(self.rewriter, tag, frame)
+        })
+        .map_err(|e| e.to_string())?;
         if let (true, Some(epoch)) = (self.tracking, epoch) {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {

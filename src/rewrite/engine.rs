@@ -62,6 +62,8 @@ enum CachedOutcome {
 struct Tally {
     rewritten: Vec<usize>,
     refused: Option<usize>,
+    /// Migrations whose old column the statement names (old-shape use).
+    old_shape: Vec<usize>,
 }
 
 impl Tally {
@@ -73,6 +75,14 @@ impl Tally {
         }
         if let Some(c) = self.refused.and_then(|i| rules.counters.get(i)) {
             c.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.old_shape.is_empty() {
+            let application = super::current_application();
+            for &i in &self.old_shape {
+                if let Some(c) = rules.counters.get(i) {
+                    c.saw_old_shape(application.as_deref());
+                }
+            }
         }
     }
 }
@@ -119,7 +129,8 @@ impl StatementRewriter for MigrationRewriter {
                 tally.record(rules);
                 return outcome;
             };
-            let (outcome, cached, tally) = plan_for_cache(text, literals, rules);
+            let (outcome, cached, mut tally) = plan_for_cache(text, literals, rules);
+            tally.old_shape = old_shape_uses(sql, rules);
             tally.record(rules);
             if let Some(cached) = cached {
                 PLANS.with(|plans| {
@@ -145,6 +156,18 @@ impl StatementRewriter for MigrationRewriter {
     fn epoch(&self) -> Option<u64> {
         Some(self.rules.epoch())
     }
+}
+
+/// The migrations whose table and old column `sql` names (a whole-word
+/// scan: a statement naming `a` is an old-shape statement).
+fn old_shape_uses(sql: &[u8], rules: &Rules) -> Vec<usize> {
+    (0..rules.migrations.len())
+        .filter(|&i| {
+            let spec = &rules.migrations[i].spec;
+            mentions_any(sql, std::slice::from_ref(&spec.table.name.to_lowercase()))
+                && mentions_any(sql, std::slice::from_ref(&spec.from.to_lowercase()))
+        })
+        .collect()
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced
@@ -196,6 +219,7 @@ fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally) {
             Tally {
                 rewritten: by,
                 refused: None,
+                old_shape: Vec::new(),
             },
         ),
         Plan::Refused {
@@ -206,6 +230,7 @@ fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally) {
             Tally {
                 rewritten: Vec::new(),
                 refused: rules.migrations.iter().position(|x| std::ptr::eq(x, m)),
+                old_shape: Vec::new(),
             },
         ),
         Plan::Refused {
@@ -242,6 +267,7 @@ fn refuse_all<'a>(rules: &Rules, reason: &str) -> (Rewrite<'a>, Tally) {
             Tally {
                 rewritten: Vec::new(),
                 refused: Some(0),
+                old_shape: Vec::new(),
             },
         ),
         None => (Rewrite::Unchanged, Tally::default()),

@@ -10,6 +10,8 @@
 //!   path in front.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 mod blocks;
 pub mod catalog;
@@ -68,6 +70,26 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn epoch(&self) -> Option<u64> {
         None
     }
+}
+
+thread_local! {
+    static APPLICATION: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a call of [`StatementRewriter::rewrite`]) with `application`
+/// as the `application_name` its statement is attributed to, for the
+/// old-shape usage report. Rewriting is synchronous, so the attribution
+/// cannot leak into another session's statement.
+pub fn with_application<R>(application: Option<&Arc<str>>, f: impl FnOnce() -> R) -> R {
+    APPLICATION.with(|a| *a.borrow_mut() = application.cloned());
+    let out = f();
+    APPLICATION.with(|a| *a.borrow_mut() = None);
+    out
+}
+
+/// The application the statement being rewritten comes from.
+pub(crate) fn current_application() -> Option<Arc<str>> {
+    APPLICATION.with(|a| a.borrow().clone())
 }
 
 /// The rewriter used while no migration is configured: every statement goes

@@ -26,6 +26,60 @@ pub struct ActiveMigration {
 pub struct MigrationCounters {
     pub rewritten: AtomicU64,
     pub refused: AtomicU64,
+    /// Statements that named the old column (the old shape).
+    pub old_shape: AtomicU64,
+    /// Unix milliseconds of the last one.
+    pub old_shape_last_ms: AtomicU64,
+    /// `application_name` → Unix milliseconds of its last old-shape statement.
+    old_shape_applications: Mutex<HashMap<String, u64>>,
+}
+
+/// Old-shape statements seen for one migration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OldShapeUsage {
+    pub statements: u64,
+    pub last_ms: u64,
+    /// (application_name, Unix milliseconds of its last old-shape statement)
+    pub applications: Vec<(String, u64)>,
+}
+
+impl MigrationCounters {
+    /// Notes an old-shape statement from `application`.
+    pub fn saw_old_shape(&self, application: Option<&str>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.old_shape.fetch_add(1, Ordering::Relaxed);
+        self.old_shape_last_ms.fetch_max(now, Ordering::Relaxed);
+        let mut apps = self
+            .old_shape_applications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let name = application.unwrap_or("");
+        let full = apps.len() >= 1000;
+        match apps.get_mut(name) {
+            Some(last) => *last = now,
+            None if !full => {
+                apps.insert(name.to_string(), now);
+            }
+            None => {}
+        }
+    }
+
+    pub fn old_shape_usage(&self) -> OldShapeUsage {
+        let apps = self
+            .old_shape_applications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut applications: Vec<(String, u64)> =
+            apps.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        applications.sort();
+        OldShapeUsage {
+            statements: self.old_shape.load(Ordering::Relaxed),
+            last_ms: self.old_shape_last_ms.load(Ordering::Relaxed),
+            applications,
+        }
+    }
 }
 
 /// A consistent set of rules.
@@ -148,6 +202,17 @@ impl RulesCell {
             })
             .collect();
         out.sort();
+        out
+    }
+
+    /// Old-shape usage of every migration ever published in this cell.
+    pub fn old_shape_usage(&self) -> Vec<(String, OldShapeUsage)> {
+        let registry = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, OldShapeUsage)> = registry
+            .iter()
+            .map(|(id, c)| (id.clone(), c.old_shape_usage()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 

@@ -111,7 +111,10 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
     let admin = d.admin.as_str();
 
     // Writers in both shapes, on both protocols, all along.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stops = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
     let committed = Arc::new(AtomicI64::new(0));
     let mut writers = Vec::new();
     for (k, sql) in [
@@ -121,8 +124,13 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
     .into_iter()
     .enumerate()
     {
-        let client = d.proxy.connect_to(&dbname).await;
-        let (stop, committed) = (Arc::clone(&stop), Arc::clone(&committed));
+        // The old-shape application says who it is: the contract check names it.
+        let mut config = d.proxy.config();
+        config
+            .dbname(&dbname)
+            .application_name(["old-app", "new-app"][k]);
+        let client = connect(&config).await.unwrap();
+        let (stop, committed) = (Arc::clone(&stops[k]), Arc::clone(&committed));
         writers.push(tokio::spawn(async move {
             let mut n = 0i32;
             let mut errors = Vec::new();
@@ -203,7 +211,24 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
         "{body}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The old shape is still in use: contract refuses, naming the application.
+    let m = migration_status(admin, &id).await;
+    assert!(m["old_shape"]["statements"].as_u64().unwrap() > 0, "{m}");
     let (code, body) = post(admin, &format!("/migrations/{id}/contract"), json!({})).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("old-app"),
+        "{body}"
+    );
+    // Once the old application stopped (here: for a second), it goes ahead.
+    stops[0].store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/contract"),
+        json!({"window_secs": 1}),
+    )
+    .await;
     assert_eq!(
         (code, body["phase"].as_str()),
         (200, Some("contracted")),
@@ -211,7 +236,7 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    stop.store(true, Ordering::Relaxed);
+    stops[1].store(true, Ordering::Relaxed);
     for w in writers {
         let errors = w.await.unwrap();
         // Only the new shape's writes before expand may fail (no column yet).
