@@ -440,3 +440,80 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
         .get(0);
     assert_eq!(gone, 0);
 }
+
+#[tokio::test]
+async fn expand_waits_for_a_lock_without_stalling_other_clients() {
+    let (dbname, direct) = db().fresh_database("lockdb").await;
+    let table = unique("locked");
+    let id = unique("locked_m");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, 100) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.clone();
+
+    // A long transaction holds a lock on the table for 3 s.
+    let blocker = connect(&db().config_for(&dbname)).await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "begin; select * from {table} where id = 1 for update"
+        ))
+        .await
+        .unwrap();
+    // A client reads through the proxy all along; its longest wait is the stall.
+    let reader = d.proxy.connect_to(&dbname).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let stop = Arc::clone(&stop);
+        let sql = format!("select v from {table} where id = 2");
+        tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                reader.query_one(&sql, &[]).await.unwrap();
+                longest = longest.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            longest
+        })
+    };
+    let expand = {
+        let (admin, id) = (admin.clone(), id.clone());
+        tokio::spawn(
+            async move { post(&admin, &format!("/migrations/{id}/expand"), json!({})).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    blocker.batch_execute("commit").await.unwrap();
+    let (code, body) = expand.await.unwrap();
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("expanded")),
+        "{body}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let longest = reading.await.unwrap();
+    // A plain ALTER would have queued the reader behind it for the whole
+    // 3 s; with lock_timeout 1 s the reader waits at most about that long.
+    assert!(
+        longest < Duration::from_millis(2000),
+        "a reader stalled for {longest:?}"
+    );
+    let detail: String = direct
+        .query_one(
+            "select detail from pgshift.events where migration_id = $1 and action = 'expand'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !detail.contains("lock attempts: 1)"),
+        "it had to retry: {detail}"
+    );
+    eprintln!("longest stall of a concurrent reader during expand: {longest:?} ({detail})");
+}
