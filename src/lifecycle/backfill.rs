@@ -24,8 +24,8 @@ pub struct Walk {
     key_text: String,
     /// `k1 desc, k2 desc`.
     key_desc: String,
-    /// `($1::text::T1, $2::text::T2)`: a key given as text parameters.
-    key_params: String,
+    /// The key columns' types, for keys given as text parameters.
+    key_types: Vec<String>,
     width: usize,
     /// `up(a)` over the table's own row.
     up: String,
@@ -53,24 +53,28 @@ impl Walk {
                 .map(|c| format!("{c} desc"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            key_params: format!(
-                "({})",
-                key.iter()
-                    .enumerate()
-                    .map(|(i, (_, ty))| format!("${}::text::{ty}", i + 1))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            key_types: key.iter().map(|(_, ty)| ty.clone()).collect(),
             width: key.len(),
             up,
             new: quote_ident(&spec.to),
         }
     }
 
+    /// `($n::text::T1, $n+1::text::T2)`: a key as text parameters from `$n`.
+    fn key_params(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key_types
+            .iter()
+            .enumerate()
+            .map(|(i, ty)| format!("${}::text::{ty}", first + i))
+            .collect();
+        format!("({})", params.join(", "))
+    }
+
     /// Rows after `cursor` (all rows for `None`), as a WHERE condition.
     fn after(&self, cursor: &Option<Vec<String>>) -> String {
         match cursor {
-            Some(_) => format!("({}) > {}", self.key_list, self.key_params),
+            Some(_) => format!("({}) > {}", self.key_list, self.key_params(1)),
             None => "true".into(),
         }
     }
@@ -82,43 +86,60 @@ impl Walk {
         }
     }
 
+    /// `(k1, k2) <= ($n::text::T1, …)`: the upper end of a range, its
+    /// parameters numbered after the cursor's.
+    fn up_to(&self, cursor: &Option<Vec<String>>) -> String {
+        let first = if cursor.is_some() { self.width + 1 } else { 1 };
+        format!("({}) <= {}", self.key_list, self.key_params(first))
+    }
+
+    /// The next range after `cursor`: (rows in it, its last key), read
+    /// from the key's index alone.
+    async fn next_range(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        cursor: &Option<Vec<String>>,
+        batch: i32,
+    ) -> Result<(i64, Option<Vec<String>>), tokio_postgres::Error> {
+        let sql = format!(
+            "with keys as (select {keys} from {t} where {after} order by {keys} limit {batch})
+             select (select count(*) from keys), (select array[{key_text}] from keys order by {desc} limit 1)",
+            keys = self.key_list,
+            t = self.table,
+            after = self.after(cursor),
+            key_text = self.key_text,
+            desc = self.key_desc,
+        );
+        let row = client.query_one(&sql, &self.params(cursor)).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// One backfill batch after `cursor`: (rows walked, rows updated, the
-    /// last key). Runs in the caller's transaction.
+    /// last key). The range is found on the key's index, then updated with
+    /// a range predicate (an index range scan, never a join). Runs in the
+    /// caller's transaction.
     pub async fn backfill_batch(
         &self,
         client: &impl tokio_postgres::GenericClient,
         cursor: &Option<Vec<String>>,
         batch: i32,
     ) -> Result<(i64, i64, Option<Vec<String>>), tokio_postgres::Error> {
+        let (walked, last) = self.next_range(client, cursor, batch).await?;
+        let Some(upper) = &last else {
+            return Ok((0, 0, None));
+        };
         let sql = format!(
-            "with keys as (select {keys} from {t} where {after} order by {keys} limit {batch}),
-                  upd as (update {t} set {b} = {up} from keys
-                           where ({qualified}) = ({key_cols}) and {t}.{b} is distinct from {up}
-                           returning 1)
-             select (select count(*) from keys), (select count(*) from upd),
-                    (select array[{key_text}] from keys order by {desc} limit 1)",
-            keys = self.key_list,
+            "update {t} set {b} = {up} where {after} and {up_to} and {b} is distinct from {up}",
             t = self.table,
-            after = self.after(cursor),
             b = self.new,
             up = self.up,
-            qualified = self
-                .key_list
-                .split(", ")
-                .map(|c| format!("{}.{c}", self.table))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_cols = self
-                .key_list
-                .split(", ")
-                .map(|c| format!("keys.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_text = self.key_text,
-            desc = self.key_desc,
+            after = self.after(cursor),
+            up_to = self.up_to(cursor),
         );
-        let row = client.query_one(&sql, &self.params(cursor)).await?;
-        Ok((row.get(0), row.get(1), row.get(2)))
+        let mut params = self.params(cursor);
+        params.extend(upper.iter().map(|v| v as &(dyn ToSql + Sync)));
+        let updated = client.execute(&sql, &params).await?;
+        Ok((walked, updated as i64, last))
     }
 
     /// Parity over the range after `cursor` (`batch` keys): (rows in the
@@ -131,39 +152,40 @@ impl Walk {
         batch: i32,
         fix: bool,
     ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), tokio_postgres::Error> {
-        let keys = format!(
-            "select {keys} from {t} where {after} order by {keys} limit {batch}",
-            keys = self.key_list,
-            t = self.table,
-            after = self.after(cursor),
-        );
-        let fix_cte = if fix {
-            format!(
-                ", fixed as (update {t} set {b} = {up} where ({keys}) in (select {keys} from keys) and {b} is distinct from {up} returning 1)",
-                t = self.table,
-                b = self.new,
-                up = self.up,
-                keys = self.key_list,
-            )
-        } else {
-            String::new()
+        let (rows, last) = self.next_range(client, cursor, batch).await?;
+        let Some(upper) = &last else {
+            return Ok((0, 0, Vec::new(), None));
         };
-        let sql = format!(
-            "with keys as ({keys}){fix_cte},
-                  bad as (select ({key_text})::text as k from {t}
-                           where ({key_list}) in (select {key_list} from keys) and {b} is distinct from {up})
-             select (select count(*) from keys), (select count(*) from bad),
-                    array(select k from bad order by k limit 5),
-                    (select array[{key_text}] from keys order by {desc} limit 1)",
-            t = self.table,
-            key_list = self.key_list,
-            key_text = self.key_text,
-            b = self.new,
-            up = self.up,
-            desc = self.key_desc,
-        );
-        let row = client.query_one(&sql, &self.params(cursor)).await?;
-        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+        let mut params = self.params(cursor);
+        params.extend(upper.iter().map(|v| v as &(dyn ToSql + Sync)));
+        let range = format!("{} and {}", self.after(cursor), self.up_to(cursor));
+        if fix {
+            client
+                .execute(
+                    &format!(
+                        "update {t} set {b} = {up} where {range} and {b} is distinct from {up}",
+                        t = self.table,
+                        b = self.new,
+                        up = self.up,
+                    ),
+                    &params,
+                )
+                .await?;
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "with bad as (select ({key_text})::text as k from {t} where {range} and {b} is distinct from {up})
+                     select (select count(*) from bad), array(select k from bad order by k limit 5)",
+                    key_text = self.key_text,
+                    t = self.table,
+                    b = self.new,
+                    up = self.up,
+                ),
+                &params,
+            )
+            .await?;
+        Ok((rows, row.get(0), row.get(1), last))
     }
 
     pub fn width(&self) -> usize {
@@ -178,8 +200,11 @@ pub async fn commit_batch(
     record: &mut Record,
 ) -> Result<(i64, i64), store::StoreError> {
     let tx = client.transaction().await?;
+    // Losing the last batches' commits in a crash is harmless (the cursor
+    // goes back with them, and b = up(a) is idempotent), so the backfill
+    // does not wait for the WAL flush of each batch.
     tx.batch_execute(&format!(
-        "set local statement_timeout = {}",
+        "set local statement_timeout = {}; set local synchronous_commit = off",
         record.backfill.batch_timeout_ms.max(1)
     ))
     .await?;

@@ -517,3 +517,110 @@ async fn expand_waits_for_a_lock_without_stalling_other_clients() {
     );
     eprintln!("longest stall of a concurrent reader during expand: {longest:?} ({detail})");
 }
+
+#[tokio::test]
+async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
+    let (dbname, direct) = db().fresh_database("keydb").await;
+    let table = unique("composite");
+    let keyless = unique("keyless");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (region text, n int, amount int, primary key (region, n));
+             insert into {table} select r, g, g * 10 from unnest(array['eu', 'us', 'ap']) r, generate_series(1, 700) g;
+             create table {keyless} (amount int); insert into {keyless} values (1)"
+        ))
+        .await
+        .unwrap();
+    let id = unique("composite_m");
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        "amount",
+        "amount_dec",
+        Some("numeric(12,2)"),
+        Some("amount::numeric / 100"),
+        Some("(amount_dec * 100)::integer"),
+    )
+    .unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 250}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert_eq!(m["backfill"]["rows_done"], 2100, "{m}");
+    let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    let wrong: i64 = direct
+        .query_one(
+            &format!("select count(*) from {table} where amount_dec is distinct from amount::numeric / 100"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+    // A mismatch made behind pgshift's back is found, and fixed on request.
+    direct
+        .batch_execute(&format!(
+            "update {table} set amount_dec = 0 where region = 'us' and n = 7"
+        ))
+        .await
+        .unwrap();
+    let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(body["validation"]["mismatches"], 1, "{body}");
+    assert_eq!(body["validation"]["samples"][0], "(us,7)", "{body}");
+    let (code, _) = post(
+        admin,
+        &format!("/migrations/{id}/switch-reads"),
+        json!({"to": "new"}),
+    )
+    .await;
+    assert_eq!(code, 409, "mismatches block the switch");
+    let (_, body) = post(
+        admin,
+        &format!("/migrations/{id}/validate"),
+        json!({"fix": true}),
+    )
+    .await;
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    assert_eq!(body["phase"], "validated");
+    drop(d);
+
+    let keyless_id = unique("keyless_m");
+    let spec =
+        MigrationSpec::new(&keyless_id, &keyless, "amount", "amount2", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(
+            admin,
+            &format!("/migrations/{keyless_id}/expand"),
+            json!({})
+        )
+        .await
+        .0,
+        200
+    );
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{keyless_id}/backfill"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("primary key"),
+        "{body}"
+    );
+}
