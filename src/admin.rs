@@ -2,7 +2,12 @@
 //! JSON in and out) that drives the lifecycle and reports status.
 //!
 //! - `GET /status` — every migration: phase, read source, backfill
-//!   progress, last validation, statements rewritten/refused.
+//!   progress, last validation, statements rewritten/refused/old-shape.
+//! - `GET /metrics` — the same numbers and the session counts, in the
+//!   Prometheus text format.
+//! - `POST /migrations` — add a migration at run time (the keys of a
+//!   `[[migrations]]` entry: `id`, `table`, `from`, `to`, optional `type`,
+//!   `up`, `down`); 201 with its status.
 //! - `POST /migrations/{id}/{action}` — `expand`, `backfill` (202: it runs
 //!   in the background), `pause`, `resume`, `validate`, `switch-reads`
 //!   (`{"to": "new"|"old"}`), `contract`, `complete`, `rollback`. 200 with
@@ -96,14 +101,33 @@ async fn handle(
     }
     tracing::info!(%peer, method = %request.method, path = %request.path, "admin request");
     let (status, body) = route(&request, lifecycle).await;
-    respond(&mut stream, status, &body).await
+    match body {
+        // The metrics are text, not JSON.
+        Value::String(text) if status == 200 => {
+            respond_raw(&mut stream, 200, "text/plain; version=0.0.4", &text).await
+        }
+        body => respond(&mut stream, status, &body).await,
+    }
 }
 
 async fn route(request: &Request, lifecycle: &Arc<Lifecycle>) -> (u16, Value) {
     let parts: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (request.method.as_str(), parts.as_slice()) {
         ("GET", ["status"]) => (200, lifecycle.status()),
+        ("GET", ["metrics"]) => (200, Value::String(lifecycle.metrics())),
         ("GET", ["migrations", id]) => answer(lifecycle.status_of(id), 200),
+        ("POST", ["migrations"]) => {
+            let body: Value = match serde_json::from_slice(&request.body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return (
+                        400,
+                        json!({ "error": format!("the body is not JSON: {e}") }),
+                    )
+                }
+            };
+            answer(lifecycle.add(&body).await, 201)
+        }
         ("POST", ["migrations", id, action]) => {
             let body: Value = if request.body.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
@@ -215,8 +239,18 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, String>
 }
 
 async fn respond(stream: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+    respond_raw(stream, status, "application/json", &body.to_string()).await
+}
+
+async fn respond_raw(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    text: &str,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        201 => "Created",
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -226,9 +260,8 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &Value) -> std::io::
         409 => "Conflict",
         _ => "Internal Server Error",
     };
-    let text = body.to_string();
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
         text.len()
     );
     stream.write_all(response.as_bytes()).await?;
@@ -278,6 +311,7 @@ pub async fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("malformed status line")?;
-    let value = serde_json::from_str(body).map_err(|e| format!("response is not JSON: {e}"))?;
+    // JSON, except the metrics (text).
+    let value = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
     Ok((status, value))
 }

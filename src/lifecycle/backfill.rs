@@ -199,27 +199,41 @@ pub async fn commit_batch(
     walk: &Walk,
     record: &mut Record,
 ) -> Result<(i64, i64), store::StoreError> {
-    let tx = client.transaction().await?;
     // Losing the last batches' commits in a crash is harmless (the cursor
     // goes back with them, and b = up(a) is idempotent), so the backfill
     // does not wait for the WAL flush of each batch.
-    tx.batch_execute(&format!(
-        "set local statement_timeout = {}; set local synchronous_commit = off",
-        record.backfill.batch_timeout_ms.max(1)
-    ))
-    .await?;
-    let (walked, updated, last) = walk
-        .backfill_batch(
-            &tx,
-            &record.backfill.cursor,
-            record.backfill.batch_size.max(1),
-        )
+    client
+        .batch_execute(&format!(
+            "begin; set local statement_timeout = {}; set local synchronous_commit = off",
+            record.backfill.batch_timeout_ms.max(1)
+        ))
         .await?;
-    if walked > 0 {
-        record.backfill.cursor = last;
-        record.backfill.rows_done += walked;
+    let result = async {
+        let (walked, updated, last) = walk
+            .backfill_batch(
+                &*client,
+                &record.backfill.cursor,
+                record.backfill.batch_size.max(1),
+            )
+            .await?;
+        let mut next = record.clone();
+        if walked > 0 {
+            next.backfill.cursor = last;
+            next.backfill.rows_done += walked;
+        }
+        store::save(&*client, &next).await?;
+        Ok::<_, store::StoreError>((walked, updated, next))
     }
-    store::save(&tx, record).await?;
-    tx.commit().await?;
-    Ok((walked, updated))
+    .await;
+    match result {
+        Ok((walked, updated, next)) => {
+            client.batch_execute("commit").await?;
+            *record = next;
+            Ok((walked, updated))
+        }
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            Err(e)
+        }
+    }
 }

@@ -371,6 +371,68 @@ impl Lifecycle {
             .map_err(|e| ActionError::Failed(e.to_string()))
     }
 
+    /// `POST /migrations`: adds a migration (phase planned) to the store;
+    /// every proxy of the database applies it before this returns.
+    pub async fn add(&self, body: &Value) -> Result<Value, ActionError> {
+        let text = |key: &str| body.get(key).and_then(Value::as_str);
+        let (Some(id), Some(table), Some(from), Some(to)) =
+            (text("id"), text("table"), text("from"), text("to"))
+        else {
+            return Err(ActionError::BadRequest(
+                "a migration needs \"id\", \"table\", \"from\" and \"to\" (and, for a type change, \"type\", \"up\", \"down\")".into(),
+            ));
+        };
+        let spec = crate::rewrite::migration::MigrationSpec::new(
+            id,
+            table,
+            from,
+            to,
+            text("type"),
+            text("up"),
+            text("down"),
+        )
+        .map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        let _one_at_a_time = self.action.lock().await;
+        for other in self.records() {
+            let clash = other.spec.id == spec.id
+                || (other.spec.table == spec.table
+                    && !matches!(other.phase, Phase::Complete | Phase::RolledBack)
+                    && [&other.spec.from, &other.spec.to]
+                        .iter()
+                        .any(|c| **c == spec.from || **c == spec.to));
+            if clash {
+                return Err(ActionError::Conflict(format!(
+                    "migration {:?} clashes with migration {:?} (same id, or a column of the same table in flight)",
+                    spec.id, other.spec.id
+                )));
+            }
+        }
+        let client = self.connect().await?;
+        let table = spec.table.to_string();
+        let exists: bool = client
+            .query_one("select to_regclass($1) is not null", &[&table])
+            .await?
+            .get(0);
+        if !exists {
+            return Err(ActionError::Conflict(format!("there is no table {table}")));
+        }
+        if ddl::column_info(&client, &table, &spec.from)
+            .await?
+            .is_none()
+        {
+            return Err(ActionError::Conflict(format!(
+                "table {table} has no column {}",
+                quote_ident(&spec.from)
+            )));
+        }
+        let record =
+            store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
+        self.commit(&client, record, "add", &body.to_string(), true)
+            .await?;
+        drop(_one_at_a_time);
+        self.status_of(&spec.id)
+    }
+
     /// Runs `action` on migration `id`; the answer is the migration's status.
     pub async fn act(
         self: &Arc<Self>,
@@ -1067,6 +1129,136 @@ impl Lifecycle {
             "statements": { "rewritten": rewritten, "refused": refused },
             "old_shape": old_shape,
         })
+    }
+
+    /// The Prometheus text exposition of this proxy and its migrations.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let (accepted, active, rejected) = crate::proxy::stats::sessions();
+        let _ = writeln!(out, "# HELP pgshift_sessions Client sessions relayed now.\n# TYPE pgshift_sessions gauge\npgshift_sessions {active}");
+        let _ = writeln!(out, "# HELP pgshift_sessions_total Client sessions relayed since start.\n# TYPE pgshift_sessions_total counter\npgshift_sessions_total {accepted}");
+        let _ = writeln!(out, "# HELP pgshift_sessions_rejected_total Connections refused at max_client_connections.\n# TYPE pgshift_sessions_rejected_total counter\npgshift_sessions_rejected_total {rejected}");
+        let _ = writeln!(out, "# HELP pgshift_rules_epoch The rewrite rules epoch in force.\n# TYPE pgshift_rules_epoch gauge\npgshift_rules_epoch {}", self.rules.epoch());
+        let _ = writeln!(out, "# HELP pgshift_state_version The migration state version applied.\n# TYPE pgshift_state_version gauge\npgshift_state_version {}", self.applied.load(Ordering::Acquire));
+        let counters = self.rules.counters();
+        let usage = self.rules.old_shape_usage();
+        let records = self.records();
+        let label = |id: &str| id.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut family = |name: &str, kind: &str, help: &str, values: Vec<(String, String)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in values {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+        family(
+            "pgshift_migration_phase",
+            "gauge",
+            "1 for each migration's current phase.",
+            records
+                .iter()
+                .flat_map(|r| {
+                    Phase::ALL.iter().map(move |p| {
+                        (
+                            format!("migration=\"{}\",phase=\"{}\"", label(&r.spec.id), p),
+                            u8::from(*p == r.phase).to_string(),
+                        )
+                    })
+                })
+                .collect(),
+        );
+        family(
+            "pgshift_statements_rewritten_total",
+            "counter",
+            "Statements rewritten for a migration.",
+            counters
+                .iter()
+                .map(|(id, rw, _)| (format!("migration=\"{}\"", label(id)), rw.to_string()))
+                .collect(),
+        );
+        family(
+            "pgshift_statements_refused_total",
+            "counter",
+            "Statements refused (SQLSTATE 0A000) for a migration.",
+            counters
+                .iter()
+                .map(|(id, _, rf)| (format!("migration=\"{}\"", label(id)), rf.to_string()))
+                .collect(),
+        );
+        family(
+            "pgshift_statements_old_shape_total",
+            "counter",
+            "Statements naming a migration's old column.",
+            usage
+                .iter()
+                .map(|(id, u)| {
+                    (
+                        format!("migration=\"{}\"", label(id)),
+                        u.statements.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "pgshift_backfill_rows_done",
+            "gauge",
+            "Rows the backfill has walked.",
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        format!("migration=\"{}\"", label(&r.spec.id)),
+                        r.backfill.rows_done.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "pgshift_backfill_rows_total",
+            "gauge",
+            "Rows the backfill expects to walk (an estimate until it ends).",
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        format!("migration=\"{}\"", label(&r.spec.id)),
+                        r.backfill.rows_total.unwrap_or(0).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "pgshift_backfill_running",
+            "gauge",
+            "1 while the backfill runs.",
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        format!("migration=\"{}\"", label(&r.spec.id)),
+                        u8::from(r.backfill.running).to_string(),
+                    )
+                })
+                .collect(),
+        );
+        family(
+            "pgshift_validation_mismatches",
+            "gauge",
+            "Mismatches the last validation found (-1: none yet).",
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        format!("migration=\"{}\"", label(&r.spec.id)),
+                        r.validation
+                            .as_ref()
+                            .map_or(-1, |v| v.mismatches)
+                            .to_string(),
+                    )
+                })
+                .collect(),
+        );
+        out
     }
 
     /// Every migration's status.

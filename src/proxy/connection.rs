@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::rewrite::{PassThrough, StatementRewriter};
 
 use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
-use super::{cancel, relay, Shared};
+use super::{cancel, relay, stats, Shared};
 
 /// How many SSLRequest/GSSENCRequest a client may send before its startup
 /// message (libpq sends at most one of each).
@@ -85,6 +85,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
     };
 
     let Ok(_permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
+        stats::rejected();
         warn!(
             max = limits.max_client_connections,
             "refused a client: too many connections"
@@ -100,6 +101,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         return;
     };
 
+    let _counted = stats::SessionGuard::new();
     let upstream = &shared.config.upstream;
     let server = match connect_upstream(&shared.config).await {
         Ok(server) => server,

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod session;
 pub mod statement;
 pub mod statements;
+pub mod stats;
 pub mod wire;
 mod workers;
 

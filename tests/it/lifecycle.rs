@@ -624,3 +624,67 @@ async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn migrations_added_at_run_time_apply_at_once_and_metrics_report_them() {
+    let (dbname, direct) = db().fresh_database("adddb").await;
+    let configured = unique("configured");
+    let table = unique("priced");
+    direct
+        .batch_execute(&format!(
+            "create table {configured} (id int primary key, x int);
+             create table {table} (id int primary key, price int); insert into {table} values (1, 250)"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&unique("cfg"), &configured, "x", "y", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    let id = unique("added");
+    let body = json!({"id": id, "table": table, "from": "price", "to": "price_cents"});
+    let (code, answer) = post(admin, "/migrations", body.clone()).await;
+    assert_eq!(
+        (code, answer["phase"].as_str()),
+        (201, Some("planned")),
+        "{answer}"
+    );
+    // In force at once: the new shape is served from the old column.
+    let app = d.proxy.connect_to(&dbname).await;
+    let row = app
+        .query_one(
+            &format!("select price_cents from {table} where id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 250);
+    // Duplicates, unknown tables and incomplete bodies are refused.
+    assert_eq!(post(admin, "/migrations", body).await.0, 409);
+    let (code, answer) = post(
+        admin,
+        "/migrations",
+        json!({"id": unique("nope"), "table": "no_such_table", "from": "a", "to": "b"}),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(post(admin, "/migrations", json!({"id": "x"})).await.0, 400);
+
+    let (code, metrics) = pgshift::admin::request(admin, "GET", "/metrics", None, None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let text = metrics.as_str().expect("metrics are text");
+    assert!(
+        text.contains(&format!(
+            "pgshift_migration_phase{{migration=\"{id}\",phase=\"planned\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE pgshift_sessions gauge"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "pgshift_statements_rewritten_total{{migration=\"{id}\"}} 1"
+        )),
+        "{text}"
+    );
+}
