@@ -12,7 +12,7 @@
 //! Two databases (`idle`, `load`), each with the new column `balance` added
 //! (the migration in its `expanded` phase), each behind its own pgshift.
 //! Run: `cargo bench --bench backfill` (`PGSHIFT_BENCH_BATCH`: rows per
-//! batch, default 1000).
+//! batch, default 1000; `PGSHIFT_BENCH_TARGET_MS`: time-targeted batches).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -70,6 +70,7 @@ fn main() -> Result<()> {
     let scale = env_num("PGSHIFT_BENCH_SCALE", 10);
     let secs = env_num("PGSHIFT_BENCH_SECS", 20);
     let batch = env_num("PGSHIFT_BENCH_BATCH", 1000);
+    let target_ms = env_num("PGSHIFT_BENCH_TARGET_MS", 0);
     let cluster = Cluster::start(&ClusterOptions::default())?;
     let pgbench = cluster.binaries().tool("pgbench");
     let rows = f64::from(scale) * 100_000.0;
@@ -144,7 +145,7 @@ fn main() -> Result<()> {
             idle_admin,
             "POST",
             "/migrations/accounts_balance/backfill",
-            Some(json!({ "batch_size": batch })),
+            Some(json!({ "batch_size": batch, "batch_target_ms": target_ms })),
         )
         .await?;
         loop {
@@ -186,7 +187,7 @@ fn main() -> Result<()> {
         load_admin,
         "POST",
         "/migrations/accounts_balance/backfill",
-        Some(json!({ "batch_size": batch })),
+        Some(json!({ "batch_size": batch, "batch_target_ms": target_ms })),
     ))?;
     let (tps, p99) = run("during")?;
     let elapsed = started.elapsed().as_secs_f64();
@@ -203,7 +204,7 @@ fn main() -> Result<()> {
     drop(servers);
 
     println!();
-    println!("backfill of pgbench_accounts ({rows:.0} rows, batches of {batch}); pgbench tpcb-like -c 8 through pgshift, {secs} s per run:");
+    println!("backfill of pgbench_accounts ({rows:.0} rows, batches of {batch}, target {target_ms} ms per batch (0: fixed)); pgbench tpcb-like -c 8 through pgshift, {secs} s per run:");
     println!();
     println!("| measure | value | ratio |");
     println!("|---|---|---|");

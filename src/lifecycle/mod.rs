@@ -571,7 +571,8 @@ impl Lifecycle {
         };
         let changed = setting("batch_size").is_some()
             || setting("batch_pause_ms").is_some()
-            || setting("batch_timeout_ms").is_some();
+            || setting("batch_timeout_ms").is_some()
+            || setting("batch_target_ms").is_some();
         if let Some(v) = setting("batch_size") {
             if v < 1 {
                 return Err(ActionError::BadRequest(
@@ -582,6 +583,9 @@ impl Lifecycle {
         }
         if let Some(v) = setting("batch_pause_ms") {
             record.backfill.batch_pause_ms = v;
+        }
+        if let Some(v) = setting("batch_target_ms") {
+            record.backfill.batch_target_ms = v;
         }
         if let Some(v) = setting("batch_timeout_ms") {
             record.backfill.batch_timeout_ms = v.max(1);
@@ -719,15 +723,36 @@ impl Lifecycle {
             record.backfill.batch_size = current.backfill.batch_size;
             record.backfill.batch_pause_ms = current.backfill.batch_pause_ms;
             record.backfill.batch_timeout_ms = current.backfill.batch_timeout_ms;
+            record.backfill.batch_target_ms = current.backfill.batch_target_ms;
+            let batch_started = tokio::time::Instant::now();
             let (walked, _updated) =
                 backfill::commit_batch(&mut client, &walk, &mut record).await?;
             if walked == 0 {
                 break;
             }
+            if record.backfill.batch_target_ms > 0 {
+                // Time-targeted sizing: move the batch size towards the
+                // target duration, at most doubling or halving per batch.
+                let took = batch_started.elapsed().as_secs_f64().max(0.001);
+                let target = f64::from(record.backfill.batch_target_ms) / 1000.0;
+                let factor = (target / took).clamp(0.5, 2.0);
+                let size = (f64::from(record.backfill.batch_size) * factor).round();
+                record.backfill.batch_size = size.clamp(100.0, 100_000.0) as i32;
+            }
             if let Some(total) = record.backfill.rows_total {
                 record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
             }
-            self.lock_records().insert(id.to_string(), record.clone());
+            // Progress into the shared record; settings changed meanwhile
+            // through the admin port stay (they apply from the next batch).
+            if let Some(current) = self.lock_records().get_mut(id) {
+                let b = &mut current.backfill;
+                b.cursor = record.backfill.cursor.clone();
+                b.rows_done = record.backfill.rows_done;
+                b.rows_total = record.backfill.rows_total;
+                if record.backfill.batch_target_ms > 0 && b.batch_target_ms > 0 {
+                    b.batch_size = record.backfill.batch_size;
+                }
+            }
             if record.backfill.batch_pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(record.backfill.batch_pause_ms as u64))
                     .await;
@@ -1118,6 +1143,7 @@ impl Lifecycle {
                 "batch_size": b.batch_size,
                 "batch_pause_ms": b.batch_pause_ms,
                 "batch_timeout_ms": b.batch_timeout_ms,
+                "batch_target_ms": b.batch_target_ms,
                 "started_ms": b.started_ms,
                 "finished_ms": b.finished_ms,
             },

@@ -51,6 +51,7 @@ create table if not exists pgshift.proxies (
     started_ms bigint not null
 );
 alter table pgshift.proxies add column if not exists old_shape jsonb not null default '{}';
+alter table pgshift.migrations add column if not exists batch_target_ms integer not null default 0;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -77,6 +78,9 @@ pub struct Backfill {
     pub batch_size: i32,
     pub batch_pause_ms: i32,
     pub batch_timeout_ms: i32,
+    /// With a target (ms), the batch size is adjusted after every batch so
+    /// that a batch takes about that long; 0: fixed `batch_size`.
+    pub batch_target_ms: i32,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
 }
@@ -118,6 +122,7 @@ impl Record {
                 batch_size: 1000,
                 batch_pause_ms: 0,
                 batch_timeout_ms: 30_000,
+                batch_target_ms: 0,
                 started_ms: None,
                 finished_ms: None,
             },
@@ -150,7 +155,8 @@ pub async fn create_schema(client: &Client) -> Result<(), StoreError> {
 const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, down, phase,
     backfill_cursor, rows_done, rows_total, backfill_running, backfill_paused, batch_size,
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
-    validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check";
+    validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
+    batch_target_ms";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -199,6 +205,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
             batch_size: row.try_get(13)?,
             batch_pause_ms: row.try_get(14)?,
             batch_timeout_ms: row.try_get(15)?,
+            batch_target_ms: row.try_get(23)?,
             started_ms: row.try_get(16)?,
             finished_ms: row.try_get(17)?,
         },
@@ -265,6 +272,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    batch_pause_ms = $9, batch_timeout_ms = $10, backfill_started_ms = $11,
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
+                   batch_target_ms = $18,
                    updated_ms = {NOW_MS}
                  where id = $1"
             ),
@@ -286,6 +294,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &v.map(|v| v.at_ms),
                 &r.write_path_changed_ms,
                 &r.not_null_check,
+                &b.batch_target_ms,
             ],
         )
         .await?;

@@ -553,12 +553,15 @@ async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
     let (code, body) = post(
         admin,
         &format!("/migrations/{id}/backfill"),
-        json!({"batch_size": 250}),
+        // Time-targeted: 100-row batches take far less than 200 ms, so
+        // the size grows batch after batch.
+        json!({"batch_size": 100, "batch_target_ms": 200}),
     )
     .await;
     assert_eq!(code, 202, "{body}");
     let m = wait_for_phase(admin, &id, "backfilled").await;
     assert_eq!(m["backfill"]["rows_done"], 2100, "{m}");
+    assert!(m["backfill"]["batch_size"].as_i64().unwrap() > 100, "{m}");
     let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
     assert_eq!(body["validation"]["mismatches"], 0, "{body}");
     let wrong: i64 = direct
