@@ -193,6 +193,38 @@ impl Walk {
     }
 }
 
+/// Why the backfill should wait before its next batch, if it should: a
+/// standby replaying too far behind, or too many sessions waiting for
+/// locks on the table.
+pub async fn throttle_reason(
+    client: &Client,
+    table: &str,
+    max_lag_ms: i32,
+    max_lock_waits: i32,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "select coalesce((select max(extract(epoch from greatest(write_lag, flush_lag, replay_lag)) * 1000)
+                                from pg_stat_replication), 0)::float8,
+                    (select count(*) from pg_locks
+                      where not granted and relation = $1::text::regclass)",
+            &[&table],
+        )
+        .await?;
+    let (lag_ms, waits): (f64, i64) = (row.get(0), row.get(1));
+    if max_lag_ms >= 0 && lag_ms > f64::from(max_lag_ms) {
+        return Ok(Some(format!(
+            "replication lag {lag_ms:.0} ms > max_replication_lag_ms {max_lag_ms}"
+        )));
+    }
+    if max_lock_waits >= 0 && waits > i64::from(max_lock_waits) {
+        return Ok(Some(format!(
+            "{waits} sessions wait for locks on {table} > max_lock_waits {max_lock_waits}"
+        )));
+    }
+    Ok(None)
+}
+
 /// Commits one batch and the record's new cursor and counters together.
 pub async fn commit_batch(
     client: &mut Client,

@@ -71,6 +71,8 @@ pub struct Lifecycle {
     action: tokio::sync::Mutex<()>,
     /// Pause flags of running backfills.
     pauses: Mutex<BTreeMap<String, Arc<AtomicBool>>>,
+    /// Why a running backfill is waiting, per migration.
+    throttled: Mutex<BTreeMap<String, String>>,
     pub lock: LockDiscipline,
     /// Time between publishing rules that stop using a column and dropping
     /// it, so statements already rewritten under the old rules (sent but
@@ -138,6 +140,7 @@ impl Lifecycle {
             records: Mutex::new(BTreeMap::new()),
             action: tokio::sync::Mutex::new(()),
             pauses: Mutex::new(BTreeMap::new()),
+            throttled: Mutex::new(BTreeMap::new()),
             lock: LockDiscipline::default(),
             settle: Duration::from_millis(500),
             id,
@@ -572,7 +575,9 @@ impl Lifecycle {
         let changed = setting("batch_size").is_some()
             || setting("batch_pause_ms").is_some()
             || setting("batch_timeout_ms").is_some()
-            || setting("batch_target_ms").is_some();
+            || setting("batch_target_ms").is_some()
+            || setting("max_replication_lag_ms").is_some()
+            || setting("max_lock_waits").is_some();
         if let Some(v) = setting("batch_size") {
             if v < 1 {
                 return Err(ActionError::BadRequest(
@@ -583,6 +588,12 @@ impl Lifecycle {
         }
         if let Some(v) = setting("batch_pause_ms") {
             record.backfill.batch_pause_ms = v;
+        }
+        if let Some(v) = body.get("max_replication_lag_ms").and_then(Value::as_i64) {
+            record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
+        }
+        if let Some(v) = body.get("max_lock_waits").and_then(Value::as_i64) {
+            record.backfill.max_lock_waits = v.clamp(-1, i32::MAX as i64) as i32;
         }
         if let Some(v) = setting("batch_target_ms") {
             record.backfill.batch_target_ms = v;
@@ -724,6 +735,23 @@ impl Lifecycle {
             record.backfill.batch_pause_ms = current.backfill.batch_pause_ms;
             record.backfill.batch_timeout_ms = current.backfill.batch_timeout_ms;
             record.backfill.batch_target_ms = current.backfill.batch_target_ms;
+            record.backfill.max_replication_lag_ms = current.backfill.max_replication_lag_ms;
+            record.backfill.max_lock_waits = current.backfill.max_lock_waits;
+            let throttle = backfill::throttle_reason(
+                &client,
+                &table,
+                record.backfill.max_replication_lag_ms,
+                record.backfill.max_lock_waits,
+            )
+            .await?;
+            let was = self.set_throttled(id, throttle.clone());
+            if let Some(reason) = throttle {
+                if was.as_deref() != Some(reason.as_str()) {
+                    tracing::info!(migration = %id, %reason, "backfill throttled");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             let batch_started = tokio::time::Instant::now();
             let (walked, _updated) =
                 backfill::commit_batch(&mut client, &walk, &mut record).await?;
@@ -778,6 +806,15 @@ impl Lifecycle {
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Sets (or clears) why `id`'s backfill waits; returns the previous reason.
+    fn set_throttled(&self, id: &str, reason: Option<String>) -> Option<String> {
+        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(r) => map.insert(id.to_string(), r),
+            None => map.remove(id),
+        }
     }
 
     async fn validate(&self, mut record: Record, body: &Value) -> Result<(), ActionError> {
@@ -1144,6 +1181,9 @@ impl Lifecycle {
                 "batch_pause_ms": b.batch_pause_ms,
                 "batch_timeout_ms": b.batch_timeout_ms,
                 "batch_target_ms": b.batch_target_ms,
+                "max_replication_lag_ms": b.max_replication_lag_ms,
+                "max_lock_waits": b.max_lock_waits,
+                "throttled": self.throttled.lock().unwrap_or_else(|e| e.into_inner()).get(&r.spec.id).cloned(),
                 "started_ms": b.started_ms,
                 "finished_ms": b.finished_ms,
             },

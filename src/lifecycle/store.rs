@@ -52,6 +52,8 @@ create table if not exists pgshift.proxies (
 );
 alter table pgshift.proxies add column if not exists old_shape jsonb not null default '{}';
 alter table pgshift.migrations add column if not exists batch_target_ms integer not null default 0;
+alter table pgshift.migrations add column if not exists max_replication_lag_ms integer not null default 10000;
+alter table pgshift.migrations add column if not exists max_lock_waits integer not null default 16;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -81,6 +83,10 @@ pub struct Backfill {
     /// With a target (ms), the batch size is adjusted after every batch so
     /// that a batch takes about that long; 0: fixed `batch_size`.
     pub batch_target_ms: i32,
+    /// The backfill waits while a standby's replay lag exceeds this (ms).
+    pub max_replication_lag_ms: i32,
+    /// … or while more sessions than this wait for locks on the table.
+    pub max_lock_waits: i32,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
 }
@@ -123,6 +129,8 @@ impl Record {
                 batch_pause_ms: 0,
                 batch_timeout_ms: 30_000,
                 batch_target_ms: 0,
+                max_replication_lag_ms: 10_000,
+                max_lock_waits: 16,
                 started_ms: None,
                 finished_ms: None,
             },
@@ -156,7 +164,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     backfill_cursor, rows_done, rows_total, backfill_running, backfill_paused, batch_size,
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
-    batch_target_ms";
+    batch_target_ms, max_replication_lag_ms, max_lock_waits";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -206,6 +214,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
             batch_pause_ms: row.try_get(14)?,
             batch_timeout_ms: row.try_get(15)?,
             batch_target_ms: row.try_get(23)?,
+            max_replication_lag_ms: row.try_get(24)?,
+            max_lock_waits: row.try_get(25)?,
             started_ms: row.try_get(16)?,
             finished_ms: row.try_get(17)?,
         },
@@ -272,7 +282,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    batch_pause_ms = $9, batch_timeout_ms = $10, backfill_started_ms = $11,
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
-                   batch_target_ms = $18,
+                   batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
                    updated_ms = {NOW_MS}
                  where id = $1"
             ),
@@ -295,6 +305,8 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &r.write_path_changed_ms,
                 &r.not_null_check,
                 &b.batch_target_ms,
+                &b.max_replication_lag_ms,
+                &b.max_lock_waits,
             ],
         )
         .await?;

@@ -691,3 +691,72 @@ async fn migrations_added_at_run_time_apply_at_once_and_metrics_report_them() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_backfill_waits_while_sessions_queue_for_locks_on_the_table() {
+    let (dbname, direct) = db().fresh_database("throttledb").await;
+    let table = unique("busy");
+    let id = unique("busy_m");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, 3000) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+
+    // One session holds a lock, a second queues behind it.
+    let holder = connect(&db().config_for(&dbname)).await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "begin; lock table {table} in share row exclusive mode"
+        ))
+        .await
+        .unwrap();
+    let waiter = connect(&db().config_for(&dbname)).await.unwrap();
+    let queued = {
+        let sql = format!("begin; lock table {table} in share row exclusive mode; commit");
+        tokio::spawn(async move { waiter.batch_execute(&sql).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 500, "max_lock_waits": 0}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = migration_status(admin, &id).await;
+        if m["backfill"]["throttled"].is_string() {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "never throttled: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        m["backfill"]["throttled"]
+            .as_str()
+            .unwrap()
+            .contains("wait for locks"),
+        "{m}"
+    );
+    assert_eq!(m["backfill"]["rows_done"], 0, "{m}");
+
+    // The queue drains: the backfill goes on by itself and finishes.
+    holder.batch_execute("commit").await.unwrap();
+    queued.await.unwrap().unwrap();
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert_eq!(m["backfill"]["rows_done"], 3000, "{m}");
+    assert!(m["backfill"]["throttled"].is_null(), "{m}");
+}
