@@ -228,6 +228,7 @@ impl Lifecycle {
             &self.old_shape_json(),
         )
         .await?;
+        self.renew_lease();
         Ok(())
     }
 
@@ -254,7 +255,20 @@ impl Lifecycle {
             &self.old_shape_json(),
         )
         .await?;
+        self.renew_lease();
         Ok(())
+    }
+
+    /// Confirms the rules in force for a while: less than the time after
+    /// which other proxies stop waiting for this one, so a proxy that falls
+    /// silent refuses statements on migrating tables before anyone else
+    /// goes on without it.
+    fn renew_lease(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let lease = self.options.proxy_timeout.as_millis() as u64 * 2 / 3;
+        self.rules.renew_lease(now + lease);
     }
 
     /// Stops following the state (at shutdown; tests use it to make a

@@ -25,6 +25,9 @@ use super::{Refusal, Rewrite, StatementKind, StatementRewriter};
 
 /// SQLSTATE for a statement pgshift cannot rewrite safely.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// SQLSTATE (object_not_in_prerequisite_state) while pgshift cannot
+/// confirm that its rules are current.
+pub const STATE_UNCONFIRMED: &str = "55000";
 
 /// The rewriter driven by the published migration rules.
 #[derive(Debug, Clone)]
@@ -96,6 +99,19 @@ impl StatementRewriter for MigrationRewriter {
         self.rules.with(|rules| {
             if rules.migrations.is_empty() || !mentions_any(sql, &rules.table_names) {
                 return Rewrite::Unchanged;
+            }
+            // Rules this proxy could not confirm lately may be out of date
+            // (another proxy may have changed the phase): fail safe.
+            if let Some(late_ms) = self.rules.lease_lapsed() {
+                return Rewrite::Refused(Refusal {
+                    code: STATE_UNCONFIRMED,
+                    message: format!(
+                        "pgshift refused a statement on a migrating table: it has not been able to confirm the migration state in the database for {} s, so its rewrite rules may be out of date",
+                        late_ms / 1000 + 1
+                    ),
+                    detail: None,
+                    hint: Some("Retry in a moment; statements on other tables are not affected. Check that pgshift can reach its control database.".into()),
+                });
             }
             let cell = self.rules.id();
             // Statements that differ only in their literals share a plan.

@@ -138,6 +138,10 @@ pub struct RulesCell {
     epoch: AtomicU64,
     current: RwLock<Arc<Rules>>,
     counters: Mutex<HashMap<String, Arc<MigrationCounters>>>,
+    /// Unix ms until which the rules are known to be current (renewed by
+    /// the lifecycle each time it confirms the stored state); 0: no lease
+    /// (rules that only change by configuration).
+    lease_until_ms: AtomicU64,
 }
 
 impl RulesCell {
@@ -156,6 +160,7 @@ impl RulesCell {
             epoch: AtomicU64::new(1),
             current: RwLock::new(Arc::new(first)),
             counters,
+            lease_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -214,6 +219,23 @@ impl RulesCell {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Confirms the rules as current until `until_ms` (Unix ms).
+    pub fn renew_lease(&self, until_ms: u64) {
+        self.lease_until_ms.fetch_max(until_ms, Ordering::Release);
+    }
+
+    /// How many ms ago the lease ran out, if there is one and it has.
+    pub fn lease_lapsed(&self) -> Option<u64> {
+        let until = self.lease_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return None;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (now > until).then(|| now - until)
     }
 
     /// This cell's identity (unique in the process).

@@ -760,3 +760,56 @@ async fn the_backfill_waits_while_sessions_queue_for_locks_on_the_table() {
     assert_eq!(m["backfill"]["rows_done"], 3000, "{m}");
     assert!(m["backfill"]["throttled"].is_null(), "{m}");
 }
+
+#[tokio::test]
+async fn a_proxy_that_cannot_confirm_the_state_refuses_statements_on_migrating_tables() {
+    use pgshift::lifecycle::peers::Options;
+    let (dbname, direct) = db().fresh_database("leasedb").await;
+    let table = unique("leased");
+    let other = unique("unrelated");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} values (1, 1);
+             create table {other} (id int); insert into {other} values (7)"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&unique("lease_m"), &table, "v", "w", None, None, None).unwrap();
+    let mut config = control_config_for(&dbname);
+    config.migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let rules = Arc::new(RulesCell::new(&config.migrations));
+    let options = Options {
+        ack_timeout: Duration::from_secs(2),
+        proxy_timeout: Duration::from_millis(900),
+        poll: Duration::from_millis(50),
+    };
+    let lifecycle = Lifecycle::start_with(config.clone(), Arc::clone(&rules), options)
+        .await
+        .unwrap();
+    let control = config.control.clone();
+    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), move |c| {
+        c.control = control
+    })
+    .await;
+    let app = proxy.connect_to(&dbname).await;
+    let sql = format!("select w from {table}");
+    assert_eq!(app.query_one(&sql, &[]).await.unwrap().get::<_, i32>(0), 1);
+
+    // The proxy loses touch with the stored state (hung poller, lost
+    // control connection): after its lease it fails safe…
+    lifecycle.stop();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let err = refused(app.query_one(&sql, &[]).await, &sql);
+    assert_eq!(sqlstate(&err).as_deref(), Some("55000"));
+    assert!(message_of(&err).contains("confirm the migration state"));
+    // …for the migrating table only.
+    let v: i32 = app
+        .query_one(&format!("select id from {other}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 7);
+}
