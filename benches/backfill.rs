@@ -14,7 +14,6 @@
 //! Run: `cargo bench --bench backfill` (`PGSHIFT_BENCH_BATCH`: rows per
 //! batch, default 1000; `PGSHIFT_BENCH_TARGET_MS`: time-targeted batches).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +21,7 @@ use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 use serde_json::{json, Value};
 
 mod common;
-use common::{env_num, finish_pgbench, spawn_pgbench, start_pgshift};
+use common::{env_num, finish_pgbench, pgbench_init, spawn_pgbench, start_pgshift};
 
 async fn admin(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
     let (code, answer) = pgshift::admin::request(addr, method, path, body.as_ref(), None)
@@ -75,22 +74,7 @@ fn main() -> Result<()> {
     let pgbench = cluster.binaries().tool("pgbench");
     let rows = f64::from(scale) * 100_000.0;
     for db in ["idle", "load"] {
-        eprintln!("{db}: pgbench -i -s {scale}…");
-        cluster.psql("postgres", &format!("create database {db}"))?;
-        let init = Command::new(&pgbench)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cluster.port().to_string(),
-                "-U",
-                SUPERUSER,
-            ])
-            .args(["-i", "-q", "-s", &scale.to_string(), db])
-            .output()?;
-        if !init.status.success() {
-            bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
-        }
+        pgbench_init(&cluster, db, scale)?;
         cluster.psql(db, "alter table pgbench_accounts add column balance int")?;
         cluster.psql(db, "vacuum analyze pgbench_accounts")?;
     }

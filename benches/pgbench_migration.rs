@@ -21,13 +21,11 @@
 //! Run: `cargo bench --bench pgbench_migration` (`PGSHIFT_BENCH_SECS`,
 //! default 10; `PGSHIFT_BENCH_ROUNDS`, default 3).
 
-use std::process::Command;
-
 use anyhow::{bail, Context, Result};
 use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 
 mod common;
-use common::{env_num, finish_pgbench, median, spawn_pgbench, start_pgshift};
+use common::{env_num, finish_pgbench, median, pgbench_init, spawn_pgbench, start_pgshift};
 
 const OLD_SHAPE: &str = "\\set aid random(1, 100000 * :scale)
 \\set bid random(1, 1 * :scale)
@@ -67,25 +65,7 @@ fn main() -> Result<()> {
     let cluster = Cluster::start(&ClusterOptions::default())?;
     let pgbench = cluster.binaries().tool("pgbench");
     for db in ["base", "shift", "classic"] {
-        eprintln!("{db}: pgbench -i -s {scale}…");
-        cluster.psql("postgres", &format!("create database {db}"))?;
-        let init = Command::new(&pgbench)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cluster.port().to_string(),
-                "-U",
-                SUPERUSER,
-            ])
-            .args(["-i", "-q", "-s", &scale.to_string(), db])
-            .output()?;
-        if !init.status.success() {
-            bail!(
-                "pgbench -i failed: {}",
-                String::from_utf8_lossy(&init.stderr)
-            );
-        }
+        pgbench_init(&cluster, db, scale)?;
         cluster.psql(
             db,
             "alter table pgbench_accounts add column balance int; update pgbench_accounts set balance = abalance",

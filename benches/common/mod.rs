@@ -117,6 +117,27 @@ pub fn finish_pgbench(child: Child, what: &str) -> Result<Run> {
     })
 }
 
+/// `pgbench -i -q -s scale` into a new database `db` of `cluster`.
+pub fn pgbench_init(cluster: &pgshift::cluster::Cluster, db: &str, scale: u32) -> Result<()> {
+    eprintln!("{db}: pgbench -i -s {scale}…");
+    if db != "postgres" {
+        cluster.psql("postgres", &format!("create database {db}"))?;
+    }
+    let init = Command::new(cluster.binaries().tool("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &cluster.port().to_string()])
+        .args(["-U", pgshift::cluster::SUPERUSER])
+        .args(["-i", "-q", "-s", &scale.to_string(), db])
+        .output()
+        .context("running pgbench -i")?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    Ok(())
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]

@@ -317,8 +317,9 @@ mod tests {
         MigrationRewriter::new(Arc::new(RulesCell::new(&[accounts(phase)])))
     }
 
-    fn retype(phase: Phase) -> MigrationRewriter {
-        let m = ActiveMigration {
+    /// orders.amount (integer cents) → amount_dec numeric(12,2).
+    fn orders(phase: Phase) -> ActiveMigration {
+        ActiveMigration {
             spec: MigrationSpec::new(
                 "orders_amount",
                 "orders",
@@ -330,8 +331,11 @@ mod tests {
             )
             .unwrap(),
             phase,
-        };
-        MigrationRewriter::new(Arc::new(RulesCell::new(&[m])))
+        }
+    }
+
+    fn retype(phase: Phase) -> MigrationRewriter {
+        MigrationRewriter::new(Arc::new(RulesCell::new(&[orders(phase)])))
     }
 
     /// The rewritten text, "=" when unchanged, "refused: …" when refused.
@@ -583,21 +587,7 @@ mod tests {
                 "{phase}: {sql}"
             );
         }
-        let retyped = |phase| {
-            with_catalog(ActiveMigration {
-                spec: MigrationSpec::new(
-                    "orders_amount",
-                    "orders",
-                    "amount",
-                    "amount_dec",
-                    Some("numeric(12,2)"),
-                    Some("amount::numeric / 100"),
-                    Some("(amount_dec * 100)::integer"),
-                )
-                .unwrap(),
-                phase,
-            })
-        };
+        let retyped = |phase| with_catalog(orders(phase));
         let cases: &[(&str, &str)] = &[
             // A parameter written twice is cast to the written column's type.
             ("update orders set amount = $1 where id = $2",

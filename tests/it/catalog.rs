@@ -181,16 +181,7 @@ async fn parameters_written_through_a_type_change_keep_their_types() {
         ))
         .await
         .unwrap();
-    let spec = MigrationSpec::new(
-        "cents",
-        &table,
-        "amount",
-        "amount_dec",
-        Some("numeric(12,2)"),
-        Some("amount::numeric / 100"),
-        Some("(amount_dec * 100)::integer"),
-    )
-    .unwrap();
+    let spec = cents_to_decimal("cents", &table);
     let proxy = proxy_with_catalog(spec, Phase::Expanded).await;
     let app = proxy.connect().await;
 

@@ -201,6 +201,20 @@ pub async fn catalog() -> Catalog {
         .expect("reading the catalog of the test database")
 }
 
+/// Integer cents `amount` → `amount_dec numeric(12,2)`.
+pub fn cents_to_decimal(id: &str, table: &str) -> pgshift::rewrite::migration::MigrationSpec {
+    pgshift::rewrite::migration::MigrationSpec::new(
+        id,
+        table,
+        "amount",
+        "amount_dec",
+        Some("numeric(12,2)"),
+        Some("amount::numeric / 100"),
+        Some("(amount_dec * 100)::integer"),
+    )
+    .unwrap()
+}
+
 /// A pgshift running in-process on a free port.
 pub struct TestProxy {
     pub addr: SocketAddr,

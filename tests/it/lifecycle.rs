@@ -56,6 +56,27 @@ async fn driven(spec: MigrationSpec, dbname: &str) -> Driven {
     }
 }
 
+/// A database of its own with a table `(id int primary key, v int)` of
+/// `rows` rows, and pgshift driving the rename `v → w` of it:
+/// (database, direct client, table, migration id, the proxy).
+async fn renamed_v_to_w(
+    prefix: &str,
+    rows: i32,
+) -> (String, tokio_postgres::Client, String, String, Driven) {
+    let (dbname, direct) = db().fresh_database(prefix).await;
+    let table = unique("t");
+    let id = unique("rename_v");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    (dbname, direct, table, id, d)
+}
+
 async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
     pgshift::admin::request(admin, "POST", path, Some(&body), None)
         .await
@@ -309,16 +330,7 @@ async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
         ))
         .await
         .unwrap();
-    let spec = MigrationSpec::new(
-        &id,
-        &table,
-        "amount",
-        "amount_dec",
-        Some("numeric(12,2)"),
-        Some("amount::numeric / 100"),
-        Some("(amount_dec * 100)::integer"),
-    )
-    .unwrap();
+    let spec = cents_to_decimal(&id, &table);
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
     assert_eq!(
@@ -443,17 +455,7 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
 
 #[tokio::test]
 async fn expand_waits_for_a_lock_without_stalling_other_clients() {
-    let (dbname, direct) = db().fresh_database("lockdb").await;
-    let table = unique("locked");
-    let id = unique("locked_m");
-    direct
-        .batch_execute(&format!(
-            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, 100) g"
-        ))
-        .await
-        .unwrap();
-    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
-    let d = driven(spec, &dbname).await;
+    let (dbname, direct, table, id, d) = renamed_v_to_w("lockdb", 100).await;
     let admin = d.admin.clone();
 
     // A long transaction holds a lock on the table for 3 s.
@@ -532,16 +534,7 @@ async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
         .await
         .unwrap();
     let id = unique("composite_m");
-    let spec = MigrationSpec::new(
-        &id,
-        &table,
-        "amount",
-        "amount_dec",
-        Some("numeric(12,2)"),
-        Some("amount::numeric / 100"),
-        Some("(amount_dec * 100)::integer"),
-    )
-    .unwrap();
+    let spec = cents_to_decimal(&id, &table);
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
     assert_eq!(
@@ -694,17 +687,7 @@ async fn migrations_added_at_run_time_apply_at_once_and_metrics_report_them() {
 
 #[tokio::test]
 async fn the_backfill_waits_while_sessions_queue_for_locks_on_the_table() {
-    let (dbname, direct) = db().fresh_database("throttledb").await;
-    let table = unique("busy");
-    let id = unique("busy_m");
-    direct
-        .batch_execute(&format!(
-            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, 3000) g"
-        ))
-        .await
-        .unwrap();
-    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
-    let d = driven(spec, &dbname).await;
+    let (dbname, _direct, table, id, d) = renamed_v_to_w("throttledb", 3000).await;
     let admin = d.admin.as_str();
     assert_eq!(
         post(admin, &format!("/migrations/{id}/expand"), json!({}))

@@ -176,16 +176,7 @@ async fn a_type_change_converts_both_ways_with_the_declared_type() {
             ))
             .await
             .unwrap();
-        let spec = MigrationSpec::new(
-            "amount_decimal",
-            &table,
-            "amount",
-            "amount_dec",
-            Some("numeric(12,2)"),
-            Some("amount::numeric / 100"),
-            Some("(amount_dec * 100)::integer"),
-        )
-        .unwrap();
+        let spec = cents_to_decimal("amount_decimal", &table);
         let proxy = proxy_for(spec, phase).await;
         let client = proxy.connect().await;
         let row = client
