@@ -1,6 +1,10 @@
-//! `pgshift demo`: the embedded default. Starts a throwaway local Postgres,
-//! pgshift in front of it, shows how to connect, runs a short pgbench through
-//! the proxy, then keeps serving until Ctrl-C and removes the cluster.
+//! `pgshift demo`: the embedded default. Starts a throwaway local Postgres
+//! and pgshift in front of it, shows how to connect, loads the pgbench
+//! tables through the proxy, then runs the migration scenario of
+//! [`crate::scenario`] (a rename and a type change under old- and
+//! new-shape pgbench load, every check printed), keeps serving until
+//! Ctrl-C and removes the cluster. The exit code says whether every check
+//! held.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,9 +13,12 @@ use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
 use crate::cluster::{Cluster, ClusterOptions, SUPERUSER};
-use crate::config::Config;
+use crate::config::{Config, Control};
+use crate::lifecycle::Lifecycle;
 use crate::proxy::Proxy;
-use crate::rewrite::PassThrough;
+use crate::rewrite::engine::MigrationRewriter;
+use crate::rewrite::rules::RulesCell;
+use crate::scenario;
 
 /// What `pgshift demo` runs.
 #[derive(Debug, Clone)]
@@ -20,9 +27,9 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     /// pgbench scale factor.
     pub scale: u32,
-    /// pgbench clients.
+    /// pgbench clients per load group.
     pub clients: u32,
-    /// Seconds of pgbench.
+    /// Seconds of load while the migrations run.
     pub duration_secs: u32,
     /// Stop after the pgbench run instead of serving until Ctrl-C.
     pub no_wait: bool,
@@ -44,9 +51,18 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let mut config = Config {
         upstream: cluster.address().parse()?,
         listen: options.listen,
+        control: Control {
+            database: "postgres".into(),
+            user: SUPERUSER.into(),
+            password: None,
+        },
         ..Config::default()
     };
-    let proxy = match Proxy::bind(config.clone(), Arc::new(PassThrough)).await {
+    // No migrations yet: the rules arrive when the lifecycle starts, after
+    // the tables exist.
+    let rules = Arc::new(RulesCell::new(&[]));
+    let rewriter = Arc::new(MigrationRewriter::new(Arc::clone(&rules)));
+    let proxy = match Proxy::bind(config.clone(), rewriter.clone()).await {
         Ok(proxy) => proxy,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             println!(
@@ -54,7 +70,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                 options.listen
             );
             config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-            Proxy::bind(config, Arc::new(PassThrough)).await?
+            Proxy::bind(config.clone(), rewriter).await?
         }
         Err(e) => return Err(e).context(format!("binding {}", options.listen)),
     };
@@ -77,7 +93,28 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     );
     println!();
 
-    let result = run_pgbench(&cluster, addr, &options).await;
+    let result = async {
+        init_pgbench(&cluster, addr, &options).await?;
+        config.migrations = scenario::migrations();
+        let lifecycle = Lifecycle::start(config.clone(), Arc::clone(&rules))
+            .await
+            .context("starting the migration lifecycle")?;
+        println!();
+        let ok = scenario::run(
+            &cluster,
+            addr.port(),
+            Arc::clone(&lifecycle),
+            &scenario::Options {
+                clients: options.clients,
+                duration_secs: options.duration_secs,
+            },
+        )
+        .await?;
+        lifecycle.leave().await;
+        anyhow::ensure!(ok, "a check of the migration scenario failed");
+        Ok(())
+    }
+    .await;
     if result.is_ok() && !options.no_wait {
         println!();
         println!("pgshift keeps serving on {addr}; press Ctrl-C to stop and remove the cluster.");
@@ -90,17 +127,16 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     result
 }
 
-async fn run_pgbench(cluster: &Cluster, addr: SocketAddr, options: &DemoOptions) -> Result<()> {
+async fn init_pgbench(cluster: &Cluster, addr: SocketAddr, options: &DemoOptions) -> Result<()> {
     let pgbench = cluster.binaries().tool("pgbench");
     let port = addr.port().to_string();
     let host = addr.ip().to_string();
-    let common = ["-h", host.as_str(), "-p", port.as_str(), "-U", SUPERUSER];
     println!(
         "pgbench -i -s {} through pgshift (COPY, DDL, VACUUM)…",
         options.scale
     );
     let init = tokio::process::Command::new(&pgbench)
-        .args(common)
+        .args(["-h", host.as_str(), "-p", port.as_str(), "-U", SUPERUSER])
         .args(["-i", "-q", "-s", &options.scale.to_string(), "postgres"])
         .output()
         .await
@@ -109,38 +145,6 @@ async fn run_pgbench(cluster: &Cluster, addr: SocketAddr, options: &DemoOptions)
         init.status.success(),
         "pgbench -i through pgshift failed: {}",
         String::from_utf8_lossy(&init.stderr)
-    );
-    println!(
-        "pgbench -c {} -T {} (tpcb-like) through pgshift…",
-        options.clients, options.duration_secs
-    );
-    let bench = tokio::process::Command::new(&pgbench)
-        .args(common)
-        .args([
-            "-c",
-            &options.clients.to_string(),
-            "-j",
-            "2",
-            "-T",
-            &options.duration_secs.to_string(),
-            "postgres",
-        ])
-        .output()
-        .await
-        .with_context(|| format!("running {}", pgbench.display()))?;
-    let stdout = String::from_utf8_lossy(&bench.stdout);
-    for line in stdout.lines().filter(|l| {
-        l.starts_with("number of transactions actually processed")
-            || l.starts_with("number of failed transactions")
-            || l.starts_with("latency average")
-            || l.starts_with("tps")
-    }) {
-        println!("  {line}");
-    }
-    anyhow::ensure!(
-        bench.status.success(),
-        "pgbench through pgshift failed: {}",
-        String::from_utf8_lossy(&bench.stderr)
     );
     Ok(())
 }

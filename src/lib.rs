@@ -18,4 +18,5 @@ pub mod demo;
 pub mod lifecycle;
 pub mod proxy;
 pub mod rewrite;
+pub mod scenario;
 pub mod telemetry;

@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(Box<ServeArgs>),
-    /// Start a throwaway local Postgres with pgshift in front of it and run pgbench through it.
+    /// Start a throwaway local Postgres with pgshift in front of it, and run a
+    /// rename and a type change under pgbench load through it, checking everything.
     Demo(DemoArgs),
     /// Show every migration's phase and progress (a client of the admin port).
     Status(AdminArgs),
@@ -138,13 +139,13 @@ struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:6432")]
     listen: SocketAddr,
     /// pgbench scale factor.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 10)]
     scale: u32,
-    /// pgbench clients.
-    #[arg(long, default_value_t = 4)]
+    /// pgbench clients per load group (old/new shape × prepared/simple).
+    #[arg(long, default_value_t = 2)]
     clients: u32,
-    /// Seconds of pgbench.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds of load while the migrations run.
+    #[arg(long, default_value_t = 60)]
     duration: u32,
     /// Stop after pgbench instead of serving until Ctrl-C.
     #[arg(long)]
@@ -373,7 +374,7 @@ fn main() -> Result<()> {
             ))
         }
         Command::Demo(args) => {
-            telemetry::init("warn,pgshift=info");
+            telemetry::init("warn,pgshift=info,pgshift::lifecycle=warn");
             runtime.block_on(demo::run(DemoOptions {
                 listen: args.listen,
                 scale: args.scale,

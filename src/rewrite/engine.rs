@@ -594,6 +594,9 @@ mod tests {
              "update orders set amount = $1::integer, amount_dec = (($1::integer)::numeric / 100)::numeric(12,2) where id = $2"),
             ("insert into orders (id, amount_dec) values ($1, $2)",
              "insert into orders (id, amount, amount_dec) values ($1, ((($2::numeric(12,2)) * 100)::integer), $2::numeric(12,2))"),
+            // Inside an expression both copies keep the parameter's context.
+            ("update orders set amount = amount + $1 where id = $2",
+             "update orders set amount = amount + $1, amount_dec = ((amount + $1)::numeric / 100)::numeric(12,2) where id = $2"),
         ];
         for (sql, expected) in cases {
             assert_eq!(out(&retyped(Phase::Expanded), sql), *expected, "{sql}");
@@ -606,10 +609,6 @@ mod tests {
             (
                 "select x from (select * from pgbench_accounts) s",
                 "subquery",
-            ),
-            (
-                "update orders set amount = $1 + 1 where id = 1",
-                "inside an expression",
             ),
         ] {
             let got = out(&with_catalog(accounts(Phase::Expanded)), sql);

@@ -660,10 +660,12 @@ fn plan_statement(
                 splice(&sql[start..end], &mut inner).ok_or("needs overlapping rewrites")?;
             let value_toks = toks_in(toks, start, end);
             check_value(&value_toks, targets.len(), m)?;
-            if !spec.is_rename() && has_placeholder(&value_toks) {
-                // A parameter written through a conversion appears twice
-                // (X and up(X)): cast it to the written column's type, so
-                // Postgres infers the type it would on the client's shape.
+            if !spec.is_rename() && is_lone_placeholder(&value_toks) {
+                // A parameter written alone through a conversion appears
+                // twice in different contexts (`a = $1`, `up($1)`): cast it
+                // to the written column's type, as Postgres infers it on
+                // the client's shape. Inside an expression (`a + $1`) both
+                // copies keep the same context, so the same type.
                 let Some(ty) = declared_type(m, column, catalog) else {
                     return Err(format!(
                         "writes a parameter to {} whose type pgshift does not know (not in its catalog snapshot)",
@@ -1097,13 +1099,6 @@ fn check_value(value: &[&Tok], targets: usize, m: &ActiveMigration) -> Result<()
                     w.value
                 ))
             }
-            Token::Placeholder(_)
-                if converts
-                    && value.len() > 1
-                    && value.get(k + 1).map(|t| &t.token) != Some(&Token::DoubleColon) =>
-            {
-                return Err("writes a parameter inside an expression through a type conversion; cast it ($1::type) or send the value alone".into())
-            }
             _ => {}
         }
     }
@@ -1148,10 +1143,11 @@ fn is_deterministic_function(name: &str) -> bool {
     DETERMINISTIC.contains(&name.to_ascii_lowercase().as_str())
 }
 
-fn has_placeholder(value: &[&Tok]) -> bool {
-    value
+fn is_lone_placeholder(value: &[&Tok]) -> bool {
+    let mut core = value
         .iter()
-        .any(|t| matches!(t.token, Token::Placeholder(_)))
+        .filter(|t| !matches!(t.token, Token::LParen | Token::RParen));
+    matches!(core.next().map(|t| &t.token), Some(Token::Placeholder(_))) && core.next().is_none()
 }
 
 /// The declared type of a migrating column as the client's shape has it:

@@ -286,7 +286,7 @@ async fn after_the_grace_period_open_transactions_are_cut_and_rolled_back() {
 }
 
 #[tokio::test]
-async fn demo_runs_pgbench_through_the_proxy() {
+async fn demo_runs_a_rename_and_a_type_change_under_load_with_every_check_holding() {
     if pgshift::cluster::PgBinaries::locate().is_err() {
         panic!("the demo needs PostgreSQL binaries, which the harness found before");
     }
@@ -295,8 +295,10 @@ async fn demo_runs_pgbench_through_the_proxy() {
             .args([
                 "demo",
                 "--no-wait",
+                "--scale",
+                "1",
                 "--duration",
-                "2",
+                "8",
                 "--listen",
                 "127.0.0.1:0",
             ])
@@ -315,10 +317,35 @@ async fn demo_runs_pgbench_through_the_proxy() {
         stdout.contains("psql \"postgresql://postgres@127.0.0.1:"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("number of failed transactions: 0"),
-        "{stdout}"
-    );
+    // The migration scenario ran through every phase under load, and every
+    // check held (the exit code says so too).
+    for phase in [
+        "expanded",
+        "backfilled",
+        "validated",
+        "switched",
+        "contracted",
+        "complete",
+    ] {
+        assert!(
+            stdout.contains(&format!("phase {phase}")),
+            "{phase}: {stdout}"
+        );
+    }
+    assert!(!stdout.contains("BROKEN"), "{stdout}");
+    assert!(stdout.contains("every check held"), "{stdout}");
+    for group in [
+        "old shape, -M prepared",
+        "old shape, -M simple",
+        "new shape, -M prepared",
+        "new shape, -M simple",
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {group} |")))
+            .unwrap_or_else(|| panic!("no row for {group}: {stdout}"));
+        assert!(row.contains("| 0 |"), "failed transactions in {row}");
+    }
     assert!(stdout.contains("cluster removed"), "{stdout}");
 }
 

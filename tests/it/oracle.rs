@@ -349,6 +349,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                 let (t, x) = (&run.table, run.col());
                 for sql in [
                     format!("update {t} set {x} = $1 where id = $2"),
+                    format!("update {t} set {x} = {x} + $1 where id = $2 returning {x}"),
                     format!("select {x}, id from {t} where {x} > $1 and id = $2"),
                     format!("insert into {t} (id, {x}) values ($1, $2) returning {x}"),
                     format!("delete from {t} where {x} = $1 returning *"),

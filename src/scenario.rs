@@ -1,0 +1,343 @@
+//! The migration scenario `pgshift demo` runs: while stock pgbench
+//! (old shape) and a pgbench script on the new columns (new shape) write
+//! through pgshift in `-M prepared` and `-M simple`, it renames
+//! `pgbench_accounts.abalance → balance` and changes
+//! `pgbench_tellers.tbalance` from integer to bigint (`tbalance_big`),
+//! driving both through expand → backfill → validate → switch-reads →
+//! contract, then complete once the load has ended — checking after each
+//! step the tpcb invariant on every column that holds the truth (the sums
+//! of account, teller and branch balances and of the history's deltas are
+//! equal, in one snapshot) and, at the end, that no pgbench transaction
+//! failed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::cluster::{Cluster, SUPERUSER};
+use crate::lifecycle::Lifecycle;
+use crate::rewrite::migration::{MigrationSpec, Phase};
+use crate::rewrite::rules::ActiveMigration;
+
+/// The two migrations of the scenario.
+pub fn migrations() -> Vec<ActiveMigration> {
+    let rename = MigrationSpec::new(
+        "accounts_balance",
+        "pgbench_accounts",
+        "abalance",
+        "balance",
+        None,
+        None,
+        None,
+    );
+    let retype = MigrationSpec::new(
+        "tellers_bigint",
+        "pgbench_tellers",
+        "tbalance",
+        "tbalance_big",
+        Some("bigint"),
+        Some("tbalance::bigint"),
+        Some("tbalance_big::integer"),
+    );
+    [rename, retype]
+        .into_iter()
+        .flatten()
+        .map(|spec| ActiveMigration {
+            spec,
+            phase: Phase::Planned,
+        })
+        .collect()
+}
+
+/// The tpcb-like script on the new columns.
+const NEW_SHAPE: &str = "\\set aid random(1, 100000 * :scale)
+\\set bid random(1, 1 * :scale)
+\\set tid random(1, 10 * :scale)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET balance = balance + :delta WHERE aid = :aid;
+SELECT balance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance_big = tbalance_big + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+";
+
+/// How the scenario runs.
+pub struct Options {
+    /// pgbench clients per group (four groups: old/new shape × prepared/simple).
+    pub clients: u32,
+    /// Seconds of load.
+    pub duration_secs: u32,
+}
+
+/// One pgbench group's result.
+struct Group {
+    name: &'static str,
+    processed: u64,
+    failed: u64,
+    tps: f64,
+    latency_ms: f64,
+}
+
+/// Runs the scenario through the proxy at `port`; `Ok(true)` when every
+/// check held.
+pub async fn run(
+    cluster: &Cluster,
+    port: u16,
+    lifecycle: Arc<Lifecycle>,
+    options: &Options,
+) -> Result<bool> {
+    let dir = cluster.root().join("scenario");
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("new_shape.sql");
+    std::fs::write(&script, NEW_SHAPE)?;
+    let pgbench = cluster.binaries().tool("pgbench");
+    let port_s = port.to_string();
+    let clients = options.clients.max(1).to_string();
+    let secs = options.duration_secs.max(1).to_string();
+    let script_s = script.display().to_string();
+    let groups: [(&'static str, Vec<&str>); 4] = [
+        ("old shape, -M prepared", vec!["-M", "prepared"]),
+        ("old shape, -M simple", vec!["-M", "simple"]),
+        (
+            "new shape, -M prepared",
+            vec!["-M", "prepared", "-f", &script_s],
+        ),
+        (
+            "new shape, -M simple",
+            vec!["-M", "simple", "-f", &script_s],
+        ),
+    ];
+    let started = Instant::now();
+    let mut running = Vec::new();
+    for (name, extra) in &groups {
+        let child = tokio::process::Command::new(&pgbench)
+            .args(["-h", "127.0.0.1", "-p", &port_s, "-U", SUPERUSER])
+            .args(["-n", "-c", &clients, "-j", "1", "-T", &secs])
+            .args(extra)
+            .arg("postgres")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running {}", pgbench.display()))?;
+        running.push((*name, child));
+    }
+    println!(
+        "load: 4 pgbench groups ({} client(s) each, {} s) through pgshift — old and new shape, prepared and simple",
+        options.clients, options.duration_secs
+    );
+    let check = Checker::connect(cluster).await?;
+    let mut ok = check.invariant("before the migrations", &[]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ids = ["accounts_balance", "tellers_bigint"];
+    let step = |action: &'static str, body: Value| {
+        let lifecycle = Arc::clone(&lifecycle);
+        async move {
+            for id in ids {
+                let t = Instant::now();
+                let status = lifecycle
+                    .act(id, action, &body)
+                    .await
+                    .with_context(|| format!("{action} {id}"))?;
+                println!(
+                    "  {:>6.1} s  {id}: {action} → phase {} ({} ms)",
+                    started.elapsed().as_secs_f64(),
+                    status["phase"].as_str().unwrap_or("?"),
+                    t.elapsed().as_millis()
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    println!("migrating while the load runs:");
+    step("expand", Value::Null).await?;
+    ok &= check.invariant("expanded", &[]).await?;
+    step("backfill", json!({"batch_target_ms": 100})).await?;
+    let mut last_printed = -1i64;
+    loop {
+        let statuses: Vec<Value> = ids
+            .iter()
+            .map(|id| lifecycle.status_of(id))
+            .collect::<Result<_, _>>()?;
+        let done: i64 = statuses
+            .iter()
+            .map(|s| s["backfill"]["rows_done"].as_i64().unwrap_or(0))
+            .sum();
+        let total: i64 = statuses
+            .iter()
+            .map(|s| s["backfill"]["rows_total"].as_i64().unwrap_or(0))
+            .sum();
+        let tenth = if total > 0 { done * 10 / total } else { 0 };
+        if tenth != last_printed {
+            last_printed = tenth;
+            let filled = tenth.clamp(0, 10) as usize;
+            println!(
+                "  {:>6.1} s  backfill [{}{}] {done}/{total} rows",
+                started.elapsed().as_secs_f64(),
+                "#".repeat(filled),
+                "-".repeat(10 - filled)
+            );
+        }
+        if statuses.iter().all(|s| s["phase"] == "backfilled") {
+            println!(
+                "  {:>6.1} s  both backfills done → phase backfilled",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ok &= check
+        .invariant("backfilled", &["balance", "tbalance_big"])
+        .await?;
+    step("validate", Value::Null).await?;
+    for id in ids {
+        let m = lifecycle.status_of(id)?;
+        let mismatches = m["validation"]["mismatches"].as_i64().unwrap_or(-1);
+        println!("             {id}: validation found {mismatches} mismatches");
+        ok &= mismatches == 0;
+    }
+    step("switch-reads", json!({"to": "new"})).await?;
+    ok &= check
+        .invariant("reads switched", &["balance", "tbalance_big"])
+        .await?;
+    // The old-shape clients are still running: they are served from the
+    // new columns after the contract, so it goes ahead (forced).
+    println!("             (old-shape clients still run: contract is forced; they are served from the new columns)");
+    step("contract", json!({"force": true})).await?;
+    ok &= check
+        .invariant("contracted", &["balance", "tbalance_big"])
+        .await?;
+
+    let mut results = Vec::new();
+    for (name, child) in running {
+        let out = child.wait_with_output().await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let field = |prefix: &str| -> f64 {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        if !out.status.success() {
+            println!(
+                "pgbench ({name}) failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            ok = false;
+        }
+        results.push(Group {
+            name,
+            processed: field("number of transactions actually processed: ").max(0.0) as u64,
+            failed: field("number of failed transactions: ").max(0.0) as u64,
+            tps: field("tps = "),
+            latency_ms: field("latency average = "),
+        });
+    }
+    println!(
+        "load finished after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    step("complete", Value::Null).await?;
+    ok &= check
+        .invariant("complete", &["balance", "tbalance_big"])
+        .await?;
+
+    println!();
+    println!("| client group | transactions | failed | TPS | mean latency ms |");
+    println!("|---|---|---|---|---|");
+    for g in &results {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} |",
+            g.name, g.processed, g.failed, g.tps, g.latency_ms
+        );
+        ok &= g.failed == 0 && g.processed > 0;
+    }
+    println!();
+    if ok {
+        println!("every check held: no failed transaction, zero mismatches, the tpcb invariant exact after every step");
+    } else {
+        println!("SOME CHECK FAILED (see above)");
+    }
+    Ok(ok)
+}
+
+/// Checks the tpcb invariant on a direct connection.
+struct Checker {
+    client: tokio_postgres::Client,
+}
+
+impl Checker {
+    async fn connect(cluster: &Cluster) -> Result<Checker> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(cluster.port())
+            .user(SUPERUSER)
+            .dbname("postgres");
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to check the invariant")?;
+        tokio::spawn(connection);
+        Ok(Checker { client })
+    }
+
+    /// The sums of every balance column that exists (the old ones always,
+    /// the new ones in `new_columns` once they are backfilled) equal the
+    /// sum of the history's deltas, in one snapshot.
+    async fn invariant(&self, when: &str, new_columns: &[&str]) -> Result<bool> {
+        let existing: Vec<(String, String)> = self
+            .client
+            .query(
+                "select table_name::text, column_name::text from information_schema.columns
+                  where table_schema = 'public'
+                    and (table_name, column_name) in (('pgbench_accounts', 'abalance'), ('pgbench_accounts', 'balance'),
+                                                      ('pgbench_tellers', 'tbalance'), ('pgbench_tellers', 'tbalance_big'))",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let columns: Vec<&(String, String)> = existing
+            .iter()
+            .filter(|(_, c)| {
+                c == "abalance" || c == "tbalance" || new_columns.contains(&c.as_str())
+            })
+            .collect();
+        let mut select = vec![
+            "(select coalesce(sum(delta), 0) from pgbench_history)::int8".to_string(),
+            "(select sum(bbalance) from pgbench_branches)::int8".to_string(),
+        ];
+        let mut names = vec!["history.delta".to_string(), "bbalance".to_string()];
+        for (table, column) in &columns {
+            select.push(format!("(select sum({column}) from {table})::int8"));
+            names.push(column.clone());
+        }
+        let row = self
+            .client
+            .query_one(&format!("select {}", select.join(", ")), &[])
+            .await?;
+        let sums: Vec<i64> = (0..select.len()).map(|i| row.get(i)).collect();
+        let holds = sums.iter().all(|s| *s == sums[0]);
+        let listed: Vec<String> = names
+            .iter()
+            .zip(&sums)
+            .map(|(n, s)| format!("{n} {s}"))
+            .collect();
+        println!(
+            "             invariant {when}: {} ({})",
+            if holds { "holds" } else { "BROKEN" },
+            listed.join(", ")
+        );
+        Ok(holds)
+    }
+}
