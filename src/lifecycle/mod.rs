@@ -703,7 +703,27 @@ impl Lifecycle {
         let this = Arc::clone(self);
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Err(e) = this.run_backfill(&id, &flag).await {
+            // A lost connection (Postgres restarting, a network blip) is
+            // waited out: the batch in flight rolled back with its cursor,
+            // so the walk goes on from the stored cursor. Only a failure
+            // that lasts (5 minutes) or cannot heal stops the backfill.
+            let mut wait = Duration::from_millis(250);
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            let result = loop {
+                match this.run_backfill(&id, &flag).await {
+                    Err(ActionError::Failed(e))
+                        if failing_since.is_none_or(|t| t.elapsed() < Duration::from_secs(300))
+                            && !flag.load(Ordering::Acquire) =>
+                    {
+                        failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        tracing::warn!(migration = %id, error = %e, retry_ms = wait.as_millis() as u64, "backfill interrupted; it goes on from its cursor");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    other => break other,
+                }
+            };
+            if let Err(e) = result {
                 tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
                 if let Ok(mut record) = this.record(&id) {
                     record.backfill.running = false;
@@ -721,7 +741,18 @@ impl Lifecycle {
 
     async fn run_backfill(&self, id: &str, pause: &AtomicBool) -> Result<(), ActionError> {
         let mut client = self.connect().await?;
+        // The stored record is the truth (a batch whose commit answer was
+        // lost may have committed): go on from its cursor and counters,
+        // with the settings in force here.
         let mut record = self.record(id)?;
+        if let Some(stored) = store::load_all(&client)
+            .await?
+            .into_iter()
+            .find(|r| r.spec.id == id)
+        {
+            record.backfill.cursor = stored.backfill.cursor;
+            record.backfill.rows_done = stored.backfill.rows_done;
+        }
         let table = record.spec.table.to_string();
         let key = ddl::walk_key(&client, &table)
             .await?

@@ -796,3 +796,114 @@ async fn a_proxy_that_cannot_confirm_the_state_refuses_statements_on_migrating_t
         .get(0);
     assert_eq!(v, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_during_the_backfill_is_waited_out() {
+    use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
+    // Its own cluster: restarting the shared one would disturb other tests.
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
+            .await
+            .unwrap()
+            .expect("a cluster of the test's own"),
+    );
+    let table = unique("restart");
+    let id = unique("restart_m");
+    cluster
+        .psql(
+            "postgres",
+            &format!("create table {table} (id int primary key, v int not null); insert into {table} select g, g % 1000 from generate_series(1, 200000) g"),
+        )
+        .unwrap();
+    let mut config = control_config_for("postgres");
+    config.upstream = cluster.address().parse().unwrap();
+    config.control.user = SUPERUSER.into();
+    config.control.password = None;
+    config.migrations = vec![ActiveMigration {
+        spec: MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap(),
+        phase: Phase::Planned,
+    }];
+    let rules = Arc::new(RulesCell::new(&config.migrations));
+    let lifecycle = Lifecycle::start(config.clone(), Arc::clone(&rules))
+        .await
+        .unwrap();
+    let upstream = config.upstream.clone();
+    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), move |c| {
+        c.upstream = upstream;
+        c.control = config.control.clone();
+    })
+    .await;
+    lifecycle.act(&id, "expand", &Value::Null).await.unwrap();
+
+    // A writer through the proxy, reconnecting when Postgres goes away.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let mut client_config = proxy.config();
+        client_config.user(SUPERUSER).dbname("postgres");
+        let sql = format!("update {table} set v = v + 1 where id = $1");
+        tokio::spawn(async move {
+            let (mut n, mut ok) = (0i32, 0u64);
+            let mut client = None;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = connect(&client_config).await.ok();
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                n += 1;
+                let row = (n * 7919) % 200000 + 1;
+                match client.as_ref().unwrap().execute(&sql, &[&row]).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => client = None,
+                }
+            }
+            ok
+        })
+    };
+    lifecycle
+        .act(
+            &id,
+            "backfill",
+            &json!({"batch_size": 2000, "batch_pause_ms": 5}),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lifecycle.status_of(&id).unwrap()["backfill"]["rows_done"]
+        .as_i64()
+        .unwrap()
+        < 20000
+    {
+        assert!(Instant::now() < deadline, "the backfill does not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarting = Arc::clone(&cluster);
+    tokio::task::spawn_blocking(move || restarting.restart())
+        .await
+        .unwrap()
+        .expect("pg_ctl restart");
+    // The backfill goes on by itself and ends with every row walked once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let m = loop {
+        let m = lifecycle.status_of(&id).unwrap();
+        if m["phase"] == "backfilled" {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill never finished: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(m["backfill"]["rows_done"], 200000, "{m}");
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(writes > 0);
+    let m = lifecycle.act(&id, "validate", &Value::Null).await.unwrap();
+    assert_eq!(m["validation"]["mismatches"], 0, "{m}");
+    lifecycle.leave().await;
+    drop(proxy);
+}
