@@ -1,6 +1,9 @@
 //! The admin port: a small HTTP/1.1 server (one request per connection,
 //! JSON in and out) that drives the lifecycle and reports status.
 //!
+//! - `GET /` — a self-contained status page (no external assets) that
+//!   polls `/status` every second: phase, read source, backfill progress
+//!   bar and rate, validation, statement counts, old-shape applications.
 //! - `GET /status` — every migration: phase, read source, backfill
 //!   progress, last validation, statements rewritten/refused/old-shape.
 //! - `GET /metrics` — the same numbers and the session counts, in the
@@ -29,6 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::lifecycle::{ActionError, Lifecycle};
 
+/// The status page, compiled in.
+const PAGE: &str = include_str!("admin_page.html");
+
 /// Largest request accepted (headers and body).
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -37,6 +43,9 @@ struct Request {
     method: String,
     path: String,
     authorization: Option<String>,
+    /// `?token=…` in the URL: how the status page is opened in a browser
+    /// when a token is required.
+    query_token: Option<String>,
     body: Vec<u8>,
 }
 
@@ -89,6 +98,7 @@ async fn handle(
             .authorization
             .as_deref()
             .and_then(|h| h.strip_prefix("Bearer "))
+            .or(request.query_token.as_deref())
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return respond(
@@ -100,6 +110,9 @@ async fn handle(
         }
     }
     tracing::info!(%peer, method = %request.method, path = %request.path, "admin request");
+    if request.method == "GET" && request.path == "/" {
+        return respond_raw(&mut stream, 200, "text/html; charset=utf-8", PAGE).await;
+    }
     let (status, body) = route(&request, lifecycle).await;
     match body {
         // The metrics are text, not JSON.
@@ -230,10 +243,16 @@ async fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, String>
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(length);
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let query_token = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(str::to_string);
     Ok(Some(Request {
         method: method.to_string(),
-        path: path.split('?').next().unwrap_or("").to_string(),
+        path: path.to_string(),
         authorization,
+        query_token,
         body,
     }))
 }

@@ -643,10 +643,23 @@ impl Lifecycle {
                 "table {table} has no primary key (nor a unique index on NOT NULL columns) to walk the backfill in order"
             )));
         }
-        let total: i64 = client
-            .query_one("select greatest(reltuples, 0)::bigint from pg_class where oid = $1::text::regclass", &[&table])
+        // The planner's estimate; a table never analyzed has none, and is
+        // counted instead (under a timeout: no estimate beats a long scan).
+        let mut total: i64 = client
+            .query_one(
+                "select reltuples::bigint from pg_class where oid = $1::text::regclass",
+                &[&table],
+            )
             .await?
             .get(0);
+        if total <= 0 {
+            let count = format!("select count(*) from {table}");
+            let counted = client.query_one(&count, &[]);
+            total = match tokio::time::timeout(Duration::from_secs(10), counted).await {
+                Ok(Ok(row)) => row.get(0),
+                _ => 0,
+            };
+        }
         record.phase = Phase::Backfilling;
         record.backfill.running = true;
         record.backfill.paused = false;

@@ -907,3 +907,91 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
     lifecycle.leave().await;
     drop(proxy);
 }
+
+/// Chromium, when installed (`.ci/run` installs it).
+fn chromium() -> Option<std::path::PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| {
+            std::env::var_os("PATH")
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join(name))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn the_status_page_renders_a_running_backfill_in_a_browser() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium); .ci/run installs it");
+        return;
+    };
+    let (_dbname, _direct, _table, id, d) = renamed_v_to_w("pagedb", 200000).await;
+    let admin = d.admin.clone();
+    assert_eq!(
+        post(&admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (code, _) = post(
+        &admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 500, "batch_pause_ms": 100}),
+    )
+    .await;
+    assert_eq!(code, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while migration_status(&admin, &id).await["backfill"]["rows_done"]
+        .as_i64()
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the backfill does not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://{admin}/");
+    let screenshot = std::env::var_os("PGSHIFT_STATUS_SCREENSHOT");
+    let dom = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(browser);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1100,520",
+            "--virtual-time-budget=4000",
+        ]);
+        match &screenshot {
+            Some(path) => {
+                let mut arg = std::ffi::OsString::from("--screenshot=");
+                arg.push(path);
+                cmd.arg(arg);
+            }
+            None => {
+                cmd.arg("--dump-dom");
+            }
+        }
+        cmd.arg(&url).output().expect("running chromium")
+    })
+    .await
+    .unwrap();
+    if std::env::var_os("PGSHIFT_STATUS_SCREENSHOT").is_some() {
+        return;
+    }
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(html.contains(&format!("data-id=\"{id}\"")), "{html}");
+    assert!(html.contains("data-phase=\"backfilling\""), "{html}");
+    assert!(html.contains("backfill running"), "{html}");
+    let rows: i64 = html
+        .split("data-rows-done=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no progress rendered: {html}"));
+    assert!(rows > 0, "{html}");
+}
