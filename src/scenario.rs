@@ -112,11 +112,15 @@ pub async fn run(
         ),
     ];
     let started = Instant::now();
+    let mut phases = Timeline::start();
     let mut running = Vec::new();
-    for (name, extra) in &groups {
+    for (k, (name, extra)) in groups.iter().enumerate() {
+        // Per-transaction logs, for TPS, p99 and stalls per phase.
+        let log_prefix = dir.join(format!("group{k}")).display().to_string();
         let child = tokio::process::Command::new(&pgbench)
             .args(["-h", "127.0.0.1", "-p", &port_s, "-U", SUPERUSER])
             .args(["-n", "-c", &clients, "-j", "1", "-T", &secs])
+            .args(["-l", "--log-prefix", &log_prefix])
             .args(extra)
             .arg("postgres")
             .stdout(std::process::Stdio::piped())
@@ -155,8 +159,10 @@ pub async fn run(
         }
     };
     println!("migrating while the load runs:");
+    phases.enter("expand");
     step("expand", Value::Null).await?;
     ok &= check.invariant("expanded", &[]).await?;
+    phases.enter("backfill");
     step("backfill", json!({"batch_target_ms": 100})).await?;
     let mut last_printed = -1i64;
     loop {
@@ -195,6 +201,7 @@ pub async fn run(
     ok &= check
         .invariant("backfilled", &["balance", "tbalance_big"])
         .await?;
+    phases.enter("validate");
     step("validate", Value::Null).await?;
     for id in ids {
         let m = lifecycle.status_of(id)?;
@@ -202,14 +209,18 @@ pub async fn run(
         println!("             {id}: validation found {mismatches} mismatches");
         ok &= mismatches == 0;
     }
+    phases.enter("switch reads");
     step("switch-reads", json!({"to": "new"})).await?;
+    phases.enter("reads on new");
     ok &= check
         .invariant("reads switched", &["balance", "tbalance_big"])
         .await?;
     // The old-shape clients are still running: they are served from the
     // new columns after the contract, so it goes ahead (forced).
     println!("             (old-shape clients still run: contract is forced; they are served from the new columns)");
+    phases.enter("contract");
     step("contract", json!({"force": true})).await?;
+    phases.enter("contracted");
     ok &= check
         .invariant("contracted", &["balance", "tbalance_big"])
         .await?;
@@ -245,6 +256,7 @@ pub async fn run(
         "load finished after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let per_phase = phases.report(&dir)?;
     step("complete", Value::Null).await?;
     ok &= check
         .invariant("complete", &["balance", "tbalance_big"])
@@ -259,6 +271,12 @@ pub async fn run(
             g.name, g.processed, g.failed, g.tps, g.latency_ms
         );
         ok &= g.failed == 0 && g.processed > 0;
+    }
+    println!();
+    println!("| phase | seconds | TPS (all groups) | p99 latency ms | longest transaction ms |");
+    println!("|---|---|---|---|---|");
+    for row in &per_phase {
+        println!("{row}");
     }
     println!();
     if ok {
@@ -339,5 +357,81 @@ impl Checker {
             listed.join(", ")
         );
         Ok(holds)
+    }
+}
+
+/// When each phase of the scenario began (Unix µs), to cut the pgbench
+/// transaction logs by phase.
+struct Timeline {
+    phases: Vec<(&'static str, i64)>,
+}
+
+fn unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl Timeline {
+    fn start() -> Timeline {
+        Timeline {
+            phases: vec![("before", unix_us())],
+        }
+    }
+
+    fn enter(&mut self, phase: &'static str) {
+        self.phases.push((phase, unix_us()));
+    }
+
+    /// Markdown rows: per phase, its length, the TPS of all groups, the
+    /// p99 and the longest transaction latency (read from the `-l` logs
+    /// `group*` under `dir`: client, transaction, latency µs, script,
+    /// epoch s, µs).
+    fn report(&self, dir: &std::path::Path) -> Result<Vec<String>> {
+        let mut done: Vec<(i64, i64)> = Vec::new(); // (completed at µs, latency µs)
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let is_log = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("group"));
+            if !is_log {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path)?.lines() {
+                let f: Vec<i64> = line
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                if f.len() >= 6 {
+                    done.push((f[4] * 1_000_000 + f[5], f[2]));
+                }
+            }
+        }
+        let end = done.iter().map(|d| d.0).max().unwrap_or_else(unix_us);
+        let mut rows = Vec::new();
+        for (k, (name, from)) in self.phases.iter().enumerate() {
+            let to = self.phases.get(k + 1).map_or(end, |p| p.1);
+            let mut latencies: Vec<i64> = done
+                .iter()
+                .filter(|(at, _)| *at >= *from && *at < to)
+                .map(|(_, l)| *l)
+                .collect();
+            let seconds = (to - from) as f64 / 1e6;
+            if latencies.is_empty() || seconds <= 0.0 {
+                rows.push(format!("| {name} | {seconds:.1} | – | – | – |"));
+                continue;
+            }
+            latencies.sort_unstable();
+            let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+            let max = latencies[latencies.len() - 1];
+            rows.push(format!(
+                "| {name} | {seconds:.1} | {:.0} | {:.1} | {:.1} |",
+                latencies.len() as f64 / seconds,
+                p99 as f64 / 1000.0,
+                max as f64 / 1000.0
+            ));
+        }
+        Ok(rows)
     }
 }

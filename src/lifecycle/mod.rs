@@ -71,6 +71,11 @@ pub struct Lifecycle {
     action: tokio::sync::Mutex<()>,
     /// Pause flags of running backfills.
     pauses: Mutex<BTreeMap<String, Arc<AtomicBool>>>,
+    /// Serializes every change of the records and its publication, so a
+    /// publication built from an older state can never land after a newer
+    /// one (the poller and an action may both publish). A control-plane
+    /// lock, never taken on the statement path.
+    sync: tokio::sync::Mutex<()>,
     /// Why a running backfill is waiting, per migration.
     throttled: Mutex<BTreeMap<String, String>>,
     pub lock: LockDiscipline,
@@ -140,6 +145,7 @@ impl Lifecycle {
             records: Mutex::new(BTreeMap::new()),
             action: tokio::sync::Mutex::new(()),
             pauses: Mutex::new(BTreeMap::new()),
+            sync: tokio::sync::Mutex::new(()),
             throttled: Mutex::new(BTreeMap::new()),
             lock: LockDiscipline::default(),
             settle: Duration::from_millis(500),
@@ -188,6 +194,7 @@ impl Lifecycle {
     pub async fn reload(&self, config: &Config) -> Result<(), ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let client = self.connect().await?;
+        let _synced = self.sync.lock().await;
         let mut changed = false;
         for m in &config.migrations {
             let stored =
@@ -235,6 +242,7 @@ impl Lifecycle {
     /// One poll: heartbeat, and when the state version moved, reload and
     /// publish the records.
     async fn follow(&self, client: &tokio_postgres::Client) -> Result<(), ActionError> {
+        let synced = self.sync.lock().await;
         let version = peers::version(client).await?;
         if version > self.applied.load(Ordering::Acquire) {
             let records = store::load_all(client).await?;
@@ -246,6 +254,7 @@ impl Lifecycle {
             self.applied.fetch_max(version, Ordering::AcqRel);
             tracing::info!(version, "applied a migration state change");
         }
+        drop(synced);
         let applied = self.applied.load(Ordering::Acquire);
         peers::heartbeat(
             client,
@@ -360,12 +369,14 @@ impl Lifecycle {
         detail: &str,
         wait: bool,
     ) -> Result<(), ActionError> {
+        let synced = self.sync.lock().await;
         store::save(client, &record).await?;
         store::event(client, &record.spec.id, "admin", action, detail).await?;
         let version = peers::bump(client).await?;
         self.lock_records().insert(record.spec.id.clone(), record);
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
+        drop(synced);
         peers::heartbeat(
             client,
             &self.id,
@@ -848,6 +859,7 @@ impl Lifecycle {
         record.backfill.running = false;
         record.backfill.rows_total = Some(record.backfill.rows_done);
         record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        let synced = self.sync.lock().await;
         store::save(&client, &record).await?;
         store::event(
             &client,
@@ -863,6 +875,7 @@ impl Lifecycle {
         self.lock_records().insert(id.to_string(), record);
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
+        drop(synced);
         Ok(())
     }
 
@@ -1194,6 +1207,8 @@ impl Lifecycle {
             &format!("dropped {}", quote_ident(&spec.to)),
         )
         .await?;
+        // A new catalog snapshot (b is gone), under the same rules.
+        let _synced = self.sync.lock().await;
         self.publish().await;
         Ok(())
     }
