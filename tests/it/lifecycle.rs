@@ -995,3 +995,59 @@ async fn the_status_page_renders_a_running_backfill_in_a_browser() {
         .unwrap_or_else(|| panic!("no progress rendered: {html}"));
     assert!(rows > 0, "{html}");
 }
+
+#[tokio::test]
+async fn a_client_killed_mid_transaction_during_the_backfill_leaves_both_columns_consistent() {
+    let (dbname, direct, table, id, d) = renamed_v_to_w("killdb", 50000).await;
+    let admin = d.admin.clone();
+    assert_eq!(
+        post(&admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (code, _) = post(
+        &admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 1000, "batch_pause_ms": 20}),
+    )
+    .await;
+    assert_eq!(code, 202);
+    // Mid-backfill, a client writes both shapes in a transaction and dies
+    // before committing: nothing of it may remain, in either column.
+    let victim = d.proxy.connect_to(&dbname).await;
+    victim
+        .batch_execute(&format!(
+            "begin; update {table} set v = v + 1000000 where id = 49999;
+             update {table} set w = w + 1000000 where id = 50000"
+        ))
+        .await
+        .unwrap();
+    drop(victim);
+    // Its row locks are released: another client can write the rows now.
+    let other = d.proxy.connect_to(&dbname).await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        other.execute(
+            &format!("update {table} set v = v + 1 where id = 49999"),
+            &[],
+        ),
+    )
+    .await
+    .expect("the dead client's locks are released")
+    .unwrap();
+    wait_for_phase(&admin, &id, "backfilled").await;
+    let (_, body) = post(&admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    let rows: Vec<(i32, i32)> = direct
+        .query(
+            &format!("select v, w from {table} where id in (49999, 50000) order by id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(50000, 50000), (50000, 50000)]);
+}
