@@ -1051,3 +1051,70 @@ async fn a_client_killed_mid_transaction_during_the_backfill_leaves_both_columns
         .collect();
     assert_eq!(rows, vec![(50000, 50000), (50000, 50000)]);
 }
+
+#[tokio::test]
+async fn contract_waits_for_a_long_transaction_without_stalling_other_clients() {
+    let (dbname, _direct, table, id, d) = renamed_v_to_w("contractlockdb", 2000).await;
+    let admin = d.admin.clone();
+    for (action, body) in [
+        ("expand", json!({})),
+        ("backfill", json!({"batch_size": 1000})),
+    ] {
+        post(&admin, &format!("/migrations/{id}/{action}"), body).await;
+    }
+    wait_for_phase(&admin, &id, "backfilled").await;
+    for (action, body) in [
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(&admin, &format!("/migrations/{id}/{action}"), body).await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    // A long transaction (a report, say) holds a lock on the table for 3 s.
+    let blocker = connect(&db().config_for(&dbname)).await.unwrap();
+    blocker
+        .batch_execute(&format!("begin; select count(*) from {table}"))
+        .await
+        .unwrap();
+    let reader = d.proxy.connect_to(&dbname).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = {
+        let stop = Arc::clone(&stop);
+        let sql = format!("select v from {table} where id = 2");
+        tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                reader.query_one(&sql, &[]).await.unwrap();
+                longest = longest.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            longest
+        })
+    };
+    let contract = {
+        let (admin, id) = (admin.clone(), id.clone());
+        tokio::spawn(async move {
+            post(
+                &admin,
+                &format!("/migrations/{id}/contract"),
+                json!({"force": true}),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    blocker.batch_execute("commit").await.unwrap();
+    let (code, body) = contract.await.unwrap();
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("contracted")),
+        "{body}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let longest = reading.await.unwrap();
+    assert!(
+        longest < Duration::from_millis(2000),
+        "a reader stalled for {longest:?}"
+    );
+}
