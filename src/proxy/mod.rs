@@ -14,6 +14,7 @@ pub mod outqueue;
 pub mod refusal;
 pub mod relay;
 pub mod session;
+pub mod sql_prepared;
 pub mod statement;
 pub mod statements;
 pub mod stats;

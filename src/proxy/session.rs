@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::framing::{FrameVisitor, Handling, Verdict, HEADER_LEN};
 use super::refusal::PendingRefusal;
+use super::sql_prepared::SqlPrepared;
 use super::statement::{rewrite_frame, Outcome};
 use super::statements::{self, Deallocation, Statements};
 use super::wire::{backend, frontend};
@@ -59,6 +60,8 @@ struct Book {
     refusals: VecDeque<PendingRefusal>,
     /// Prepared statements and the rules epoch of each.
     statements: Statements,
+    /// SQL-level prepared statements (PREPARE / EXECUTE).
+    sql_prepared: SqlPrepared,
 }
 
 impl SessionState {
@@ -245,10 +248,30 @@ impl FrameVisitor for FrontendVisitor<'_> {
         // Read the epoch before rewriting: a statement is never recorded as
         // newer than the rules it was rewritten under.
         let epoch = self.rewriter.epoch();
+        // An EXECUTE of a statement PREPAREd under older rules runs the
+        // statement itself, rewritten under the current ones.
+        let query_text = (tag == frontend::QUERY)
+            .then(|| frame.get(HEADER_LEN..).unwrap_or_default())
+            .map(|sql| sql.strip_suffix(&[0]).unwrap_or(sql))
+            .and_then(|sql| std::str::from_utf8(sql).ok());
+        let stale = match (self.tracking, epoch, query_text) {
+            (true, Some(epoch), Some(sql)) if starts_with_word(sql, "execute") => {
+                state.with_book(|b| b.sql_prepared.stale_execute(sql, epoch))
+            }
+            _ => None,
+        };
+        let replacement = stale.map(|statement| {
+            crate::proxy::wire::encode_frame(frontend::QUERY, &[statement.as_bytes(), b"\0"])
+        });
+        let frame_now: &[u8] = replacement.as_deref().unwrap_or(frame);
         let outcome = crate::rewrite::with_application(self.state.application.as_ref(), || {
-            rewrite_frame(self.rewriter, tag, frame)
+            rewrite_frame(self.rewriter, tag, frame_now)
         })
         .map_err(|e| e.to_string())?;
+        let outcome = match (outcome, replacement) {
+            (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
+            (outcome, _) => outcome,
+        };
         if let (true, Some(epoch)) = (self.tracking, epoch) {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
@@ -259,11 +282,20 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 frontend::QUERY => {
                     let sql = frame.get(HEADER_LEN..).unwrap_or_default();
                     match statements::deallocation(sql.strip_suffix(&[0]).unwrap_or(sql)) {
-                        Some(Deallocation::All) => state.with_book(|b| b.statements.clear()),
-                        Some(Deallocation::One(name)) => {
-                            state.with_book(|b| b.statements.closed(&name))
-                        }
+                        Some(Deallocation::All) => state.with_book(|b| {
+                            b.statements.clear();
+                            b.sql_prepared.clear();
+                        }),
+                        Some(Deallocation::One(name)) => state.with_book(|b| {
+                            b.statements.closed(&name);
+                            b.sql_prepared.deallocated(&String::from_utf8_lossy(&name));
+                        }),
                         None => {}
+                    }
+                    if let Some(sql) = query_text.filter(|s| starts_with_word(s, "prepare")) {
+                        if !matches!(outcome, Outcome::Refuse(_)) {
+                            state.with_book(|b| b.sql_prepared.prepared(sql, epoch));
+                        }
                     }
                 }
                 _ => {}
@@ -343,4 +375,15 @@ impl FrameVisitor for BackendVisitor<'_> {
             }
         }
     }
+}
+
+/// The text's first word is `word` (ASCII case-insensitive).
+fn starts_with_word(sql: &str, word: &str) -> bool {
+    let text = sql.trim_start();
+    text.len() >= word.len()
+        && text.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+        && text[word.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
 }

@@ -91,6 +91,13 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
     if expand_first
         && tokens
             .first()
+            .is_some_and(|t| is_keyword(&t.token, Keyword::PREPARE))
+    {
+        return plan_prepare(sql, &tokens, rules, &relevant_indices);
+    }
+    if expand_first
+        && tokens
+            .first()
             .is_some_and(|t| is_keyword(&t.token, Keyword::COPY))
     {
         if let Some(plan) = plan_copy_to(sql, &tokens, rules, &relevant) {
@@ -183,6 +190,71 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
     match splice(sql, &mut edits) {
         Some(text) => Plan::Replaced { text, by },
         None => refuse(relevant[0], "needs overlapping rewrites"),
+    }
+}
+
+/// `PREPARE name [(types)] AS statement`: the statement is planned like
+/// any other and spliced back behind its `AS`.
+fn plan_prepare<'r>(
+    sql: &str,
+    tokens: &[Tok],
+    rules: &'r Rules,
+    relevant_indices: &[usize],
+) -> Plan<'r> {
+    let mut depth = 0usize;
+    let inner = tokens.iter().enumerate().skip(1).find_map(|(i, t)| {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth == 0 && is_keyword(&t.token, Keyword::AS) => return Some(i + 1),
+            _ => {}
+        }
+        None
+    });
+    let Some(start) = inner.and_then(|i| tokens.get(i)).map(|t| t.start) else {
+        return Plan::Refused {
+            migration: relevant_indices.first().map(|&i| &rules.migrations[i]),
+            reason: "is a PREPARE pgshift cannot read".into(),
+        };
+    };
+    // The prepared statement ends at the first top-level `;`; what follows
+    // is planned on its own.
+    let end = tokens
+        .iter()
+        .find(|t| t.start > start && t.token == Token::SemiColon)
+        .map_or(sql.len(), |t| t.start);
+    let inner = plan_text(&sql[start..end], rules, true);
+    let rest = if end < sql.len() {
+        plan_text(&sql[end + 1..], rules, true)
+    } else {
+        Plan::Unchanged
+    };
+    let text_of = |plan: &Plan<'_>, original: &str| match plan {
+        Plan::Replaced { text, .. } => text.clone(),
+        _ => original.to_string(),
+    };
+    match (&inner, &rest) {
+        (Plan::Refused { .. }, _) => inner,
+        (_, Plan::Refused { .. }) => rest,
+        (Plan::Unchanged, Plan::Unchanged) => Plan::Unchanged,
+        _ => {
+            let mut by: Vec<usize> = Vec::new();
+            for plan in [&inner, &rest] {
+                if let Plan::Replaced { by: b, .. } = plan {
+                    for i in b {
+                        if !by.contains(i) {
+                            by.push(*i);
+                        }
+                    }
+                }
+            }
+            let mut text = format!("{}{}", &sql[..start], text_of(&inner, &sql[start..end]));
+            if end < sql.len() {
+                text.push(';');
+                text.push_str(&text_of(&rest, &sql[end + 1..]));
+            }
+            Plan::Replaced { text, by }
+        }
     }
 }
 

@@ -392,3 +392,57 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
     let reply = conn.until_ready().await;
     assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
 }
+
+#[tokio::test]
+async fn sql_level_prepared_statements_follow_a_phase_change() {
+    let direct = db().direct().await;
+    let table = unique("sqlprep");
+    direct
+        .batch_execute(&rename_table_ddl(&table, Phase::Expanded))
+        .await
+        .unwrap();
+    let spec =
+        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
+    let rules = Arc::new(RulesCell::new(&[ActiveMigration {
+        spec: spec.clone(),
+        phase: Phase::Expanded,
+    }]));
+    let proxy =
+        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
+            .await;
+    let client = proxy.connect().await;
+    client
+        .batch_execute(&format!(
+            "PREPARE bump (int, int) AS UPDATE {table} SET bal = bal + $1 WHERE id = $2;
+             PREPARE peek AS SELECT bal FROM {table} WHERE id = $1"
+        ))
+        .await
+        .unwrap();
+    client.batch_execute("EXECUTE bump(5, 1)").await.unwrap();
+    let sql = format!("select bal, balance from {table} where id = 1");
+    let both = || async {
+        let row = direct.query_one(&sql, &[]).await.unwrap();
+        (row.get::<_, i32>(0), row.get::<_, i32>(1))
+    };
+    assert_eq!(both().await, (105, 105), "dual write through EXECUTE");
+
+    // The read switch: statements prepared before it follow it.
+    direct
+        .batch_execute(&format!("update {table} set balance = 555 where id = 1"))
+        .await
+        .unwrap();
+    rules.publish(&[ActiveMigration {
+        spec,
+        phase: Phase::Switched,
+    }]);
+    let rows = client.simple_query("EXECUTE peek(1)").await.unwrap();
+    assert_eq!(
+        simple_rows(&rows),
+        vec![("bal".to_string(), Some("555".to_string()))]
+    );
+    client.batch_execute("EXECUTE bump(1, 1)").await.unwrap();
+    assert_eq!(both().await, (556, 556), "written from the new source");
+    client.batch_execute("DEALLOCATE bump").await.unwrap();
+    let err = refused(client.batch_execute("EXECUTE bump(1, 1)").await, "execute");
+    assert_eq!(sqlstate(&err).as_deref(), Some("26000"));
+}
