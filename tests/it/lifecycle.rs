@@ -77,6 +77,25 @@ async fn renamed_v_to_w(
     (dbname, direct, table, id, d)
 }
 
+/// Reads `sql` through `reader` in a loop until `stop`; the task's answer
+/// is the longest a read waited (the stall a client saw).
+fn longest_read(
+    reader: tokio_postgres::Client,
+    sql: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut longest = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            reader.query_one(&sql, &[]).await.unwrap();
+            longest = longest.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        longest
+    })
+}
+
 async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
     pgshift::admin::request(admin, "POST", path, Some(&body), None)
         .await
@@ -467,22 +486,12 @@ async fn expand_waits_for_a_lock_without_stalling_other_clients() {
         .await
         .unwrap();
     // A client reads through the proxy all along; its longest wait is the stall.
-    let reader = d.proxy.connect_to(&dbname).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = {
-        let stop = Arc::clone(&stop);
-        let sql = format!("select v from {table} where id = 2");
-        tokio::spawn(async move {
-            let mut longest = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                reader.query_one(&sql, &[]).await.unwrap();
-                longest = longest.max(t.elapsed());
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            longest
-        })
-    };
+    let reading = longest_read(
+        d.proxy.connect_to(&dbname).await,
+        format!("select v from {table} where id = 2"),
+        Arc::clone(&stop),
+    );
     let expand = {
         let (admin, id) = (admin.clone(), id.clone());
         tokio::spawn(
@@ -1076,22 +1085,12 @@ async fn contract_waits_for_a_long_transaction_without_stalling_other_clients() 
         .batch_execute(&format!("begin; select count(*) from {table}"))
         .await
         .unwrap();
-    let reader = d.proxy.connect_to(&dbname).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = {
-        let stop = Arc::clone(&stop);
-        let sql = format!("select v from {table} where id = 2");
-        tokio::spawn(async move {
-            let mut longest = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                reader.query_one(&sql, &[]).await.unwrap();
-                longest = longest.max(t.elapsed());
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            longest
-        })
-    };
+    let reading = longest_read(
+        d.proxy.connect_to(&dbname).await,
+        format!("select v from {table} where id = 2"),
+        Arc::clone(&stop),
+    );
     let contract = {
         let (admin, id) = (admin.clone(), id.clone());
         tokio::spawn(async move {

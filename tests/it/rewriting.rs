@@ -15,8 +15,16 @@ use crate::harness::*;
 
 /// A proxy whose rules hold one migration of `table` in `phase`.
 async fn proxy_for(spec: MigrationSpec, phase: Phase) -> TestProxy {
+    proxy_with_rules(spec, phase).await.1
+}
+
+/// [`proxy_for`], and the rules cell to publish phase changes into.
+async fn proxy_with_rules(spec: MigrationSpec, phase: Phase) -> (Arc<RulesCell>, TestProxy) {
     let rules = Arc::new(RulesCell::new(&[ActiveMigration { spec, phase }]));
-    TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), |_| {}).await
+    let proxy =
+        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
+            .await;
+    (rules, proxy)
 }
 
 /// The physical columns of a table in a phase, for a rename bal → balance.
@@ -284,13 +292,7 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
         .unwrap();
     let spec =
         MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
-    let rules = Arc::new(RulesCell::new(&[ActiveMigration {
-        spec: spec.clone(),
-        phase: Phase::Expanded,
-    }]));
-    let proxy =
-        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
-            .await;
+    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Expanded).await;
     let client = proxy.connect().await;
     let read = client
         .prepare(&format!("select bal from {table} where id = $1"))
@@ -403,13 +405,7 @@ async fn sql_level_prepared_statements_follow_a_phase_change() {
         .unwrap();
     let spec =
         MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
-    let rules = Arc::new(RulesCell::new(&[ActiveMigration {
-        spec: spec.clone(),
-        phase: Phase::Expanded,
-    }]));
-    let proxy =
-        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
-            .await;
+    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Expanded).await;
     let client = proxy.connect().await;
     client
         .batch_execute(&format!(
