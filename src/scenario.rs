@@ -136,7 +136,11 @@ pub async fn run(
     );
     let check = Checker::connect(cluster).await?;
     let mut ok = check.invariant("before the migrations", &[]).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A stretch of load with no migration first: the baseline the phases
+    // are compared with.
+    let warm_up =
+        Duration::from_secs_f64((f64::from(options.duration_secs) * 0.15).clamp(0.5, 10.0));
+    tokio::time::sleep(warm_up).await;
 
     let ids = ["accounts_balance", "tellers_bigint"];
     let step = |action: &'static str, body: Value| {
@@ -273,8 +277,8 @@ pub async fn run(
         ok &= g.failed == 0 && g.processed > 0;
     }
     println!();
-    println!("| phase | seconds | TPS (all groups) | p99 latency ms | longest transaction ms |");
-    println!("|---|---|---|---|---|");
+    println!("| phase | seconds | TPS (all groups) | × before | p99 latency ms | longest transaction ms |");
+    println!("|---|---|---|---|---|---|");
     for row in &per_phase {
         println!("{row}");
     }
@@ -410,6 +414,8 @@ impl Timeline {
         }
         let end = done.iter().map(|d| d.0).max().unwrap_or_else(unix_us);
         let mut rows = Vec::new();
+        // TPS of the first phase (before any migration step): the baseline.
+        let mut baseline: Option<f64> = None;
         for (k, (name, from)) in self.phases.iter().enumerate() {
             let to = self.phases.get(k + 1).map_or(end, |p| p.1);
             let mut latencies: Vec<i64> = done
@@ -419,15 +425,17 @@ impl Timeline {
                 .collect();
             let seconds = (to - from) as f64 / 1e6;
             if latencies.is_empty() || seconds <= 0.0 {
-                rows.push(format!("| {name} | {seconds:.1} | – | – | – |"));
+                rows.push(format!("| {name} | {seconds:.1} | – | – | – | – |"));
                 continue;
             }
             latencies.sort_unstable();
             let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
             let max = latencies[latencies.len() - 1];
+            let tps = latencies.len() as f64 / seconds;
+            let base = *baseline.get_or_insert(tps);
             rows.push(format!(
-                "| {name} | {seconds:.1} | {:.0} | {:.1} | {:.1} |",
-                latencies.len() as f64 / seconds,
+                "| {name} | {seconds:.1} | {tps:.0} | {:.2}× | {:.1} | {:.1} |",
+                tps / base,
                 p99 as f64 / 1000.0,
                 max as f64 / 1000.0
             ));
