@@ -139,6 +139,23 @@ pub struct FrontendVisitor<'a> {
 }
 
 impl<'a> FrontendVisitor<'a> {
+    /// Passes a Query or Parse frame through the rewriter, attributed to
+    /// the session's application while rules are in force (the old-shape
+    /// report); without rules, straight through.
+    fn rewrite(
+        &self,
+        tag: u8,
+        frame: &[u8],
+    ) -> Result<Outcome, super::statement::MalformedStatement> {
+        if self.tracking {
+            crate::rewrite::with_application(self.state.application.as_ref(), || {
+                rewrite_frame(self.rewriter, tag, frame)
+            })
+        } else {
+            rewrite_frame(self.rewriter, tag, frame)
+        }
+    }
+
     pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
         FrontendVisitor {
             state,
@@ -170,18 +187,15 @@ impl<'a> FrontendVisitor<'a> {
             return Verdict::Keep;
         };
         let parse = statements::parse_frame(name, &sql, &param_types);
-        let (parse, with_parse_complete) =
-            match crate::rewrite::with_application(self.state.application.as_ref(), || {
-                rewrite_frame(self.rewriter, frontend::PARSE, &parse)
-            }) {
-                Ok(Outcome::Keep) => (parse, true),
-                Ok(Outcome::Replace(rewritten)) => (rewritten, true),
-                Ok(Outcome::Refuse(refusal)) => (
-                    self.refuse(request, frontend::PARSE, &parse, &refusal),
-                    false,
-                ),
-                Err(_) => return Verdict::Keep,
-            };
+        let (parse, with_parse_complete) = match self.rewrite(frontend::PARSE, &parse) {
+            Ok(Outcome::Keep) => (parse, true),
+            Ok(Outcome::Replace(rewritten)) => (rewritten, true),
+            Ok(Outcome::Refuse(refusal)) => (
+                self.refuse(request, frontend::PARSE, &parse, &refusal),
+                false,
+            ),
+            Err(_) => return Verdict::Keep,
+        };
         tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
         self.state
             .with_book(|b| b.statements.expect_injected(request, with_parse_complete));
@@ -250,12 +264,14 @@ impl FrameVisitor for FrontendVisitor<'_> {
         let epoch = self.rewriter.epoch();
         // An EXECUTE of a statement PREPAREd under older rules runs the
         // statement itself, rewritten under the current ones.
-        let query_text = (tag == frontend::QUERY)
-            .then(|| frame.get(HEADER_LEN..).unwrap_or_default())
-            .map(|sql| sql.strip_suffix(&[0]).unwrap_or(sql))
-            .and_then(|sql| std::str::from_utf8(sql).ok());
-        let stale = match (self.tracking, epoch, query_text) {
-            (true, Some(epoch), Some(sql)) if starts_with_word(sql, "execute") => {
+        // Only EXECUTE and PREPARE are read as text here (and only while
+        // rules can change): every other Query goes straight to the rewriter.
+        let sql_command = match (self.tracking, tag) {
+            (true, frontend::QUERY) => sql_prepared_command(frame),
+            _ => None,
+        };
+        let stale = match (epoch, sql_command) {
+            (Some(epoch), Some(("execute", sql))) => {
                 state.with_book(|b| b.sql_prepared.stale_execute(sql, epoch))
             }
             _ => None,
@@ -264,10 +280,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
             crate::proxy::wire::encode_frame(frontend::QUERY, &[statement.as_bytes(), b"\0"])
         });
         let frame_now: &[u8] = replacement.as_deref().unwrap_or(frame);
-        let outcome = crate::rewrite::with_application(self.state.application.as_ref(), || {
-            rewrite_frame(self.rewriter, tag, frame_now)
-        })
-        .map_err(|e| e.to_string())?;
+        let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
         let outcome = match (outcome, replacement) {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
             (outcome, _) => outcome,
@@ -292,7 +305,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
                         }),
                         None => {}
                     }
-                    if let Some(sql) = query_text.filter(|s| starts_with_word(s, "prepare")) {
+                    if let Some(("prepare", sql)) = sql_command {
                         if !matches!(outcome, Outcome::Refuse(_)) {
                             state.with_book(|b| b.sql_prepared.prepared(sql, epoch));
                         }
@@ -377,13 +390,19 @@ impl FrameVisitor for BackendVisitor<'_> {
     }
 }
 
-/// The text's first word is `word` (ASCII case-insensitive).
-fn starts_with_word(sql: &str, word: &str) -> bool {
-    let text = sql.trim_start();
-    text.len() >= word.len()
-        && text.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
-        && text[word.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+/// A Query frame holding `EXECUTE …` or `PREPARE …`: (the command in
+/// lower case, the SQL text). A byte check first: other queries are not
+/// decoded.
+fn sql_prepared_command(frame: &[u8]) -> Option<(&'static str, &str)> {
+    let sql = frame.get(HEADER_LEN..)?;
+    let sql = sql.strip_suffix(&[0]).unwrap_or(sql);
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let command = ["execute", "prepare"].into_iter().find(|word| {
+        sql.get(start..start + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+            && sql
+                .get(start + word.len())
+                .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+    })?;
+    Some((command, std::str::from_utf8(sql).ok()?))
 }
