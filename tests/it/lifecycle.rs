@@ -77,6 +77,47 @@ async fn renamed_v_to_w(
     (dbname, direct, table, id, d)
 }
 
+/// Runs `action` while a transaction that ran `lock_sql` holds its lock
+/// for 3 s and a client keeps reading through the proxy; asserts the
+/// action ends in `phase` and returns the reader's longest wait.
+#[allow(clippy::too_many_arguments)]
+async fn behind_a_long_transaction(
+    d: &Driven,
+    dbname: &str,
+    lock_sql: &str,
+    table: &str,
+    id: &str,
+    action: &str,
+    body: Value,
+    phase: &str,
+) -> Duration {
+    let blocker = connect(&db().config_for(dbname)).await.unwrap();
+    blocker
+        .batch_execute(&format!("begin; {lock_sql}"))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = longest_read(
+        d.proxy.connect_to(dbname).await,
+        format!("select v from {table} where id = 2"),
+        Arc::clone(&stop),
+    );
+    let acting = {
+        let (admin, path) = (d.admin.clone(), format!("/migrations/{id}/{action}"));
+        tokio::spawn(async move { post(&admin, &path, body).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    blocker.batch_execute("commit").await.unwrap();
+    let (code, answer) = acting.await.unwrap();
+    assert_eq!(
+        (code, answer["phase"].as_str()),
+        (200, Some(phase)),
+        "{answer}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    reading.await.unwrap()
+}
+
 /// Reads `sql` through `reader` in a loop until `stop`; the task's answer
 /// is the longest a read waited (the stall a client saw).
 fn longest_read(
@@ -475,39 +516,18 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
 #[tokio::test]
 async fn expand_waits_for_a_lock_without_stalling_other_clients() {
     let (dbname, direct, table, id, d) = renamed_v_to_w("lockdb", 100).await;
-    let admin = d.admin.clone();
 
-    // A long transaction holds a lock on the table for 3 s.
-    let blocker = connect(&db().config_for(&dbname)).await.unwrap();
-    blocker
-        .batch_execute(&format!(
-            "begin; select * from {table} where id = 1 for update"
-        ))
-        .await
-        .unwrap();
-    // A client reads through the proxy all along; its longest wait is the stall.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reading = longest_read(
-        d.proxy.connect_to(&dbname).await,
-        format!("select v from {table} where id = 2"),
-        Arc::clone(&stop),
-    );
-    let expand = {
-        let (admin, id) = (admin.clone(), id.clone());
-        tokio::spawn(
-            async move { post(&admin, &format!("/migrations/{id}/expand"), json!({})).await },
-        )
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    blocker.batch_execute("commit").await.unwrap();
-    let (code, body) = expand.await.unwrap();
-    assert_eq!(
-        (code, body["phase"].as_str()),
-        (200, Some("expanded")),
-        "{body}"
-    );
-    stop.store(true, Ordering::Relaxed);
-    let longest = reading.await.unwrap();
+    let longest = behind_a_long_transaction(
+        &d,
+        &dbname,
+        &format!("select * from {table} where id = 1 for update"),
+        &table,
+        &id,
+        "expand",
+        json!({}),
+        "expanded",
+    )
+    .await;
     // A plain ALTER would have queued the reader behind it for the whole
     // 3 s; with lock_timeout 1 s the reader waits at most about that long.
     assert!(
@@ -1079,39 +1099,18 @@ async fn contract_waits_for_a_long_transaction_without_stalling_other_clients() 
         let (code, answer) = post(&admin, &format!("/migrations/{id}/{action}"), body).await;
         assert_eq!(code, 200, "{answer}");
     }
-    // A long transaction (a report, say) holds a lock on the table for 3 s.
-    let blocker = connect(&db().config_for(&dbname)).await.unwrap();
-    blocker
-        .batch_execute(&format!("begin; select count(*) from {table}"))
-        .await
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let reading = longest_read(
-        d.proxy.connect_to(&dbname).await,
-        format!("select v from {table} where id = 2"),
-        Arc::clone(&stop),
-    );
-    let contract = {
-        let (admin, id) = (admin.clone(), id.clone());
-        tokio::spawn(async move {
-            post(
-                &admin,
-                &format!("/migrations/{id}/contract"),
-                json!({"force": true}),
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    blocker.batch_execute("commit").await.unwrap();
-    let (code, body) = contract.await.unwrap();
-    assert_eq!(
-        (code, body["phase"].as_str()),
-        (200, Some("contracted")),
-        "{body}"
-    );
-    stop.store(true, Ordering::Relaxed);
-    let longest = reading.await.unwrap();
+    // A long transaction (a report, say) holds a lock on the table.
+    let longest = behind_a_long_transaction(
+        &d,
+        &dbname,
+        &format!("select count(*) from {table}"),
+        &table,
+        &id,
+        "contract",
+        json!({"force": true}),
+        "contracted",
+    )
+    .await;
     assert!(
         longest < Duration::from_millis(2000),
         "a reader stalled for {longest:?}"

@@ -18,6 +18,29 @@ async fn proxy_for(spec: MigrationSpec, phase: Phase) -> TestProxy {
     proxy_with_rules(spec, phase).await.1
 }
 
+/// A table in the expanded phase of the rename bal → balance, behind a
+/// proxy: (direct client, table, spec, rules cell, proxy).
+async fn expanded_rename(
+    prefix: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    MigrationSpec,
+    Arc<RulesCell>,
+    TestProxy,
+) {
+    let direct = db().direct().await;
+    let table = unique(prefix);
+    direct
+        .batch_execute(&rename_table_ddl(&table, Phase::Expanded))
+        .await
+        .unwrap();
+    let spec =
+        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
+    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Expanded).await;
+    (direct, table, spec, rules, proxy)
+}
+
 /// [`proxy_for`], and the rules cell to publish phase changes into.
 async fn proxy_with_rules(spec: MigrationSpec, phase: Phase) -> (Arc<RulesCell>, TestProxy) {
     let rules = Arc::new(RulesCell::new(&[ActiveMigration { spec, phase }]));
@@ -284,15 +307,7 @@ async fn refused_statements_leave_the_table_untouched() {
 
 #[tokio::test]
 async fn statements_prepared_before_a_phase_change_follow_it() {
-    let direct = db().direct().await;
-    let table = unique("reprep");
-    direct
-        .batch_execute(&rename_table_ddl(&table, Phase::Expanded))
-        .await
-        .unwrap();
-    let spec =
-        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
-    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Expanded).await;
+    let (direct, table, spec, rules, proxy) = expanded_rename("reprep").await;
     let client = proxy.connect().await;
     let read = client
         .prepare(&format!("select bal from {table} where id = $1"))
@@ -397,15 +412,7 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
 
 #[tokio::test]
 async fn sql_level_prepared_statements_follow_a_phase_change() {
-    let direct = db().direct().await;
-    let table = unique("sqlprep");
-    direct
-        .batch_execute(&rename_table_ddl(&table, Phase::Expanded))
-        .await
-        .unwrap();
-    let spec =
-        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
-    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Expanded).await;
+    let (direct, table, spec, rules, proxy) = expanded_rename("sqlprep").await;
     let client = proxy.connect().await;
     client
         .batch_execute(&format!(
