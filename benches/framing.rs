@@ -60,7 +60,7 @@ fn split_all(input: &[u8], visitor: &mut impl FrameVisitor) -> usize {
 }
 
 fn framing(c: &mut Criterion) {
-    let state = SessionState::new(false, None);
+    let state = SessionState::new(false, Default::default());
     let client = client_stream(1000);
     let server = server_stream(1000);
     let mut group = c.benchmark_group("framing/client_bind_execute_sync");

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
-use crate::rewrite::catalog::{Catalog, ColumnDef, TableDef};
+use crate::rewrite::catalog::{Catalog, ColumnDef, DefaultPaths, TableDef};
 use crate::rewrite::rules::RulesCell;
+use crate::rewrite::search_path::SearchPath;
 
 /// What failed on the control connection.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +116,55 @@ pub async fn read_catalog(client: &Client) -> Result<Catalog, ControlError> {
     if let Some((s, t, def)) = current {
         catalog.insert(&s, &t, def);
     }
+    catalog.defaults = read_default_paths(client).await?;
     Ok(catalog)
+}
+
+/// The search paths sessions that set none start with: `ALTER ROLE` /
+/// `ALTER DATABASE … SET search_path` for this database, and the server's
+/// own setting (when it does not come from such a setting of pgshift's
+/// own role).
+async fn read_default_paths(client: &Client) -> Result<DefaultPaths, ControlError> {
+    let mut defaults = DefaultPaths::default();
+    let rows = client
+        .query(
+            "select coalesce(r.rolname::text, ''), s.setdatabase <> 0,
+                    substr(cfg, length('search_path=') + 1)
+               from pg_db_role_setting s
+               left join pg_roles r on r.oid = s.setrole
+              cross join lateral unnest(s.setconfig) cfg
+              where s.setdatabase in (0, (select oid from pg_database
+                                           where datname = current_database()))
+                and cfg like 'search\\_path=%'",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let role: String = row.try_get(0)?;
+        let in_database: bool = row.try_get(1)?;
+        let path = SearchPath::parse_list(row.try_get(2)?);
+        match (role.is_empty(), in_database) {
+            (false, true) => drop(defaults.role_in_database.insert(role, path)),
+            (false, false) => drop(defaults.role.insert(role, path)),
+            (true, _) => defaults.database = Some(path),
+        }
+    }
+    let row = client
+        .query_one(
+            "select setting, source in ('default', 'configuration file', 'command line',
+                                        'environment variable', 'override'), boot_val
+               from pg_settings where name = 'search_path'",
+            &[],
+        )
+        .await?;
+    let (setting, from_server, boot): (String, bool, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    defaults.server = Some(SearchPath::parse_list(if from_server {
+        &setting
+    } else {
+        &boot
+    }));
+    Ok(defaults)
 }
 
 /// Reads the catalog over a fresh control connection.

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::rewrite::{PassThrough, StatementRewriter};
+use crate::rewrite::search_path;
+use crate::rewrite::{PassThrough, SessionContext, StatementRewriter};
 
 use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
 use super::{cancel, relay, stats, Shared};
@@ -133,8 +134,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
     );
-    let application = params.application_name.as_deref().map(Arc::from);
-    relay::run(&shared, rewriter, application, client, server).await;
+    let context = SessionContext::new(
+        params.application_name.as_deref().map(Arc::from),
+        Arc::from(params.user.as_deref().unwrap_or("")),
+        search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
+    );
+    relay::run(&shared, rewriter, context, client, server).await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ pub mod framing;
 pub mod outqueue;
 pub mod refusal;
 pub mod relay;
+pub mod search_path;
 pub mod session;
 pub mod sql_prepared;
 pub mod statement;

@@ -218,12 +218,12 @@ async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
 pub(crate) async fn run(
     shared: &Shared,
     rewriter: &dyn StatementRewriter,
-    application: Option<std::sync::Arc<str>>,
+    context: crate::rewrite::SessionContext,
     mut client: TcpStream,
     mut server: TcpStream,
 ) {
     let limits = &shared.config.limits;
-    let state = SessionState::new(limits.idle_timeout.is_some(), application);
+    let state = SessionState::new(limits.idle_timeout.is_some(), context);
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
     let mut stage = shared.stage.clone();

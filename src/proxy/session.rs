@@ -20,11 +20,13 @@ use bytes::{Bytes, BytesMut};
 
 use super::framing::{FrameVisitor, Handling, Verdict, HEADER_LEN};
 use super::refusal::PendingRefusal;
+use super::search_path::PathTracker;
 use super::sql_prepared::SqlPrepared;
 use super::statement::{rewrite_frame, Outcome};
 use super::statements::{self, Deallocation, Statements};
 use super::wire::{backend, frontend};
-use crate::rewrite::{Refusal, StatementRewriter};
+use crate::rewrite::search_path;
+use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
 
 /// The shared state of one session.
 pub struct SessionState {
@@ -49,12 +51,12 @@ pub struct SessionState {
     /// Refusals in flight and prepared statements.
     book: Mutex<Book>,
     refusal_seq: AtomicU64,
-    /// The client's `application_name` (startup), for the old-shape report.
-    application: Option<Arc<str>>,
+    /// A search-path change waits for its transaction's outcome: the
+    /// server side reads command tags.
+    path_watch: AtomicBool,
 }
 
 /// What the session keeps about statements.
-#[derive(Default)]
 struct Book {
     /// Refusals whose marker error has not come back yet, oldest first.
     refusals: VecDeque<PendingRefusal>,
@@ -62,12 +64,24 @@ struct Book {
     statements: Statements,
     /// SQL-level prepared statements (PREPARE / EXECUTE).
     sql_prepared: SqlPrepared,
+    /// The session's search path.
+    path: PathTracker,
+    /// What the rewriter is told about the session (application, user,
+    /// search path), rebuilt when the path changes.
+    context: Arc<SessionContext>,
 }
 
 impl SessionState {
     /// Fresh state of a session that has just sent its startup message;
     /// `track_activity` keeps the last-activity clock (for an idle timeout).
-    pub fn new(track_activity: bool, application: Option<Arc<str>>) -> Self {
+    pub fn new(track_activity: bool, context: SessionContext) -> Self {
+        let book = Book {
+            refusals: VecDeque::new(),
+            statements: Statements::default(),
+            sql_prepared: SqlPrepared::default(),
+            path: PathTracker::new(context.search_path.clone()),
+            context: Arc::new(context),
+        };
         SessionState {
             started: Instant::now(),
             track_activity,
@@ -79,9 +93,9 @@ impl SessionState {
             txn_status: AtomicU8::new(b'I'),
             terminated: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            book: Mutex::new(Book::default()),
+            book: Mutex::new(book),
             refusal_seq: AtomicU64::new(0),
-            application,
+            path_watch: AtomicBool::new(false),
         }
     }
 
@@ -128,6 +142,62 @@ impl SessionState {
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut book)
     }
+
+    /// Follows the search-path changes a statement the client sent makes.
+    fn path_changes(&self, sql: &[u8]) {
+        let sql = sql.strip_suffix(&[0]).unwrap_or(sql);
+        if !search_path::may_change(sql) {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            return;
+        };
+        let changes = search_path::changes(text);
+        if changes.is_empty() {
+            return;
+        }
+        self.with_book(|b| {
+            for change in changes {
+                b.path.apply(change);
+            }
+            b.refresh_context();
+            self.path_watch.store(b.path.watching(), Ordering::Relaxed);
+        });
+    }
+
+    /// The server side saw `tag` while a path change is pending.
+    fn path_outcome(&self, tag: u8, frame: &[u8]) {
+        self.with_book(|b| {
+            match tag {
+                backend::ERROR_RESPONSE => b.path.on_error(),
+                backend::COMMAND_COMPLETE => {
+                    b.path
+                        .on_command_complete(frame.get(HEADER_LEN..).unwrap_or_default());
+                }
+                _ => {
+                    b.path
+                        .on_ready(frame.get(HEADER_LEN).copied().unwrap_or(b'I'));
+                    b.refresh_context();
+                }
+            }
+            self.path_watch.store(b.path.watching(), Ordering::Relaxed);
+        });
+    }
+}
+
+impl Book {
+    /// A new context when the effective path changed.
+    fn refresh_context(&mut self) {
+        let path = self.path.effective();
+        if self.context.search_path.as_ref() != path {
+            let c = &self.context;
+            self.context = Arc::new(SessionContext::new(
+                c.application.clone(),
+                c.user.clone(),
+                path.cloned(),
+            ));
+        }
+    }
 }
 
 /// The client stream as the relay sees it.
@@ -148,7 +218,8 @@ impl<'a> FrontendVisitor<'a> {
         frame: &[u8],
     ) -> Result<Outcome, super::statement::MalformedStatement> {
         if self.tracking {
-            crate::rewrite::with_application(self.state.application.as_ref(), || {
+            let context = self.state.with_book(|b| b.context.clone());
+            crate::rewrite::with_session(Some(&context), || {
                 rewrite_frame(self.rewriter, tag, frame)
             })
         } else {
@@ -280,6 +351,13 @@ impl FrameVisitor for FrontendVisitor<'_> {
             crate::proxy::wire::encode_frame(frontend::QUERY, &[statement.as_bytes(), b"\0"])
         });
         let frame_now: &[u8] = replacement.as_deref().unwrap_or(frame);
+        if self.tracking {
+            let sql = match tag {
+                frontend::QUERY => frame.get(HEADER_LEN..),
+                _ => statements::parse_fields(frame).map(|f| f.sql),
+            };
+            self.state.path_changes(sql.unwrap_or_default());
+        }
         let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
         let outcome = match (outcome, replacement) {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
@@ -344,6 +422,9 @@ impl FrameVisitor for BackendVisitor<'_> {
         match tag {
             backend::READY_FOR_QUERY | backend::ERROR_RESPONSE => Handling::Whole,
             backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE if self.tracking => Handling::Whole,
+            backend::COMMAND_COMPLETE if self.state.path_watch.load(Ordering::Relaxed) => {
+                Handling::Whole
+            }
             _ => Handling::Forward,
         }
     }
@@ -354,7 +435,11 @@ impl FrameVisitor for BackendVisitor<'_> {
             return Ok(Verdict::Keep);
         };
         let current = state.ready_seen.load(Ordering::Relaxed) + 1;
+        if state.path_watch.load(Ordering::Relaxed) {
+            state.path_outcome(tag, frame);
+        }
         match tag {
+            backend::COMMAND_COMPLETE => Ok(Verdict::Keep),
             backend::ERROR_RESPONSE => Ok(state.with_book(|b| match b.refusals.front() {
                 Some(p) if p.request == current && p.matches(frame) => {
                     let error = p.error.clone();

@@ -40,6 +40,7 @@ pub mod backend {
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const PARSE_COMPLETE: u8 = b'1';
     pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const COMMAND_COMPLETE: u8 = b'C';
 }
 
 /// Which peer sent a message.
@@ -217,6 +218,10 @@ pub struct StartupParams {
     pub user: Option<String>,
     pub database: Option<String>,
     pub application_name: Option<String>,
+    /// A `search_path` given as a startup parameter.
+    pub search_path: Option<String>,
+    /// The `options` parameter (`-c name=value …`).
+    pub options: Option<String>,
 }
 
 /// Why a startup packet was refused.
@@ -290,6 +295,8 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
             b"user" => params.user = Some(value),
             b"database" => params.database = Some(value),
             b"application_name" => params.application_name = Some(value),
+            b"search_path" => params.search_path = Some(value),
+            b"options" => params.options = Some(value),
             _ => {}
         }
         body = rest;

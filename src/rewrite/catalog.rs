@@ -6,19 +6,18 @@
 //! It is plain data, read from the upstream by [`crate::control`] and
 //! published with the rules (a new snapshot is a new rules epoch). Names are
 //! stored folded (as Postgres stores them). An unqualified table name
-//! resolves in the `public` schema, the default `search_path`; a table the
-//! snapshot does not know is treated as unknown, and the statements that
-//! would need it stay refused.
+//! resolves along the session's `search_path` ([`super::search_path`]),
+//! or the database's default path for a session that set none (also read
+//! into the snapshot); a table the snapshot does not know is treated as
+//! unknown, and the statements that would need it stay refused.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlparser::tokenizer::Token;
 
+use super::search_path::{Resolved, SearchPath};
 use super::text::tokenize;
-
-/// The schema unqualified table names resolve in.
-pub const DEFAULT_SCHEMA: &str = "public";
 
 /// One column, as `pg_attribute` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +50,33 @@ impl TableDef {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Catalog {
     tables: HashMap<(String, String), Arc<TableDef>>,
+    /// The schemas holding a table of each name.
+    schemas_of: HashMap<String, Vec<String>>,
+    /// Default search paths of sessions that set none.
+    pub defaults: DefaultPaths,
+}
+
+/// The search path a session starts with when it sets none, from the
+/// most specific setting down: `ALTER ROLE r IN DATABASE d SET`, `ALTER
+/// ROLE r SET`, `ALTER DATABASE d SET`, the server's own setting.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DefaultPaths {
+    pub role_in_database: HashMap<String, SearchPath>,
+    pub role: HashMap<String, SearchPath>,
+    pub database: Option<SearchPath>,
+    /// The server's setting; `None`: the built-in `"$user", public`.
+    pub server: Option<SearchPath>,
+}
+
+impl DefaultPaths {
+    /// The path a session of `user` that set none uses.
+    pub fn for_user(&self, user: &str) -> Option<&SearchPath> {
+        self.role_in_database
+            .get(user)
+            .or_else(|| self.role.get(user))
+            .or(self.database.as_ref())
+            .or(self.server.as_ref())
+    }
 }
 
 impl Catalog {
@@ -70,16 +96,59 @@ impl Catalog {
 
     /// Adds (or replaces) a table.
     pub fn insert(&mut self, schema: &str, name: &str, table: TableDef) {
-        self.tables
+        let replaced = self
+            .tables
             .insert((schema.to_string(), name.to_string()), Arc::new(table));
+        if replaced.is_none() {
+            self.schemas_of
+                .entry(name.to_string())
+                .or_default()
+                .push(schema.to_string());
+        }
     }
 
-    /// The table `schema.name`, or `name` in the default schema.
+    /// The table `schema.name`, or `name` as the current session's search
+    /// path resolves it.
     pub fn table(&self, schema: Option<&str>, name: &str) -> Option<&TableDef> {
-        let schema = schema.unwrap_or(DEFAULT_SCHEMA);
+        let schema = match schema {
+            Some(schema) => schema,
+            None => match self.resolve(name) {
+                Resolved::In(schema) => schema,
+                Resolved::Missing | Resolved::Ambiguous => return None,
+            },
+        };
         self.tables
             .get(&(schema.to_string(), name.to_string()))
             .map(Arc::as_ref)
+    }
+
+    /// Whether some schema holds a table `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.schemas_of.contains_key(name)
+    }
+
+    /// Where an unqualified table `name` leads in the session being
+    /// rewritten for (see [`super::with_session`]).
+    pub fn resolve(&self, name: &str) -> Resolved<'_> {
+        let holders: Vec<&str> = match self.schemas_of.get(name) {
+            Some(schemas) => schemas.iter().map(String::as_str).collect(),
+            None => return Resolved::Missing,
+        };
+        super::with_current_session(|session| {
+            let user = session.map_or("", |s| &s.user);
+            let builtin;
+            let path = match session.and_then(|s| s.search_path.as_ref()) {
+                Some(path) => path,
+                None => match self.defaults.for_user(user) {
+                    Some(path) => path,
+                    None => {
+                        builtin = SearchPath::builtin();
+                        &builtin
+                    }
+                },
+            };
+            path.resolve(&holders, user)
+        })
     }
 }
 
@@ -130,7 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unqualified_names_resolve_in_public() {
+    fn unqualified_names_resolve_along_the_path() {
         let mut catalog = Catalog::empty();
         catalog.insert(
             "public",

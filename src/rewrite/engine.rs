@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::literals::{normalize, with_sentinels, Kind, Template};
 use super::migration::quote_ident;
-use super::plan::{plan, Plan};
+use super::plan::{migrations_named, plan, Plan};
 use super::rules::{ActiveMigration, Rules, RulesCell};
 use super::scan::mentions_any;
 use super::{Refusal, Rewrite, StatementKind, StatementRewriter};
@@ -41,14 +41,18 @@ impl MigrationRewriter {
     }
 }
 
-/// Plans kept per worker thread.
+/// Statement texts whose plans are kept per worker thread.
 const CACHE_CAPACITY: usize = 4096;
+/// Plans kept per text (for sessions that resolve names differently).
+const PLANS_PER_TEXT: usize = 8;
 
 /// A cached plan: which rules it was made under, its outcome, and the
 /// migration (index in the rules) each use of it counts for.
 struct Cached {
     cell: u64,
     epoch: u64,
+    /// The session context's key: names may resolve differently elsewhere.
+    session: u64,
     outcome: CachedOutcome,
     tally: Tally,
 }
@@ -80,7 +84,8 @@ impl Tally {
             c.refused.fetch_add(1, Ordering::Relaxed);
         }
         if !self.old_shape.is_empty() {
-            let application = super::current_application();
+            let application =
+                super::with_current_session(|s| s.and_then(|s| s.application.clone()));
             for &i in &self.old_shape {
                 if let Some(c) = rules.counters.get(i) {
                     c.saw_old_shape(application.as_deref());
@@ -91,7 +96,7 @@ impl Tally {
 }
 
 thread_local! {
-    static PLANS: RefCell<HashMap<Box<[u8]>, Cached>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<Box<[u8]>, Vec<Cached>>> = RefCell::new(HashMap::new());
 }
 
 impl StatementRewriter for MigrationRewriter {
@@ -121,11 +126,12 @@ impl StatementRewriter for MigrationRewriter {
                 _ => sql,
             };
             let literals = normalized.as_ref().map_or(&[][..], |n| &n.literals[..]);
+            let session = super::with_current_session(|s| s.map_or(0, |s| s.key));
             let hit = PLANS.with(|plans| {
                 let plans = plans.borrow();
-                let cached = plans
-                    .get(key)
-                    .filter(|c| c.cell == cell && c.epoch == rules.epoch)?;
+                let cached = plans.get(key)?.iter().find(|c| {
+                    c.cell == cell && c.epoch == rules.epoch && c.session == session
+                })?;
                 let outcome = match &cached.outcome {
                     CachedOutcome::Fixed(outcome) => outcome.clone(),
                     CachedOutcome::Template(t) => {
@@ -146,7 +152,7 @@ impl StatementRewriter for MigrationRewriter {
                 return outcome;
             };
             let (outcome, cached, mut tally) = plan_for_cache(text, literals, rules);
-            tally.old_shape = old_shape_uses(sql, rules);
+            tally.old_shape = old_shape_uses(text, rules);
             tally.record(rules);
             if let Some(cached) = cached {
                 PLANS.with(|plans| {
@@ -154,15 +160,23 @@ impl StatementRewriter for MigrationRewriter {
                     if plans.len() >= CACHE_CAPACITY {
                         plans.clear();
                     }
-                    plans.insert(
-                        key.into(),
-                        Cached {
-                            cell,
-                            epoch: rules.epoch,
-                            outcome: cached,
-                            tally,
-                        },
-                    );
+                    let entry = Cached {
+                        cell,
+                        epoch: rules.epoch,
+                        session,
+                        outcome: cached,
+                        tally,
+                    };
+                    // One plan per way of resolving names (sessions with
+                    // other search paths), the newest few kept.
+                    let plans_for_text = plans.entry(key.into()).or_default();
+                    plans_for_text.retain(|c| {
+                        c.cell == cell && c.epoch == rules.epoch && c.session != session
+                    });
+                    if plans_for_text.len() >= PLANS_PER_TEXT {
+                        plans_for_text.remove(0);
+                    }
+                    plans_for_text.push(entry);
                 });
             }
             outcome
@@ -175,15 +189,22 @@ impl StatementRewriter for MigrationRewriter {
 }
 
 /// The migrations whose table and old column `sql` names (a whole-word
-/// scan: a statement naming `a` is an old-shape statement).
-fn old_shape_uses(sql: &[u8], rules: &Rules) -> Vec<usize> {
-    (0..rules.migrations.len())
+/// scan for the column: a statement naming `a` is an old-shape statement).
+fn old_shape_uses(sql: &str, rules: &Rules) -> Vec<usize> {
+    let by_name: Vec<usize> = (0..rules.migrations.len())
         .filter(|&i| {
             let spec = &rules.migrations[i].spec;
-            mentions_any(sql, std::slice::from_ref(&spec.table.name.to_lowercase()))
-                && mentions_any(sql, std::slice::from_ref(&spec.from.to_lowercase()))
+            mentions_any(
+                sql.as_bytes(),
+                std::slice::from_ref(&spec.from.to_lowercase()),
+            )
         })
-        .collect()
+        .collect();
+    if by_name.is_empty() {
+        return by_name;
+    }
+    let named = migrations_named(sql, rules);
+    by_name.into_iter().filter(|i| named.contains(i)).collect()
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced

@@ -13,6 +13,8 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use search_path::SearchPath;
+
 mod blocks;
 pub mod catalog;
 pub mod engine;
@@ -22,6 +24,7 @@ pub mod migration;
 pub mod plan;
 pub mod rules;
 pub mod scan;
+pub mod search_path;
 pub mod text;
 
 /// Where a statement came from.
@@ -72,24 +75,61 @@ pub trait StatementRewriter: Send + Sync + 'static {
     }
 }
 
-thread_local! {
-    static APPLICATION: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+/// Who a statement being rewritten comes from: what name resolution and
+/// the old-shape report need to know about its session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionContext {
+    /// The client's `application_name`, for the old-shape usage report.
+    pub application: Option<Arc<str>>,
+    /// The session's user (what `$user` in a search path names).
+    pub user: Arc<str>,
+    /// The session's own `search_path`; `None`: the database's default.
+    pub search_path: Option<SearchPath>,
+    /// Tells sessions that resolve names differently apart in the plan
+    /// cache (a hash of the user and the path).
+    pub key: u64,
 }
 
-/// Runs `f` (a call of [`StatementRewriter::rewrite`]) with `application`
-/// as the `application_name` its statement is attributed to, for the
-/// old-shape usage report. Rewriting is synchronous, so the attribution
-/// cannot leak into another session's statement.
-pub fn with_application<R>(application: Option<&Arc<str>>, f: impl FnOnce() -> R) -> R {
-    APPLICATION.with(|a| *a.borrow_mut() = application.cloned());
+impl SessionContext {
+    pub fn new(
+        application: Option<Arc<str>>,
+        user: Arc<str>,
+        search_path: Option<SearchPath>,
+    ) -> SessionContext {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut h);
+        search_path.hash(&mut h);
+        SessionContext {
+            application,
+            user,
+            search_path,
+            key: h.finish(),
+        }
+    }
+}
+
+thread_local! {
+    static SESSION: RefCell<Option<Arc<SessionContext>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a call of [`StatementRewriter::rewrite`]) on behalf of the
+/// session `context`: names resolve along its search path, and its
+/// statement is attributed to its application in the old-shape report.
+/// Rewriting is synchronous, so the context cannot leak into another
+/// session's statement.
+pub fn with_session<R>(context: Option<&Arc<SessionContext>>, f: impl FnOnce() -> R) -> R {
+    SESSION.with(|s| *s.borrow_mut() = context.cloned());
     let out = f();
-    APPLICATION.with(|a| *a.borrow_mut() = None);
+    SESSION.with(|s| *s.borrow_mut() = None);
     out
 }
 
-/// The application the statement being rewritten comes from.
-pub(crate) fn current_application() -> Option<Arc<str>> {
-    APPLICATION.with(|a| a.borrow().clone())
+/// Reads the context of the statement being rewritten (`None` outside
+/// [`with_session`]: tests and benchmarks, resolved as a session that set
+/// nothing).
+pub(crate) fn with_current_session<R>(f: impl FnOnce(Option<&SessionContext>) -> R) -> R {
+    SESSION.with(|s| f(s.borrow().as_deref()))
 }
 
 /// The rewriter used while no migration is configured: every statement goes

@@ -33,6 +33,7 @@ use super::catalog::Catalog;
 use super::expand;
 use super::migration::{quote_ident, MigrationSpec};
 use super::rules::{ActiveMigration, Rules};
+use super::search_path::Resolved;
 use super::text::{splice, tokenize, Edit, LineIndex, Tok};
 
 /// What to do with a statement text.
@@ -59,6 +60,103 @@ fn refuse<'r>(m: &'r ActiveMigration, reason: impl Into<String>) -> Plan<'r> {
     }
 }
 
+/// Whether a statement's mentions of a migrating table's name are that
+/// table, given the session's search path.
+enum Reference {
+    /// Not the migrating table (or not named at all).
+    None,
+    Target,
+    /// pgshift cannot tell, or the statement names both it and another
+    /// table of the same name: refused.
+    Ambiguous(String),
+}
+
+/// Classifies every mention of `spec`'s table name in `tokens`: `s.t` is
+/// the migrating table when `s` is its schema; an unqualified `t` when the
+/// session's search path resolves it there (always, while the catalog has
+/// not been read or does not know the name); `t.col` is a qualifier and
+/// says nothing.
+fn references(tokens: &[Tok], spec: &MigrationSpec, catalog: &Catalog) -> Reference {
+    let name = &spec.table.name;
+    let (mut target, mut other) = (false, None);
+    let mut unqualified = None;
+    for (k, t) in tokens.iter().enumerate() {
+        if !names(&t.token, name) {
+            continue;
+        }
+        let prev = k.checked_sub(1).map(|j| &tokens[j].token);
+        let next = tokens.get(k + 1).map(|t| &t.token);
+        if prev == Some(&Token::Period) {
+            match k.checked_sub(2).map(|j| &tokens[j].token) {
+                Some(Token::Word(w)) => {
+                    let schema = if w.quote_style.is_some() {
+                        w.value.clone()
+                    } else {
+                        w.value.to_lowercase()
+                    };
+                    if schema == spec.table.schema {
+                        target = true;
+                    } else {
+                        other = Some(schema);
+                    }
+                }
+                _ => target = true,
+            }
+            continue;
+        }
+        if next == Some(&Token::Period) {
+            continue;
+        }
+        let resolved = unqualified.get_or_insert_with(|| {
+            if catalog.is_empty() || !catalog.holds(name) {
+                return Some(spec.table.schema.clone());
+            }
+            match catalog.resolve(name) {
+                Resolved::In(schema) => Some(schema.to_string()),
+                Resolved::Missing => Some(String::new()),
+                Resolved::Ambiguous => None,
+            }
+        });
+        match resolved {
+            Some(schema) if *schema == spec.table.schema => target = true,
+            Some(schema) => other = Some(schema.clone()),
+            None => return Reference::Ambiguous(format!(
+                "names table {name} without a schema, several schemas hold a table of that name, and this session set its search_path in a way pgshift cannot follow (set_config with a computed value); schema-qualify the table"
+            )),
+        }
+    }
+    match (target, other) {
+        (true, None) => Reference::Target,
+        (false, _) => Reference::None,
+        (true, Some(other)) => {
+            let other = if other.is_empty() {
+                format!("{name} (which no schema on this session's search_path holds)")
+            } else {
+                format!("{other}.{name}")
+            };
+            Reference::Ambiguous(format!(
+                "names both the migrating table {}.{name} and {other}; pgshift cannot rewrite one without the other — schema-qualify both or split the statement",
+                spec.table.schema
+            ))
+        }
+    }
+}
+
+/// The migrations whose table `sql` names (as the session resolves it).
+pub fn migrations_named(sql: &str, rules: &Rules) -> Vec<usize> {
+    let Ok(tokens) = tokenize(sql) else {
+        return Vec::new();
+    };
+    (0..rules.migrations.len())
+        .filter(|&i| {
+            matches!(
+                references(&tokens, &rules.migrations[i].spec, &rules.catalog),
+                Reference::Target
+            )
+        })
+        .collect()
+}
+
 /// Plans `sql` (which mentions a migrating table, per the fast path).
 pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
     plan_text(sql, rules, true)
@@ -74,13 +172,14 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand_first: bool) -> Plan<'r> {
             }
         }
     };
-    let relevant_indices: Vec<usize> = (0..rules.migrations.len())
-        .filter(|&i| {
-            tokens
-                .iter()
-                .any(|t| names(&t.token, &rules.migrations[i].spec.table.name))
-        })
-        .collect();
+    let mut relevant_indices = Vec::new();
+    for (i, m) in rules.migrations.iter().enumerate() {
+        match references(&tokens, &m.spec, &rules.catalog) {
+            Reference::None => {}
+            Reference::Target => relevant_indices.push(i),
+            Reference::Ambiguous(reason) => return refuse(m, reason),
+        }
+    }
     let relevant: Vec<&ActiveMigration> = relevant_indices
         .iter()
         .map(|&i| &rules.migrations[i])

@@ -15,7 +15,7 @@ pub fn mentions_any(sql: &[u8], names: &[String]) -> bool {
 
 /// Boyer–Moore–Horspool over ASCII-lowercased bytes: for a name of length
 /// `m`, most positions are skipped `m` bytes at a time.
-fn mentions(sql: &[u8], name: &[u8]) -> bool {
+pub fn mentions(sql: &[u8], name: &[u8]) -> bool {
     let m = name.len();
     if m == 0 || sql.len() < m {
         return false;

@@ -324,3 +324,140 @@ async fn copy_to_reads_from_the_read_source() {
     );
     assert_eq!(sqlstate(&err).as_deref(), Some("0A000"));
 }
+
+/// An unqualified table name resolves as each session's `search_path`
+/// says — a same-named table in a tenant schema is not the migrating one —
+/// whether the path comes from `SET` (simple or extended), `SET LOCAL`, the
+/// startup options or `ALTER ROLE … SET`; a `SET` rolled back is undone; a
+/// statement naming both tables, or a path pgshift cannot read, is refused.
+#[tokio::test]
+async fn unqualified_names_follow_each_sessions_search_path() {
+    let direct = db().direct().await;
+    let table = unique("sp");
+    let tenant = unique("tenant");
+    let role = unique("sprole");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null, note text, balance int);
+             insert into {table} values (1, 100, 'one', 100);
+             create schema {tenant};
+             create table {tenant}.{table} (id int primary key, bal int not null, note text);
+             create role {role} login password 'pw' superuser;
+             alter role {role} set search_path = {tenant}, public;"
+        ))
+        .await
+        .unwrap();
+    let spec =
+        MigrationSpec::new("bal_rename", &table, "bal", "balance", None, None, None).unwrap();
+    let proxy = proxy_with_catalog(spec, Phase::Expanded).await;
+    let insert = |id: i32, bal: i32| format!("INSERT INTO {table} (id, bal) VALUES ({id}, {bal})");
+
+    // The default path: public, dual-written.
+    let app = proxy.connect().await;
+    app.batch_execute(&insert(2, 5)).await.unwrap();
+    // A path set over the extended protocol: the tenant's table, untouched
+    // (it has no `balance`: a rewritten INSERT would fail).
+    app.execute(&format!("SET search_path TO {tenant}, public"), &[])
+        .await
+        .unwrap();
+    app.batch_execute(&insert(3, 6)).await.unwrap();
+    let star = app
+        .query(&format!("SELECT * FROM {table} ORDER BY id"), &[])
+        .await
+        .unwrap();
+    assert_eq!(names(star[0].columns()), ["id", "bal", "note"]);
+    app.execute(
+        &format!("INSERT INTO {table} (id, bal) VALUES ($1, $2)"),
+        &[&30i32, &60i32],
+    )
+    .await
+    .unwrap();
+    // The migrating table, named with its schema, is still rewritten.
+    app.batch_execute(&format!(
+        "INSERT INTO public.{table} (id, bal) VALUES (4, 7)"
+    ))
+    .await
+    .unwrap();
+    let both = app
+        .query(
+            &format!("SELECT * FROM {table} JOIN public.{table} p USING (id)"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        sqlstate(&refused(both, "a statement naming both tables")).as_deref(),
+        Some("0A000")
+    );
+
+    // A SET rolled back is undone; SET LOCAL lasts for its transaction.
+    let app = proxy.connect().await;
+    app.batch_execute(&format!("BEGIN; SET search_path TO {tenant}; ROLLBACK"))
+        .await
+        .unwrap();
+    app.batch_execute(&insert(5, 8)).await.unwrap();
+    app.batch_execute(&format!(
+        "BEGIN; SET LOCAL search_path TO {tenant}; {}; COMMIT",
+        insert(6, 9)
+    ))
+    .await
+    .unwrap();
+    app.batch_execute(&insert(7, 10)).await.unwrap();
+    // A path pgshift cannot read: statements on the name are refused.
+    app.query(
+        "SELECT set_config('search_path', $1, false)",
+        &[&format!("{tenant}, public")],
+    )
+    .await
+    .unwrap();
+    let unknown = app.query(&format!("SELECT * FROM {table}"), &[]).await;
+    assert_eq!(
+        sqlstate(&refused(unknown, "a table name under an unreadable path")).as_deref(),
+        Some("0A000")
+    );
+    app.batch_execute("RESET search_path").await.unwrap();
+    app.batch_execute(&insert(9, 12)).await.unwrap();
+
+    // The startup options, and the role's own default.
+    let mut options = proxy.config();
+    options.options(format!("-c search_path={tenant}"));
+    let app = connect(&options).await.unwrap();
+    app.batch_execute(&insert(8, 11)).await.unwrap();
+    let mut as_role = proxy.config();
+    as_role.user(&role).password("pw");
+    let app = connect(&as_role).await.unwrap();
+    app.batch_execute(&insert(10, 13)).await.unwrap();
+
+    let public: Vec<(i32, i32, Option<i32>)> = direct
+        .query(
+            &format!("SELECT id, bal, balance FROM public.{table} ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        public,
+        [
+            (1, 100, Some(100)),
+            (2, 5, Some(5)),
+            (4, 7, Some(7)),
+            (5, 8, Some(8)),
+            (7, 10, Some(10)),
+            (9, 12, Some(12))
+        ]
+    );
+    let tenant_ids: Vec<i32> = direct
+        .query(&format!("SELECT id FROM {tenant}.{table} ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tenant_ids, [3, 6, 8, 10, 30]);
+    direct
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .unwrap();
+}
