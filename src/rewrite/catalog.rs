@@ -127,6 +127,11 @@ impl Catalog {
         self.schemas_of.contains_key(name)
     }
 
+    /// Whether more than one schema holds a table `name`.
+    pub fn held_by_several(&self, name: &str) -> bool {
+        self.schemas_of.get(name).is_some_and(|s| s.len() > 1)
+    }
+
     /// Where an unqualified table `name` leads in the session being
     /// rewritten for (see [`super::with_session`]).
     pub fn resolve(&self, name: &str) -> Resolved<'_> {
