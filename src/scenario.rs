@@ -52,7 +52,7 @@ pub fn migrations() -> Vec<ActiveMigration> {
 }
 
 /// The tpcb-like script on the new columns.
-const NEW_SHAPE: &str = "\\set aid random(1, 100000 * :scale)
+pub const NEW_SHAPE: &str = "\\set aid random(1, 100000 * :scale)
 \\set bid random(1, 1 * :scale)
 \\set tid random(1, 10 * :scale)
 \\set delta random(-5000, 5000)
@@ -135,7 +135,9 @@ pub async fn run(
         options.clients, options.duration_secs
     );
     let check = Checker::connect(cluster).await?;
-    let mut ok = check.invariant("before the migrations", &[]).await?;
+    let mut ok = phases
+        .unmeasured(check.invariant("before the migrations", &[]))
+        .await?;
     // A stretch of load with no migration first: the baseline the phases
     // are compared with.
     let warm_up =
@@ -165,7 +167,7 @@ pub async fn run(
     println!("migrating while the load runs:");
     phases.enter("expand");
     step("expand", Value::Null).await?;
-    ok &= check.invariant("expanded", &[]).await?;
+    ok &= phases.unmeasured(check.invariant("expanded", &[])).await?;
     phases.enter("backfill");
     step("backfill", json!({"batch_target_ms": 100})).await?;
     let mut last_printed = -1i64;
@@ -202,8 +204,8 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ok &= check
-        .invariant("backfilled", &["balance", "tbalance_big"])
+    ok &= phases
+        .unmeasured(check.invariant("backfilled", &["balance", "tbalance_big"]))
         .await?;
     phases.enter("validate");
     step("validate", Value::Null).await?;
@@ -216,8 +218,8 @@ pub async fn run(
     phases.enter("switch reads");
     step("switch-reads", json!({"to": "new"})).await?;
     phases.enter("reads on new");
-    ok &= check
-        .invariant("reads switched", &["balance", "tbalance_big"])
+    ok &= phases
+        .unmeasured(check.invariant("reads switched", &["balance", "tbalance_big"]))
         .await?;
     // The old-shape clients are still running: they are served from the
     // new columns after the contract, so it goes ahead (forced).
@@ -225,8 +227,8 @@ pub async fn run(
     phases.enter("contract");
     step("contract", json!({"force": true})).await?;
     phases.enter("contracted");
-    ok &= check
-        .invariant("contracted", &["balance", "tbalance_big"])
+    ok &= phases
+        .unmeasured(check.invariant("contracted", &["balance", "tbalance_big"]))
         .await?;
 
     let mut results = Vec::new();
@@ -387,6 +389,17 @@ impl Timeline {
         self.phases.push((phase, unix_us()));
     }
 
+    /// Leaves the measured windows while the scenario checks the invariant
+    /// (sums over every row, which would weigh on the phase), then goes
+    /// back to the phase it was in.
+    async fn unmeasured<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        let current = self.phases.last().map_or("before", |p| p.0);
+        self.phases.push(("", unix_us()));
+        let out = f.await;
+        self.phases.push((current, unix_us()));
+        out
+    }
+
     /// Markdown rows: per phase, its length, the TPS of all groups, the
     /// p99 and the longest transaction latency (read from the `-l` logs
     /// `group*` under `dir`: client, transaction, latency µs, script,
@@ -413,17 +426,29 @@ impl Timeline {
             }
         }
         let end = done.iter().map(|d| d.0).max().unwrap_or_else(unix_us);
+        // Each phase's windows (a phase is left for the invariant checks
+        // and entered again after them), in order of first appearance.
+        let mut windows: Vec<(&'static str, Vec<(i64, i64)>)> = Vec::new();
+        for (k, (name, from)) in self.phases.iter().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
+            let to = self.phases.get(k + 1).map_or(end, |p| p.1);
+            match windows.iter_mut().find(|(n, _)| n == name) {
+                Some((_, w)) => w.push((*from, to)),
+                None => windows.push((name, vec![(*from, to)])),
+            }
+        }
         let mut rows = Vec::new();
         // TPS of the first phase (before any migration step): the baseline.
         let mut baseline: Option<f64> = None;
-        for (k, (name, from)) in self.phases.iter().enumerate() {
-            let to = self.phases.get(k + 1).map_or(end, |p| p.1);
+        for (name, spans) in windows {
             let mut latencies: Vec<i64> = done
                 .iter()
-                .filter(|(at, _)| *at >= *from && *at < to)
+                .filter(|(at, _)| spans.iter().any(|(from, to)| at >= from && at < to))
                 .map(|(_, l)| *l)
                 .collect();
-            let seconds = (to - from) as f64 / 1e6;
+            let seconds = spans.iter().map(|(from, to)| to - from).sum::<i64>() as f64 / 1e6;
             if latencies.is_empty() || seconds <= 0.0 {
                 rows.push(format!("| {name} | {seconds:.1} | – | – | – | – |"));
                 continue;

@@ -132,50 +132,6 @@ pub async fn column_info(
     }))
 }
 
-/// A plain index (columns only: no expressions, no predicate) that uses
-/// a column, for recreating it on the new column.
-#[derive(Debug, Clone)]
-pub struct IndexInfo {
-    pub name: String,
-    pub unique: bool,
-    pub method: String,
-    pub columns: Vec<String>,
-}
-
-/// The plain indexes of `table` that include `column`; the primary key is
-/// left out (it is the key the backfill walks, not a copy to make).
-pub async fn indexes_on(
-    client: &Client,
-    table: &str,
-    column: &str,
-) -> Result<Vec<IndexInfo>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "select ic.relname::text, i.indisunique, am.amname::text,
-                    array(select a.attname::text from unnest(i.indkey) with ordinality k(attnum, n)
-                          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
-                          order by k.n)
-               from pg_index i
-               join pg_class ic on ic.oid = i.indexrelid
-               join pg_am am on am.oid = ic.relam
-              where i.indrelid = $1::text::regclass and not i.indisprimary
-                and i.indexprs is null and i.indpred is null and i.indisvalid
-                and exists (select 1 from pg_attribute a where a.attrelid = i.indrelid
-                              and a.attname = $2 and a.attnum = any(i.indkey))",
-            &[&table, &column],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| IndexInfo {
-            name: r.get(0),
-            unique: r.get(1),
-            method: r.get(2),
-            columns: r.get(3),
-        })
-        .collect())
-}
-
 /// Whether an index of this name exists and is invalid (a failed
 /// CREATE INDEX CONCURRENTLY leaves one behind).
 pub async fn invalid_index(

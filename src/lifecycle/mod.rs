@@ -11,6 +11,7 @@
 
 pub mod backfill;
 pub mod ddl;
+pub mod indexes;
 pub mod peers;
 pub mod store;
 
@@ -518,10 +519,10 @@ impl Lifecycle {
             self.lock,
         )
         .await?;
-        // Indexes on a, recreated on b without blocking writes.
-        for index in ddl::indexes_on(&client, &table, &spec.from).await? {
-            let name = format!("{}_pgshift_{}", index.name, spec.to);
-            let name = name.chars().take(63).collect::<String>();
+        // Indexes using a (keys, expressions, predicates), copied onto b
+        // without blocking writes.
+        for index in indexes::indexes_using(&client, &table, &spec.from).await? {
+            let name = indexes::copy_name(&index.name, &spec.to);
             if ddl::invalid_index(&client, &spec.table.schema, &name).await? == Some(true) {
                 ddl::run(
                     &client,
@@ -533,28 +534,13 @@ impl Lifecycle {
                 )
                 .await?;
             }
-            let columns: Vec<String> = index
-                .columns
-                .iter()
-                .map(|c| {
-                    if *c == spec.from {
-                        b.clone()
-                    } else {
-                        quote_ident(c)
-                    }
-                })
-                .collect();
-            ddl::run(
-                &client,
-                &format!(
-                    "create {}index concurrently if not exists {} on {table} using {} ({})",
-                    if index.unique { "unique " } else { "" },
-                    quote_ident(&name),
-                    index.method,
-                    columns.join(", ")
-                ),
-            )
-            .await?;
+            let Some(copy) =
+                indexes::copy_statement(&index.definition, &name, &spec.from, &spec.to)
+            else {
+                tracing::warn!(index = %index.name, definition = %index.definition, "index not copied: its definition could not be read");
+                continue;
+            };
+            ddl::run(&client, &copy).await?;
         }
         // NOT NULL on a: carried to b as a NOT VALID check until validated.
         if old.not_null {

@@ -202,9 +202,11 @@ fn old_shape_uses(sql: &str, rules: &Rules) -> Vec<usize> {
         .collect();
     // Only where another schema holds a table of the same name can the
     // name mean another table.
-    let shared = by_name
-        .iter()
-        .any(|&i| rules.catalog.held_by_several(&rules.migrations[i].spec.table.name));
+    let shared = by_name.iter().any(|&i| {
+        rules
+            .catalog
+            .held_by_several(&rules.migrations[i].spec.table.name)
+    });
     if !shared {
         return by_name;
     }

@@ -178,7 +178,9 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
         .batch_execute(&format!(
             "create table {table} (id int primary key, bal int not null, note text);
              insert into {table} select g, g % 100, 'row ' || g from generate_series(1, 20000) g;
-             create index {table}_bal on {table} (bal)"
+             create index {table}_bal on {table} (bal);
+             create index {table}_part on {table} (id) where bal > 50;
+             create unique index {table}_expr on {table} ((bal * 100000 + id)) include (note)"
         ))
         .await
         .unwrap();
@@ -249,15 +251,31 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
         (200, Some("expanded")),
         "{body}"
     );
-    let indexed: i64 = direct
-        .query_one(
-            "select count(*) from pg_indexes where tablename = $1 and indexdef like '%(balance)%'",
+    let copies: Vec<String> = direct
+        .query(
+            "select indexdef from pg_indexes where tablename = $1 and indexname like '%pgshift%' order by indexname",
             &[&table],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(indexed, 1, "the index on bal is recreated on balance");
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // (Postgres may print one more level of parentheses for a copy.)
+    let unparenthesized = |d: &str| d.replace(['(', ')'], "");
+    let copies: Vec<String> = copies.iter().map(|d| unparenthesized(d)).collect();
+    let expected: Vec<String> = [
+        format!("CREATE INDEX {table}_bal_pgshift_balance ON public.{table} USING btree (balance)"),
+        format!("CREATE UNIQUE INDEX {table}_expr_pgshift_balance ON public.{table} USING btree (((balance * 100000) + id)) INCLUDE (note)"),
+        format!("CREATE INDEX {table}_part_pgshift_balance ON public.{table} USING btree (id) WHERE (balance > 50)"),
+    ]
+    .iter()
+    .map(|d| unparenthesized(d))
+    .collect();
+    assert_eq!(
+        copies, expected,
+        "plain, expression and partial indexes on bal are copied onto balance"
+    );
 
     let (code, body) = post(
         admin,
