@@ -118,33 +118,32 @@ impl Walk {
     /// last key). The range is found on the key's index, then updated with
     /// a range predicate (an index range scan, never a join). Runs in the
     /// caller's transaction.
-    pub async fn backfill_batch(
-        &self,
-        client: &impl tokio_postgres::GenericClient,
-        cursor: &Option<Vec<String>>,
-        batch: i32,
-    ) -> Result<(i64, i64, Option<Vec<String>>), tokio_postgres::Error> {
-        let (walked, last) = self.next_range(client, cursor, batch).await?;
-        let Some(upper) = &last else {
-            return Ok((0, 0, None));
+    /// `UPDATE` of the rows after `cursor` up to `upper` where `b` differs
+    /// from `up(a)`, with the key bounds written as literals, so it can go
+    /// in one simple query with the COMMIT that releases its row locks.
+    fn range_update(&self, cursor: &Option<Vec<String>>, upper: &[String]) -> String {
+        let literals = |values: &[String]| {
+            let cast: Vec<String> = values
+                .iter()
+                .zip(&self.key_types)
+                .map(|(v, ty)| format!("{}::text::{ty}", sql_literal(v)))
+                .collect();
+            format!("({})", cast.join(", "))
         };
-        let sql = format!(
-            "update {t} set {b} = {up} where {after} and {up_to} and {b} is distinct from {up}",
+        let after = match cursor {
+            Some(values) => format!("({}) > {}", self.key_list, literals(values)),
+            None => "true".into(),
+        };
+        format!(
+            "update {t} set {b} = {up} where {after} and ({keys}) <= {upper} and {b} is distinct from {up}",
             t = self.table,
             b = self.new,
             up = self.up,
-            after = self.after(cursor),
-            up_to = self.up_to(cursor),
-        );
-        let mut params = self.params(cursor);
-        params.extend(upper.iter().map(|v| v as &(dyn ToSql + Sync)));
-        let updated = client.execute(&sql, &params).await?;
-        Ok((walked, updated as i64, last))
+            keys = self.key_list,
+            upper = literals(upper),
+        )
     }
 
-    /// Parity over the range after `cursor` (`batch` keys): (rows in the
-    /// range, mismatches, a few mismatching keys, the last key). With
-    /// `fix`, mismatching rows are set first (the catch-up pass).
     pub async fn check_range(
         &self,
         client: &Client,
@@ -231,6 +230,19 @@ pub async fn commit_batch(
     walk: &Walk,
     record: &mut Record,
 ) -> Result<(i64, i64), store::StoreError> {
+    // The range is found first, outside the transaction; the batch's row
+    // locks are then held only while one simple query (the UPDATE and the
+    // COMMIT) runs on the server, never across a round trip.
+    let cursor = record.backfill.cursor.clone();
+    let (walked, last) = walk
+        .next_range(&*client, &cursor, record.backfill.batch_size.max(1))
+        .await?;
+    let Some(upper) = last else {
+        return Ok((0, 0));
+    };
+    let mut next = record.clone();
+    next.backfill.cursor = Some(upper.clone());
+    next.backfill.rows_done += walked;
     // Losing the last batches' commits in a crash is harmless (the cursor
     // goes back with them, and b = up(a) is idempotent), so the backfill
     // does not wait for the WAL flush of each batch.
@@ -241,25 +253,22 @@ pub async fn commit_batch(
         ))
         .await?;
     let result = async {
-        let (walked, updated, last) = walk
-            .backfill_batch(
-                &*client,
-                &record.backfill.cursor,
-                record.backfill.batch_size.max(1),
-            )
-            .await?;
-        let mut next = record.clone();
-        if walked > 0 {
-            next.backfill.cursor = last;
-            next.backfill.rows_done += walked;
-        }
         store::save(&*client, &next).await?;
-        Ok::<_, store::StoreError>((walked, updated, next))
+        let answers = client
+            .simple_query(&format!("{}; commit", walk.range_update(&cursor, &upper)))
+            .await?;
+        let updated = answers
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n as i64),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok::<_, store::StoreError>(updated)
     }
     .await;
     match result {
-        Ok((walked, updated, next)) => {
-            client.batch_execute("commit").await?;
+        Ok(updated) => {
             *record = next;
             Ok((walked, updated))
         }
@@ -267,5 +276,28 @@ pub async fn commit_batch(
             let _ = client.batch_execute("rollback").await;
             Err(e)
         }
+    }
+}
+
+/// `value` as an SQL string literal (an `E''` literal when it holds a
+/// backslash, so the server's `standard_conforming_strings` does not matter).
+fn sql_literal(value: &str) -> String {
+    let quoted = value.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod literal_tests {
+    use super::sql_literal;
+
+    #[test]
+    fn key_values_are_quoted_whatever_they_hold() {
+        assert_eq!(sql_literal("42"), "'42'");
+        assert_eq!(sql_literal("o'brien"), "'o''brien'");
+        assert_eq!(sql_literal(r"a\b'"), r"E'a\\b'''");
     }
 }
