@@ -230,9 +230,10 @@ pub async fn commit_batch(
     walk: &Walk,
     record: &mut Record,
 ) -> Result<(i64, i64), store::StoreError> {
-    // The range is found first, outside the transaction; the batch's row
-    // locks are then held only while one simple query (the UPDATE and the
-    // COMMIT) runs on the server, never across a round trip.
+    // The range is found first, outside the transaction; then the UPDATE,
+    // the progress and the COMMIT go in one simple query: one round trip
+    // per batch, and the batch's row locks are held only while it runs on
+    // the server, never across a round trip.
     let cursor = record.backfill.cursor.clone();
     let (walked, last) = walk
         .next_range(&*client, &cursor, record.backfill.batch_size.max(1))
@@ -243,38 +244,46 @@ pub async fn commit_batch(
     let mut next = record.clone();
     next.backfill.cursor = Some(upper.clone());
     next.backfill.rows_done += walked;
+    let progress = format!(
+        "update pgshift.migrations set backfill_cursor = array[{cursor}]::text[], rows_done = {done},
+                batch_size = {size}, updated_ms = {now} where id = {id}",
+        cursor = upper
+            .iter()
+            .map(|v| sql_literal(v))
+            .collect::<Vec<_>>()
+            .join(", "),
+        done = next.backfill.rows_done,
+        size = next.backfill.batch_size,
+        now = store::NOW_MS,
+        id = sql_literal(&next.spec.id),
+    );
     // Losing the last batches' commits in a crash is harmless (the cursor
     // goes back with them, and b = up(a) is idempotent), so the backfill
     // does not wait for the WAL flush of each batch.
-    client
-        .batch_execute(&format!(
-            "begin; set local statement_timeout = {}; set local synchronous_commit = off",
-            record.backfill.batch_timeout_ms.max(1)
-        ))
-        .await?;
-    let result = async {
-        store::save(&*client, &next).await?;
-        let answers = client
-            .simple_query(&format!("{}; commit", walk.range_update(&cursor, &upper)))
-            .await?;
-        let updated = answers
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n as i64),
-                _ => None,
-            })
-            .unwrap_or(0);
-        Ok::<_, store::StoreError>(updated)
-    }
-    .await;
-    match result {
-        Ok(updated) => {
+    let batch = format!(
+        "begin; set local statement_timeout = {timeout}; set local synchronous_commit = off;
+         {update}; {progress}; commit",
+        timeout = record.backfill.batch_timeout_ms.max(1),
+        update = walk.range_update(&cursor, &upper),
+    );
+    match client.simple_query(&batch).await {
+        Ok(answers) => {
+            // The first command count is the BEGIN's, the UPDATE's follows
+            // the two SETs.
+            let updated = answers
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n as i64),
+                    _ => None,
+                })
+                .nth(3)
+                .unwrap_or(0);
             *record = next;
             Ok((walked, updated))
         }
         Err(e) => {
             let _ = client.batch_execute("rollback").await;
-            Err(e)
+            Err(e.into())
         }
     }
 }
