@@ -132,6 +132,28 @@ pub async fn column_info(
     }))
 }
 
+/// The live column just before `column` in `table` (skipping `skip`):
+/// `Some("")` when it comes first, `None` when there is no such column.
+pub async fn column_before(
+    client: &Client,
+    table: &str,
+    column: &str,
+    skip: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select coalesce((select p.attname::text from pg_attribute p
+                               where p.attrelid = a.attrelid and p.attnum > 0 and not p.attisdropped
+                                 and p.attnum < a.attnum and p.attname <> $3
+                               order by p.attnum desc limit 1), '')
+               from pg_attribute a
+              where a.attrelid = $1::text::regclass and a.attname = $2 and not a.attisdropped",
+            &[&table, &column, &skip],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Whether an index of this name exists and is invalid (a failed
 /// CREATE INDEX CONCURRENTLY leaves one behind).
 pub async fn invalid_index(

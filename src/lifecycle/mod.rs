@@ -999,6 +999,10 @@ impl Lifecycle {
         match record.phase {
             Phase::Switched => {
                 self.check_no_old_shape(&client, &record, body).await?;
+                // Where a stands, so `*` keeps the old shape's order once
+                // it is gone.
+                record.spec.old_after =
+                    ddl::column_before(&client, &table, &spec.from, &spec.to).await?;
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
                 record.phase = Phase::Contracted;

@@ -54,6 +54,7 @@ alter table pgshift.proxies add column if not exists old_shape jsonb not null de
 alter table pgshift.migrations add column if not exists batch_target_ms integer not null default 0;
 alter table pgshift.migrations add column if not exists max_replication_lag_ms integer not null default 10000;
 alter table pgshift.migrations add column if not exists max_lock_waits integer not null default 16;
+alter table pgshift.migrations add column if not exists old_after text;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -164,7 +165,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     backfill_cursor, rows_done, rows_total, backfill_running, backfill_paused, batch_size,
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
-    batch_target_ms, max_replication_lag_ms, max_lock_waits";
+    batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -178,7 +179,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let new_type: Option<String> = row.try_get(4)?;
     let up: Option<String> = row.try_get(5)?;
     let down: Option<String> = row.try_get(6)?;
-    let spec = MigrationSpec::new(
+    let mut spec = MigrationSpec::new(
         &id,
         &table,
         &from,
@@ -188,6 +189,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         down.as_deref(),
     )
     .map_err(|e| invalid(e.reason))?;
+    spec.old_after = row.try_get(26)?;
     let phase_text: String = row.try_get(7)?;
     let phase =
         Phase::parse(&phase_text).ok_or_else(|| invalid(format!("phase {phase_text:?}")))?;
@@ -283,7 +285,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
                    batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
-                   updated_ms = {NOW_MS}
+                   old_after = $21, updated_ms = {NOW_MS}
                  where id = $1"
             ),
             &[
@@ -307,6 +309,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &b.batch_target_ms,
                 &b.max_replication_lag_ms,
                 &b.max_lock_waits,
+                &r.spec.old_after,
             ],
         )
         .await?;

@@ -577,6 +577,22 @@ mod tests {
     }
 
     #[test]
+    fn after_contract_the_old_column_keeps_its_recorded_place() {
+        let mut m = accounts(Phase::Contracted);
+        m.spec.old_after = Some("bid".into());
+        let r = with_catalog(m);
+        assert_eq!(
+            out(&r, "select * from pgbench_accounts"),
+            "select pgbench_accounts.aid, pgbench_accounts.bid, pgbench_accounts.balance AS abalance, pgbench_accounts.filler, pgbench_accounts.balance from pgbench_accounts"
+        );
+        // With the place known, a positional INSERT is no longer refused.
+        assert_eq!(
+            out(&r, "insert into pgbench_accounts values (1, 2, 3, 'x')"),
+            "insert into pgbench_accounts (aid, bid, balance, filler) values (1, 2, 3, 'x')"
+        );
+    }
+
+    #[test]
     fn the_catalog_expands_stars_implied_columns_and_join_columns() {
         let cases: &[(Phase, &str, &str)] = &[
             (Phase::Expanded, "select * from pgbench_accounts where aid = 1",

@@ -9,8 +9,9 @@
 //!
 //! Column order of an expanded `*`: the table's columns in position order;
 //! the new column, while it does not exist yet, comes last (where
-//! `ADD COLUMN` will put it); the old column, once dropped, comes just
-//! before the new one.
+//! `ADD COLUMN` will put it); the old column, once dropped, comes where it
+//! stood (recorded at `contract`), or just before the new one when that is
+//! not known.
 //!
 //! What cannot be expanded exactly — a `*` inside a subquery, CTE or set
 //! operation, over a join with USING or NATURAL, over a table the catalog
@@ -25,7 +26,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
 
 use super::catalog::{is_constant_expression, Catalog, TableDef};
-use super::migration::quote_ident;
+use super::migration::{quote_ident, MigrationSpec};
 use super::plan::{fold, is_keyword, is_wildcard_context, names, split_statements};
 use super::rules::ActiveMigration;
 use super::text::{splice, Edit, LineIndex, Tok};
@@ -337,14 +338,11 @@ impl Expander<'_> {
     fn columns_of(&self, k: usize, qualifier: &str) -> Result<String, Refusal> {
         let spec = &self.relevant[k].spec;
         let def = self.table_def(k)?;
-        let mut names: Vec<&str> = Vec::new();
         let has_old = def.has_column(&spec.from);
         let has_new = def.has_column(&spec.to);
-        for c in &def.columns {
-            if c.name == spec.to && !has_old {
-                names.push(&spec.from);
-            }
-            names.push(&c.name);
+        let mut names: Vec<&str> = def.columns.iter().map(|c| c.name.as_str()).collect();
+        if !has_old {
+            names.insert(old_position(spec, def), &spec.from);
         }
         if !has_new {
             names.push(&spec.to);
@@ -363,18 +361,11 @@ impl Expander<'_> {
     fn old_shape_columns(&self, k: usize) -> Result<Vec<String>, Refusal> {
         let spec = &self.relevant[k].spec;
         let def = self.table_def(k)?;
-        let has_old = def.has_column(&spec.from);
-        Ok(def
-            .columns
-            .iter()
-            .filter_map(|c| {
-                if c.name == spec.to {
-                    (!has_old).then(|| spec.from.clone())
-                } else {
-                    Some(c.name.clone())
-                }
-            })
-            .collect())
+        let mut names: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
+        if !def.has_column(&spec.from) {
+            names.insert(old_position(spec, def), spec.from.clone());
+        }
+        Ok(names.into_iter().filter(|c| *c != spec.to).collect())
     }
 
     /// Column list for an INSERT without one, and the old column with its
@@ -454,7 +445,12 @@ impl Expander<'_> {
         }
         let mut appended_value = None;
         if insert.columns.is_empty() {
-            if !self.table_def(k)?.has_column(&spec.from) {
+            let def = self.table_def(k)?;
+            let position_known = match spec.old_after.as_deref() {
+                Some(after) => after.is_empty() || def.has_column(after),
+                None => false,
+            };
+            if !def.has_column(&spec.from) && !position_known {
                 return Err((k, format!(
                     "inserts without a column list after {} was dropped, when its place among the columns is no longer known; list the columns",
                     quote_ident(&spec.from)
@@ -567,6 +563,26 @@ fn has_using(from: &[TableWithJoins]) -> bool {
             Some(JoinConstraint::Using(_) | JoinConstraint::Natural)
         )
     })
+}
+
+/// Where the dropped old column goes among `def`'s columns: where it
+/// stood (after the column recorded at contract, if that is still there),
+/// else just before the new column.
+fn old_position(spec: &MigrationSpec, def: &TableDef) -> usize {
+    let before_new = def
+        .columns
+        .iter()
+        .position(|c| c.name == spec.to)
+        .unwrap_or(def.columns.len());
+    match spec.old_after.as_deref() {
+        Some("") => 0,
+        Some(after) => def
+            .columns
+            .iter()
+            .position(|c| c.name == after)
+            .map_or(before_new, |i| i + 1),
+        None => before_new,
+    }
 }
 
 fn ident_parts(name: &ObjectName) -> Vec<String> {

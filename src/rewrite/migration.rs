@@ -29,6 +29,11 @@ pub struct MigrationSpec {
     /// The type `down` casts to last (`(b * 100)::integer` → `integer`):
     /// `a`'s type, known even after `a` is dropped.
     pub down_type: Option<String>,
+    /// Where `a` stood once it is dropped: the column just before it (`""`
+    /// when it came first), recorded at `contract`, so `*` keeps the old
+    /// shape's column order; `None` when not known (then `a` comes just
+    /// before `b`).
+    pub old_after: Option<String>,
 }
 
 /// A schema-qualified table name.
@@ -182,6 +187,7 @@ impl MigrationSpec {
             up: up.map(str::to_string),
             down_type: down.and_then(outer_cast_type),
             down: down.map(str::to_string),
+            old_after: None,
         })
     }
 

@@ -334,6 +334,14 @@ async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
         "{body}"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // `*` keeps the old shape's column order with `bal` gone from the table.
+    let app = d.proxy.connect_to(&dbname).await;
+    let star = app
+        .prepare(&format!("select * from {table}"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = star.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "bal", "note", "balance"]);
 
     stops[1].store(true, Ordering::Relaxed);
     for w in writers {
