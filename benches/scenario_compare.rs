@@ -83,6 +83,13 @@ struct PhaseLoad {
 }
 
 impl PhaseLoad {
+    /// Pools another round's measurements into this one.
+    fn add(&mut self, other: PhaseLoad) {
+        self.transactions += other.transactions;
+        self.seconds += other.seconds;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
     fn tps(&self) -> f64 {
         self.transactions as f64 / self.seconds.max(1e-9)
     }
@@ -100,6 +107,9 @@ impl PhaseLoad {
 /// What one method measured.
 struct Outcome {
     phases: Vec<PhaseLoad>,
+    /// pgshift with no migration on the same database, just before
+    /// (measured for the pgshift method only).
+    baseline: PhaseLoad,
     /// Seconds the migration's own work took (the steps and the backfill).
     work_secs: f64,
     backfill_secs: f64,
@@ -506,6 +516,7 @@ fn run_method(load: &Load, steps: &mut dyn Steps, rt: &Runtime) -> Result<Outcom
     window(6, after_switch, &mut || Ok(()), &mut phases)?;
     Ok(Outcome {
         phases,
+        baseline: PhaseLoad::default(),
         work_secs: work.as_secs_f64() + backfill_secs,
         backfill_secs,
     })
@@ -536,6 +547,13 @@ fn main() -> Result<()> {
     let clients = env_num("PGSHIFT_BENCH_CLIENTS", 2);
     let batch = env_num("PGSHIFT_BENCH_BATCH", 5000);
     let target_ms = env_num("PGSHIFT_BENCH_TARGET_MS", 0);
+    let settings = Settings {
+        scale,
+        clients,
+        secs,
+        batch,
+        target_ms,
+    };
     let cluster = Cluster::start(&ClusterOptions::default())?;
     let dir = cluster.root().join("scenario-bench");
     std::fs::create_dir_all(&dir)?;
@@ -544,65 +562,118 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut outcomes = Vec::new();
-    for method in [
-        Method::ClassicViaPgshift,
-        Method::ClassicDirect,
-        Method::Pgshift,
-    ] {
-        let db = method.database();
-        pgbench_init(&cluster, db, scale)?;
-        cluster.psql(db, "vacuum analyze")?;
-        let (port, _server, mut steps): (u16, Option<Server>, Box<dyn Steps>) = match method {
-            Method::Pgshift => {
-                let admin_port = free_port()?;
-                let config = dir.join("pgshift.toml");
-                std::fs::write(&config, pgshift_config(admin_port, db))?;
-                let port = free_port()?;
-                let server = start_pgshift(cluster.port(), port, 200, Some(&config))?;
-                let admin = format!("127.0.0.1:{admin_port}");
-                wait_for_admin(&rt, &admin)?;
-                let steps = PgshiftSteps {
-                    admin,
-                    batch,
-                    target_ms,
-                };
-                (port, Some(server), Box::new(steps))
-            }
-            Method::ClassicViaPgshift | Method::ClassicDirect => {
-                let client = rt.block_on(connect(&cluster, db))?;
-                let steps = Box::new(ClassicSteps {
-                    client,
-                    batch: i64::from(batch),
-                    next_aid: 0,
-                    max_aid: 0,
-                });
-                if method == Method::ClassicDirect {
-                    (cluster.port(), None, steps)
-                } else {
-                    let port = free_port()?;
-                    let server = start_pgshift(cluster.port(), port, 200, None)?;
-                    (port, Some(server), steps)
+    let rounds = env_num("PGSHIFT_BENCH_ROUNDS", 1).max(1);
+    let mut outcomes: Vec<(Method, Outcome)> = Vec::new();
+    for round in 0..rounds {
+        for method in [
+            Method::ClassicViaPgshift,
+            Method::ClassicDirect,
+            Method::Pgshift,
+        ] {
+            let db = format!("{}_{round}", method.database());
+            eprintln!("round {round}:");
+            let outcome = measure(&cluster, &rt, method, &db, &dir, &new_shape, &settings)?;
+            match outcomes.iter_mut().find(|(m, _)| *m == method) {
+                Some((_, pooled)) => {
+                    for (p, o) in pooled.phases.iter_mut().zip(outcome.phases) {
+                        p.add(o);
+                    }
+                    pooled.baseline.add(outcome.baseline);
+                    pooled.work_secs += outcome.work_secs;
+                    pooled.backfill_secs += outcome.backfill_secs;
                 }
+                None => outcomes.push((method, outcome)),
             }
-        };
-        eprintln!("{}: running the scenario…", method.name());
-        let load = Load {
-            pgbench: cluster.binaries().tool("pgbench"),
-            port,
-            database: db,
-            clients,
-            secs,
-            dir: dir.clone(),
-            new_shape: new_shape.clone(),
-        };
-        let outcome = run_method(&load, steps.as_mut(), &rt)?;
-        steps.complete(&rt)?;
-        check_invariant(&cluster, db)?;
-        outcomes.push((method, outcome));
+            cluster.psql("postgres", &format!("drop database {db} with (force)"))?;
+        }
     }
-    print_table(scale, clients, secs, batch, target_ms, &mut outcomes);
+    for (_, o) in outcomes.iter_mut() {
+        o.work_secs /= f64::from(rounds);
+        o.backfill_secs /= f64::from(rounds);
+    }
+    print_table(&settings, rounds, &mut outcomes);
     Ok(())
+}
+
+/// The knobs of a run.
+struct Settings {
+    scale: u32,
+    clients: u32,
+    secs: u32,
+    batch: u32,
+    target_ms: u32,
+}
+
+/// One method on a fresh database `db`: its phases under load, and for
+/// pgshift a no-migration window through a plain pgshift just before.
+fn measure(
+    cluster: &Cluster,
+    rt: &Runtime,
+    method: Method,
+    db: &str,
+    dir: &std::path::Path,
+    new_shape: &std::path::Path,
+    settings: &Settings,
+) -> Result<Outcome> {
+    pgbench_init(cluster, db, settings.scale)?;
+    cluster.psql(db, "vacuum analyze")?;
+    let load_on = |port: u16| Load {
+        pgbench: cluster.binaries().tool("pgbench"),
+        port,
+        database: db,
+        clients: settings.clients,
+        secs: settings.secs,
+        dir: dir.to_path_buf(),
+        new_shape: new_shape.to_path_buf(),
+    };
+    let mut baseline = PhaseLoad::default();
+    let (port, _server, mut steps): (u16, Option<Server>, Box<dyn Steps>) = match method {
+        Method::Pgshift => {
+            // The baseline, adjacent in time: the same database through a
+            // pgshift with no migration, the same client count.
+            let plain_port = free_port()?;
+            let plain = start_pgshift(cluster.port(), plain_port, 200, None)?;
+            let load = load_on(plain_port);
+            let children = load.start(true, false, settings.secs, "baseline")?;
+            load.finish(children, "baseline", &mut baseline)?;
+            drop(plain);
+            let admin_port = free_port()?;
+            let config = dir.join("pgshift.toml");
+            std::fs::write(&config, pgshift_config(admin_port, db))?;
+            let port = free_port()?;
+            let server = start_pgshift(cluster.port(), port, 200, Some(&config))?;
+            let admin = format!("127.0.0.1:{admin_port}");
+            wait_for_admin(rt, &admin)?;
+            let steps = PgshiftSteps {
+                admin,
+                batch: settings.batch,
+                target_ms: settings.target_ms,
+            };
+            (port, Some(server), Box::new(steps))
+        }
+        Method::ClassicViaPgshift | Method::ClassicDirect => {
+            let client = rt.block_on(connect(cluster, db))?;
+            let steps = Box::new(ClassicSteps {
+                client,
+                batch: i64::from(settings.batch),
+                next_aid: 0,
+                max_aid: 0,
+            });
+            if method == Method::ClassicDirect {
+                (cluster.port(), None, steps)
+            } else {
+                let port = free_port()?;
+                let server = start_pgshift(cluster.port(), port, 200, None)?;
+                (port, Some(server), steps)
+            }
+        }
+    };
+    eprintln!("{}: running the scenario…", method.name());
+    let mut outcome = run_method(&load_on(port), steps.as_mut(), rt)?;
+    outcome.baseline = baseline;
+    steps.complete(rt)?;
+    check_invariant(cluster, db)?;
+    Ok(outcome)
 }
 
 fn pgshift_config(admin_port: u16, db: &str) -> String {
@@ -657,21 +728,21 @@ async fn connect(cluster: &Cluster, db: &str) -> Result<tokio_postgres::Client> 
     Ok(client)
 }
 
-fn print_table(
-    scale: u32,
-    clients: u32,
-    secs: u32,
-    batch: u32,
-    target_ms: u32,
-    outcomes: &mut [(Method, Outcome)],
-) {
+fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcome)]) {
+    let Settings {
+        scale,
+        clients,
+        secs,
+        batch,
+        target_ms,
+    } = *settings;
     let baseline = outcomes
         .iter()
-        .find(|(m, _)| *m == Method::ClassicViaPgshift)
-        .map_or(f64::NAN, |(_, o)| o.phases[0].tps());
+        .find(|(m, _)| *m == Method::Pgshift)
+        .map_or(f64::NAN, |(_, o)| o.baseline.tps());
     println!();
     println!(
-        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, backfill batches of {batch} keys (pgshift's target {target_ms} ms, 0: fixed); baseline: pgshift with no migration = {baseline:.0} TPS",
+        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, {rounds} round(s) pooled, backfill batches of {batch} keys (pgshift's target {target_ms} ms, 0: fixed); baseline: pgshift with no migration on the same database just before = {baseline:.0} TPS",
         clients * 4
     );
     println!();
