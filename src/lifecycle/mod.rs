@@ -62,6 +62,9 @@ impl From<ddl::DdlError> for ActionError {
     }
 }
 
+/// How often a running backfill asks whether to throttle itself.
+const THROTTLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The lifecycle driver of one proxy.
 pub struct Lifecycle {
     config: Config,
@@ -768,6 +771,8 @@ impl Lifecycle {
             .await?
             .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
         let walk = Walk::new(&record, &key);
+        // When the last throttle check found nothing to wait for.
+        let mut last_clear: Option<tokio::time::Instant> = None;
         loop {
             if pause.load(Ordering::Acquire) {
                 record.backfill.running = false;
@@ -792,13 +797,25 @@ impl Lifecycle {
             record.backfill.batch_target_ms = current.backfill.batch_target_ms;
             record.backfill.max_replication_lag_ms = current.backfill.max_replication_lag_ms;
             record.backfill.max_lock_waits = current.backfill.max_lock_waits;
-            let throttle = backfill::throttle_reason(
-                &client,
-                &table,
-                record.backfill.max_replication_lag_ms,
-                record.backfill.max_lock_waits,
-            )
-            .await?;
+            // Asked at most once a second (and before every batch while
+            // throttled): reading pg_locks takes every lock-manager
+            // partition lock, which the application's sessions then wait
+            // for — asked per batch, the question itself slowed them.
+            let recently_clear =
+                last_clear.is_some_and(|at| at.elapsed() < THROTTLE_CHECK_INTERVAL);
+            let throttle = if recently_clear {
+                None
+            } else {
+                let reason = backfill::throttle_reason(
+                    &client,
+                    &table,
+                    record.backfill.max_replication_lag_ms,
+                    record.backfill.max_lock_waits,
+                )
+                .await?;
+                last_clear = reason.is_none().then(tokio::time::Instant::now);
+                reason
+            };
             let was = self.set_throttled(id, throttle.clone());
             if let Some(reason) = throttle {
                 if was.as_deref() != Some(reason.as_str()) {
