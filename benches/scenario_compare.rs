@@ -294,6 +294,9 @@ impl Steps for PgshiftSteps {
         self.act(rt, "backfill", body)
     }
     fn backfill_done(&mut self, rt: &Runtime) -> Result<bool> {
+        // pgshift backfills on its own: look every 200 ms (as the demo
+        // does), not in a busy loop that would take CPU from the load.
+        std::thread::sleep(Duration::from_millis(200));
         Ok(self.phases(rt)?.iter().all(|p| p == "backfilled"))
     }
     fn validate(&mut self, rt: &Runtime) -> Result<()> {
