@@ -11,6 +11,7 @@
 
 pub mod backfill;
 pub mod ddl;
+pub mod foreign_keys;
 pub mod indexes;
 pub mod peers;
 pub mod store;
@@ -545,6 +546,33 @@ impl Lifecycle {
             };
             ddl::run(&client, &copy).await?;
         }
+        // Foreign keys a takes part in: added on b as NOT VALID (enforced
+        // for new writes at once), validated at contract.
+        for fk in foreign_keys::foreign_keys_of(&client, &table, &spec.from).await? {
+            let name = foreign_keys::copy_name(&fk.name, &spec.to);
+            let Some(copy) =
+                foreign_keys::copy_statement(&table, &fk.definition, &name, &spec.from, &spec.to)
+            else {
+                continue;
+            };
+            let sql = format!(
+                "alter table {table} drop constraint if exists {}; {copy}",
+                quote_ident(&name)
+            );
+            if let Err(e) = ddl::run_with_lock_timeout(&client, &sql, self.lock).await {
+                // A key b's type cannot carry (a type change) is reported,
+                // not fatal: the migration goes on without it.
+                tracing::warn!(constraint = %fk.name, error = %e, "foreign key not copied");
+                store::event(
+                    &client,
+                    &spec.id,
+                    "expand",
+                    "foreign key not copied",
+                    &format!("{}: {e}", fk.name),
+                )
+                .await?;
+            }
+        }
         // NOT NULL on a: carried to b as a NOT VALID check until validated.
         if old.not_null {
             let check = format!("pgshift_{}_not_null", spec.to)
@@ -1058,6 +1086,19 @@ impl Lifecycle {
             )
             .await?;
             record.not_null_check = None;
+        }
+        // The foreign keys copied at expand, validated before a goes
+        // (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
+        for name in foreign_keys::unvalidated_copies(&client, &table, &spec.to).await? {
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!(
+                    "alter table {table} validate constraint {}",
+                    quote_ident(&name)
+                ),
+                self.lock,
+            )
+            .await?;
         }
         let attempts = ddl::run_with_lock_timeout(
             &client,

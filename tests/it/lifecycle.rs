@@ -1142,3 +1142,105 @@ async fn contract_waits_for_a_long_transaction_without_stalling_other_clients() 
         "a reader stalled for {longest:?}"
     );
 }
+
+/// A foreign key on the old column is carried to the new one: added NOT
+/// VALID at expand (so a write breaking it fails at once), validated at
+/// contract, with its actions intact; the column ends constrained as the
+/// old one was.
+#[tokio::test]
+async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
+    let (dbname, direct) = db().fresh_database("fkdb").await;
+    direct
+        .batch_execute(
+            "create table parent (id int primary key);
+             insert into parent select generate_series(1, 10);
+             create table child (id int primary key, parent_id int not null
+                                 references parent (id) on delete cascade);
+             insert into child select g, g % 10 + 1 from generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        "child_parent",
+        "child",
+        "parent_id",
+        "parent_ref",
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    let constraints = |validated_only: bool| {
+        let direct = &direct;
+        async move {
+            direct
+                .query(
+                    "select pg_get_constraintdef(c.oid) from pg_constraint c
+                      where c.conrelid = 'child'::regclass and c.contype = 'f'
+                        and (c.convalidated or not $1) order by c.conname",
+                    &[&validated_only],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let (code, body) = post(admin, "/migrations/child_parent/expand", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        constraints(false).await,
+        [
+            "FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE",
+            "FOREIGN KEY (parent_ref) REFERENCES parent(id) ON DELETE CASCADE NOT VALID",
+        ]
+    );
+    // Enforced on the new column at once (through the dual write, the old
+    // key fails first; written directly to the new column, the copy does).
+    let broken = direct
+        .execute("update child set parent_ref = 99 where id = 1", &[])
+        .await;
+    assert_eq!(
+        sqlstate(&refused(broken, "a write breaking the copied key")).as_deref(),
+        Some("23503")
+    );
+
+    for (action, body) in [
+        ("backfill", json!({})),
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(admin, &format!("/migrations/child_parent/{action}"), body).await;
+        assert!((200..300).contains(&code), "{action}: {answer}");
+        if action == "backfill" {
+            wait_for_phase(admin, "child_parent", "backfilled").await;
+        }
+    }
+    let (code, body) = post(
+        admin,
+        "/migrations/child_parent/contract",
+        json!({"force": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        constraints(true).await,
+        ["FOREIGN KEY (parent_ref) REFERENCES parent(id) ON DELETE CASCADE"],
+        "the copy is validated and is the only key left"
+    );
+    // Its action works: deleting a parent removes its children.
+    direct
+        .batch_execute("delete from parent where id = 1")
+        .await
+        .unwrap();
+    let orphans: i64 = direct
+        .query_one("select count(*) from child where parent_ref = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
+}
