@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub duration_secs: u32,
     /// Stop after the pgbench run instead of serving until Ctrl-C.
     pub no_wait: bool,
+    /// Inject faults while migrating (see [`scenario::Options::faults`]).
+    pub faults: bool,
 }
 
 /// Runs the demo; an error says what went wrong and what to do about it.
@@ -107,6 +109,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             &scenario::Options {
                 clients: options.clients,
                 duration_secs: options.duration_secs,
+                faults: options.faults,
             },
         )
         .await?;

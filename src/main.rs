@@ -150,6 +150,11 @@ struct DemoArgs {
     /// Stop after pgbench instead of serving until Ctrl-C.
     #[arg(long)]
     no_wait: bool,
+    /// Inject faults while migrating: a transaction holding a lock on the
+    /// table across expand and contract, a client killed mid-transaction
+    /// during the backfill.
+    #[arg(long)]
+    faults: bool,
 }
 
 fn log_rules(migrations: &[ActiveMigration], epoch: u64) {
@@ -381,6 +386,7 @@ fn main() -> Result<()> {
                 clients: args.clients,
                 duration_secs: args.duration,
                 no_wait: args.no_wait,
+                faults: args.faults,
             }))
         }
     }

@@ -71,6 +71,10 @@ pub struct Options {
     pub clients: u32,
     /// Seconds of load.
     pub duration_secs: u32,
+    /// Inject faults while migrating: a transaction holding a lock on the
+    /// renamed table across `expand` and across `contract`, and a pgbench
+    /// client killed with SIGKILL mid-run during the backfill.
+    pub faults: bool,
 }
 
 /// One pgbench group's result.
@@ -134,6 +138,22 @@ pub async fn run(
         "load: 4 pgbench groups ({} client(s) each, {} s) through pgshift — old and new shape, prepared and simple",
         options.clients, options.duration_secs
     );
+    // The fault run's extra client, killed during the backfill.
+    let mut victim = if options.faults {
+        Some(
+            tokio::process::Command::new(&pgbench)
+                .args(["-h", "127.0.0.1", "-p", &port_s, "-U", SUPERUSER])
+                .args(["-n", "-c", "1", "-j", "1", "-T", &secs, "-M", "prepared"])
+                .arg("postgres")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("running {}", pgbench.display()))?,
+        )
+    } else {
+        None
+    };
     let check = Checker::connect(cluster).await?;
     let mut ok = phases
         .unmeasured(check.invariant("before the migrations", &[]))
@@ -166,10 +186,25 @@ pub async fn run(
     };
     println!("migrating while the load runs:");
     phases.enter("expand");
+    let hold = if options.faults {
+        Some(hold_lock(cluster, "expand").await?)
+    } else {
+        None
+    };
     step("expand", Value::Null).await?;
+    if let Some(hold) = hold {
+        hold.await??;
+    }
     ok &= phases.unmeasured(check.invariant("expanded", &[])).await?;
     phases.enter("backfill");
     step("backfill", json!({"batch_target_ms": 100})).await?;
+    if let Some(mut victim) = victim.take() {
+        // Give it a moment to be inside a transaction, then kill it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        victim.start_kill()?;
+        let _ = victim.wait().await;
+        println!("             fault: an extra pgbench client killed with SIGKILL in the middle of its transactions");
+    }
     let mut last_printed = -1i64;
     loop {
         let statuses: Vec<Value> = ids
@@ -225,7 +260,15 @@ pub async fn run(
     // new columns after the contract, so it goes ahead (forced).
     println!("             (old-shape clients still run: contract is forced; they are served from the new columns)");
     phases.enter("contract");
+    let hold = if options.faults {
+        Some(hold_lock(cluster, "contract").await?)
+    } else {
+        None
+    };
     step("contract", json!({"force": true})).await?;
+    if let Some(hold) = hold {
+        hold.await??;
+    }
     phases.enter("contracted");
     ok &= phases
         .unmeasured(check.invariant("contracted", &["balance", "tbalance_big"]))
@@ -291,6 +334,31 @@ pub async fn run(
         println!("SOME CHECK FAILED (see above)");
     }
     Ok(ok)
+}
+
+/// How long the fault run's transaction holds its lock.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// Opens a transaction that holds ACCESS SHARE on `pgbench_accounts` for
+/// [`HOLD`] (so the ALTER TABLE of `step` must wait for it) and returns
+/// once the lock is held; the task ends when the transaction does.
+async fn hold_lock(
+    cluster: &Cluster,
+    step: &'static str,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let holder = Checker::connect(cluster).await?.client;
+    holder
+        .batch_execute("begin; lock table pgbench_accounts in access share mode")
+        .await?;
+    println!(
+        "             fault: a transaction holds a lock on pgbench_accounts for {} s across {step}",
+        HOLD.as_secs()
+    );
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(HOLD).await;
+        holder.batch_execute("commit").await?;
+        Ok(())
+    }))
 }
 
 /// Checks the tpcb invariant on a direct connection.
