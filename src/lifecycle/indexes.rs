@@ -25,7 +25,9 @@ pub struct IndexDef {
 }
 
 /// The valid indexes of `table` (other than the primary key) whose keys,
-/// expressions or predicate use `column`.
+/// expressions or predicate use `column` (an index backing a constraint
+/// has no column dependencies of its own: its keys are read from
+/// `indkey`).
 pub async fn indexes_using(
     client: &Client,
     table: &str,
@@ -37,10 +39,15 @@ pub async fn indexes_using(
                from pg_index i
                join pg_class ic on ic.oid = i.indexrelid
               where i.indrelid = $1::text::regclass and not i.indisprimary and i.indisvalid
-                and exists (select 1 from pg_depend d
-                              join pg_attribute a on a.attrelid = d.refobjid and a.attnum = d.refobjsubid
-                             where d.classid = 'pg_class'::regclass and d.objid = i.indexrelid
-                               and d.refobjid = i.indrelid and a.attname = $2)
+                and exists (select 1 from pg_attribute a
+                             where a.attrelid = i.indrelid and a.attname = $2
+                               and (a.attnum = any(i.indkey)
+                                    -- expressions and predicates
+                                    or exists (select 1 from pg_depend d
+                                                where d.classid = 'pg_class'::regclass
+                                                  and d.objid = i.indexrelid
+                                                  and d.refobjid = i.indrelid
+                                                  and d.refobjsubid = a.attnum)))
               order by 1",
             &[&table, &column],
         )
@@ -52,6 +59,47 @@ pub async fn indexes_using(
             definition: r.get(1),
         })
         .collect())
+}
+
+/// The unique constraints of `table` that use `column`, and the copy of
+/// each one's index on `to` when that exists and is valid: (constraint,
+/// copied index). At contract each copy becomes a constraint again
+/// (`ADD CONSTRAINT … UNIQUE USING INDEX`), so `b` ends with the
+/// constraint `a` had, not only its index.
+pub async fn unique_constraints_to_carry(
+    client: &Client,
+    table: &str,
+    column: &str,
+    to: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text, ic.relname::text
+               from pg_constraint c
+               join pg_class ic on ic.oid = c.conindid
+               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+              where c.conrelid = $1::text::regclass and c.contype = 'u' and a.attname = $2
+              order by 1",
+            &[&table, &column],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (constraint, index): (String, String) = (row.get(0), row.get(1));
+        let copy = copy_name(&index, to);
+        let valid = client
+            .query_opt(
+                "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
+                  where i.indrelid = $1::text::regclass and c.relname = $2 and i.indisvalid",
+                &[&table, &copy],
+            )
+            .await?
+            .is_some();
+        if valid {
+            out.push((constraint, copy));
+        }
+    }
+    Ok(out)
 }
 
 /// The name of the copy of index `name` on column `to` (at most 63 bytes).

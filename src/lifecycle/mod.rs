@@ -1087,6 +1087,22 @@ impl Lifecycle {
             .await?;
             record.not_null_check = None;
         }
+        // Unique constraints on a: their index copies on b become the
+        // same constraints on b (the index is taken over, not rebuilt).
+        for (constraint, index) in
+            indexes::unique_constraints_to_carry(&client, &table, &spec.from, &spec.to).await?
+        {
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!(
+                    "alter table {table} add constraint {} unique using index {}",
+                    quote_ident(&indexes::copy_name(&constraint, &spec.to)),
+                    quote_ident(&index)
+                ),
+                self.lock,
+            )
+            .await?;
+        }
         // The foreign keys copied at expand, validated before a goes
         // (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
         for name in foreign_keys::unvalidated_copies(&client, &table, &spec.to).await? {

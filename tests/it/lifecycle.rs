@@ -1145,8 +1145,8 @@ async fn contract_waits_for_a_long_transaction_without_stalling_other_clients() 
 
 /// A foreign key on the old column is carried to the new one: added NOT
 /// VALID at expand (so a write breaking it fails at once), validated at
-/// contract, with its actions intact; the column ends constrained as the
-/// old one was.
+/// contract, with its actions intact; a unique constraint becomes one on
+/// the new column; the column ends constrained as the old one was.
 #[tokio::test]
 async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
     let (dbname, direct) = db().fresh_database("fkdb").await;
@@ -1155,7 +1155,8 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
             "create table parent (id int primary key);
              insert into parent select generate_series(1, 10);
              create table child (id int primary key, parent_id int not null
-                                 references parent (id) on delete cascade);
+                                 references parent (id) on delete cascade,
+                                 unique (id, parent_id));
              insert into child select g, g % 10 + 1 from generate_series(1, 500) g;",
         )
         .await
@@ -1232,6 +1233,19 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
         ["FOREIGN KEY (parent_ref) REFERENCES parent(id) ON DELETE CASCADE"],
         "the copy is validated and is the only key left"
     );
+    // The unique constraint on the old column is one on the new column.
+    let unique: Vec<String> = direct
+        .query(
+            "select pg_get_constraintdef(oid) from pg_constraint
+              where conrelid = 'child'::regclass and contype = 'u'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(unique, ["UNIQUE (id, parent_ref)"]);
     // Its action works: deleting a parent removes its children.
     direct
         .batch_execute("delete from parent where id = 1")
