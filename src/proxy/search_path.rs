@@ -28,8 +28,6 @@ pub struct PathTracker {
     local: Option<Option<SearchPath>>,
     /// An error came back since the transaction began.
     failed: bool,
-    /// The last command of the transaction was a `ROLLBACK`.
-    rolled_back: bool,
 }
 
 impl PathTracker {
@@ -76,25 +74,34 @@ impl PathTracker {
         self.failed = true;
     }
 
-    /// The server completed a command with this tag.
+    /// The server completed a command with this tag: a `COMMIT` or a
+    /// `ROLLBACK` settles the transaction's changes at once (more
+    /// statements may follow in the same Query).
     pub fn on_command_complete(&mut self, tag: &[u8]) {
-        self.rolled_back = tag.starts_with(b"ROLLBACK");
+        if tag.starts_with(b"COMMIT") {
+            self.settle(true);
+        } else if tag.starts_with(b"ROLLBACK") {
+            self.settle(false);
+        }
     }
 
     /// ReadyForQuery with transaction status `status`: outside a
-    /// transaction, what it set is kept or undone.
+    /// transaction, what it set is kept (or undone after an error).
     pub fn on_ready(&mut self, status: u8) {
-        if status != b'I' {
-            return;
+        if status == b'I' {
+            self.settle(true);
         }
+    }
+
+    /// A transaction ended, committed (unless an error came back) or not.
+    fn settle(&mut self, committed: bool) {
         if let Some(pending) = self.pending.take() {
-            if !self.failed && !self.rolled_back {
+            if committed && !self.failed {
                 self.session = pending;
             }
         }
         self.local = None;
         self.failed = false;
-        self.rolled_back = false;
     }
 }
 
@@ -141,6 +148,19 @@ mod tests {
         t.on_command_complete(b"ROLLBACK");
         t.on_ready(b'I');
         assert_eq!(effective(&t), Some(r#"[Schema("app")]"#.into()));
+    }
+
+    #[test]
+    fn a_rollback_settles_before_the_statements_after_it() {
+        // BEGIN; SET search_path TO tenant; ROLLBACK; SELECT 1 — one Query.
+        let mut t = PathTracker::new(None);
+        t.apply(set("tenant", false));
+        t.on_command_complete(b"BEGIN");
+        t.on_command_complete(b"SET");
+        t.on_command_complete(b"ROLLBACK");
+        t.on_command_complete(b"SELECT 1");
+        t.on_ready(b'I');
+        assert_eq!(effective(&t), None);
     }
 
     #[test]

@@ -177,9 +177,9 @@ impl SessionState {
                 _ => {
                     b.path
                         .on_ready(frame.get(HEADER_LEN).copied().unwrap_or(b'I'));
-                    b.refresh_context();
                 }
             }
+            b.refresh_context();
             self.path_watch.store(b.path.watching(), Ordering::Relaxed);
         });
     }
