@@ -130,13 +130,13 @@ impl Load<'_> {
     /// Starts one load window: the old-shape and/or new-shape groups, each
     /// in `-M prepared` and `-M simple`, `clients` each (doubled when only
     /// one shape runs, so every window has the same client count).
-    fn start(&self, old: bool, new: bool, secs: u32, tag: &str) -> Result<Vec<Child>> {
+    fn start(&self, old: bool, new: bool, secs: u32, tag: &str) -> Result<Window> {
         let clients = if old && new {
             self.clients
         } else {
             self.clients * 2
         };
-        let (clients, secs) = (clients.to_string(), secs.to_string());
+        let (clients, secs_arg) = (clients.to_string(), secs.to_string());
         let new_shape = self.new_shape.display().to_string();
         let mut children = Vec::new();
         for (shape, script) in [(old, None), (new, Some(new_shape.as_str()))] {
@@ -156,7 +156,7 @@ impl Load<'_> {
                     "-j",
                     "1",
                     "-T",
-                    &secs,
+                    &secs_arg,
                     "-M",
                     mode,
                     "-l",
@@ -175,16 +175,25 @@ impl Load<'_> {
                 )?);
             }
         }
-        Ok(children)
+        Ok(Window {
+            children,
+            tag: tag.to_string(),
+            secs,
+        })
     }
 
     /// Waits for a window's groups (failed transactions are an error) and
     /// adds their transactions to `into`.
-    fn finish(&self, children: Vec<Child>, tag: &str, into: &mut PhaseLoad) -> Result<()> {
+    fn finish(&self, window: Window, into: &mut PhaseLoad) -> Result<()> {
+        let Window {
+            children,
+            tag,
+            secs,
+        } = window;
         for child in children {
-            finish_pgbench(child, tag)?;
+            finish_pgbench(child, &tag)?;
         }
-        into.seconds += f64::from(self.secs_of(tag));
+        into.seconds += f64::from(secs);
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -202,18 +211,17 @@ impl Load<'_> {
         Ok(())
     }
 
-    /// Window lengths: backfill windows (tag `backfill…`) are shorter.
-    fn secs_of(&self, tag: &str) -> u32 {
-        if tag.starts_with("backfill") {
-            self.backfill_window()
-        } else {
-            self.secs
-        }
-    }
-
     fn backfill_window(&self) -> u32 {
         (self.secs / 2).max(2)
     }
+}
+
+/// A load window under way: its pgbench groups, the tag of their logs
+/// and its length.
+struct Window {
+    children: Vec<Child>,
+    tag: String,
+    secs: u32,
 }
 
 /// The steps of a migration, one implementation per method.
@@ -474,11 +482,11 @@ fn run_method(load: &Load, steps: &mut dyn Steps, rt: &Runtime) -> Result<Outcom
                       phases: &mut Vec<PhaseLoad>|
      -> Result<()> {
         let tag = PHASES[k].replace(' ', "_");
-        let children = load.start(shapes.0, shapes.1, load.secs, &tag)?;
+        let running = load.start(shapes.0, shapes.1, load.secs, &tag)?;
         let t = Instant::now();
         step()?;
         work += t.elapsed();
-        load.finish(children, &tag, &mut phases[k])
+        load.finish(running, &mut phases[k])
     };
     window(0, before_switch, &mut || Ok(()), &mut phases)?;
     window(1, before_switch, &mut || steps.expand(rt), &mut phases)?;
@@ -488,7 +496,7 @@ fn run_method(load: &Load, steps: &mut dyn Steps, rt: &Runtime) -> Result<Outcom
     let mut round = 0;
     loop {
         let tag = format!("backfill{round}");
-        let children = load.start(
+        let running = load.start(
             before_switch.0,
             before_switch.1,
             load.backfill_window(),
@@ -506,7 +514,7 @@ fn run_method(load: &Load, steps: &mut dyn Steps, rt: &Runtime) -> Result<Outcom
                 break;
             }
         }
-        load.finish(children, &tag, &mut phases[2])?;
+        load.finish(running, &mut phases[2])?;
         round += 1;
         if done {
             break;
@@ -637,8 +645,8 @@ fn measure(
             let plain_port = free_port()?;
             let plain = start_pgshift(cluster.port(), plain_port, 200, None)?;
             let load = load_on(plain_port);
-            let children = load.start(true, false, settings.secs, "baseline")?;
-            load.finish(children, "baseline", &mut baseline)?;
+            let running = load.start(true, false, settings.secs, "baseline")?;
+            load.finish(running, &mut baseline)?;
             drop(plain);
             let admin_port = free_port()?;
             let config = dir.join("pgshift.toml");

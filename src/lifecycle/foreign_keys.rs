@@ -17,6 +17,7 @@ use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
 use crate::rewrite::migration::quote_ident;
+use crate::rewrite::plan::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
 
 /// A foreign key of the table that includes the old column.
@@ -99,18 +100,12 @@ pub fn copy_statement(
     let close = (3..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
     let mut edits = Vec::new();
     for t in &tokens[3..close] {
-        if let Token::Word(w) = &t.token {
-            let names_from = match w.quote_style {
-                Some(_) => w.value == from,
-                None => w.value.to_lowercase() == from,
-            };
-            if names_from {
-                edits.push(Edit {
-                    start: t.start,
-                    end: t.end,
-                    text: quote_ident(to),
-                });
-            }
+        if names(&t.token, from) {
+            edits.push(Edit {
+                start: t.start,
+                end: t.end,
+                text: quote_ident(to),
+            });
         }
     }
     if edits.is_empty() {

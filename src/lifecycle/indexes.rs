@@ -14,6 +14,7 @@ use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
 use crate::rewrite::migration::quote_ident;
+use crate::rewrite::plan::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
 
 /// An index that uses the old column, as Postgres defines it.
@@ -143,11 +144,7 @@ pub fn copy_statement(definition: &str, new_name: &str, from: &str, to: &str) ->
         text: format!("CONCURRENTLY IF NOT EXISTS {}", quote_ident(new_name)),
     }];
     for i in using + 2..tokens.len() {
-        let Some(w) = word(i) else { continue };
-        let names_column = match w.quote_style {
-            Some(_) => w.value == from,
-            None => w.value.to_lowercase() == from,
-        };
+        let names_column = names(&tokens[i].token, from);
         let prev = i.checked_sub(1).map(|j| &tokens[j].token);
         let next = tokens.get(i + 1).map(|t| &t.token);
         let is_column = names_column

@@ -145,7 +145,6 @@ impl SessionState {
 
     /// Follows the search-path changes a statement the client sent makes.
     fn path_changes(&self, sql: &[u8]) {
-        let sql = sql.strip_suffix(&[0]).unwrap_or(sql);
         if !search_path::may_change(sql) {
             return;
         }
@@ -351,12 +350,21 @@ impl FrameVisitor for FrontendVisitor<'_> {
             crate::proxy::wire::encode_frame(frontend::QUERY, &[statement.as_bytes(), b"\0"])
         });
         let frame_now: &[u8] = replacement.as_deref().unwrap_or(frame);
+        // The statement's SQL (and a Parse's fields), read once.
+        let parse = match (self.tracking, tag) {
+            (true, frontend::PARSE) => statements::parse_fields(frame),
+            _ => None,
+        };
+        let sql: &[u8] = match (&parse, tag) {
+            (Some(fields), _) => fields.sql,
+            (None, frontend::QUERY) => {
+                let sql = frame.get(HEADER_LEN..).unwrap_or_default();
+                sql.strip_suffix(&[0]).unwrap_or(sql)
+            }
+            _ => &[],
+        };
         if self.tracking {
-            let sql = match tag {
-                frontend::QUERY => frame.get(HEADER_LEN..),
-                _ => statements::parse_fields(frame).map(|f| f.sql),
-            };
-            self.state.path_changes(sql.unwrap_or_default());
+            self.state.path_changes(sql);
         }
         let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
         let outcome = match (outcome, replacement) {
@@ -366,13 +374,12 @@ impl FrameVisitor for FrontendVisitor<'_> {
         if let (true, Some(epoch)) = (self.tracking, epoch) {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
-                    if let Some(fields) = statements::parse_fields(frame) {
-                        state.with_book(|b| b.statements.parsed(request, &fields, epoch));
+                    if let Some(fields) = &parse {
+                        state.with_book(|b| b.statements.parsed(request, fields, epoch));
                     }
                 }
                 frontend::QUERY => {
-                    let sql = frame.get(HEADER_LEN..).unwrap_or_default();
-                    match statements::deallocation(sql.strip_suffix(&[0]).unwrap_or(sql)) {
+                    match statements::deallocation(sql) {
                         Some(Deallocation::All) => state.with_book(|b| {
                             b.statements.clear();
                             b.sql_prepared.clear();

@@ -34,7 +34,7 @@ use super::expand;
 use super::migration::{quote_ident, MigrationSpec};
 use super::rules::{ActiveMigration, Rules};
 use super::search_path::Resolved;
-use super::text::{splice, tokenize, Edit, LineIndex, Tok};
+use super::text::{folded, splice, tokenize, Edit, LineIndex, Tok};
 
 /// What to do with a statement text.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,11 +89,7 @@ fn references(tokens: &[Tok], spec: &MigrationSpec, catalog: &Catalog) -> Refere
         if prev == Some(&Token::Period) {
             match k.checked_sub(2).map(|j| &tokens[j].token) {
                 Some(Token::Word(w)) => {
-                    let schema = if w.quote_style.is_some() {
-                        w.value.clone()
-                    } else {
-                        w.value.to_lowercase()
-                    };
+                    let schema = folded(w);
                     if schema == spec.table.schema {
                         target = true;
                     } else {
@@ -1117,11 +1113,7 @@ fn classify(toks: &[Tok], i: usize, chain: &[&Scope<'_>]) -> Result<Use, String>
         else {
             return Err("uses a migrating column with a qualifier pgshift cannot read".into());
         };
-        let q = if w.quote_style.is_some() {
-            w.value.clone()
-        } else {
-            w.value.to_lowercase()
-        };
+        let q = folded(w);
         // The innermost block that knows the qualifier decides.
         let names_target =
             |s: &Scope<'_>| s.target_qualifiers.contains(&q) || (s.excluded && q == "excluded");

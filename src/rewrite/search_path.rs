@@ -20,7 +20,7 @@
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
 
-use super::text::{tokenize, Tok};
+use super::text::{folded, tokenize, Tok};
 
 /// One element of a search path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -197,15 +197,7 @@ pub fn changes(sql: &str) -> Vec<Change> {
 
 fn word(t: Option<&Tok>) -> Option<(String, Keyword, bool)> {
     match &t?.token {
-        Token::Word(w) => Some((
-            if w.quote_style.is_some() {
-                w.value.clone()
-            } else {
-                w.value.to_lowercase()
-            },
-            w.keyword,
-            w.quote_style.is_some(),
-        )),
+        Token::Word(w) => Some((folded(w), w.keyword, w.quote_style.is_some())),
         _ => None,
     }
 }
@@ -264,12 +256,7 @@ fn value_list(toks: &[Tok], local: bool) -> Change {
     for t in toks {
         match (&t.token, expect_value) {
             (Token::Word(w), true) => {
-                let name = if w.quote_style.is_some() {
-                    w.value.clone()
-                } else {
-                    w.value.to_lowercase()
-                };
-                entries.push(entry(name));
+                entries.push(entry(folded(w)));
                 expect_value = false;
             }
             (Token::SingleQuotedString(s), true) => {

@@ -43,6 +43,16 @@ impl<'a> LineIndex<'a> {
     }
 }
 
+/// A word token's name as Postgres stores it: quoted verbatim, unquoted
+/// folded to lower case.
+pub fn folded(word: &sqlparser::tokenizer::Word) -> String {
+    if word.quote_style.is_some() {
+        word.value.clone()
+    } else {
+        word.value.to_lowercase()
+    }
+}
+
 /// Tokenizes `sql` (PostgreSQL dialect) into significant tokens with byte
 /// ranges; comments and whitespace are dropped.
 pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
