@@ -79,6 +79,13 @@ struct MigrateArgs {
     /// validate: fix the mismatches found (catch-up pass).
     #[arg(long)]
     fix: bool,
+    /// validate: keys per range of the parity check [default: 10000].
+    #[arg(long)]
+    range_rows: Option<u32>,
+    /// validate: pause between ranges, in milliseconds [default: the
+    /// backfill's batch pause].
+    #[arg(long)]
+    pause_ms: Option<u32>,
     #[command(flatten)]
     target: AdminArgs,
 }
@@ -145,7 +152,7 @@ struct DemoArgs {
     #[arg(long, default_value_t = 2)]
     clients: u32,
     /// Seconds of load while the migrations run.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 110)]
     duration: u32,
     /// Stop after pgbench instead of serving until Ctrl-C.
     #[arg(long)]
@@ -358,6 +365,8 @@ fn main() -> Result<()> {
                 ("batch_size", args.batch_size),
                 ("batch_pause_ms", args.batch_pause_ms),
                 ("batch_timeout_ms", args.batch_timeout_ms),
+                ("range_rows", args.range_rows),
+                ("pause_ms", args.pause_ms),
             ] {
                 if let Some(v) = value {
                     body.insert(key.into(), v.into());

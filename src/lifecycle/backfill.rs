@@ -151,6 +151,9 @@ impl Walk {
         batch: i32,
         fix: bool,
     ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), tokio_postgres::Error> {
+        if !fix {
+            return self.count_range(client, cursor, batch).await;
+        }
         let (rows, last) = self.next_range(client, cursor, batch).await?;
         let Some(upper) = &last else {
             return Ok((0, 0, Vec::new(), None));
@@ -185,6 +188,32 @@ impl Walk {
             )
             .await?;
         Ok((rows, row.get(0), row.get(1), last))
+    }
+
+    /// The parity count of the next range after `cursor` in one statement
+    /// and one pass over the rows: (rows in the range, mismatches, up to
+    /// five mismatching keys, the range's last key).
+    async fn count_range(
+        &self,
+        client: &Client,
+        cursor: &Option<Vec<String>>,
+        batch: i32,
+    ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), tokio_postgres::Error> {
+        let sql = format!(
+            "with r as (select {keys}, {b} is distinct from {up} as pgshift_bad from {t} where {after} order by {keys} limit {batch})
+             select (select count(*) from r), (select count(*) from r where pgshift_bad),
+                    array(select ({key_text})::text from r where pgshift_bad order by {keys} limit 5),
+                    (select array[{key_text}] from r order by {desc} limit 1)",
+            keys = self.key_list,
+            b = self.new,
+            up = self.up,
+            t = self.table,
+            after = self.after(cursor),
+            key_text = self.key_text,
+            desc = self.key_desc,
+        );
+        let row = client.query_one(&sql, &self.params(cursor)).await?;
+        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
     }
 
     pub fn width(&self) -> usize {

@@ -8,9 +8,13 @@
 //! dropped, each copy is validated (`VALIDATE CONSTRAINT` takes a lock that
 //! lets reads and writes go on). The definition comes from Postgres
 //! (`pg_get_constraintdef`) with only the referencing column list changed:
-//! actions, match type and deferrability carry over. Foreign keys of other
-//! tables that reference `a` are not moved (they would need a unique key on
-//! `b` and a re-pointed constraint).
+//! actions, match type and deferrability carry over.
+//!
+//! Foreign keys of other tables (or of the table itself) that *reference*
+//! `a` move at `contract`, once `b` holds `up(a)` everywhere and has the
+//! copy of `a`'s unique index: each is added again referencing `b`
+//! (`NOT VALID`, then `VALIDATE CONSTRAINT`, which lets writes go on), and
+//! the original is dropped in the same transaction as `a`.
 
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
@@ -18,7 +22,7 @@ use tokio_postgres::Client;
 
 use crate::rewrite::migration::quote_ident;
 use crate::rewrite::plan::names;
-use crate::rewrite::text::{splice, tokenize, Edit};
+use crate::rewrite::text::{splice, tokenize, Edit, Tok};
 
 /// A foreign key of the table that includes the old column.
 #[derive(Debug, Clone)]
@@ -53,6 +57,123 @@ pub async fn foreign_keys_of(
             definition: r.get(1),
         })
         .collect())
+}
+
+/// A foreign key of another table (or of this one) that references the
+/// old column.
+#[derive(Debug, Clone)]
+pub struct ReferencingKey {
+    pub name: String,
+    /// The referencing table, qualified and quoted (`regclass` text).
+    pub table: String,
+    /// `pg_get_constraintdef`: `FOREIGN KEY (…) REFERENCES t(…) …`.
+    pub definition: String,
+    /// Whether the constraint is validated.
+    pub validated: bool,
+}
+
+/// The foreign keys that reference `column` of `table` (`contype = 'f'`,
+/// `confkey` includes it), copies made by pgshift left out.
+pub async fn referencing(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
+    referencing_where(client, table, column, false).await
+}
+
+/// pgshift's copies of the foreign keys that reference `to` (made at
+/// contract), for a rollback to drop before `to` goes.
+pub async fn referencing_copies(
+    client: &Client,
+    table: &str,
+    to: &str,
+) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
+    referencing_where(client, table, to, true).await
+}
+
+async fn referencing_where(
+    client: &Client,
+    table: &str,
+    column: &str,
+    copies: bool,
+) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text, c.conrelid::regclass::text, pg_get_constraintdef(c.oid), c.convalidated
+               from pg_constraint c
+               join pg_attribute a on a.attrelid = c.confrelid and a.attnum = any(c.confkey)
+              where c.confrelid = $1::text::regclass and c.contype = 'f' and a.attname = $2
+                and (c.conname like '%\\_pgshift\\_%') = $3
+              order by 2, 1",
+            &[&table, &column, &copies],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ReferencingKey {
+            name: r.get(0),
+            table: r.get(1),
+            definition: r.get(2),
+            validated: r.get(3),
+        })
+        .collect())
+}
+
+/// `ALTER TABLE referencing ADD CONSTRAINT new_name <definition with the
+/// referenced column from → to> NOT VALID`; `None` when the definition
+/// does not reference `from`.
+pub fn referencing_copy_statement(
+    referencing: &str,
+    definition: &str,
+    new_name: &str,
+    from: &str,
+    to: &str,
+) -> Option<String> {
+    let tokens = tokenize(definition).ok()?;
+    let references = tokens
+        .iter()
+        .position(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::REFERENCES))?;
+    let open = (references..tokens.len()).find(|&k| tokens[k].token == Token::LParen)?;
+    let close = (open..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
+    let edits = column_edits(&tokens[open + 1..close], from, to);
+    copied_constraint(referencing, definition, new_name, edits)
+}
+
+/// Edits replacing each token naming `from` by `to`.
+fn column_edits(tokens: &[Tok], from: &str, to: &str) -> Vec<Edit> {
+    tokens
+        .iter()
+        .filter(|t| names(&t.token, from))
+        .map(|t| Edit {
+            start: t.start,
+            end: t.end,
+            text: quote_ident(to),
+        })
+        .collect()
+}
+
+/// `alter table {table} add constraint {name} <definition edited> NOT
+/// VALID` (a NOT VALID already in the definition is not repeated).
+fn copied_constraint(
+    table: &str,
+    definition: &str,
+    new_name: &str,
+    mut edits: Vec<Edit>,
+) -> Option<String> {
+    if edits.is_empty() {
+        return None;
+    }
+    let copied = splice(definition, &mut edits)?;
+    let not_valid = if copied.ends_with("NOT VALID") {
+        ""
+    } else {
+        " NOT VALID"
+    };
+    Some(format!(
+        "alter table {table} add constraint {} {copied}{not_valid}",
+        quote_ident(new_name)
+    ))
 }
 
 /// The copies (not yet validated) on `table` for new column `to`.
@@ -98,31 +219,8 @@ pub fn copy_statement(
         return None;
     }
     let close = (3..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
-    let mut edits = Vec::new();
-    for t in &tokens[3..close] {
-        if names(&t.token, from) {
-            edits.push(Edit {
-                start: t.start,
-                end: t.end,
-                text: quote_ident(to),
-            });
-        }
-    }
-    if edits.is_empty() {
-        return None;
-    }
-    let copied = splice(definition, &mut edits)?;
-    // A NOT VALID already in the definition (the original was never
-    // validated) is not repeated.
-    let not_valid = if copied.ends_with("NOT VALID") {
-        ""
-    } else {
-        " NOT VALID"
-    };
-    Some(format!(
-        "alter table {table} add constraint {} {copied}{not_valid}",
-        quote_ident(new_name)
-    ))
+    let edits = column_edits(&tokens[3..close], from, to);
+    copied_constraint(table, definition, new_name, edits)
 }
 
 #[cfg(test)]
@@ -158,5 +256,35 @@ mod tests {
             None
         );
         assert_eq!(copy_statement("t", "CHECK (a > 0)", "n", "a", "b"), None);
+    }
+
+    #[test]
+    fn only_the_referenced_columns_change() {
+        assert_eq!(
+            referencing_copy_statement(
+                "public.child",
+                "FOREIGN KEY (a, x) REFERENCES parent(x, a) ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED",
+                "child_fk_pgshift_b",
+                "a",
+                "b"
+            )
+            .as_deref(),
+            Some("alter table public.child add constraint child_fk_pgshift_b FOREIGN KEY (a, x) REFERENCES parent(x, b) ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED NOT VALID")
+        );
+        assert_eq!(
+            referencing_copy_statement(
+                "c",
+                "FOREIGN KEY (a) REFERENCES \"Odd\".\"a\"(\"a\")",
+                "n",
+                "a",
+                "New"
+            )
+            .as_deref(),
+            Some("alter table c add constraint n FOREIGN KEY (a) REFERENCES \"Odd\".\"a\"(\"New\") NOT VALID")
+        );
+        assert_eq!(
+            referencing_copy_statement("c", "FOREIGN KEY (a) REFERENCES p(x)", "n", "a", "b"),
+            None
+        );
     }
 }

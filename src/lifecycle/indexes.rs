@@ -6,8 +6,10 @@
 //! An index is copied from Postgres's own definition (`pg_get_indexdef`):
 //! the column is replaced token by token wherever the definition names it
 //! as a column (not as a function, a type or a qualified field), and the
-//! statement becomes `CREATE … INDEX CONCURRENTLY IF NOT EXISTS`. The
-//! primary key is left out (the backfill walks it; it is not copied).
+//! statement becomes `CREATE … INDEX CONCURRENTLY IF NOT EXISTS`. A
+//! primary key's index is copied too (as a unique index: the backfill
+//! still walks the original); at contract the copy becomes the primary
+//! key (`ADD PRIMARY KEY USING INDEX`) in the transaction that drops `a`.
 
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
@@ -25,7 +27,7 @@ pub struct IndexDef {
     pub definition: String,
 }
 
-/// The valid indexes of `table` (other than the primary key) whose keys,
+/// The valid indexes of `table` (the primary key's included) whose keys,
 /// expressions or predicate use `column` (an index backing a constraint
 /// has no column dependencies of its own: its keys are read from
 /// `indkey`).
@@ -39,7 +41,7 @@ pub async fn indexes_using(
             "select ic.relname::text, pg_get_indexdef(i.indexrelid)
                from pg_index i
                join pg_class ic on ic.oid = i.indexrelid
-              where i.indrelid = $1::text::regclass and not i.indisprimary and i.indisvalid
+              where i.indrelid = $1::text::regclass and i.indisvalid
                 and exists (select 1 from pg_attribute a
                              where a.attrelid = i.indrelid and a.attname = $2
                                and (a.attnum = any(i.indkey)
@@ -88,19 +90,55 @@ pub async fn unique_constraints_to_carry(
     for row in rows {
         let (constraint, index): (String, String) = (row.get(0), row.get(1));
         let copy = copy_name(&index, to);
-        let valid = client
-            .query_opt(
-                "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
-                  where i.indrelid = $1::text::regclass and c.relname = $2 and i.indisvalid",
-                &[&table, &copy],
-            )
-            .await?
-            .is_some();
-        if valid {
+        if valid_index(client, table, &copy).await? {
             out.push((constraint, copy));
         }
     }
     Ok(out)
+}
+
+/// The primary key of `table` when it includes `column` and the copy of
+/// its index on `to` exists and is valid: (constraint, copy).
+pub async fn primary_key_to_carry(
+    client: &Client,
+    table: &str,
+    column: &str,
+    to: &str,
+) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select c.conname::text, ic.relname::text
+               from pg_constraint c
+               join pg_class ic on ic.oid = c.conindid
+               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+              where c.conrelid = $1::text::regclass and c.contype = 'p' and a.attname = $2",
+            &[&table, &column],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (constraint, index): (String, String) = (row.get(0), row.get(1));
+    let copy = copy_name(&index, to);
+    Ok(valid_index(client, table, &copy)
+        .await?
+        .then_some((constraint, copy)))
+}
+
+/// Whether `table` has a valid index named `name`.
+async fn valid_index(
+    client: &Client,
+    table: &str,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
+              where i.indrelid = $1::text::regclass and c.relname = $2 and i.indisvalid",
+            &[&table, &name],
+        )
+        .await?
+        .is_some())
 }
 
 /// The name of the copy of index `name` on column `to` (at most 63 bytes).

@@ -12,6 +12,7 @@
 pub mod backfill;
 pub mod ddl;
 pub mod foreign_keys;
+pub mod handover;
 pub mod indexes;
 pub mod peers;
 pub mod store;
@@ -25,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::control;
-use crate::rewrite::migration::{quote_ident, Phase};
+use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
 use crate::rewrite::rules::{ActiveMigration, RulesCell};
 use backfill::Walk;
 use ddl::LockDiscipline;
@@ -65,6 +66,8 @@ impl From<ddl::DdlError> for ActionError {
 
 /// How often a running backfill asks whether to throttle itself.
 const THROTTLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Keys per range of the parity check unless the action says otherwise.
+const VALIDATE_RANGE_ROWS: i32 = 10_000;
 
 /// The lifecycle driver of one proxy.
 pub struct Lifecycle {
@@ -931,6 +934,27 @@ impl Lifecycle {
             ));
         }
         let fix = body.get("fix").and_then(Value::as_bool).unwrap_or(false);
+        // Ranges of `range_rows` keys with `pause_ms` between them (the
+        // backfill's pause unless given): the check's share of the
+        // database is the operator's choice, as the backfill's is.
+        let range_rows = match body.get("range_rows").map(Value::as_u64) {
+            None => VALIDATE_RANGE_ROWS,
+            Some(Some(n @ 1..=1_000_000)) => n as i32,
+            Some(_) => {
+                return Err(ActionError::BadRequest(
+                    "range_rows must be a number from 1 to 1000000".into(),
+                ))
+            }
+        };
+        let pause = match body.get("pause_ms").map(Value::as_u64) {
+            None => u64::try_from(record.backfill.batch_pause_ms).unwrap_or(0),
+            Some(Some(ms)) => ms,
+            Some(None) => {
+                return Err(ActionError::BadRequest(
+                    "pause_ms must be a number of milliseconds".into(),
+                ))
+            }
+        };
         let client = self.connect().await?;
         let table = record.spec.table.to_string();
         let key = ddl::walk_key(&client, &table)
@@ -940,7 +964,11 @@ impl Lifecycle {
         let mut cursor: Option<Vec<String>> = None;
         let (mut mismatches, mut samples) = (0i64, Vec::new());
         loop {
-            let (rows, bad, some, last) = walk.check_range(&client, &cursor, 10_000, fix).await?;
+            if cursor.is_some() && pause > 0 {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            let (rows, bad, some, last) =
+                walk.check_range(&client, &cursor, range_rows, fix).await?;
             if rows == 0 {
                 break;
             }
@@ -1044,6 +1072,10 @@ impl Lifecycle {
         match record.phase {
             Phase::Switched => {
                 self.check_no_old_shape(&client, &record, body).await?;
+                Self::check_exclusion_constraints(&client, &spec, body).await?;
+                // Foreign keys referencing a are moved onto b first: one
+                // that cannot move stops the contract before any change.
+                handover::move_referencing_keys(&client, &spec, self.lock).await?;
                 // Where a stands, so `*` keeps the old shape's order once
                 // it is gone.
                 record.spec.old_after =
@@ -1059,7 +1091,10 @@ impl Lifecycle {
             Phase::Contracted
                 if ddl::column_info(&client, &table, &spec.from)
                     .await?
-                    .is_some() => {}
+                    .is_some() =>
+            {
+                handover::move_referencing_keys(&client, &spec, self.lock).await?;
+            }
             _ => {
                 return Err(Self::illegal(
                     &record,
@@ -1089,14 +1124,19 @@ impl Lifecycle {
         }
         // Unique constraints on a: their index copies on b become the
         // same constraints on b (the index is taken over, not rebuilt).
+        let constraints = handover::constraint_names(&client, &table).await?;
         for (constraint, index) in
             indexes::unique_constraints_to_carry(&client, &table, &spec.from, &spec.to).await?
         {
+            let copy = indexes::copy_name(&constraint, &spec.to);
+            if constraints.contains(&copy) {
+                continue; // carried by an earlier attempt
+            }
             ddl::run_with_lock_timeout(
                 &client,
                 &format!(
                     "alter table {table} add constraint {} unique using index {}",
-                    quote_ident(&indexes::copy_name(&constraint, &spec.to)),
+                    quote_ident(&copy),
                     quote_ident(&index)
                 ),
                 self.lock,
@@ -1116,15 +1156,10 @@ impl Lifecycle {
             )
             .await?;
         }
-        let attempts = ddl::run_with_lock_timeout(
-            &client,
-            &format!(
-                "alter table {table} drop column if exists {}",
-                quote_ident(&spec.from)
-            ),
-            self.lock,
-        )
-        .await?;
+        // One transaction: the keys referencing a, a itself, the primary
+        // key taken over by b's index, the copies renamed as the originals.
+        let last = handover::final_transaction(&client, &spec).await?;
+        let attempts = ddl::run_with_lock_timeout(&client, &last.join("; "), self.lock).await?;
         self.commit(
             &client,
             record,
@@ -1137,6 +1172,40 @@ impl Lifecycle {
         )
         .await?;
         Ok(())
+    }
+
+    /// Refuses to contract while an exclusion constraint uses `a` with no
+    /// equivalent on `b` (dropping `a` would drop it), unless the body says
+    /// `"drop_exclusion_constraints": true`.
+    async fn check_exclusion_constraints(
+        client: &tokio_postgres::Client,
+        spec: &MigrationSpec,
+        body: &Value,
+    ) -> Result<(), ActionError> {
+        let allowed = body
+            .get("drop_exclusion_constraints")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let left = handover::exclusion_constraints_left(client, spec).await?;
+        if left.is_empty() || allowed {
+            return Ok(());
+        }
+        let list: Vec<String> = left
+            .iter()
+            .map(|(name, on_b)| {
+                format!(
+                    "{} (to keep it: alter table {} add constraint <name> {on_b})",
+                    quote_ident(name),
+                    spec.table
+                )
+            })
+            .collect();
+        Err(ActionError::Conflict(format!(
+            "dropping {} would drop the exclusion constraint(s) {}; Postgres builds an exclusion constraint only under a lock that blocks writes, so pgshift does not: add it on {} yourself and contract again, or pass {{\"drop_exclusion_constraints\": true}}",
+            quote_ident(&spec.from),
+            list.join(", "),
+            quote_ident(&spec.to)
+        )))
     }
 
     /// Refuses to contract while applications still send old-shape
@@ -1253,16 +1322,26 @@ impl Lifecycle {
         record: &Record,
     ) -> Result<(), ActionError> {
         let spec = &record.spec;
-        ddl::run_with_lock_timeout(
-            client,
-            &format!(
-                "alter table {} drop column if exists {}",
-                spec.table,
-                quote_ident(&spec.to)
-            ),
-            self.lock,
-        )
-        .await?;
+        // Foreign keys moved onto b by a contract that stopped short go
+        // first (they depend on b's unique index).
+        let mut sql: Vec<String> =
+            foreign_keys::referencing_copies(client, &spec.table.to_string(), &spec.to)
+                .await?
+                .iter()
+                .map(|fk| {
+                    format!(
+                        "alter table {} drop constraint {}",
+                        fk.table,
+                        quote_ident(&fk.name)
+                    )
+                })
+                .collect();
+        sql.push(format!(
+            "alter table {} drop column if exists {}",
+            spec.table,
+            quote_ident(&spec.to)
+        ));
+        ddl::run_with_lock_timeout(client, &sql.join("; "), self.lock).await?;
         store::event(
             client,
             &spec.id,

@@ -1258,3 +1258,314 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
         .get(0);
     assert_eq!(orphans, 0);
 }
+
+/// The common real case: an `integer` primary key running out of room
+/// becomes `bigint`. The copy of the key's index becomes the primary key,
+/// the foreign keys of other tables that reference it move onto the new
+/// column (actions intact), and everything ends under the original names.
+#[tokio::test]
+async fn a_primary_key_and_the_keys_referencing_it_move_to_the_new_column() {
+    let (dbname, direct) = db().fresh_database("pkdb").await;
+    direct
+        .batch_execute(
+            "create table accounts (id int primary key, name text not null);
+             insert into accounts select g, 'n' || g from generate_series(1, 300) g;
+             create table orders (id int primary key,
+                                  account_id int not null references accounts (id) on delete cascade);
+             insert into orders select g, g % 300 + 1 from generate_series(1, 900) g;
+             create table notes (id int primary key, account_id int references accounts);
+             insert into notes select g, g from generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        "accounts_id_big",
+        "accounts",
+        "id",
+        "id_big",
+        Some("bigint"),
+        Some("id::bigint"),
+        Some("id_big::integer"),
+    )
+    .unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    let app = d.proxy.connect_to(&dbname).await;
+    let definitions = |sql: &'static str| {
+        let direct = &direct;
+        async move {
+            direct
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| format!("{}: {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let keys = "select conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid) || case when convalidated then '' else ' (not validated)' end
+                  from pg_constraint where contype in ('p', 'f') and connamespace = 'public'::regnamespace order by 1";
+    let indexes = "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index
+                    where indrelid = 'accounts'::regclass order by 1";
+
+    let (code, body) = post(admin, "/migrations/accounts_id_big/expand", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        definitions(indexes).await,
+        [
+            "accounts_pkey: CREATE UNIQUE INDEX accounts_pkey ON public.accounts USING btree (id)",
+            "accounts_pkey_pgshift_id_big: CREATE UNIQUE INDEX accounts_pkey_pgshift_id_big ON public.accounts USING btree (id_big)",
+        ],
+        "the key's index is copied onto the new column at expand"
+    );
+    // New rows through the proxy, in the old shape, before and after.
+    app.execute("insert into accounts (id, name) values (301, 'new')", &[])
+        .await
+        .unwrap();
+    for (action, body) in [
+        ("backfill", json!({})),
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(
+            admin,
+            &format!("/migrations/accounts_id_big/{action}"),
+            body,
+        )
+        .await;
+        assert!((200..300).contains(&code), "{action}: {answer}");
+        if action == "backfill" {
+            wait_for_phase(admin, "accounts_id_big", "backfilled").await;
+        }
+    }
+    let (code, body) = post(
+        admin,
+        "/migrations/accounts_id_big/contract",
+        json!({"force": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        definitions(keys).await,
+        [
+            "accounts.accounts_pkey: PRIMARY KEY (id_big)",
+            "notes.notes_account_id_fkey: FOREIGN KEY (account_id) REFERENCES accounts(id_big)",
+            "notes.notes_pkey: PRIMARY KEY (id)",
+            "orders.orders_account_id_fkey: FOREIGN KEY (account_id) REFERENCES accounts(id_big) ON DELETE CASCADE",
+            "orders.orders_pkey: PRIMARY KEY (id)",
+        ],
+        "the primary key and the keys referencing it are on the new column, validated, under their names"
+    );
+    assert_eq!(
+        definitions(indexes).await,
+        ["accounts_pkey: CREATE UNIQUE INDEX accounts_pkey ON public.accounts USING btree (id_big)"]
+    );
+    // The keys work: a duplicate id and an order for no account are
+    // refused, deleting an account removes its orders (through the proxy,
+    // in the old shape, still served).
+    let duplicate = app
+        .execute("insert into accounts (id, name) values (301, 'again')", &[])
+        .await;
+    assert_eq!(
+        sqlstate(&refused(duplicate, "a duplicate primary key")).as_deref(),
+        Some("23505")
+    );
+    let orphan = direct
+        .execute("insert into orders values (5000, 9999)", &[])
+        .await;
+    assert_eq!(
+        sqlstate(&refused(orphan, "an order for no account")).as_deref(),
+        Some("23503")
+    );
+    app.execute("delete from notes where account_id = 7", &[])
+        .await
+        .unwrap();
+    app.execute("delete from accounts where id = 7", &[])
+        .await
+        .unwrap();
+    let left: i64 = direct
+        .query_one("select count(*) from orders where account_id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "ON DELETE CASCADE carried over");
+    let row = app
+        .query_one("select id, name from accounts where id = 301", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, String>(1)),
+        (301, "new".to_string())
+    );
+    // A lookup by the old name with an `int4` parameter (the client's
+    // type, kept) is served by the new primary key's index.
+    let row = app
+        .query_one("select name from accounts where id = $1", &[&42i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "n42");
+    let scans = || async {
+        let row = direct
+            .query_one(
+                "select seq_scan, idx_scan from pg_stat_user_tables where relname = 'accounts'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    let before = scans().await;
+    let lookup = app
+        .prepare("select name from accounts where id = $1")
+        .await
+        .unwrap();
+    for id in 10..30i32 {
+        app.query_one(&lookup, &[&id]).await.unwrap();
+    }
+    app.batch_execute("select pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    app.batch_execute("select 1").await.unwrap();
+    let after = scans().await;
+    assert_eq!(after.0, before.0, "no sequential scan for a lookup by key");
+    assert!(after.1 >= before.1 + 20, "{before:?} → {after:?}");
+}
+
+/// A key that references the old column but cannot follow it (an `int`
+/// column cannot reference `text`) stops the contract before anything is
+/// dropped, with a 409 naming it; a rollback is still possible.
+#[tokio::test]
+async fn a_referencing_key_that_cannot_move_stops_the_contract_cleanly() {
+    let (dbname, direct) = db().fresh_database("pkrefuse").await;
+    direct
+        .batch_execute(
+            "create table codes (code int primary key);
+             insert into codes select generate_series(1, 20);
+             create table uses (id int primary key, code int references codes);
+             insert into uses select g, g from generate_series(1, 20) g;",
+        )
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        "codes_text",
+        "codes",
+        "code",
+        "code_text",
+        Some("text"),
+        Some("code::text"),
+        Some("code_text::integer"),
+    )
+    .unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    for (action, body) in [
+        ("expand", json!({})),
+        ("backfill", json!({})),
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(admin, &format!("/migrations/codes_text/{action}"), body).await;
+        assert!((200..300).contains(&code), "{action}: {answer}");
+        if action == "backfill" {
+            wait_for_phase(admin, "codes_text", "backfilled").await;
+        }
+    }
+    let (code, body) = post(
+        admin,
+        "/migrations/codes_text/contract",
+        json!({"force": true}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains("uses_code_fkey") && message.contains("cannot be dropped"),
+        "{message}"
+    );
+    let columns: Vec<String> = direct
+        .query(
+            "select attname::text from pg_attribute where attrelid = 'codes'::regclass and attnum > 0 and not attisdropped order by attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(columns, ["code", "code_text"], "nothing dropped");
+    wait_for_phase(admin, "codes_text", "switched").await;
+    let (code, body) = post(admin, "/migrations/codes_text/rollback", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    let fks: i64 = direct
+        .query_one(
+            "select count(*) from pg_constraint where contype = 'f'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fks, 1, "the original key is untouched");
+}
+
+/// An exclusion constraint on the old column cannot be built on the new
+/// one without blocking writes: the contract refuses, says what to add,
+/// and goes ahead once the operator has added it.
+#[tokio::test]
+async fn an_exclusion_constraint_on_the_old_column_holds_the_contract_until_carried() {
+    let (dbname, direct) = db().fresh_database("exclude").await;
+    direct
+        .batch_execute(
+            "create table slots (id int primary key, room int, exclude using btree (room with =));
+             insert into slots select g, g from generate_series(1, 50) g;",
+        )
+        .await
+        .unwrap();
+    let spec =
+        MigrationSpec::new("slots_room", "slots", "room", "room_no", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    for (action, body) in [
+        ("expand", json!({})),
+        ("backfill", json!({})),
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(admin, &format!("/migrations/slots_room/{action}"), body).await;
+        assert!((200..300).contains(&code), "{action}: {answer}");
+        if action == "backfill" {
+            wait_for_phase(admin, "slots_room", "backfilled").await;
+        }
+    }
+    let (code, body) = post(
+        admin,
+        "/migrations/slots_room/contract",
+        json!({"force": true}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains("slots_room_excl")
+            && message.contains("EXCLUDE USING btree (room_no WITH =)"),
+        "{message}"
+    );
+    direct
+        .batch_execute("alter table slots add constraint slots_room_no_excl exclude using btree (room_no with =)")
+        .await
+        .unwrap();
+    let (code, body) = post(
+        admin,
+        "/migrations/slots_room/contract",
+        json!({"force": true}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let app = d.proxy.connect_to(&dbname).await;
+    let clash = app
+        .execute("insert into slots (id, room) values (100, 7)", &[])
+        .await;
+    assert_eq!(
+        sqlstate(&refused(clash, "a row the exclusion constraint forbids")).as_deref(),
+        Some("23P01")
+    );
+}

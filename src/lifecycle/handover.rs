@@ -1,0 +1,275 @@
+//! Handing the old column's constraints and names over to the new one at
+//! `contract`, so that once `a` is dropped `b` stands exactly where `a`
+//! stood: referenced by the same foreign keys, the primary key if `a` was
+//! in it, and every copied index and constraint under its original name.
+//!
+//! Two steps. [`move_referencing_keys`] runs before the contract changes
+//! anything: each foreign key that references `a` (from another table or
+//! from this one) is added again referencing `b` — `NOT VALID`, then
+//! `VALIDATE CONSTRAINT`, which lets reads and writes go on — using the
+//! copy of `a`'s unique index made at expand. A copy that Postgres refuses
+//! (a type change the referencing column cannot follow) stops the contract
+//! with the reason, before anything is dropped. [`final_transaction`] then
+//! builds the one transaction that drops `a`: the original referencing
+//! keys go first, then the column (with its indexes and constraints), then
+//! the copy of the primary key's index becomes the primary key (`ADD
+//! PRIMARY KEY USING INDEX`: no scan, `b` is already `NOT NULL`), and the
+//! copies take the originals' names.
+//!
+//! Exclusion constraints are the exception: Postgres can build one only
+//! under a lock that stops writes for the whole build, so the contract
+//! refuses while one uses `a` without an equivalent on `b`
+//! ([`exclusion_constraints_left`]) and says what to add.
+
+use std::collections::HashSet;
+
+use tokio_postgres::Client;
+
+use super::ddl::{self, LockDiscipline};
+use super::{foreign_keys, indexes, ActionError};
+use crate::rewrite::migration::{quote_ident, MigrationSpec};
+use crate::rewrite::plan::names;
+use crate::rewrite::text::{splice, tokenize, Edit};
+
+/// Adds a copy referencing `b` of every foreign key that references `a`
+/// (validated when the original is), unless a validated copy is already
+/// there. Fails with a 409 naming the key when Postgres refuses the copy;
+/// the failed copy is removed.
+pub async fn move_referencing_keys(
+    client: &Client,
+    spec: &MigrationSpec,
+    lock: LockDiscipline,
+) -> Result<(), ActionError> {
+    let table = spec.table.to_string();
+    let done: HashSet<(String, String)> =
+        foreign_keys::referencing_copies(client, &table, &spec.to)
+            .await?
+            .into_iter()
+            .filter(|c| c.validated)
+            .map(|c| (c.table, c.name))
+            .collect();
+    for fk in foreign_keys::referencing(client, &table, &spec.from).await? {
+        let name = foreign_keys::copy_name(&fk.name, &spec.to);
+        if done.contains(&(fk.table.clone(), name.clone())) {
+            continue;
+        }
+        let refuse = |why: String| {
+            ActionError::Conflict(format!(
+                "foreign key {} on {} references {}.{}; it could not be moved onto {}, so {} cannot be dropped: {why}",
+                quote_ident(&fk.name),
+                fk.table,
+                table,
+                quote_ident(&spec.from),
+                quote_ident(&spec.to),
+                quote_ident(&spec.from),
+            ))
+        };
+        let Some(copy) = foreign_keys::referencing_copy_statement(
+            &fk.table,
+            &fk.definition,
+            &name,
+            &spec.from,
+            &spec.to,
+        ) else {
+            return Err(refuse(format!(
+                "its definition could not be read ({})",
+                fk.definition
+            )));
+        };
+        let drop = format!(
+            "alter table {} drop constraint if exists {}",
+            fk.table,
+            quote_ident(&name)
+        );
+        let mut added = ddl::run_with_lock_timeout(client, &format!("{drop}; {copy}"), lock).await;
+        if added.is_ok() && fk.validated {
+            added = ddl::run_with_lock_timeout(
+                client,
+                &format!(
+                    "alter table {} validate constraint {}",
+                    fk.table,
+                    quote_ident(&name)
+                ),
+                lock,
+            )
+            .await;
+        }
+        if let Err(e) = added {
+            let _ = ddl::run_with_lock_timeout(client, &drop, lock).await;
+            return Err(refuse(e.to_string()));
+        }
+        tracing::info!(constraint = %fk.name, table = %fk.table, copy = %name, "foreign key referencing the old column copied onto the new one");
+    }
+    Ok(())
+}
+
+/// The statements of the transaction that drops `a`: the original keys
+/// referencing it, the column, the primary key taken over by the copy of
+/// its index, and every copy renamed to its original's name.
+pub async fn final_transaction(
+    client: &Client,
+    spec: &MigrationSpec,
+) -> Result<Vec<String>, ActionError> {
+    let table = spec.table.to_string();
+    let schema = quote_ident(&spec.table.schema);
+    let existing = constraint_names(client, &table).await?;
+    let referencing = foreign_keys::referencing(client, &table, &spec.from).await?;
+    let mut sql: Vec<String> = referencing
+        .iter()
+        .map(|fk| {
+            format!(
+                "alter table {} drop constraint {}",
+                fk.table,
+                quote_ident(&fk.name)
+            )
+        })
+        .collect();
+    sql.push(format!(
+        "alter table {table} drop column {}",
+        quote_ident(&spec.from)
+    ));
+    let primary = indexes::primary_key_to_carry(client, &table, &spec.from, &spec.to).await?;
+    if let Some((constraint, index)) = &primary {
+        sql.push(format!(
+            "alter table {table} add constraint {} primary key using index {}",
+            quote_ident(constraint),
+            quote_ident(index)
+        ));
+    }
+    // Copied indexes (not those now backing a constraint: the constraint's
+    // rename renames its index too).
+    for index in indexes::indexes_using(client, &table, &spec.from).await? {
+        let copy = indexes::copy_name(&index.name, &spec.to);
+        let is_primary = primary.as_ref().is_some_and(|(_, i)| *i == copy);
+        if !is_primary && !existing.contains(&copy) && index_exists(client, &table, &copy).await? {
+            sql.push(format!(
+                "alter index {schema}.{} rename to {}",
+                quote_ident(&copy),
+                quote_ident(&index.name)
+            ));
+        }
+    }
+    // Unique constraints carried at contract and the table's own foreign
+    // keys copied at expand.
+    let own = own_constraints_on(client, &table, &spec.from).await?;
+    for name in own {
+        let copy = foreign_keys::copy_name(&name, &spec.to);
+        if existing.contains(&copy) {
+            sql.push(format!(
+                "alter table {table} rename constraint {} to {}",
+                quote_ident(&copy),
+                quote_ident(&name)
+            ));
+        }
+    }
+    for fk in &referencing {
+        sql.push(format!(
+            "alter table {} rename constraint {} to {}",
+            fk.table,
+            quote_ident(&foreign_keys::copy_name(&fk.name, &spec.to)),
+            quote_ident(&fk.name)
+        ));
+    }
+    Ok(sql)
+}
+
+/// Exclusion constraints that use `a` and have no equivalent on `b` yet:
+/// (name, the same constraint on `b`). Postgres builds an exclusion
+/// constraint only under a lock that blocks writes for the whole build and
+/// cannot take over an existing index for one, so pgshift does not build
+/// it; the contract refuses to drop `a` (and with it the constraint) until
+/// the operator has added it on `b` or says to drop it.
+pub async fn exclusion_constraints_left(
+    client: &Client,
+    spec: &MigrationSpec,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text, pg_get_constraintdef(c.oid),
+                    exists (select 1 from pg_attribute a
+                             where a.attrelid = c.conrelid and a.attname = $2
+                               and a.attnum = any(c.conkey))
+               from pg_constraint c
+              where c.conrelid = $1::text::regclass and c.contype = 'x'
+              order by 1",
+            &[&spec.table.to_string(), &spec.from],
+        )
+        .await?;
+    let all: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(all
+        .iter()
+        .filter(|(_, _, uses_a)| *uses_a)
+        .filter_map(|(name, definition, _)| {
+            let on_b = replace_column(definition, &spec.from, &spec.to)?;
+            let carried = all.iter().any(|(_, d, _)| *d == on_b);
+            (!carried).then(|| (name.clone(), on_b))
+        })
+        .collect())
+}
+
+/// `definition` with every token naming column `from` replaced by `to`.
+fn replace_column(definition: &str, from: &str, to: &str) -> Option<String> {
+    let tokens = tokenize(definition).ok()?;
+    let mut edits: Vec<Edit> = tokens
+        .iter()
+        .filter(|t| names(&t.token, from))
+        .map(|t| Edit {
+            start: t.start,
+            end: t.end,
+            text: quote_ident(to),
+        })
+        .collect();
+    splice(definition, &mut edits)
+}
+
+/// The names of `table`'s constraints.
+pub async fn constraint_names(
+    client: &Client,
+    table: &str,
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select conname::text from pg_constraint where conrelid = $1::text::regclass",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The unique and foreign-key constraints of `table` on `column` (not the
+/// primary key, not pgshift's copies).
+async fn own_constraints_on(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text from pg_constraint c
+               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+              where c.conrelid = $1::text::regclass and c.contype in ('u', 'f') and a.attname = $2
+                and c.conname not like '%\\_pgshift\\_%'
+              order by 1",
+            &[&table, &column],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn index_exists(
+    client: &Client,
+    table: &str,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
+              where i.indrelid = $1::text::regclass and c.relname = $2",
+            &[&table, &name],
+        )
+        .await?
+        .is_some())
+}
