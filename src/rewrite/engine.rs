@@ -457,6 +457,50 @@ mod tests {
     }
 
     #[test]
+    fn a_widened_integer_key_is_looked_up_on_the_physical_column() {
+        let widen = |phase| {
+            let spec = MigrationSpec::new(
+                "accounts_id_big",
+                "accounts",
+                "id",
+                "id_big",
+                Some("bigint"),
+                Some("id::bigint"),
+                Some("id_big::integer"),
+            )
+            .unwrap();
+            MigrationRewriter::new(Arc::new(RulesCell::new(&[ActiveMigration { spec, phase }])))
+        };
+        let cases: &[(Phase, &str, &str)] = &[
+            // Reads on the new column: the old shape's lookups use it as
+            // it is, placeholders keep the type the client's column had.
+            (Phase::Switched, "select name from accounts where id = $1",
+             "select name from accounts where id_big = $1::INTEGER"),
+            (Phase::Switched, "delete from accounts a where 7 = a.id and x = 1",
+             "delete from accounts a where 7 = a.id_big and x = 1"),
+            (Phase::Contracted, "select id from accounts where id >= '10' order by id",
+             "select ((id_big)::integer) AS id from accounts where id_big >= '10' order by ((id_big)::integer)"),
+            // Before the switch, the new shape's lookups use the old column.
+            (Phase::Expanded, "select name from accounts where id_big = $1",
+             "select name from accounts where id = $1::bigint"),
+            // Anything more than a plain comparison goes through the conversion.
+            (Phase::Switched, "select name from accounts where id + 1 = $1",
+             "select name from accounts where ((id_big)::integer) + 1 = $1"),
+            (Phase::Switched, "select name from accounts where id = $1 + 1",
+             "select name from accounts where ((id_big)::integer) = $1 + 1"),
+            (Phase::Switched, "select name from accounts where id = 7::int",
+             "select name from accounts where ((id_big)::integer) = 7::int"),
+            // The column read where it is the source is left alone.
+            (Phase::Expanded, "select name from accounts where id = $1", "="),
+        ];
+        for (phase, sql, expected) in cases {
+            assert_eq!(out(&widen(*phase), sql), *expected, "{phase}: {sql}");
+        }
+        // Only plain integer widening casts qualify.
+        assert!(orders(Phase::Switched).spec.integer_widening().is_none());
+    }
+
+    #[test]
     fn what_cannot_be_rewritten_safely_is_refused() {
         let r = rename(Phase::Expanded);
         for (sql, says) in [

@@ -191,6 +191,36 @@ impl MigrationSpec {
         })
     }
 
+    /// For a type change that only widens an integer (`integer` →
+    /// `bigint` and the like, `up` and `down` plain casts): (`a`'s type,
+    /// `b`'s type). Then a comparison reads the same on either column —
+    /// the integer operators compare across widths — so a lookup by the
+    /// other shape's name can use the physical column (and its index)
+    /// as it is instead of through a conversion.
+    pub fn integer_widening(&self) -> Option<(&str, &str)> {
+        fn rank(ty: &str) -> Option<u8> {
+            match ty.trim().to_ascii_lowercase().as_str() {
+                "smallint" | "int2" => Some(1),
+                "integer" | "int" | "int4" => Some(2),
+                "bigint" | "int8" => Some(3),
+                _ => None,
+            }
+        }
+        fn plain_cast(expr: &str, column: &str, ty: &str) -> bool {
+            let squeezed: String = expr
+                .chars()
+                .filter(|c| !c.is_whitespace() && !matches!(c, '(' | ')' | '"'))
+                .collect::<String>()
+                .to_ascii_lowercase();
+            squeezed == format!("{column}::{ty}").to_ascii_lowercase()
+        }
+        let (new, old) = (self.new_type.as_deref()?, self.down_type.as_deref()?);
+        let widens = rank(new)? > rank(old)?;
+        let casts = plain_cast(self.up.as_deref()?, &self.from, new)
+            && plain_cast(self.down.as_deref()?, &self.to, old);
+        (widens && casts).then_some((old, new))
+    }
+
     /// A pure rename: same type, identity conversions.
     pub fn is_rename(&self) -> bool {
         self.up.is_none()

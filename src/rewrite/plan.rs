@@ -779,7 +779,44 @@ fn plan_statement(
                 let column = column_of(&toks[i].token, spec);
                 let start = qualifier.unwrap_or(toks[i].start);
                 let qualifier_text = &sql[start..toks[i].start];
-                if let Some(mut text) = read_expr(m, column, qualifier_text) {
+                // A widened integer compared with a literal or a placeholder
+                // reads the physical column as it is (its index serves the
+                // lookup); a placeholder keeps the client's type.
+                let source = if m.phase.reads_new() {
+                    &spec.to
+                } else {
+                    &spec.from
+                };
+                let widened = spec
+                    .integer_widening()
+                    .filter(|_| column != source.as_str())
+                    .and_then(|(old, new)| {
+                        let first = toks[..i]
+                            .iter()
+                            .rposition(|t| t.start < start)
+                            .map_or(0, |k| k + 1);
+                        let operand = plain_comparison(toks, first, i)?;
+                        let client_type = if column == spec.from { old } else { new };
+                        Some((
+                            format!("{qualifier_text}{}", quote_ident(source)),
+                            operand,
+                            client_type,
+                        ))
+                    });
+                let read = match widened {
+                    Some((text, operand, client_type)) => {
+                        if matches!(toks[operand].token, Token::Placeholder(_)) {
+                            read_edits.push(Edit {
+                                start: toks[operand].end,
+                                end: toks[operand].end,
+                                text: format!("::{client_type}"),
+                            });
+                        }
+                        Some(text)
+                    }
+                    None => read_expr(m, column, qualifier_text),
+                };
+                if let Some(mut text) = read {
                     let alias = format!(" AS {}", quote_ident(column));
                     match bare.iter().find(|(t, _)| *t == i) {
                         Some((_, false)) => text.push_str(&alias),
@@ -1304,6 +1341,66 @@ fn is_deterministic_function(name: &str) -> bool {
         "upper",
     ];
     DETERMINISTIC.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// When the column reference `toks[first..=last]` is one side of a plain
+/// comparison (`=`, `<>`, `<`, `>`, `<=`, `>=`) whose other side is one
+/// literal or placeholder, with nothing binding tighter around either:
+/// the index of that other side.
+fn plain_comparison(toks: &[Tok], first: usize, last: usize) -> Option<usize> {
+    let comparison = |k: usize| {
+        matches!(
+            toks.get(k).map(|t| &t.token),
+            Some(Token::Eq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq)
+        )
+    };
+    let single = |k: usize| {
+        matches!(
+            toks.get(k).map(|t| &t.token),
+            Some(Token::Number(..) | Token::SingleQuotedString(_) | Token::Placeholder(_))
+        )
+    };
+    // Nothing there, or a token that ends an operand at a lower precedence.
+    let boundary = |k: Option<usize>| match k.and_then(|k| toks.get(k)).map(|t| &t.token) {
+        None => true,
+        Some(Token::LParen | Token::RParen | Token::Comma | Token::SemiColon) => true,
+        Some(Token::Word(w)) => matches!(
+            w.keyword,
+            Keyword::WHERE
+                | Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::ON
+                | Keyword::WHEN
+                | Keyword::THEN
+                | Keyword::ELSE
+                | Keyword::END
+                | Keyword::HAVING
+                | Keyword::ORDER
+                | Keyword::GROUP
+                | Keyword::LIMIT
+                | Keyword::OFFSET
+                | Keyword::RETURNING
+                | Keyword::FOR
+        ),
+        _ => false,
+    };
+    // column OP operand
+    if comparison(last + 1)
+        && single(last + 2)
+        && boundary(Some(last + 3))
+        && boundary(first.checked_sub(1))
+    {
+        return Some(last + 2);
+    }
+    // operand OP column
+    let op = first.checked_sub(1)?;
+    let operand = op.checked_sub(1)?;
+    (comparison(op)
+        && single(operand)
+        && boundary(operand.checked_sub(1))
+        && boundary(Some(last + 1)))
+    .then_some(operand)
 }
 
 fn is_lone_placeholder(value: &[&Tok]) -> bool {
