@@ -98,6 +98,8 @@ fn main() -> Result<()> {
     ];
 
     let secs_s = secs.to_string();
+    // Custom scripts get `:scale` 1 unless told.
+    let scale_s = scale.to_string();
     let mut rows = Vec::new();
     for mode in ["simple", "prepared"] {
         let mut tps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
@@ -108,7 +110,8 @@ fn main() -> Result<()> {
                 for script in [&old_script, &new_script] {
                     let script = script.display().to_string();
                     let args = [
-                        "-n", "-M", mode, "-c", "4", "-j", "1", "-T", &secs_s, "-f", &script,
+                        "-n", "-M", mode, "-c", "4", "-j", "1", "-T", &secs_s, "-f", &script, "-s",
+                        &scale_s,
                     ];
                     runs.push(spawn_pgbench(&pgbench, SUPERUSER, *port, db, &args)?);
                 }

@@ -24,7 +24,9 @@
 //! Run: `cargo bench --bench scenario_compare` (`PGSHIFT_BENCH_SCALE`,
 //! default 10; `PGSHIFT_BENCH_CLIENTS` per group, default 2;
 //! `PGSHIFT_BENCH_BATCH` keys per backfill batch for both methods, default
-//! 5000; `PGSHIFT_BENCH_TARGET_MS`: pgshift's time-targeted batches).
+//! 5000; `PGSHIFT_BENCH_PAUSE_MS` between batches for both methods, and
+//! between pgshift's parity-check ranges, default 150; `PGSHIFT_BENCH_TARGET_MS`:
+//! pgshift's time-targeted batches).
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -122,6 +124,9 @@ struct Load<'a> {
     database: &'a str,
     clients: u32,
     secs: u32,
+    /// The tables' scale, for the new-shape script's `:scale` (pgbench
+    /// reads it from the tables only for its built-in scripts).
+    scale: String,
     dir: PathBuf,
     new_shape: PathBuf,
 }
@@ -164,7 +169,7 @@ impl Load<'_> {
                     &prefix,
                 ];
                 if let Some(script) = script {
-                    args.extend(["-f", script]);
+                    args.extend(["-f", script, "-s", &self.scale]);
                 }
                 children.push(spawn_pgbench(
                     &self.pgbench,
@@ -247,6 +252,7 @@ trait Steps {
 struct PgshiftSteps {
     admin: String,
     batch: u32,
+    pause_ms: u32,
     target_ms: u32,
 }
 
@@ -298,7 +304,11 @@ impl Steps for PgshiftSteps {
         self.act(rt, "expand", Value::Null)
     }
     fn start_backfill(&mut self, rt: &Runtime) -> Result<()> {
-        let body = json!({ "batch_size": self.batch, "batch_target_ms": self.target_ms });
+        let body = json!({
+            "batch_size": self.batch,
+            "batch_pause_ms": self.pause_ms,
+            "batch_target_ms": self.target_ms,
+        });
         self.act(rt, "backfill", body)
     }
     fn backfill_done(&mut self, rt: &Runtime) -> Result<bool> {
@@ -333,6 +343,7 @@ impl Steps for PgshiftSteps {
 struct ClassicSteps {
     client: tokio_postgres::Client,
     batch: i64,
+    pause: Duration,
     next_aid: i64,
     max_aid: i64,
 }
@@ -431,6 +442,7 @@ impl Steps for ClassicSteps {
                     )
                     .await?;
                 self.next_aid = to;
+                tokio::time::sleep(self.pause).await;
             }
             Ok::<_, anyhow::Error>(())
         })?;
@@ -557,12 +569,14 @@ fn main() -> Result<()> {
     let secs = env_num("PGSHIFT_BENCH_SECS", 10);
     let clients = env_num("PGSHIFT_BENCH_CLIENTS", 2);
     let batch = env_num("PGSHIFT_BENCH_BATCH", 5000);
+    let pause_ms = env_num("PGSHIFT_BENCH_PAUSE_MS", 150);
     let target_ms = env_num("PGSHIFT_BENCH_TARGET_MS", 0);
     let settings = Settings {
         scale,
         clients,
         secs,
         batch,
+        pause_ms,
         target_ms,
     };
     let cluster = Cluster::start(&ClusterOptions::default())?;
@@ -612,6 +626,7 @@ struct Settings {
     clients: u32,
     secs: u32,
     batch: u32,
+    pause_ms: u32,
     target_ms: u32,
 }
 
@@ -634,6 +649,7 @@ fn measure(
         database: db,
         clients: settings.clients,
         secs: settings.secs,
+        scale: settings.scale.to_string(),
         dir: dir.to_path_buf(),
         new_shape: new_shape.to_path_buf(),
     };
@@ -658,6 +674,7 @@ fn measure(
             let steps = PgshiftSteps {
                 admin,
                 batch: settings.batch,
+                pause_ms: settings.pause_ms,
                 target_ms: settings.target_ms,
             };
             (port, Some(server), Box::new(steps))
@@ -667,6 +684,7 @@ fn measure(
             let steps = Box::new(ClassicSteps {
                 client,
                 batch: i64::from(settings.batch),
+                pause: Duration::from_millis(u64::from(settings.pause_ms)),
                 next_aid: 0,
                 max_aid: 0,
             });
@@ -745,6 +763,7 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
         clients,
         secs,
         batch,
+        pause_ms,
         target_ms,
     } = *settings;
     let baseline = outcomes
@@ -753,7 +772,7 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
         .map_or(f64::NAN, |(_, o)| o.baseline.tps());
     println!();
     println!(
-        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, {rounds} round(s) pooled, backfill batches of {batch} keys (pgshift's target {target_ms} ms, 0: fixed); baseline: pgshift with no migration on the same database just before = {baseline:.0} TPS",
+        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, {rounds} round(s) pooled, backfill batches of {batch} keys with {pause_ms} ms pauses (pgshift's target {target_ms} ms, 0: fixed); baseline: pgshift with no migration on the same database just before = {baseline:.0} TPS",
         clients * 4
     );
     println!();

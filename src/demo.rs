@@ -107,6 +107,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             addr.port(),
             Arc::clone(&lifecycle),
             &scenario::Options {
+                scale: options.scale,
                 clients: options.clients,
                 duration_secs: options.duration_secs,
                 faults: options.faults,

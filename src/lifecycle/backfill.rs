@@ -202,7 +202,7 @@ impl Walk {
         let sql = format!(
             "with r as (select {keys}, {b} is distinct from {up} as pgshift_bad from {t} where {after} order by {keys} limit {batch})
              select (select count(*) from r), (select count(*) from r where pgshift_bad),
-                    array(select ({key_text})::text from r where pgshift_bad order by {keys} limit 5),
+                    array(select ({key_text})::text as pgshift_key from r where pgshift_bad order by {keys} limit 5),
                     (select array[{key_text}] from r order by {desc} limit 1)",
             keys = self.key_list,
             b = self.new,
