@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub duration_secs: u32,
     /// Stop after the pgbench run instead of serving until Ctrl-C.
     pub no_wait: bool,
+    /// Serve until Ctrl-C even after a failed check.
+    pub keep: bool,
     /// Inject faults while migrating (see [`scenario::Options::faults`]).
     pub faults: bool,
 }
@@ -119,7 +121,10 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         Ok(())
     }
     .await;
-    if result.is_ok() && !options.no_wait {
+    if (result.is_ok() || options.keep) && !options.no_wait {
+        if let Err(e) = &result {
+            println!("pgshift demo: {e:#}");
+        }
         println!();
         println!("pgshift keeps serving on {addr}; press Ctrl-C to stop and remove the cluster.");
         crate::telemetry::shutdown_signal().await;

@@ -155,8 +155,12 @@ struct DemoArgs {
     #[arg(long, default_value_t = 110)]
     duration: u32,
     /// Stop after pgbench instead of serving until Ctrl-C.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "keep")]
     no_wait: bool,
+    /// Keep the proxy and the cluster running until Ctrl-C even when a check
+    /// failed, to look into it (after a clean run that is the default).
+    #[arg(long)]
+    keep: bool,
     /// Inject faults while migrating: a transaction holding a lock on the
     /// table across expand and contract, a client killed mid-transaction
     /// during the backfill.
@@ -395,6 +399,7 @@ fn main() -> Result<()> {
                 clients: args.clients,
                 duration_secs: args.duration,
                 no_wait: args.no_wait,
+                keep: args.keep,
                 faults: args.faults,
             }))
         }

@@ -176,7 +176,8 @@ fn copied_constraint(
     ))
 }
 
-/// The copies (not yet validated) on `table` for new column `to`.
+/// The copies (not yet validated) on `table` for new column `to`: foreign
+/// keys and CHECK constraints.
 pub async fn unvalidated_copies(
     client: &Client,
     table: &str,
@@ -186,7 +187,7 @@ pub async fn unvalidated_copies(
         .query(
             "select c.conname::text from pg_constraint c
                join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype = 'f' and not c.convalidated
+              where c.conrelid = $1::text::regclass and c.contype in ('f', 'c') and not c.convalidated
                 and a.attname = $2 and c.conname like '%\\_pgshift\\_%'
               order by 1",
             &[&table, &to],

@@ -23,6 +23,7 @@
 
 use std::collections::HashSet;
 
+use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
 use super::ddl::{self, LockDiscipline};
@@ -149,8 +150,8 @@ pub async fn final_transaction(
             ));
         }
     }
-    // Unique constraints carried at contract and the table's own foreign
-    // keys copied at expand.
+    // Unique constraints carried at contract, the table's own foreign keys
+    // and checks copied at expand.
     let own = own_constraints_on(client, &table, &spec.from).await?;
     for name in own {
         let copy = foreign_keys::copy_name(&name, &spec.to);
@@ -210,12 +211,24 @@ pub async fn exclusion_constraints_left(
         .collect())
 }
 
-/// `definition` with every token naming column `from` replaced by `to`.
-fn replace_column(definition: &str, from: &str, to: &str) -> Option<String> {
+/// `definition` with every token naming column `from` replaced by `to` —
+/// not a type after `::`, a field after `.` or a function before `(`.
+pub fn replace_column(definition: &str, from: &str, to: &str) -> Option<String> {
     let tokens = tokenize(definition).ok()?;
+    let is = |k: Option<usize>, token: Token| {
+        k.and_then(|k| tokens.get(k))
+            .is_some_and(|t| t.token == token)
+    };
     let mut edits: Vec<Edit> = tokens
         .iter()
-        .filter(|t| names(&t.token, from))
+        .enumerate()
+        .filter(|&(k, t)| {
+            names(&t.token, from)
+                && !is(k.checked_sub(1), Token::DoubleColon)
+                && !is(k.checked_sub(1), Token::Period)
+                && !is(Some(k + 1), Token::LParen)
+        })
+        .map(|(_, t)| t)
         .map(|t| Edit {
             start: t.start,
             end: t.end,
@@ -239,8 +252,8 @@ pub async fn constraint_names(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The unique and foreign-key constraints of `table` on `column` (not the
-/// primary key, not pgshift's copies).
+/// The unique, foreign-key and CHECK constraints of `table` on `column`
+/// (not the primary key, not pgshift's copies or its NOT NULL check).
 async fn own_constraints_on(
     client: &Client,
     table: &str,
@@ -250,7 +263,7 @@ async fn own_constraints_on(
         .query(
             "select c.conname::text from pg_constraint c
                join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype in ('u', 'f') and a.attname = $2
+              where c.conrelid = $1::text::regclass and c.contype in ('u', 'f', 'c') and a.attname = $2
                 and c.conname not like '%\\_pgshift\\_%'
               order by 1",
             &[&table, &column],

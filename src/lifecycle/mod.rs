@@ -10,6 +10,7 @@
 //! `pgshift.events`.
 
 pub mod backfill;
+pub mod checks;
 pub mod ddl;
 pub mod foreign_keys;
 pub mod handover;
@@ -572,6 +573,30 @@ impl Lifecycle {
                     "expand",
                     "foreign key not copied",
                     &format!("{}: {e}", fk.name),
+                )
+                .await?;
+            }
+        }
+        // CHECK constraints on a: added on b as NOT VALID too.
+        for check in checks::checks_on(&client, &table, &spec.from).await? {
+            let name = indexes::copy_name(&check.name, &spec.to);
+            let Some(copy) =
+                checks::copy_statement(&table, &check.definition, &name, &spec.from, &spec.to)
+            else {
+                continue;
+            };
+            let sql = format!(
+                "alter table {table} drop constraint if exists {}; {copy}",
+                quote_ident(&name)
+            );
+            if let Err(e) = ddl::run_with_lock_timeout(&client, &sql, self.lock).await {
+                tracing::warn!(constraint = %check.name, error = %e, "check constraint not copied");
+                store::event(
+                    &client,
+                    &spec.id,
+                    "expand",
+                    "check constraint not copied",
+                    &format!("{}: {e}", check.name),
                 )
                 .await?;
             }
@@ -1143,8 +1168,8 @@ impl Lifecycle {
             )
             .await?;
         }
-        // The foreign keys copied at expand, validated before a goes
-        // (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
+        // The foreign keys and checks copied at expand, validated before a
+        // goes (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
         for name in foreign_keys::unvalidated_copies(&client, &table, &spec.to).await? {
             ddl::run_with_lock_timeout(
                 &client,

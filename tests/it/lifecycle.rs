@@ -1155,7 +1155,8 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
             "create table parent (id int primary key);
              insert into parent select generate_series(1, 10);
              create table child (id int primary key, parent_id int not null
-                                 references parent (id) on delete cascade,
+                                 references parent (id) on delete cascade
+                                 constraint parent_id_positive check (parent_id > 0),
                                  unique (id, parent_id));
              insert into child select g, g % 10 + 1 from generate_series(1, 500) g;",
         )
@@ -1209,6 +1210,14 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
         sqlstate(&refused(broken, "a write breaking the copied key")).as_deref(),
         Some("23503")
     );
+    // The CHECK on the old column is on the new one too.
+    let broken = direct
+        .execute("update child set parent_ref = -1 where id = 1", &[])
+        .await;
+    assert_eq!(
+        sqlstate(&refused(broken, "a write breaking the copied check")).as_deref(),
+        Some("23514")
+    );
 
     for (action, body) in [
         ("backfill", json!({})),
@@ -1246,6 +1255,19 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(unique, ["UNIQUE (id, parent_ref)"]);
+    // The check is validated on the new column, under its own name.
+    let checks: Vec<String> = direct
+        .query(
+            "select conname || ': ' || pg_get_constraintdef(oid) || case when convalidated then '' else ' (not validated)' end
+               from pg_constraint where conrelid = 'child'::regclass and contype = 'c'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(checks, ["parent_id_positive: CHECK ((parent_ref > 0))"]);
     // Its action works: deleting a parent removes its children.
     direct
         .batch_execute("delete from parent where id = 1")

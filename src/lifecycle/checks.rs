@@ -1,0 +1,101 @@
+//! Carrying the CHECK constraints on the old column over to the new one.
+//!
+//! At `expand` each CHECK constraint of the table that uses `a` is added
+//! again with `b` in `a`'s place (from `pg_get_constraintdef`, the column
+//! replaced token by token) as `NOT VALID`: enforced for every new write at
+//! once — the dual writes satisfy it because `a` does, and `b IS NULL` on
+//! rows not yet backfilled passes any check — without scanning the table
+//! under a lock. At `contract` the copy is validated with the foreign keys
+//! (`VALIDATE CONSTRAINT` lets reads and writes go on) and takes the
+//! original's name when `a` is dropped. A check `b`'s new type cannot carry
+//! (`length(a) > 0` after a change to `bigint`) is reported as an event
+//! and skipped, as a foreign key is.
+
+use tokio_postgres::Client;
+
+use super::handover::replace_column;
+use crate::rewrite::migration::quote_ident;
+
+/// A CHECK constraint that uses the old column.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    /// `pg_get_constraintdef`: `CHECK ((a > 0))` [`NOT VALID`].
+    pub definition: String,
+}
+
+/// The CHECK constraints of `table` that use `column` (pgshift's own
+/// constraints left out).
+pub async fn checks_on(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Vec<Check>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text, pg_get_constraintdef(c.oid)
+               from pg_constraint c
+               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+              where c.conrelid = $1::text::regclass and c.contype = 'c' and a.attname = $2
+                and c.conname not like '%\\_pgshift\\_%' and c.conname not like 'pgshift\\_%'
+              order by 1",
+            &[&table, &column],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Check {
+            name: r.get(0),
+            definition: r.get(1),
+        })
+        .collect())
+}
+
+/// `ALTER TABLE table ADD CONSTRAINT new_name <definition with from → to>
+/// NOT VALID`; `None` when the definition never names `from`.
+pub fn copy_statement(
+    table: &str,
+    definition: &str,
+    new_name: &str,
+    from: &str,
+    to: &str,
+) -> Option<String> {
+    let copied = replace_column(definition, from, to)?;
+    if copied == definition || !copied.starts_with("CHECK") {
+        return None;
+    }
+    let not_valid = if copied.ends_with("NOT VALID") {
+        ""
+    } else {
+        " NOT VALID"
+    };
+    Some(format!(
+        "alter table {table} add constraint {} {copied}{not_valid}",
+        quote_ident(new_name)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_is_replaced_and_nothing_else() {
+        assert_eq!(
+            copy_statement(
+                "public.t",
+                "CHECK (((a > 0) AND (a < lower_a)))",
+                "t_a_check_pgshift_b",
+                "a",
+                "b"
+            )
+            .as_deref(),
+            Some("alter table public.t add constraint t_a_check_pgshift_b CHECK (((b > 0) AND (b < lower_a))) NOT VALID")
+        );
+        assert_eq!(
+            copy_statement("t", "CHECK ((a <> ''::text)) NOT VALID", "n", "a", "b").as_deref(),
+            Some("alter table t add constraint n CHECK ((b <> ''::text)) NOT VALID")
+        );
+        assert_eq!(copy_statement("t", "CHECK ((x > 0))", "n", "a", "b"), None);
+    }
+}
