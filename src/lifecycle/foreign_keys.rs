@@ -72,6 +72,17 @@ pub struct ReferencingKey {
     pub validated: bool,
 }
 
+impl ReferencingKey {
+    /// `ALTER TABLE referencing DROP CONSTRAINT name`.
+    pub fn drop_statement(&self) -> String {
+        format!(
+            "alter table {} drop constraint {}",
+            self.table,
+            quote_ident(&self.name)
+        )
+    }
+}
+
 /// The foreign keys that reference `column` of `table` (`contype = 'f'`,
 /// `confkey` includes it), copies made by pgshift left out.
 pub async fn referencing(

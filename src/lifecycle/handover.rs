@@ -117,13 +117,7 @@ pub async fn final_transaction(
     let referencing = foreign_keys::referencing(client, &table, &spec.from).await?;
     let mut sql: Vec<String> = referencing
         .iter()
-        .map(|fk| {
-            format!(
-                "alter table {} drop constraint {}",
-                fk.table,
-                quote_ident(&fk.name)
-            )
-        })
+        .map(foreign_keys::ReferencingKey::drop_statement)
         .collect();
     sql.push(format!(
         "alter table {table} drop column {}",

@@ -554,49 +554,26 @@ impl Lifecycle {
         // for new writes at once), validated at contract.
         for fk in foreign_keys::foreign_keys_of(&client, &table, &spec.from).await? {
             let name = foreign_keys::copy_name(&fk.name, &spec.to);
-            let Some(copy) =
+            if let Some(copy) =
                 foreign_keys::copy_statement(&table, &fk.definition, &name, &spec.from, &spec.to)
-            else {
-                continue;
-            };
-            let sql = format!(
-                "alter table {table} drop constraint if exists {}; {copy}",
-                quote_ident(&name)
-            );
-            if let Err(e) = ddl::run_with_lock_timeout(&client, &sql, self.lock).await {
-                // A key b's type cannot carry (a type change) is reported,
-                // not fatal: the migration goes on without it.
-                tracing::warn!(constraint = %fk.name, error = %e, "foreign key not copied");
-                store::event(
-                    &client,
-                    &spec.id,
-                    "expand",
-                    "foreign key not copied",
-                    &format!("{}: {e}", fk.name),
-                )
-                .await?;
+            {
+                self.copy_constraint(&client, &spec, "foreign key", &fk.name, &name, &copy)
+                    .await?;
             }
         }
         // CHECK constraints on a: added on b as NOT VALID too.
         for check in checks::checks_on(&client, &table, &spec.from).await? {
             let name = indexes::copy_name(&check.name, &spec.to);
-            let Some(copy) =
+            if let Some(copy) =
                 checks::copy_statement(&table, &check.definition, &name, &spec.from, &spec.to)
-            else {
-                continue;
-            };
-            let sql = format!(
-                "alter table {table} drop constraint if exists {}; {copy}",
-                quote_ident(&name)
-            );
-            if let Err(e) = ddl::run_with_lock_timeout(&client, &sql, self.lock).await {
-                tracing::warn!(constraint = %check.name, error = %e, "check constraint not copied");
-                store::event(
+            {
+                self.copy_constraint(
                     &client,
-                    &spec.id,
-                    "expand",
-                    "check constraint not copied",
-                    &format!("{}: {e}", check.name),
+                    &spec,
+                    "check constraint",
+                    &check.name,
+                    &name,
+                    &copy,
                 )
                 .await?;
             }
@@ -628,6 +605,38 @@ impl Lifecycle {
             true,
         )
         .await?;
+        Ok(())
+    }
+
+    /// Adds the `NOT VALID` copy `copy` (named `name`) of constraint
+    /// `original` on `b`, replacing a leftover of the same name. One that
+    /// `b`'s type cannot carry (a type change) is reported as an event, not
+    /// fatal: the migration goes on without it.
+    async fn copy_constraint(
+        &self,
+        client: &tokio_postgres::Client,
+        spec: &MigrationSpec,
+        kind: &str,
+        original: &str,
+        name: &str,
+        copy: &str,
+    ) -> Result<(), ActionError> {
+        let sql = format!(
+            "alter table {} drop constraint if exists {}; {copy}",
+            spec.table,
+            quote_ident(name)
+        );
+        if let Err(e) = ddl::run_with_lock_timeout(client, &sql, self.lock).await {
+            tracing::warn!(constraint = %original, error = %e, "{kind} not copied");
+            store::event(
+                client,
+                &spec.id,
+                "expand",
+                &format!("{kind} not copied"),
+                &format!("{original}: {e}"),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -1353,13 +1362,7 @@ impl Lifecycle {
             foreign_keys::referencing_copies(client, &spec.table.to_string(), &spec.to)
                 .await?
                 .iter()
-                .map(|fk| {
-                    format!(
-                        "alter table {} drop constraint {}",
-                        fk.table,
-                        quote_ident(&fk.name)
-                    )
-                })
+                .map(foreign_keys::ReferencingKey::drop_statement)
                 .collect();
         sql.push(format!(
             "alter table {} drop column if exists {}",

@@ -169,6 +169,22 @@ async fn wait_for_phase(admin: &str, id: &str, phase: &str) -> Value {
     }
 }
 
+/// Backfills, validates and switches reads of migration `id` to the new
+/// column, asserting each step succeeds.
+async fn switch_to_new(admin: &str, id: &str) {
+    for (action, body) in [
+        ("backfill", json!({})),
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
+        assert!((200..300).contains(&code), "{action}: {answer}");
+        if action == "backfill" {
+            wait_for_phase(admin, id, "backfilled").await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_whole_lifecycle_under_old_and_new_shape_writes_loses_nothing() {
     let (dbname, direct) = db().fresh_database("lifedb").await;
@@ -1219,17 +1235,7 @@ async fn a_foreign_key_on_the_old_column_moves_to_the_new_one() {
         Some("23514")
     );
 
-    for (action, body) in [
-        ("backfill", json!({})),
-        ("validate", json!({})),
-        ("switch-reads", json!({"to": "new"})),
-    ] {
-        let (code, answer) = post(admin, &format!("/migrations/child_parent/{action}"), body).await;
-        assert!((200..300).contains(&code), "{action}: {answer}");
-        if action == "backfill" {
-            wait_for_phase(admin, "child_parent", "backfilled").await;
-        }
-    }
+    switch_to_new(admin, "child_parent").await;
     let (code, body) = post(
         admin,
         "/migrations/child_parent/contract",
@@ -1344,22 +1350,7 @@ async fn a_primary_key_and_the_keys_referencing_it_move_to_the_new_column() {
     app.execute("insert into accounts (id, name) values (301, 'new')", &[])
         .await
         .unwrap();
-    for (action, body) in [
-        ("backfill", json!({})),
-        ("validate", json!({})),
-        ("switch-reads", json!({"to": "new"})),
-    ] {
-        let (code, answer) = post(
-            admin,
-            &format!("/migrations/accounts_id_big/{action}"),
-            body,
-        )
-        .await;
-        assert!((200..300).contains(&code), "{action}: {answer}");
-        if action == "backfill" {
-            wait_for_phase(admin, "accounts_id_big", "backfilled").await;
-        }
-    }
+    switch_to_new(admin, "accounts_id_big").await;
     let (code, body) = post(
         admin,
         "/migrations/accounts_id_big/contract",
@@ -1480,18 +1471,9 @@ async fn a_referencing_key_that_cannot_move_stops_the_contract_cleanly() {
     .unwrap();
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
-    for (action, body) in [
-        ("expand", json!({})),
-        ("backfill", json!({})),
-        ("validate", json!({})),
-        ("switch-reads", json!({"to": "new"})),
-    ] {
-        let (code, answer) = post(admin, &format!("/migrations/codes_text/{action}"), body).await;
-        assert!((200..300).contains(&code), "{action}: {answer}");
-        if action == "backfill" {
-            wait_for_phase(admin, "codes_text", "backfilled").await;
-        }
-    }
+    let (code, body) = post(admin, "/migrations/codes_text/expand", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    switch_to_new(admin, "codes_text").await;
     let (code, body) = post(
         admin,
         "/migrations/codes_text/contract",
@@ -1546,18 +1528,9 @@ async fn an_exclusion_constraint_on_the_old_column_holds_the_contract_until_carr
         MigrationSpec::new("slots_room", "slots", "room", "room_no", None, None, None).unwrap();
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
-    for (action, body) in [
-        ("expand", json!({})),
-        ("backfill", json!({})),
-        ("validate", json!({})),
-        ("switch-reads", json!({"to": "new"})),
-    ] {
-        let (code, answer) = post(admin, &format!("/migrations/slots_room/{action}"), body).await;
-        assert!((200..300).contains(&code), "{action}: {answer}");
-        if action == "backfill" {
-            wait_for_phase(admin, "slots_room", "backfilled").await;
-        }
-    }
+    let (code, body) = post(admin, "/migrations/slots_room/expand", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    switch_to_new(admin, "slots_room").await;
     let (code, body) = post(
         admin,
         "/migrations/slots_room/contract",
