@@ -492,6 +492,14 @@ mod tests {
              "select name from accounts where ((id_big)::integer) = 7::int"),
             // The column read where it is the source is left alone.
             (Phase::Expanded, "select name from accounts where id = $1", "="),
+            // Only in filters: where grouping, DISTINCT or ORDER BY name the
+            // converted expression, the comparison must read it too.
+            (Phase::Switched, "select id from accounts group by id having id = 7",
+             "select ((id_big)::integer) AS id from accounts group by ((id_big)::integer) having ((id_big)::integer) = 7"),
+            (Phase::Switched, "select id = 7 from accounts group by id",
+             "select ((id_big)::integer) = 7 from accounts group by ((id_big)::integer)"),
+            (Phase::Switched, "select count(*) from accounts a join notes n on n.id = 1 and a.id = 7 where (x = 1 or a.id <= $1)",
+             "select count(*) from accounts a join notes n on n.id = 1 and a.id_big = 7 where (x = 1 or a.id_big <= $1::INTEGER)"),
         ];
         for (phase, sql, expected) in cases {
             assert_eq!(out(&widen(*phase), sql), *expected, "{phase}: {sql}");

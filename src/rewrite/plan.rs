@@ -795,6 +795,9 @@ fn plan_statement(
                             .iter()
                             .rposition(|t| t.start < start)
                             .map_or(0, |k| k + 1);
+                        if !in_filter(toks, first) {
+                            return None;
+                        }
                         let operand = plain_comparison(toks, first, i)?;
                         let client_type = if column == spec.from { old } else { new };
                         Some((
@@ -1341,6 +1344,38 @@ fn is_deterministic_function(name: &str) -> bool {
         "upper",
     ];
     DETERMINISTIC.contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// Whether the token at `first` is in a WHERE or JOIN … ON condition (of
+/// its own SELECT block): a filter, evaluated row by row before any
+/// grouping, where reading the physical column cannot clash with a GROUP
+/// BY, DISTINCT or ORDER BY that names the converted expression.
+fn in_filter(toks: &[Tok], first: usize) -> bool {
+    let mut depth = 0usize;
+    for t in toks[..first].iter().rev() {
+        match &t.token {
+            Token::RParen => depth += 1,
+            // Stepping out of parentheses that hold the condition.
+            Token::LParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if depth == 0 => match w.keyword {
+                Keyword::WHERE | Keyword::ON => return true,
+                Keyword::SELECT
+                | Keyword::HAVING
+                | Keyword::ORDER
+                | Keyword::GROUP
+                | Keyword::BY
+                | Keyword::RETURNING
+                | Keyword::SET
+                | Keyword::VALUES
+                | Keyword::WINDOW
+                | Keyword::LIMIT
+                | Keyword::OFFSET => return false,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    false
 }
 
 /// When the column reference `toks[first..=last]` is one side of a plain
