@@ -136,7 +136,10 @@ pub async fn final_transaction(
     for index in indexes::indexes_using(client, &table, &spec.from).await? {
         let copy = indexes::copy_name(&index.name, &spec.to);
         let is_primary = primary.as_ref().is_some_and(|(_, i)| *i == copy);
-        if !is_primary && !existing.contains(&copy) && index_exists(client, &table, &copy).await? {
+        let exists = ddl::invalid_index(client, &spec.table.schema, &copy)
+            .await?
+            .is_some();
+        if !is_primary && !existing.contains(&copy) && exists {
             sql.push(format!(
                 "alter index {schema}.{} rename to {}",
                 quote_ident(&copy),
@@ -264,19 +267,4 @@ async fn own_constraints_on(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-async fn index_exists(
-    client: &Client,
-    table: &str,
-    name: &str,
-) -> Result<bool, tokio_postgres::Error> {
-    Ok(client
-        .query_opt(
-            "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid
-              where i.indrelid = $1::text::regclass and c.relname = $2",
-            &[&table, &name],
-        )
-        .await?
-        .is_some())
 }
