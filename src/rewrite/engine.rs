@@ -479,7 +479,22 @@ mod tests {
             (Phase::Switched, "delete from accounts a where 7 = a.id and x = 1",
              "delete from accounts a where 7 = a.id_big and x = 1"),
             (Phase::Contracted, "select id from accounts where id >= '10' order by id",
-             "select ((id_big)::integer) AS id from accounts where id_big >= '10' order by ((id_big)::integer)"),
+             "select ((id_big)::integer) AS id from accounts where id_big >= '10' order by id_big"),
+            // Keyset pagination: the index serves the filter and the order.
+            (Phase::Switched, "select name from accounts a where a.id > $1 order by name, a.id desc nulls last limit 100",
+             "select name from accounts a where a.id_big > $1::INTEGER order by name, a.id_big desc nulls last limit 100"),
+            (Phase::Switched, "select name from accounts a where a.id > $1 order by a.id limit 100 for update",
+             "select name from accounts a where a.id_big > $1::INTEGER order by a.id_big limit 100 for update"),
+            // Not where ORDER BY must repeat a DISTINCT, GROUP BY or set
+            // operation's expression, nor inside a window or an aggregate.
+            (Phase::Switched, "select distinct id from accounts order by id",
+             "select distinct ((id_big)::integer) AS id from accounts order by ((id_big)::integer)"),
+            (Phase::Switched, "select id, count(*) from accounts group by id order by id",
+             "select ((id_big)::integer) AS id, count(*) from accounts group by ((id_big)::integer) order by ((id_big)::integer)"),
+            (Phase::Switched, "select rank() over (order by id) from accounts",
+             "select rank() over (order by ((id_big)::integer)) from accounts"),
+            (Phase::Switched, "select name from accounts order by id + 1",
+             "select name from accounts order by ((id_big)::integer) + 1"),
             // Before the switch, the new shape's lookups use the old column.
             (Phase::Expanded, "select name from accounts where id_big = $1",
              "select name from accounts where id = $1::bigint"),

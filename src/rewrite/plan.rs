@@ -795,10 +795,13 @@ fn plan_statement(
                             .iter()
                             .rposition(|t| t.start < start)
                             .map_or(0, |k| k + 1);
-                        if !in_filter(toks, first) {
+                        let operand = if in_filter(toks, first) {
+                            Some(plain_comparison(toks, first, i)?)
+                        } else if sort_key(toks, first, i) {
+                            None
+                        } else {
                             return None;
-                        }
-                        let operand = plain_comparison(toks, first, i)?;
+                        };
                         let client_type = if column == spec.from { old } else { new };
                         Some((
                             format!("{qualifier_text}{}", quote_ident(source)),
@@ -808,7 +811,9 @@ fn plan_statement(
                     });
                 let read = match widened {
                     Some((text, operand, client_type)) => {
-                        if matches!(toks[operand].token, Token::Placeholder(_)) {
+                        if let Some(operand) =
+                            operand.filter(|&k| matches!(toks[k].token, Token::Placeholder(_)))
+                        {
                             read_edits.push(Edit {
                                 start: toks[operand].end,
                                 end: toks[operand].end,
@@ -1376,6 +1381,87 @@ fn in_filter(toks: &[Tok], first: usize) -> bool {
         }
     }
     false
+}
+
+/// Whether the column reference `toks[first..=last]` is a whole item of a
+/// SELECT's ORDER BY, in a block that neither groups, nor is DISTINCT, nor
+/// is a set operation (those name the converted expression, which ORDER BY
+/// must then repeat): ordering by the physical column orders the rows as
+/// the converted expression would, and an index can serve it.
+fn sort_key(toks: &[Tok], first: usize, last: usize) -> bool {
+    let keyword =
+        |k: usize, kw: Keyword| matches!(&toks[k].token, Token::Word(w) if w.keyword == kw);
+    let item_ends = match toks.get(last + 1).map(|t| &t.token) {
+        None | Some(Token::Comma | Token::RParen | Token::SemiColon) => true,
+        Some(Token::Word(w)) => matches!(
+            w.keyword,
+            Keyword::ASC
+                | Keyword::DESC
+                | Keyword::NULLS
+                | Keyword::LIMIT
+                | Keyword::OFFSET
+                | Keyword::FETCH
+                | Keyword::FOR
+        ),
+        _ => false,
+    };
+    let Some(before) = first.checked_sub(1) else {
+        return false;
+    };
+    if !item_ends || !(toks[before].token == Token::Comma || keyword(before, Keyword::BY)) {
+        return false;
+    }
+    // Back to the list's ORDER BY, at this level (not a window's or an
+    // aggregate's ORDER BY inside parentheses, not GROUP BY).
+    let mut depth = 0usize;
+    let mut order = None;
+    for k in (0..first).rev() {
+        match &toks[k].token {
+            Token::RParen => depth += 1,
+            Token::LParen if depth == 0 => return false,
+            Token::LParen => depth -= 1,
+            Token::Word(w) if depth == 0 && w.keyword == Keyword::BY => {
+                if k > 0 && keyword(k - 1, Keyword::ORDER) {
+                    order = Some(k - 1);
+                }
+                break;
+            }
+            Token::Word(w) if depth == 0 && w.keyword != Keyword::NoKeyword => {
+                if matches!(w.keyword, Keyword::SELECT | Keyword::FROM | Keyword::WHERE) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(order) = order else {
+        return false;
+    };
+    // The block before it: nothing that makes ORDER BY name the output
+    // (and a block of its own: a window's `OVER (ORDER BY …)` is not).
+    let mut depth = 0usize;
+    for k in (0..order).rev() {
+        match &toks[k].token {
+            Token::RParen => depth += 1,
+            Token::LParen if depth == 0 => return keyword(k + 1, Keyword::SELECT),
+            Token::LParen => depth -= 1,
+            Token::Word(w) if depth == 0 => {
+                if matches!(
+                    w.keyword,
+                    Keyword::GROUP
+                        | Keyword::DISTINCT
+                        | Keyword::HAVING
+                        | Keyword::UNION
+                        | Keyword::INTERSECT
+                        | Keyword::EXCEPT
+                ) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
 }
 
 /// When the column reference `toks[first..=last]` is one side of a plain
