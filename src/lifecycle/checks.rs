@@ -13,16 +13,9 @@
 
 use tokio_postgres::Client;
 
+use super::ddl::{self, Constraint};
 use super::handover::replace_column;
 use crate::rewrite::migration::quote_ident;
-
-/// A CHECK constraint that uses the old column.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub name: String,
-    /// `pg_get_constraintdef`: `CHECK ((a > 0))` [`NOT VALID`].
-    pub definition: String,
-}
 
 /// The CHECK constraints of `table` that use `column` (pgshift's own
 /// constraints left out).
@@ -30,25 +23,8 @@ pub async fn checks_on(
     client: &Client,
     table: &str,
     column: &str,
-) -> Result<Vec<Check>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "select c.conname::text, pg_get_constraintdef(c.oid)
-               from pg_constraint c
-               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype = 'c' and a.attname = $2
-                and c.conname not like '%\\_pgshift\\_%' and c.conname not like 'pgshift\\_%'
-              order by 1",
-            &[&table, &column],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Check {
-            name: r.get(0),
-            definition: r.get(1),
-        })
-        .collect())
+) -> Result<Vec<Constraint>, tokio_postgres::Error> {
+    ddl::constraints_using(client, table, column, "c").await
 }
 
 /// `ALTER TABLE table ADD CONSTRAINT new_name <definition with from → to>

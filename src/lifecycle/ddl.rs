@@ -171,6 +171,44 @@ pub async fn invalid_index(
     Ok(row.map(|r| !r.get::<_, bool>(0)))
 }
 
+/// A constraint as Postgres defines it.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub name: String,
+    /// `pg_get_constraintdef`: `FOREIGN KEY (…) REFERENCES …`, `CHECK (…)`.
+    pub definition: String,
+}
+
+/// The constraints of `table` of the kinds in `kinds` (`contype` letters:
+/// `"f"`, `"c"`, `"ufc"`) whose own columns include `column`; pgshift's
+/// copies and its NOT NULL check left out.
+pub async fn constraints_using(
+    client: &Client,
+    table: &str,
+    column: &str,
+    kinds: &str,
+) -> Result<Vec<Constraint>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select c.conname::text, pg_get_constraintdef(c.oid)
+               from pg_constraint c
+               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
+              where c.conrelid = $1::text::regclass and strpos($3, c.contype::text) > 0
+                and a.attname = $2
+                and c.conname not like '%\\_pgshift\\_%' and c.conname not like 'pgshift\\_%'
+              order by 1",
+            &[&table, &column, &kinds],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Constraint {
+            name: r.get(0),
+            definition: r.get(1),
+        })
+        .collect())
+}
+
 /// The key a backfill walks: the primary key, or else a unique index whose
 /// columns are all NOT NULL — (column, type) in key order.
 pub async fn walk_key(

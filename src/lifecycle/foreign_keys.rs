@@ -20,17 +20,10 @@ use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
+use super::ddl::{self, Constraint};
 use crate::rewrite::migration::quote_ident;
 use crate::rewrite::plan::names;
 use crate::rewrite::text::{splice, tokenize, Edit, Tok};
-
-/// A foreign key of the table that includes the old column.
-#[derive(Debug, Clone)]
-pub struct ForeignKey {
-    pub name: String,
-    /// `pg_get_constraintdef`: `FOREIGN KEY (…) REFERENCES …`.
-    pub definition: String,
-}
 
 /// The foreign keys of `table` whose referencing columns include `column`
 /// (copies made by pgshift left out).
@@ -38,25 +31,8 @@ pub async fn foreign_keys_of(
     client: &Client,
     table: &str,
     column: &str,
-) -> Result<Vec<ForeignKey>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "select c.conname::text, pg_get_constraintdef(c.oid)
-               from pg_constraint c
-               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype = 'f' and a.attname = $2
-                and c.conname not like '%\\_pgshift\\_%'
-              order by 1",
-            &[&table, &column],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| ForeignKey {
-            name: r.get(0),
-            definition: r.get(1),
-        })
-        .collect())
+) -> Result<Vec<Constraint>, tokio_postgres::Error> {
+    ddl::constraints_using(client, table, column, "f").await
 }
 
 /// A foreign key of another table (or of this one) that references the

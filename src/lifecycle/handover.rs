@@ -149,8 +149,8 @@ pub async fn final_transaction(
     }
     // Unique constraints carried at contract, the table's own foreign keys
     // and checks copied at expand.
-    let own = own_constraints_on(client, &table, &spec.from).await?;
-    for name in own {
+    for own in ddl::constraints_using(client, &table, &spec.from, "ufc").await? {
+        let name = own.name;
         let copy = foreign_keys::copy_name(&name, &spec.to);
         if existing.contains(&copy) {
             sql.push(format!(
@@ -244,26 +244,6 @@ pub async fn constraint_names(
         .query(
             "select conname::text from pg_constraint where conrelid = $1::text::regclass",
             &[&table],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// The unique, foreign-key and CHECK constraints of `table` on `column`
-/// (not the primary key, not pgshift's copies or its NOT NULL check).
-async fn own_constraints_on(
-    client: &Client,
-    table: &str,
-    column: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "select c.conname::text from pg_constraint c
-               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype in ('u', 'f', 'c') and a.attname = $2
-                and c.conname not like '%\\_pgshift\\_%'
-              order by 1",
-            &[&table, &column],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -75,15 +75,41 @@ pub async fn unique_constraints_to_carry(
     column: &str,
     to: &str,
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    index_copies_of(client, table, column, to, "u").await
+}
+
+/// The primary key of `table` when it includes `column` and the copy of
+/// its index on `to` exists and is valid: (constraint, copy).
+pub async fn primary_key_to_carry(
+    client: &Client,
+    table: &str,
+    column: &str,
+    to: &str,
+) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+    Ok(index_copies_of(client, table, column, to, "p")
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The constraints of kind `kind` (`contype`) on `table` that use `column`
+/// and have a valid copy of their index on `to`: (constraint, copy).
+async fn index_copies_of(
+    client: &Client,
+    table: &str,
+    column: &str,
+    to: &str,
+    kind: &str,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "select c.conname::text, ic.relname::text
                from pg_constraint c
                join pg_class ic on ic.oid = c.conindid
                join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype = 'u' and a.attname = $2
+              where c.conrelid = $1::text::regclass and c.contype::text = $3 and a.attname = $2
               order by 1",
-            &[&table, &column],
+            &[&table, &column, &kind],
         )
         .await?;
     let mut out = Vec::new();
@@ -95,34 +121,6 @@ pub async fn unique_constraints_to_carry(
         }
     }
     Ok(out)
-}
-
-/// The primary key of `table` when it includes `column` and the copy of
-/// its index on `to` exists and is valid: (constraint, copy).
-pub async fn primary_key_to_carry(
-    client: &Client,
-    table: &str,
-    column: &str,
-    to: &str,
-) -> Result<Option<(String, String)>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "select c.conname::text, ic.relname::text
-               from pg_constraint c
-               join pg_class ic on ic.oid = c.conindid
-               join pg_attribute a on a.attrelid = c.conrelid and a.attnum = any(c.conkey)
-              where c.conrelid = $1::text::regclass and c.contype = 'p' and a.attname = $2",
-            &[&table, &column],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let (constraint, index): (String, String) = (row.get(0), row.get(1));
-    let copy = copy_name(&index, to);
-    Ok(valid_index(client, table, &copy)
-        .await?
-        .then_some((constraint, copy)))
 }
 
 /// Whether `table` has a valid index named `name`.

@@ -765,6 +765,7 @@ fn plan_statement(
 
     // Classify every occurrence; rewrite the reads.
     let mut read_edits: Vec<Edit> = Vec::new();
+    let widening = spec.integer_widening();
     for &i in &column_tokens {
         if insert_targets.contains(&i) {
             continue;
@@ -787,28 +788,28 @@ fn plan_statement(
                 } else {
                     &spec.from
                 };
-                let widened = spec
-                    .integer_widening()
-                    .filter(|_| column != source.as_str())
-                    .and_then(|(old, new)| {
-                        let first = toks[..i]
-                            .iter()
-                            .rposition(|t| t.start < start)
-                            .map_or(0, |k| k + 1);
-                        let operand = if in_filter(toks, first) {
-                            Some(plain_comparison(toks, first, i)?)
-                        } else if sort_key(toks, first, i) {
-                            None
-                        } else {
-                            return None;
-                        };
-                        let client_type = if column == spec.from { old } else { new };
-                        Some((
-                            format!("{qualifier_text}{}", quote_ident(source)),
-                            operand,
-                            client_type,
-                        ))
-                    });
+                let widened =
+                    widening
+                        .filter(|_| column != source.as_str())
+                        .and_then(|(old, new)| {
+                            let first = toks[..i]
+                                .iter()
+                                .rposition(|t| t.start < start)
+                                .map_or(0, |k| k + 1);
+                            let operand = if in_filter(toks, first) {
+                                Some(plain_comparison(toks, first, i)?)
+                            } else if sort_key(toks, first, i) {
+                                None
+                            } else {
+                                return None;
+                            };
+                            let client_type = if column == spec.from { old } else { new };
+                            Some((
+                                format!("{qualifier_text}{}", quote_ident(source)),
+                                operand,
+                                client_type,
+                            ))
+                        });
                 let read = match widened {
                     Some((text, operand, client_type)) => {
                         if let Some(operand) =
