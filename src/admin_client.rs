@@ -110,7 +110,14 @@ fn describe(m: &Value) -> String {
         } else {
             "done"
         };
-        out.push_str(&format!("  backfill {state}: {}\n", progress(done, total)));
+        let split = match b["slices"].as_array().map(Vec::len) {
+            Some(n) if n > 1 => format!(" ({n} workers)"),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  backfill {state}{split}: {}\n",
+            progress(done, total)
+        ));
     }
     if let Some(v) = m["validation"].as_object() {
         out.push_str(&format!(

@@ -76,6 +76,10 @@ struct MigrateArgs {
     /// backfill: statement_timeout per batch, in milliseconds.
     #[arg(long)]
     batch_timeout_ms: Option<u32>,
+    /// backfill: sessions walking the table at once, each over its own
+    /// slice of the key (applies when the walk starts) [default: 1].
+    #[arg(long)]
+    workers: Option<u32>,
     /// validate: fix the mismatches found (catch-up pass).
     #[arg(long)]
     fix: bool,
@@ -369,6 +373,7 @@ fn main() -> Result<()> {
                 ("batch_size", args.batch_size),
                 ("batch_pause_ms", args.batch_pause_ms),
                 ("batch_timeout_ms", args.batch_timeout_ms),
+                ("workers", args.workers),
                 ("range_rows", args.range_rows),
                 ("pause_ms", args.pause_ms),
             ] {

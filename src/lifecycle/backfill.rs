@@ -11,7 +11,7 @@
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::store::{self, Record};
+use super::store::{self, Record, Slice};
 use crate::rewrite::migration::quote_ident;
 
 /// The SQL pieces a walk over the table needs.
@@ -93,45 +93,121 @@ impl Walk {
         format!("({}) <= {}", self.key_list, self.key_params(first))
     }
 
-    /// The next range after `cursor`: (rows in it, its last key), read
-    /// from the key's index alone.
+    /// The next range of at most `batch` keys after `cursor` and up to
+    /// `upper` (inclusive; `None`: no end): (rows in it, its last key),
+    /// read from the key's index alone.
     async fn next_range(
         &self,
-        client: &impl tokio_postgres::GenericClient,
+        client: &Client,
         cursor: &Option<Vec<String>>,
+        upper: &Option<Vec<String>>,
         batch: i32,
-    ) -> Result<(i64, Option<Vec<String>>), tokio_postgres::Error> {
-        let sql = format!(
-            "with keys as (select {keys} from {t} where {after} order by {keys} limit {batch})
-             select (select count(*) from keys), (select array[{key_text}] from keys order by {desc} limit 1)",
-            keys = self.key_list,
-            t = self.table,
-            after = self.after(cursor),
-            key_text = self.key_text,
-            desc = self.key_desc,
-        );
-        let row = client.query_one(&sql, &self.params(cursor)).await?;
-        Ok((row.get(0), row.get(1)))
+    ) -> Result<(i64, Option<Vec<String>>), store::StoreError> {
+        let answers = client
+            .simple_query(&self.range_query(cursor, upper, batch))
+            .await?;
+        range_answer(&answers).ok_or_else(|| store::StoreError::Invalid {
+            id: self.table.clone(),
+            reason: "the key range query answered no readable row".into(),
+        })
     }
 
-    /// One backfill batch after `cursor`: (rows walked, rows updated, the
-    /// last key). The range is found on the key's index, then updated with
-    /// a range predicate (an index range scan, never a join). Runs in the
-    /// caller's transaction.
+    /// The query [`Walk::next_range`] runs, its bounds written as literals
+    /// (so it can follow other statements in one simple query); it answers
+    /// one row: the count and the last key as a JSON array of text.
+    fn range_query(
+        &self,
+        cursor: &Option<Vec<String>>,
+        upper: &Option<Vec<String>>,
+        batch: i32,
+    ) -> String {
+        let mut range = match cursor {
+            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
+            None => "true".into(),
+        };
+        if let Some(values) = upper {
+            range = format!(
+                "{range} and ({}) <= {}",
+                self.key_list,
+                self.literals(values)
+            );
+        }
+        format!(
+            "with keys as (select {keys} from {t} where {range} order by {keys} limit {batch})
+             select (select count(*) from keys), (select json_build_array({key_text})::text from keys order by {desc} limit 1)",
+            keys = self.key_list,
+            t = self.table,
+            key_text = self.key_text,
+            desc = self.key_desc,
+        )
+    }
+
+    /// `(v1::text::T1, v2::text::T2)`: a key as SQL literals.
+    fn literals(&self, values: &[String]) -> String {
+        let cast: Vec<String> = values
+            .iter()
+            .zip(&self.key_types)
+            .map(|(v, ty)| format!("{}::text::{ty}", sql_literal(v)))
+            .collect();
+        format!("({})", cast.join(", "))
+    }
+
+    /// Splits the keys after `cursor` into at most `parts` slices of about
+    /// `remaining / parts` keys each (the bounds found on the key's index);
+    /// empty when there is nothing to split.
+    pub async fn split(
+        &self,
+        client: &Client,
+        cursor: &Option<Vec<String>>,
+        remaining: i64,
+        parts: i32,
+    ) -> Result<Vec<Slice>, tokio_postgres::Error> {
+        let step = remaining / i64::from(parts.max(1));
+        let mut bounds: Vec<Vec<String>> = Vec::new();
+        let mut from = cursor.clone();
+        while step > 0 && (bounds.len() as i64) < i64::from(parts) - 1 {
+            let sql = format!(
+                "select array[{key_text}] from {t} where {after} order by {keys} offset {skip} limit 1",
+                key_text = self.key_text,
+                t = self.table,
+                after = self.after(&from),
+                keys = self.key_list,
+                skip = step - 1,
+            );
+            let Some(row) = client.query_opt(&sql, &self.params(&from)).await? else {
+                break;
+            };
+            let bound: Vec<String> = row.get(0);
+            from = Some(bound.clone());
+            bounds.push(bound);
+        }
+        if bounds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut slices = Vec::new();
+        let mut lower = cursor.clone();
+        for bound in bounds {
+            slices.push(Slice {
+                cursor: lower,
+                upper: Some(bound.clone()),
+                rows_done: 0,
+            });
+            lower = Some(bound);
+        }
+        slices.push(Slice {
+            cursor: lower,
+            upper: None,
+            rows_done: 0,
+        });
+        Ok(slices)
+    }
+
     /// `UPDATE` of the rows after `cursor` up to `upper` where `b` differs
     /// from `up(a)`, with the key bounds written as literals, so it can go
     /// in one simple query with the COMMIT that releases its row locks.
     fn range_update(&self, cursor: &Option<Vec<String>>, upper: &[String]) -> String {
-        let literals = |values: &[String]| {
-            let cast: Vec<String> = values
-                .iter()
-                .zip(&self.key_types)
-                .map(|(v, ty)| format!("{}::text::{ty}", sql_literal(v)))
-                .collect();
-            format!("({})", cast.join(", "))
-        };
         let after = match cursor {
-            Some(values) => format!("({}) > {}", self.key_list, literals(values)),
+            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
             None => "true".into(),
         };
         format!(
@@ -140,7 +216,7 @@ impl Walk {
             b = self.new,
             up = self.up,
             keys = self.key_list,
-            upper = literals(upper),
+            upper = self.literals(upper),
         )
     }
 
@@ -150,11 +226,11 @@ impl Walk {
         cursor: &Option<Vec<String>>,
         batch: i32,
         fix: bool,
-    ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), tokio_postgres::Error> {
+    ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), store::StoreError> {
         if !fix {
-            return self.count_range(client, cursor, batch).await;
+            return Ok(self.count_range(client, cursor, batch).await?);
         }
-        let (rows, last) = self.next_range(client, cursor, batch).await?;
+        let (rows, last) = self.next_range(client, cursor, &None, batch).await?;
         let Some(upper) = &last else {
             return Ok((0, 0, Vec::new(), None));
         };
@@ -253,47 +329,97 @@ pub async fn throttle_reason(
     Ok(None)
 }
 
-/// Commits one batch and the record's new cursor and counters together.
+/// Where one backfill worker walks: the whole table from the migration's
+/// cursor, or one slice of it.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    /// The slice's index in the migration's `backfill_slices`; `None`: the
+    /// single walk, whose cursor is `backfill_cursor`.
+    pub slice: Option<usize>,
+    /// The last key done (exclusive lower bound of the next batch).
+    pub cursor: Option<Vec<String>>,
+    /// The lane's last key (inclusive); `None`: the end of the table.
+    pub upper: Option<Vec<String>>,
+    /// The next batch's range, found by the last batch's round trip.
+    ahead: Option<(i64, Option<Vec<String>>)>,
+}
+
+impl Lane {
+    pub fn new(
+        slice: Option<usize>,
+        cursor: Option<Vec<String>>,
+        upper: Option<Vec<String>>,
+    ) -> Lane {
+        Lane {
+            slice,
+            cursor,
+            upper,
+            ahead: None,
+        }
+    }
+}
+
+/// Commits one batch of `lane` (at most `batch_size` keys) together with
+/// the lane's new cursor and the migration's row count, and moves the
+/// lane's cursor on: (rows walked, rows updated); `(0, 0)` once the lane
+/// is done.
 pub async fn commit_batch(
     client: &mut Client,
     walk: &Walk,
-    record: &mut Record,
+    migration: &str,
+    lane: &mut Lane,
+    batch_size: i32,
+    timeout_ms: i32,
 ) -> Result<(i64, i64), store::StoreError> {
-    // The range is found first, outside the transaction; then the UPDATE,
-    // the progress and the COMMIT go in one simple query: one round trip
-    // per batch, and the batch's row locks are held only while it runs on
-    // the server, never across a round trip.
-    let cursor = record.backfill.cursor.clone();
-    let (walked, last) = walk
-        .next_range(&*client, &cursor, record.backfill.batch_size.max(1))
-        .await?;
+    // The range is found first, outside the transaction (both its bounds
+    // literals: the planner sees the range and walks the key's index);
+    // then the UPDATE, the progress, the COMMIT and the search for the
+    // next batch's range go in one simple query: one round trip per batch,
+    // and the batch's row locks are held only while it runs on the server,
+    // never across a round trip.
+    let batch_size = batch_size.max(1);
+    let (walked, last) = match lane.ahead.take() {
+        Some(found) => found,
+        None => {
+            walk.next_range(client, &lane.cursor, &lane.upper, batch_size)
+                .await?
+        }
+    };
     let Some(upper) = last else {
         return Ok((0, 0));
     };
-    let mut next = record.clone();
-    next.backfill.cursor = Some(upper.clone());
-    next.backfill.rows_done += walked;
+    let cursor_set = match lane.slice {
+        None => format!(
+            "backfill_cursor = array[{}]::text[]",
+            upper
+                .iter()
+                .map(|v| sql_literal(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        // Only this slice's fields: the other workers commit theirs into
+        // the same row (each UPDATE reads the row as the last commit left it).
+        Some(i) => format!(
+            "backfill_slices = jsonb_set(jsonb_set(backfill_slices, '{{{i},cursor}}', {cursor}::jsonb),
+                 '{{{i},rows_done}}', to_jsonb(coalesce((backfill_slices->{i}->>'rows_done')::bigint, 0) + {walked}))",
+            cursor = sql_literal(&serde_json::to_string(&upper).unwrap_or_else(|_| "null".into())),
+        ),
+    };
     let progress = format!(
-        "update pgshift.migrations set backfill_cursor = array[{cursor}]::text[], rows_done = {done},
-                batch_size = {size}, updated_ms = {now} where id = {id}",
-        cursor = upper
-            .iter()
-            .map(|v| sql_literal(v))
-            .collect::<Vec<_>>()
-            .join(", "),
-        done = next.backfill.rows_done,
-        size = next.backfill.batch_size,
+        "update pgshift.migrations set {cursor_set}, rows_done = rows_done + {walked},
+                batch_size = {batch_size}, updated_ms = {now} where id = {id}",
         now = store::NOW_MS,
-        id = sql_literal(&next.spec.id),
+        id = sql_literal(migration),
     );
     // Losing the last batches' commits in a crash is harmless (the cursor
     // goes back with them, and b = up(a) is idempotent), so the backfill
     // does not wait for the WAL flush of each batch.
     let batch = format!(
         "begin; set local statement_timeout = {timeout}; set local synchronous_commit = off;
-         {update}; {progress}; commit",
-        timeout = record.backfill.batch_timeout_ms.max(1),
-        update = walk.range_update(&cursor, &upper),
+         {update}; {progress}; commit; {next}",
+        timeout = timeout_ms.max(1),
+        update = walk.range_update(&lane.cursor, &upper),
+        next = walk.range_query(&Some(upper.clone()), &lane.upper, batch_size),
     );
     match client.simple_query(&batch).await {
         Ok(answers) => {
@@ -307,7 +433,8 @@ pub async fn commit_batch(
                 })
                 .nth(3)
                 .unwrap_or(0);
-            *record = next;
+            lane.cursor = Some(upper);
+            lane.ahead = range_answer(&answers);
             Ok((walked, updated))
         }
         Err(e) => {
@@ -315,6 +442,24 @@ pub async fn commit_batch(
             Err(e.into())
         }
     }
+}
+
+/// The count and last key in the answers to a [`Walk::range_query`] (its
+/// row is the last one in them); `None` if they hold none that reads.
+fn range_answer(
+    answers: &[tokio_postgres::SimpleQueryMessage],
+) -> Option<(i64, Option<Vec<String>>)> {
+    let row = answers.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })?;
+    let count: i64 = row.get(0)?.parse().ok()?;
+    let last = match row.get(1) {
+        Some(json) => Some(serde_json::from_str::<Vec<String>>(json).ok()?),
+        None if count == 0 => None,
+        None => return None,
+    };
+    Some((count, last))
 }
 
 /// `value` as an SQL string literal (an `E''` literal when it holds a

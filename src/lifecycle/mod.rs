@@ -10,6 +10,7 @@
 //! `pgshift.events`.
 
 pub mod backfill;
+mod backfill_run;
 pub mod checks;
 pub mod ddl;
 pub mod foreign_keys;
@@ -67,6 +68,8 @@ impl From<ddl::DdlError> for ActionError {
 
 /// How often a running backfill asks whether to throttle itself.
 const THROTTLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The most sessions one backfill walks the table with.
+const MAX_BACKFILL_WORKERS: i32 = 16;
 /// Keys per range of the parity check unless the action says otherwise.
 const VALIDATE_RANGE_ROWS: i32 = 10_000;
 
@@ -656,7 +659,8 @@ impl Lifecycle {
             || setting("batch_timeout_ms").is_some()
             || setting("batch_target_ms").is_some()
             || setting("max_replication_lag_ms").is_some()
-            || setting("max_lock_waits").is_some();
+            || setting("max_lock_waits").is_some()
+            || setting("workers").is_some();
         if let Some(v) = setting("batch_size") {
             if v < 1 {
                 return Err(ActionError::BadRequest(
@@ -667,6 +671,14 @@ impl Lifecycle {
         }
         if let Some(v) = setting("batch_pause_ms") {
             record.backfill.batch_pause_ms = v;
+        }
+        if let Some(v) = setting("workers") {
+            if !(1..=MAX_BACKFILL_WORKERS).contains(&v) {
+                return Err(ActionError::BadRequest(format!(
+                    "workers must be from 1 to {MAX_BACKFILL_WORKERS}"
+                )));
+            }
+            record.backfill.workers = v;
         }
         if let Some(v) = body.get("max_replication_lag_ms").and_then(Value::as_i64) {
             record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
@@ -769,182 +781,6 @@ impl Lifecycle {
             return Err(Self::illegal(&record, "resume", "a paused backfill"));
         }
         self.backfill(record, &Value::Null).await
-    }
-
-    /// Starts the backfill task of `id` (it runs until done or paused).
-    fn spawn_backfill(self: &Arc<Self>, id: &str) {
-        let flag = Arc::new(AtomicBool::new(false));
-        self.pauses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), Arc::clone(&flag));
-        let this = Arc::clone(self);
-        let id = id.to_string();
-        tokio::spawn(async move {
-            // A lost connection (Postgres restarting, a network blip) is
-            // waited out: the batch in flight rolled back with its cursor,
-            // so the walk goes on from the stored cursor. Only a failure
-            // that lasts (5 minutes) or cannot heal stops the backfill.
-            let mut wait = Duration::from_millis(250);
-            let mut failing_since: Option<tokio::time::Instant> = None;
-            let result = loop {
-                match this.run_backfill(&id, &flag).await {
-                    Err(ActionError::Failed(e))
-                        if failing_since.is_none_or(|t| t.elapsed() < Duration::from_secs(300))
-                            && !flag.load(Ordering::Acquire) =>
-                    {
-                        failing_since.get_or_insert_with(tokio::time::Instant::now);
-                        tracing::warn!(migration = %id, error = %e, retry_ms = wait.as_millis() as u64, "backfill interrupted; it goes on from its cursor");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                    other => break other,
-                }
-            };
-            if let Err(e) = result {
-                tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
-                if let Ok(mut record) = this.record(&id) {
-                    record.backfill.running = false;
-                    record.backfill.paused = true;
-                    if let Ok(client) = this.connect().await {
-                        let _ = store::save(&client, &record).await;
-                        let _ =
-                            store::event(&client, &id, "backfill", "failed", &e.to_string()).await;
-                    }
-                    this.lock_records().insert(id.clone(), record);
-                }
-            }
-        });
-    }
-
-    async fn run_backfill(&self, id: &str, pause: &AtomicBool) -> Result<(), ActionError> {
-        let mut client = self.connect().await?;
-        // The stored record is the truth (a batch whose commit answer was
-        // lost may have committed): go on from its cursor and counters,
-        // with the settings in force here.
-        let mut record = self.record(id)?;
-        if let Some(stored) = store::load_all(&client)
-            .await?
-            .into_iter()
-            .find(|r| r.spec.id == id)
-        {
-            record.backfill.cursor = stored.backfill.cursor;
-            record.backfill.rows_done = stored.backfill.rows_done;
-        }
-        let table = record.spec.table.to_string();
-        let key = ddl::walk_key(&client, &table)
-            .await?
-            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
-        let walk = Walk::new(&record, &key);
-        // When the last throttle check found nothing to wait for.
-        let mut last_clear: Option<tokio::time::Instant> = None;
-        loop {
-            if pause.load(Ordering::Acquire) {
-                record.backfill.running = false;
-                record.backfill.paused = true;
-                store::save(&client, &record).await?;
-                store::event(
-                    &client,
-                    id,
-                    "admin",
-                    "pause",
-                    &format!("at {} rows", record.backfill.rows_done),
-                )
-                .await?;
-                self.lock_records().insert(id.to_string(), record);
-                return Ok(());
-            }
-            // Settings changed through the admin port apply from the next batch.
-            let current = self.record(id)?;
-            record.backfill.batch_size = current.backfill.batch_size;
-            record.backfill.batch_pause_ms = current.backfill.batch_pause_ms;
-            record.backfill.batch_timeout_ms = current.backfill.batch_timeout_ms;
-            record.backfill.batch_target_ms = current.backfill.batch_target_ms;
-            record.backfill.max_replication_lag_ms = current.backfill.max_replication_lag_ms;
-            record.backfill.max_lock_waits = current.backfill.max_lock_waits;
-            // Asked at most once a second (and before every batch while
-            // throttled): reading pg_locks takes every lock-manager
-            // partition lock, which the application's sessions then wait
-            // for — asked per batch, the question itself slowed them.
-            let recently_clear =
-                last_clear.is_some_and(|at| at.elapsed() < THROTTLE_CHECK_INTERVAL);
-            let throttle = if recently_clear {
-                None
-            } else {
-                let reason = backfill::throttle_reason(
-                    &client,
-                    &table,
-                    record.backfill.max_replication_lag_ms,
-                    record.backfill.max_lock_waits,
-                )
-                .await?;
-                last_clear = reason.is_none().then(tokio::time::Instant::now);
-                reason
-            };
-            let was = self.set_throttled(id, throttle.clone());
-            if let Some(reason) = throttle {
-                if was.as_deref() != Some(reason.as_str()) {
-                    tracing::info!(migration = %id, %reason, "backfill throttled");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            let batch_started = tokio::time::Instant::now();
-            let (walked, _updated) =
-                backfill::commit_batch(&mut client, &walk, &mut record).await?;
-            if walked == 0 {
-                break;
-            }
-            if record.backfill.batch_target_ms > 0 {
-                // Time-targeted sizing: move the batch size towards the
-                // target duration, at most doubling or halving per batch.
-                let took = batch_started.elapsed().as_secs_f64().max(0.001);
-                let target = f64::from(record.backfill.batch_target_ms) / 1000.0;
-                let factor = (target / took).clamp(0.5, 2.0);
-                let size = (f64::from(record.backfill.batch_size) * factor).round();
-                record.backfill.batch_size = size.clamp(100.0, 100_000.0) as i32;
-            }
-            if let Some(total) = record.backfill.rows_total {
-                record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
-            }
-            // Progress into the shared record; settings changed meanwhile
-            // through the admin port stay (they apply from the next batch).
-            if let Some(current) = self.lock_records().get_mut(id) {
-                let b = &mut current.backfill;
-                b.cursor = record.backfill.cursor.clone();
-                b.rows_done = record.backfill.rows_done;
-                b.rows_total = record.backfill.rows_total;
-                if record.backfill.batch_target_ms > 0 && b.batch_target_ms > 0 {
-                    b.batch_size = record.backfill.batch_size;
-                }
-            }
-            if record.backfill.batch_pause_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(record.backfill.batch_pause_ms as u64))
-                    .await;
-            }
-        }
-        record.phase = Phase::Backfilled;
-        record.backfill.running = false;
-        record.backfill.rows_total = Some(record.backfill.rows_done);
-        record.backfill.finished_ms = Some(store::now_ms(&client).await?);
-        let synced = self.sync.lock().await;
-        store::save(&client, &record).await?;
-        store::event(
-            &client,
-            id,
-            "backfill",
-            "done",
-            &format!("{} rows", record.backfill.rows_done),
-        )
-        .await?;
-        // Same rules (dual writes) as while backfilling: other proxies
-        // only need to see the phase; nothing to wait for.
-        let version = peers::bump(&client).await?;
-        self.lock_records().insert(id.to_string(), record);
-        self.publish().await;
-        self.applied.fetch_max(version, Ordering::AcqRel);
-        drop(synced);
-        Ok(())
     }
 
     /// Sets (or clears) why `id`'s backfill waits; returns the previous reason.
@@ -1419,6 +1255,8 @@ impl Lifecycle {
             "backfill": {
                 "rows_done": b.rows_done,
                 "rows_total": b.rows_total,
+                "workers": b.workers,
+                "slices": b.slices,
                 "running": b.running,
                 "paused": b.paused,
                 "batch_size": b.batch_size,

@@ -4,7 +4,7 @@
 //! history, and the proxies serving the database. A proxy that starts —
 //! or restarts after a crash — reads it and goes on where it was.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, GenericClient};
 
 use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
@@ -55,6 +55,8 @@ alter table pgshift.migrations add column if not exists batch_target_ms integer 
 alter table pgshift.migrations add column if not exists max_replication_lag_ms integer not null default 10000;
 alter table pgshift.migrations add column if not exists max_lock_waits integer not null default 16;
 alter table pgshift.migrations add column if not exists old_after text;
+alter table pgshift.migrations add column if not exists backfill_workers integer not null default 1;
+alter table pgshift.migrations add column if not exists backfill_slices jsonb not null default '[]';
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -68,13 +70,33 @@ create table if not exists pgshift.events (
 /// Milliseconds since the Unix epoch, as Postgres computes it.
 pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// One worker's share of a backfill split over several workers: the keys
+/// after `cursor` up to `upper` (inclusive; `None`: to the end of the
+/// table). Its cursor and row count are committed with each of its batches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Slice {
+    /// Key of the last row done in the slice (its lower bound, exclusive,
+    /// before its first batch; `None`: from the table's first key).
+    pub cursor: Option<Vec<String>>,
+    pub upper: Option<Vec<String>>,
+    pub rows_done: i64,
+}
+
 /// Backfill settings and progress.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Backfill {
     /// Key of the last row done (text of each key column), `None` before
-    /// the first batch.
+    /// the first batch. With several workers, where the walk stood when it
+    /// was split into `slices`.
     pub cursor: Option<Vec<String>>,
+    /// Rows walked so far, over every slice.
     pub rows_done: i64,
+    /// How many sessions walk the table at once (from the next start of
+    /// the walk: it is split when it starts).
+    pub workers: i32,
+    /// The walk's slices while it is split over several workers (empty:
+    /// one walk from `cursor`).
+    pub slices: Vec<Slice>,
     pub rows_total: Option<i64>,
     pub running: bool,
     pub paused: bool,
@@ -123,6 +145,8 @@ impl Record {
             backfill: Backfill {
                 cursor: None,
                 rows_done: 0,
+                workers: 1,
+                slices: Vec::new(),
                 rows_total: None,
                 running: false,
                 paused: false,
@@ -165,7 +189,8 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     backfill_cursor, rows_done, rows_total, backfill_running, backfill_paused, batch_size,
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
-    batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after";
+    batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
+    backfill_slices::text";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -193,6 +218,9 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let phase_text: String = row.try_get(7)?;
     let phase =
         Phase::parse(&phase_text).ok_or_else(|| invalid(format!("phase {phase_text:?}")))?;
+    let slices_json: String = row.try_get(28)?;
+    let slices: Vec<Slice> = serde_json::from_str(&slices_json)
+        .map_err(|e| invalid(format!("backfill_slices {slices_json:?}: {e}")))?;
     let validation = match row.try_get::<_, Option<i64>>(18)? {
         Some(mismatches) => Some(Validation {
             mismatches,
@@ -209,6 +237,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         backfill: Backfill {
             cursor: row.try_get(8)?,
             rows_done: row.try_get(9)?,
+            workers: row.try_get(27)?,
+            slices,
             rows_total: row.try_get(10)?,
             running: row.try_get(11)?,
             paused: row.try_get(12)?,
@@ -272,14 +302,21 @@ pub async fn insert_if_absent(
     from_row(&row)
 }
 
-/// Saves everything but the spec.
+/// Saves everything but the spec — and, while the backfill runs, but its
+/// progress (cursor, rows done, slices): its workers commit that with each
+/// batch, and a record read before their last batch must not take it back.
 pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreError> {
     let b = &r.backfill;
     let v = r.validation.as_ref();
+    let slices = slices_json(&b.slices);
     client
         .execute(
             &format!(
-                "update pgshift.migrations set phase = $2, backfill_cursor = $3, rows_done = $4,
+                "update pgshift.migrations set phase = $2,
+                   backfill_cursor = case when $6 then backfill_cursor else $3 end,
+                   rows_done = case when $6 then rows_done else $4 end,
+                   backfill_slices = case when $6 then backfill_slices else $23::text::jsonb end,
+                   backfill_workers = $22,
                    rows_total = $5, backfill_running = $6, backfill_paused = $7, batch_size = $8,
                    batch_pause_ms = $9, batch_timeout_ms = $10, backfill_started_ms = $11,
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
@@ -310,7 +347,30 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &b.max_replication_lag_ms,
                 &b.max_lock_waits,
                 &r.spec.old_after,
+                &b.workers,
+                &slices,
             ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// `slices` as the JSON stored in `backfill_slices`.
+pub fn slices_json(slices: &[Slice]) -> String {
+    serde_json::to_string(slices).unwrap_or_else(|_| "[]".into())
+}
+
+/// Stores the slices a backfill was just split into (while it runs, which
+/// [`save`] leaves alone).
+pub async fn save_slices(
+    client: &impl GenericClient,
+    id: &str,
+    slices: &[Slice],
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "update pgshift.migrations set backfill_slices = $2::text::jsonb where id = $1",
+            &[&id, &slices_json(slices)],
         )
         .await?;
     Ok(())

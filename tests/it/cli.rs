@@ -707,7 +707,8 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     let (code, body) = call(
         "POST",
         format!("/migrations/{id}/backfill"),
-        Some(serde_json::json!({"batch_size": 500, "batch_pause_ms": 30})),
+        // Two workers, each with a slice of the key and a cursor of its own.
+        Some(serde_json::json!({"batch_size": 500, "batch_pause_ms": 30, "workers": 2})),
     )
     .await;
     assert_eq!(code, 202, "{body}");
@@ -724,7 +725,9 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     first.wait_exit(Duration::from_secs(10)).await;
     let row = direct
         .query_one(
-            "select phase, backfill_running, rows_done from pgshift.migrations where id = $1",
+            "select phase, backfill_running, rows_done,
+                    (select array_agg((s->>'rows_done')::bigint) from jsonb_array_elements(backfill_slices) s)
+               from pgshift.migrations where id = $1",
             &[&id],
         )
         .await
@@ -732,6 +735,11 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     let (phase, running, done): (String, bool, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((phase.as_str(), running), ("backfilling", true));
     assert!((5000..30000).contains(&done), "{done}");
+    // Both slices had moved, and their counts add up to the migration's.
+    let slices: Vec<i64> = row.get(3);
+    assert_eq!(slices.len(), 2, "{slices:?}");
+    assert!(slices.iter().all(|&n| n > 0), "{slices:?}");
+    assert_eq!(slices.iter().sum::<i64>(), done, "{slices:?}");
 
     // A new process picks the backfill up where the cursor says.
     // Restarted in place (same listen address: it takes the crashed
@@ -757,9 +765,10 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // Each row walked exactly once: the batch in flight at the kill was
-    // rolled back with its cursor.
+    // Each row walked exactly once: the batches in flight at the kill were
+    // rolled back with their cursors.
     assert_eq!(m["backfill"]["rows_done"], 30000, "{m}");
+    assert_eq!(m["backfill"]["slices"], serde_json::json!([]), "{m}");
     let (code, body) = call("POST", format!("/migrations/{id}/validate"), None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["validation"]["mismatches"], 0, "{body}");

@@ -693,6 +693,176 @@ async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
 }
 
 #[tokio::test]
+async fn a_backfill_split_over_workers_pauses_resumes_and_loses_no_write() {
+    let (dbname, direct, table, id, d) = renamed_v_to_w("workersdb", 30_000).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    // Old-shape writers through the proxy the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let added = Arc::new(AtomicI64::new(0));
+    let mut writers = Vec::new();
+    for n in 0..2i32 {
+        let client = d.proxy.connect_to(&dbname).await;
+        let sql = format!("update {table} set v = v + 1 where id = $1");
+        let (stop, added) = (Arc::clone(&stop), Arc::clone(&added));
+        writers.push(tokio::spawn(async move {
+            let mut key = 1 + n * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                key = (key * 31 + 17) % 30_000 + 1;
+                client.execute(&sql, &[&key]).await.unwrap();
+                added.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"workers": 3, "batch_size": 500, "batch_pause_ms": 20}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    // Every slice moves before any is done: three sessions at once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = migration_status(admin, &id).await;
+        let moved = m["backfill"]["slices"].as_array().map(|s| {
+            s.iter()
+                .filter(|s| s["rows_done"].as_i64() > Some(0))
+                .count()
+        });
+        if moved == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three slices never all moved: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, body) = post(admin, &format!("/migrations/{id}/pause"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    // What is stored: three slices that tile the key, each cursor inside
+    // its slice with every row up to it backfilled, counts adding up.
+    let row = direct
+        .query_one(
+            "select rows_done, backfill_slices::text from pgshift.migrations where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let done: i64 = row.get(0);
+    let slices: Value = serde_json::from_str(row.get::<_, &str>(1)).unwrap();
+    let slices = slices.as_array().unwrap();
+    assert_eq!(slices.len(), 3, "{slices:?}");
+    assert!(done < 30_000, "paused before the end: {done}");
+    let key = |v: &Value| v[0].as_str().map(|k| k.parse::<i32>().unwrap());
+    let mut lower = 0;
+    let mut counted = 0;
+    for slice in slices {
+        let cursor = key(&slice["cursor"]).unwrap();
+        let walked = slice["rows_done"].as_i64().unwrap();
+        assert_eq!(i64::from(cursor - lower), walked, "{slice}");
+        let behind: i64 = direct
+            .query_one(
+                &format!("select count(*) from {table} where id > $1 and id <= $2 and w is distinct from v"),
+                &[&lower, &cursor],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            behind, 0,
+            "rows behind the cursor of {slice} not backfilled"
+        );
+        counted += walked;
+        lower = key(&slice["upper"]).unwrap_or(30_000);
+    }
+    assert_eq!(counted, done);
+    let (code, body) = post(admin, &format!("/migrations/{id}/resume"), json!({})).await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Each row walked exactly once over the three slices, and the split
+    // is gone once the walk is done.
+    assert_eq!(m["backfill"]["rows_done"], 30_000, "{m}");
+    assert_eq!(m["backfill"]["slices"], json!([]), "{m}");
+    let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    // Every increment landed in both columns.
+    let row = direct
+        .query_one(
+            &format!("select sum(v)::bigint, sum(w)::bigint from {table}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected = 30_000i64 * 30_001 / 2 + added.load(Ordering::Relaxed);
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (expected, expected)
+    );
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"workers": 0}),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+}
+
+#[tokio::test]
+async fn the_backfill_walks_text_keys_whatever_they_hold() {
+    let (dbname, direct) = db().fresh_database("textkeydb").await;
+    let table = unique("texty");
+    // Keys with quotes, backslashes, commas, braces, JSON and non-ASCII:
+    // each batch's bounds travel as SQL literals and JSON.
+    direct
+        .batch_execute(&format!(
+            r#"create table {table} (k text primary key, v int);
+               insert into {table} select s || g, g from generate_series(1, 400) g,
+                 unnest(array['o''brien', 'a\b', '{{x,y}}', '"q"', 'é ', '[1]', 'null']) s"#
+        ))
+        .await
+        .unwrap();
+    let id = unique("texty_m");
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 37, "workers": 2}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert_eq!(m["backfill"]["rows_done"], 2800, "{m}");
+    let behind: i64 = direct
+        .query_one(
+            &format!("select count(*) from {table} where w is distinct from v"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(behind, 0);
+}
+
+#[tokio::test]
 async fn migrations_added_at_run_time_apply_at_once_and_metrics_report_them() {
     let (dbname, direct) = db().fresh_database("adddb").await;
     let configured = unique("configured");

@@ -1,0 +1,336 @@
+//! The backfill as a background task of one proxy: the walk is split over
+//! the migration's `workers` (each slice with a durable cursor of its own),
+//! one session walks each slice batch by batch, they throttle together on
+//! replication lag and lock waits, stop at a pause, wait out a lost
+//! connection from the stored cursors, and the last one done marks the
+//! migration backfilled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::backfill::{self, Lane, Walk};
+use super::{ddl, peers, store, ActionError, Lifecycle, Record, THROTTLE_CHECK_INTERVAL};
+use crate::rewrite::migration::Phase;
+
+/// Shared by a backfill's workers: when the throttle question was last
+/// answered "no", so that it is asked at most once a second in all.
+#[derive(Default)]
+struct ThrottleGate {
+    last_clear: Mutex<Option<Instant>>,
+}
+
+impl ThrottleGate {
+    /// Whether the caller should ask now; a caller told yes asks for all.
+    fn due(&self) -> bool {
+        let mut last = self.last_clear.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < THROTTLE_CHECK_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// While throttled, every worker asks again before its next batch.
+    fn ask_again(&self) {
+        *self.last_clear.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// How a worker's walk of its lane ended.
+enum LaneEnd {
+    Done,
+    /// Paused, or stopped because another worker failed.
+    Stopped,
+}
+
+impl Lifecycle {
+    /// Starts the backfill task of `id` (it runs until done or paused).
+    pub(super) fn spawn_backfill(self: &Arc<Self>, id: &str) {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), Arc::clone(&flag));
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            // A lost connection (Postgres restarting, a network blip) is
+            // waited out: the batches in flight rolled back with their
+            // cursors, so the walk goes on from the stored cursors. Only a
+            // failure that lasts (5 minutes) or cannot heal stops the backfill.
+            let mut wait = Duration::from_millis(250);
+            let mut failing_since: Option<Instant> = None;
+            let result = loop {
+                match this.run_backfill(&id, &flag).await {
+                    Err(ActionError::Failed(e))
+                        if failing_since.is_none_or(|t| t.elapsed() < Duration::from_secs(300))
+                            && !flag.load(Ordering::Acquire) =>
+                    {
+                        failing_since.get_or_insert_with(Instant::now);
+                        tracing::warn!(migration = %id, error = %e, retry_ms = wait.as_millis() as u64, "backfill interrupted; it goes on from its cursor");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    other => break other,
+                }
+            };
+            this.set_throttled(&id, None);
+            if let Err(e) = result {
+                tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
+                if let Ok(mut record) = this.record(&id) {
+                    record.backfill.running = false;
+                    record.backfill.paused = true;
+                    if let Ok(client) = this.connect().await {
+                        // The stored progress is the truth (a batch whose
+                        // answer was lost may have committed).
+                        let _ = load_progress(&client, &mut record).await;
+                        let _ = store::save(&client, &record).await;
+                        let _ =
+                            store::event(&client, &id, "backfill", "failed", &e.to_string()).await;
+                    }
+                    this.lock_records().insert(id.clone(), record);
+                }
+            }
+        });
+    }
+
+    async fn run_backfill(
+        self: &Arc<Self>,
+        id: &str,
+        pause: &Arc<AtomicBool>,
+    ) -> Result<(), ActionError> {
+        let client = self.connect().await?;
+        // The stored record is the truth (a batch whose commit answer was
+        // lost may have committed): go on from its cursors and counters,
+        // with the settings in force here.
+        let mut record = self.record(id)?;
+        load_progress(&client, &mut record).await?;
+        let table = record.spec.table.to_string();
+        let key = ddl::walk_key(&client, &table)
+            .await?
+            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
+        let walk = Arc::new(Walk::new(&record, &key));
+        let b = &mut record.backfill;
+        if b.slices.is_empty() && b.workers > 1 {
+            let remaining = b.rows_total.unwrap_or(0) - b.rows_done;
+            let slices = walk.split(&client, &b.cursor, remaining, b.workers).await?;
+            if !slices.is_empty() {
+                store::save_slices(&client, id, &slices).await?;
+                tracing::info!(migration = %id, workers = slices.len(), "the backfill walks the table in slices, one session each");
+                b.slices = slices;
+            }
+        }
+        let lanes: Vec<Lane> = if b.slices.is_empty() {
+            vec![Lane::new(None, b.cursor.clone(), None)]
+        } else {
+            b.slices
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Lane::new(Some(i), s.cursor.clone(), s.upper.clone()))
+                .collect()
+        };
+        if let Some(current) = self.lock_records().get_mut(id) {
+            current.backfill.cursor = b.cursor.clone();
+            current.backfill.rows_done = b.rows_done;
+            current.backfill.slices = b.slices.clone();
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(ThrottleGate::default());
+        let mut workers = JoinSet::new();
+        for lane in lanes {
+            let this = Arc::clone(self);
+            let (id, walk, pause, stop, gate) = (
+                id.to_string(),
+                Arc::clone(&walk),
+                Arc::clone(pause),
+                Arc::clone(&stop),
+                Arc::clone(&gate),
+            );
+            workers
+                .spawn(async move { this.walk_lane(&id, &walk, lane, &pause, &stop, &gate).await });
+        }
+        let mut first_error = None;
+        let mut all_done = true;
+        while let Some(joined) = workers.join_next().await {
+            match joined {
+                Ok(Ok(LaneEnd::Done)) => {}
+                Ok(Ok(LaneEnd::Stopped)) => all_done = false,
+                Ok(Err(e)) => {
+                    all_done = false;
+                    stop.store(true, Ordering::Release);
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    all_done = false;
+                    stop.store(true, Ordering::Release);
+                    first_error.get_or_insert(ActionError::Failed(format!(
+                        "a backfill worker ended: {e}"
+                    )));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+
+        let mut record = self.record(id)?;
+        load_progress(&client, &mut record).await?;
+        if !all_done {
+            record.backfill.running = false;
+            record.backfill.paused = true;
+            store::save(&client, &record).await?;
+            store::event(
+                &client,
+                id,
+                "admin",
+                "pause",
+                &format!("at {} rows", record.backfill.rows_done),
+            )
+            .await?;
+            self.lock_records().insert(id.to_string(), record);
+            return Ok(());
+        }
+        let b = &mut record.backfill;
+        if let Some(last) = b.slices.pop() {
+            b.cursor = last.cursor;
+            b.slices.clear();
+        }
+        record.phase = Phase::Backfilled;
+        record.backfill.running = false;
+        record.backfill.rows_total = Some(record.backfill.rows_done);
+        record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        let synced = self.sync.lock().await;
+        store::save(&client, &record).await?;
+        store::event(
+            &client,
+            id,
+            "backfill",
+            "done",
+            &format!("{} rows", record.backfill.rows_done),
+        )
+        .await?;
+        // Same rules (dual writes) as while backfilling: other proxies
+        // only need to see the phase; nothing to wait for.
+        let version = peers::bump(&client).await?;
+        self.lock_records().insert(id.to_string(), record);
+        self.publish().await;
+        self.applied.fetch_max(version, Ordering::AcqRel);
+        drop(synced);
+        Ok(())
+    }
+
+    /// One worker: walks `lane` batch by batch on a session of its own
+    /// until it is done, the backfill is paused, or `stop` (another worker
+    /// failed).
+    async fn walk_lane(
+        &self,
+        id: &str,
+        walk: &Walk,
+        mut lane: Lane,
+        pause: &AtomicBool,
+        stop: &AtomicBool,
+        gate: &ThrottleGate,
+    ) -> Result<LaneEnd, ActionError> {
+        let mut client = self.connect().await?;
+        let table = self.record(id)?.spec.table.to_string();
+        let mut batch_size = self.record(id)?.backfill.batch_size;
+        loop {
+            if pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+                return Ok(LaneEnd::Stopped);
+            }
+            // Settings changed through the admin port apply from the next batch.
+            let settings = self.record(id)?.backfill;
+            if settings.batch_target_ms <= 0 {
+                batch_size = settings.batch_size;
+            }
+            // Asked at most once a second (and before every batch while
+            // throttled): reading pg_locks takes every lock-manager
+            // partition lock, which the application's sessions then wait
+            // for — asked per batch, the question itself slowed them.
+            if gate.due() {
+                let reason = backfill::throttle_reason(
+                    &client,
+                    &table,
+                    settings.max_replication_lag_ms,
+                    settings.max_lock_waits,
+                )
+                .await?;
+                let was = self.set_throttled(id, reason.clone());
+                if let Some(reason) = reason {
+                    gate.ask_again();
+                    if was.as_deref() != Some(reason.as_str()) {
+                        tracing::info!(migration = %id, %reason, "backfill throttled");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            let batch_started = Instant::now();
+            let (walked, _updated) = backfill::commit_batch(
+                &mut client,
+                walk,
+                id,
+                &mut lane,
+                batch_size,
+                settings.batch_timeout_ms,
+            )
+            .await?;
+            if walked == 0 {
+                return Ok(LaneEnd::Done);
+            }
+            if settings.batch_target_ms > 0 {
+                // Time-targeted sizing: move the batch size towards the
+                // target duration, at most doubling or halving per batch.
+                let took = batch_started.elapsed().as_secs_f64().max(0.001);
+                let target = f64::from(settings.batch_target_ms) / 1000.0;
+                let factor = (target / took).clamp(0.5, 2.0);
+                let size = (f64::from(batch_size) * factor).round();
+                batch_size = size.clamp(100.0, 100_000.0) as i32;
+            }
+            // Progress into the shared record (what this batch committed).
+            if let Some(current) = self.lock_records().get_mut(id) {
+                let b = &mut current.backfill;
+                b.rows_done += walked;
+                match lane.slice.and_then(|i| b.slices.get_mut(i)) {
+                    Some(slice) => {
+                        slice.cursor = lane.cursor.clone();
+                        slice.rows_done += walked;
+                    }
+                    None => b.cursor = lane.cursor.clone(),
+                }
+                if let Some(total) = b.rows_total {
+                    b.rows_total = Some(total.max(b.rows_done));
+                }
+                if settings.batch_target_ms > 0 && b.batch_target_ms > 0 {
+                    b.batch_size = batch_size;
+                }
+            }
+            if settings.batch_pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(settings.batch_pause_ms as u64)).await;
+            }
+        }
+    }
+}
+
+/// Replaces `record`'s backfill progress (cursor, rows done, slices) with
+/// the stored one.
+async fn load_progress(
+    client: &tokio_postgres::Client,
+    record: &mut Record,
+) -> Result<(), ActionError> {
+    if let Some(stored) = store::load_all(client)
+        .await?
+        .into_iter()
+        .find(|r| r.spec.id == record.spec.id)
+    {
+        record.backfill.cursor = stored.backfill.cursor;
+        record.backfill.rows_done = stored.backfill.rows_done;
+        record.backfill.slices = stored.backfill.slices;
+    }
+    Ok(())
+}
