@@ -4,6 +4,12 @@
 //! replication lag and lock waits, stop at a pause, wait out a lost
 //! connection from the stored cursors, and the last one done marks the
 //! migration backfilled.
+//!
+//! One proxy runs a migration's backfill at a time: its coordinating
+//! session holds an advisory lock on the migration while the walk runs.
+//! Another proxy that finds the backfill running leaves it alone, and
+//! takes it over (from the stored cursors) once that lock is free — the
+//! proxy that ran it crashed or lost its connection for good.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +46,21 @@ impl ThrottleGate {
     }
 }
 
+/// The advisory lock class of backfills (the second key is the hash of the
+/// migration id).
+const BACKFILL_LOCK: i32 = 731_629_845;
+
+/// The advisory lock query of migration `$1`'s backfill.
+const TRY_LOCK: &str = "select pg_try_advisory_lock(731629845, hashtext($1))";
+
+/// Where a run of the backfill went.
+enum Ran {
+    /// Here, until done, paused or stopped.
+    Here,
+    /// Another proxy holds the backfill's lock: it runs it.
+    Elsewhere,
+}
+
 /// How a worker's walk of its lane ended.
 enum LaneEnd {
     Done,
@@ -48,13 +69,17 @@ enum LaneEnd {
 }
 
 impl Lifecycle {
-    /// Starts the backfill task of `id` (it runs until done or paused).
+    /// Starts the backfill task of `id` (it runs until done or paused)
+    /// unless one runs here already.
     pub(super) fn spawn_backfill(self: &Arc<Self>, id: &str) {
         let flag = Arc::new(AtomicBool::new(false));
-        self.pauses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), Arc::clone(&flag));
+        {
+            let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+            if pauses.contains_key(id) {
+                return;
+            }
+            pauses.insert(id.to_string(), Arc::clone(&flag));
+        }
         let this = Arc::clone(self);
         let id = id.to_string();
         tokio::spawn(async move {
@@ -78,6 +103,9 @@ impl Lifecycle {
                     other => break other,
                 }
             };
+            if let Ok(Ran::Elsewhere) = result {
+                tracing::info!(migration = %id, "the backfill runs on another proxy; this one takes it over if that one stops");
+            }
             this.set_throttled(&id, None);
             if let Err(e) = result {
                 tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
@@ -95,15 +123,61 @@ impl Lifecycle {
                     this.lock_records().insert(id.clone(), record);
                 }
             }
+            // Only now (the record says how it ended) may the poller
+            // consider taking the backfill over.
+            let mut pauses = this.pauses.lock().unwrap_or_else(|e| e.into_inner());
+            if pauses.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flag)) {
+                pauses.remove(&id);
+            }
         });
+    }
+
+    /// Takes over the backfills the store says are running that no proxy
+    /// runs (their lock is free), asking on `client` (the poller's).
+    pub(super) async fn adopt_orphaned_backfills(
+        self: &Arc<Self>,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), ActionError> {
+        let running: Vec<String> = self
+            .records()
+            .into_iter()
+            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running && !r.backfill.paused)
+            .map(|r| r.spec.id)
+            .filter(|id| {
+                !self
+                    .pauses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(id)
+            })
+            .collect();
+        for id in running {
+            let free: bool = client.query_one(TRY_LOCK, &[&id]).await?.get(0);
+            if free {
+                client
+                    .execute(
+                        "select pg_advisory_unlock($1, hashtext($2))",
+                        &[&BACKFILL_LOCK, &id],
+                    )
+                    .await?;
+                tracing::warn!(migration = %id, "the backfill is running but no proxy runs it; taking it over from its cursor");
+                self.spawn_backfill(&id);
+            }
+        }
+        Ok(())
     }
 
     async fn run_backfill(
         self: &Arc<Self>,
         id: &str,
         pause: &Arc<AtomicBool>,
-    ) -> Result<(), ActionError> {
+    ) -> Result<Ran, ActionError> {
         let client = self.connect().await?;
+        // Held by this session until the run ends (or the session is lost).
+        let mine: bool = client.query_one(TRY_LOCK, &[&id]).await?.get(0);
+        if !mine {
+            return Ok(Ran::Elsewhere);
+        }
         // The stored record is the truth (a batch whose commit answer was
         // lost may have committed): go on from its cursors and counters,
         // with the settings in force here.
@@ -156,7 +230,23 @@ impl Lifecycle {
         }
         let mut first_error = None;
         let mut all_done = true;
-        while let Some(joined) = workers.join_next().await {
+        loop {
+            // The walk is this proxy's only while its session holds the
+            // lock: once that session is lost, the workers stop.
+            let joined = tokio::select! {
+                joined = workers.join_next() => match joined {
+                    Some(joined) => joined,
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if client.is_closed() && !stop.swap(true, Ordering::AcqRel) {
+                        first_error.get_or_insert(ActionError::Failed(
+                            "the backfill's coordinating session (holding its lock) was lost".into(),
+                        ));
+                    }
+                    continue;
+                }
+            };
             match joined {
                 Ok(Ok(LaneEnd::Done)) => {}
                 Ok(Ok(LaneEnd::Stopped)) => all_done = false,
@@ -193,7 +283,7 @@ impl Lifecycle {
             )
             .await?;
             self.lock_records().insert(id.to_string(), record);
-            return Ok(());
+            return Ok(Ran::Here);
         }
         let b = &mut record.backfill;
         if let Some(last) = b.slices.pop() {
@@ -221,7 +311,7 @@ impl Lifecycle {
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         drop(synced);
-        Ok(())
+        Ok(Ran::Here)
     }
 
     /// One worker: walks `lane` batch by batch on a session of its own

@@ -178,7 +178,11 @@ impl Lifecycle {
                     client = this.connect().await.ok();
                 }
                 if let Some(c) = &client {
-                    if let Err(e) = this.follow(c).await {
+                    let followed = match this.follow(c).await {
+                        Ok(()) => this.adopt_orphaned_backfills(c).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = followed {
                         tracing::warn!(error = %e, "cannot follow the migration state; retrying");
                         client = None;
                     }

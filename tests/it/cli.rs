@@ -775,3 +775,149 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     drop(second);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_its_runner_dies() {
+    let table = unique("handover");
+    let id = unique("handover_m");
+    let (dbname, direct) = db().fresh_database("takeoverdb").await;
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, old_col int);
+             insert into {table} select g, g from generate_series(1, 30000) g"
+        ))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("pgshift-takeover"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgshift.toml");
+    let user = &db().user;
+    std::fs::write(
+        &file,
+        format!(
+            "[control]\ndatabase = \"{dbname}\"\nuser = \"{user}\"\n{}\n[[migrations]]\nid = \"{id}\"\ntable = \"{table}\"\nfrom = \"old_col\"\nto = \"new_col\"\n",
+            db().password.as_ref().map(|p| format!("password = \"{p}\"")).unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    let admins: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", pgshift::cluster::free_port().unwrap()))
+        .collect();
+    let serve = |admin: &str| {
+        Serve::with_args(&[
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--admin".as_ref(),
+            admin.as_ref(),
+        ])
+    };
+    let mut first = serve(&admins[0]);
+    first.ready().await;
+    let request = |admin: String,
+                   method: &'static str,
+                   path: String,
+                   body: Option<serde_json::Value>| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match pgshift::admin::request(&admin, method, &path, body.as_ref(), None).await {
+                Ok(answer) => return answer,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{method} {path}: {e}"),
+            }
+        }
+    };
+    let (code, body) = request(
+        admins[0].clone(),
+        "POST",
+        format!("/migrations/{id}/expand"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = request(
+        admins[0].clone(),
+        "POST",
+        format!("/migrations/{id}/backfill"),
+        Some(serde_json::json!({"batch_size": 300, "batch_pause_ms": 30, "workers": 2})),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let rows_done = || async {
+        direct
+            .query_one(
+                "select rows_done from pgshift.migrations where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows_done().await < 3000 {
+        assert!(Instant::now() < deadline, "the backfill does not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second proxy starting now finds the backfill running in the store
+    // and leaves it to the first: were both walking, each batch would be
+    // counted twice.
+    let second = serve(&admins[1]);
+    second.ready().await;
+    while rows_done().await < 6000 {
+        assert!(Instant::now() < deadline, "the backfill does not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let holders: i64 = direct
+        .query_one(
+            "select count(*) from pg_locks where locktype = 'advisory' and classid = 731629845 and granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holders, 1, "exactly one proxy holds the backfill");
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10)).await;
+    let killed_at = rows_done().await;
+    assert!(killed_at < 30_000, "{killed_at}");
+    // No restart: the second proxy finds the lock free and goes on from the
+    // stored cursors.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let (_, body) = request(admins[1].clone(), "GET", "/status".into(), None).await;
+        let m = body["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if m["phase"] == "backfilled" {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill was never taken over: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        m["backfill"]["rows_done"], 30000,
+        "each row walked once: {m}"
+    );
+    // (Parity counted directly: an action through the admin port would
+    // wait for the killed proxy until its heartbeat is old enough.)
+    let behind: i64 = direct
+        .query_one(
+            &format!("select count(*) from {table} where new_col is distinct from old_col"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(behind, 0);
+    drop(second);
+    let _ = std::fs::remove_dir_all(dir);
+}
