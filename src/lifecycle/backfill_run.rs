@@ -132,6 +132,39 @@ impl Lifecycle {
         });
     }
 
+    /// Stops `record`'s running backfill wherever it runs — `paused` is
+    /// committed, the new state version reaches the proxy running it, and
+    /// its workers stop at their next batch (here, at once through their
+    /// flag) — and waits (60 s at most) until it has stopped.
+    pub(super) async fn stop_backfill(&self, record: &Record) -> Result<(), ActionError> {
+        let id = &record.spec.id;
+        if let Some(flag) = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            flag.store(true, Ordering::Release);
+        }
+        // Durable, and for whichever proxy runs it (a proxy that takes the
+        // backfill over later carries the pause out).
+        let mut asked = record.clone();
+        asked.backfill.paused = true;
+        let client = self.connect().await?;
+        self.commit(&client, asked, "pause", "asked", false).await?;
+        // The runner saves running = false when its workers have stopped.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.record(id)?.backfill.running {
+            if Instant::now() > deadline {
+                return Err(ActionError::Failed(
+                    "the backfill did not stop within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Takes over the backfills the store says are running that no proxy
     /// runs (their lock is free), asking on `client` (the poller's).
     pub(super) async fn adopt_orphaned_backfills(
@@ -141,7 +174,9 @@ impl Lifecycle {
         let running: Vec<String> = self
             .records()
             .into_iter()
-            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running && !r.backfill.paused)
+            // (A pause asked of a runner that then died is carried out by
+            // the proxy taking it over: its workers stop at once.)
+            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running)
             .map(|r| r.spec.id)
             .filter(|id| {
                 !self
@@ -273,16 +308,23 @@ impl Lifecycle {
         if !all_done {
             record.backfill.running = false;
             record.backfill.paused = true;
+            // A new state version: a proxy that asked for the pause learns
+            // that it happened.
+            let synced = self.sync.lock().await;
             store::save(&client, &record).await?;
             store::event(
                 &client,
                 id,
-                "admin",
-                "pause",
+                "backfill",
+                "paused",
                 &format!("at {} rows", record.backfill.rows_done),
             )
             .await?;
+            let version = peers::bump(&client).await?;
             self.lock_records().insert(id.to_string(), record);
+            self.publish().await;
+            self.applied.fetch_max(version, Ordering::AcqRel);
+            drop(synced);
             return Ok(Ran::Here);
         }
         let b = &mut record.backfill;
@@ -330,11 +372,12 @@ impl Lifecycle {
         let table = self.record(id)?.spec.table.to_string();
         let mut batch_size = self.record(id)?.backfill.batch_size;
         loop {
-            if pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire) {
+            // Settings changed through the admin port (of any proxy) apply
+            // from the next batch; so does a pause asked through the store.
+            let settings = self.record(id)?.backfill;
+            if pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire) || settings.paused {
                 return Ok(LaneEnd::Stopped);
             }
-            // Settings changed through the admin port apply from the next batch.
-            let settings = self.record(id)?.backfill;
             if settings.batch_target_ms <= 0 {
                 batch_size = settings.batch_size;
             }

@@ -195,7 +195,8 @@ impl Lifecycle {
         let resume: Vec<String> = lifecycle
             .records()
             .into_iter()
-            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running && !r.backfill.paused)
+            // (with a pause asked and not yet carried out: its workers stop at once)
+            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running)
             .map(|r| r.spec.id)
             .collect();
         for id in resume {
@@ -759,25 +760,7 @@ impl Lifecycle {
         if !(record.phase == Phase::Backfilling && record.backfill.running) {
             return Err(Self::illegal(&record, "pause", "a running backfill"));
         }
-        if let Some(flag) = self
-            .pauses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&record.spec.id)
-        {
-            flag.store(true, Ordering::Release);
-        }
-        // The task saves running = false when it stops at its next batch.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.record(&record.spec.id)?.backfill.running {
-            if tokio::time::Instant::now() > deadline {
-                return Err(ActionError::Failed(
-                    "the backfill did not stop within 60 s".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        self.stop_backfill(&record).await
     }
 
     async fn resume(self: &Arc<Self>, record: Record) -> Result<(), ActionError> {
@@ -1167,17 +1150,7 @@ impl Lifecycle {
             ));
         }
         if record.backfill.running {
-            if let Some(flag) = self
-                .pauses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&record.spec.id)
-            {
-                flag.store(true, Ordering::Release);
-            }
-            while self.record(&record.spec.id)?.backfill.running {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            self.stop_backfill(&record).await?;
             record = self.record(&record.spec.id)?;
         }
         let client = self.connect().await?;

@@ -556,6 +556,104 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
 }
 
 #[tokio::test]
+async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_another() {
+    use pgshift::lifecycle::peers::Options;
+    let (dbname, direct) = db().fresh_database("remotedb").await;
+    let table = unique("remote");
+    let id = unique("remote_m");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} select g, g from generate_series(1, 30000) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
+    let migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let options = Options {
+        ack_timeout: Duration::from_secs(5),
+        proxy_timeout: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
+    };
+    let start = |listen: &str| {
+        let mut config = control_config_for(&dbname);
+        config.listen = listen.parse().unwrap();
+        config.migrations = migrations.clone();
+        let rules = Arc::new(RulesCell::new(&migrations));
+        async move { Lifecycle::start_with(config, rules, options).await.unwrap() }
+    };
+    let a = start("127.0.0.1:16011").await;
+    let b = start("127.0.0.1:16012").await;
+    let stored = || async {
+        let row = direct
+            .query_one(
+                "select rows_done, backfill_running, backfill_paused from pgshift.migrations where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2),
+        )
+    };
+    a.act(&id, "expand", &Value::Null).await.unwrap();
+    a.act(
+        &id,
+        "backfill",
+        &json!({"batch_size": 200, "batch_pause_ms": 20}),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored().await.0 < 2000 {
+        assert!(Instant::now() < deadline, "the backfill does not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Paused through B while A runs it: A's workers stop, and B's answer
+    // comes once they have.
+    tokio::time::timeout(Duration::from_secs(20), b.act(&id, "pause", &Value::Null))
+        .await
+        .expect("the pause through the other proxy returns")
+        .unwrap();
+    let (at, running, paused) = stored().await;
+    assert_eq!((running, paused), (false, true));
+    assert!(at < 30_000, "{at}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stored().await.0, at, "the walk stopped");
+    // Resumed through B, rolled back through A whichever runs it.
+    b.act(&id, "resume", &Value::Null).await.unwrap();
+    while stored().await.0 <= at {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed backfill does not move"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        a.act(&id, "rollback", &Value::Null),
+    )
+    .await
+    .expect("the rollback returns")
+    .unwrap();
+    let gone: i64 = direct
+        .query_one(
+            &format!("select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'w' and not attisdropped"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 0);
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test]
 async fn expand_waits_for_a_lock_without_stalling_other_clients() {
     let (dbname, direct, table, id, d) = renamed_v_to_w("lockdb", 100).await;
 
