@@ -871,7 +871,8 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
     }
     let holders: i64 = direct
         .query_one(
-            "select count(*) from pg_locks where locktype = 'advisory' and classid = 731629845 and granted",
+            "select count(*) from pg_locks where locktype = 'advisory' and classid = 731629845 and granted
+               and database = (select oid from pg_database where datname = current_database())",
             &[],
         )
         .await
