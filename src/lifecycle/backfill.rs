@@ -114,7 +114,11 @@ impl Walk {
 
     /// The query [`Walk::next_range`] runs, its bounds written as literals
     /// (so it can follow other statements in one simple query); it answers
-    /// one row: the count and the last key as a JSON array of text.
+    /// one text value, `[count, [last key as text…]]` (`[0, null]` when no
+    /// key is left). A full batch is found by skipping `batch - 1` keys on
+    /// the index; only a lane's last, short batch is counted. The key is
+    /// turned into JSON for the one row that needs it, not for every row
+    /// walked past.
     fn range_query(
         &self,
         cursor: &Option<Vec<String>>,
@@ -133,12 +137,18 @@ impl Walk {
             );
         }
         format!(
-            "with keys as (select {keys} from {t} where {range} order by {keys} limit {batch})
-             select (select count(*) from keys), (select json_build_array({key_text})::text from keys order by {desc} limit 1)",
+            "select coalesce(
+               (select json_build_array({batch}, json_build_array({key_text}))
+                  from (select {keys} from {t} where {range} order by {keys} offset {skip} limit 1) pgshift_nth),
+               (with keys as (select {keys} from {t} where {range} order by {keys} limit {batch})
+                select json_build_array((select count(*) from keys),
+                  (select json_build_array({key_text}) from (select {keys} from keys order by {desc} limit 1) pgshift_last)))
+             )::text",
             keys = self.key_list,
             t = self.table,
             key_text = self.key_text,
             desc = self.key_desc,
+            skip = batch.max(1) - 1,
         )
     }
 
@@ -453,13 +463,12 @@ fn range_answer(
         tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     })?;
-    let count: i64 = row.get(0)?.parse().ok()?;
-    let last = match row.get(1) {
-        Some(json) => Some(serde_json::from_str::<Vec<String>>(json).ok()?),
-        None if count == 0 => None,
-        None => return None,
-    };
-    Some((count, last))
+    let (count, last): (i64, Option<Vec<String>>) = serde_json::from_str(row.get(0)?).ok()?;
+    match (count, &last) {
+        (0, None) => Some((0, None)),
+        (1.., Some(_)) => Some((count, last)),
+        _ => None,
+    }
 }
 
 /// `value` as an SQL string literal (an `E''` literal when it holds a
