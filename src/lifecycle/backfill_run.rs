@@ -308,23 +308,8 @@ impl Lifecycle {
         if !all_done {
             record.backfill.running = false;
             record.backfill.paused = true;
-            // A new state version: a proxy that asked for the pause learns
-            // that it happened.
-            let synced = self.sync.lock().await;
-            store::save(&client, &record).await?;
-            store::event(
-                &client,
-                id,
-                "backfill",
-                "paused",
-                &format!("at {} rows", record.backfill.rows_done),
-            )
-            .await?;
-            let version = peers::bump(&client).await?;
-            self.lock_records().insert(id.to_string(), record);
-            self.publish().await;
-            self.applied.fetch_max(version, Ordering::AcqRel);
-            drop(synced);
+            let detail = format!("at {} rows", record.backfill.rows_done);
+            self.save_end(&client, record, "paused", &detail).await?;
             return Ok(Ran::Here);
         }
         let b = &mut record.backfill;
@@ -336,24 +321,31 @@ impl Lifecycle {
         record.backfill.running = false;
         record.backfill.rows_total = Some(record.backfill.rows_done);
         record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        let detail = format!("{} rows", record.backfill.rows_done);
+        self.save_end(&client, record, "done", &detail).await?;
+        Ok(Ran::Here)
+    }
+
+    /// Saves how the walk ended (paused or done) with its event, under a
+    /// new state version: the other proxies learn it — one that asked for
+    /// the pause waits for exactly that — and nothing needs waiting for
+    /// (the rules, dual writes, stay as they were).
+    async fn save_end(
+        &self,
+        client: &tokio_postgres::Client,
+        record: Record,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), ActionError> {
         let synced = self.sync.lock().await;
-        store::save(&client, &record).await?;
-        store::event(
-            &client,
-            id,
-            "backfill",
-            "done",
-            &format!("{} rows", record.backfill.rows_done),
-        )
-        .await?;
-        // Same rules (dual writes) as while backfilling: other proxies
-        // only need to see the phase; nothing to wait for.
-        let version = peers::bump(&client).await?;
-        self.lock_records().insert(id.to_string(), record);
+        store::save(client, &record).await?;
+        store::event(client, &record.spec.id, "backfill", action, detail).await?;
+        let version = peers::bump(client).await?;
+        self.lock_records().insert(record.spec.id.clone(), record);
         self.publish().await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         drop(synced);
-        Ok(Ran::Here)
+        Ok(())
     }
 
     /// One worker: walks `lane` batch by batch on a session of its own

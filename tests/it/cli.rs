@@ -673,19 +673,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     let admin = format!("127.0.0.1:{admin_port}");
     let call = |method: &'static str, path: String, body: Option<serde_json::Value>| {
         let admin = admin.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match pgshift::admin::request(&admin, method, &path, body.as_ref(), None).await {
-                    Ok(answer) => return answer,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("{method} {path}: {e}"),
-                }
-            }
-        }
+        async move { admin_call(&admin, method, &path, body).await }
     };
     let status = |admin: String, id: String| async move {
         let (_, body) = pgshift::admin::request(&admin, "GET", "/status", None, None)
@@ -746,25 +734,7 @@ async fn a_backfill_killed_with_sigkill_resumes_from_its_cursor() {
     // proxy's row in pgshift.proxies).
     let second = Serve::with_args_on(first.port, &["--config".as_ref(), file.as_os_str()]);
     second.ready().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let m = loop {
-        let (_, body) = call("GET", "/status".into(), None).await;
-        let m = body["migrations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["id"] == id.as_str())
-            .cloned()
-            .unwrap();
-        if m["phase"] == "backfilled" {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backfill never finished: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let m = until_backfilled(&admin, &id).await;
     // Each row walked exactly once: the batches in flight at the kill were
     // rolled back with their cursors.
     assert_eq!(m["backfill"]["rows_done"], 30000, "{m}");
@@ -813,34 +783,18 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
     };
     let mut first = serve(&admins[0]);
     first.ready().await;
-    let request = |admin: String,
-                   method: &'static str,
-                   path: String,
-                   body: Option<serde_json::Value>| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match pgshift::admin::request(&admin, method, &path, body.as_ref(), None).await {
-                Ok(answer) => return answer,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("{method} {path}: {e}"),
-            }
-        }
-    };
-    let (code, body) = request(
-        admins[0].clone(),
+    let (code, body) = admin_call(
+        &admins[0],
         "POST",
-        format!("/migrations/{id}/expand"),
+        &format!("/migrations/{id}/expand"),
         None,
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    let (code, body) = request(
-        admins[0].clone(),
+    let (code, body) = admin_call(
+        &admins[0],
         "POST",
-        format!("/migrations/{id}/backfill"),
+        &format!("/migrations/{id}/backfill"),
         Some(serde_json::json!({"batch_size": 300, "batch_pause_ms": 30, "workers": 2})),
     )
     .await;
@@ -885,25 +839,7 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
     assert!(killed_at < 30_000, "{killed_at}");
     // No restart: the second proxy finds the lock free and goes on from the
     // stored cursors.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let m = loop {
-        let (_, body) = request(admins[1].clone(), "GET", "/status".into(), None).await;
-        let m = body["migrations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["id"] == id.as_str())
-            .cloned()
-            .unwrap();
-        if m["phase"] == "backfilled" {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backfill was never taken over: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let m = until_backfilled(&admins[1], &id).await;
     assert_eq!(
         m["backfill"]["rows_done"], 30000,
         "each row walked once: {m}"
@@ -921,4 +857,43 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
     assert_eq!(behind, 0);
     drop(second);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The admin port's answer to `method path`, asked again for 20 s while
+/// the port does not answer (a proxy starting).
+async fn admin_call(
+    admin: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match pgshift::admin::request(admin, method, path, body.as_ref(), None).await {
+            Ok(answer) => return answer,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+}
+
+/// Migration `id` as `admin`'s /status shows it once backfilled (asked
+/// every 50 ms for 60 s at most).
+async fn until_backfilled(admin: &str, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = admin_call(admin, "GET", "/status", None).await;
+        let m = body["migrations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["id"] == id))
+            .cloned()
+            .unwrap_or_default();
+        if m["phase"] == "backfilled" {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never backfilled: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -488,9 +488,39 @@ async fn rollback_puts_reads_back_on_the_old_column_and_drops_the_new_one() {
     );
 }
 
+/// A proxy's lifecycle (no client port) for database `dbname`, listed in
+/// `pgshift.proxies` as `listen`, driving the rename `v → w` of `table`
+/// as migration `id`, polling the shared state every 50 ms: (the
+/// lifecycle, its rules).
+async fn peer(
+    dbname: &str,
+    table: &str,
+    id: &str,
+    listen: &str,
+    ack_timeout: Duration,
+) -> (Arc<Lifecycle>, Arc<RulesCell>) {
+    let spec = MigrationSpec::new(id, table, "v", "w", None, None, None).unwrap();
+    let migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let options = pgshift::lifecycle::peers::Options {
+        ack_timeout,
+        proxy_timeout: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
+    };
+    let mut config = control_config_for(dbname);
+    config.listen = listen.parse().unwrap();
+    config.migrations = migrations.clone();
+    let rules = Arc::new(RulesCell::new(&migrations));
+    let lifecycle = Lifecycle::start_with(config, Arc::clone(&rules), options)
+        .await
+        .unwrap();
+    (lifecycle, rules)
+}
+
 #[tokio::test]
 async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
-    use pgshift::lifecycle::peers::Options;
     let (dbname, direct) = db().fresh_database("twodb").await;
     let table = unique("two");
     let id = unique("two_m");
@@ -500,30 +530,22 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
         ))
         .await
         .unwrap();
-    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
-    let migrations = vec![ActiveMigration {
-        spec,
-        phase: Phase::Planned,
-    }];
-    let options = Options {
-        ack_timeout: Duration::from_secs(2),
-        proxy_timeout: Duration::from_secs(30),
-        poll: Duration::from_millis(50),
-    };
-    let start = |listen: &str| {
-        let mut config = control_config_for(&dbname);
-        config.listen = listen.parse().unwrap();
-        config.migrations = migrations.clone();
-        let rules = Arc::new(RulesCell::new(&migrations));
-        async move {
-            let lifecycle = Lifecycle::start_with(config, Arc::clone(&rules), options)
-                .await
-                .unwrap();
-            (lifecycle, rules)
-        }
-    };
-    let (a, _rules_a) = start("127.0.0.1:16001").await;
-    let (b, rules_b) = start("127.0.0.1:16002").await;
+    let (a, _rules_a) = peer(
+        &dbname,
+        &table,
+        &id,
+        "127.0.0.1:16001",
+        Duration::from_secs(2),
+    )
+    .await;
+    let (b, rules_b) = peer(
+        &dbname,
+        &table,
+        &id,
+        "127.0.0.1:16002",
+        Duration::from_secs(2),
+    )
+    .await;
 
     // An action through A returns only once B has applied it too.
     a.act(&id, "expand", &Value::Null).await.unwrap();
@@ -557,7 +579,6 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
 
 #[tokio::test]
 async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_another() {
-    use pgshift::lifecycle::peers::Options;
     let (dbname, direct) = db().fresh_database("remotedb").await;
     let table = unique("remote");
     let id = unique("remote_m");
@@ -567,25 +588,22 @@ async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_anoth
         ))
         .await
         .unwrap();
-    let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
-    let migrations = vec![ActiveMigration {
-        spec,
-        phase: Phase::Planned,
-    }];
-    let options = Options {
-        ack_timeout: Duration::from_secs(5),
-        proxy_timeout: Duration::from_secs(30),
-        poll: Duration::from_millis(50),
-    };
-    let start = |listen: &str| {
-        let mut config = control_config_for(&dbname);
-        config.listen = listen.parse().unwrap();
-        config.migrations = migrations.clone();
-        let rules = Arc::new(RulesCell::new(&migrations));
-        async move { Lifecycle::start_with(config, rules, options).await.unwrap() }
-    };
-    let a = start("127.0.0.1:16011").await;
-    let b = start("127.0.0.1:16012").await;
+    let (a, _) = peer(
+        &dbname,
+        &table,
+        &id,
+        "127.0.0.1:16011",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (b, _) = peer(
+        &dbname,
+        &table,
+        &id,
+        "127.0.0.1:16012",
+        Duration::from_secs(5),
+    )
+    .await;
     let stored = || async {
         let row = direct
             .query_one(
