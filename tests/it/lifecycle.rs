@@ -169,6 +169,16 @@ async fn wait_for_phase(admin: &str, id: &str, phase: &str) -> Value {
     }
 }
 
+/// Expands migration `id`, backfills it with `settings` and waits until it
+/// is backfilled: its status then.
+async fn expanded_and_backfilled(admin: &str, id: &str, settings: Value) -> Value {
+    let (code, body) = post(admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(admin, &format!("/migrations/{id}/backfill"), settings).await;
+    assert_eq!(code, 202, "{body}");
+    wait_for_phase(admin, id, "backfilled").await
+}
+
 /// Backfills, validates and switches reads of migration `id` to the new
 /// column, asserting each step succeeds.
 async fn switch_to_new(admin: &str, id: &str) {
@@ -724,22 +734,14 @@ async fn the_backfill_walks_a_composite_key_and_refuses_a_table_without_one() {
     let spec = cents_to_decimal(&id, &table);
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
-    assert_eq!(
-        post(admin, &format!("/migrations/{id}/expand"), json!({}))
-            .await
-            .0,
-        200
-    );
-    let (code, body) = post(
+    // Time-targeted: 100-row batches take far less than 200 ms, so the
+    // size grows batch after batch.
+    let m = expanded_and_backfilled(
         admin,
-        &format!("/migrations/{id}/backfill"),
-        // Time-targeted: 100-row batches take far less than 200 ms, so
-        // the size grows batch after batch.
+        &id,
         json!({"batch_size": 100, "batch_target_ms": 200}),
     )
     .await;
-    assert_eq!(code, 202, "{body}");
-    let m = wait_for_phase(admin, &id, "backfilled").await;
     assert_eq!(m["backfill"]["rows_done"], 2100, "{m}");
     assert!(m["backfill"]["batch_size"].as_i64().unwrap() > 100, "{m}");
     let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
@@ -952,20 +954,7 @@ async fn the_backfill_walks_text_keys_whatever_they_hold() {
     let spec = MigrationSpec::new(&id, &table, "v", "w", None, None, None).unwrap();
     let d = driven(spec, &dbname).await;
     let admin = d.admin.as_str();
-    assert_eq!(
-        post(admin, &format!("/migrations/{id}/expand"), json!({}))
-            .await
-            .0,
-        200
-    );
-    let (code, body) = post(
-        admin,
-        &format!("/migrations/{id}/backfill"),
-        json!({"batch_size": 37, "workers": 2}),
-    )
-    .await;
-    assert_eq!(code, 202, "{body}");
-    let m = wait_for_phase(admin, &id, "backfilled").await;
+    let m = expanded_and_backfilled(admin, &id, json!({"batch_size": 37, "workers": 2})).await;
     assert_eq!(m["backfill"]["rows_done"], 2800, "{m}");
     let behind: i64 = direct
         .query_one(
