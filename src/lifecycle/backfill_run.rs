@@ -147,11 +147,16 @@ impl Lifecycle {
             flag.store(true, Ordering::Release);
         }
         // Durable, and for whichever proxy runs it (a proxy that takes the
-        // backfill over later carries the pause out).
-        let mut asked = record.clone();
-        asked.backfill.paused = true;
+        // backfill over later carries the pause out); only the flag, and
+        // only while it runs: a walk that has just ended keeps its end.
         let client = self.connect().await?;
-        self.commit(&client, asked, "pause", "asked", false).await?;
+        if store::ask_pause(&client, id).await? {
+            store::event(&client, id, "admin", "pause", "asked").await?;
+            peers::bump(&client).await?;
+            if let Some(current) = self.lock_records().get_mut(id) {
+                current.backfill.paused = current.backfill.running;
+            }
+        }
         // The runner saves running = false when its workers have stopped.
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.record(id)?.backfill.running {

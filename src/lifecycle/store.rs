@@ -376,6 +376,21 @@ pub async fn save_slices(
     Ok(())
 }
 
+/// Asks the running backfill of `id` to pause (whichever proxy runs it reads
+/// it at its next batch); false if it was not running any more.
+pub async fn ask_pause(client: &impl GenericClient, id: &str) -> Result<bool, StoreError> {
+    let asked = client
+        .execute(
+            &format!(
+                "update pgshift.migrations set backfill_paused = true, updated_ms = {NOW_MS}
+                 where id = $1 and backfill_running"
+            ),
+            &[&id],
+        )
+        .await?;
+    Ok(asked == 1)
+}
+
 /// Appends to the event history.
 pub async fn event(
     client: &impl GenericClient,
