@@ -8,7 +8,6 @@
 //! own UPDATE, and rows applications wrote meanwhile are already
 //! dual-written (their `b` equals `up(a)`, so they are skipped).
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::store::{self, Record, Slice};
@@ -24,9 +23,8 @@ pub struct Walk {
     key_text: String,
     /// `k1 desc, k2 desc`.
     key_desc: String,
-    /// The key columns' types, for keys given as text parameters.
+    /// The key columns' types, for keys written as text literals.
     key_types: Vec<String>,
-    width: usize,
     /// `up(a)` over the table's own row.
     up: String,
     new: String,
@@ -54,43 +52,23 @@ impl Walk {
                 .collect::<Vec<_>>()
                 .join(", "),
             key_types: key.iter().map(|(_, ty)| ty.clone()).collect(),
-            width: key.len(),
             up,
             new: quote_ident(&spec.to),
         }
     }
 
-    /// `($n::text::T1, $n+1::text::T2)`: a key as text parameters from `$n`.
-    fn key_params(&self, first: usize) -> String {
-        let params: Vec<String> = self
-            .key_types
-            .iter()
-            .enumerate()
-            .map(|(i, ty)| format!("${}::text::{ty}", first + i))
-            .collect();
-        format!("({})", params.join(", "))
-    }
-
-    /// Rows after `cursor` (all rows for `None`), as a WHERE condition.
+    /// Rows after `cursor` (all rows for `None`), as a WHERE condition
+    /// with the key written as literals (the planner sees the range).
     fn after(&self, cursor: &Option<Vec<String>>) -> String {
         match cursor {
-            Some(_) => format!("({}) > {}", self.key_list, self.key_params(1)),
+            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
             None => "true".into(),
         }
     }
 
-    fn params<'a>(&self, cursor: &'a Option<Vec<String>>) -> Vec<&'a (dyn ToSql + Sync)> {
-        match cursor {
-            Some(values) => values.iter().map(|v| v as &(dyn ToSql + Sync)).collect(),
-            None => Vec::new(),
-        }
-    }
-
-    /// `(k1, k2) <= ($n::text::T1, …)`: the upper end of a range, its
-    /// parameters numbered after the cursor's.
-    fn up_to(&self, cursor: &Option<Vec<String>>) -> String {
-        let first = if cursor.is_some() { self.width + 1 } else { 1 };
-        format!("({}) <= {}", self.key_list, self.key_params(first))
+    /// Rows up to `upper` (inclusive), as a WHERE condition.
+    fn up_to(&self, upper: &[String]) -> String {
+        format!("({}) <= {}", self.key_list, self.literals(upper))
     }
 
     /// The next range of at most `batch` keys after `cursor` and up to
@@ -125,16 +103,9 @@ impl Walk {
         upper: &Option<Vec<String>>,
         batch: i32,
     ) -> String {
-        let mut range = match cursor {
-            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
-            None => "true".into(),
-        };
+        let mut range = self.after(cursor);
         if let Some(values) = upper {
-            range = format!(
-                "{range} and ({}) <= {}",
-                self.key_list,
-                self.literals(values)
-            );
+            range = format!("{range} and {}", self.up_to(values));
         }
         format!(
             "select coalesce(
@@ -184,7 +155,7 @@ impl Walk {
                 keys = self.key_list,
                 skip = step - 1,
             );
-            let Some(row) = client.query_opt(&sql, &self.params(&from)).await? else {
+            let Some(row) = client.query_opt(&sql, &[]).await? else {
                 break;
             };
             let bound: Vec<String> = row.get(0);
@@ -216,20 +187,18 @@ impl Walk {
     /// from `up(a)`, with the key bounds written as literals, so it can go
     /// in one simple query with the COMMIT that releases its row locks.
     fn range_update(&self, cursor: &Option<Vec<String>>, upper: &[String]) -> String {
-        let after = match cursor {
-            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
-            None => "true".into(),
-        };
         format!(
-            "update {t} set {b} = {up} where {after} and ({keys}) <= {upper} and {b} is distinct from {up}",
+            "update {t} set {b} = {up} where {after} and {up_to} and {b} is distinct from {up}",
             t = self.table,
             b = self.new,
             up = self.up,
-            keys = self.key_list,
-            upper = self.literals(upper),
+            after = self.after(cursor),
+            up_to = self.up_to(upper),
         )
     }
 
+    /// The parity check of the next range after `cursor` (see
+    /// [`Walk::count_range`]), its mismatches fixed first with `fix`.
     pub async fn check_range(
         &self,
         client: &Client,
@@ -237,43 +206,14 @@ impl Walk {
         batch: i32,
         fix: bool,
     ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), store::StoreError> {
-        if !fix {
-            return Ok(self.count_range(client, cursor, batch).await?);
-        }
-        let (rows, last) = self.next_range(client, cursor, &None, batch).await?;
-        let Some(upper) = &last else {
-            return Ok((0, 0, Vec::new(), None));
-        };
-        let mut params = self.params(cursor);
-        params.extend(upper.iter().map(|v| v as &(dyn ToSql + Sync)));
-        let range = format!("{} and {}", self.after(cursor), self.up_to(cursor));
         if fix {
-            client
-                .execute(
-                    &format!(
-                        "update {t} set {b} = {up} where {range} and {b} is distinct from {up}",
-                        t = self.table,
-                        b = self.new,
-                        up = self.up,
-                    ),
-                    &params,
-                )
-                .await?;
+            if let (_, Some(upper)) = self.next_range(client, cursor, &None, batch).await? {
+                client
+                    .execute(&self.range_update(cursor, &upper), &[])
+                    .await?;
+            }
         }
-        let row = client
-            .query_one(
-                &format!(
-                    "with bad as (select ({key_text})::text as k from {t} where {range} and {b} is distinct from {up})
-                     select (select count(*) from bad), array(select k from bad order by k limit 5)",
-                    key_text = self.key_text,
-                    t = self.table,
-                    b = self.new,
-                    up = self.up,
-                ),
-                &params,
-            )
-            .await?;
-        Ok((rows, row.get(0), row.get(1), last))
+        Ok(self.count_range(client, cursor, batch).await?)
     }
 
     /// The parity count of the next range after `cursor` in one statement
@@ -298,12 +238,8 @@ impl Walk {
             key_text = self.key_text,
             desc = self.key_desc,
         );
-        let row = client.query_one(&sql, &self.params(cursor)).await?;
+        let row = client.query_one(&sql, &[]).await?;
         Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
-    }
-
-    pub fn width(&self) -> usize {
-        self.width
     }
 }
 

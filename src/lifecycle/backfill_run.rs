@@ -50,8 +50,9 @@ impl ThrottleGate {
 /// migration id).
 const BACKFILL_LOCK: i32 = 731_629_845;
 
-/// The advisory lock query of migration `$1`'s backfill.
-const TRY_LOCK: &str = "select pg_try_advisory_lock(731629845, hashtext($1))";
+/// Takes the advisory lock of migration `$2`'s backfill (`$1`:
+/// [`BACKFILL_LOCK`]) if it is free.
+const TRY_LOCK: &str = "select pg_try_advisory_lock($1, hashtext($2))";
 
 /// Where a run of the backfill went.
 enum Ran {
@@ -171,7 +172,8 @@ impl Lifecycle {
     }
 
     /// Takes over the backfills the store says are running that no proxy
-    /// runs (their lock is free), asking on `client` (the poller's).
+    /// runs (their lock is free), asking on `client`: at start, and on
+    /// every poll.
     pub(super) async fn adopt_orphaned_backfills(
         self: &Arc<Self>,
         client: &tokio_postgres::Client,
@@ -192,7 +194,10 @@ impl Lifecycle {
             })
             .collect();
         for id in running {
-            let free: bool = client.query_one(TRY_LOCK, &[&id]).await?.get(0);
+            let free: bool = client
+                .query_one(TRY_LOCK, &[&BACKFILL_LOCK, &id])
+                .await?
+                .get(0);
             if free {
                 client
                     .execute(
@@ -200,7 +205,7 @@ impl Lifecycle {
                         &[&BACKFILL_LOCK, &id],
                     )
                     .await?;
-                tracing::warn!(migration = %id, "the backfill is running but no proxy runs it; taking it over from its cursor");
+                tracing::info!(migration = %id, "the backfill is running and no proxy runs it: going on from its cursor");
                 self.spawn_backfill(&id);
             }
         }
@@ -214,7 +219,10 @@ impl Lifecycle {
     ) -> Result<Ran, ActionError> {
         let client = self.connect().await?;
         // Held by this session until the run ends (or the session is lost).
-        let mine: bool = client.query_one(TRY_LOCK, &[&id]).await?.get(0);
+        let mine: bool = client
+            .query_one(TRY_LOCK, &[&BACKFILL_LOCK, &id])
+            .await?
+            .get(0);
         if !mine {
             return Ok(Ran::Elsewhere);
         }
@@ -287,20 +295,16 @@ impl Lifecycle {
                     continue;
                 }
             };
-            match joined {
-                Ok(Ok(LaneEnd::Done)) => {}
-                Ok(Ok(LaneEnd::Stopped)) => all_done = false,
-                Ok(Err(e)) => {
-                    all_done = false;
-                    stop.store(true, Ordering::Release);
-                    first_error.get_or_insert(e);
-                }
+            let ended = joined.unwrap_or_else(|e| {
+                Err(ActionError::Failed(format!("a backfill worker ended: {e}")))
+            });
+            match ended {
+                Ok(LaneEnd::Done) => {}
+                Ok(LaneEnd::Stopped) => all_done = false,
                 Err(e) => {
                     all_done = false;
                     stop.store(true, Ordering::Release);
-                    first_error.get_or_insert(ActionError::Failed(format!(
-                        "a backfill worker ended: {e}"
-                    )));
+                    first_error.get_or_insert(e);
                 }
             }
         }
@@ -313,8 +317,11 @@ impl Lifecycle {
         if !all_done {
             record.backfill.running = false;
             record.backfill.paused = true;
+            // Under a new state version: a proxy that asked for the pause
+            // learns that it happened.
             let detail = format!("at {} rows", record.backfill.rows_done);
-            self.save_end(&client, record, "paused", &detail).await?;
+            self.store_change(&client, record, "backfill", "paused", &detail)
+                .await?;
             return Ok(Ran::Here);
         }
         let b = &mut record.backfill;
@@ -326,31 +333,11 @@ impl Lifecycle {
         record.backfill.running = false;
         record.backfill.rows_total = Some(record.backfill.rows_done);
         record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        // Same rules (dual writes) as while backfilling: nothing to wait for.
         let detail = format!("{} rows", record.backfill.rows_done);
-        self.save_end(&client, record, "done", &detail).await?;
+        self.store_change(&client, record, "backfill", "done", &detail)
+            .await?;
         Ok(Ran::Here)
-    }
-
-    /// Saves how the walk ended (paused or done) with its event, under a
-    /// new state version: the other proxies learn it — one that asked for
-    /// the pause waits for exactly that — and nothing needs waiting for
-    /// (the rules, dual writes, stay as they were).
-    async fn save_end(
-        &self,
-        client: &tokio_postgres::Client,
-        record: Record,
-        action: &str,
-        detail: &str,
-    ) -> Result<(), ActionError> {
-        let synced = self.sync.lock().await;
-        store::save(client, &record).await?;
-        store::event(client, &record.spec.id, "backfill", action, detail).await?;
-        let version = peers::bump(client).await?;
-        self.lock_records().insert(record.spec.id.clone(), record);
-        self.publish().await;
-        self.applied.fetch_max(version, Ordering::AcqRel);
-        drop(synced);
-        Ok(())
     }
 
     /// One worker: walks `lane` batch by batch on a session of its own
@@ -366,8 +353,9 @@ impl Lifecycle {
         gate: &ThrottleGate,
     ) -> Result<LaneEnd, ActionError> {
         let mut client = self.connect().await?;
-        let table = self.record(id)?.spec.table.to_string();
-        let mut batch_size = self.record(id)?.backfill.batch_size;
+        let record = self.record(id)?;
+        let table = record.spec.table.to_string();
+        let mut batch_size = record.backfill.batch_size;
         loop {
             // Settings changed through the admin port (of any proxy) apply
             // from the next batch; so does a pause asked through the store.

@@ -15,7 +15,6 @@ use tokio_postgres::Client;
 
 use super::ddl::{self, Constraint};
 use super::handover::replace_column;
-use crate::rewrite::migration::quote_ident;
 
 /// The CHECK constraints of `table` that use `column` (pgshift's own
 /// constraints left out).
@@ -40,15 +39,7 @@ pub fn copy_statement(
     if copied == definition || !copied.starts_with("CHECK") {
         return None;
     }
-    let not_valid = if copied.ends_with("NOT VALID") {
-        ""
-    } else {
-        " NOT VALID"
-    };
-    Some(format!(
-        "alter table {table} add constraint {} {copied}{not_valid}",
-        quote_ident(new_name)
-    ))
+    Some(ddl::add_not_valid(table, new_name, &copied))
 }
 
 #[cfg(test)]

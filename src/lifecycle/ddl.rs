@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::rewrite::migration::quote_ident;
+
 /// How ALTERs wait for their lock.
 #[derive(Debug, Clone, Copy)]
 pub struct LockDiscipline {
@@ -177,6 +179,21 @@ pub struct Constraint {
     pub name: String,
     /// `pg_get_constraintdef`: `FOREIGN KEY (…) REFERENCES …`, `CHECK (…)`.
     pub definition: String,
+}
+
+/// `ALTER TABLE table ADD CONSTRAINT name <definition> NOT VALID` (a NOT
+/// VALID already in the definition is not repeated): a copy enforced for
+/// new writes at once, validated later without blocking them.
+pub fn add_not_valid(table: &str, name: &str, definition: &str) -> String {
+    let not_valid = if definition.ends_with("NOT VALID") {
+        ""
+    } else {
+        " NOT VALID"
+    };
+    format!(
+        "alter table {table} add constraint {} {definition}{not_valid}",
+        quote_ident(name)
+    )
 }
 
 /// The constraints of `table` of the kinds in `kinds` (`contype` letters:

@@ -152,15 +152,7 @@ fn copied_constraint(
         return None;
     }
     let copied = splice(definition, &mut edits)?;
-    let not_valid = if copied.ends_with("NOT VALID") {
-        ""
-    } else {
-        " NOT VALID"
-    };
-    Some(format!(
-        "alter table {table} add constraint {} {copied}{not_valid}",
-        quote_ident(new_name)
-    ))
+    Some(ddl::add_not_valid(table, new_name, &copied))
 }
 
 /// The copies (not yet validated) on `table` for new column `to`: foreign

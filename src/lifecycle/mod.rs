@@ -192,17 +192,9 @@ impl Lifecycle {
             }
         });
         *lifecycle.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(poller);
-        let resume: Vec<String> = lifecycle
-            .records()
-            .into_iter()
-            // (with a pause asked and not yet carried out: its workers stop at once)
-            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running)
-            .map(|r| r.spec.id)
-            .collect();
-        for id in resume {
-            tracing::info!(migration = %id, "resuming the backfill from its cursor");
-            lifecycle.spawn_backfill(&id);
-        }
+        // Backfills left running (by this proxy before a restart, or by one
+        // that is gone) go on from their cursors.
+        lifecycle.adopt_orphaned_backfills(&client).await?;
         Ok(lifecycle)
     }
 
@@ -386,14 +378,9 @@ impl Lifecycle {
         detail: &str,
         wait: bool,
     ) -> Result<(), ActionError> {
-        let synced = self.sync.lock().await;
-        store::save(client, &record).await?;
-        store::event(client, &record.spec.id, "admin", action, detail).await?;
-        let version = peers::bump(client).await?;
-        self.lock_records().insert(record.spec.id.clone(), record);
-        self.publish().await;
-        self.applied.fetch_max(version, Ordering::AcqRel);
-        drop(synced);
+        let version = self
+            .store_change(client, record, "admin", action, detail)
+            .await?;
         peers::heartbeat(
             client,
             &self.id,
@@ -408,6 +395,26 @@ impl Lifecycle {
         peers::wait_for(client, version, self.options)
             .await
             .map_err(ActionError::Failed)
+    }
+
+    /// Saves `record` with its event under a new state version, makes it
+    /// the current one and publishes the rules here: the new version.
+    async fn store_change(
+        &self,
+        client: &tokio_postgres::Client,
+        record: Record,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<i64, ActionError> {
+        let _synced = self.sync.lock().await;
+        store::save(client, &record).await?;
+        store::event(client, &record.spec.id, actor, action, detail).await?;
+        let version = peers::bump(client).await?;
+        self.lock_records().insert(record.spec.id.clone(), record);
+        self.publish().await;
+        self.applied.fetch_max(version, Ordering::AcqRel);
+        Ok(version)
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, ActionError> {

@@ -356,7 +356,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
 }
 
 /// `slices` as the JSON stored in `backfill_slices`.
-pub fn slices_json(slices: &[Slice]) -> String {
+fn slices_json(slices: &[Slice]) -> String {
     serde_json::to_string(slices).unwrap_or_else(|_| "[]".into())
 }
 
