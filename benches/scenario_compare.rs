@@ -17,11 +17,18 @@
 //!
 //! Each phase is a load window of `PGSHIFT_BENCH_SECS` (default 10) with
 //! the step run at its start (the backfill: windows until it is done);
-//! TPS and p99 come from pgbench's per-transaction logs. The baseline is
-//! the classic run through pgshift before its migration starts: pgshift
-//! with no migration. Every window must end with zero failed transactions
-//! and every method with the tpcb invariant exact on the final columns.
-//! Run: `cargo bench --bench scenario_compare` (`PGSHIFT_BENCH_SCALE`,
+//! TPS, p99 and the longest transaction come from pgbench's
+//! per-transaction logs. The baseline is the same database through a
+//! pgshift with no migration just before pgshift's run. Every window must
+//! end with zero failed transactions and every method with the tpcb
+//! invariant exact on the final columns. Each method starts on a vacuumed,
+//! checkpointed database, and each round starts with another method, so
+//! none always runs first or last. pgshift's old-shape groups' share of
+//! its transactions tells, within the same windows, whether the clients
+//! whose statements it rewrites go slower than the others.
+//! Run: `cargo bench --bench scenario_compare` (`PGSHIFT_BENCH_ROUNDS`,
+//! default 1; `PGSHIFT_BENCH_METHODS`, e.g. `classic_proxy,pgshift`;
+//! `PGSHIFT_BENCH_SCALE`,
 //! default 10; `PGSHIFT_BENCH_CLIENTS` per group, default 2;
 //! `PGSHIFT_BENCH_BATCH` keys per backfill batch for both methods, default
 //! 5000; `PGSHIFT_BENCH_PAUSE_MS` between batches for both methods, and
@@ -69,7 +76,7 @@ impl Method {
 
     fn database(self) -> &'static str {
         match self {
-            Method::Pgshift => "shift",
+            Method::Pgshift => "pgshift",
             Method::ClassicViaPgshift => "classic_proxy",
             Method::ClassicDirect => "classic_direct",
         }
@@ -80,6 +87,10 @@ impl Method {
 #[derive(Default)]
 struct PhaseLoad {
     transactions: u64,
+    /// Transactions of the windows in which both shapes ran, and of them
+    /// those of the old-shape groups.
+    mixed: u64,
+    old_shape: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
 }
@@ -88,12 +99,31 @@ impl PhaseLoad {
     /// Pools another round's measurements into this one.
     fn add(&mut self, other: PhaseLoad) {
         self.transactions += other.transactions;
+        self.mixed += other.mixed;
+        self.old_shape += other.old_shape;
         self.seconds += other.seconds;
         self.latencies_us.extend(other.latencies_us);
     }
 
     fn tps(&self) -> f64 {
         self.transactions as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The old-shape groups' share of the transactions of the windows in
+    /// which both shapes ran with the same client count (0.5: the shape
+    /// pgshift rewrites went as fast as the one it does not).
+    fn old_shape_share(&self) -> f64 {
+        if self.mixed == 0 {
+            return f64::NAN;
+        }
+        self.old_shape as f64 / self.mixed.max(1) as f64
+    }
+
+    fn longest_ms(&self) -> f64 {
+        self.latencies_us
+            .iter()
+            .max()
+            .map_or(f64::NAN, |&us| us as f64 / 1000.0)
     }
 
     fn p99_ms(&mut self) -> f64 {
@@ -118,10 +148,10 @@ struct Outcome {
 }
 
 /// Where the load goes and with what scripts.
-struct Load<'a> {
+struct Load {
     pgbench: PathBuf,
     port: u16,
-    database: &'a str,
+    database: String,
     clients: u32,
     secs: u32,
     /// The tables' scale, for the new-shape script's `:scale` (pgbench
@@ -131,7 +161,7 @@ struct Load<'a> {
     new_shape: PathBuf,
 }
 
-impl Load<'_> {
+impl Load {
     /// Starts one load window: the old-shape and/or new-shape groups, each
     /// in `-M prepared` and `-M simple`, `clients` each (doubled when only
     /// one shape runs, so every window has the same client count).
@@ -175,7 +205,7 @@ impl Load<'_> {
                     &self.pgbench,
                     SUPERUSER,
                     self.port,
-                    self.database,
+                    &self.database,
                     &args,
                 )?);
             }
@@ -184,6 +214,7 @@ impl Load<'_> {
             children,
             tag: tag.to_string(),
             secs,
+            mixed: old && new,
         })
     }
 
@@ -194,6 +225,7 @@ impl Load<'_> {
             children,
             tag,
             secs,
+            mixed,
         } = window;
         for child in children {
             finish_pgbench(child, &tag)?;
@@ -205,9 +237,12 @@ impl Load<'_> {
             if !name.starts_with(&format!("{tag}-")) {
                 continue;
             }
+            let old = name.starts_with(&format!("{tag}-old-"));
             for line in std::fs::read_to_string(&path)?.lines() {
                 if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
                     into.transactions += 1;
+                    into.mixed += u64::from(mixed);
+                    into.old_shape += u64::from(old && mixed);
                     into.latencies_us.push(us);
                 }
             }
@@ -227,6 +262,8 @@ struct Window {
     children: Vec<Child>,
     tag: String,
     secs: u32,
+    /// Both shapes ran, each with the same client count.
+    mixed: bool,
 }
 
 /// The steps of a migration, one implementation per method.
@@ -242,6 +279,15 @@ trait Steps {
     fn old_shape_after_switch(&self) -> bool;
     /// Whether the new-shape groups run before the read switch.
     fn new_shape_before_switch(&self) -> bool;
+    /// Holds a backfill that runs on its own at the end of its method's
+    /// window, so it runs only while its method's load does.
+    fn hold_backfill(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    /// Resumes a held backfill at the start of its method's next window.
+    fn resume_backfill(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
     /// After the load: whatever ends the migration (not measured).
     fn complete(&mut self, _rt: &Runtime) -> Result<()> {
         Ok(())
@@ -278,7 +324,41 @@ impl PgshiftSteps {
         Ok(())
     }
 
-    fn phases(&self, rt: &Runtime) -> Result<Vec<String>> {
+    /// The migrations whose backfill has not finished.
+    fn backfilling(&self, rt: &Runtime) -> Result<Vec<String>> {
+        Ok(self
+            .migrations(rt)?
+            .into_iter()
+            .filter(|(_, phase)| phase == "backfilling")
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Pauses or resumes the backfills not finished yet; one that finishes
+    /// in between answers 409, and is left alone.
+    fn pause_or_resume(&self, rt: &Runtime, action: &str) -> Result<()> {
+        for id in self.backfilling(rt)? {
+            let path = format!("/migrations/{id}/{action}");
+            let (code, answer) = rt
+                .block_on(pgshift::admin::request(
+                    &self.admin,
+                    "POST",
+                    &path,
+                    None,
+                    None,
+                ))
+                .map_err(anyhow::Error::msg)?;
+            let finished = || -> Result<bool> { Ok(!self.backfilling(rt)?.contains(&id)) };
+            let done = (200..300).contains(&code) || (code == 409 && finished()?);
+            if !done {
+                bail!("POST {path}: HTTP {code}: {answer}");
+            }
+        }
+        Ok(())
+    }
+
+    /// (id, phase) of every migration.
+    fn migrations(&self, rt: &Runtime) -> Result<Vec<(String, String)>> {
         let (_, status) = rt
             .block_on(pgshift::admin::request(
                 &self.admin,
@@ -288,11 +368,12 @@ impl PgshiftSteps {
                 None,
             ))
             .map_err(anyhow::Error::msg)?;
+        let field = |m: &Value, name: &str| m[name].as_str().unwrap_or("").to_string();
         Ok(status["migrations"]
             .as_array()
             .map(|ms| {
                 ms.iter()
-                    .map(|m| m["phase"].as_str().unwrap_or("").to_string())
+                    .map(|m| (field(m, "id"), field(m, "phase")))
                     .collect()
             })
             .unwrap_or_default())
@@ -315,7 +396,16 @@ impl Steps for PgshiftSteps {
         // pgshift backfills on its own: look every 200 ms (as the demo
         // does), not in a busy loop that would take CPU from the load.
         std::thread::sleep(Duration::from_millis(200));
-        Ok(self.phases(rt)?.iter().all(|p| p == "backfilled"))
+        Ok(self
+            .migrations(rt)?
+            .iter()
+            .all(|(_, phase)| phase == "backfilled"))
+    }
+    fn hold_backfill(&mut self, rt: &Runtime) -> Result<()> {
+        self.pause_or_resume(rt, "pause")
+    }
+    fn resume_backfill(&mut self, rt: &Runtime) -> Result<()> {
+        self.pause_or_resume(rt, "resume")
     }
     fn validate(&mut self, rt: &Runtime) -> Result<()> {
         self.act(rt, "validate", Value::Null)
@@ -481,68 +571,107 @@ impl Steps for ClassicSteps {
     }
 }
 
-/// Runs the phases of one method under load.
-fn run_method(load: &Load, steps: &mut dyn Steps, rt: &Runtime) -> Result<Outcome> {
-    let mut phases: Vec<PhaseLoad> = PHASES.iter().map(|_| PhaseLoad::default()).collect();
-    let mut work = Duration::ZERO;
-    let before_switch = (true, steps.new_shape_before_switch());
-    let after_switch = (steps.old_shape_after_switch(), true);
-    // A window of `phase` with `step` run at its start.
-    let mut window = |k: usize,
-                      shapes: (bool, bool),
-                      step: &mut dyn FnMut() -> Result<()>,
-                      phases: &mut Vec<PhaseLoad>|
-     -> Result<()> {
-        let tag = PHASES[k].replace(' ', "_");
-        let running = load.start(shapes.0, shapes.1, load.secs, &tag)?;
-        let t = Instant::now();
-        step()?;
-        work += t.elapsed();
-        load.finish(running, &mut phases[k])
-    };
-    window(0, before_switch, &mut || Ok(()), &mut phases)?;
-    window(1, before_switch, &mut || steps.expand(rt), &mut phases)?;
-    // The backfill: short windows until it is done.
-    let started = Instant::now();
-    steps.start_backfill(rt)?;
-    let mut round = 0;
-    loop {
-        let tag = format!("backfill{round}");
-        let running = load.start(
-            before_switch.0,
-            before_switch.1,
-            load.backfill_window(),
-            &tag,
-        )?;
-        let window_end = Instant::now() + Duration::from_secs(u64::from(load.backfill_window()));
-        let mut done = false;
-        while Instant::now() < window_end {
-            if !done {
-                done = steps.backfill_done(rt)?;
-            } else {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if done && round > 0 {
-                break;
-            }
-        }
-        load.finish(running, &mut phases[2])?;
-        round += 1;
-        if done {
-            break;
+/// One method's migration under way on its own database: its load, its
+/// steps, its server and what its windows have measured.
+struct MethodRun {
+    method: Method,
+    db: String,
+    load: Load,
+    steps: Box<dyn Steps>,
+    _server: Option<Server>,
+    phases: Vec<PhaseLoad>,
+    baseline: PhaseLoad,
+    /// Time the steps took, and the backfill within its windows.
+    work: Duration,
+    backfill: Duration,
+    backfill_windows: u32,
+    backfill_done: bool,
+}
+
+impl MethodRun {
+    /// Which groups run in phase `k`: (old shape, new shape).
+    fn shapes(&self, k: usize) -> (bool, bool) {
+        // From "reads on new" on, the classic application has switched.
+        if k >= 4 {
+            (self.steps.old_shape_after_switch(), true)
+        } else {
+            (true, self.steps.new_shape_before_switch())
         }
     }
-    let backfill_secs = started.elapsed().as_secs_f64();
-    window(3, before_switch, &mut || steps.validate(rt), &mut phases)?;
-    window(4, after_switch, &mut || steps.switch_reads(rt), &mut phases)?;
-    window(5, after_switch, &mut || steps.contract(rt), &mut phases)?;
-    window(6, after_switch, &mut || Ok(()), &mut phases)?;
-    Ok(Outcome {
-        phases,
-        baseline: PhaseLoad::default(),
-        work_secs: work.as_secs_f64() + backfill_secs,
-        backfill_secs,
-    })
+
+    /// A window of phase `k` with the phase's step run at its start.
+    fn window(&mut self, rt: &Runtime, k: usize) -> Result<()> {
+        let tag = format!("{}.{}", self.db, PHASES[k].replace(' ', "_"));
+        let (old, new) = self.shapes(k);
+        let running = self.load.start(old, new, self.load.secs, &tag)?;
+        let t = Instant::now();
+        match k {
+            1 => self.steps.expand(rt)?,
+            3 => self.steps.validate(rt)?,
+            4 => self.steps.switch_reads(rt)?,
+            5 => self.steps.contract(rt)?,
+            _ => {}
+        }
+        self.work += t.elapsed();
+        self.load.finish(running, &mut self.phases[k])
+    }
+
+    /// One backfill window: the backfill started (or resumed) at its
+    /// start and held at its end if not done, so it runs only while this
+    /// method's load does.
+    fn backfill_window(&mut self, rt: &Runtime) -> Result<()> {
+        let tag = format!("{}.backfill{}", self.db, self.backfill_windows);
+        let (old, new) = self.shapes(2);
+        let secs = self.load.backfill_window();
+        let running = self.load.start(old, new, secs, &tag)?;
+        let window_end = Instant::now() + Duration::from_secs(u64::from(secs));
+        let t = Instant::now();
+        if self.backfill_windows == 0 {
+            self.steps.start_backfill(rt)?;
+        } else {
+            self.steps.resume_backfill(rt)?;
+        }
+        while !self.backfill_done && Instant::now() < window_end {
+            self.backfill_done = self.steps.backfill_done(rt)?;
+        }
+        if !self.backfill_done {
+            self.steps.hold_backfill(rt)?;
+        }
+        self.backfill += t.elapsed();
+        self.backfill_windows += 1;
+        self.load.finish(running, &mut self.phases[2])
+    }
+
+    /// The phases measured so far, and the migration's work time.
+    fn outcome(&mut self) -> Outcome {
+        Outcome {
+            phases: std::mem::take(&mut self.phases),
+            baseline: std::mem::take(&mut self.baseline),
+            work_secs: (self.work + self.backfill).as_secs_f64(),
+            backfill_secs: self.backfill.as_secs_f64(),
+        }
+    }
+}
+
+/// Runs every method's migration, phase by phase, the methods' windows of
+/// each phase one after the other (in the order given): a method's phase
+/// is measured within a minute of the others', not minutes apart, so the
+/// machine's drift falls on all of them alike.
+fn run_interleaved(runs: &mut [MethodRun], rt: &Runtime) -> Result<()> {
+    for (k, phase) in PHASES.iter().enumerate() {
+        if *phase == "backfill" {
+            while runs.iter().any(|r| !r.backfill_done) {
+                for run in runs.iter_mut().filter(|r| !r.backfill_done) {
+                    run.backfill_window(rt)?;
+                }
+            }
+        } else {
+            for run in runs.iter_mut() {
+                run.window(rt, k)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tpcb invariant on the final columns: every committed write landed.
@@ -589,15 +718,43 @@ fn main() -> Result<()> {
         .build()?;
     let rounds = env_num("PGSHIFT_BENCH_ROUNDS", 1).max(1);
     let mut outcomes: Vec<(Method, Outcome)> = Vec::new();
+    let methods = chosen_methods()?;
+    // Each round's TPS per phase of each method, for the per-round ratios.
+    let mut per_round: Vec<(u32, Method, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
-        for method in [
-            Method::ClassicViaPgshift,
-            Method::ClassicDirect,
-            Method::Pgshift,
-        ] {
+        // Each round starts each phase with another method, so none always
+        // goes first (or last).
+        let mut order = methods.clone();
+        order.rotate_left(round as usize % methods.len());
+        eprintln!("round {round}:");
+        let mut runs = Vec::new();
+        for &method in &order {
             let db = format!("{}_{round}", method.database());
-            eprintln!("round {round}:");
-            let outcome = measure(&cluster, &rt, method, &db, &dir, &new_shape, &settings)?;
+            runs.push(prepare(
+                &cluster, &rt, method, db, &dir, &new_shape, &settings,
+            )?);
+        }
+        // Every database starts vacuumed (at prepare) and with no dirty
+        // pages of the set-up left to the checkpointer.
+        cluster.psql("postgres", "checkpoint")?;
+        for run in runs.iter_mut().filter(|r| r.method == Method::Pgshift) {
+            run.baseline = measure_baseline(&cluster, &run.load)?;
+        }
+        eprintln!(
+            "running the scenario, phase by phase, for {} method(s)…",
+            runs.len()
+        );
+        run_interleaved(&mut runs, &rt)?;
+        for mut run in runs {
+            run.steps.complete(&rt)?;
+            check_invariant(&cluster, &run.db)?;
+            let method = run.method;
+            let outcome = run.outcome();
+            per_round.push((
+                round,
+                method,
+                outcome.phases.iter().map(PhaseLoad::tps).collect(),
+            ));
             match outcomes.iter_mut().find(|(m, _)| *m == method) {
                 Some((_, pooled)) => {
                     for (p, o) in pooled.phases.iter_mut().zip(outcome.phases) {
@@ -609,7 +766,11 @@ fn main() -> Result<()> {
                 }
                 None => outcomes.push((method, outcome)),
             }
-            cluster.psql("postgres", &format!("drop database {db} with (force)"))?;
+            drop(run._server);
+            cluster.psql(
+                "postgres",
+                &format!("drop database {} with (force)", run.db),
+            )?;
         }
     }
     for (_, o) in outcomes.iter_mut() {
@@ -617,7 +778,67 @@ fn main() -> Result<()> {
         o.backfill_secs /= f64::from(rounds);
     }
     print_table(&settings, rounds, &mut outcomes);
+    print_round_ratios(rounds, &per_round);
     Ok(())
+}
+
+/// pgshift's TPS over the classic method's through pgshift, phase by
+/// phase, in each round (both ran minutes apart on the same cluster), and
+/// their median: how far one round's ratio moves is the bench's noise.
+fn print_round_ratios(rounds: u32, per_round: &[(u32, Method, Vec<f64>)]) {
+    let tps = |round: u32, method: Method| {
+        per_round
+            .iter()
+            .find(|(r, m, _)| *r == round && *m == method)
+            .map(|(_, _, t)| t.clone())
+    };
+    let ratios: Vec<Vec<f64>> = (0..rounds)
+        .filter_map(|round| {
+            let shift = tps(round, Method::Pgshift)?;
+            let classic = tps(round, Method::ClassicViaPgshift)?;
+            Some(shift.iter().zip(&classic).map(|(s, c)| s / c).collect())
+        })
+        .collect();
+    if ratios.is_empty() {
+        return;
+    }
+    println!();
+    let heads: String = (0..ratios.len()).map(|r| format!(" round {r} |")).collect();
+    println!("| phase: pgshift × classic via pgshift |{heads} median |");
+    println!("|---|{}---|", "---|".repeat(ratios.len()));
+    for (k, phase) in PHASES.iter().enumerate() {
+        let mut column: Vec<f64> = ratios.iter().map(|r| r[k]).collect();
+        let cells: String = column.iter().map(|x| format!(" {x:.2}× |")).collect();
+        column.sort_by(f64::total_cmp);
+        let n = column.len();
+        let median = if n % 2 == 1 {
+            column[n / 2]
+        } else {
+            (column[n / 2 - 1] + column[n / 2]) / 2.0
+        };
+        println!("| {phase} |{cells} {median:.2}× |");
+    }
+}
+
+/// The methods to run (`PGSHIFT_BENCH_METHODS`, comma-separated among
+/// `classic_proxy`, `classic_direct`, `pgshift`; default all three).
+fn chosen_methods() -> Result<Vec<Method>> {
+    let all = [
+        Method::ClassicViaPgshift,
+        Method::ClassicDirect,
+        Method::Pgshift,
+    ];
+    let Ok(list) = std::env::var("PGSHIFT_BENCH_METHODS") else {
+        return Ok(all.to_vec());
+    };
+    list.split(',')
+        .map(|name| {
+            all.iter()
+                .copied()
+                .find(|m| m.database() == name.trim())
+                .with_context(|| format!("PGSHIFT_BENCH_METHODS: unknown method {name:?}"))
+        })
+        .collect()
 }
 
 /// The knobs of a run.
@@ -630,43 +851,25 @@ struct Settings {
     target_ms: u32,
 }
 
-/// One method on a fresh database `db`: its phases under load, and for
-/// pgshift a no-migration window through a plain pgshift just before.
-fn measure(
+/// A fresh database `db` for `method` (`pgbench -i`, vacuumed), its
+/// server (pgshift with the migrations, or a plain one, or none) and its
+/// steps, ready for its first window.
+fn prepare(
     cluster: &Cluster,
     rt: &Runtime,
     method: Method,
-    db: &str,
+    db: String,
     dir: &std::path::Path,
     new_shape: &std::path::Path,
     settings: &Settings,
-) -> Result<Outcome> {
-    pgbench_init(cluster, db, settings.scale)?;
-    cluster.psql(db, "vacuum analyze")?;
-    let load_on = |port: u16| Load {
-        pgbench: cluster.binaries().tool("pgbench"),
-        port,
-        database: db,
-        clients: settings.clients,
-        secs: settings.secs,
-        scale: settings.scale.to_string(),
-        dir: dir.to_path_buf(),
-        new_shape: new_shape.to_path_buf(),
-    };
-    let mut baseline = PhaseLoad::default();
-    let (port, _server, mut steps): (u16, Option<Server>, Box<dyn Steps>) = match method {
+) -> Result<MethodRun> {
+    pgbench_init(cluster, &db, settings.scale)?;
+    cluster.psql(&db, "vacuum analyze")?;
+    let (port, server, steps): (u16, Option<Server>, Box<dyn Steps>) = match method {
         Method::Pgshift => {
-            // The baseline, adjacent in time: the same database through a
-            // pgshift with no migration, the same client count.
-            let plain_port = free_port()?;
-            let plain = start_pgshift(cluster.port(), plain_port, 200, None)?;
-            let load = load_on(plain_port);
-            let running = load.start(true, false, settings.secs, "baseline")?;
-            load.finish(running, &mut baseline)?;
-            drop(plain);
             let admin_port = free_port()?;
-            let config = dir.join("pgshift.toml");
-            std::fs::write(&config, pgshift_config(admin_port, db))?;
+            let config = dir.join(format!("pgshift-{db}.toml"));
+            std::fs::write(&config, pgshift_config(admin_port, &db))?;
             let port = free_port()?;
             let server = start_pgshift(cluster.port(), port, 200, Some(&config))?;
             let admin = format!("127.0.0.1:{admin_port}");
@@ -680,7 +883,7 @@ fn measure(
             (port, Some(server), Box::new(steps))
         }
         Method::ClassicViaPgshift | Method::ClassicDirect => {
-            let client = rt.block_on(connect(cluster, db))?;
+            let client = rt.block_on(connect(cluster, &db))?;
             let steps = Box::new(ClassicSteps {
                 client,
                 batch: i64::from(settings.batch),
@@ -697,12 +900,50 @@ fn measure(
             }
         }
     };
-    eprintln!("{}: running the scenario…", method.name());
-    let mut outcome = run_method(&load_on(port), steps.as_mut(), rt)?;
-    outcome.baseline = baseline;
-    steps.complete(rt)?;
-    check_invariant(cluster, db)?;
-    Ok(outcome)
+    let load = Load {
+        pgbench: cluster.binaries().tool("pgbench"),
+        port,
+        database: db.clone(),
+        clients: settings.clients,
+        secs: settings.secs,
+        scale: settings.scale.to_string(),
+        dir: dir.to_path_buf(),
+        new_shape: new_shape.to_path_buf(),
+    };
+    Ok(MethodRun {
+        method,
+        db,
+        load,
+        steps,
+        _server: server,
+        phases: PHASES.iter().map(|_| PhaseLoad::default()).collect(),
+        baseline: PhaseLoad::default(),
+        work: Duration::ZERO,
+        backfill: Duration::ZERO,
+        backfill_windows: 0,
+        backfill_done: false,
+    })
+}
+
+/// The baseline: pgshift's database through a pgshift with no migration,
+/// old-shape groups only, the same client count, just before its run.
+fn measure_baseline(cluster: &Cluster, load: &Load) -> Result<PhaseLoad> {
+    let plain_port = free_port()?;
+    let _plain = start_pgshift(cluster.port(), plain_port, 200, None)?;
+    let through_plain = Load {
+        port: plain_port,
+        pgbench: load.pgbench.clone(),
+        database: load.database.clone(),
+        scale: load.scale.clone(),
+        dir: load.dir.clone(),
+        new_shape: load.new_shape.clone(),
+        ..*load
+    };
+    let mut baseline = PhaseLoad::default();
+    let tag = format!("{}.baseline", load.database);
+    let running = through_plain.start(true, false, load.secs, &tag)?;
+    through_plain.finish(running, &mut baseline)?;
+    Ok(baseline)
 }
 
 fn pgshift_config(admin_port: u16, db: &str) -> String {
@@ -808,4 +1049,27 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
         row += &format!(" {:.1} / {:.1} | |", o.backfill_secs, o.work_secs);
     }
     println!("{row} | |");
+    println!();
+    // Where a gap comes from: the longest transaction of each phase, and
+    // how pgshift's clients shared its transactions between the shape it
+    // rewrites and the shape it does not (0.50: equally fast).
+    let mut header = "| phase |".to_string();
+    let mut rule = "|---|".to_string();
+    for (m, _) in outcomes.iter() {
+        header += &format!(" {} longest ms |", m.name());
+        rule += "---|";
+    }
+    println!("{header} pgshift: old-shape share of its transactions |");
+    println!("{rule}---|");
+    for (k, phase) in PHASES.iter().enumerate() {
+        let mut row = format!("| {phase} |");
+        let mut share = f64::NAN;
+        for (m, o) in outcomes.iter() {
+            row += &format!(" {:.0} |", o.phases[k].longest_ms());
+            if *m == Method::Pgshift {
+                share = o.phases[k].old_shape_share();
+            }
+        }
+        println!("{row} {share:.2} |");
+    }
 }
