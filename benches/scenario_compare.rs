@@ -1,7 +1,8 @@
 //! The demo's migration scenario, measured against the classic method in
 //! the same run: the rename `pgbench_accounts.abalance → balance` and the
 //! type change `pgbench_tellers.tbalance` integer → bigint (`tbalance_big`)
-//! while pgbench writes, three ways, each on a fresh `pgbench -i` database:
+//! while pgbench writes, three ways, each on a fresh `pgbench -i` database
+//! in the same cluster, against a fourth with no migration at all:
 //!
 //! - **pgshift**: four pgbench groups through pgshift — stock tpcb (old
 //!   shape) and the new-shape script, each in `-M prepared` and `-M
@@ -14,16 +15,20 @@
 //!   parity count, then the application switches itself to the new columns
 //!   (the old-shape groups are replaced by new-shape ones), then the
 //!   trigger and the old columns are dropped. Same client count.
+//! - **no migration** (the baseline): old-shape groups through a plain
+//!   pgshift, nothing else.
 //!
 //! Each phase is a load window of `PGSHIFT_BENCH_SECS` (default 10) with
 //! the step run at its start (the backfill: windows until it is done);
 //! TPS, p99 and the longest transaction come from pgbench's
-//! per-transaction logs. The baseline is the same database through a
-//! pgshift with no migration just before pgshift's run. Every window must
-//! end with zero failed transactions and every method with the tpcb
-//! invariant exact on the final columns. Each method starts on a vacuumed,
-//! checkpointed database, and each round starts with another method, so
-//! none always runs first or last. pgshift's old-shape groups' share of
+//! per-transaction logs. The methods run interleaved, phase by phase: the
+//! window of a phase for each method, then the next phase (pgshift's
+//! backfill is paused between its windows), so the machine's drift falls
+//! on all of them alike. Every window must end with zero failed
+//! transactions and every method with the tpcb invariant exact on the
+//! final columns. Every database starts vacuumed and checkpointed, and
+//! each round starts each phase with another method, so none always runs
+//! first or last. pgshift's old-shape groups' share of
 //! its transactions tells, within the same windows, whether the clients
 //! whose statements it rewrites go slower than the others.
 //! Run: `cargo bench --bench scenario_compare` (`PGSHIFT_BENCH_ROUNDS`,
@@ -47,6 +52,9 @@ use tokio::runtime::Runtime;
 mod common;
 use common::{env_num, finish_pgbench, pgbench_init, spawn_pgbench, start_pgshift, Server};
 
+/// The index in [`PHASES`] of the first phase with reads switched.
+const SWITCHED: usize = 4;
+
 /// The phases every method goes through, in order.
 const PHASES: [&str; 7] = [
     "no migration yet",
@@ -60,6 +68,7 @@ const PHASES: [&str; 7] = [
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
+    NoMigration,
     Pgshift,
     ClassicViaPgshift,
     ClassicDirect,
@@ -68,6 +77,7 @@ enum Method {
 impl Method {
     fn name(self) -> &'static str {
         match self {
+            Method::NoMigration => "no migration",
             Method::Pgshift => "pgshift",
             Method::ClassicViaPgshift => "classic via pgshift",
             Method::ClassicDirect => "classic direct",
@@ -76,6 +86,7 @@ impl Method {
 
     fn database(self) -> &'static str {
         match self {
+            Method::NoMigration => "plain",
             Method::Pgshift => "pgshift",
             Method::ClassicViaPgshift => "classic_proxy",
             Method::ClassicDirect => "classic_direct",
@@ -139,9 +150,6 @@ impl PhaseLoad {
 /// What one method measured.
 struct Outcome {
     phases: Vec<PhaseLoad>,
-    /// pgshift with no migration on the same database, just before
-    /// (measured for the pgshift method only).
-    baseline: PhaseLoad,
     /// Seconds the migration's own work took (the steps and the backfill).
     work_secs: f64,
     backfill_secs: f64,
@@ -275,10 +283,14 @@ trait Steps {
     fn validate(&mut self, rt: &Runtime) -> Result<()>;
     fn switch_reads(&mut self, rt: &Runtime) -> Result<()>;
     fn contract(&mut self, rt: &Runtime) -> Result<()>;
-    /// Whether the old-shape groups go on after the read switch.
-    fn old_shape_after_switch(&self) -> bool;
-    /// Whether the new-shape groups run before the read switch.
-    fn new_shape_before_switch(&self) -> bool;
+    /// Which groups run (old shape, new shape), before or after the
+    /// read switch.
+    fn shapes(&self, switched: bool) -> (bool, bool);
+    /// The columns that hold the truth once the load has ended: the
+    /// accounts' and the tellers' balance.
+    fn final_columns(&self) -> (&'static str, &'static str) {
+        ("balance", "tbalance_big")
+    }
     /// Holds a backfill that runs on its own at the end of its method's
     /// window, so it runs only while its method's load does.
     fn hold_backfill(&mut self, _rt: &Runtime) -> Result<()> {
@@ -418,11 +430,9 @@ impl Steps for PgshiftSteps {
         // columns, so the contract goes ahead (forced).
         self.act(rt, "contract", json!({ "force": true }))
     }
-    fn old_shape_after_switch(&self) -> bool {
-        true
-    }
-    fn new_shape_before_switch(&self) -> bool {
-        true
+    fn shapes(&self, _switched: bool) -> (bool, bool) {
+        // Both application versions, the whole time.
+        (true, true)
     }
     fn complete(&mut self, rt: &Runtime) -> Result<()> {
         self.act(rt, "complete", Value::Null)
@@ -563,11 +573,40 @@ impl Steps for ClassicSteps {
             Ok(())
         })
     }
-    fn old_shape_after_switch(&self) -> bool {
-        false
+    fn shapes(&self, switched: bool) -> (bool, bool) {
+        // The application is redeployed onto the new columns at the switch.
+        (!switched, switched)
     }
-    fn new_shape_before_switch(&self) -> bool {
-        false
+}
+
+/// No migration at all: the baseline, through a plain pgshift, old-shape
+/// groups only, in every phase.
+struct NoSteps;
+
+impl Steps for NoSteps {
+    fn expand(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn start_backfill(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn backfill_done(&mut self, _rt: &Runtime) -> Result<bool> {
+        Ok(true)
+    }
+    fn validate(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn switch_reads(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn contract(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn shapes(&self, _switched: bool) -> (bool, bool) {
+        (true, false)
+    }
+    fn final_columns(&self) -> (&'static str, &'static str) {
+        ("abalance", "tbalance")
     }
 }
 
@@ -580,7 +619,6 @@ struct MethodRun {
     steps: Box<dyn Steps>,
     _server: Option<Server>,
     phases: Vec<PhaseLoad>,
-    baseline: PhaseLoad,
     /// Time the steps took, and the backfill within its windows.
     work: Duration,
     backfill: Duration,
@@ -591,12 +629,7 @@ struct MethodRun {
 impl MethodRun {
     /// Which groups run in phase `k`: (old shape, new shape).
     fn shapes(&self, k: usize) -> (bool, bool) {
-        // From "reads on new" on, the classic application has switched.
-        if k >= 4 {
-            (self.steps.old_shape_after_switch(), true)
-        } else {
-            (true, self.steps.new_shape_before_switch())
-        }
+        self.steps.shapes(k >= SWITCHED)
     }
 
     /// A window of phase `k` with the phase's step run at its start.
@@ -646,7 +679,6 @@ impl MethodRun {
     fn outcome(&mut self) -> Outcome {
         Outcome {
             phases: std::mem::take(&mut self.phases),
-            baseline: std::mem::take(&mut self.baseline),
             work_secs: (self.work + self.backfill).as_secs_f64(),
             backfill_secs: self.backfill.as_secs_f64(),
         }
@@ -675,11 +707,11 @@ fn run_interleaved(runs: &mut [MethodRun], rt: &Runtime) -> Result<()> {
 }
 
 /// The tpcb invariant on the final columns: every committed write landed.
-fn check_invariant(cluster: &Cluster, db: &str) -> Result<()> {
+fn check_invariant(cluster: &Cluster, db: &str, (accounts, tellers): (&str, &str)) -> Result<()> {
     let sums = cluster.psql(
         db,
-        "select (select sum(delta) from pgbench_history)::int8, (select sum(bbalance) from pgbench_branches)::int8,
-                (select sum(tbalance_big) from pgbench_tellers)::int8, (select sum(balance) from pgbench_accounts)::int8",
+        &format!("select (select sum(delta) from pgbench_history)::int8, (select sum(bbalance) from pgbench_branches)::int8,
+                (select sum({tellers}) from pgbench_tellers)::int8, (select sum({accounts}) from pgbench_accounts)::int8"),
     )?;
     let values: Vec<&str> = sums.trim().split('|').collect();
     if values.len() != 4 || values.iter().any(|v| *v != values[0]) {
@@ -737,9 +769,6 @@ fn main() -> Result<()> {
         // Every database starts vacuumed (at prepare) and with no dirty
         // pages of the set-up left to the checkpointer.
         cluster.psql("postgres", "checkpoint")?;
-        for run in runs.iter_mut().filter(|r| r.method == Method::Pgshift) {
-            run.baseline = measure_baseline(&cluster, &run.load)?;
-        }
         eprintln!(
             "running the scenario, phase by phase, for {} method(s)…",
             runs.len()
@@ -747,7 +776,7 @@ fn main() -> Result<()> {
         run_interleaved(&mut runs, &rt)?;
         for mut run in runs {
             run.steps.complete(&rt)?;
-            check_invariant(&cluster, &run.db)?;
+            check_invariant(&cluster, &run.db, run.steps.final_columns())?;
             let method = run.method;
             let outcome = run.outcome();
             per_round.push((
@@ -760,7 +789,6 @@ fn main() -> Result<()> {
                     for (p, o) in pooled.phases.iter_mut().zip(outcome.phases) {
                         p.add(o);
                     }
-                    pooled.baseline.add(outcome.baseline);
                     pooled.work_secs += outcome.work_secs;
                     pooled.backfill_secs += outcome.backfill_secs;
                 }
@@ -778,14 +806,21 @@ fn main() -> Result<()> {
         o.backfill_secs /= f64::from(rounds);
     }
     print_table(&settings, rounds, &mut outcomes);
-    print_round_ratios(rounds, &per_round);
+    print_round_ratios(rounds, &per_round, Method::ClassicViaPgshift);
+    print_round_ratios(rounds, &per_round, Method::NoMigration);
     Ok(())
 }
 
-/// pgshift's TPS over the classic method's through pgshift, phase by
-/// phase, in each round (both ran minutes apart on the same cluster), and
+/// A markdown table's head: a phase column, then `columns`.
+fn print_head(columns: &[String]) {
+    let names: String = columns.iter().map(|c| format!(" {c} |")).collect();
+    println!("| phase |{names}");
+    println!("|---|{}", "---|".repeat(columns.len()));
+}
+
+/// pgshift's TPS over `against`'s, phase by phase, in each round, and
 /// their median: how far one round's ratio moves is the bench's noise.
-fn print_round_ratios(rounds: u32, per_round: &[(u32, Method, Vec<f64>)]) {
+fn print_round_ratios(rounds: u32, per_round: &[(u32, Method, Vec<f64>)], against: Method) {
     let tps = |round: u32, method: Method| {
         per_round
             .iter()
@@ -795,17 +830,18 @@ fn print_round_ratios(rounds: u32, per_round: &[(u32, Method, Vec<f64>)]) {
     let ratios: Vec<Vec<f64>> = (0..rounds)
         .filter_map(|round| {
             let shift = tps(round, Method::Pgshift)?;
-            let classic = tps(round, Method::ClassicViaPgshift)?;
-            Some(shift.iter().zip(&classic).map(|(s, c)| s / c).collect())
+            let other = tps(round, against)?;
+            Some(shift.iter().zip(&other).map(|(s, o)| s / o).collect())
         })
         .collect();
     if ratios.is_empty() {
         return;
     }
     println!();
-    let heads: String = (0..ratios.len()).map(|r| format!(" round {r} |")).collect();
-    println!("| phase: pgshift × classic via pgshift |{heads} median |");
-    println!("|---|{}---|", "---|".repeat(ratios.len()));
+    let mut columns: Vec<String> = (0..ratios.len()).map(|r| format!("round {r}")).collect();
+    columns.push("median".into());
+    println!("pgshift × {}, per round:", against.name());
+    print_head(&columns);
     for (k, phase) in PHASES.iter().enumerate() {
         let mut column: Vec<f64> = ratios.iter().map(|r| r[k]).collect();
         let cells: String = column.iter().map(|x| format!(" {x:.2}× |")).collect();
@@ -821,9 +857,10 @@ fn print_round_ratios(rounds: u32, per_round: &[(u32, Method, Vec<f64>)]) {
 }
 
 /// The methods to run (`PGSHIFT_BENCH_METHODS`, comma-separated among
-/// `classic_proxy`, `classic_direct`, `pgshift`; default all three).
+/// `plain`, `classic_proxy`, `classic_direct`, `pgshift`; default all).
 fn chosen_methods() -> Result<Vec<Method>> {
     let all = [
+        Method::NoMigration,
         Method::ClassicViaPgshift,
         Method::ClassicDirect,
         Method::Pgshift,
@@ -882,6 +919,11 @@ fn prepare(
             };
             (port, Some(server), Box::new(steps))
         }
+        Method::NoMigration => {
+            let port = free_port()?;
+            let server = start_pgshift(cluster.port(), port, 200, None)?;
+            (port, Some(server), Box::new(NoSteps))
+        }
         Method::ClassicViaPgshift | Method::ClassicDirect => {
             let client = rt.block_on(connect(cluster, &db))?;
             let steps = Box::new(ClassicSteps {
@@ -917,33 +959,11 @@ fn prepare(
         steps,
         _server: server,
         phases: PHASES.iter().map(|_| PhaseLoad::default()).collect(),
-        baseline: PhaseLoad::default(),
         work: Duration::ZERO,
         backfill: Duration::ZERO,
         backfill_windows: 0,
         backfill_done: false,
     })
-}
-
-/// The baseline: pgshift's database through a pgshift with no migration,
-/// old-shape groups only, the same client count, just before its run.
-fn measure_baseline(cluster: &Cluster, load: &Load) -> Result<PhaseLoad> {
-    let plain_port = free_port()?;
-    let _plain = start_pgshift(cluster.port(), plain_port, 200, None)?;
-    let through_plain = Load {
-        port: plain_port,
-        pgbench: load.pgbench.clone(),
-        database: load.database.clone(),
-        scale: load.scale.clone(),
-        dir: load.dir.clone(),
-        new_shape: load.new_shape.clone(),
-        ..*load
-    };
-    let mut baseline = PhaseLoad::default();
-    let tag = format!("{}.baseline", load.database);
-    let running = through_plain.start(true, false, load.secs, &tag)?;
-    through_plain.finish(running, &mut baseline)?;
-    Ok(baseline)
 }
 
 fn pgshift_config(admin_port: u16, db: &str) -> String {
@@ -1007,26 +1027,19 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
         pause_ms,
         target_ms,
     } = *settings;
-    let baseline = outcomes
-        .iter()
-        .find(|(m, _)| *m == Method::Pgshift)
-        .map_or(f64::NAN, |(_, o)| o.baseline.tps());
     println!();
     println!(
-        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, {rounds} round(s) pooled, backfill batches of {batch} keys with {pause_ms} ms pauses (pgshift's target {target_ms} ms, 0: fixed); baseline: pgshift with no migration on the same database just before = {baseline:.0} TPS",
+        "migration scenario at scale {scale}, {} clients in 4 groups, {secs} s per phase window, {rounds} round(s) pooled, backfill batches of {batch} keys with {pause_ms} ms pauses (pgshift's target {target_ms} ms, 0: fixed); methods interleaved phase by phase",
         clients * 4
     );
     println!();
-    let mut header = "| phase |".to_string();
-    let mut rule = "|---|".to_string();
-    for (m, _) in outcomes.iter() {
-        header += &format!(" {} TPS | p99 ms |", m.name());
-        rule += "---|---|";
-    }
-    header += " pgshift × no migration | pgshift × classic via pgshift |";
-    rule += "---|---|";
-    println!("{header}");
-    println!("{rule}");
+    let mut columns: Vec<String> = outcomes
+        .iter()
+        .flat_map(|(m, _)| [format!("{} TPS", m.name()), "p99 ms".to_string()])
+        .collect();
+    columns.push("pgshift × no migration".into());
+    columns.push("pgshift × classic via pgshift".into());
+    print_head(&columns);
     for (k, phase) in PHASES.iter().enumerate() {
         let mut row = format!("| {phase} |");
         let mut tps_of = |method: Method| {
@@ -1037,6 +1050,7 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
         };
         let shift = tps_of(Method::Pgshift);
         let classic = tps_of(Method::ClassicViaPgshift);
+        let baseline = tps_of(Method::NoMigration);
         for (_, o) in outcomes.iter_mut() {
             let p = &mut o.phases[k];
             row += &format!(" {:.0} | {:.1} |", p.tps(), p.p99_ms());
@@ -1053,14 +1067,12 @@ fn print_table(settings: &Settings, rounds: u32, outcomes: &mut [(Method, Outcom
     // Where a gap comes from: the longest transaction of each phase, and
     // how pgshift's clients shared its transactions between the shape it
     // rewrites and the shape it does not (0.50: equally fast).
-    let mut header = "| phase |".to_string();
-    let mut rule = "|---|".to_string();
-    for (m, _) in outcomes.iter() {
-        header += &format!(" {} longest ms |", m.name());
-        rule += "---|";
-    }
-    println!("{header} pgshift: old-shape share of its transactions |");
-    println!("{rule}---|");
+    let mut columns: Vec<String> = outcomes
+        .iter()
+        .map(|(m, _)| format!("{} longest ms", m.name()))
+        .collect();
+    columns.push("pgshift: old-shape share of its transactions".into());
+    print_head(&columns);
     for (k, phase) in PHASES.iter().enumerate() {
         let mut row = format!("| {phase} |");
         let mut share = f64::NAN;
