@@ -127,7 +127,7 @@ impl PhaseLoad {
         if self.mixed == 0 {
             return f64::NAN;
         }
-        self.old_shape as f64 / self.mixed.max(1) as f64
+        self.old_shape as f64 / self.mixed as f64
     }
 
     fn longest_ms(&self) -> f64 {
@@ -274,15 +274,29 @@ struct Window {
     mixed: bool,
 }
 
-/// The steps of a migration, one implementation per method.
+/// The steps of a migration, one implementation per method; a step a
+/// method does not have is a no-op (and a backfill it does not have is
+/// done at once).
 trait Steps {
-    fn expand(&mut self, rt: &Runtime) -> Result<()>;
-    fn start_backfill(&mut self, rt: &Runtime) -> Result<()>;
+    fn expand(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn start_backfill(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
     /// Runs (part of) the backfill; true when it is done.
-    fn backfill_done(&mut self, rt: &Runtime) -> Result<bool>;
-    fn validate(&mut self, rt: &Runtime) -> Result<()>;
-    fn switch_reads(&mut self, rt: &Runtime) -> Result<()>;
-    fn contract(&mut self, rt: &Runtime) -> Result<()>;
+    fn backfill_done(&mut self, _rt: &Runtime) -> Result<bool> {
+        Ok(true)
+    }
+    fn validate(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn switch_reads(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+    fn contract(&mut self, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
     /// Which groups run (old shape, new shape), before or after the
     /// read switch.
     fn shapes(&self, switched: bool) -> (bool, bool);
@@ -560,11 +574,6 @@ impl Steps for ClassicSteps {
         }
         Ok(())
     }
-    fn switch_reads(&mut self, _rt: &Runtime) -> Result<()> {
-        // The application is redeployed on the new columns: the load
-        // windows from here on run the new-shape groups only.
-        Ok(())
-    }
     fn contract(&mut self, rt: &Runtime) -> Result<()> {
         rt.block_on(async {
             for sql in CLASSIC_CONTRACT {
@@ -574,7 +583,8 @@ impl Steps for ClassicSteps {
         })
     }
     fn shapes(&self, switched: bool) -> (bool, bool) {
-        // The application is redeployed onto the new columns at the switch.
+        // The application is redeployed onto the new columns at the read
+        // switch (its step is nothing more): new-shape groups only from then.
         (!switched, switched)
     }
 }
@@ -584,24 +594,6 @@ impl Steps for ClassicSteps {
 struct NoSteps;
 
 impl Steps for NoSteps {
-    fn expand(&mut self, _rt: &Runtime) -> Result<()> {
-        Ok(())
-    }
-    fn start_backfill(&mut self, _rt: &Runtime) -> Result<()> {
-        Ok(())
-    }
-    fn backfill_done(&mut self, _rt: &Runtime) -> Result<bool> {
-        Ok(true)
-    }
-    fn validate(&mut self, _rt: &Runtime) -> Result<()> {
-        Ok(())
-    }
-    fn switch_reads(&mut self, _rt: &Runtime) -> Result<()> {
-        Ok(())
-    }
-    fn contract(&mut self, _rt: &Runtime) -> Result<()> {
-        Ok(())
-    }
     fn shapes(&self, _switched: bool) -> (bool, bool) {
         (true, false)
     }
@@ -638,11 +630,11 @@ impl MethodRun {
         let (old, new) = self.shapes(k);
         let running = self.load.start(old, new, self.load.secs, &tag)?;
         let t = Instant::now();
-        match k {
-            1 => self.steps.expand(rt)?,
-            3 => self.steps.validate(rt)?,
-            4 => self.steps.switch_reads(rt)?,
-            5 => self.steps.contract(rt)?,
+        match PHASES[k] {
+            "expand" => self.steps.expand(rt)?,
+            "validate" => self.steps.validate(rt)?,
+            "reads on new" => self.steps.switch_reads(rt)?,
+            "contract" => self.steps.contract(rt)?,
             _ => {}
         }
         self.work += t.elapsed();
