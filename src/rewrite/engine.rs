@@ -65,7 +65,7 @@ enum CachedOutcome {
 }
 
 /// What a planned statement counts as, per migration index.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Tally {
     rewritten: Vec<usize>,
     refused: Option<usize>,
@@ -84,13 +84,14 @@ impl Tally {
             c.refused.fetch_add(1, Ordering::Relaxed);
         }
         if !self.old_shape.is_empty() {
-            let application =
-                super::with_current_session(|s| s.and_then(|s| s.application.clone()));
-            for &i in &self.old_shape {
-                if let Some(c) = rules.counters.get(i) {
-                    c.saw_old_shape(application.as_deref());
+            super::with_current_session(|s| {
+                let application = s.and_then(|s| s.application.as_deref());
+                for &i in &self.old_shape {
+                    if let Some(c) = rules.counters.get(i) {
+                        c.saw_old_shape(application);
+                    }
                 }
-            }
+            });
         }
     }
 }
@@ -139,10 +140,11 @@ impl StatementRewriter for MigrationRewriter {
                         Rewrite::Replaced(Cow::Owned(t.fill(text, literals)?))
                     }
                 };
-                Some((outcome, cached.tally.clone()))
+                // Counted in place: a hit allocates nothing but its text.
+                cached.tally.record(rules);
+                Some(outcome)
             });
-            if let Some((outcome, tally)) = hit {
-                tally.record(rules);
+            if let Some(outcome) = hit {
                 return outcome;
             }
             let Ok(text) = std::str::from_utf8(sql) else {
