@@ -38,7 +38,11 @@
 //! `PGSHIFT_BENCH_BATCH` keys per backfill batch for both methods, default
 //! 5000; `PGSHIFT_BENCH_PAUSE_MS` between batches for both methods, and
 //! between pgshift's parity-check ranges, default 150; `PGSHIFT_BENCH_TARGET_MS`:
-//! pgshift's time-targeted batches).
+//! pgshift's time-targeted batches; `PGSHIFT_BENCH_CONTRACTED_WINDOWS`,
+//! default 1: windows of the contracted phase per method — it is steady
+//! state, so it can be sampled as long as needed; with more than one, the
+//! ratio of every pair of windows is printed too, and each method's
+//! accounts table state — size, dead tuples, HOT share — around them).
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -170,26 +174,31 @@ struct Load {
 }
 
 impl Load {
-    /// Starts one load window: the old-shape and/or new-shape groups, each
-    /// in `-M prepared` and `-M simple`, `clients` each (doubled when only
-    /// one shape runs, so every window has the same client count).
+    /// Starts one load window: four pgbench processes of `clients` each,
+    /// two in `-M prepared` and two in `-M simple`, one of each per shape
+    /// when both shapes run and both of the one shape otherwise — every
+    /// window of every method has the same client count and the same
+    /// processes (on two cores, the same clients split over four pgbench
+    /// processes instead of two go ≈ 8 % slower, which once made a method
+    /// running both shapes look slower than one running one).
     fn start(&self, old: bool, new: bool, secs: u32, tag: &str) -> Result<Window> {
-        let clients = if old && new {
-            self.clients
-        } else {
-            self.clients * 2
+        let shapes = match (old, new) {
+            (true, true) => [true, false],
+            (true, false) => [true, true],
+            (false, _) => [false, false],
         };
-        let (clients, secs_arg) = (clients.to_string(), secs.to_string());
+        let (clients, secs_arg) = (self.clients.to_string(), secs.to_string());
         let new_shape = self.new_shape.display().to_string();
         let mut children = Vec::new();
-        for (shape, script) in [(old, None), (new, Some(new_shape.as_str()))] {
-            if !shape {
-                continue;
-            }
+        for (k, is_old) in shapes.into_iter().enumerate() {
+            let script = (!is_old).then_some(new_shape.as_str());
             for mode in ["prepared", "simple"] {
                 let prefix = self
                     .dir
-                    .join(format!("{tag}-{}-{mode}", script.map_or("old", |_| "new")))
+                    .join(format!(
+                        "{tag}-{}-{mode}{k}",
+                        script.map_or("old", |_| "new")
+                    ))
                     .display()
                     .to_string();
                 let mut args = vec![
@@ -616,6 +625,8 @@ struct MethodRun {
     backfill: Duration,
     backfill_windows: u32,
     backfill_done: bool,
+    /// The TPS of each window of the contracted phase, in order.
+    contracted_tps: Vec<f64>,
 }
 
 impl MethodRun {
@@ -624,8 +635,9 @@ impl MethodRun {
         self.steps.shapes(k >= SWITCHED)
     }
 
-    /// A window of phase `k` with the phase's step run at its start.
-    fn window(&mut self, rt: &Runtime, k: usize) -> Result<()> {
+    /// A window of phase `k` with the phase's step run at its start; its
+    /// TPS.
+    fn window(&mut self, rt: &Runtime, k: usize) -> Result<f64> {
         let tag = format!("{}.{}", self.db, PHASES[k].replace(' ', "_"));
         let (old, new) = self.shapes(k);
         let running = self.load.start(old, new, self.load.secs, &tag)?;
@@ -638,7 +650,11 @@ impl MethodRun {
             _ => {}
         }
         self.work += t.elapsed();
-        self.load.finish(running, &mut self.phases[k])
+        let mut measured = PhaseLoad::default();
+        self.load.finish(running, &mut measured)?;
+        let tps = measured.tps();
+        self.phases[k].add(measured);
+        Ok(tps)
     }
 
     /// One backfill window: the backfill started (or resumed) at its
@@ -681,21 +697,117 @@ impl MethodRun {
 /// each phase one after the other (in the order given): a method's phase
 /// is measured within a minute of the others', not minutes apart, so the
 /// machine's drift falls on all of them alike.
-fn run_interleaved(runs: &mut [MethodRun], rt: &Runtime) -> Result<()> {
+/// The contracted phase is steady state: it gets `contracted_windows`
+/// windows per method, each time starting with the next method, and the
+/// accounts table's state is reported around them.
+fn run_interleaved(
+    runs: &mut [MethodRun],
+    rt: &Runtime,
+    cluster: &Cluster,
+    contracted_windows: u32,
+) -> Result<()> {
     for (k, phase) in PHASES.iter().enumerate() {
-        if *phase == "backfill" {
-            while runs.iter().any(|r| !r.backfill_done) {
-                for run in runs.iter_mut().filter(|r| !r.backfill_done) {
-                    run.backfill_window(rt)?;
+        match *phase {
+            "backfill" => {
+                // The baseline takes a window in every round of them, so
+                // the backfill's minutes are compared with their own.
+                while runs.iter().any(|r| !r.backfill_done) {
+                    for run in runs
+                        .iter_mut()
+                        .filter(|r| !r.backfill_done || r.method == Method::NoMigration)
+                    {
+                        run.backfill_window(rt)?;
+                    }
                 }
             }
-        } else {
-            for run in runs.iter_mut() {
-                run.window(rt, k)?;
+            "contracted" => {
+                if std::env::var_os("PGSHIFT_BENCH_CONTRACTED_REPACK").is_some() {
+                    // Diagnosis: the same physical state for every method.
+                    for run in runs.iter() {
+                        cluster.psql(&run.db, "vacuum full analyze pgbench_accounts")?;
+                    }
+                    cluster.psql("postgres", "checkpoint")?;
+                }
+                let before: Vec<TableState> = runs
+                    .iter()
+                    .map(|r| TableState::read(cluster, &r.db))
+                    .collect::<Result<_>>()?;
+                let n = runs.len();
+                for w in 0..contracted_windows as usize {
+                    for i in 0..n {
+                        let run = &mut runs[(i + w) % n];
+                        let tps = run.window(rt, k)?;
+                        run.contracted_tps.push(tps);
+                    }
+                }
+                for (run, before) in runs.iter().zip(before) {
+                    let after = TableState::read(cluster, &run.db)?;
+                    eprintln!(
+                        "{}: pgbench_accounts after the contract: {}",
+                        run.method.name(),
+                        after.describe_since(&before)
+                    );
+                }
+            }
+            _ => {
+                for run in runs.iter_mut() {
+                    run.window(rt, k)?;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// `pgbench_accounts` as the statistics collector sees it: what a gap in
+/// the contracted phase could come from besides the proxy (a bigger
+/// table, dead tuples, fewer HOT updates, autovacuum at work).
+struct TableState {
+    bytes: i64,
+    dead: i64,
+    updates: i64,
+    hot_updates: i64,
+    autovacuums: i64,
+}
+
+impl TableState {
+    fn read(cluster: &Cluster, db: &str) -> Result<TableState> {
+        let row = cluster.psql(
+            db,
+            "select pg_total_relation_size(relid), n_dead_tup, n_tup_upd, n_tup_hot_upd, autovacuum_count
+             from pg_stat_user_tables where relname = 'pgbench_accounts'",
+        )?;
+        let v: Vec<i64> = row
+            .trim()
+            .split('|')
+            .map(|x| x.parse().context("pg_stat_user_tables"))
+            .collect::<Result<_>>()?;
+        let [bytes, dead, updates, hot_updates, autovacuums] = v[..] else {
+            bail!("pg_stat_user_tables: unexpected row {row:?}");
+        };
+        Ok(TableState {
+            bytes,
+            dead,
+            updates,
+            hot_updates,
+            autovacuums,
+        })
+    }
+
+    fn describe_since(&self, before: &TableState) -> String {
+        let updates = self.updates - before.updates;
+        let hot = self.hot_updates - before.hot_updates;
+        format!(
+            "{:.0} MB (was {:.0} MB), {} dead tuples (were {}), {:.0} % of its {} updates HOT, {} autovacuum run(s)",
+            self.bytes as f64 / 1e6,
+            before.bytes as f64 / 1e6,
+            self.dead,
+            before.dead,
+            100.0 * hot as f64 / updates.max(1) as f64,
+            updates,
+            self.autovacuums - before.autovacuums
+        )
+    }
 }
 
 /// The tpcb invariant on the final columns: every committed write landed.
@@ -724,6 +836,7 @@ fn main() -> Result<()> {
     let batch = env_num("PGSHIFT_BENCH_BATCH", 5000);
     let pause_ms = env_num("PGSHIFT_BENCH_PAUSE_MS", 150);
     let target_ms = env_num("PGSHIFT_BENCH_TARGET_MS", 0);
+    let contracted_windows = env_num("PGSHIFT_BENCH_CONTRACTED_WINDOWS", 1).max(1);
     let settings = Settings {
         scale,
         clients,
@@ -745,6 +858,8 @@ fn main() -> Result<()> {
     let methods = chosen_methods()?;
     // Each round's TPS per phase of each method, for the per-round ratios.
     let mut per_round: Vec<(u32, Method, Vec<f64>)> = Vec::new();
+    // Each contracted window's TPS per round and method.
+    let mut contracted: Vec<(u32, Method, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
         // Each round starts each phase with another method, so none always
         // goes first (or last).
@@ -765,11 +880,12 @@ fn main() -> Result<()> {
             "running the scenario, phase by phase, for {} method(s)…",
             runs.len()
         );
-        run_interleaved(&mut runs, &rt)?;
+        run_interleaved(&mut runs, &rt, &cluster, contracted_windows)?;
         for mut run in runs {
             run.steps.complete(&rt)?;
             check_invariant(&cluster, &run.db, run.steps.final_columns())?;
             let method = run.method;
+            contracted.push((round, method, std::mem::take(&mut run.contracted_tps)));
             let outcome = run.outcome();
             per_round.push((
                 round,
@@ -800,7 +916,48 @@ fn main() -> Result<()> {
     print_table(&settings, rounds, &mut outcomes);
     print_round_ratios(rounds, &per_round, Method::ClassicViaPgshift);
     print_round_ratios(rounds, &per_round, Method::NoMigration);
+    if contracted_windows > 1 {
+        print_window_ratios(&contracted, Method::ClassicViaPgshift);
+        print_window_ratios(&contracted, Method::NoMigration);
+    }
     Ok(())
+}
+
+/// pgshift's TPS over `against`'s in each contracted window (the windows
+/// of one round paired in order): their spread, and how many reach 1.
+fn print_window_ratios(contracted: &[(u32, Method, Vec<f64>)], against: Method) {
+    let mut ratios: Vec<f64> = Vec::new();
+    for (round, method, shift) in contracted {
+        if *method != Method::Pgshift {
+            continue;
+        }
+        let Some((_, _, other)) = contracted
+            .iter()
+            .find(|(r, m, _)| r == round && *m == against)
+        else {
+            continue;
+        };
+        ratios.extend(shift.iter().zip(other).map(|(s, o)| s / o));
+    }
+    if ratios.is_empty() {
+        return;
+    }
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let at = |q: f64| ratios[((n - 1) as f64 * q).round() as usize];
+    println!();
+    println!(
+        "contracted phase, pgshift × {} per window pair ({n}): median {:.2}×, quartiles {:.2}–{:.2}×, range {:.2}–{:.2}×, {} of {n} at 1 or more; in order: {}",
+        against.name(),
+        at(0.5),
+        at(0.25),
+        at(0.75),
+        ratios[0],
+        ratios[n - 1],
+        ratios.iter().filter(|&&r| r >= 1.0).count(),
+        listed.join(" ")
+    );
 }
 
 /// A markdown table's head: a phase column, then `columns`.
@@ -955,6 +1112,7 @@ fn prepare(
         backfill: Duration::ZERO,
         backfill_windows: 0,
         backfill_done: false,
+        contracted_tps: Vec::new(),
     })
 }
 
