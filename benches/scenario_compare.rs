@@ -14,7 +14,8 @@
 //!   batched backfill (keys per batch as pgshift's, one transaction each), a
 //!   parity count, then the application switches itself to the new columns
 //!   (the old-shape groups are replaced by new-shape ones), then the
-//!   trigger and the old columns are dropped. Same client count.
+//!   trigger and the old columns are dropped. Same client count and the
+//!   same four pgbench processes in every window.
 //! - **no migration** (the baseline): old-shape groups through a plain
 //!   pgshift, nothing else.
 //!
@@ -42,7 +43,10 @@
 //! default 1: windows of the contracted phase per method — it is steady
 //! state, so it can be sampled as long as needed; with more than one, the
 //! ratio of every pair of windows is printed too, and each method's
-//! accounts table state — size, dead tuples, HOT share — around them).
+//! accounts table state — size, dead tuples, HOT share — around them;
+//! `PGSHIFT_BENCH_CONTRACTED_REPACK` set: every accounts table is rewritten
+//! by `VACUUM FULL` before the contracted windows, to tell a gap that comes
+//! from the table's state from one that comes from the proxy).
 
 use std::path::PathBuf;
 use std::process::Child;
