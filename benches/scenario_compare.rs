@@ -112,6 +112,8 @@ struct PhaseLoad {
     old_shape: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
+    /// When each transaction ended, in seconds from its window's start.
+    ends_s: Vec<f64>,
 }
 
 impl PhaseLoad {
@@ -122,6 +124,20 @@ impl PhaseLoad {
         self.old_shape += other.old_shape;
         self.seconds += other.seconds;
         self.latencies_us.extend(other.latencies_us);
+        self.ends_s.extend(other.ends_s);
+    }
+
+    /// Transactions per second of the window, second by second.
+    fn per_second(&self) -> Vec<u64> {
+        let mut counts = Vec::new();
+        for &t in &self.ends_s {
+            let second = t.max(0.0) as usize;
+            if counts.len() <= second {
+                counts.resize(second + 1, 0);
+            }
+            counts[second] += 1;
+        }
+        counts
     }
 
     fn tps(&self) -> f64 {
@@ -236,6 +252,7 @@ impl Load {
             tag: tag.to_string(),
             secs,
             mixed: old && new,
+            started_s: unix_secs(),
         })
     }
 
@@ -247,6 +264,7 @@ impl Load {
             tag,
             secs,
             mixed,
+            started_s,
         } = window;
         for child in children {
             finish_pgbench(child, &tag)?;
@@ -260,7 +278,15 @@ impl Load {
             }
             let old = name.starts_with(&format!("{tag}-old-"));
             for line in std::fs::read_to_string(&path)?.lines() {
-                if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                // client, transaction, latency µs, script, end s, end µs
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if let (Some(end_s), Some(end_us)) = (
+                    fields.get(4).and_then(|v| v.parse::<f64>().ok()),
+                    fields.get(5).and_then(|v| v.parse::<f64>().ok()),
+                ) {
+                    into.ends_s.push(end_s + end_us / 1e6 - started_s);
+                }
+                if let Some(us) = fields.get(2).and_then(|v| v.parse().ok()) {
                     into.transactions += 1;
                     into.mixed += u64::from(mixed);
                     into.old_shape += u64::from(old && mixed);
@@ -280,6 +306,8 @@ impl Load {
 /// A load window under way: its pgbench groups, the tag of their logs
 /// and its length.
 struct Window {
+    /// When it started (UNIX seconds).
+    started_s: f64,
     children: Vec<Child>,
     tag: String,
     secs: u32,
@@ -653,10 +681,21 @@ impl MethodRun {
             "contract" => self.steps.contract(rt)?,
             _ => {}
         }
-        self.work += t.elapsed();
+        let step = t.elapsed();
+        self.work += step;
         let mut measured = PhaseLoad::default();
         self.load.finish(running, &mut measured)?;
         let tps = measured.tps();
+        if PHASES[k] == "contract" {
+            // Where in the window a transition costs: second by second.
+            let seconds: Vec<String> = measured.per_second().iter().map(u64::to_string).collect();
+            println!(
+                "{}: contract window, transactions per second (the step took {:.1} s from the start): {}",
+                self.method.name(),
+                step.as_secs_f64(),
+                seconds.join(" ")
+            );
+        }
         self.phases[k].add(measured);
         Ok(tps)
     }
@@ -827,6 +866,12 @@ fn check_invariant(cluster: &Cluster, db: &str, (accounts, tellers): (&str, &str
     }
     eprintln!("{db}: invariant holds ({})", values.join(" = "));
     Ok(())
+}
+
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn main() -> Result<()> {

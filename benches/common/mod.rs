@@ -56,7 +56,12 @@ pub fn start_pgshift(
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("127.0.0.1:{upstream}")])
         .args(["--max-client-connections", &max_clients.to_string()])
-        .env("RUST_LOG", "warn")
+        // PGSHIFT_BENCH_RUST_LOG: pgshift's log filter during a bench
+        // (its log goes to the bench's stderr).
+        .env(
+            "RUST_LOG",
+            std::env::var("PGSHIFT_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .context("starting pgshift")?;
