@@ -894,7 +894,21 @@ fn main() -> Result<()> {
         pause_ms,
         target_ms,
     };
-    let cluster = Cluster::start(&ClusterOptions::default())?;
+    // PGSHIFT_BENCH_PG_SETTINGS: extra postgresql.conf settings for the
+    // bench's cluster, `name=value,…` (e.g. `log_lock_waits=on`); with
+    // any, the server log's lock waits and slow statements are printed at
+    // the end.
+    let pg_settings: Vec<(String, String)> = std::env::var("PGSHIFT_BENCH_PG_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let report_server_log = !pg_settings.is_empty();
+    let cluster = Cluster::start(&ClusterOptions {
+        settings: pg_settings,
+        ..ClusterOptions::default()
+    })?;
     let dir = cluster.root().join("scenario-bench");
     std::fs::create_dir_all(&dir)?;
     let new_shape = dir.join("new_shape.sql");
@@ -968,6 +982,19 @@ fn main() -> Result<()> {
     if contracted_windows > 1 {
         print_window_ratios(&contracted, Method::ClassicViaPgshift);
         print_window_ratios(&contracted, Method::NoMigration);
+    }
+    if report_server_log {
+        let log = std::fs::read_to_string(cluster.log_file()).unwrap_or_default();
+        eprintln!("server log, lock waits and slow statements:");
+        for line in log.lines().filter(|l| {
+            l.contains("still waiting")
+                || l.contains("acquired")
+                || l.contains("duration:")
+                || l.contains("canceling statement due to lock timeout")
+                || l.contains("DETAIL:  Process")
+        }) {
+            eprintln!("  {line}");
+        }
     }
     Ok(())
 }
