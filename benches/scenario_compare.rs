@@ -112,7 +112,8 @@ struct PhaseLoad {
     old_shape: u64,
     seconds: f64,
     latencies_us: Vec<u64>,
-    /// When each transaction ended, in seconds from its window's start.
+    /// When each transaction ended, in seconds from its window's start
+    /// (one window's only: not pooled by [`PhaseLoad::add`]).
     ends_s: Vec<f64>,
 }
 
@@ -124,7 +125,8 @@ impl PhaseLoad {
         self.old_shape += other.old_shape;
         self.seconds += other.seconds;
         self.latencies_us.extend(other.latencies_us);
-        self.ends_s.extend(other.ends_s);
+        // `ends_s` counts from one window's start: pooled, it means
+        // nothing, so it is not kept.
     }
 
     /// Transactions per second of the window, second by second.
