@@ -142,6 +142,18 @@ impl PhaseLoad {
         counts
     }
 
+    /// Transactions in each tenth of a second of the window's first
+    /// `secs` seconds (where a transition's cost sits, finer).
+    fn per_tenth(&self, secs: usize) -> Vec<u64> {
+        let mut counts = vec![0; secs * 10];
+        for &t in &self.ends_s {
+            if let Some(c) = counts.get_mut((t.max(0.0) * 10.0) as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
     fn tps(&self) -> f64 {
         self.transactions as f64 / self.seconds.max(1e-9)
     }
@@ -675,6 +687,7 @@ impl MethodRun {
         let tag = format!("{}.{}", self.db, PHASES[k].replace(' ', "_"));
         let (old, new) = self.shapes(k);
         let running = self.load.start(old, new, self.load.secs, &tag)?;
+        let started_unix = running.started_s;
         let t = Instant::now();
         match PHASES[k] {
             "expand" => self.steps.expand(rt)?,
@@ -696,6 +709,13 @@ impl MethodRun {
                 self.method.name(),
                 step.as_secs_f64(),
                 seconds.join(" ")
+            );
+            let tenths: Vec<String> = measured.per_tenth(3).iter().map(u64::to_string).collect();
+            println!(
+                "{}: contract window (started at Unix {:.3}), its first 3 s by tenths: {}",
+                self.method.name(),
+                started_unix,
+                tenths.join(" ")
             );
         }
         self.phases[k].add(measured);
