@@ -234,7 +234,7 @@ impl Lifecycle {
             .into_iter()
             .map(|r| (r.spec.id.clone(), r))
             .collect();
-        self.publish().await;
+        self.publish(&client).await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         peers::heartbeat(
             &client,
@@ -259,7 +259,7 @@ impl Lifecycle {
                 .into_iter()
                 .map(|r| (r.spec.id.clone(), r))
                 .collect();
-            self.publish().await;
+            self.publish(client).await;
             self.applied.fetch_max(version, Ordering::AcqRel);
             tracing::info!(version, "applied a migration state change");
         }
@@ -343,9 +343,10 @@ impl Lifecycle {
             .ok_or_else(|| ActionError::NotFound(id.to_string()))
     }
 
-    /// Publishes the records' phases, with a fresh catalog snapshot, as a
-    /// new rules epoch.
-    async fn publish(&self) {
+    /// Publishes the records' phases, with a fresh catalog snapshot read
+    /// over `client` (the connection the change was made on: no new
+    /// backend per epoch), as a new rules epoch.
+    async fn publish(&self, client: &tokio_postgres::Client) {
         let migrations: Vec<ActiveMigration> = self
             .records()
             .into_iter()
@@ -354,7 +355,7 @@ impl Lifecycle {
                 phase: r.phase,
             })
             .collect();
-        let epoch = match control::load_catalog(&self.config).await {
+        let epoch = match control::read_catalog(client).await {
             Ok(catalog) => self.rules.publish_with_catalog(&migrations, catalog),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the catalog; publishing with the last snapshot");
@@ -412,7 +413,7 @@ impl Lifecycle {
         store::event(client, &record.spec.id, actor, action, detail).await?;
         let version = peers::bump(client).await?;
         self.lock_records().insert(record.spec.id.clone(), record);
-        self.publish().await;
+        self.publish(client).await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         Ok(version)
     }
@@ -1200,7 +1201,7 @@ impl Lifecycle {
         .await?;
         // A new catalog snapshot (b is gone), under the same rules.
         let _synced = self.sync.lock().await;
-        self.publish().await;
+        self.publish(client).await;
         Ok(())
     }
 
