@@ -4,6 +4,8 @@
 //!
 //! Client sessions never share this connection; it is opened when pgshift
 //! needs the catalog (at start, on SIGHUP, and until a first read succeeds).
+//! The lifecycle reads the catalog with [`read_catalog`] over the
+//! connection it made a change on, so a rules epoch costs no new backend.
 
 use std::time::Duration;
 
