@@ -1,8 +1,14 @@
 //! DDL under the lock-timeout discipline: every ALTER runs with a short
 //! `lock_timeout` and is retried with jittered back-off, so that waiting
 //! for a lock never queues application queries behind it for longer than
-//! the timeout. Plus what the expand and contract steps need to read from
-//! the catalog: column types, the indexes on a column, NOT NULL.
+//! the timeout. An autovacuum in the way is cancelled by Postgres itself
+//! once the waiting ALTER has waited `deadlock_timeout` (1 s by default,
+//! as long as the lock timeout, so the ALTER gave up first and every retry
+//! queued the application behind the same autovacuum again): where the
+//! role may set it, each attempt lowers `deadlock_timeout` to
+//! [`AUTOVACUUM_CANCEL_AFTER`]. Each attempt that times out logs who held
+//! a lock for all of it. Plus what the expand and contract steps need to
+//! read from the catalog: column types, the indexes on a column, NOT NULL.
 
 use std::time::Duration;
 
@@ -29,13 +35,19 @@ impl Default for LockDiscipline {
     }
 }
 
+/// How long an ALTER waits before Postgres cancels an autovacuum that
+/// holds its lock (the ALTER's `deadlock_timeout`, where the role may set
+/// it: a superuser, or `GRANT SET ON PARAMETER deadlock_timeout`).
+pub const AUTOVACUUM_CANCEL_AFTER: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DdlError {
-    #[error("gave up after {attempts} attempts to take the lock for `{sql}` (lock_timeout {timeout_ms} ms each)")]
+    #[error("gave up after {attempts} attempts to take the lock for `{sql}` (lock_timeout {timeout_ms} ms each); held for the whole last attempt by: {holders}")]
     LockNotAvailable {
         sql: String,
         attempts: u32,
         timeout_ms: u128,
+        holders: String,
     },
     #[error("`{sql}` failed: {source}")]
     Failed {
@@ -65,8 +77,20 @@ pub async fn run_with_lock_timeout(
     discipline: LockDiscipline,
 ) -> Result<u32, DdlError> {
     let timeout_ms = discipline.lock_timeout.as_millis();
+    let cancel_autovacuum = if may_set_deadlock_timeout(client).await {
+        format!(
+            "set local deadlock_timeout = '{}ms'; ",
+            AUTOVACUUM_CANCEL_AFTER.as_millis()
+        )
+    } else {
+        String::new()
+    };
+    let mut holders = String::new();
     for attempt in 1..=discipline.attempts {
-        let text = format!("set local lock_timeout = '{timeout_ms}ms'; {sql}");
+        // Who holds table locks as the wait begins (to name, should it
+        // time out, those that held them all along).
+        let before = lock_holders(client).await.unwrap_or_default();
+        let text = format!("set local lock_timeout = '{timeout_ms}ms'; {cancel_autovacuum}{sql}");
         // `set local` needs a transaction block: the Query's statements
         // run in one implicit transaction.
         match client
@@ -76,8 +100,9 @@ pub async fn run_with_lock_timeout(
             Ok(()) => return Ok(attempt),
             Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 let _ = client.batch_execute("rollback").await;
+                holders = describe_holders(client, &before).await;
                 let wait = discipline.backoff.mul_f64(1.0 + jitter());
-                tracing::info!(attempt, %sql, wait_ms = wait.as_millis() as u64, "lock not available; retrying");
+                tracing::info!(attempt, %sql, wait_ms = wait.as_millis() as u64, held_by = %holders, "lock not available; retrying");
                 tokio::time::sleep(wait).await;
             }
             Err(source) => {
@@ -93,7 +118,126 @@ pub async fn run_with_lock_timeout(
         sql: sql.to_string(),
         attempts: discipline.attempts,
         timeout_ms,
+        holders,
     })
+}
+
+/// Whether this session may set `deadlock_timeout` (a superuser setting).
+async fn may_set_deadlock_timeout(client: &Client) -> bool {
+    let allowed = client
+        .batch_execute("begin; set local deadlock_timeout = '1s'; rollback")
+        .await
+        .is_ok();
+    if !allowed {
+        let _ = client.batch_execute("rollback").await;
+    }
+    allowed
+}
+
+/// A transaction of another session holding locks on tables.
+#[derive(Debug, Clone)]
+pub struct LockHolder {
+    pub pid: i32,
+    /// Its virtual transaction id (`pg_locks.virtualtransaction`, visible
+    /// to every role): the same one seen twice is the same transaction.
+    pub transaction: String,
+    /// `client backend`, `autovacuum worker`, … (`None`: not visible to
+    /// this role without `pg_read_all_stats`, as are the age and query).
+    pub backend_type: Option<String>,
+    pub application_name: Option<String>,
+    /// Seconds since its transaction began.
+    pub seconds: Option<f64>,
+    /// Its current (or last) statement, shortened.
+    pub query: Option<String>,
+    /// The tables it holds locks on, with the modes.
+    pub locks: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(backend_type) = &self.backend_type else {
+            return write!(
+                f,
+                "pid {} holding {} (who it is is not visible to this role: grant it pg_read_all_stats)",
+                self.pid, self.locks
+            );
+        };
+        write!(f, "pid {} ({backend_type}", self.pid)?;
+        if let Some(name) = self.application_name.as_deref().filter(|n| !n.is_empty()) {
+            write!(f, ", application {name:?}")?;
+        }
+        write!(f, ")")?;
+        if let Some(seconds) = self.seconds {
+            write!(f, " in a transaction for {seconds:.1} s")?;
+        }
+        write!(f, ", holding {}", self.locks)?;
+        if let Some(query) = &self.query {
+            write!(f, ": {query}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The transactions of other sessions of this database that hold locks
+/// on tables (not the system catalogs), oldest first.
+pub async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select l.pid, l.virtualtransaction, a.backend_type, a.application_name,
+                    extract(epoch from clock_timestamp() - a.xact_start)::float8,
+                    left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120),
+                    string_agg(distinct l.relation::regclass::text || ' ' || l.mode, ', ')
+               from pg_locks l
+               join pg_class c on c.oid = l.relation and c.relkind in ('r', 'p', 'm')
+               left join pg_stat_activity a on a.pid = l.pid
+              where l.granted and l.locktype = 'relation'
+                and l.database = (select oid from pg_database where datname = current_database())
+                and l.pid <> pg_backend_pid()
+                and c.relnamespace <> 'pg_catalog'::regnamespace
+              group by 1, 2, 3, 4, 5, 6
+              order by 5 desc nulls first",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(LockHolder {
+                pid: r.try_get(0)?,
+                transaction: r.try_get(1)?,
+                backend_type: r.try_get(2)?,
+                application_name: r.try_get(3)?,
+                seconds: r.try_get(4)?,
+                query: r.try_get(5)?,
+                locks: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Of the transactions holding table locks now, those that already held
+/// them at `before` (taken as a wait began): the ones the whole wait can
+/// have waited for — application transactions that came and went during
+/// it are not listed. One line for a log or an error message.
+async fn describe_holders(client: &Client, before: &[LockHolder]) -> String {
+    let now = match lock_holders(client).await {
+        Ok(now) => now,
+        Err(e) => return format!("(cannot read pg_locks: {e})"),
+    };
+    let throughout: Vec<String> = now
+        .iter()
+        .filter(|h| {
+            before
+                .iter()
+                .any(|b| b.pid == h.pid && b.transaction == h.transaction)
+        })
+        .take(5)
+        .map(LockHolder::to_string)
+        .collect();
+    if throughout.is_empty() {
+        "no transaction held a table lock for the whole wait (a queue of short transactions, or a holder that has just finished)".into()
+    } else {
+        throughout.join("; ")
+    }
 }
 
 /// Runs one statement outside a transaction (CREATE/DROP INDEX CONCURRENTLY).

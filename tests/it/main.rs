@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod harness;
 mod lifecycle;
+mod locks;
 mod oracle;
 mod protocol;
 mod refusal;
