@@ -47,7 +47,11 @@
 //! accounts table state — size, dead tuples, HOT share — around them;
 //! `PGSHIFT_BENCH_CONTRACTED_REPACK` set: every accounts table is rewritten
 //! by `VACUUM FULL` before the contracted windows, to tell a gap that comes
-//! from the table's state from one that comes from the proxy).
+//! from the table's state from one that comes from the proxy). The
+//! contract window is printed second by second and its first 3 s by tenths
+//! of a second, with its Unix start time, for each method (where a
+//! transition's cost sits; `PGSHIFT_BENCH_RUST_LOG=pgshift=info` puts
+//! pgshift's timestamped steps and lock retries beside it).
 
 use std::path::PathBuf;
 use std::process::Child;
