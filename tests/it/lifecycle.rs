@@ -1862,3 +1862,52 @@ async fn an_exclusion_constraint_on_the_old_column_holds_the_contract_until_carr
         Some("23P01")
     );
 }
+
+/// The parity check over an integer key (one aggregate per range): every
+/// mismatch made behind pgshift's back is counted across ranges — the
+/// first and last rows included — the first five named in key order,
+/// and `fix` repairs them all.
+#[tokio::test]
+async fn the_parity_check_counts_mismatches_across_ranges_of_an_integer_key() {
+    let (_dbname, direct, table, id, d) = renamed_v_to_w("parity", 5000).await;
+    let admin = d.admin.as_str();
+    expanded_and_backfilled(admin, &id, json!({"batch_size": 1000})).await;
+    let broken = [1, 699, 700, 701, 2500, 4999, 5000];
+    direct
+        .batch_execute(&format!(
+            "update {table} set w = -1 where id = any('{{{}}}'::int[])",
+            broken.map(|k| k.to_string()).join(",")
+        ))
+        .await
+        .unwrap();
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/validate"),
+        json!({"range_rows": 700, "pause_ms": 0}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["validation"]["mismatches"], 7, "{body}");
+    assert_eq!(
+        body["validation"]["samples"],
+        json!(["1", "699", "700", "701", "2500"]),
+        "{body}"
+    );
+    let (_, body) = post(
+        admin,
+        &format!("/migrations/{id}/validate"),
+        json!({"range_rows": 700, "pause_ms": 0, "fix": true}),
+    )
+    .await;
+    assert_eq!(body["validation"]["mismatches"], 0, "{body}");
+    assert_eq!(body["phase"], "validated");
+    let wrong: i64 = direct
+        .query_one(
+            &format!("select count(*) from {table} where w is distinct from v"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+}
