@@ -68,9 +68,8 @@ use common::{env_num, finish_pgbench, pgbench_init, spawn_pgbench, start_pgshift
 /// The index in [`PHASES`] of the first phase with reads switched.
 const SWITCHED: usize = 4;
 
-/// The phases whose window runs a step, and how far into the window it
-/// starts: after pgbench's connections are up and running.
-const STEPPED: [&str; 4] = ["expand", "validate", "reads on new", "contract"];
+/// How far into its window a phase's step starts: after pgbench's
+/// connections are up and running.
 const STEP_LEAD: Duration = Duration::from_secs(1);
 
 /// The phases every method goes through, in order.
@@ -139,27 +138,16 @@ impl PhaseLoad {
         // nothing, so it is not kept.
     }
 
-    /// Transactions per second of the window, second by second.
-    fn per_second(&self) -> Vec<u64> {
+    /// Transactions ended in each `1 / slices_per_second` of a second of
+    /// the window, from its start.
+    fn per_slice(&self, slices_per_second: f64) -> Vec<u64> {
         let mut counts = Vec::new();
         for &t in &self.ends_s {
-            let second = t.max(0.0) as usize;
-            if counts.len() <= second {
-                counts.resize(second + 1, 0);
+            let slice = (t.max(0.0) * slices_per_second) as usize;
+            if counts.len() <= slice {
+                counts.resize(slice + 1, 0);
             }
-            counts[second] += 1;
-        }
-        counts
-    }
-
-    /// Transactions in each tenth of a second of the window's first
-    /// `secs` seconds (where a transition's cost sits, finer).
-    fn per_tenth(&self, secs: usize) -> Vec<u64> {
-        let mut counts = vec![0; secs * 10];
-        for &t in &self.ends_s {
-            if let Some(c) = counts.get_mut((t.max(0.0) * 10.0) as usize) {
-                *c += 1;
-            }
+            counts[slice] += 1;
         }
         counts
     }
@@ -698,11 +686,10 @@ impl MethodRun {
         let (old, new) = self.shapes(k);
         let running = self.load.start(old, new, self.load.secs, &tag)?;
         let started_unix = running.started_s;
-        if STEPPED.contains(&PHASES[k]) {
-            // The step lands on a running load, not on pgbench's
-            // connection start (a transition there costs nothing visible).
-            std::thread::sleep(STEP_LEAD);
-        }
+        // The step lands on a running load, not on pgbench's connection
+        // start (a transition there costs nothing visible). Windows with no
+        // step wait too: their load runs its fixed time all the same.
+        std::thread::sleep(STEP_LEAD);
         let t = Instant::now();
         match PHASES[k] {
             "expand" => self.steps.expand(rt)?,
@@ -718,14 +705,19 @@ impl MethodRun {
         let tps = measured.tps();
         if PHASES[k] == "contract" {
             // Where in the window a transition costs: second by second.
-            let seconds: Vec<String> = measured.per_second().iter().map(u64::to_string).collect();
+            let seconds: Vec<String> = measured.per_slice(1.0).iter().map(u64::to_string).collect();
             println!(
                 "{}: contract window, transactions per second (the step started at second 1 and took {:.1} s): {}",
                 self.method.name(),
                 step.as_secs_f64(),
                 seconds.join(" ")
             );
-            let tenths: Vec<String> = measured.per_tenth(3).iter().map(u64::to_string).collect();
+            let tenths: Vec<String> = measured
+                .per_slice(10.0)
+                .iter()
+                .take(30)
+                .map(u64::to_string)
+                .collect();
             println!(
                 "{}: contract window (started at Unix {:.3}), its first 3 s by tenths: {}",
                 self.method.name(),

@@ -136,21 +136,21 @@ async fn may_set_deadlock_timeout(client: &Client) -> bool {
 
 /// A transaction of another session holding locks on tables.
 #[derive(Debug, Clone)]
-pub struct LockHolder {
-    pub pid: i32,
+struct LockHolder {
+    pid: i32,
     /// Its virtual transaction id (`pg_locks.virtualtransaction`, visible
     /// to every role): the same one seen twice is the same transaction.
-    pub transaction: String,
+    transaction: String,
     /// `client backend`, `autovacuum worker`, … (`None`: not visible to
     /// this role without `pg_read_all_stats`, as are the age and query).
-    pub backend_type: Option<String>,
-    pub application_name: Option<String>,
+    backend_type: Option<String>,
+    application_name: Option<String>,
     /// Seconds since its transaction began.
-    pub seconds: Option<f64>,
+    seconds: Option<f64>,
     /// Its current (or last) statement, shortened.
-    pub query: Option<String>,
+    query: Option<String>,
     /// The tables it holds locks on, with the modes.
-    pub locks: String,
+    locks: String,
 }
 
 impl std::fmt::Display for LockHolder {
@@ -180,7 +180,7 @@ impl std::fmt::Display for LockHolder {
 
 /// The transactions of other sessions of this database that hold locks
 /// on tables (not the system catalogs), oldest first.
-pub async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, tokio_postgres::Error> {
+async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, tokio_postgres::Error> {
     let rows = client
         .query(
             "select l.pid, l.virtualtransaction, a.backend_type, a.application_name,
