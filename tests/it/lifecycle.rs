@@ -1880,19 +1880,26 @@ async fn the_parity_check_counts_mismatches_across_ranges_of_an_integer_key() {
         ))
         .await
         .unwrap();
-    let (code, body) = post(
-        admin,
-        &format!("/migrations/{id}/validate"),
-        json!({"range_rows": 700, "pause_ms": 0}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(body["validation"]["mismatches"], 7, "{body}");
-    assert_eq!(
-        body["validation"]["samples"],
-        json!(["1", "699", "700", "701", "2500"]),
-        "{body}"
-    );
+    // A table this small is checked in one statement, then (as asked)
+    // range by range: the same count and the same first keys.
+    for (request, how) in [
+        (json!({}), "one statement over 5000 rows"),
+        (
+            json!({"range_rows": 700, "pause_ms": 0}),
+            "8 ranges of up to 700 keys over 5000 rows",
+        ),
+    ] {
+        let (code, body) = post(admin, &format!("/migrations/{id}/validate"), request).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["validation"]["mismatches"], 7, "{body}");
+        assert_eq!(
+            body["validation"]["samples"],
+            json!(["1", "699", "700", "701", "2500"]),
+            "{body}"
+        );
+        let detail = last_validation(&direct, &id).await;
+        assert!(detail.contains(how), "{how}: {detail}");
+    }
     let (_, body) = post(
         admin,
         &format!("/migrations/{id}/validate"),
@@ -1910,4 +1917,65 @@ async fn the_parity_check_counts_mismatches_across_ranges_of_an_integer_key() {
         .unwrap()
         .get(0);
     assert_eq!(wrong, 0);
+}
+
+/// The detail of migration `id`'s last validate event.
+async fn last_validation(direct: &tokio_postgres::Client, id: &str) -> String {
+    direct
+        .query_one(
+            "select detail from pgshift.events where migration_id = $1 and action = 'validate' order by id desc limit 1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_parity_check_past_its_one_statement_budget_walks_the_table_instead() {
+    let (_dbname, direct, table, id, d) = renamed_v_to_w("one_pass", 50_000).await;
+    let admin = d.admin.as_str();
+    expanded_and_backfilled(admin, &id, json!({"batch_size": 10_000})).await;
+    direct
+        .batch_execute(&format!("update {table} set w = -1 where id in (3, 49999)"))
+        .await
+        .unwrap();
+    // No pass over 50,000 rows ends within 1 ms: the statement is
+    // cancelled and the walk checks every row.
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/validate"),
+        json!({"one_pass_ms": 1}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["validation"]["mismatches"], 2, "{body}");
+    assert_eq!(
+        body["validation"]["samples"],
+        json!(["3", "49999"]),
+        "{body}"
+    );
+    let detail = last_validation(&direct, &id).await;
+    assert!(
+        detail.contains("5 ranges of up to 10000 keys over 50000 rows")
+            && detail.contains("one statement ran past 1 ms"),
+        "{detail}"
+    );
+    // Within its budget, one statement finds the same.
+    let (_, body) = post(admin, &format!("/migrations/{id}/validate"), json!({})).await;
+    assert_eq!(
+        body["validation"]["samples"],
+        json!(["3", "49999"]),
+        "{body}"
+    );
+    assert!(last_validation(&direct, &id)
+        .await
+        .contains("one statement over 50000 rows"));
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/validate"),
+        json!({"one_pass_ms": 70000}),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
 }
