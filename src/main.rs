@@ -83,11 +83,17 @@ struct MigrateArgs {
     /// validate: fix the mismatches found (catch-up pass).
     #[arg(long)]
     fix: bool,
-    /// validate: keys per range of the parity check [default: 10000].
+    /// validate: time budget of the one-statement check of a table of at
+    /// most 1 GiB, in milliseconds; past it the table is walked range by
+    /// range (0: always walk) [default: 5000].
+    #[arg(long)]
+    one_pass_ms: Option<u32>,
+    /// validate: keys per range of the parity check (walks the table)
+    /// [default: 10000].
     #[arg(long)]
     range_rows: Option<u32>,
-    /// validate: pause between ranges, in milliseconds [default: the
-    /// backfill's batch pause].
+    /// validate: pause between ranges, in milliseconds (walks the table)
+    /// [default: the backfill's batch pause].
     #[arg(long)]
     pause_ms: Option<u32>,
     #[command(flatten)]
@@ -374,6 +380,7 @@ fn main() -> Result<()> {
                 ("batch_pause_ms", args.batch_pause_ms),
                 ("batch_timeout_ms", args.batch_timeout_ms),
                 ("workers", args.workers),
+                ("one_pass_ms", args.one_pass_ms),
                 ("range_rows", args.range_rows),
                 ("pause_ms", args.pause_ms),
             ] {
