@@ -12,6 +12,8 @@
 //! time budget (a sequential pass, as the classic method counts); a bigger
 //! table, or one whose pass runs past the budget, is walked range by range.
 
+use std::time::Duration;
+
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -204,7 +206,7 @@ impl Walk {
 
     /// The parity check of the next range after `cursor` (see
     /// [`Walk::count_range`]), its mismatches fixed first with `fix`.
-    pub async fn check_range(
+    async fn check_range(
         &self,
         client: &Client,
         cursor: &Option<Vec<String>>,
@@ -219,6 +221,35 @@ impl Walk {
             }
         }
         Ok(self.count_range(client, cursor, batch).await?)
+    }
+
+    /// The parity check of the whole table range by range: ranges of
+    /// `batch` keys in key order, `pause` between them, each range's
+    /// mismatches fixed first with `fix`.
+    pub async fn check_ranges(
+        &self,
+        client: &Client,
+        batch: i32,
+        pause: Duration,
+        fix: bool,
+    ) -> Result<RangeCheck, store::StoreError> {
+        let mut cursor: Option<Vec<String>> = None;
+        let mut check = RangeCheck::default();
+        loop {
+            if cursor.is_some() && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            let (rows, bad, some, last) = self.check_range(client, &cursor, batch, fix).await?;
+            if rows == 0 {
+                return Ok(check);
+            }
+            check.ranges += 1;
+            check.rows += rows;
+            check.mismatches += bad;
+            let room = 5usize.saturating_sub(check.samples.len());
+            check.samples.extend(some.into_iter().take(room));
+            cursor = last;
+        }
     }
 
     /// The parity count of the whole table in one statement: (rows,
@@ -301,6 +332,16 @@ impl Walk {
             ),
         }
     }
+}
+
+/// What a range-by-range parity check found.
+#[derive(Debug, Default)]
+pub struct RangeCheck {
+    pub ranges: u64,
+    pub rows: i64,
+    pub mismatches: i64,
+    /// The first five mismatching keys, in key order.
+    pub samples: Vec<String>,
 }
 
 /// Key types (as `format_type` names them) whose `max` follows the

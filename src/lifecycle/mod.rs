@@ -853,8 +853,15 @@ impl Lifecycle {
         let mut how = String::new();
         let mut one_pass = None;
         if !walk_asked && one_pass_ms > 0 {
+            // The table's heap, or its partitions' (`pg_partition_tree`
+            // lists nothing for a table that is not partitioned).
             let bytes: i64 = client
-                .query_one("select pg_relation_size($1::text::regclass)", &[&table])
+                .query_one(
+                    "select greatest(pg_relation_size(t),
+                                     (select sum(pg_relation_size(relid)) from pg_partition_tree(t)))::bigint
+                       from (select $1::text::regclass as t) pgshift_table",
+                    &[&table],
+                )
                 .await?
                 .get(0);
             if bytes <= ONE_PASS_MAX_BYTES {
@@ -878,30 +885,17 @@ impl Lifecycle {
                 (bad, some)
             }
             None => {
-                let (mut ranges, mut rows_seen) = (0u64, 0i64);
-                let mut cursor: Option<Vec<String>> = None;
-                let (mut mismatches, mut samples) = (0i64, Vec::new());
-                loop {
-                    if cursor.is_some() && pause > 0 {
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
-                    }
-                    let (rows, bad, some, last) =
-                        walk.check_range(&client, &cursor, range_rows, fix).await?;
-                    if rows == 0 {
-                        break;
-                    }
-                    ranges += 1;
-                    rows_seen += rows;
-                    mismatches += bad;
-                    samples.extend(some.into_iter().take(5usize.saturating_sub(samples.len())));
-                    cursor = last;
-                }
+                let walked = walk
+                    .check_ranges(&client, range_rows, Duration::from_millis(pause), fix)
+                    .await?;
                 how = format!(
-                    "{ranges} range{} of up to {range_rows} keys over {rows_seen} rows in {} ms{how}",
-                    if ranges == 1 { "" } else { "s" },
+                    "{} range{} of up to {range_rows} keys over {} rows in {} ms{how}",
+                    walked.ranges,
+                    if walked.ranges == 1 { "" } else { "s" },
+                    walked.rows,
                     started.elapsed().as_millis()
                 );
-                (mismatches, samples)
+                (walked.mismatches, walked.samples)
             }
         };
         tracing::info!(migration = %record.spec.id, mismatches, checked = %how, "parity check done");
