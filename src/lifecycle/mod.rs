@@ -850,7 +850,8 @@ impl Lifecycle {
             .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
         let walk = Walk::new(&record, &key);
         let started = std::time::Instant::now();
-        let mut how = String::new();
+        // Why a table that could have been one statement was walked.
+        let mut why_walked = String::new();
         let mut one_pass = None;
         if !walk_asked && one_pass_ms > 0 {
             // The table's heap, or its partitions' (`pg_partition_tree`
@@ -867,35 +868,35 @@ impl Lifecycle {
             if bytes <= ONE_PASS_MAX_BYTES {
                 one_pass = walk.check_all(&client, one_pass_ms).await?;
                 if one_pass.is_none() {
-                    how = format!("; one statement ran past {one_pass_ms} ms");
+                    why_walked = format!("; one statement ran past {one_pass_ms} ms");
                 }
             } else {
-                how = format!(
+                why_walked = format!(
                     "; the table's {} MiB are more than one statement's",
                     bytes >> 20
                 );
             }
         }
-        let (mismatches, samples) = match one_pass {
+        let (mismatches, samples, how) = match one_pass {
             Some((rows, bad, some)) => {
-                how = format!(
+                let how = format!(
                     "one statement over {rows} rows in {} ms",
                     started.elapsed().as_millis()
                 );
-                (bad, some)
+                (bad, some, how)
             }
             None => {
                 let walked = walk
                     .check_ranges(&client, range_rows, Duration::from_millis(pause), fix)
                     .await?;
-                how = format!(
-                    "{} range{} of up to {range_rows} keys over {} rows in {} ms{how}",
+                let how = format!(
+                    "{} range{} of up to {range_rows} keys over {} rows in {} ms{why_walked}",
                     walked.ranges,
                     if walked.ranges == 1 { "" } else { "s" },
                     walked.rows,
                     started.elapsed().as_millis()
                 );
-                (walked.mismatches, walked.samples)
+                (walked.mismatches, walked.samples, how)
             }
         };
         tracing::info!(migration = %record.spec.id, mismatches, checked = %how, "parity check done");

@@ -77,6 +77,18 @@ async fn renamed_v_to_w(
     (dbname, direct, table, id, d)
 }
 
+/// Rows of a [`renamed_v_to_w`] table whose `w` is not `v`.
+async fn rows_where_w_differs(direct: &tokio_postgres::Client, table: &str) -> i64 {
+    direct
+        .query_one(
+            &format!("select count(*) from {table} where w is distinct from v"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Runs `action` while a transaction that ran `lock_sql` holds its lock
 /// for 3 s and a client keeps reading through the proxy; asserts the
 /// action ends in `phase` and returns the reader's longest wait.
@@ -956,15 +968,7 @@ async fn the_backfill_walks_text_keys_whatever_they_hold() {
     let admin = d.admin.as_str();
     let m = expanded_and_backfilled(admin, &id, json!({"batch_size": 37, "workers": 2})).await;
     assert_eq!(m["backfill"]["rows_done"], 2800, "{m}");
-    let behind: i64 = direct
-        .query_one(
-            &format!("select count(*) from {table} where w is distinct from v"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(behind, 0);
+    assert_eq!(rows_where_w_differs(&direct, &table).await, 0);
 }
 
 #[tokio::test]
@@ -1908,15 +1912,7 @@ async fn the_parity_check_counts_mismatches_across_ranges_of_an_integer_key() {
     .await;
     assert_eq!(body["validation"]["mismatches"], 0, "{body}");
     assert_eq!(body["phase"], "validated");
-    let wrong: i64 = direct
-        .query_one(
-            &format!("select count(*) from {table} where w is distinct from v"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(wrong, 0);
+    assert_eq!(rows_where_w_differs(&direct, &table).await, 0);
 }
 
 /// The detail of migration `id`'s last validate event.
