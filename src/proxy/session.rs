@@ -257,18 +257,25 @@ impl<'a> FrontendVisitor<'a> {
             return Verdict::Keep;
         };
         let parse = statements::parse_frame(name, &sql, &param_types);
-        let (parse, with_parse_complete) = match self.rewrite(frontend::PARSE, &parse) {
-            Ok(Outcome::Keep) => (parse, true),
-            Ok(Outcome::Replace(rewritten)) => (rewritten, true),
+        let (parse, refused) = match self.rewrite(frontend::PARSE, &parse) {
+            Ok(Outcome::Keep) => (parse, false),
+            Ok(Outcome::Replace(rewritten)) => (rewritten, false),
             Ok(Outcome::Refuse(refusal)) => (
                 self.refuse(request, frontend::PARSE, &parse, &refusal),
-                false,
+                true,
             ),
             Err(_) => return Verdict::Keep,
         };
         tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
-        self.state
-            .with_book(|b| b.statements.expect_injected(request, with_parse_complete));
+        self.state.with_book(|b| {
+            if refused {
+                // Refused again at every use, as Postgres would fail it.
+                b.statements.restale(name);
+                b.statements.expect_injected(request, None);
+            } else {
+                b.statements.expect_injected(request, Some(name));
+            }
+        });
         let close = statements::close_frame(name);
         let mut out = BytesMut::with_capacity(close.len() + parse.len() + frame.len());
         out.extend_from_slice(&close);

@@ -7,7 +7,10 @@
 //! swallowed on the way back. A client `Parse` is confirmed by its
 //! `ParseComplete`; one that failed (its pipeline ended in an error first)
 //! leaves no entry behind, so pgshift never resurrects a statement the
-//! server refused.
+//! server refused. An injected re-Parse that fails (a column the new rules
+//! no longer serve, a refusal) leaves the entry stale: the statement name
+//! stays usable as Postgres keeps it, and every later use is re-prepared
+//! again and answered with that same error.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,8 +30,9 @@ struct Entry {
     epoch: u64,
 }
 
-/// An injected response to drop: (request number, `'1'` or `'3'`).
-type Swallow = (u64, u8);
+/// An injected response to drop: the request number, `'1'` or `'3'`, and
+/// for a `'1'` the statement re-prepared.
+type Swallow = (u64, u8, Option<Vec<u8>>);
 
 /// The registry of one session.
 #[derive(Debug, Default)]
@@ -131,18 +135,32 @@ impl Statements {
         Some(out)
     }
 
-    /// Expects the server's answers to an injected Close (+ Parse).
-    pub fn expect_injected(&mut self, request: u64, with_parse: bool) {
-        self.swallow.push_back((request, b'3'));
-        if with_parse {
-            self.swallow.push_back((request, b'1'));
+    /// Expects the server's answers to an injected Close (+ Parse of
+    /// statement `name`).
+    pub fn expect_injected(&mut self, request: u64, with_parse: Option<&[u8]>) {
+        self.swallow.push_back((request, b'3', None));
+        if let Some(name) = with_parse {
+            self.swallow.push_back((request, b'1', Some(name.to_vec())));
+        }
+    }
+
+    /// The re-prepare of `name` will not leave it prepared (it was
+    /// refused): its next use is re-prepared again.
+    pub fn restale(&mut self, name: &[u8]) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.epoch = 0;
+            self.oldest_epoch = Some(0);
         }
     }
 
     /// A CloseComplete or ParseComplete arrived for request `request`:
     /// `true` when it answers an injected message and must be dropped.
     pub fn on_complete(&mut self, request: u64, tag: u8) -> bool {
-        if self.swallow.front() == Some(&(request, tag)) {
+        if self
+            .swallow
+            .front()
+            .is_some_and(|(r, t, _)| (*r, *t) == (request, tag))
+        {
             self.swallow.pop_front();
             return true;
         }
@@ -153,11 +171,14 @@ impl Statements {
     }
 
     /// ReadyForQuery ended request `request`: injected answers that never
-    /// came (an error skipped them) are forgotten, and client Parses that
-    /// were never confirmed failed, so their names are gone on the server.
+    /// came (an error skipped them) are forgotten — a re-Parse that never
+    /// completed leaves its statement stale — and client Parses that were
+    /// never confirmed failed, so their names are gone on the server.
     pub fn on_ready(&mut self, request: u64) {
-        while self.swallow.front().is_some_and(|(r, _)| *r <= request) {
-            self.swallow.pop_front();
+        while self.swallow.front().is_some_and(|(r, _, _)| *r <= request) {
+            if let Some((_, _, Some(name))) = self.swallow.pop_front() {
+                self.restale(&name);
+            }
         }
         let mut removed = false;
         while self.unconfirmed.front().is_some_and(|(r, _)| *r <= request) {
@@ -253,7 +274,7 @@ mod tests {
     fn injected_answers_are_swallowed_in_order() {
         let mut s = Statements::default();
         s.parsed(5, &fields(b"p", b"select 2"), 1);
-        s.expect_injected(5, true);
+        s.expect_injected(5, Some(b"p"));
         assert!(
             !s.on_complete(5, b'1'),
             "the client's own ParseComplete passes"
@@ -269,10 +290,28 @@ mod tests {
     fn a_failed_parse_leaves_no_entry() {
         let mut s = Statements::default();
         s.parsed(3, &fields(b"bad", b"selec 1"), 1);
-        s.expect_injected(3, true);
         s.on_ready(3); // an error skipped everything up to Sync
         assert!(!s.swallowing());
         assert!(s.take_stale(b"bad", 9).is_none());
+    }
+
+    #[test]
+    fn a_failed_re_prepare_leaves_the_statement_stale() {
+        let mut s = Statements::default();
+        s.parsed(1, &fields(b"s", b"select a from t"), 1);
+        assert!(!s.on_complete(1, b'1'));
+        s.on_ready(1);
+        assert!(s.take_stale(b"s", 2).is_some());
+        s.expect_injected(2, Some(b"s"));
+        assert!(s.on_complete(2, b'3'), "the Close went through");
+        s.on_ready(2); // the re-Parse failed: no ParseComplete came
+        assert!(s.any_stale(2), "re-prepared again at its next use");
+        assert!(s.take_stale(b"s", 2).is_some());
+        s.expect_injected(3, Some(b"s"));
+        assert!(s.on_complete(3, b'3'));
+        assert!(s.on_complete(3, b'1'));
+        s.on_ready(3);
+        assert!(!s.any_stale(2), "a re-Parse that worked makes it current");
     }
 
     #[test]

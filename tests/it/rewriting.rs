@@ -449,3 +449,67 @@ async fn sql_level_prepared_statements_follow_a_phase_change() {
     let err = refused(client.batch_execute("EXECUTE bump(1, 1)").await, "execute");
     assert_eq!(sqlstate(&err).as_deref(), Some("26000"));
 }
+
+/// After `complete` an old-shape prepared statement fails as it would on
+/// Postgres directly — with Postgres' own 42703 at every execution — and
+/// its name stays usable (Describe fails the same way, Close succeeds).
+#[tokio::test]
+async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would() {
+    let direct = db().direct().await;
+    let table = unique("gone");
+    direct
+        .batch_execute(&rename_table_ddl(&table, Phase::Contracted))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new("gone_bal", &table, "bal", "balance", None, None, None).unwrap();
+    let spec_again = spec.clone();
+    let (rules, proxy) = proxy_with_rules(spec.clone(), Phase::Contracted).await;
+    let client = proxy.connect().await;
+    let read = client
+        .prepare(&format!("select bal from {table} where id = $1"))
+        .await
+        .unwrap();
+    let row = client.query_one(&read, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 100, "served from balance while contracted");
+    rules.publish(&[ActiveMigration {
+        spec,
+        phase: Phase::Complete,
+    }]);
+    for attempt in 0..3 {
+        let err = refused(client.query_one(&read, &[&1i32]).await, "old shape after complete");
+        assert_eq!(
+            (sqlstate(&err).as_deref(), message_of(&err)),
+            (Some("42703"), "column \"bal\" does not exist".to_string()),
+            "execution {attempt}"
+        );
+    }
+    // On the wire: a Describe of a stale statement fails the same way
+    // (twice), and Close of the name succeeds as on Postgres.
+    let (mut conn, _, _) = RawConn::startup(proxy.addr).await;
+    rules.publish(&[ActiveMigration {
+        spec: spec_again.clone(),
+        phase: Phase::Contracted,
+    }]);
+    conn.send(&message(
+        b'P',
+        format!("old\0select bal from {table}\0\0\0").as_bytes(),
+    ))
+    .await;
+    conn.send(&message(b'S', b"")).await;
+    let tags: Vec<u8> = conn.until_ready().await.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"1Z".to_vec(), "prepared while contracted");
+    rules.publish(&[ActiveMigration {
+        spec: spec_again,
+        phase: Phase::Complete,
+    }]);
+    for _ in 0..2 {
+        conn.send(&message(b'D', b"Sold\0")).await;
+        conn.send(&message(b'S', b"")).await;
+        let reply = conn.until_ready().await;
+        assert_eq!(reply[0].field(b'C').as_deref(), Some("42703"), "{reply:?}");
+    }
+    conn.send(&message(b'C', b"Sold\0")).await;
+    conn.send(&message(b'S', b"")).await;
+    let tags: Vec<u8> = conn.until_ready().await.iter().map(|m| m.tag).collect();
+    assert_eq!(tags, b"3Z".to_vec(), "Close of the name succeeds");
+}
