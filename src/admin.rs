@@ -23,7 +23,7 @@
 //! loopback without one.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -51,6 +51,19 @@ struct Request {
 
 /// Serves the admin port until the task is dropped.
 pub async fn serve(listener: TcpListener, lifecycle: Arc<Lifecycle>, token: Option<String>) {
+    let slot = Arc::new(OnceLock::new());
+    let _ = slot.set(lifecycle);
+    serve_when_ready(listener, slot, token).await
+}
+
+/// Serves the admin port from the moment it is bound: until the lifecycle
+/// driver has started (it waits for the upstream), every request but the
+/// status page is answered 503 saying so.
+pub async fn serve_when_ready(
+    listener: TcpListener,
+    lifecycle: Arc<OnceLock<Arc<Lifecycle>>>,
+    token: Option<String>,
+) {
     let token = token.map(Arc::new);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -82,7 +95,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn handle(
     mut stream: TcpStream,
     peer: SocketAddr,
-    lifecycle: &Arc<Lifecycle>,
+    lifecycle: &OnceLock<Arc<Lifecycle>>,
     token: Option<&str>,
 ) -> std::io::Result<()> {
     let request = match tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream))
@@ -113,6 +126,14 @@ async fn handle(
     if request.method == "GET" && request.path == "/" {
         return respond_raw(&mut stream, 200, "text/html; charset=utf-8", PAGE).await;
     }
+    let Some(lifecycle) = lifecycle.get() else {
+        return respond(
+            &mut stream,
+            503,
+            &json!({ "error": "the migration lifecycle has not started yet: pgshift is waiting for its control connection to the upstream (see its log); retry in a few seconds" }),
+        )
+        .await;
+    };
     let (status, body) = route(&request, lifecycle).await;
     match body {
         // The metrics are text, not JSON.
@@ -277,6 +298,7 @@ async fn respond_raw(
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
     let response = format!(

@@ -360,9 +360,8 @@ impl Config {
             .collect();
         let migrations = resolve_migrations(file.migrations)?;
         let admin = match o.admin.clone().or(file.admin) {
-            // With migrations the lifecycle is driven from the admin port.
-            None if !migrations.is_empty() => Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
-            None => None,
+            // The lifecycle is driven from the admin port: on by default.
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
             Some(text) if text == "off" => None,
             Some(text) => Some(
                 text.parse::<SocketAddr>()

@@ -16,7 +16,7 @@ use pgshift::lifecycle::Lifecycle;
 use pgshift::proxy::Proxy;
 use pgshift::rewrite::engine::MigrationRewriter;
 use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
-use pgshift::rewrite::{PassThrough, StatementRewriter};
+use pgshift::rewrite::StatementRewriter;
 use pgshift::telemetry;
 use pgshift::{admin, admin_client};
 
@@ -142,7 +142,7 @@ struct ServeArgs {
     /// Password of the control role (prefer the environment variable).
     #[arg(long, env = "PGSHIFT_CONTROL_PASSWORD", hide_env_values = true)]
     control_password: Option<String>,
-    /// Admin HTTP port, IP:PORT or "off" [default with migrations: 127.0.0.1:9432].
+    /// Admin HTTP port, IP:PORT or "off" [default: 127.0.0.1:9432].
     #[arg(long, env = "PGSHIFT_ADMIN")]
     admin: Option<String>,
     /// Bearer token the admin port requires (required off loopback).
@@ -252,9 +252,25 @@ async fn reload_on_sighup(
     }
 }
 
-/// Starts the lifecycle driver (retrying until the upstream answers), then
-/// serves the admin port.
+/// Binds the admin port (it answers 503 until the lifecycle has started),
+/// then starts the lifecycle driver, retrying until the upstream answers.
 async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock<Arc<Lifecycle>>>) {
+    if let Some(addr) = config.admin {
+        match admin::bind(addr).await {
+            Ok(listener) => {
+                let local = listener.local_addr().map_or(addr, |a| a);
+                tracing::info!(admin = %local, "admin port listening");
+                tokio::spawn(admin::serve_when_ready(
+                    listener,
+                    Arc::clone(&slot),
+                    config.admin_token.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen on the admin port (set --admin to another address, or off)")
+            }
+        }
+    }
     let lifecycle = loop {
         match Lifecycle::start(config.clone(), Arc::clone(&rules)).await {
             Ok(lifecycle) => break lifecycle,
@@ -264,18 +280,8 @@ async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock
             }
         }
     };
-    let _ = slot.set(Arc::clone(&lifecycle));
-    let Some(addr) = config.admin else {
-        return;
-    };
-    match admin::bind(addr).await {
-        Ok(listener) => {
-            let local = listener.local_addr().map_or(addr, |a| a);
-            tracing::info!(admin = %local, "admin port listening");
-            admin::serve(listener, lifecycle, config.admin_token.clone()).await;
-        }
-        Err(e) => tracing::error!(%addr, error = %e, "cannot listen on the admin port"),
-    }
+    tracing::info!(database = %config.control.database, "migration lifecycle started");
+    let _ = slot.set(lifecycle);
 }
 
 /// The first rules: the configured migrations with the catalog snapshot
@@ -334,30 +340,26 @@ fn main() -> Result<()> {
             telemetry::init(&config.log_level);
             runtime.block_on(async move {
                 let listen = config.listen;
-                // With a config file, migrations are read from it and
-                // re-read on SIGHUP; without one there is nothing to rewrite.
-                let rewriter: Arc<dyn StatementRewriter> = match args.config {
-                    Some(path) => {
-                        let rules = start_rules(&config).await;
-                        log_rules(&config.migrations, rules.epoch());
-                        let lifecycle = Arc::new(OnceLock::new());
-                        if !config.migrations.is_empty() {
-                            tokio::spawn(run_lifecycle(
-                                config.clone(),
-                                Arc::clone(&rules),
-                                Arc::clone(&lifecycle),
-                            ));
-                        }
-                        tokio::spawn(reload_on_sighup(
-                            path,
-                            overrides,
-                            Arc::clone(&rules),
-                            lifecycle,
-                        ));
-                        Arc::new(MigrationRewriter::new(rules))
-                    }
-                    None => Arc::new(PassThrough),
-                };
+                // Every proxy follows the migration state in the database
+                // (migrations may be added at run time through the admin
+                // port); a config file's migrations are re-read on SIGHUP.
+                let rules = start_rules(&config).await;
+                log_rules(&config.migrations, rules.epoch());
+                let lifecycle = Arc::new(OnceLock::new());
+                tokio::spawn(run_lifecycle(
+                    config.clone(),
+                    Arc::clone(&rules),
+                    Arc::clone(&lifecycle),
+                ));
+                if let Some(path) = args.config {
+                    tokio::spawn(reload_on_sighup(
+                        path,
+                        overrides,
+                        Arc::clone(&rules),
+                        lifecycle,
+                    ));
+                }
+                let rewriter: Arc<dyn StatementRewriter> = Arc::new(MigrationRewriter::new(rules));
                 let proxy = Proxy::bind(config, rewriter)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;

@@ -149,6 +149,65 @@ async fn serve_with_flags_only() {
     assert_eq!(v, 42);
 }
 
+/// `pgshift serve --upstream …` with no config file serves the admin port,
+/// and a migration added there at run time is driven like any other.
+#[tokio::test]
+async fn serve_without_a_config_file_takes_migrations_through_the_admin_port() {
+    let (dbname, direct) = db().fresh_database("noconfig").await;
+    let table = unique("runtime");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int not null, note text);
+             insert into {table} select g, g from generate_series(1, 50) g"
+        ))
+        .await
+        .unwrap();
+    let admin = format!("127.0.0.1:{}", pgshift::cluster::free_port().unwrap());
+    let serve = Serve::spawn(|cmd, port| {
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &Serve::upstream(),
+            "--admin",
+            &admin,
+            "--database",
+            &dbname,
+            "--control-user",
+            &db().user,
+        ]);
+        if let Some(p) = &db().password {
+            cmd.env("PGSHIFT_CONTROL_PASSWORD", p);
+        }
+    });
+    let client = serve.ready_on(&dbname).await;
+    let id = unique("runtime_m");
+    let (code, body) = admin_call(
+        &admin,
+        "POST",
+        "/migrations",
+        Some(serde_json::json!({"id": id, "table": table, "from": "v", "to": "w"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = admin_call(&admin, "POST", &format!("/migrations/{id}/expand"), None).await;
+    assert_eq!((code, body["phase"].as_str()), (200, Some("expanded")), "{body}");
+    client
+        .batch_execute(&format!("update {table} set v = v + 100 where id = 7"))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(&format!("select w from {table} where id = 7"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 107, "the new shape is served");
+    let row = direct
+        .query_one(&format!("select v, w from {table} where id = 7"), &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, Option<i32>>(1)), (107, Some(107)), "dual-written");
+}
+
 #[tokio::test]
 async fn environment_overrides_the_file_and_flags_override_both() {
     let dir = std::env::temp_dir().join(unique("pgshift-config"));
@@ -860,7 +919,7 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
 }
 
 /// The admin port's answer to `method path`, asked again for 20 s while
-/// the port does not answer (a proxy starting).
+/// the port does not answer or answers 503 (a proxy starting).
 async fn admin_call(
     admin: &str,
     method: &str,
@@ -870,6 +929,9 @@ async fn admin_call(
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match pgshift::admin::request(admin, method, path, body.as_ref(), None).await {
+            Ok((503, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Ok(answer) => return answer,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
