@@ -19,7 +19,7 @@ use crate::rewrite::search_path::SearchPath;
 /// What failed on the control connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot connect to {upstream} as {user:?} (database {database:?}): {source}")]
+    #[error("cannot connect to {upstream} as {user:?} (database {database:?}): {}", crate::pgerror::describe(source))]
     Connect {
         upstream: String,
         user: String,
@@ -28,7 +28,7 @@ pub enum ControlError {
     },
     #[error("connecting to {upstream} timed out after {ms} ms")]
     Timeout { upstream: String, ms: u128 },
-    #[error("reading the catalog failed: {0}")]
+    #[error("reading the catalog failed: {}", crate::pgerror::describe(.0))]
     Query(#[from] tokio_postgres::Error),
 }
 

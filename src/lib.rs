@@ -8,6 +8,7 @@
 //! - [`cluster`]: throwaway local Postgres clusters for the demo and tests.
 //! - [`demo`]: `pgshift demo`, the embedded default.
 //! - [`telemetry`]: logging set-up.
+//! - [`pgerror`]: Postgres' errors on pgshift's own connections, in full.
 
 pub mod admin;
 pub mod admin_client;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod lifecycle;
+pub mod pgerror;
 pub mod proxy;
 pub mod rewrite;
 pub mod scenario;

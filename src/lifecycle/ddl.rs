@@ -49,7 +49,7 @@ pub enum DdlError {
         timeout_ms: u128,
         holders: String,
     },
-    #[error("`{sql}` failed: {source}")]
+    #[error("`{sql}` failed: {}", crate::pgerror::describe(source))]
     Failed {
         sql: String,
         source: tokio_postgres::Error,

@@ -56,7 +56,7 @@ impl From<store::StoreError> for ActionError {
 
 impl From<tokio_postgres::Error> for ActionError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ActionError::Failed(format!("Postgres: {e}"))
+        ActionError::Failed(format!("Postgres: {}", crate::pgerror::describe(&e)))
     }
 }
 

@@ -168,7 +168,7 @@ impl Record {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(transparent)]
+    #[error("{}", crate::pgerror::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("migration {id:?} in pgshift.migrations is not valid: {reason}")]
     Invalid { id: String, reason: String },
