@@ -141,12 +141,13 @@ impl Walk {
     }
 
     /// Splits the keys after `cursor` into at most `parts` slices of about
-    /// `remaining / parts` keys each (the bounds found on the key's index);
-    /// empty when there is nothing to split.
+    /// `remaining / parts` keys each (the bounds found on the key's index),
+    /// the last one ending at `end`; empty when there is nothing to split.
     pub async fn split(
         &self,
         client: &Client,
         cursor: &Option<Vec<String>>,
+        end: &Option<Vec<String>>,
         remaining: i64,
         parts: i32,
     ) -> Result<Vec<Slice>, tokio_postgres::Error> {
@@ -184,10 +185,25 @@ impl Walk {
         }
         slices.push(Slice {
             cursor: lower,
-            upper: None,
+            upper: end.clone(),
             rows_done: 0,
         });
         Ok(slices)
+    }
+
+    /// The table's last key now (`None` for an empty table): where a
+    /// backfill starting now ends.
+    pub async fn last_key(
+        &self,
+        client: &Client,
+    ) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+        let sql = format!(
+            "select array[{key_text}] from {t} order by {desc} limit 1",
+            key_text = self.key_text,
+            t = self.table,
+            desc = self.key_desc,
+        );
+        Ok(client.query_opt(&sql, &[]).await?.map(|row| row.get(0)))
     }
 
     /// `UPDATE` of the rows after `cursor` up to `upper` where `b` differs

@@ -239,7 +239,9 @@ impl Lifecycle {
         let b = &mut record.backfill;
         if b.slices.is_empty() && b.workers > 1 {
             let remaining = b.rows_total.unwrap_or(0) - b.rows_done;
-            let slices = walk.split(&client, &b.cursor, remaining, b.workers).await?;
+            let slices = walk
+                .split(&client, &b.cursor, &b.end, remaining, b.workers)
+                .await?;
             if !slices.is_empty() {
                 store::save_slices(&client, id, &slices).await?;
                 tracing::info!(migration = %id, workers = slices.len(), "the backfill walks the table in slices, one session each");
@@ -247,7 +249,7 @@ impl Lifecycle {
             }
         }
         let lanes: Vec<Lane> = if b.slices.is_empty() {
-            vec![Lane::new(None, b.cursor.clone(), None)]
+            vec![Lane::new(None, b.cursor.clone(), b.end.clone())]
         } else {
             b.slices
                 .iter()

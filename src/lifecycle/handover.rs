@@ -9,12 +9,14 @@
 //! `VALIDATE CONSTRAINT`, which lets reads and writes go on — using the
 //! copy of `a`'s unique index made at expand. A copy that Postgres refuses
 //! (a type change the referencing column cannot follow) stops the contract
-//! with the reason, before anything is dropped. [`final_transaction`] then
-//! builds the one transaction that drops `a`: the original referencing
-//! keys go first, then the column (with its indexes and constraints), then
-//! the copy of the primary key's index becomes the primary key (`ADD
-//! PRIMARY KEY USING INDEX`: no scan, `b` is already `NOT NULL`), and the
-//! copies take the originals' names.
+//! with the reason, before anything is dropped. [`key_transaction`] then
+//! hands the keys over while both columns are still written: the original
+//! referencing keys go, their copies take their names, and the copy of the
+//! primary key's index becomes the primary key (`ADD PRIMARY KEY USING
+//! INDEX`: no scan, `b` is already `NOT NULL`) — after which `a`'s NOT NULL
+//! can be dropped before the rules stop writing `a`. [`final_transaction`]
+//! drops `a` (with its indexes and constraints) and gives the copies the
+//! originals' names.
 //!
 //! Exclusion constraints are the exception: Postgres can build one only
 //! under a lock that stops writes for the whole build, so the contract
@@ -104,9 +106,45 @@ pub async fn move_referencing_keys(
     Ok(())
 }
 
-/// The statements of the transaction that drops `a`: the original keys
-/// referencing it, the column, the primary key taken over by the copy of
-/// its index, and every copy renamed to its original's name.
+/// The statements of the transaction that hands `a`'s keys over to `b`
+/// while both columns exist and are written: the original keys referencing
+/// `a` are dropped and their copies (referencing `b`) take their names,
+/// and the copy of the primary key's index becomes the primary key (`ADD
+/// PRIMARY KEY USING INDEX`: no scan, `b` is already `NOT NULL`; the index
+/// takes the constraint's name). Empty when `a` is in no key. After it,
+/// nothing keeps `a`'s NOT NULL from being dropped.
+pub async fn key_transaction(
+    client: &Client,
+    spec: &MigrationSpec,
+) -> Result<Vec<String>, ActionError> {
+    let table = spec.table.to_string();
+    let referencing = foreign_keys::referencing(client, &table, &spec.from).await?;
+    let mut sql: Vec<String> = referencing
+        .iter()
+        .map(foreign_keys::ReferencingKey::drop_statement)
+        .collect();
+    if let Some((constraint, index)) =
+        indexes::primary_key_to_carry(client, &table, &spec.from, &spec.to).await?
+    {
+        sql.push(format!(
+            "alter table {table} drop constraint {c}; alter table {table} add constraint {c} primary key using index {}",
+            quote_ident(&index),
+            c = quote_ident(&constraint),
+        ));
+    }
+    for fk in &referencing {
+        sql.push(format!(
+            "alter table {} rename constraint {} to {}",
+            fk.table,
+            quote_ident(&foreign_keys::copy_name(&fk.name, &spec.to)),
+            quote_ident(&fk.name)
+        ));
+    }
+    Ok(sql)
+}
+
+/// The statements of the transaction that drops `a` (with its indexes and
+/// constraints) and gives every copy on `b` its original's name.
 pub async fn final_transaction(
     client: &Client,
     spec: &MigrationSpec,
@@ -114,32 +152,18 @@ pub async fn final_transaction(
     let table = spec.table.to_string();
     let schema = quote_ident(&spec.table.schema);
     let existing = constraint_names(client, &table).await?;
-    let referencing = foreign_keys::referencing(client, &table, &spec.from).await?;
-    let mut sql: Vec<String> = referencing
-        .iter()
-        .map(foreign_keys::ReferencingKey::drop_statement)
-        .collect();
-    sql.push(format!(
+    let mut sql = vec![format!(
         "alter table {table} drop column {}",
         quote_ident(&spec.from)
-    ));
-    let primary = indexes::primary_key_to_carry(client, &table, &spec.from, &spec.to).await?;
-    if let Some((constraint, index)) = &primary {
-        sql.push(format!(
-            "alter table {table} add constraint {} primary key using index {}",
-            quote_ident(constraint),
-            quote_ident(index)
-        ));
-    }
+    )];
     // Copied indexes (not those now backing a constraint: the constraint's
     // rename renames its index too).
     for index in indexes::indexes_using(client, &table, &spec.from).await? {
         let copy = indexes::copy_name(&index.name, &spec.to);
-        let is_primary = primary.as_ref().is_some_and(|(_, i)| *i == copy);
         let exists = ddl::invalid_index(client, &spec.table.schema, &copy)
             .await?
             .is_some();
-        if !is_primary && !existing.contains(&copy) && exists {
+        if !existing.contains(&copy) && exists {
             sql.push(format!(
                 "alter index {schema}.{} rename to {}",
                 quote_ident(&copy),
@@ -159,14 +183,6 @@ pub async fn final_transaction(
                 quote_ident(&name)
             ));
         }
-    }
-    for fk in &referencing {
-        sql.push(format!(
-            "alter table {} rename constraint {} to {}",
-            fk.table,
-            quote_ident(&foreign_keys::copy_name(&fk.name, &spec.to)),
-            quote_ident(&fk.name)
-        ));
     }
     Ok(sql)
 }

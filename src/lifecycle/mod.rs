@@ -16,6 +16,7 @@ pub mod ddl;
 pub mod foreign_keys;
 pub mod handover;
 pub mod indexes;
+pub mod not_null;
 pub mod peers;
 pub mod store;
 
@@ -604,23 +605,9 @@ impl Lifecycle {
                 .await?;
             }
         }
-        // NOT NULL on a: carried to b as a NOT VALID check until validated.
-        if old.not_null {
-            let check = format!("pgshift_{}_not_null", spec.to)
-                .chars()
-                .take(63)
-                .collect::<String>();
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!(
-                    "alter table {table} drop constraint if exists {c}; alter table {table} add constraint {c} check ({b} is not null) not valid",
-                    c = quote_ident(&check)
-                ),
-                self.lock,
-            )
-            .await?;
-            record.not_null_check = Some(check);
-        }
+        // a's NOT NULL reaches b at validate, once the backfill has filled
+        // b (see `not_null`): a NOT VALID check added now would fail every
+        // UPDATE of a row the backfill has not reached yet.
         record.phase = Phase::Expanded;
         record.write_path_changed_ms = store::now_ms(&client).await?;
         self.commit(
@@ -738,11 +725,11 @@ impl Lifecycle {
             return Err(Self::illegal(&record, "backfill", "phase expanded"));
         }
         let table = record.spec.table.to_string();
-        if ddl::walk_key(&client, &table).await?.is_none() {
+        let Some(key) = ddl::walk_key(&client, &table).await? else {
             return Err(ActionError::Conflict(format!(
                 "table {table} has no primary key (nor a unique index on NOT NULL columns) to walk the backfill in order"
             )));
-        }
+        };
         // The planner's estimate; a table never analyzed has none, and is
         // counted instead (under a timeout: no estimate beats a long scan).
         let mut total: i64 = client
@@ -759,6 +746,11 @@ impl Lifecycle {
                 Ok(Ok(row)) => row.get(0),
                 _ => 0,
             };
+        }
+        if record.phase == Phase::Expanded {
+            // Rows inserted from now on are dual-written: the walk ends at
+            // today's last key instead of chasing the inserts.
+            record.backfill.end = Walk::new(&record, &key).last_key(&client).await?;
         }
         record.phase = Phase::Backfilling;
         record.backfill.running = true;
@@ -907,16 +899,13 @@ impl Lifecycle {
             at_ms,
         });
         if mismatches == 0 {
-            if let Some(check) = &record.not_null_check {
-                ddl::run_with_lock_timeout(
-                    &client,
-                    &format!(
-                        "alter table {table} validate constraint {}",
-                        quote_ident(check)
-                    ),
-                    self.lock,
-                )
-                .await?;
+            let old_not_null = ddl::column_info(&client, &table, &record.spec.from)
+                .await?
+                .is_some_and(|c| c.not_null);
+            if old_not_null || record.not_null_check.is_some() {
+                record.not_null_check = Some(
+                    not_null::add_valid_check(&client, &table, &record.spec.to, self.lock).await?,
+                );
             }
             if record.phase == Phase::Backfilled {
                 record.phase = Phase::Validated;
@@ -997,13 +986,7 @@ impl Lifecycle {
             Phase::Switched => {
                 self.check_no_old_shape(&client, &record, body).await?;
                 Self::check_exclusion_constraints(&client, &spec, body).await?;
-                // Foreign keys referencing a are moved onto b first: one
-                // that cannot move stops the contract before any change.
-                handover::move_referencing_keys(&client, &spec, self.lock).await?;
-                // Where a stands, so `*` keeps the old shape's order once
-                // it is gone.
-                record.spec.old_after =
-                    ddl::column_before(&client, &table, &spec.from, &spec.to).await?;
+                self.prepare_contract(&client, &mut record).await?;
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
                 record.phase = Phase::Contracted;
@@ -1027,59 +1010,6 @@ impl Lifecycle {
                 ))
             }
         }
-        let b = quote_ident(&spec.to);
-        if let Some(check) = record.not_null_check.clone() {
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!(
-                    "alter table {table} validate constraint {}",
-                    quote_ident(&check)
-                ),
-                self.lock,
-            )
-            .await?;
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!("alter table {table} alter column {b} set not null; alter table {table} drop constraint if exists {}", quote_ident(&check)),
-                self.lock,
-            )
-            .await?;
-            record.not_null_check = None;
-        }
-        // Unique constraints on a: their index copies on b become the
-        // same constraints on b (the index is taken over, not rebuilt).
-        let constraints = handover::constraint_names(&client, &table).await?;
-        for (constraint, index) in
-            indexes::unique_constraints_to_carry(&client, &table, &spec.from, &spec.to).await?
-        {
-            let copy = indexes::copy_name(&constraint, &spec.to);
-            if constraints.contains(&copy) {
-                continue; // carried by an earlier attempt
-            }
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!(
-                    "alter table {table} add constraint {} unique using index {}",
-                    quote_ident(&copy),
-                    quote_ident(&index)
-                ),
-                self.lock,
-            )
-            .await?;
-        }
-        // The foreign keys and checks copied at expand, validated before a
-        // goes (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
-        for name in foreign_keys::unvalidated_copies(&client, &table, &spec.to).await? {
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!(
-                    "alter table {table} validate constraint {}",
-                    quote_ident(&name)
-                ),
-                self.lock,
-            )
-            .await?;
-        }
         // One transaction: the keys referencing a, a itself, the primary
         // key taken over by b's index, the copies renamed as the originals.
         let last = handover::final_transaction(&client, &spec).await?;
@@ -1095,6 +1025,100 @@ impl Lifecycle {
             true,
         )
         .await?;
+        Ok(())
+    }
+
+    /// What a contract does while both columns exist and the rules still
+    /// write both, so that a failure leaves the migration switched and
+    /// fully working: b takes over the keys referencing a, a's NOT NULL,
+    /// unique constraints and foreign keys; a's NOT NULL goes last. Each
+    /// change is stored as it is made (a rollback puts back what needs it).
+    async fn prepare_contract(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &mut Record,
+    ) -> Result<(), ActionError> {
+        let spec = record.spec.clone();
+        let table = spec.table.to_string();
+        // Foreign keys referencing a are moved onto b first: one that
+        // cannot move stops the contract before any other change.
+        handover::move_referencing_keys(client, &spec, self.lock).await?;
+        // Where a stands, so `*` keeps the old shape's order once it is gone.
+        record.spec.old_after = ddl::column_before(client, &table, &spec.from, &spec.to).await?;
+        if record.not_null_check.is_some() {
+            let check = not_null::add_valid_check(client, &table, &spec.to, self.lock).await?;
+            not_null::set_proven(client, &table, &spec.to, &check, self.lock).await?;
+            record.not_null_check = None;
+            self.save_step(client, record, "b set not null").await?;
+        }
+        // Unique constraints on a: their index copies on b become the
+        // same constraints on b (the index is taken over, not rebuilt).
+        let constraints = handover::constraint_names(client, &table).await?;
+        for (constraint, index) in
+            indexes::unique_constraints_to_carry(client, &table, &spec.from, &spec.to).await?
+        {
+            let copy = indexes::copy_name(&constraint, &spec.to);
+            if constraints.contains(&copy) {
+                continue; // carried by an earlier attempt
+            }
+            ddl::run_with_lock_timeout(
+                client,
+                &format!(
+                    "alter table {table} add constraint {} unique using index {}",
+                    quote_ident(&copy),
+                    quote_ident(&index)
+                ),
+                self.lock,
+            )
+            .await?;
+        }
+        // The foreign keys and checks copied at expand, validated before a
+        // goes (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
+        for name in foreign_keys::unvalidated_copies(client, &table, &spec.to).await? {
+            ddl::run_with_lock_timeout(
+                client,
+                &format!(
+                    "alter table {table} validate constraint {}",
+                    quote_ident(&name)
+                ),
+                self.lock,
+            )
+            .await?;
+        }
+        // The keys: referencing keys and the primary key move onto b.
+        let keys = handover::key_transaction(client, &spec).await?;
+        if !keys.is_empty() {
+            ddl::run_with_lock_timeout(client, &keys.join("; "), self.lock).await?;
+            record.carried.keys_handed_over = true;
+            self.save_step(client, record, "keys handed over to b")
+                .await?;
+        }
+        // Last: once the rules stop writing a, an INSERT must not fail on
+        // a's NOT NULL in the moment before a is dropped.
+        let old_not_null = ddl::column_info(client, &table, &spec.from)
+            .await?
+            .is_some_and(|c| c.not_null);
+        if old_not_null {
+            not_null::drop(client, &table, &spec.from, self.lock).await?;
+            record.carried.old_not_null_dropped = true;
+            self.save_step(client, record, "a drop not null").await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a step of an action that leaves the rules as they are (no
+    /// new state version: the other proxies have nothing to apply).
+    async fn save_step(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        detail: &str,
+    ) -> Result<(), ActionError> {
+        let _synced = self.sync.lock().await;
+        store::save(client, record).await?;
+        store::event(client, &record.spec.id, "admin", "contract step", detail).await?;
+        self.lock_records()
+            .insert(record.spec.id.clone(), record.clone());
         Ok(())
     }
 
@@ -1216,6 +1240,14 @@ impl Lifecycle {
                 "a phase before contracted",
             ));
         }
+        if record.carried.keys_handed_over {
+            return Err(ActionError::Conflict(format!(
+                "migration {:?}: a contract already handed the keys of {} (primary key, foreign keys referencing it) over to {}; finish it with contract",
+                record.spec.id,
+                quote_ident(&spec.from),
+                quote_ident(&spec.to)
+            )));
+        }
         if record.backfill.running {
             self.stop_backfill(&record).await?;
             record = self.record(&record.spec.id)?;
@@ -1236,6 +1268,15 @@ impl Lifecycle {
         record: &Record,
     ) -> Result<(), ActionError> {
         let spec = &record.spec;
+        // What a contract that stopped short changed goes back first.
+        if record.carried.old_not_null_dropped {
+            let table = spec.table.to_string();
+            not_null::restore(client, &table, &spec.from, self.lock).await?;
+            let mut restored = record.clone();
+            restored.carried.old_not_null_dropped = false;
+            store::save(client, &restored).await?;
+            self.lock_records().insert(spec.id.clone(), restored);
+        }
         // Foreign keys moved onto b by a contract that stopped short go
         // first (they depend on b's unique index).
         let mut sql: Vec<String> =

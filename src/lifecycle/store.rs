@@ -57,6 +57,8 @@ alter table pgshift.migrations add column if not exists max_lock_waits integer n
 alter table pgshift.migrations add column if not exists old_after text;
 alter table pgshift.migrations add column if not exists backfill_workers integer not null default 1;
 alter table pgshift.migrations add column if not exists backfill_slices jsonb not null default '[]';
+alter table pgshift.migrations add column if not exists carried jsonb not null default '{}';
+alter table pgshift.migrations add column if not exists backfill_end text[];
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -91,6 +93,10 @@ pub struct Backfill {
     pub cursor: Option<Vec<String>>,
     /// Rows walked so far, over every slice.
     pub rows_done: i64,
+    /// The table's last key when the backfill started: the walk ends there
+    /// (a row inserted after it was dual-written already; walking on would
+    /// chase the application's inserts for ever). `None`: to the end.
+    pub end: Option<Vec<String>>,
     /// How many sessions walk the table at once (from the next start of
     /// the walk: it is split when it starts).
     pub workers: i32,
@@ -133,8 +139,38 @@ pub struct Record {
     /// When the write path last changed (expand): a validation older than
     /// this does not count.
     pub write_path_changed_ms: i64,
-    /// The NOT VALID check carrying `a`'s NOT NULL to `b`, if any.
+    /// The check carrying `a`'s NOT NULL to `b` (added at validate, once
+    /// the backfill has filled `b`), if any.
     pub not_null_check: Option<String>,
+    /// What the contract changed beyond the two columns before its point of
+    /// no return, for a rollback to put back.
+    pub carried: Carried,
+}
+
+/// What a contract changed outside the migrating columns while both still
+/// existed: objects redefined to read `b`, and `a`'s NOT NULL dropped so
+/// that no write can fail once writes no longer reach `a` — which a
+/// rollback puts back before it drops `b` — and `a`'s keys handed over to
+/// `b`, after which the contract can only be finished.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Carried {
+    #[serde(default)]
+    pub old_not_null_dropped: bool,
+    /// The primary key or keys referencing `a` are on `b` now: past this
+    /// point a contract is finished, not rolled back.
+    #[serde(default)]
+    pub keys_handed_over: bool,
+    #[serde(default)]
+    pub redefined: Vec<Redefined>,
+}
+
+/// One object the contract redefined onto `b`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Redefined {
+    /// What it is, as the events name it (`view app.v`, `trigger t on app.u`).
+    pub object: String,
+    /// The SQL that puts its definition back on `a`.
+    pub restore: String,
 }
 
 impl Record {
@@ -145,6 +181,7 @@ impl Record {
             backfill: Backfill {
                 cursor: None,
                 rows_done: 0,
+                end: None,
                 workers: 1,
                 slices: Vec::new(),
                 rows_total: None,
@@ -162,6 +199,7 @@ impl Record {
             validation: None,
             write_path_changed_ms: 0,
             not_null_check: None,
+            carried: Carried::default(),
         }
     }
 }
@@ -190,7 +228,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
-    backfill_slices::text";
+    backfill_slices::text, carried::text, backfill_end";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -221,6 +259,9 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let slices_json: String = row.try_get(28)?;
     let slices: Vec<Slice> = serde_json::from_str(&slices_json)
         .map_err(|e| invalid(format!("backfill_slices {slices_json:?}: {e}")))?;
+    let carried_json: String = row.try_get(29)?;
+    let carried: Carried = serde_json::from_str(&carried_json)
+        .map_err(|e| invalid(format!("carried {carried_json:?}: {e}")))?;
     let validation = match row.try_get::<_, Option<i64>>(18)? {
         Some(mismatches) => Some(Validation {
             mismatches,
@@ -237,6 +278,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         backfill: Backfill {
             cursor: row.try_get(8)?,
             rows_done: row.try_get(9)?,
+            end: row.try_get(30)?,
             workers: row.try_get(27)?,
             slices,
             rows_total: row.try_get(10)?,
@@ -254,6 +296,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         validation,
         write_path_changed_ms: row.try_get(21)?,
         not_null_check: row.try_get(22)?,
+        carried,
     })
 }
 
@@ -322,7 +365,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
                    batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
-                   old_after = $21, updated_ms = {NOW_MS}
+                   old_after = $21, carried = $24::text::jsonb, backfill_end = $25, updated_ms = {NOW_MS}
                  where id = $1"
             ),
             &[
@@ -349,6 +392,8 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &r.spec.old_after,
                 &b.workers,
                 &slices,
+                &serde_json::to_string(&r.carried).unwrap_or_else(|_| "{}".into()),
+                &b.end,
             ],
         )
         .await?;

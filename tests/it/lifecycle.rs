@@ -1975,3 +1975,111 @@ async fn a_parity_check_past_its_one_statement_budget_walks_the_table_instead() 
     .await;
     assert_eq!(code, 400, "{body}");
 }
+
+/// Writes of both shapes that leave a NOT NULL migrating column alone
+/// (an UPDATE of another column, an upsert that sets another column) and
+/// INSERTs, all the time from before expand to after contract: none may
+/// fail. A NOT VALID check on the new column added at expand failed every
+/// UPDATE of a row the backfill had not reached; rules that stopped
+/// writing the old column before its NOT NULL was gone failed INSERTs
+/// during the contract.
+#[tokio::test]
+async fn a_not_null_column_fails_no_write_in_any_phase() {
+    let (dbname, direct) = db().fresh_database("nndb").await;
+    let table = unique("nn");
+    let id = unique("nn_rename");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, a int not null, c int not null default 0);
+             insert into {table} select g, g, 0 from generate_series(1, 3000) g"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(&id, &table, "a", "b", None, None, None).unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    let stops = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let next_id = Arc::new(AtomicI64::new(100_000));
+    let mut writers = Vec::new();
+    for (k, column) in ["a", "b"].into_iter().enumerate() {
+        let client = d.proxy.connect_to(&dbname).await;
+        let (stop, next_id, table) = (Arc::clone(&stops[k]), Arc::clone(&next_id), table.clone());
+        writers.push(tokio::spawn(async move {
+            let update = format!("update {table} set c = c + 1 where id = $1");
+            let upsert = format!(
+                "insert into {table} (id, {column}, c) values ($1, 7, 1) on conflict (id) do update set c = {table}.c + excluded.c"
+            );
+            let insert = format!("insert into {table} (id, {column}) values ($1, $2)");
+            let (mut n, mut errors) = (0i32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let row = (n * 7919 + k as i32 * 101) % 3000 + 1;
+                let fresh = next_id.fetch_add(1, Ordering::Relaxed) as i32;
+                for result in [
+                    client.execute(&update, &[&row]).await,
+                    client.execute(&upsert, &[&row]).await,
+                    client.execute(&insert, &[&fresh, &fresh]).await,
+                ] {
+                    if let Err(e) = result {
+                        errors.push(format!("{:?}: {}", sqlstate(&e), message_of(&e)));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (n, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = post(admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    // A slow backfill: most rows wait for it while the writers run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 100, "batch_pause_ms": 40}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for_phase(admin, &id, "backfilled").await;
+    for (action, body) in [
+        ("validate", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+        ("contract", json!({"force": true})),
+    ] {
+        let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
+        assert_eq!(code, 200, "{action}: {answer}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stops[0].store(true, Ordering::Relaxed);
+    let (old_rounds, old_errors) = writers.remove(0).await.unwrap();
+    let (code, body) = post(admin, &format!("/migrations/{id}/complete"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stops[1].store(true, Ordering::Relaxed);
+    let (new_rounds, new_errors) = writers.remove(0).await.unwrap();
+    assert!(
+        old_rounds > 50 && new_rounds > 50,
+        "{old_rounds} {new_rounds}"
+    );
+    assert_eq!(old_errors, Vec::<String>::new(), "old-shape writes");
+    assert_eq!(new_errors, Vec::<String>::new(), "new-shape writes");
+    let row = direct
+        .query_one(
+            &format!(
+                "select count(*), count(*) filter (where b is null),
+                        (select attnotnull from pg_attribute where attrelid = '{table}'::regclass and attname = 'b')
+                   from {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let inserted = next_id.load(Ordering::Relaxed) - 100_000;
+    assert_eq!(row.get::<_, i64>(0), 3000 + inserted, "every insert landed");
+    assert_eq!(row.get::<_, i64>(1), 0);
+    assert!(row.get::<_, bool>(2), "b is NOT NULL like a was");
+}
