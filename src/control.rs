@@ -19,7 +19,10 @@ use crate::rewrite::search_path::SearchPath;
 /// What failed on the control connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("cannot connect to {upstream} as {user:?} (database {database:?}): {}", crate::pgerror::describe(source))]
+    #[error(
+        "cannot connect to {upstream} as {user:?} (database {database:?}): {}",
+        crate::pgerror::describe(source)
+    )]
     Connect {
         upstream: String,
         user: String,

@@ -191,7 +191,11 @@ async fn serve_without_a_config_file_takes_migrations_through_the_admin_port() {
     .await;
     assert_eq!(code, 201, "{body}");
     let (code, body) = admin_call(&admin, "POST", &format!("/migrations/{id}/expand"), None).await;
-    assert_eq!((code, body["phase"].as_str()), (200, Some("expanded")), "{body}");
+    assert_eq!(
+        (code, body["phase"].as_str()),
+        (200, Some("expanded")),
+        "{body}"
+    );
     client
         .batch_execute(&format!("update {table} set v = v + 100 where id = 7"))
         .await
@@ -205,7 +209,11 @@ async fn serve_without_a_config_file_takes_migrations_through_the_admin_port() {
         .query_one(&format!("select v, w from {table} where id = 7"), &[])
         .await
         .unwrap();
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, Option<i32>>(1)), (107, Some(107)), "dual-written");
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, Option<i32>>(1)),
+        (107, Some(107)),
+        "dual-written"
+    );
 }
 
 #[tokio::test]

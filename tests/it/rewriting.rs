@@ -470,13 +470,20 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
         .await
         .unwrap();
     let row = client.query_one(&read, &[&1i32]).await.unwrap();
-    assert_eq!(row.get::<_, i32>(0), 100, "served from balance while contracted");
+    assert_eq!(
+        row.get::<_, i32>(0),
+        100,
+        "served from balance while contracted"
+    );
     rules.publish(&[ActiveMigration {
         spec,
         phase: Phase::Complete,
     }]);
     for attempt in 0..3 {
-        let err = refused(client.query_one(&read, &[&1i32]).await, "old shape after complete");
+        let err = refused(
+            client.query_one(&read, &[&1i32]).await,
+            "old shape after complete",
+        );
         assert_eq!(
             (sqlstate(&err).as_deref(), message_of(&err)),
             (Some("42703"), "column \"bal\" does not exist".to_string()),
