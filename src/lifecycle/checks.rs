@@ -14,7 +14,8 @@
 use tokio_postgres::Client;
 
 use super::ddl::{self, Constraint};
-use super::handover::replace_column;
+use super::handover::replace_column_with;
+use crate::rewrite::migration::{quote_ident, MigrationSpec};
 
 /// The CHECK constraints of `table` that use `column` (pgshift's own
 /// constraints left out).
@@ -26,16 +27,18 @@ pub async fn checks_on(
     ddl::constraints_using(client, table, column, "c").await
 }
 
-/// `ALTER TABLE table ADD CONSTRAINT new_name <definition with from → to>
-/// NOT VALID`; `None` when the definition never names `from`.
+/// `ALTER TABLE table ADD CONSTRAINT new_name <definition with a → down(b)>
+/// NOT VALID` (`b` itself for a rename: a type change keeps the check's
+/// meaning, `amount < 100000` in cents stays that in `amount_dec`'s
+/// terms); `None` when the definition never names `a`.
 pub fn copy_statement(
     table: &str,
     definition: &str,
     new_name: &str,
-    from: &str,
-    to: &str,
+    spec: &MigrationSpec,
 ) -> Option<String> {
-    let copied = replace_column(definition, from, to)?;
+    let b = quote_ident(&spec.to);
+    let copied = replace_column_with(definition, &spec.from, &spec.down_of(&b))?;
     if copied == definition || !copied.starts_with("CHECK") {
         return None;
     }
@@ -48,21 +51,39 @@ mod tests {
 
     #[test]
     fn the_column_is_replaced_and_nothing_else() {
+        let rename = MigrationSpec::new("m", "t", "a", "b", None, None, None).unwrap();
         assert_eq!(
             copy_statement(
                 "public.t",
                 "CHECK (((a > 0) AND (a < lower_a)))",
                 "t_a_check_pgshift_b",
-                "a",
-                "b"
+                &rename,
             )
             .as_deref(),
             Some("alter table public.t add constraint t_a_check_pgshift_b CHECK (((b > 0) AND (b < lower_a))) NOT VALID")
         );
         assert_eq!(
-            copy_statement("t", "CHECK ((a <> ''::text)) NOT VALID", "n", "a", "b").as_deref(),
+            copy_statement("t", "CHECK ((a <> ''::text)) NOT VALID", "n", &rename).as_deref(),
             Some("alter table t add constraint n CHECK ((b <> ''::text)) NOT VALID")
         );
-        assert_eq!(copy_statement("t", "CHECK ((x > 0))", "n", "a", "b"), None);
+        assert_eq!(copy_statement("t", "CHECK ((x > 0))", "n", &rename), None);
+    }
+
+    #[test]
+    fn a_type_change_keeps_the_check_in_the_old_column_s_terms() {
+        let cents = MigrationSpec::new(
+            "m",
+            "t",
+            "amount",
+            "amount_dec",
+            Some("numeric(12,2)"),
+            Some("amount::numeric / 100"),
+            Some("(amount_dec * 100)::integer"),
+        )
+        .unwrap();
+        assert_eq!(
+            copy_statement("t", "CHECK ((amount < 100000))", "n", &cents).as_deref(),
+            Some("alter table t add constraint n CHECK (((((amount_dec) * 100)::integer) < 100000)) NOT VALID")
+        );
     }
 }

@@ -256,6 +256,8 @@ pub async fn run(client: &Client, sql: &str) -> Result<(), DdlError> {
 pub struct ColumnInfo {
     pub type_name: String,
     pub not_null: bool,
+    /// Its default expression (not a generated column's), if any.
+    pub default: Option<String>,
 }
 
 /// `table`'s column `column`, if it exists (`table` is a quoted,
@@ -267,14 +269,19 @@ pub async fn column_info(
 ) -> Result<Option<ColumnInfo>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "select format_type(atttypid, atttypmod), attnotnull from pg_attribute
-              where attrelid = $1::text::regclass and attname = $2 and attnum > 0 and not attisdropped",
+            "select format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                    case when a.attgenerated = '' then pg_get_expr(d.adbin, d.adrelid) end
+               from pg_attribute a
+               left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+              where a.attrelid = $1::text::regclass and a.attname = $2 and a.attnum > 0
+                and not a.attisdropped",
             &[&table, &column],
         )
         .await?;
     Ok(row.map(|r| ColumnInfo {
         type_name: r.get(0),
         not_null: r.get(1),
+        default: r.get(2),
     }))
 }
 

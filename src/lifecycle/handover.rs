@@ -227,6 +227,12 @@ pub async fn exclusion_constraints_left(
 /// `definition` with every token naming column `from` replaced by `to` —
 /// not a type after `::`, a field after `.` or a function before `(`.
 pub fn replace_column(definition: &str, from: &str, to: &str) -> Option<String> {
+    replace_column_with(definition, from, &quote_ident(to))
+}
+
+/// [`replace_column`] with the text `replacement` (an expression) in
+/// place of each reference to `from`.
+pub fn replace_column_with(definition: &str, from: &str, replacement: &str) -> Option<String> {
     let tokens = tokenize(definition).ok()?;
     let is = |k: Option<usize>, token: Token| {
         k.and_then(|k| tokens.get(k))
@@ -245,7 +251,7 @@ pub fn replace_column(definition: &str, from: &str, to: &str) -> Option<String> 
         .map(|t| Edit {
             start: t.start,
             end: t.end,
-            text: quote_ident(to),
+            text: replacement.to_string(),
         })
         .collect();
     splice(definition, &mut edits)

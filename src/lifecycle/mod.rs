@@ -13,6 +13,7 @@ pub mod backfill;
 mod backfill_run;
 pub mod checks;
 pub mod ddl;
+pub mod dependents;
 pub mod foreign_keys;
 pub mod handover;
 pub mod indexes;
@@ -489,6 +490,9 @@ impl Lifecycle {
                 quote_ident(&spec.from)
             )));
         }
+        // What depends on a is found now, not by a failing DROP at the end.
+        let found = dependents::find(&client, &spec, &self.rules.load().catalog).await?;
+        dependents::refuse_uncarried(&spec, &found)?;
         let record =
             store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
         self.commit(&client, record, "add", &body.to_string(), true)
@@ -554,6 +558,21 @@ impl Lifecycle {
             self.lock,
         )
         .await?;
+        // a's default becomes b's (converted): once a is gone, an INSERT
+        // that leaves the column out gets what it got before. Only future
+        // rows take it (no table rewrite); until contract every INSERT
+        // writes b explicitly.
+        if let Some(default) = &old.default {
+            ddl::run_with_lock_timeout(
+                &client,
+                &format!(
+                    "alter table {table} alter column {b} set default {}",
+                    spec.up_of(&format!("({default})"))
+                ),
+                self.lock,
+            )
+            .await?;
+        }
         // Indexes using a (keys, expressions, predicates), copied onto b
         // without blocking writes.
         for index in indexes::indexes_using(&client, &table, &spec.from).await? {
@@ -591,9 +610,7 @@ impl Lifecycle {
         // CHECK constraints on a: added on b as NOT VALID too.
         for check in checks::checks_on(&client, &table, &spec.from).await? {
             let name = indexes::copy_name(&check.name, &spec.to);
-            if let Some(copy) =
-                checks::copy_statement(&table, &check.definition, &name, &spec.from, &spec.to)
-            {
+            if let Some(copy) = checks::copy_statement(&table, &check.definition, &name, &spec) {
                 self.copy_constraint(
                     &client,
                     &spec,
@@ -1040,6 +1057,10 @@ impl Lifecycle {
     ) -> Result<(), ActionError> {
         let spec = record.spec.clone();
         let table = spec.table.to_string();
+        // Whatever else depends on a (created since the migration was
+        // registered, too) must be carried, or nothing changes.
+        let found = dependents::find(client, &spec, &self.rules.load().catalog).await?;
+        dependents::refuse_uncarried(&spec, &found)?;
         // Foreign keys referencing a are moved onto b first: one that
         // cannot move stops the contract before any other change.
         handover::move_referencing_keys(client, &spec, self.lock).await?;
@@ -1085,6 +1106,26 @@ impl Lifecycle {
             )
             .await?;
         }
+        // Views, triggers, policies… read b from now on (a and down(b)
+        // agree while both are written); a rollback puts them back.
+        if !found.is_empty() {
+            let carried = dependents::carry(client, &found, self.lock).await;
+            let (done, failed) = match carried {
+                Ok(done) => (done, None),
+                Err((done, e)) => (done, Some(e)),
+            };
+            let names: Vec<String> = done.iter().map(|d| d.object.clone()).collect();
+            record.carried.redefined.extend(done);
+            self.save_step(
+                client,
+                record,
+                &format!("carried onto b: {}", names.join(", ")),
+            )
+            .await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
         // The keys: referencing keys and the primary key move onto b.
         let keys = handover::key_transaction(client, &spec).await?;
         if !keys.is_empty() {
@@ -1116,7 +1157,7 @@ impl Lifecycle {
     ) -> Result<(), ActionError> {
         let _synced = self.sync.lock().await;
         store::save(client, record).await?;
-        store::event(client, &record.spec.id, "admin", "contract step", detail).await?;
+        store::event(client, &record.spec.id, "admin", "step", detail).await?;
         self.lock_records()
             .insert(record.spec.id.clone(), record.clone());
         Ok(())
@@ -1231,6 +1272,7 @@ impl Lifecycle {
                     "a phase before contracted",
                 ));
             }
+            self.put_back_carried(&client, &mut record).await?;
             return self.drop_new_column(&client, &record).await;
         }
         if matches!(record.phase, Phase::Contracted | Phase::Complete) {
@@ -1253,7 +1295,10 @@ impl Lifecycle {
             record = self.record(&record.spec.id)?;
         }
         let client = self.connect().await?;
-        // Reads back on a and dual writes off first; then b goes.
+        // What a contract that stopped short changed goes back while both
+        // columns are still written; then reads go back on a and dual
+        // writes off; then b goes.
+        self.put_back_carried(&client, &mut record).await?;
         record.phase = Phase::RolledBack;
         record.backfill.running = false;
         self.commit(&client, record.clone(), "rollback", "rules off", true)
@@ -1262,21 +1307,36 @@ impl Lifecycle {
         self.drop_new_column(&client, &record).await
     }
 
+    /// Puts back what a contract that stopped short changed beyond the two
+    /// columns: the objects it redefined onto `b` (last first), `a`'s NOT
+    /// NULL. Each is stored as it is done.
+    async fn put_back_carried(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &mut Record,
+    ) -> Result<(), ActionError> {
+        let spec = record.spec.clone();
+        while let Some(object) = record.carried.redefined.last().cloned() {
+            ddl::run_with_lock_timeout(client, &object.restore, self.lock).await?;
+            record.carried.redefined.pop();
+            self.save_step(client, record, &format!("put back {}", object.object))
+                .await?;
+        }
+        if record.carried.old_not_null_dropped {
+            not_null::restore(client, &spec.table.to_string(), &spec.from, self.lock).await?;
+            record.carried.old_not_null_dropped = false;
+            self.save_step(client, record, "a set not null again")
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn drop_new_column(
         &self,
         client: &tokio_postgres::Client,
         record: &Record,
     ) -> Result<(), ActionError> {
         let spec = &record.spec;
-        // What a contract that stopped short changed goes back first.
-        if record.carried.old_not_null_dropped {
-            let table = spec.table.to_string();
-            not_null::restore(client, &table, &spec.from, self.lock).await?;
-            let mut restored = record.clone();
-            restored.carried.old_not_null_dropped = false;
-            store::save(client, &restored).await?;
-            self.lock_records().insert(spec.id.clone(), restored);
-        }
         // Foreign keys moved onto b by a contract that stopped short go
         // first (they depend on b's unique index).
         let mut sql: Vec<String> =

@@ -225,6 +225,45 @@ impl MigrationSpec {
     pub fn is_rename(&self) -> bool {
         self.up.is_none()
     }
+
+    /// `up(a)` in `b`'s declared type, with `a` read as the expression
+    /// `a_value` (the value itself for a rename).
+    pub fn up_of(&self, a_value: &str) -> String {
+        match &self.up {
+            Some(up) => {
+                let ty = self.new_type.as_deref().unwrap_or("unknown");
+                format!("({})::{ty}", substitute(up, &self.from, a_value))
+            }
+            None => a_value.to_string(),
+        }
+    }
+
+    /// `down(b)`, with `b` read as the expression `b_value` (the value
+    /// itself for a rename).
+    pub fn down_of(&self, b_value: &str) -> String {
+        match &self.down {
+            Some(down) => format!("({})", substitute(down, &self.to, b_value)),
+            None => b_value.to_string(),
+        }
+    }
+}
+
+/// `expression` with every reference to `column` replaced by `(value)`.
+pub fn substitute(expression: &str, column: &str, value: &str) -> String {
+    use super::text::{splice, tokenize, Edit};
+    let Ok(toks) = tokenize(expression) else {
+        return expression.to_string();
+    };
+    let mut edits: Vec<Edit> = toks
+        .iter()
+        .filter(|t| super::plan::names(&t.token, column))
+        .map(|t| Edit {
+            start: t.start,
+            end: t.end,
+            text: format!("({value})"),
+        })
+        .collect();
+    splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
 }
 
 /// Double-quotes an identifier when Postgres would need it.

@@ -132,6 +132,28 @@ pub(crate) fn with_current_session<R>(f: impl FnOnce(Option<&SessionContext>) ->
     SESSION.with(|s| f(s.borrow().as_deref()))
 }
 
+/// `query` as pgshift serves it to an old-shape client once `spec`'s old
+/// column is gone (phase contracted): how a view over the old column is
+/// redefined so it keeps its shape. `Err` says why it cannot be.
+pub fn contracted_form(
+    spec: &migration::MigrationSpec,
+    catalog: &catalog::Catalog,
+    query: &str,
+) -> Result<String, String> {
+    let contracted = rules::ActiveMigration {
+        spec: spec.clone(),
+        phase: migration::Phase::Contracted,
+    };
+    let cell = rules::RulesCell::with_catalog(&[contracted], catalog.clone());
+    cell.with(|rules| match plan::plan(query, rules) {
+        plan::Plan::Unchanged => Ok(query.to_string()),
+        plan::Plan::Replaced { text, .. } => Ok(text),
+        plan::Plan::Refused { reason, .. } => {
+            Err(format!("pgshift cannot rewrite its query: it {reason}"))
+        }
+    })
+}
+
 /// The rewriter used while no migration is configured: every statement goes
 /// through untouched.
 #[derive(Debug, Default, Clone, Copy)]

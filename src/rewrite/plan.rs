@@ -1245,13 +1245,10 @@ enum Convert {
 
 impl Convert {
     fn apply(self, spec: &MigrationSpec, value: &str) -> String {
-        match (self, &spec.up, &spec.down) {
-            (Convert::Up, Some(up), _) => {
-                let ty = spec.new_type.as_deref().unwrap_or("unknown");
-                format!("({})::{ty}", substitute(up, &spec.from, value))
-            }
-            (Convert::Down, _, Some(down)) => format!("({})", substitute(down, &spec.to, value)),
-            _ => value.to_string(),
+        match self {
+            Convert::Up => spec.up_of(value),
+            Convert::Down => spec.down_of(value),
+            Convert::Same => value.to_string(),
         }
     }
 }
@@ -1706,23 +1703,6 @@ fn assignment_value(toks: &[Tok], target: usize) -> Result<(usize, usize), Strin
         range = Some((range.map_or(t.start, |r| r.0), t.end));
     }
     range.ok_or_else(|| "has an empty SET value".into())
-}
-
-/// Replaces every reference to `column` in `expression` by `(value)`.
-fn substitute(expression: &str, column: &str, value: &str) -> String {
-    let Ok(toks) = tokenize(expression) else {
-        return expression.to_string();
-    };
-    let mut edits: Vec<Edit> = toks
-        .iter()
-        .filter(|t| names(&t.token, column))
-        .map(|t| Edit {
-            start: t.start,
-            end: t.end,
-            text: format!("({value})"),
-        })
-        .collect();
-    splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
 }
 
 fn last_ident(name: &ObjectName) -> Option<&Ident> {

@@ -2083,3 +2083,155 @@ async fn a_not_null_column_fails_no_write_in_any_phase() {
     assert_eq!(row.get::<_, i64>(1), 0);
     assert!(row.get::<_, bool>(2), "b is NOT NULL like a was");
 }
+
+/// What depends on the old column is found when the migration is
+/// registered: what pgshift cannot carry is refused there, naming each
+/// object and what to do; views, a trigger's column list, a policy,
+/// statistics, an owned sequence and the replica identity are carried
+/// onto the new column at contract — the views keep their shape and
+/// serve current values — and nothing is left for `DROP COLUMN` to trip on.
+#[tokio::test]
+async fn what_depends_on_the_old_column_is_carried_or_refused_up_front() {
+    let (dbname, direct) = db().fresh_database("depdb").await;
+    direct
+        .batch_execute(
+            "create schema app;
+             create table app.orders (id int primary key, amount serial not null, note text not null default '');
+             insert into app.orders (id, amount) select g, g * 10 from generate_series(1, 200) g;
+             select setval('app.orders_amount_seq', 10000);
+             create unique index orders_amount_key on app.orders (amount);
+             alter table app.orders replica identity using index orders_amount_key;
+             create view app.order_amounts as select id, amount, amount * 2 as doubled from app.orders;
+             create view app.every_order with (security_barrier) as select * from app.orders;
+             create function app.touch() returns trigger language plpgsql as
+               $$ begin new.note := 'touched'; return new; end $$;
+             create trigger touch_on_amount before update of amount on app.orders
+               for each row when (old.amount is distinct from new.amount) execute function app.touch();
+             create policy small_orders on app.orders using (amount < 1000000);
+             create statistics app.amount_note on amount, note from app.orders;
+             create table app.blocked (id int primary key, v int not null,
+                                       twice int generated always as (v * 2) stored);
+             create materialized view app.blocked_sums as select sum(v) from app.blocked;",
+        )
+        .await
+        .unwrap();
+    let d = driven(
+        MigrationSpec::new("never", "app.blocked", "w0", "w1", None, None, None).unwrap(),
+        &dbname,
+    )
+    .await;
+    let admin = d.admin.as_str();
+    let (code, body) = post(
+        admin,
+        "/migrations",
+        json!({"id": "blocked_v", "table": "app.blocked", "from": "v", "to": "v2"}),
+    )
+    .await;
+    let error = body["error"].as_str().unwrap_or_default();
+    assert_eq!(code, 409, "{body}");
+    for says in [
+        "generated column twice",
+        "DROP EXPRESSION",
+        "materialized view app.blocked_sums",
+    ] {
+        assert!(error.contains(says), "{says}: {error}");
+    }
+
+    let (code, body) = post(
+        admin,
+        "/migrations",
+        json!({"id": "cents", "table": "app.orders", "from": "amount", "to": "amount_dec",
+               "type": "numeric(12,2)", "up": "amount::numeric / 100", "down": "(amount_dec * 100)::integer"}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let app = d.proxy.connect_to(&dbname).await;
+    let (code, body) = post(admin, "/migrations/cents/expand", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    switch_to_new(admin, "cents").await;
+    let (code, body) = post(admin, "/migrations/cents/contract", json!({"force": true})).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["phase"], "contracted");
+
+    // The views keep their shape and serve what the new column holds.
+    app.execute("update app.orders set amount_dec = 99.99 where id = 7", &[])
+        .await
+        .unwrap();
+    let row = direct
+        .query_one(
+            "select amount, doubled from app.order_amounts where id = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (9999, 19998));
+    let columns: Vec<String> = direct
+        .query(
+            "select attname || ' ' || format_type(atttypid, atttypmod) from pg_attribute
+              where attrelid = 'app.every_order'::regclass and attnum > 0 order by attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(columns, ["id integer", "amount integer", "note text"]);
+    let options: Vec<String> = direct
+        .query_one(
+            "select reloptions from pg_class where oid = 'app.every_order'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, ["security_barrier=true"]);
+    // The trigger fires on the new column; the policy, statistics, the
+    // sequence and the replica identity are on it.
+    let row = direct
+        .query_one("select note from app.orders where id = 7", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "touched");
+    let row = direct
+        .query_one(
+            "select (select pg_get_expr(polqual, polrelid) from pg_policy where polname = 'small_orders'),
+                    (select count(*) from pg_statistic_ext where stxname = 'amount_note_pgshift_amount_dec'),
+                    (select d.refobjsubid = (select attnum from pg_attribute where attrelid = 'app.orders'::regclass and attname = 'amount_dec')
+                       from pg_depend d where d.objid = 'app.orders_amount_seq'::regclass and d.deptype = 'a'),
+                    (select indexrelid::regclass::text from pg_index where indrelid = 'app.orders'::regclass and indisreplident)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, String>(0).contains("amount_dec"),
+        "{:?}",
+        row.get::<_, String>(0)
+    );
+    assert_eq!(row.get::<_, i64>(1), 1);
+    assert!(
+        row.get::<_, bool>(2),
+        "the sequence is owned by the new column"
+    );
+    assert_eq!(
+        row.get::<_, String>(3),
+        "app.orders_amount_key",
+        "replica identity on the copy"
+    );
+    // An INSERT that leaves the column out gets its default (the sequence).
+    let (code, body) = post(admin, "/migrations/cents/complete", json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    let row = app
+        .query_one(
+            "insert into app.orders (id) values (1000) returning amount_dec::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "100.01",
+        "nextval 10001 cents, converted"
+    );
+}
