@@ -148,7 +148,7 @@ impl Default for Config {
             control: Control::default(),
             migrations: Vec::new(),
             phase_overrides: Vec::new(),
-            admin: None,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
             admin_token: None,
         }
     }
@@ -361,7 +361,7 @@ impl Config {
         let migrations = resolve_migrations(file.migrations)?;
         let admin = match o.admin.clone().or(file.admin) {
             // The lifecycle is driven from the admin port: on by default.
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
+            None => Config::default().admin,
             Some(text) if text == "off" => None,
             Some(text) => Some(
                 text.parse::<SocketAddr>()

@@ -34,7 +34,7 @@ use super::store::Redefined;
 use super::ActionError;
 use crate::rewrite::catalog::Catalog;
 use crate::rewrite::migration::{quote_ident, MigrationSpec};
-use crate::rewrite::plan::names;
+use crate::rewrite::text::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
 use sqlparser::tokenizer::Token;
 

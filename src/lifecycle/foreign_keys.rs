@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 
 use super::ddl::{self, Constraint};
 use crate::rewrite::migration::quote_ident;
-use crate::rewrite::plan::names;
+use crate::rewrite::text::names;
 use crate::rewrite::text::{splice, tokenize, Edit, Tok};
 
 /// The foreign keys of `table` whose referencing columns include `column`

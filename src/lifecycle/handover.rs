@@ -31,7 +31,7 @@ use tokio_postgres::Client;
 use super::ddl::{self, LockDiscipline};
 use super::{foreign_keys, indexes, ActionError};
 use crate::rewrite::migration::{quote_ident, MigrationSpec};
-use crate::rewrite::plan::names;
+use crate::rewrite::text::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
 
 /// Adds a copy referencing `b` of every foreign key that references `a`

@@ -16,7 +16,7 @@ use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
 use crate::rewrite::migration::quote_ident;
-use crate::rewrite::plan::names;
+use crate::rewrite::text::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
 
 /// An index that uses the old column, as Postgres defines it.

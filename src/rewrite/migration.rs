@@ -256,7 +256,7 @@ pub fn substitute(expression: &str, column: &str, value: &str) -> String {
     };
     let mut edits: Vec<Edit> = toks
         .iter()
-        .filter(|t| super::plan::names(&t.token, column))
+        .filter(|t| super::text::names(&t.token, column))
         .map(|t| Edit {
             start: t.start,
             end: t.end,

@@ -15,15 +15,16 @@ use std::sync::Arc;
 
 use search_path::SearchPath;
 
-mod blocks;
 pub mod catalog;
+pub mod edits;
 pub mod engine;
-mod expand;
 pub mod literals;
 pub mod migration;
 pub mod plan;
+pub mod resolve;
 pub mod rules;
 pub mod scan;
+pub mod scope;
 pub mod search_path;
 pub mod text;
 
@@ -148,6 +149,9 @@ pub fn contracted_form(
     cell.with(|rules| match plan::plan(query, rules) {
         plan::Plan::Unchanged => Ok(query.to_string()),
         plan::Plan::Replaced { text, .. } => Ok(text),
+        plan::Plan::Error { message, .. } => {
+            Err(format!("Postgres would refuse its query: {message}"))
+        }
         plan::Plan::Refused { reason, .. } => {
             Err(format!("pgshift cannot rewrite its query: it {reason}"))
         }

@@ -5,6 +5,7 @@
 //! for byte as the client sent them.
 
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 /// A significant token (no whitespace or comments) and its byte range.
@@ -76,6 +77,226 @@ pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
         });
     }
     Ok(out)
+}
+
+/// The word token names `folded` (unquoted in any case, quoted exactly).
+pub fn names(token: &Token, folded: &str) -> bool {
+    match token {
+        Token::Word(w) => match w.quote_style {
+            Some(_) => w.value == folded,
+            None => w.value.eq_ignore_ascii_case(folded),
+        },
+        _ => false,
+    }
+}
+
+fn is_keyword(token: &Token, keyword: Keyword) -> bool {
+    matches!(token, Token::Word(w) if w.keyword == keyword && w.quote_style.is_none())
+}
+
+/// Token ranges of the statements of a text, split at top-level `;`.
+pub fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        if t.token == Token::SemiColon {
+            if i > start {
+                out.push(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    if start < tokens.len() {
+        out.push(start..tokens.len());
+    }
+    out
+}
+
+/// Byte ranges of the comma-separated items of the parenthesized list
+/// whose `(` is at byte `open`.
+pub fn list_items(tokens: &[Tok], open: usize) -> Option<Vec<(usize, usize)>> {
+    let first = tokens
+        .iter()
+        .position(|t| t.start == open && t.token == Token::LParen)?;
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut item: Option<(usize, usize)> = None;
+    for t in &tokens[first + 1..] {
+        match t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket if depth > 0 => depth -= 1,
+            Token::RParen => {
+                items.push(item?);
+                return Some(items);
+            }
+            Token::Comma if depth == 0 => {
+                items.push(item.take()?);
+                continue;
+            }
+            _ => {}
+        }
+        item = Some((item.map_or(t.start, |r| r.0), t.end));
+    }
+    None
+}
+
+/// Byte ranges of the items of the select list of the SELECT at byte
+/// `select` (aliases included), up to the clause that follows it.
+pub fn select_items(tokens: &[Tok], select: usize) -> Option<Vec<(usize, usize)>> {
+    let mut i = tokens.iter().position(|t| t.start == select)? + 1;
+    if tokens
+        .get(i)
+        .is_some_and(|t| is_keyword(&t.token, Keyword::ALL))
+    {
+        i += 1;
+    }
+    if tokens
+        .get(i)
+        .is_some_and(|t| is_keyword(&t.token, Keyword::DISTINCT))
+    {
+        i += 1;
+        if tokens
+            .get(i)
+            .is_some_and(|t| is_keyword(&t.token, Keyword::ON))
+        {
+            // DISTINCT ON ( … )
+            let mut depth = 0usize;
+            for (j, t) in tokens.iter().enumerate().skip(i + 1) {
+                match t.token {
+                    Token::LParen => depth += 1,
+                    Token::RParen => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            i = j + 1;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut item: Option<(usize, usize)> = None;
+    for t in &tokens[i.min(tokens.len())..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket if depth == 0 => break,
+            Token::RParen | Token::RBracket => depth -= 1,
+            Token::Comma if depth == 0 => {
+                items.push(item.take()?);
+                continue;
+            }
+            Token::SemiColon if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM
+                            | Keyword::WHERE
+                            | Keyword::GROUP
+                            | Keyword::HAVING
+                            | Keyword::ORDER
+                            | Keyword::LIMIT
+                            | Keyword::OFFSET
+                            | Keyword::WINDOW
+                            | Keyword::UNION
+                            | Keyword::INTERSECT
+                            | Keyword::EXCEPT
+                            | Keyword::ON
+                            | Keyword::RETURNING
+                            | Keyword::INTO
+                            | Keyword::FOR
+                            | Keyword::FETCH
+                    ) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        item = Some((item.map_or(t.start, |r| r.0), t.end));
+    }
+    items.push(item?);
+    Some(items)
+}
+
+/// Byte offset just after the projection item that holds the token at
+/// `at` (the item ends at a top-level comma or the clause that follows).
+pub fn item_end(tokens: &[Tok], at: usize) -> usize {
+    // Closing the parentheses that wrap the reference leaves depth at 0:
+    // only parentheses opened after it (a type's `(10,2)`) nest.
+    let mut depth = 0usize;
+    let Some(first) = tokens.get(at) else {
+        return 0;
+    };
+    let mut end = first.end;
+    for t in &tokens[at + 1..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket if depth == 0 => {}
+            Token::RParen | Token::RBracket => depth -= 1,
+            Token::Comma | Token::SemiColon if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM
+                            | Keyword::WHERE
+                            | Keyword::INTO
+                            | Keyword::GROUP
+                            | Keyword::ORDER
+                            | Keyword::LIMIT
+                            | Keyword::UNION
+                            | Keyword::INTERSECT
+                            | Keyword::EXCEPT
+                            | Keyword::HAVING
+                            | Keyword::WINDOW
+                            | Keyword::OFFSET
+                            | Keyword::FETCH
+                            | Keyword::FOR
+                            | Keyword::RETURNING
+                    ) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        end = t.end;
+    }
+    end
+}
+
+/// Byte range of the value assigned to the SET target at token `target`.
+pub fn assignment_value(tokens: &[Tok], target: usize) -> Option<(usize, usize)> {
+    if tokens.get(target + 1).map(|t| &t.token) != Some(&Token::Eq) {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut range: Option<(usize, usize)> = None;
+    for t in &tokens[target + 2..] {
+        match &t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket if depth == 0 => break,
+            Token::RParen | Token::RBracket => depth -= 1,
+            Token::Comma | Token::SemiColon if depth == 0 => break,
+            Token::Word(w)
+                if depth == 0
+                    && w.quote_style.is_none()
+                    && matches!(
+                        w.keyword,
+                        Keyword::FROM | Keyword::WHERE | Keyword::RETURNING
+                    ) =>
+            {
+                break
+            }
+            _ => {}
+        }
+        range = Some((range.map_or(t.start, |r| r.0), t.end));
+    }
+    range
 }
 
 /// One replacement of a byte range (an insertion when the range is empty).

@@ -1,0 +1,535 @@
+//! The phase table of DESIGN.md as text edits: what each [`Sites`] entry of
+//! a statement becomes in the current phase — a read served from the read
+//! source (converted by `up`/`down`, aliased so the client sees its own
+//! column's name), a write to every physical column of the phase, a `*`
+//! spelled out with both migrating columns, an INSERT given the columns it
+//! left implied. The rest of the text is kept byte for byte.
+
+use super::catalog::{is_constant_expression, Catalog};
+use super::migration::{quote_ident, MigrationSpec};
+use super::resolve::{
+    ColumnUse, ConflictColumn, Implied, ImpliedSource, Sites, Star, StarPart, Target, Use, Value,
+    Write,
+};
+use super::rules::ActiveMigration;
+use super::scope::{shaped, Shape, Which};
+use super::text::{splice, Edit};
+
+/// A refusal: the target it is about, and why.
+pub type Refusal = (usize, String);
+
+fn column_name(spec: &MigrationSpec, which: Which) -> &str {
+    match which {
+        Which::From => &spec.from,
+        Which::To => &spec.to,
+    }
+}
+
+/// The column reads come from in the phase.
+fn source(m: &ActiveMigration) -> &str {
+    if m.phase.reads_new() {
+        &m.spec.to
+    } else {
+        &m.spec.from
+    }
+}
+
+// ---- expansion: `*` and implied INSERT columns ----------------------------
+
+/// The edits that make explicit what `*` and an INSERT's implied columns
+/// stand for (the result is planned again as any other statement).
+pub fn expansion(sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Refusal> {
+    let mut edits = Vec::new();
+    for star in &sites.stars {
+        edits.push(star_edit(star, targets)?);
+    }
+    for implied in &sites.implied {
+        implied_edits(implied, &targets[implied.target], &mut edits)?;
+    }
+    Ok(edits)
+}
+
+fn star_edit(star: &Star, targets: &[Target<'_>]) -> Result<Edit, Refusal> {
+    let mut parts = Vec::new();
+    for part in &star.parts {
+        parts.push(match part {
+            StarPart::Target {
+                target,
+                qualifier,
+                except,
+            } => columns_of(&targets[*target], *target, qualifier, except)?,
+            StarPart::Other { qualifier } => format!("{}.*", quote_ident(qualifier)),
+            StarPart::Listed { qualifier, columns } => {
+                let q = quote_ident(qualifier);
+                columns
+                    .iter()
+                    .map(|c| format!("{q}.{}", quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+            StarPart::Merged(c) => quote_ident(c),
+        });
+    }
+    Ok(Edit {
+        start: star.start,
+        end: star.end,
+        text: parts.join(", "),
+    })
+}
+
+fn no_catalog(t: &Target<'_>, k: usize) -> Refusal {
+    (
+        k,
+        format!(
+            "needs the column list of {} (for *, or an INSERT's implied columns), which is not in pgshift's catalog snapshot (not read yet, or the table is new: send SIGHUP)",
+            t.m.spec.table
+        ),
+    )
+}
+
+/// `q.c1, q.a, …, q.b`: every column the client sees under `*` (but
+/// those in `except`).
+fn columns_of(
+    t: &Target<'_>,
+    k: usize,
+    qualifier: &str,
+    except: &[String],
+) -> Result<String, Refusal> {
+    let spec = &t.m.spec;
+    let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
+    let q = quote_ident(qualifier);
+    Ok(
+        shaped(physical, &spec.from, &spec.to, t.old_at, Shape::Union)
+            .iter()
+            .filter(|c| !except.contains(c))
+            .map(|c| format!("{q}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// The value an INSERT that leaves both migrating columns out writes to
+/// `a` (and so, dual-written, to `b`): `a`'s default, when evaluating it
+/// twice gives the same value; empty once `a` is gone (`b`'s default, set
+/// at expand, applies).
+fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> {
+    let spec = &t.m.spec;
+    if !t.m.phase.has_old() {
+        return Ok(String::new());
+    }
+    let def = catalog
+        .table(Some(&spec.table.schema), &spec.table.name)
+        .ok_or_else(|| no_catalog(t, k))?;
+    let default = def.column(&spec.from).and_then(|c| c.default.clone());
+    match default {
+        None => Ok("NULL".into()),
+        Some(d) if is_constant_expression(&d) => Ok(d),
+        Some(d) => Err((k, format!(
+            "inserts without naming {} or {}, and its default {d} may give a different value each time it is evaluated; write the column's value explicitly",
+            quote_ident(&spec.from),
+            quote_ident(&spec.to)
+        ))),
+    }
+}
+
+fn implied_edits(i: &Implied, t: &Target<'_>, edits: &mut Vec<Edit>) -> Result<(), Refusal> {
+    if !t.m.phase.has_new() {
+        return Ok(()); // one migrating column: the physical table is the old shape
+    }
+    let k = i.target;
+    let spec = &t.m.spec;
+    let catalog = t.catalog;
+    let appended = match &i.source {
+        ImpliedSource::Query => {
+            return Err((k, format!(
+                "inserts from a query without naming {} or {}; list the columns, including the migrating one",
+                quote_ident(&spec.from),
+                quote_ident(&spec.to)
+            )))
+        }
+        ImpliedSource::DefaultValues(start, end) => {
+            let value = fill(t, k, catalog)?;
+            if !value.is_empty() {
+                edits.push(Edit {
+                    start: *start,
+                    end: *end,
+                    text: format!("({}) VALUES ({value})", quote_ident(&spec.from)),
+                });
+            }
+            return Ok(());
+        }
+        ImpliedSource::Values { width, .. } if i.columns.is_empty() => {
+            positional_list(i, t, *width, edits)?
+        }
+        ImpliedSource::Values { .. } => {
+            let value = fill(t, k, catalog)?;
+            if value.is_empty() {
+                return Ok(());
+            }
+            let close = i.list_close.ok_or_else(|| (k, "has an INSERT column list pgshift cannot place".to_string()))?;
+            edits.push(Edit {
+                start: close,
+                end: close,
+                text: format!(", {}", quote_ident(&spec.from)),
+            });
+            Some(value)
+        }
+    };
+    if let (Some(value), ImpliedSource::Values { closes, .. }) = (appended, &i.source) {
+        for &close in closes {
+            edits.push(Edit {
+                start: close,
+                end: close,
+                text: format!(", {value}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A positional INSERT gets the old shape's column list (its first
+/// `width` columns, plus `a` when left out); answers the value appended
+/// for `a`, if any.
+fn positional_list(
+    i: &Implied,
+    t: &Target<'_>,
+    width: usize,
+    edits: &mut Vec<Edit>,
+) -> Result<Option<String>, Refusal> {
+    let k = i.target;
+    let spec = &t.m.spec;
+    let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
+    let position_known = match spec.old_after.as_deref() {
+        Some(after) => after.is_empty() || physical.iter().any(|c| c == after),
+        None => false,
+    };
+    if !physical.contains(&spec.from) && !position_known {
+        return Err((k, format!(
+            "inserts without a column list after {} was dropped, when its place among the columns is no longer known; list the columns",
+            quote_ident(&spec.from)
+        )));
+    }
+    let columns = shaped(physical, &spec.from, &spec.to, t.old_at, Shape::Old);
+    if width > columns.len() {
+        return Err((k, format!(
+            "inserts {width} values without a column list into a table whose columns (in the old shape) are {}; list the columns",
+            columns.len()
+        )));
+    }
+    let mut list: Vec<String> = columns[..width].iter().map(|c| quote_ident(c)).collect();
+    let mut appended = None;
+    if !columns[..width].contains(&spec.from) && t.m.phase.has_old() {
+        list.push(quote_ident(&spec.from));
+        appended = Some(fill(t, k, t.catalog)?);
+    }
+    edits.push(Edit {
+        start: i.after_target,
+        end: i.after_target,
+        text: format!("({}) ", list.join(", ")),
+    });
+    Ok(appended)
+}
+
+// ---- the phase table: reads and writes ------------------------------------
+
+/// The edits of a statement whose `*` and implied columns are explicit.
+pub fn rewrite(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Refusal> {
+    let mut reads: Vec<Edit> = Vec::new();
+    for u in &sites.uses {
+        read_edits(sql, u, &targets[u.target], &mut reads);
+    }
+    for &(at, ref qualifier) in &sites.qualify {
+        reads.push(Edit {
+            start: at,
+            end: at,
+            text: format!("{}.", quote_ident(qualifier)),
+        });
+    }
+    let mut edits = Vec::new();
+    for c in &sites.conflicts {
+        edits.push(conflict_edit(c, &targets[c.target])?);
+    }
+    let mut inserted: Vec<usize> = Vec::new();
+    for w in &sites.writes {
+        if !w.assign {
+            if inserted.contains(&w.target) {
+                let spec = &targets[w.target].m.spec;
+                return Err((
+                    w.target,
+                    format!(
+                        "inserts into both {} and {}, which pgshift cannot reconcile",
+                        quote_ident(&spec.from),
+                        quote_ident(&spec.to)
+                    ),
+                ));
+            }
+            inserted.push(w.target);
+        }
+        write_edits(sql, w, &targets[w.target], &mut reads, &mut edits)?;
+    }
+    edits.extend(reads);
+    Ok(edits)
+}
+
+/// A read of `u`'s column: from the read source, converted, under the
+/// client's name.
+fn read_edits(sql: &str, u: &ColumnUse, t: &Target<'_>, out: &mut Vec<Edit>) {
+    let m = t.m;
+    let spec = &m.spec;
+    let column = column_name(spec, u.which);
+    let source = source(m);
+    let mut qualifier = sql[u.start..u.ident].to_string();
+    if qualifier.is_empty() {
+        if let Some(q) = &u.qualify_with {
+            qualifier = format!("{}.", quote_ident(q));
+        }
+    }
+    // A widened integer compared with a literal or a placeholder, or
+    // sorted on, reads the physical column as it is (its index serves
+    // the lookup); a placeholder keeps the client's type.
+    let widened = spec.integer_widening().filter(|_| column != source);
+    if let (Some((old, new)), Use::Compared { .. } | Use::SortKey) = (widened, &u.usage) {
+        if let Use::Compared {
+            other,
+            placeholder: true,
+        } = u.usage
+        {
+            let client_type = if column == spec.from { old } else { new };
+            out.push(Edit {
+                start: other.1,
+                end: other.1,
+                text: format!("::{client_type}"),
+            });
+        }
+        out.push(Edit {
+            start: u.start,
+            end: u.end,
+            text: format!("{qualifier}{}", quote_ident(source)),
+        });
+        return;
+    }
+    let text = if column == source {
+        if qualifier == sql[u.start..u.ident] {
+            return; // read as it is
+        }
+        format!("{qualifier}{}", &sql[u.ident..u.end])
+    } else {
+        let from = format!("{qualifier}{}", quote_ident(source));
+        if column == spec.to {
+            spec.up_of(&from)
+        } else {
+            spec.down_of(&from)
+        }
+    };
+    let renamed = column != source;
+    match u.usage {
+        Use::Item { wrapped: false, .. } if renamed => out.push(Edit {
+            start: u.start,
+            end: u.end,
+            text: format!("{text} AS {}", quote_ident(column)),
+        }),
+        Use::Item {
+            wrapped: true,
+            item_end,
+        } if renamed => {
+            out.push(Edit {
+                start: item_end,
+                end: item_end,
+                text: format!(" AS {}", quote_ident(column)),
+            });
+            out.push(Edit {
+                start: u.start,
+                end: u.end,
+                text,
+            });
+        }
+        _ => out.push(Edit {
+            start: u.start,
+            end: u.end,
+            text,
+        }),
+    }
+}
+
+/// `ON CONFLICT (a)`: a rename's conflict target follows the read source
+/// (its unique index exists on both columns).
+fn conflict_edit(c: &ConflictColumn, t: &Target<'_>) -> Result<Edit, Refusal> {
+    let spec = &t.m.spec;
+    if !spec.is_rename() {
+        return Err((c.target, "uses a migrating column as the ON CONFLICT target during a type change; name the unique constraint (ON CONFLICT ON CONSTRAINT …)".into()));
+    }
+    let physical = if t.m.phase.has_old() && t.m.phase.has_new() {
+        source(t.m)
+    } else if t.m.phase.has_old() {
+        &spec.from
+    } else {
+        &spec.to
+    };
+    Ok(Edit {
+        start: c.start,
+        end: c.end,
+        text: quote_ident(physical),
+    })
+}
+
+/// A conversion between the two columns' values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Convert {
+    Same,
+    Up,
+    Down,
+}
+
+impl Convert {
+    fn apply(self, spec: &MigrationSpec, value: &str) -> String {
+        match self {
+            Convert::Up => spec.up_of(value),
+            Convert::Down => spec.down_of(value),
+            Convert::Same => value.to_string(),
+        }
+    }
+}
+
+/// The physical columns a write of `column` goes to in this phase.
+fn write_targets(m: &ActiveMigration, which: Which) -> Vec<(&str, Convert)> {
+    let spec = &m.spec;
+    let writes_old = which == Which::From;
+    let mut out = Vec::new();
+    if m.phase.has_old() {
+        out.push((
+            spec.from.as_str(),
+            if writes_old {
+                Convert::Same
+            } else {
+                Convert::Down
+            },
+        ));
+    }
+    if m.phase.has_new() {
+        out.push((
+            spec.to.as_str(),
+            if writes_old {
+                Convert::Up
+            } else {
+                Convert::Same
+            },
+        ));
+    }
+    out
+}
+
+/// A written value may be duplicated or converted only when that keeps
+/// its meaning: no function that may answer differently when evaluated
+/// again, no DEFAULT.
+fn check_value(v: &Value, targets: usize, m: &ActiveMigration) -> Result<(), String> {
+    if targets < 2 && m.spec.is_rename() {
+        return Ok(());
+    }
+    if v.default {
+        return Err("writes DEFAULT to a migrating column, which needs the catalog's default; leave the column out of the statement instead".into());
+    }
+    if let Some(f) = &v.volatile {
+        return Err(format!(
+            "writes the result of {f}(…) to a migrating column, and evaluating it twice could change its value; compute it in the application, or write it in a statement of its own"
+        ));
+    }
+    Ok(())
+}
+
+/// The declared type of a migrating column in the client's shape: `b`'s
+/// from the migration, `a`'s from the catalog snapshot (or, once `a` is
+/// dropped, the type `down` casts to).
+fn declared_type(t: &Target<'_>, which: Which) -> Option<String> {
+    let spec = &t.m.spec;
+    if which == Which::To {
+        if let Some(ty) = &spec.new_type {
+            return Some(ty.clone());
+        }
+    }
+    t.catalog
+        .table(Some(&spec.table.schema), &spec.table.name)
+        .and_then(|def| def.column(&spec.from))
+        .map(|c| c.type_name.clone())
+        .or_else(|| spec.down_type.clone())
+}
+
+/// A write: each value (with its own reads rewritten, taken out of
+/// `reads`) goes to the physical column(s) of the phase.
+fn write_edits(
+    sql: &str,
+    w: &Write,
+    t: &Target<'_>,
+    reads: &mut Vec<Edit>,
+    edits: &mut Vec<Edit>,
+) -> Result<(), Refusal> {
+    let m = t.m;
+    let spec = &m.spec;
+    let k = w.target;
+    let targets = write_targets(m, w.which);
+    let mut value_texts: Vec<Vec<String>> = Vec::new();
+    for v in &w.values {
+        let (start, end) = v.range;
+        let mut inner: Vec<Edit> = Vec::new();
+        reads.retain(|e| {
+            if e.start >= start && e.end <= end {
+                inner.push(Edit {
+                    start: e.start - start,
+                    end: e.end - start,
+                    text: e.text.clone(),
+                });
+                false
+            } else {
+                true
+            }
+        });
+        let mut value = splice(&sql[start..end], &mut inner)
+            .ok_or_else(|| (k, "needs overlapping rewrites".to_string()))?;
+        check_value(v, targets.len(), m).map_err(|r| (k, r))?;
+        if !spec.is_rename() && v.lone_placeholder {
+            // A parameter written alone through a conversion appears twice
+            // in different contexts (`a = $1`, `up($1)`): cast it to the
+            // written column's type, as Postgres infers it on the client's
+            // shape. Inside an expression both copies keep one context.
+            let Some(ty) = declared_type(t, w.which) else {
+                return Err((k, format!(
+                    "writes a parameter to {} whose type pgshift does not know (not in its catalog snapshot)",
+                    quote_ident(column_name(spec, w.which))
+                )));
+            };
+            value = format!("{value}::{ty}");
+        }
+        value_texts.push(targets.iter().map(|(_, c)| c.apply(spec, &value)).collect());
+    }
+    let names: Vec<String> = targets.iter().map(|(c, _)| quote_ident(c)).collect();
+    if w.assign {
+        let Some(((_, end), texts)) = w.values.first().map(|v| v.range).zip(value_texts.first())
+        else {
+            return Ok(());
+        };
+        let text = names
+            .iter()
+            .zip(texts)
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        edits.push(Edit {
+            start: w.column.0,
+            end,
+            text,
+        });
+        return Ok(());
+    }
+    edits.push(Edit {
+        start: w.column.0,
+        end: w.column.1,
+        text: names.join(", "),
+    });
+    for (v, texts) in w.values.iter().zip(&value_texts) {
+        edits.push(Edit {
+            start: v.range.0,
+            end: v.range.1,
+            text: texts.join(", "),
+        });
+    }
+    Ok(())
+}
