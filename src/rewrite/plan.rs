@@ -36,7 +36,7 @@ use super::edits;
 use super::migration::MigrationSpec;
 use super::resolve::{self, Context, Sites, Target};
 use super::rules::{ActiveMigration, Rules};
-use super::scope::Shape;
+use super::scope::{Shape, Which};
 use super::search_path::Resolved;
 use super::text::{folded, names, splice, split_statements, tokenize, LineIndex, Tok};
 
@@ -420,10 +420,15 @@ fn walk_in_shape(
     let union = vec![Shape::Union; targets.len()];
     let sites = resolve::walk(&cx(union.clone()), statement);
     let mut shapes = union.clone();
+    // Whether the union read some reference as target k's `which` column
+    // (a read the shape may give another meaning).
+    let read_as =
+        |k: usize, which: Which| sites.uses.iter().any(|u| u.target == k && u.which == which);
     for (k, [old, new]) in sites.evidence.iter().copied().enumerate() {
         shapes[k] = match (old > 0, new > 0) {
-            (false, true) => Shape::New,
-            (true, false) if sites.clashed[k] => Shape::Old,
+            (false, true) if sites.clashed[k] || read_as(k, Which::From) => Shape::New,
+            (true, false) if sites.clashed[k] || read_as(k, Which::To) => Shape::Old,
+            (false, true) | (true, false) => Shape::Union,
             _ if sites.clashed[k] => {
                 // Whichever shape reads it without an error (the old one
                 // when both do).

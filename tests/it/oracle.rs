@@ -1,7 +1,12 @@
 //! The differential oracle: statements generated from a small grammar over
 //! the supported forms (SELECT with WHERE / GROUP BY / ORDER BY / `*`,
 //! INSERT with and without column lists, multi-row VALUES, UPDATE reading
-//! the old value, DELETE, RETURNING), with random values, run through
+//! the old value, DELETE, RETURNING, upserts, INSERT … SELECT; CTEs,
+//! recursive ones and data-modifying ones, set operations, window
+//! functions, DISTINCT ON, LATERAL, casts with type modifiers; joins with a
+//! second table whose column is named like the migrating column the client
+//! does not see, so only the client's shape says whose an unqualified
+//! reference is), with random values, run through
 //! pgshift against the migrating table and, directly, against a table in a
 //! second database that physically has the client's shape. Rows, column
 //! names and errors must be identical, statement by statement; afterwards
@@ -141,6 +146,19 @@ impl Run {
         if !self.phase.has_old() {
             ddl += &format!("alter table {t} drop column a;");
         }
+        ddl + &self.other_ddl()
+    }
+
+    /// A second table, the same in both databases, with a column named
+    /// like the migrating column the client does *not* see (as `orgs.name`
+    /// beside `users.full_name`): only the client's shape tells whether an
+    /// unqualified reference to it is this table's.
+    fn other_ddl(&self) -> String {
+        let (t, h) = (&self.table, self.hidden());
+        let mut ddl = format!("create table {t}_o (id int primary key, {h} int, label text);");
+        for id in 1..=8 {
+            ddl += &format!("insert into {t}_o values ({id}, {}, 'o{id}');", id * 5);
+        }
         ddl
     }
 
@@ -159,7 +177,7 @@ impl Run {
             };
             ddl += &format!("insert into {t} (id, {c}, note) values ({id}, {v}, 'seed');");
         }
-        ddl
+        ddl + &self.other_ddl()
     }
 
     /// One statement of the grammar.
@@ -176,7 +194,8 @@ impl Run {
         // a new-shape client's value would be taken as the old type.
         let positional =
             self.phase.has_old() && (self.kind == Kind::Rename || self.shape == Shape::Old);
-        let forms = if positional { 30 } else { 29 };
+        let (h, ty) = (self.hidden(), self.col_type());
+        let forms = if positional { 45 } else { 44 };
         match rng.below(forms) {
             0 => format!("select id, {x} from {t} where {x} > {v} order by id"),
             1 => format!(
@@ -232,6 +251,51 @@ impl Run {
             28 => format!(
                 "insert into {t} (id, {x}) select {id} + 50, max({x}) from {t} where {x} < {w} on conflict (id) do update set {x} = excluded.{x}"
             ),
+            // Joins with a table whose column only the shape tells apart.
+            29 => format!(
+                "select {t}.id, {x}, {h}, label from {t} join {t}_o o on o.id = {t}.id where {h} > {w} order by {t}.id"
+            ),
+            30 => format!(
+                "select o.id from {t}_o o where exists (select 1 from {t} q where q.id = o.id and {x} is not null and {h} > 0) order by o.id"
+            ),
+            31 => format!(
+                "select {h}, count(*) from {t} join {t}_o using (id) group by {h} order by {h}"
+            ),
+            // CTEs, recursive too; set operations; window functions.
+            32 => format!(
+                "with c as (select * from {t} where id < {id}) select {x}, id from c order by id"
+            ),
+            33 => format!(
+                "with recursive r(n, v) as (select 1, {x} from {t} where id = {id} union all select n + 1, v + {step} from r where n < 3) select n, v from r order by n"
+            ),
+            34 => format!(
+                "select {x} from {t} where id < 4 union all select {x} from {t} where id > 20 order by 1 nulls first"
+            ),
+            35 => format!(
+                "select id, {x}, rank() over (order by {x} nulls first, id) from {t} order by id"
+            ),
+            36 => format!(
+                "select distinct on ({x}) {x}, id from {t} order by {x} nulls first, id desc"
+            ),
+            // ORM-style casts with type modifiers.
+            37 => format!("update {t} set {x} = {v}::{ty}, note = 'cast'::varchar(10) where id = {id}"),
+            38 => format!(
+                "insert into {t} (id, {x}, note) values ({id}, CAST({v} AS {ty}), 'c'::varchar(8)) on conflict (id) do nothing"
+            ),
+            39 => format!(
+                "select id, {x}::text as shown from {t} where {x} = CAST({v} AS {ty}) order by id"
+            ),
+            // INSERT … SELECT with an alias; a data-modifying CTE.
+            40 => format!(
+                "insert into {t} (id, {x}) select id + 200, {x} * 2 as doubled from {t} where id = {id} on conflict do nothing"
+            ),
+            41 => format!(
+                "with moved as (update {t} set {x} = {x} + {step} where id = {id} returning id, {x}) select id, {x} from moved"
+            ),
+            42 => format!(
+                "select s.id, s.{x} from {t} s, lateral (select {h} from {t}_o where {t}_o.id = s.id) l where l.{h} > {w} order by s.id"
+            ),
+            43 => format!("select * from {t} q join {t}_o o on o.id = q.id where q.id = {id}"),
             // Positional: the client's shape has x second. (Not once a is
             // dropped: its place is unknown, and pgshift refuses.)
             _ => format!("insert into {t} values ({id}, {v}, 'positional')"),
