@@ -38,7 +38,9 @@ use super::resolve::{self, Context, Sites, Target};
 use super::rules::{ActiveMigration, Rules};
 use super::scope::{Shape, Which};
 use super::search_path::Resolved;
-use super::text::{folded, names, splice, split_statements, tokenize, LineIndex, Tok};
+use super::text::{
+    folded, names, splice, split_statements, tokenize, tokenize_for_parser, LineIndex, Tok,
+};
 
 /// What to do with a statement text.
 #[derive(Debug, PartialEq, Eq)]
@@ -169,7 +171,7 @@ pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
 }
 
 fn plan_text<'r>(sql: &str, rules: &'r Rules, expand: bool) -> Plan<'r> {
-    let tokens = match tokenize(sql) {
+    let (tokens, raw) = match tokenize_for_parser(sql) {
         Ok(tokens) => tokens,
         Err(e) => {
             return Plan::Refused {
@@ -208,7 +210,10 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand: bool) -> Plan<'r> {
     {
         return plan_copy(sql, &tokens, rules, &relevant);
     }
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+    let statements = match Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(raw)
+        .parse_statements()
+    {
         Ok(statements) => statements,
         Err(e) => {
             return refuse(
@@ -420,32 +425,32 @@ fn walk_in_shape(
     let union = vec![Shape::Union; targets.len()];
     let sites = resolve::walk(&cx(union.clone()), statement);
     let mut shapes = union.clone();
+    let score = |s: &Sites, k: usize| s.errors.len() + s.unresolved[k] as usize + s.refusals.len();
     // Whether the union read some reference as target k's `which` column
-    // (a read the shape may give another meaning).
+    // (a read another shape may give another meaning).
     let read_as =
         |k: usize, which: Which| sites.uses.iter().any(|u| u.target == k && u.which == which);
     for (k, [old, new]) in sites.evidence.iter().copied().enumerate() {
-        shapes[k] = match (old > 0, new > 0) {
-            (false, true) if sites.clashed[k] || read_as(k, Which::From) => Shape::New,
-            (true, false) if sites.clashed[k] || read_as(k, Which::To) => Shape::Old,
-            (false, true) | (true, false) => Shape::Union,
-            _ if sites.clashed[k] => {
-                // Whichever shape reads it without an error (the old one
-                // when both do).
-                let score = |shape: Shape| {
-                    let mut trial = shapes.clone();
-                    trial[k] = shape;
-                    let s = resolve::walk(&cx(trial), statement);
-                    s.errors.len() + s.unresolved[k] as usize + s.refusals.len()
-                };
-                if score(Shape::New) < score(Shape::Old) {
-                    Shape::New
-                } else {
-                    Shape::Old
-                }
-            }
-            _ => Shape::Union,
+        let clashed = sites.clashed[k];
+        // The shape its names settle, if it reads the statement as validly
+        // as the union does; else, when a name clashed, whichever shape
+        // reads it with fewer errors (the old one on a tie).
+        let candidates: &[Shape] = match (old > 0, new > 0) {
+            (false, true) if clashed || read_as(k, Which::From) => &[Shape::New],
+            (true, false) if clashed || read_as(k, Which::To) => &[Shape::Old],
+            _ if clashed => &[Shape::Old, Shape::New],
+            _ => &[],
         };
+        let mut best = (score(&sites, k) + usize::from(clashed), Shape::Union);
+        for &shape in candidates {
+            let mut trial = shapes.clone();
+            trial[k] = shape;
+            let s = score(&resolve::walk(&cx(trial), statement), k);
+            if s < best.0 || (s == best.0 && best.1 == Shape::Union) {
+                best = (s, shape);
+            }
+        }
+        shapes[k] = best.1;
     }
     if shapes == union {
         return sites;

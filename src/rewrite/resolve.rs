@@ -900,7 +900,7 @@ impl Walker<'_, '_> {
             _ => return None,
         };
         let start = self.cx.index.offset(v.span.start)?;
-        let tok = self.cx.tokens.iter().find(|t| t.start == start)?;
+        let tok = &self.cx.tokens[self.token_at(start)?];
         Some(((tok.start, tok.end), placeholder))
     }
 
@@ -967,10 +967,11 @@ impl Walker<'_, '_> {
                 relation,
                 column,
             } => {
-                let r = scope.relation(level, relation).cloned();
-                let Some(r) = r else { return };
+                let Some(r) = scope.relation(level, relation) else {
+                    return;
+                };
                 match r.migration {
-                    Some(k) => self.migrating_column(k, &r, &column, qualifier.is_empty(), scope, level, relation, start, ident, end, usage),
+                    Some(k) => self.migrating_column(k, r, &column, qualifier.is_empty(), scope, level, relation, start, ident, end, usage),
                     None if qualifier.is_empty() && scope.clashes(level, relation, &column) => {
                         match &r.name {
                             Some(q) => self.sites.qualify.push((start, q.clone())),
@@ -1292,7 +1293,7 @@ impl Walker<'_, '_> {
             None => last_ident(name)?,
         };
         let at = self.offset(last.span.start)?;
-        let i = self.cx.tokens.iter().position(|t| t.start == at)?;
+        let i = self.token_at(at)?;
         let Some(after) = self.cx.tokens.get(i + 1) else {
             self.refuse(k, "has an INSERT pgshift cannot read");
             return None;
@@ -1303,7 +1304,7 @@ impl Walker<'_, '_> {
             .and_then(last_ident)
             .and_then(|id| self.offset(id.span.start))
             .and_then(|start| {
-                let j = self.cx.tokens.iter().position(|t| t.start == start)?;
+                let j = self.token_at(start)?;
                 let close = self.cx.tokens.get(j + 1)?;
                 (close.token == Token::RParen).then_some(close.start)
             });
@@ -1407,7 +1408,7 @@ impl Walker<'_, '_> {
                         self.refuse(k, "has a SET target whose position is unknown");
                         continue;
                     };
-                    let Some(t) = self.cx.tokens.iter().position(|t| t.start == start) else {
+                    let Some(t) = self.token_at(start) else {
                         continue;
                     };
                     match super::text::assignment_value(self.cx.tokens, t) {
@@ -1463,11 +1464,17 @@ impl Walker<'_, '_> {
 
     /// The end of the token starting at byte `start`.
     fn token_end(&self, start: usize) -> usize {
+        self.token_at(start)
+            .map_or(start, |i| self.cx.tokens[i].end)
+    }
+
+    /// The index of the token starting at byte `start` (tokens are in
+    /// order: a binary search).
+    fn token_at(&self, start: usize) -> Option<usize> {
         self.cx
             .tokens
-            .iter()
-            .find(|t| t.start == start)
-            .map_or(start, |t| t.end)
+            .binary_search_by_key(&start, |t| t.start)
+            .ok()
     }
 
     /// Where a projection item that holds the reference `idents` (within

@@ -6,7 +6,7 @@
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Location, Token, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 /// A significant token (no whitespace or comments) and its byte range.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,26 +20,39 @@ pub struct Tok {
 pub struct LineIndex<'a> {
     text: &'a str,
     line_starts: Vec<usize>,
+    /// The whole text is ASCII: a column is a byte offset.
+    ascii: bool,
 }
 
 impl<'a> LineIndex<'a> {
     pub fn new(text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, line_starts }
+        LineIndex {
+            text,
+            line_starts,
+            ascii: text.is_ascii(),
+        }
     }
 
-    /// Byte offset of a 1-based (line, column-in-characters) location.
+    /// Byte offset of a 1-based (line, column-in-characters) location, in
+    /// time bounded by the line's length (constant for ASCII text).
     pub fn offset(&self, loc: Location) -> Option<usize> {
-        let line_start = *self.line_starts.get((loc.line as usize).checked_sub(1)?)?;
+        let line_no = (loc.line as usize).checked_sub(1)?;
+        let line_start = *self.line_starts.get(line_no)?;
         let column = (loc.column as usize).checked_sub(1)?;
-        let line = &self.text[line_start..];
-        if line.is_ascii() || line.len() < column {
+        if self.ascii {
             return (line_start + column <= self.text.len()).then_some(line_start + column);
         }
+        let line_end = self
+            .line_starts
+            .get(line_no + 1)
+            .copied()
+            .unwrap_or(self.text.len());
+        let line = &self.text[line_start..line_end];
         match line.char_indices().nth(column) {
             Some((i, _)) => Some(line_start + i),
-            None => Some(self.text.len()),
+            None => Some(line_end),
         }
     }
 }
@@ -57,12 +70,18 @@ pub fn folded(word: &sqlparser::tokenizer::Word) -> String {
 /// Tokenizes `sql` (PostgreSQL dialect) into significant tokens with byte
 /// ranges; comments and whitespace are dropped.
 pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
+    tokenize_for_parser(sql).map(|(toks, _)| toks)
+}
+
+/// [`tokenize`], and the tokenizer's own output for the parser (so a
+/// statement that is parsed is tokenized once).
+pub fn tokenize_for_parser(sql: &str) -> Result<(Vec<Tok>, Vec<TokenWithSpan>), String> {
     let index = LineIndex::new(sql);
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(tokens.len());
-    for t in tokens {
+    for t in &tokens {
         if matches!(t.token, Token::Whitespace(_) | Token::EOF) {
             continue;
         }
@@ -71,12 +90,12 @@ pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
             return Err("token position out of range".into());
         };
         out.push(Tok {
-            token: t.token,
+            token: t.token.clone(),
             start,
             end,
         });
     }
-    Ok(out)
+    Ok((out, tokens))
 }
 
 /// The word token names `folded` (unquoted in any case, quoted exactly).
