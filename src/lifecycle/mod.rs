@@ -1308,8 +1308,9 @@ impl Lifecycle {
     }
 
     /// Puts back what a contract that stopped short changed beyond the two
-    /// columns: the objects it redefined onto `b` (last first), `a`'s NOT
-    /// NULL. Each is stored as it is done.
+    /// columns — the objects it redefined onto `b` (last first), `a`'s NOT
+    /// NULL — and takes `b`'s NOT NULL off, before a rollback stops writing
+    /// `b`. Each is stored as it is done.
     async fn put_back_carried(
         &self,
         client: &tokio_postgres::Client,
@@ -1327,6 +1328,17 @@ impl Lifecycle {
             record.carried.old_not_null_dropped = false;
             self.save_step(client, record, "a set not null again")
                 .await?;
+        }
+        // b's NOT NULL (its check, or the real one a contract set) goes
+        // while writes still reach b: once they stop, an INSERT would fail
+        // on it in the moment before b is dropped.
+        let b_not_null = ddl::column_info(client, &spec.table.to_string(), &spec.to)
+            .await?
+            .is_some_and(|c| c.not_null);
+        if record.not_null_check.is_some() || b_not_null {
+            not_null::relax(client, &spec.table.to_string(), &spec.to, self.lock).await?;
+            record.not_null_check = None;
+            self.save_step(client, record, "b drop not null").await?;
         }
         Ok(())
     }

@@ -10,8 +10,10 @@
 //! - **contract** sets `NOT NULL` on `b` (no table scan: the valid check
 //!   proves it) and drops the check, then drops `a`'s NOT NULL before the
 //!   rules stop writing `a`, so an INSERT in between cannot fail on it.
-//! - **rollback** puts `a`'s NOT NULL back the same scan-free way, when a
-//!   contract that stopped short had dropped it.
+//! - **rollback** takes `b`'s NOT NULL (or its check) off while writes
+//!   still reach `b` — once they stop, an INSERT would fail on it in the
+//!   moment before `b` is dropped — and puts `a`'s back the same scan-free
+//!   way, when a contract that stopped short had dropped it.
 //!
 //! Every ALTER runs under the lock discipline of [`super::ddl`].
 
@@ -101,6 +103,26 @@ pub async fn drop(
         client,
         &format!(
             "alter table {table} alter column {} drop not null",
+            quote_ident(column)
+        ),
+        lock,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Takes off `column`'s NOT NULL and pgshift's check (a catalog change).
+pub async fn relax(
+    client: &Client,
+    table: &str,
+    column: &str,
+    lock: LockDiscipline,
+) -> Result<(), DdlError> {
+    ddl::run_with_lock_timeout(
+        client,
+        &format!(
+            "alter table {table} drop constraint if exists {}; alter table {table} alter column {} drop not null",
+            quote_ident(&check_name(column)),
             quote_ident(column)
         ),
         lock,

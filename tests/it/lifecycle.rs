@@ -1985,6 +1985,51 @@ async fn a_parity_check_past_its_one_statement_budget_walks_the_table_instead() 
 /// during the contract.
 #[tokio::test]
 async fn a_not_null_column_fails_no_write_in_any_phase() {
+    let (direct, table) = writes_against_a_not_null_column(false).await;
+    let row = direct
+        .query_one(
+            &format!(
+                "select count(*) filter (where b is null),
+                        (select attnotnull from pg_attribute where attrelid = '{table}'::regclass and attname = 'b')
+                   from {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    assert!(row.get::<_, bool>(1), "b is NOT NULL like a was");
+}
+
+/// The same writers through a rollback after the switch: the old shape's
+/// INSERTs must not fail on the new column's NOT NULL check in the moment
+/// before it is dropped, and the old column keeps its NOT NULL.
+#[tokio::test]
+async fn a_not_null_column_fails_no_write_through_a_rollback() {
+    let (direct, table) = writes_against_a_not_null_column(true).await;
+    let row = direct
+        .query_one(
+            &format!(
+                "select count(*) filter (where a is null),
+                        (select attnotnull from pg_attribute where attrelid = '{table}'::regclass and attname = 'a'),
+                        (select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'b' and not attisdropped)
+                   from {table}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    assert!(row.get::<_, bool>(1), "a is still NOT NULL");
+    assert_eq!(row.get::<_, i64>(2), 0, "b is gone");
+}
+
+/// Runs old- and new-shape writers on a NOT NULL column `a` renamed to
+/// `b` through expand → backfill → validate → switch, then contract and
+/// complete (or, with `rollback`, switch back and roll back); asserts no
+/// write failed and every insert landed. Answers the direct client and
+/// the table.
+async fn writes_against_a_not_null_column(rollback: bool) -> (tokio_postgres::Client, String) {
     let (dbname, direct) = db().fresh_database("nndb").await;
     let table = unique("nn");
     let id = unique("nn_rename");
@@ -2045,43 +2090,59 @@ async fn a_not_null_column_fails_no_write_in_any_phase() {
     .await;
     assert_eq!(code, 202, "{body}");
     wait_for_phase(admin, &id, "backfilled").await;
-    for (action, body) in [
-        ("validate", json!({})),
-        ("switch-reads", json!({"to": "new"})),
-        ("contract", json!({"force": true})),
-    ] {
-        let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
+    let steps: &[(&str, Value)] = if rollback {
+        &[
+            ("validate", json!({})),
+            ("switch-reads", json!({"to": "new"})),
+            ("switch-reads", json!({"to": "old"})),
+        ]
+    } else {
+        &[
+            ("validate", json!({})),
+            ("switch-reads", json!({"to": "new"})),
+            ("contract", json!({"force": true})),
+        ]
+    };
+    for (action, body) in steps {
+        let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body.clone()).await;
         assert_eq!(code, 200, "{action}: {answer}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    stops[0].store(true, Ordering::Relaxed);
-    let (old_rounds, old_errors) = writers.remove(0).await.unwrap();
-    let (code, body) = post(admin, &format!("/migrations/{id}/complete"), json!({})).await;
+    // The shape that goes away stops first.
+    let (leaving, last) = if rollback {
+        (1, "rollback")
+    } else {
+        (0, "complete")
+    };
+    stops[leaving].store(true, Ordering::Relaxed);
+    let (left_rounds, left_errors) = writers.remove(leaving).await.unwrap();
+    let (code, body) = post(admin, &format!("/migrations/{id}/{last}"), json!({})).await;
     assert_eq!(code, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stops[1].store(true, Ordering::Relaxed);
-    let (new_rounds, new_errors) = writers.remove(0).await.unwrap();
+    stops[1 - leaving].store(true, Ordering::Relaxed);
+    let (stayed_rounds, stayed_errors) = writers.remove(0).await.unwrap();
     assert!(
-        old_rounds > 50 && new_rounds > 50,
-        "{old_rounds} {new_rounds}"
+        left_rounds > 50 && stayed_rounds > 50,
+        "{left_rounds} {stayed_rounds}"
     );
-    assert_eq!(old_errors, Vec::<String>::new(), "old-shape writes");
-    assert_eq!(new_errors, Vec::<String>::new(), "new-shape writes");
-    let row = direct
-        .query_one(
-            &format!(
-                "select count(*), count(*) filter (where b is null),
-                        (select attnotnull from pg_attribute where attrelid = '{table}'::regclass and attname = 'b')
-                   from {table}"
-            ),
-            &[],
-        )
+    assert_eq!(
+        left_errors,
+        Vec::<String>::new(),
+        "writes of the shape that left"
+    );
+    assert_eq!(
+        stayed_errors,
+        Vec::<String>::new(),
+        "writes of the shape that stayed"
+    );
+    let count: i64 = direct
+        .query_one(&format!("select count(*) from {table}"), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
     let inserted = next_id.load(Ordering::Relaxed) - 100_000;
-    assert_eq!(row.get::<_, i64>(0), 3000 + inserted, "every insert landed");
-    assert_eq!(row.get::<_, i64>(1), 0);
-    assert!(row.get::<_, bool>(2), "b is NOT NULL like a was");
+    assert_eq!(count, 3000 + inserted, "every insert landed");
+    (direct, table)
 }
 
 /// What depends on the old column is found when the migration is
