@@ -485,11 +485,13 @@ fn write_edits(
         let mut value = splice(&sql[start..end], &mut inner)
             .ok_or_else(|| (k, "needs overlapping rewrites".to_string()))?;
         check_value(v, targets.len(), m).map_err(|r| (k, r))?;
-        if !spec.is_rename() && v.lone_placeholder {
-            // A parameter written alone through a conversion appears twice
-            // in different contexts (`a = $1`, `up($1)`): cast it to the
-            // written column's type, as Postgres infers it on the client's
-            // shape. Inside an expression both copies keep one context.
+        if !spec.is_rename() && v.untyped {
+            // A parameter or quoted literal written alone through a
+            // conversion appears twice in different contexts (`a = $1`,
+            // `up($1)`): cast it to the written column's type, as Postgres
+            // infers it on the client's shape ('875.21' would otherwise be
+            // read as the other column's integer). Inside an expression
+            // both copies keep one context.
             let Some(ty) = declared_type(t, w.which) else {
                 return Err((k, format!(
                     "writes a parameter to {} whose type pgshift does not know (not in its catalog snapshot)",

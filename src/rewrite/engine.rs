@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::literals::{normalize, with_sentinels, Kind, Template};
 use super::migration::quote_ident;
-use super::plan::{migrations_named, plan, Plan};
+use super::plan::{plan_noting, Notes, Plan};
 use super::rules::{ActiveMigration, Rules, RulesCell};
 use super::scan::mentions_any;
 use super::{Refusal, Rewrite, StatementKind, StatementRewriter};
@@ -153,8 +153,7 @@ impl StatementRewriter for MigrationRewriter {
                 tally.record(rules);
                 return outcome;
             };
-            let (outcome, cached, mut tally) = plan_for_cache(text, literals, rules);
-            tally.old_shape = old_shape_uses(text, rules);
+            let (outcome, cached, tally) = plan_for_cache(text, literals, rules);
             tally.record(rules);
             if let Some(cached) = cached {
                 PLANS.with(|plans| {
@@ -188,32 +187,6 @@ impl StatementRewriter for MigrationRewriter {
     fn epoch(&self) -> Option<u64> {
         Some(self.rules.epoch())
     }
-}
-
-/// The migrations whose table and old column `sql` names (a whole-word
-/// scan for the column: a statement naming `a` is an old-shape statement).
-fn old_shape_uses(sql: &str, rules: &Rules) -> Vec<usize> {
-    let by_name: Vec<usize> = (0..rules.migrations.len())
-        .filter(|&i| {
-            let spec = &rules.migrations[i].spec;
-            mentions_any(
-                sql.as_bytes(),
-                std::slice::from_ref(&spec.from.to_lowercase()),
-            )
-        })
-        .collect();
-    // Only where another schema holds a table of the same name can the
-    // name mean another table.
-    let shared = by_name.iter().any(|&i| {
-        rules
-            .catalog
-            .held_by_several(&rules.migrations[i].spec.table.name)
-    });
-    if !shared {
-        return by_name;
-    }
-    let named = migrations_named(sql, rules);
-    by_name.into_iter().filter(|i| named.contains(i)).collect()
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced
@@ -258,7 +231,16 @@ fn plan_for_cache(
 
 /// Plans a statement that mentions a migrating table.
 fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally) {
-    match plan(sql, rules) {
+    let mut notes = Notes::default();
+    let (outcome, mut tally) = outcome(plan_noting(sql, rules, &mut notes), rules);
+    // A statement naming a migration's old column is old-shape use.
+    tally.old_shape = notes.old_shape;
+    (outcome, tally)
+}
+
+/// A plan as the rewriter's answer and what it counts as.
+fn outcome<'a>(plan: Plan<'_>, rules: &Rules) -> (Rewrite<'a>, Tally) {
+    match plan {
         Plan::Unchanged => (Rewrite::Unchanged, Tally::default()),
         Plan::Replaced { text, by } => (
             Rewrite::Replaced(Cow::Owned(text)),
@@ -1057,12 +1039,42 @@ mod tests {
     }
 
     #[test]
+    fn only_the_old_column_itself_counts_as_old_shape_use() {
+        let r = users_and_orgs(Phase::Switched);
+        let old_shape = || r.rules.old_shape_usage()[0].1.statements;
+        for sql in [
+            "select u.full_name, o.name from users u join orgs o on o.id = u.org_id",
+            "select full_name, name from users join orgs on orgs.id = users.org_id",
+            "update orgs set name = 'x' where id = 1",
+        ] {
+            let _ = r.rewrite(StatementKind::Parse, sql.as_bytes());
+        }
+        assert_eq!(
+            old_shape(),
+            0,
+            "another table's `name` is not the old shape"
+        );
+        for _ in 0..2 {
+            let _ = r.rewrite(StatementKind::Parse, b"select name from users where id = 1");
+        }
+        let _ = r.rewrite(
+            StatementKind::Parse,
+            b"update users set name = 'n' where id = 2",
+        );
+        assert_eq!(old_shape(), 3, "cached plans count too");
+    }
+
+    #[test]
     fn orm_casts_are_types_not_calls() {
         let cases: &[(&str, &str)] = &[
             ("insert into orders (id, amount_dec, note) values ($1::INTEGER, $2::NUMERIC(12, 2), $3::VARCHAR(40))",
              "insert into orders (id, amount, amount_dec, note) values ($1::INTEGER, ((($2::NUMERIC(12, 2)) * 100)::integer), $2::NUMERIC(12, 2), $3::VARCHAR(40))"),
             ("update orders set amount_dec = CAST($1 AS numeric(12,2)), note = $2::varchar(40)[] where id = $3",
              "update orders set amount = (((CAST($1 AS numeric(12,2))) * 100)::integer), amount_dec = CAST($1 AS numeric(12,2)), note = $2::varchar(40)[] where id = $3"),
+            // A quoted literal (Sequelize inlines them) takes the type it
+            // is written as.
+            ("insert into orders (id, amount_dec) values (DEFAULT, '875.21')",
+             "insert into orders (id, amount, amount_dec) values (DEFAULT, ((('875.21'::numeric(12,2)) * 100)::integer), '875.21'::numeric(12,2))"),
             ("update orders set amount = $1::INTEGER, note = to_char($2::timestamp(3), 'YYYY') where id = 1",
              "update orders set amount = $1::INTEGER, amount_dec = (($1::INTEGER)::numeric / 100)::numeric(12,2), note = to_char($2::timestamp(3), 'YYYY') where id = 1"),
         ];

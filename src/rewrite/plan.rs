@@ -165,12 +165,31 @@ pub fn migrations_named(sql: &str, rules: &Rules) -> Vec<usize> {
         .collect()
 }
 
-/// Plans `sql` (which mentions a migrating table, per the fast path).
-pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
-    plan_text(sql, rules, true)
+/// What planning learned about a statement besides its plan, for the
+/// engine's counters and the session's prepared statements.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Notes {
+    /// Migrations (indices in `Rules::migrations`) whose old column the
+    /// statement names: old-shape use, which holds a contract back.
+    pub old_shape: Vec<usize>,
+    /// Migrations whose table's `*` the plan spelled out (with both
+    /// migrating columns): the statement's result has their columns.
+    pub stars: Vec<usize>,
 }
 
-fn plan_text<'r>(sql: &str, rules: &'r Rules, expand: bool) -> Plan<'r> {
+/// Plans `sql` (which mentions a migrating table, per the fast path).
+pub fn plan<'r>(sql: &str, rules: &'r Rules) -> Plan<'r> {
+    plan_noting(sql, rules, &mut Notes::default())
+}
+
+/// [`plan`], noting what the statement names in `notes`.
+pub fn plan_noting<'r>(sql: &str, rules: &'r Rules, notes: &mut Notes) -> Plan<'r> {
+    plan_text(sql, rules, Some(notes))
+}
+
+/// Plans a text; `notes` is `Some` for the client's own text (not for the
+/// text with `*` spelled out, planned in a second pass).
+fn plan_text<'r>(sql: &str, rules: &'r Rules, notes: Option<&mut Notes>) -> Plan<'r> {
     let (tokens, raw) = match tokenize_for_parser(sql) {
         Ok(tokens) => tokens,
         Err(e) => {
@@ -195,113 +214,207 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, expand: bool) -> Plan<'r> {
     if !may_concern(&tokens, &relevant, rules) {
         return Plan::Unchanged;
     }
-    if tokens
-        .first()
-        .is_some_and(|t| is_keyword(&t.token, Keyword::TABLE))
-    {
+    let leading = |k: Keyword| tokens.first().is_some_and(|t| is_keyword(&t.token, k));
+    if leading(Keyword::TABLE) {
         return refuse(
             first,
             "reads every column (TABLE); send SELECT * FROM instead",
         );
     }
-    if tokens
-        .first()
-        .is_some_and(|t| is_keyword(&t.token, Keyword::COPY))
-    {
-        return plan_copy(sql, &tokens, rules, &relevant);
+    if leading(Keyword::COPY) {
+        return plan_copy(sql, &tokens, rules, &relevant, notes);
     }
-    let statements = match Parser::new(&PostgreSqlDialect {})
-        .with_tokens_with_locations(raw)
-        .parse_statements()
-    {
-        Ok(statements) => statements,
-        Err(e) => {
-            return refuse(
+    let statements =
+        match Parser::new(&PostgreSqlDialect {})
+            .with_tokens_with_locations(raw)
+            .parse_statements()
+        {
+            Ok(statements) => statements,
+            Err(e) => return refuse(
                 first,
                 format!(
                     "uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"
                 ),
-            )
-        }
-    };
-    let segments = split_statements(&tokens);
-    if segments.len() != statements.len() {
-        return refuse(first, "could not be split into its statements");
-    }
-    let targets: Vec<Target<'_>> = relevant
-        .iter()
-        .map(|&i| target(&rules.migrations[i], &rules.catalog))
-        .collect();
-    let index = LineIndex::new(sql);
-    let mut all_edits = Vec::new();
-    let mut by: Vec<usize> = Vec::new();
-    let mut expanded = false;
-    for (statement, range) in statements.iter().zip(segments) {
-        let toks = &tokens[range];
-        if !walks(statement) {
-            if let Some(k) = other_statement(toks, &targets) {
-                return refuse(targets[k].m, "is a kind of statement that pgshift does not rewrite (DDL or utility) while the migration is active; run it when no migration of the table is in flight");
-            }
-            continue;
-        }
-        let sites = walk_in_shape(&tokens, &index, &targets, &rules.catalog, statement);
-        if let Some((k, reason)) = sites.refusals.first() {
-            return refuse(targets[*k].m, reason.clone());
-        }
-        if let Some(e) = sites.errors.first() {
-            return Plan::Error {
-                migration: Some(targets[0].m),
-                code: e.code,
-                message: e.message.clone(),
-            };
-        }
-        let result = if expand && (!sites.stars.is_empty() || !sites.implied.is_empty()) {
-            expanded = true;
-            edits::expansion(&sites, &targets)
-        } else if !expand && (!sites.stars.is_empty() || !sites.implied.is_empty()) {
-            Err((
-                0,
-                "selects * or leaves columns implied in a way pgshift could not spell out".into(),
-            ))
-        } else {
-            edits::rewrite(sql, &sites, &targets)
+            ),
         };
-        match result {
-            Ok(edits) => {
-                if !edits.is_empty() {
-                    for t in &sites_targets(&sites, &targets) {
-                        let i = relevant[*t];
-                        if !by.contains(&i) {
-                            by.push(i);
-                        }
-                    }
-                }
-                all_edits.extend(edits);
-            }
-            Err((k, reason)) => return refuse(targets[k].m, reason),
-        }
-    }
-    if all_edits.is_empty() {
-        return Plan::Unchanged;
-    }
-    let Some(text) = splice(sql, &mut all_edits) else {
-        return refuse(first, "needs overlapping rewrites");
+    let text = Text {
+        sql,
+        tokens: &tokens,
+        rules,
+        relevant: &relevant,
     };
-    if !expanded {
-        return Plan::Replaced { text, by };
-    }
-    // `*` and implied columns spelled out: plan the result.
-    match plan_text(&text, rules, false) {
-        Plan::Unchanged => Plan::Replaced { text, by },
-        Plan::Replaced { text, by: more } => {
-            for i in more {
+    text.plan(&statements, notes)
+}
+
+/// A text being planned: its tokens and the migrations whose tables it names.
+struct Text<'t, 'r> {
+    sql: &'t str,
+    tokens: &'t [Tok],
+    rules: &'r Rules,
+    /// Indices in `rules.migrations`.
+    relevant: &'t [usize],
+}
+
+/// One statement's outcome: its edits and the migrations they are for, or
+/// the plan of the whole text (a refusal).
+type Planned<'r> = Result<(Vec<super::text::Edit>, Vec<usize>), Plan<'r>>;
+
+impl<'r> Text<'_, 'r> {
+    fn plan(&self, statements: &[Statement], mut notes: Option<&mut Notes>) -> Plan<'r> {
+        let rules = self.rules;
+        let first = &rules.migrations[self.relevant[0]];
+        let segments = split_statements(self.tokens);
+        if segments.len() != statements.len() {
+            return refuse(first, "could not be split into its statements");
+        }
+        let targets: Vec<Target<'r>> = self
+            .relevant
+            .iter()
+            .map(|&i| target(&rules.migrations[i], &rules.catalog))
+            .collect();
+        let index = LineIndex::new(self.sql);
+        let expand = notes.is_some();
+        let (mut all_edits, mut by, mut expanded) = (Vec::new(), Vec::new(), false);
+        for (statement, range) in statements.iter().zip(segments) {
+            let planned = self.statement(
+                statement,
+                &self.tokens[range],
+                &index,
+                &targets,
+                expand,
+                &mut expanded,
+                notes.as_deref_mut(),
+            );
+            let (edits, for_targets) = match planned {
+                Ok(done) => done,
+                Err(plan) => return plan,
+            };
+            for i in for_targets {
                 if !by.contains(&i) {
                     by.push(i);
                 }
             }
-            Plan::Replaced { text, by }
+            all_edits.extend(edits);
         }
-        other => other,
+        if all_edits.is_empty() {
+            return Plan::Unchanged;
+        }
+        let Some(text) = splice(self.sql, &mut all_edits) else {
+            return refuse(first, "needs overlapping rewrites");
+        };
+        if !expanded {
+            return Plan::Replaced { text, by };
+        }
+        // `*` and implied columns spelled out: plan the result.
+        match plan_text(&text, rules, None) {
+            Plan::Unchanged => Plan::Replaced { text, by },
+            Plan::Replaced { text, by: more } => {
+                for i in more {
+                    if !by.contains(&i) {
+                        by.push(i);
+                    }
+                }
+                Plan::Replaced { text, by }
+            }
+            other => other,
+        }
+    }
+
+    /// Plans one statement (`toks`: its tokens).
+    #[allow(clippy::too_many_arguments)]
+    fn statement(
+        &self,
+        statement: &Statement,
+        toks: &[Tok],
+        index: &LineIndex<'_>,
+        targets: &[Target<'r>],
+        expand: bool,
+        expanded: &mut bool,
+        notes: Option<&mut Notes>,
+    ) -> Planned<'r> {
+        if !walks(statement) {
+            if let Some(k) = other_statement(toks, targets) {
+                return Err(refuse(targets[k].m, "is a kind of statement that pgshift does not rewrite (DDL or utility) while the migration is active; run it when no migration of the table is in flight"));
+            }
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let sites = walk_in_shape(self.tokens, index, targets, &self.rules.catalog, statement);
+        if let Some(notes) = notes {
+            self.note(&sites, notes);
+        }
+        if let Some((k, reason)) = sites.refusals.first() {
+            return Err(refuse(targets[*k].m, reason.clone()));
+        }
+        if let Some(e) = sites.errors.first() {
+            return Err(Plan::Error {
+                migration: Some(targets[0].m),
+                code: e.code,
+                message: e.message.clone(),
+            });
+        }
+        let spells_out = !sites.stars.is_empty() || !sites.implied.is_empty();
+        let edits = match (spells_out, expand) {
+            (true, true) => {
+                *expanded = true;
+                edits::expansion(&sites, targets)
+            }
+            (true, false) => Err((
+                0,
+                "selects * or leaves columns implied in a way pgshift could not spell out".into(),
+            )),
+            (false, _) => edits::rewrite(self.sql, &sites, targets),
+        };
+        match edits {
+            Ok(edits) if edits.is_empty() => Ok((edits, Vec::new())),
+            Ok(edits) => {
+                let for_targets = sites_targets(&sites, targets)
+                    .into_iter()
+                    .map(|k| self.relevant[k])
+                    .collect();
+                Ok((edits, for_targets))
+            }
+            Err((k, reason)) => Err(refuse(targets[k].m, reason)),
+        }
+    }
+
+    /// Notes the old shape's use and the `*` spelled out.
+    fn note(&self, sites: &Sites, notes: &mut Notes) {
+        let old = sites
+            .uses
+            .iter()
+            .filter(|u| u.which == Which::From)
+            .map(|u| u.target)
+            .chain(
+                sites
+                    .writes
+                    .iter()
+                    .filter(|w| w.which == Which::From)
+                    .map(|w| w.target),
+            )
+            .chain(
+                sites
+                    .conflicts
+                    .iter()
+                    .filter(|c| c.which == Which::From)
+                    .map(|c| c.target),
+            );
+        let stars = sites.stars.iter().flat_map(|s| {
+            s.parts.iter().filter_map(|p| match p {
+                resolve::StarPart::Target { target, .. } => Some(*target),
+                _ => None,
+            })
+        });
+        for (list, found) in [
+            (&mut notes.old_shape, old.collect::<Vec<_>>()),
+            (&mut notes.stars, stars.collect()),
+        ] {
+            for k in found {
+                let i = self.relevant[k];
+                if !list.contains(&i) {
+                    list.push(i);
+                }
+            }
+        }
     }
 }
 
@@ -460,9 +573,23 @@ fn walk_in_shape(
 
 // ---- COPY -------------------------------------------------------------------
 
-fn plan_copy<'r>(sql: &str, tokens: &[Tok], rules: &'r Rules, relevant: &[usize]) -> Plan<'r> {
+fn plan_copy<'r>(
+    sql: &str,
+    tokens: &[Tok],
+    rules: &'r Rules,
+    relevant: &[usize],
+    notes: Option<&mut Notes>,
+) -> Plan<'r> {
     let migrations: Vec<&ActiveMigration> =
         relevant.iter().map(|&i| &rules.migrations[i]).collect();
+    if let Some(notes) = notes {
+        for &i in relevant {
+            let spec = &rules.migrations[i].spec;
+            if tokens.iter().any(|t| names(&t.token, &spec.from)) {
+                notes.old_shape.push(i);
+            }
+        }
+    }
     if let Some(plan) = plan_copy_to(sql, tokens, rules, relevant) {
         return plan;
     }
@@ -522,7 +649,7 @@ fn plan_copy_to<'r>(
             format!("SELECT {list} FROM {}", table.trim_end())
         }
     };
-    let planned = match plan_text(&query, rules, true) {
+    let planned = match plan_text(&query, rules, Some(&mut Notes::default())) {
         Plan::Unchanged if matches!(source, CopySource::Query(_)) => return Some(Plan::Unchanged),
         Plan::Unchanged => query,
         Plan::Replaced { text, .. } => text,

@@ -182,8 +182,9 @@ pub struct Value {
     pub volatile: Option<String>,
     /// `DEFAULT`.
     pub default: bool,
-    /// A placeholder alone (its type is inferred from where it is written).
-    pub lone_placeholder: bool,
+    /// A placeholder or a quoted literal alone: its type is inferred from
+    /// where it is written.
+    pub untyped: bool,
 }
 
 /// An INSERT into a migrating table that leaves its columns implied (no
@@ -1792,7 +1793,10 @@ fn value(range: (usize, usize), e: &Expr) -> Value {
         range,
         volatile: facts.volatile,
         default: matches!(core, Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default")),
-        lone_placeholder: matches!(core, Expr::Value(v) if matches!(v.value, sqlparser::ast::Value::Placeholder(_))),
+        untyped: matches!(core, Expr::Value(v) if matches!(
+            v.value,
+            sqlparser::ast::Value::Placeholder(_) | sqlparser::ast::Value::SingleQuotedString(_)
+        )),
     }
 }
 
