@@ -226,6 +226,12 @@ impl<'a> FrontendVisitor<'a> {
         }
     }
 
+    /// `sql`'s result key under the rules in force, for the session.
+    fn result_key(&self, sql: &[u8]) -> u64 {
+        let context = self.state.with_book(|b| b.context.clone());
+        crate::rewrite::with_session(Some(&context), || self.rewriter.result_key(sql))
+    }
+
     pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
         FrontendVisitor {
             state,
@@ -250,14 +256,25 @@ impl<'a> FrontendVisitor<'a> {
         let Some(name) = statements::statement_used(tag, frame) else {
             return Verdict::Keep;
         };
-        let Some((sql, param_types)) = self
+        let Some((sql, param_types, result)) = self
             .state
             .with_book(|b| b.statements.take_stale(name, epoch))
         else {
             return Verdict::Keep;
         };
         let parse = statements::parse_frame(name, &sql, &param_types);
-        let (parse, refused) = match self.rewrite(frontend::PARSE, &parse) {
+        let now = self.result_key(&sql);
+        let outcome = if now == result {
+            self.rewrite(frontend::PARSE, &parse)
+        } else {
+            // Its columns changed (a `*` that now spells out a migration's
+            // columns, or no longer does): the client gets what Postgres
+            // answers when a table changes under a prepared statement,
+            // and a driver prepares it again.
+            self.state.with_book(|b| b.statements.set_result(name, now));
+            Ok(Outcome::Refuse(result_type_changed()))
+        };
+        let (parse, refused) = match outcome {
             Ok(Outcome::Keep) => (parse, false),
             Ok(Outcome::Replace(rewritten)) => (rewritten, false),
             Ok(Outcome::Refuse(refusal)) => (
@@ -382,7 +399,8 @@ impl FrameVisitor for FrontendVisitor<'_> {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
                     if let Some(fields) = &parse {
-                        state.with_book(|b| b.statements.parsed(request, fields, epoch));
+                        let result = self.result_key(fields.sql);
+                        state.with_book(|b| b.statements.parsed(request, fields, epoch, result));
                     }
                 }
                 frontend::QUERY => {
@@ -504,4 +522,15 @@ fn sql_prepared_command(frame: &[u8]) -> Option<(&'static str, &str)> {
                 .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
     })?;
     Some((command, std::str::from_utf8(sql).ok()?))
+}
+
+/// What Postgres answers when a prepared statement's result type changed
+/// under it (SQLSTATE 0A000): drivers prepare the statement again.
+fn result_type_changed() -> Refusal {
+    Refusal {
+        code: "0A000",
+        message: "cached plan must not change result type".into(),
+        detail: None,
+        hint: None,
+    }
 }

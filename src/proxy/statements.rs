@@ -28,6 +28,9 @@ struct Entry {
     param_types: Bytes,
     /// Rules epoch it was prepared under.
     epoch: u64,
+    /// Its result shape's key under those rules (see
+    /// `StatementRewriter::result_key`).
+    result: u64,
 }
 
 /// An injected response to drop: the request number, `'1'` or `'3'`, and
@@ -95,14 +98,16 @@ impl Statements {
         !self.swallow.is_empty()
     }
 
-    /// The client sent Parse (part of request `request`) under `epoch`.
-    pub fn parsed(&mut self, request: u64, fields: &ParseFields<'_>, epoch: u64) {
+    /// The client sent Parse (part of request `request`) under `epoch`,
+    /// its result shape's key `result`.
+    pub fn parsed(&mut self, request: u64, fields: &ParseFields<'_>, epoch: u64, result: u64) {
         self.entries.insert(
             fields.name.to_vec(),
             Entry {
                 sql: Bytes::copy_from_slice(fields.sql),
                 param_types: Bytes::copy_from_slice(fields.param_types),
                 epoch,
+                result,
             },
         );
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
@@ -123,16 +128,23 @@ impl Statements {
     }
 
     /// If `name` is stale under `epoch`, marks it current and returns its
-    /// original SQL and parameter types for re-preparing.
-    pub fn take_stale(&mut self, name: &[u8], epoch: u64) -> Option<(Bytes, Bytes)> {
+    /// original SQL, parameter types and result key for re-preparing.
+    pub fn take_stale(&mut self, name: &[u8], epoch: u64) -> Option<(Bytes, Bytes, u64)> {
         let entry = self.entries.get_mut(name)?;
         if entry.epoch >= epoch {
             return None;
         }
         entry.epoch = epoch;
-        let out = (entry.sql.clone(), entry.param_types.clone());
+        let out = (entry.sql.clone(), entry.param_types.clone(), entry.result);
         self.recompute_oldest();
         Some(out)
+    }
+
+    /// `name`'s result shape is `result` from now on.
+    pub fn set_result(&mut self, name: &[u8], result: u64) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.result = result;
+        }
     }
 
     /// Expects the server's answers to an injected Close (+ Parse of
@@ -261,10 +273,10 @@ mod tests {
     #[test]
     fn stale_statements_are_handed_out_once() {
         let mut s = Statements::default();
-        s.parsed(2, &fields(b"s1", b"select 1"), 1);
+        s.parsed(2, &fields(b"s1", b"select 1"), 1, 0);
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
-        let (sql, types) = s.take_stale(b"s1", 2).unwrap();
+        let (sql, types, _) = s.take_stale(b"s1", 2).unwrap();
         assert_eq!((&sql[..], &types[..]), (&b"select 1"[..], &[0u8, 0][..]));
         assert!(s.take_stale(b"s1", 2).is_none());
         assert!(!s.any_stale(2));
@@ -273,7 +285,7 @@ mod tests {
     #[test]
     fn injected_answers_are_swallowed_in_order() {
         let mut s = Statements::default();
-        s.parsed(5, &fields(b"p", b"select 2"), 1);
+        s.parsed(5, &fields(b"p", b"select 2"), 1, 0);
         s.expect_injected(5, Some(b"p"));
         assert!(
             !s.on_complete(5, b'1'),
@@ -289,7 +301,7 @@ mod tests {
     #[test]
     fn a_failed_parse_leaves_no_entry() {
         let mut s = Statements::default();
-        s.parsed(3, &fields(b"bad", b"selec 1"), 1);
+        s.parsed(3, &fields(b"bad", b"selec 1"), 1, 0);
         s.on_ready(3); // an error skipped everything up to Sync
         assert!(!s.swallowing());
         assert!(s.take_stale(b"bad", 9).is_none());
@@ -298,7 +310,7 @@ mod tests {
     #[test]
     fn a_failed_re_prepare_leaves_the_statement_stale() {
         let mut s = Statements::default();
-        s.parsed(1, &fields(b"s", b"select a from t"), 1);
+        s.parsed(1, &fields(b"s", b"select a from t"), 1, 0);
         assert!(!s.on_complete(1, b'1'));
         s.on_ready(1);
         assert!(s.take_stale(b"s", 2).is_some());

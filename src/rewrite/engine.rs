@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::literals::{normalize, with_sentinels, Kind, Template};
+use super::literals::{normalize, with_sentinels, Kind, Normalized, Template};
 use super::migration::quote_ident;
 use super::plan::{plan_noting, Notes, Plan};
 use super::rules::{ActiveMigration, Rules, RulesCell};
@@ -55,6 +55,9 @@ struct Cached {
     session: u64,
     outcome: CachedOutcome,
     tally: Tally,
+    /// The statement's result shape under these rules (see
+    /// [`StatementRewriter::result_key`]).
+    result: u64,
 }
 
 enum CachedOutcome {
@@ -122,17 +125,12 @@ impl StatementRewriter for MigrationRewriter {
             let cell = self.rules.id();
             // Statements that differ only in their literals share a plan.
             let normalized = normalize(sql);
-            let key: &[u8] = match &normalized {
-                Some(n) if !n.key.is_empty() => &n.key,
-                _ => sql,
-            };
+            let key = cache_key(sql, &normalized);
             let literals = normalized.as_ref().map_or(&[][..], |n| &n.literals[..]);
             let session = super::with_current_session(|s| s.map_or(0, |s| s.key));
             let hit = PLANS.with(|plans| {
                 let plans = plans.borrow();
-                let cached = plans.get(key)?.iter().find(|c| {
-                    c.cell == cell && c.epoch == rules.epoch && c.session == session
-                })?;
+                let cached = lookup(&plans, key, cell, rules.epoch, session)?;
                 let outcome = match &cached.outcome {
                     CachedOutcome::Fixed(outcome) => outcome.clone(),
                     CachedOutcome::Template(t) => {
@@ -153,7 +151,7 @@ impl StatementRewriter for MigrationRewriter {
                 tally.record(rules);
                 return outcome;
             };
-            let (outcome, cached, tally) = plan_for_cache(text, literals, rules);
+            let (outcome, cached, tally, result) = plan_for_cache(text, literals, rules);
             tally.record(rules);
             if let Some(cached) = cached {
                 PLANS.with(|plans| {
@@ -167,6 +165,7 @@ impl StatementRewriter for MigrationRewriter {
                         session,
                         outcome: cached,
                         tally,
+                        result,
                     };
                     // One plan per way of resolving names (sessions with
                     // other search paths), the newest few kept.
@@ -187,6 +186,66 @@ impl StatementRewriter for MigrationRewriter {
     fn epoch(&self) -> Option<u64> {
         Some(self.rules.epoch())
     }
+
+    fn result_key(&self, sql: &[u8]) -> u64 {
+        self.rules.with(|rules| {
+            if rules.migrations.is_empty() || !mentions_any(sql, &rules.table_names) {
+                return 0;
+            }
+            let normalized = normalize(sql);
+            let key = cache_key(sql, &normalized);
+            let session = super::with_current_session(|s| s.map_or(0, |s| s.key));
+            let cached = PLANS.with(|plans| {
+                lookup(&plans.borrow(), key, self.rules.id(), rules.epoch, session)
+                    .map(|c| c.result)
+            });
+            // Not cached (a refusal quoting its literals): planned again.
+            cached.unwrap_or_else(|| match std::str::from_utf8(sql) {
+                Ok(text) => check(text, rules).2,
+                Err(_) => 0,
+            })
+        })
+    }
+}
+
+/// The plan cache's key of a statement: its text with the literals
+/// replaced by markers, or the text itself.
+fn cache_key<'k>(sql: &'k [u8], normalized: &'k Option<Normalized>) -> &'k [u8] {
+    match normalized {
+        Some(n) if !n.key.is_empty() => &n.key,
+        _ => sql,
+    }
+}
+
+/// The plan cached for `key` under these rules and session, if any.
+fn lookup<'p>(
+    plans: &'p HashMap<Box<[u8]>, Vec<Cached>>,
+    key: &[u8],
+    cell: u64,
+    epoch: u64,
+    session: u64,
+) -> Option<&'p Cached> {
+    plans
+        .get(key)?
+        .iter()
+        .find(|c| c.cell == cell && c.epoch == epoch && c.session == session)
+}
+
+/// A statement's result shape: which migrations' `*` it spells out (with
+/// both migrating columns); 0 when none.
+fn result_key(stars: &[usize], rules: &Rules) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if stars.is_empty() {
+        return 0;
+    }
+    let mut ids: Vec<&str> = stars
+        .iter()
+        .filter_map(|&i| rules.migrations.get(i).map(|m| m.spec.id.as_str()))
+        .collect();
+    ids.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ids.hash(&mut h);
+    h.finish() | 1
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced
@@ -197,16 +256,17 @@ fn plan_for_cache(
     sql: &str,
     literals: &[(usize, usize, Kind)],
     rules: &Rules,
-) -> (Rewrite<'static>, Option<CachedOutcome>, Tally) {
+) -> (Rewrite<'static>, Option<CachedOutcome>, Tally, u64) {
     if !literals.is_empty() {
         if let Some(sentinel_text) = with_sentinels(sql, literals) {
-            let (outcome, tally) = check(&sentinel_text, rules);
+            let (outcome, tally, result) = check(&sentinel_text, rules);
             match outcome {
                 Rewrite::Unchanged => {
                     return (
                         Rewrite::Unchanged,
                         Some(CachedOutcome::Fixed(Rewrite::Unchanged)),
                         tally,
+                        result,
                     )
                 }
                 Rewrite::Replaced(planned) => {
@@ -216,26 +276,33 @@ fn plan_for_cache(
                             Rewrite::Replaced(Cow::Owned(text)),
                             Some(CachedOutcome::Template(template)),
                             tally,
+                            result,
                         );
                     }
                 }
                 Rewrite::Refused(_) => {}
             }
         }
-        let (outcome, tally) = check(sql, rules);
-        return (outcome, None, tally);
+        let (outcome, tally, result) = check(sql, rules);
+        return (outcome, None, tally, result);
     }
-    let (outcome, tally) = check(sql, rules);
-    (outcome.clone(), Some(CachedOutcome::Fixed(outcome)), tally)
+    let (outcome, tally, result) = check(sql, rules);
+    (
+        outcome.clone(),
+        Some(CachedOutcome::Fixed(outcome)),
+        tally,
+        result,
+    )
 }
 
-/// Plans a statement that mentions a migrating table.
-fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally) {
+/// Plans a statement that mentions a migrating table: the rewriter's
+/// answer, what it counts as, and its result shape's key.
+fn check<'a>(sql: &str, rules: &Rules) -> (Rewrite<'a>, Tally, u64) {
     let mut notes = Notes::default();
     let (outcome, mut tally) = outcome(plan_noting(sql, rules, &mut notes), rules);
     // A statement naming a migration's old column is old-shape use.
     tally.old_shape = notes.old_shape;
-    (outcome, tally)
+    (outcome, tally, result_key(&notes.stars, rules))
 }
 
 /// A plan as the rewriter's answer and what it counts as.

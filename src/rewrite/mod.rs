@@ -74,6 +74,16 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn epoch(&self) -> Option<u64> {
         None
     }
+
+    /// An identity of `sql`'s result shape (its columns) under the rules
+    /// in force: a statement prepared under rules that gave it another key
+    /// has changed its result type since (a `*` that spells out a
+    /// migration's columns, or no longer does), as a table altered under a
+    /// prepared `SELECT *` does on Postgres. 0 when the rules do not shape
+    /// the result.
+    fn result_key(&self, _sql: &[u8]) -> u64 {
+        0
+    }
 }
 
 /// Who a statement being rewritten comes from: what name resolution and

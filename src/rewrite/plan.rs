@@ -224,19 +224,20 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, notes: Option<&mut Notes>) -> Plan
     if leading(Keyword::COPY) {
         return plan_copy(sql, &tokens, rules, &relevant, notes);
     }
-    let statements =
-        match Parser::new(&PostgreSqlDialect {})
-            .with_tokens_with_locations(raw)
-            .parse_statements()
-        {
-            Ok(statements) => statements,
-            Err(e) => return refuse(
+    let statements = match Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(raw)
+        .parse_statements()
+    {
+        Ok(statements) => statements,
+        Err(e) => {
+            return refuse(
                 first,
                 format!(
                     "uses a migrating column but cannot be parsed by pgshift's SQL parser ({e})"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let text = Text {
         sql,
         tokens: &tokens,

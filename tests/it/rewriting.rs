@@ -520,3 +520,64 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
     let tags: Vec<u8> = conn.until_ready().await.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"3Z".to_vec(), "Close of the name succeeds");
 }
+
+/// A prepared `SELECT *` whose columns a phase change alters — `*` spells
+/// out both migrating columns while the migration runs, the table's own
+/// once it is complete — fails once with what Postgres answers when a
+/// table changes under a prepared statement (0A000 "cached plan must not
+/// change result type"), so the driver prepares it again, instead of
+/// returning rows of another shape than the client described.
+#[tokio::test]
+async fn a_prepared_star_whose_columns_change_fails_as_postgres_would() {
+    let direct = db().direct().await;
+    let table = unique("starchange");
+    direct
+        .batch_execute(&rename_table_ddl(&table, Phase::Contracted))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new("star_bal", &table, "bal", "balance", None, None, None).unwrap();
+    let rules = Arc::new(RulesCell::with_catalog(
+        &[ActiveMigration {
+            spec: spec.clone(),
+            phase: Phase::Contracted,
+        }],
+        catalog().await,
+    ));
+    let proxy =
+        TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(Arc::clone(&rules))), |_| {})
+            .await;
+    let client = proxy.connect().await;
+    let star = client
+        .prepare(&format!("select * from {table} where id = $1"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = star.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "note", "bal", "balance"]);
+    let other = client
+        .prepare(&format!("select note from {table} where id = $1"))
+        .await
+        .unwrap();
+    rules.publish(&[ActiveMigration {
+        spec,
+        phase: Phase::Complete,
+    }]);
+    let err = refused(client.query(&star, &[&1i32]).await, "columns changed");
+    assert_eq!(
+        (sqlstate(&err).as_deref(), message_of(&err)),
+        (
+            Some("0A000"),
+            "cached plan must not change result type".to_string()
+        )
+    );
+    // A statement whose columns did not change goes on as it was.
+    let row = client.query_one(&other, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "one");
+    // Prepared again, the statement has the table's own columns.
+    let star = client
+        .prepare(&format!("select * from {table} where id = $1"))
+        .await
+        .unwrap();
+    let names: Vec<&str> = star.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["id", "note", "balance"]);
+    assert_eq!(client.query(&star, &[&1i32]).await.unwrap().len(), 1);
+}
