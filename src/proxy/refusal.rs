@@ -40,6 +40,7 @@ impl PendingRefusal {
             message: refusal.message.clone(),
             detail: refusal.detail.clone(),
             hint: refusal.hint.clone(),
+            routine: refusal.routine,
         }
         .encode();
         PendingRefusal {
@@ -109,6 +110,7 @@ mod tests {
             message: "no".into(),
             detail: None,
             hint: Some("h".into()),
+            routine: None,
         }
     }
 

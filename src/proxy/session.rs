@@ -532,5 +532,6 @@ fn result_type_changed() -> Refusal {
         message: "cached plan must not change result type".into(),
         detail: None,
         hint: None,
+        routine: Some("RevalidateCachedQuery"),
     }
 }

@@ -139,6 +139,8 @@ pub struct ErrorResponse {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The `R` field: the server routine (see `Refusal::routine`).
+    pub routine: Option<&'static str>,
 }
 
 impl ErrorResponse {
@@ -150,6 +152,7 @@ impl ErrorResponse {
             message: message.into(),
             detail: None,
             hint: None,
+            routine: None,
         }
     }
 
@@ -180,6 +183,9 @@ impl ErrorResponse {
         }
         if let Some(hint) = &self.hint {
             put_field(&mut out, b'H', hint);
+        }
+        if let Some(routine) = self.routine {
+            put_field(&mut out, b'R', routine);
         }
         out.put_u8(0);
         let len = (out.len() - 1) as u32;

@@ -120,6 +120,7 @@ impl StatementRewriter for MigrationRewriter {
                     ),
                     detail: None,
                     hint: Some("Retry in a moment; statements on other tables are not affected. Check that pgshift can reach its control database.".into()),
+                    routine: None,
                 });
             }
             let cell = self.rules.id();
@@ -343,6 +344,7 @@ fn outcome<'a>(plan: Plan<'_>, rules: &Rules) -> (Rewrite<'a>, Tally) {
                         m.spec.id, m.phase
                     )
                 }),
+                routine: None,
             }),
             Tally {
                 rewritten: Vec::new(),
@@ -374,6 +376,7 @@ fn refusal(m: &ActiveMigration, reason: &str) -> Refusal {
             "pgshift refuses what it cannot rewrite safely, so nothing is half-written; statements that do not touch the migrating columns pass unchanged."
                 .into(),
         ),
+        routine: None,
     }
 }
 

@@ -59,6 +59,11 @@ pub struct Refusal {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// The server routine Postgres names for this error, where drivers
+    /// read it: pgjdbc prepares a statement again after 0A000 "cached plan
+    /// must not change result type" only when it comes from
+    /// `RevalidateCachedQuery`.
+    pub routine: Option<&'static str>,
 }
 
 /// Decides what SQL reaches the server. Called on the per-connection hot path

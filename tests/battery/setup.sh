@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup.sh — prepares, idempotently, everything the battery's apps need under one directory
-# (default /work/main/target/battery): a Python venv from requirements.txt, node_modules from
+# (default target/battery in the repository): a Python venv from requirements.txt, node_modules from
 # node/package-lock.json (npm ci), and JdbcApp.class compiled against Debian's pgjdbc
 # (libpostgresql-jdbc-java, installed with apt-get when missing and run as root). A stamp file
 # holds a hash of every input, so a second run with nothing changed returns at once.
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${1:-/work/main/target/battery}
+dir=${1:-$here/../../target/battery}
 jar=/usr/share/java/postgresql.jar
 mkdir -p "$dir"
 

@@ -491,3 +491,52 @@ pub fn first_value(messages: &[Message]) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&b[..len as usize]).into_owned())
 }
+
+/// A proxy with the lifecycle driver and its admin port, in-process.
+pub struct Driven {
+    pub proxy: TestProxy,
+    /// The admin port's `host:port`.
+    pub admin: String,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Driven {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// pgshift in front of database `dbname` with `specs` registered
+/// (planned), its lifecycle driver and admin port running.
+pub async fn driven_all(
+    specs: Vec<pgshift::rewrite::migration::MigrationSpec>,
+    dbname: &str,
+) -> Driven {
+    use pgshift::rewrite::migration::Phase;
+    use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+    let mut config = control_config_for(dbname);
+    config.migrations = specs
+        .into_iter()
+        .map(|spec| ActiveMigration {
+            spec,
+            phase: Phase::Planned,
+        })
+        .collect();
+    let rules = Arc::new(RulesCell::new(&config.migrations));
+    let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
+        .await
+        .expect("the lifecycle starts");
+    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, None));
+    let control = config.control.clone();
+    let rewriter = pgshift::rewrite::engine::MigrationRewriter::new(rules);
+    let proxy = TestProxy::with_rewriter(Arc::new(rewriter), move |c| c.control = control).await;
+    Driven {
+        proxy,
+        admin,
+        server,
+    }
+}

@@ -16,44 +16,8 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// A proxy with the lifecycle driver and its admin port, in-process.
-struct Driven {
-    proxy: TestProxy,
-    admin: String,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Driven {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
 async fn driven(spec: MigrationSpec, dbname: &str) -> Driven {
-    let mut config = control_config_for(dbname);
-    config.migrations = vec![ActiveMigration {
-        spec,
-        phase: Phase::Planned,
-    }];
-    let rules = Arc::new(RulesCell::new(&config.migrations));
-    let lifecycle = Lifecycle::start(config.clone(), Arc::clone(&rules))
-        .await
-        .expect("the lifecycle starts");
-    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = listener.local_addr().unwrap().to_string();
-    let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, None));
-    let control = config.control.clone();
-    let proxy = TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), move |c| {
-        c.control = control
-    })
-    .await;
-    Driven {
-        proxy,
-        admin,
-        server,
-    }
+    driven_all(vec![spec], dbname).await
 }
 
 /// A database of its own with a table `(id int primary key, v int)` of

@@ -20,6 +20,7 @@ impl StatementRewriter for RefuseForbidden {
                 message: "pgshift refused the statement: migration \"m1\" cannot rewrite forbidden_col here".into(),
                 detail: Some("test detail".into()),
                 hint: Some("test hint".into()),
+                routine: None,
             })
         } else {
             Rewrite::Unchanged

@@ -569,6 +569,11 @@ async fn a_prepared_star_whose_columns_change_fails_as_postgres_would() {
             "cached plan must not change result type".to_string()
         )
     );
+    // Named as Postgres names it: where pgjdbc looks to prepare again.
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.routine()),
+        Some("RevalidateCachedQuery")
+    );
     // A statement whose columns did not change goes on as it was.
     let row = client.query_one(&other, &[&1i32]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "one");

@@ -8,7 +8,7 @@ from sqlalchemy import URL, create_engine, delete, func, insert, select, text, u
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import joinedload, sessionmaker
 
-from harness import Runner, Skip, WrongRead, expect, renamed
+from harness import Runner, Skip, expect, renamed
 from sqla_models import AMOUNT, NAME, Order, Org, User
 
 r = Runner()

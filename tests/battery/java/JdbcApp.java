@@ -5,10 +5,11 @@
 // RETURNING, executeBatch() with RETURN_GENERATED_KEYS (pgjdbc appends RETURNING *), ON CONFLICT
 // upserts, joins, LIMIT/OFFSET, aggregates, `login_count = login_count + 1`, JSONB, transactions
 // with a Savepoint rolled back, setFetchSize() with autocommit off (a portal read in batches),
-// CTEs (one passing the amount column through), DELETE … RETURNING and a join of users and orgs with an unqualified column. The shape
-// (BATTERY_SHAPE) picks column names; old: name, amount (int cents); new: full_name,
-// amount_decimal (numeric(12,2)). Every read is checked against an in-memory model; every
-// operation is one JSON line in BATTERY_LOG; the model is written to BATTERY_MODEL at exit.
+// CTEs (one passing the amount column through), DELETE … RETURNING and a join of users and orgs
+// with an unqualified column. The shape (BATTERY_SHAPE) picks column names; old: name, amount
+// (int cents); new: full_name, amount_decimal (numeric(12,2)). Every read is checked against an
+// in-memory model; every operation is one JSON line in BATTERY_LOG (errors with the statement
+// last prepared); the model is written to BATTERY_MODEL at exit. Protocol: see run.py.
 import java.io.FileWriter;
 import java.io.IOException;
 import java.io.Writer;
@@ -78,8 +79,24 @@ public class JdbcApp {
         if (env.get("BATTERY_PASSWORD") != null) p.setProperty("password", env.get("BATTERY_PASSWORD"));
         p.setProperty("ApplicationName", tag);
         p.setProperty("currentSchema", "app");
+        // send application_name in the startup packet (older servers get it by SET), so pgshift sees it
+        p.setProperty("assumeMinServerVersion", "9.0");
         return DriverManager.getConnection(
             "jdbc:postgresql://" + env.get("BATTERY_HOST") + ":" + env.get("BATTERY_PORT") + "/" + env.get("BATTERY_DB"), p);
+    }
+
+    /** Runs `body` in one transaction: committed when it returns, rolled back when it throws. */
+    void inTransaction(Op body) throws Exception {
+        conn.setAutoCommit(false);
+        try {
+            body.run();
+            conn.commit();
+        } catch (Exception e) {
+            conn.rollback();
+            throw e;
+        } finally {
+            conn.setAutoCommit(true);
+        }
     }
 
     /** Prepares `sql`, remembering it as the statement an error will be reported with. */
@@ -357,24 +374,26 @@ public class JdbcApp {
         String sql = "insert into orders (user_id, " + AMOUNT + ", status) values (?, ?, ?::order_status)";
         List<User> who = List.of(user(), user(), user());
         List<Long> amounts = List.of(cents(), cents(), cents());
-        try (PreparedStatement ps = prep(sql, Statement.RETURN_GENERATED_KEYS)) {
-            for (int i = 0; i < 3; i++) {
-                ps.setInt(1, who.get(i).id);
-                setAmount(ps, 2, amounts.get(i));
-                ps.setString(3, "new");
-                ps.addBatch();
-            }
-            ps.executeBatch();
-            List<Object> returned = new ArrayList<>();
-            try (ResultSet keys = ps.getGeneratedKeys()) {
-                for (int i = 0; keys.next(); i++) {
-                    orders.put(keys.getLong("id"), new Order(who.get(i).email, amounts.get(i), "new"));
-                    returned.add(keys.getObject(AMOUNT));
+        Map<Long, Object> returned = new TreeMap<>();
+        // in a transaction: in autocommit mode pgjdbc may commit a batch's first entries when a later one fails
+        inTransaction(() -> {
+            try (PreparedStatement ps = prep(sql, Statement.RETURN_GENERATED_KEYS)) {
+                for (int i = 0; i < 3; i++) {
+                    ps.setInt(1, who.get(i).id);
+                    setAmount(ps, 2, amounts.get(i));
+                    ps.setString(3, "new");
+                    ps.addBatch();
+                }
+                ps.executeBatch();
+                try (ResultSet keys = ps.getGeneratedKeys()) {
+                    while (keys.next()) returned.put(keys.getLong("id"), keys.getObject(AMOUNT));
                 }
             }
-            for (int i = 0; i < returned.size(); i++) expectAmount("amount returned by the batch insert", returned.get(i), amounts.get(i));
-            expect("rows returned by the batch insert", returned.size(), 3);
-        }
+        });
+        List<Long> ids = new ArrayList<>(returned.keySet());
+        for (int i = 0; i < ids.size() && i < 3; i++) orders.put(ids.get(i), new Order(who.get(i).email, amounts.get(i), "new"));
+        for (int i = 0; i < ids.size() && i < 3; i++) expectAmount("amount returned by the batch insert", returned.get(ids.get(i)), amounts.get(i));
+        expect("rows returned by the batch insert", ids.size(), 3);
     }
 
     void addToAmount() throws Exception {
@@ -462,56 +481,50 @@ public class JdbcApp {
     void savepointTxn() throws Exception {
         User u = user();
         long cents = cents();
-        conn.setAutoCommit(false);
-        long id;
-        Object got;
-        try {
+        long[] id = new long[1];
+        Object[] got = new Object[1];
+        inTransaction(() -> {
             try (PreparedStatement ins = prep("insert into orders (user_id, " + AMOUNT + ") values (?, ?) returning id")) {
                 ins.setInt(1, u.id);
                 setAmount(ins, 2, cents);
                 try (ResultSet rs = ins.executeQuery()) {
                     rs.next();
-                    id = rs.getLong(1);
+                    id[0] = rs.getLong(1);
                 }
             }
             Savepoint sp = conn.setSavepoint();
             try (PreparedStatement dbl = prep("update orders set " + AMOUNT + " = " + AMOUNT + " * 2 where id = ?")) {
-                dbl.setLong(1, id);
+                dbl.setLong(1, id[0]);
                 dbl.executeUpdate();
             }
             conn.rollback(sp);
             try (PreparedStatement sel = prep("select " + AMOUNT + " from orders where id = ?")) {
-                sel.setLong(1, id);
+                sel.setLong(1, id[0]);
                 try (ResultSet rs = sel.executeQuery()) {
                     rs.next();
-                    got = rs.getObject(1);
+                    got[0] = rs.getObject(1);
                 }
             }
             try (PreparedStatement st = prep("update orders set status = 'shipped' where id = ?")) {
-                st.setLong(1, id);
+                st.setLong(1, id[0]);
                 st.executeUpdate();
             }
-            conn.commit();
-        } finally {
-            conn.setAutoCommit(true);
-        }
-        orders.put(id, new Order(u.email, cents, "shipped"));
-        expectAmount("amount after rollback to savepoint", got, cents);
+        });
+        orders.put(id[0], new Order(u.email, cents, "shipped"));
+        expectAmount("amount after rollback to savepoint", got[0], cents);
     }
 
     void streamOrders() throws Exception {
-        conn.setAutoCommit(false);
         List<Long> seen = new ArrayList<>();
-        try (PreparedStatement ps = prep("select o.* from orders o join users u on u.id = o.user_id where u.email like ? order by o.id")) {
-            ps.setFetchSize(4);
-            ps.setString(1, like);
-            try (ResultSet rs = ps.executeQuery()) {
-                while (rs.next()) checkOrderRow("stream_orders", rs, seen);
+        inTransaction(() -> { // setFetchSize reads in batches only with autocommit off
+            try (PreparedStatement ps = prep("select o.* from orders o join users u on u.id = o.user_id where u.email like ? order by o.id")) {
+                ps.setFetchSize(4);
+                ps.setString(1, like);
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) checkOrderRow("stream_orders", rs, seen);
+                }
             }
-            conn.commit();
-        } finally {
-            conn.setAutoCommit(true);
-        }
+        });
         expect("stream_orders: order ids", seen, new ArrayList<>(orders.keySet()));
     }
 
@@ -647,13 +660,10 @@ public class JdbcApp {
         }
     }
 
-    /** After an error: roll back what is open, back to autocommit; a dead connection is replaced. */
+    /** After an error (transactions were rolled back by inTransaction): a dead connection is replaced. */
     void recover() {
         try {
-            if (conn != null && !conn.isClosed() && !conn.getAutoCommit()) {
-                conn.rollback();
-                conn.setAutoCommit(true);
-            }
+            if (conn != null && !conn.isValid(5)) conn.close();
         } catch (SQLException e) {
             try { conn.close(); } catch (SQLException ignored) { /* replaced at the next operation */ }
         }
