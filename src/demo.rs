@@ -155,5 +155,13 @@ async fn init_pgbench(cluster: &Cluster, addr: SocketAddr, options: &DemoOptions
         "pgbench -i through pgshift failed: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    // pgbench's balances are nullable; most real columns are not.
+    println!("pgbench_accounts.abalance and pgbench_tellers.tbalance made NOT NULL…");
+    cluster
+        .psql(
+            "postgres",
+            "alter table pgbench_accounts alter column abalance set not null; alter table pgbench_tellers alter column tbalance set not null",
+        )
+        .context("making the migrating columns NOT NULL")?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! (old shape) and a pgbench script on the new columns (new shape) write
 //! through pgshift in `-M prepared` and `-M simple`, it renames
 //! `pgbench_accounts.abalance → balance` and changes
-//! `pgbench_tellers.tbalance` from integer to bigint (`tbalance_big`),
+//! `pgbench_tellers.tbalance` from integer to bigint (`tbalance_big`) —
+//! both made NOT NULL first, as most real columns are —
 //! driving both through expand → backfill → validate → switch-reads →
 //! contract, then complete once the load has ended — checking after each
 //! step the tpcb invariant on every column that holds the truth (the sums
@@ -51,13 +52,17 @@ pub fn migrations() -> Vec<ActiveMigration> {
         .collect()
 }
 
-/// The tpcb-like script on the new columns.
+/// The tpcb-like script on the new columns, and an UPDATE of another
+/// column of the renamed table (as most application writes are): with the
+/// migrating columns NOT NULL, it must not fail on a row the backfill has
+/// not reached yet.
 pub const NEW_SHAPE: &str = "\\set aid random(1, 100000 * :scale)
 \\set bid random(1, 1 * :scale)
 \\set tid random(1, 10 * :scale)
 \\set delta random(-5000, 5000)
 BEGIN;
 UPDATE pgbench_accounts SET balance = balance + :delta WHERE aid = :aid;
+UPDATE pgbench_accounts SET filler = filler WHERE aid = :aid;
 SELECT balance FROM pgbench_accounts WHERE aid = :aid;
 UPDATE pgbench_tellers SET tbalance_big = tbalance_big + :delta WHERE tid = :tid;
 UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
@@ -328,6 +333,7 @@ pub async fn run(
     ok &= check
         .invariant("complete", &["balance", "tbalance_big"])
         .await?;
+    ok &= check.not_null_carried().await?;
 
     println!();
     println!("| client group | transactions | failed | TPS | mean latency ms |");
@@ -447,6 +453,26 @@ impl Checker {
             "             invariant {when}: {} ({})",
             if holds { "holds" } else { "BROKEN" },
             listed.join(", ")
+        );
+        Ok(holds)
+    }
+
+    /// The new columns ended NOT NULL, as the old ones were.
+    async fn not_null_carried(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "select count(*) filter (where attnotnull), count(*) from pg_attribute
+                  where (attrelid, attname) in (('pgbench_accounts'::regclass, 'balance'),
+                                                ('pgbench_tellers'::regclass, 'tbalance_big'))",
+                &[],
+            )
+            .await?;
+        let (not_null, found): (i64, i64) = (row.get(0), row.get(1));
+        let holds = not_null == 2 && found == 2;
+        println!(
+            "             balance and tbalance_big NOT NULL as abalance and tbalance were: {}",
+            if holds { "yes" } else { "NO" }
         );
         Ok(holds)
     }
