@@ -284,15 +284,11 @@ impl<'a> FrontendVisitor<'a> {
             Err(_) => return Verdict::Keep,
         };
         tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
-        self.state.with_book(|b| {
-            if refused {
-                // Refused again at every use, as Postgres would fail it.
-                b.statements.restale(name);
-                b.statements.expect_injected(request, None);
-            } else {
-                b.statements.expect_injected(request, Some(name));
-            }
-        });
+        // A refusal leaves it stale: refused again at every use, as
+        // Postgres would fail it.
+        let parse_of = (!refused).then_some(name);
+        self.state
+            .with_book(|b| b.statements.expect_injected(request, parse_of));
         let close = statements::close_frame(name);
         let mut out = BytesMut::with_capacity(close.len() + parse.len() + frame.len());
         out.extend_from_slice(&close);

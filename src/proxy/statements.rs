@@ -7,9 +7,11 @@
 //! swallowed on the way back. A client `Parse` is confirmed by its
 //! `ParseComplete`; one that failed (its pipeline ended in an error first)
 //! leaves no entry behind, so pgshift never resurrects a statement the
-//! server refused. An injected re-Parse that fails (a column the new rules
-//! no longer serve, a refusal) leaves the entry stale: the statement name
-//! stays usable as Postgres keeps it, and every later use is re-prepared
+//! server refused. A re-prepared statement counts as current only once the
+//! injected Parse's `ParseComplete` comes back: one that fails (a column
+//! the new rules no longer serve, a refusal) leaves the entry stale — the
+//! statement name stays usable as Postgres keeps it, and every later use,
+//! even one the client sent before the failure came back, is re-prepared
 //! again and answered with that same error.
 
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +33,8 @@ struct Entry {
     /// Its result shape's key under those rules (see
     /// `StatementRewriter::result_key`).
     result: u64,
+    /// The epoch of a re-prepare in flight: current once its Parse completes.
+    confirming: Option<u64>,
 }
 
 /// An injected response to drop: the request number, `'1'` or `'3'`, and
@@ -108,6 +112,7 @@ impl Statements {
                 param_types: Bytes::copy_from_slice(fields.param_types),
                 epoch,
                 result,
+                confirming: None,
             },
         );
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
@@ -127,17 +132,16 @@ impl Statements {
         self.oldest_epoch = None;
     }
 
-    /// If `name` is stale under `epoch`, marks it current and returns its
-    /// original SQL, parameter types and result key for re-preparing.
+    /// If `name` is stale under `epoch`, returns its original SQL,
+    /// parameter types and result key for re-preparing (it becomes current
+    /// when the re-Parse completes, see [`Statements::on_complete`]).
     pub fn take_stale(&mut self, name: &[u8], epoch: u64) -> Option<(Bytes, Bytes, u64)> {
         let entry = self.entries.get_mut(name)?;
         if entry.epoch >= epoch {
             return None;
         }
-        entry.epoch = epoch;
-        let out = (entry.sql.clone(), entry.param_types.clone(), entry.result);
-        self.recompute_oldest();
-        Some(out)
+        entry.confirming = Some(epoch);
+        Some((entry.sql.clone(), entry.param_types.clone(), entry.result))
     }
 
     /// `name`'s result shape is `result` from now on.
@@ -156,15 +160,6 @@ impl Statements {
         }
     }
 
-    /// The re-prepare of `name` will not leave it prepared (it was
-    /// refused): its next use is re-prepared again.
-    pub fn restale(&mut self, name: &[u8]) {
-        if let Some(entry) = self.entries.get_mut(name) {
-            entry.epoch = 0;
-            self.oldest_epoch = Some(0);
-        }
-    }
-
     /// A CloseComplete or ParseComplete arrived for request `request`:
     /// `true` when it answers an injected message and must be dropped.
     pub fn on_complete(&mut self, request: u64, tag: u8) -> bool {
@@ -173,7 +168,9 @@ impl Statements {
             .front()
             .is_some_and(|(r, t, _)| (*r, *t) == (request, tag))
         {
-            self.swallow.pop_front();
+            if let Some((_, _, Some(name))) = self.swallow.pop_front() {
+                self.confirm(&name);
+            }
             return true;
         }
         if tag == b'1' {
@@ -188,9 +185,7 @@ impl Statements {
     /// never confirmed failed, so their names are gone on the server.
     pub fn on_ready(&mut self, request: u64) {
         while self.swallow.front().is_some_and(|(r, _, _)| *r <= request) {
-            if let Some((_, _, Some(name))) = self.swallow.pop_front() {
-                self.restale(&name);
-            }
+            self.swallow.pop_front();
         }
         let mut removed = false;
         while self.unconfirmed.front().is_some_and(|(r, _)| *r <= request) {
@@ -200,6 +195,16 @@ impl Statements {
         }
         if removed {
             self.recompute_oldest();
+        }
+    }
+
+    /// The re-Parse of `name` completed: it is current.
+    fn confirm(&mut self, name: &[u8]) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            if let Some(epoch) = entry.confirming.take() {
+                entry.epoch = entry.epoch.max(epoch);
+                self.recompute_oldest();
+            }
         }
     }
 
@@ -271,13 +276,20 @@ mod tests {
     }
 
     #[test]
-    fn stale_statements_are_handed_out_once() {
+    fn stale_statements_are_current_once_re_prepared() {
         let mut s = Statements::default();
         s.parsed(2, &fields(b"s1", b"select 1"), 1, 0);
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
         let (sql, types, _) = s.take_stale(b"s1", 2).unwrap();
         assert_eq!((&sql[..], &types[..]), (&b"select 1"[..], &[0u8, 0][..]));
+        s.expect_injected(3, Some(b"s1"));
+        assert!(
+            s.take_stale(b"s1", 2).is_some(),
+            "a use before the re-Parse completed is re-prepared too"
+        );
+        assert!(s.on_complete(3, b'3'));
+        assert!(s.on_complete(3, b'1'));
         assert!(s.take_stale(b"s1", 2).is_none());
         assert!(!s.any_stale(2));
     }
@@ -296,6 +308,7 @@ mod tests {
         assert!(!s.on_complete(5, b'3'));
         s.on_ready(5);
         assert!(s.take_stale(b"p", 9).is_some(), "a confirmed Parse stays");
+        assert!(s.take_stale(b"p", 9).is_some(), "stale until re-prepared");
     }
 
     #[test]

@@ -509,11 +509,20 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
         spec: spec_again,
         phase: Phase::Complete,
     }]);
-    for _ in 0..2 {
-        conn.send(&message(b'D', b"Sold\0")).await;
-        conn.send(&message(b'S', b"")).await;
+    // Two requests in one write: the second reaches pgshift before the
+    // first's failure comes back, and is re-prepared (and fails) too.
+    let mut both = message(b'D', b"Sold\0");
+    both.extend(message(b'S', b""));
+    both.extend(message(b'D', b"Sold\0"));
+    both.extend(message(b'S', b""));
+    conn.send(&both).await;
+    for request in 0..2 {
         let reply = conn.until_ready().await;
-        assert_eq!(reply[0].field(b'C').as_deref(), Some("42703"), "{reply:?}");
+        assert_eq!(
+            reply[0].field(b'C').as_deref(),
+            Some("42703"),
+            "request {request}: {reply:?}"
+        );
     }
     conn.send(&message(b'C', b"Sold\0")).await;
     conn.send(&message(b'S', b"")).await;
