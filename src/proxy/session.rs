@@ -256,15 +256,18 @@ impl<'a> FrontendVisitor<'a> {
         let Some(name) = statements::statement_used(tag, frame) else {
             return Verdict::Keep;
         };
-        let Some((sql, param_types, result)) = self
+        let Some(stale) = self
             .state
-            .with_book(|b| b.statements.take_stale(name, epoch))
+            .with_book(|b| b.statements.take_stale(name, epoch, request))
         else {
             return Verdict::Keep;
         };
-        let parse = statements::parse_frame(name, &sql, &param_types);
-        let now = self.result_key(&sql);
-        let outcome = if now == result {
+        let parse = statements::parse_frame(name, &stale.sql, &stale.param_types);
+        let now = self.result_key(&stale.sql);
+        let outcome = if now == stale.result || stale.unseen {
+            if now != stale.result {
+                self.state.with_book(|b| b.statements.set_result(name, now));
+            }
             self.rewrite(frontend::PARSE, &parse)
         } else {
             // Its columns changed (a `*` that now spells out a migration's
@@ -307,7 +310,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
             | frontend::FUNCTION_CALL
             | frontend::TERMINATE => Handling::Whole,
             frontend::CLOSE if self.tracking => Handling::Whole,
-            frontend::BIND | frontend::DESCRIBE if self.tracking => {
+            // (A Describe is looked at for what it may show the client.)
+            frontend::DESCRIBE if self.tracking => Handling::Whole,
+            frontend::BIND if self.tracking => {
                 let epoch = self.rewriter.epoch().unwrap_or(0);
                 if self.state.with_book(|b| b.statements.any_stale(epoch)) {
                     Handling::Whole
@@ -344,6 +349,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 return Ok(Verdict::Keep);
             }
             frontend::BIND | frontend::DESCRIBE => {
+                if tag == frontend::DESCRIBE {
+                    state.with_book(|b| b.statements.described(request));
+                }
                 let epoch = self.rewriter.epoch().unwrap_or(0);
                 return Ok(self.reprepare(request, tag, frame, epoch));
             }
@@ -395,7 +403,16 @@ impl FrameVisitor for FrontendVisitor<'_> {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
                     if let Some(fields) = &parse {
-                        let result = self.result_key(fields.sql);
+                        // Its result shape under the rules it was rewritten
+                        // under (the plan cache answers); were they to
+                        // change meanwhile, which shape the client was
+                        // given is not known, and its next use fails as a
+                        // changed result type (the driver prepares again).
+                        let mut result = self.result_key(fields.sql);
+                        // (Only a `*` can give a statement another shape.)
+                        if self.rewriter.epoch() != Some(epoch) && fields.sql.contains(&b'*') {
+                            result = statements::UNKNOWN_RESULT;
+                        }
                         state.with_book(|b| b.statements.parsed(request, fields, epoch, result));
                     }
                 }

@@ -35,7 +35,27 @@ struct Entry {
     result: u64,
     /// The epoch of a re-prepare in flight: current once its Parse completes.
     confirming: Option<u64>,
+    /// The request its Parse belonged to.
+    parsed_in: u64,
+    /// A Describe in that request may have shown the client its columns.
+    shown: bool,
 }
+
+/// What re-preparing a stale statement needs.
+pub struct Stale {
+    pub sql: Bytes,
+    pub param_types: Bytes,
+    /// Its result key when the client last saw its columns.
+    pub result: u64,
+    /// Parsed in the request still being sent and not described in it: the
+    /// client has seen no columns of it, so any result shape is the one it
+    /// gets.
+    pub unseen: bool,
+}
+
+/// A result key no rules give: the shape a statement was given is not
+/// known (the rules changed while it was rewritten).
+pub const UNKNOWN_RESULT: u64 = u64::MAX;
 
 /// An injected response to drop: the request number, `'1'` or `'3'`, and
 /// for a `'1'` the statement re-prepared.
@@ -50,6 +70,8 @@ pub struct Statements {
     /// Client Parses waiting for their ParseComplete: (request, name).
     unconfirmed: VecDeque<(u64, Vec<u8>)>,
     swallow: VecDeque<Swallow>,
+    /// The request the latest Parses belong to, and their names.
+    fresh: (u64, Vec<Vec<u8>>),
 }
 
 /// The fields of a whole Parse frame.
@@ -113,10 +135,29 @@ impl Statements {
                 epoch,
                 result,
                 confirming: None,
+                parsed_in: request,
+                shown: false,
             },
         );
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
         self.unconfirmed.push_back((request, fields.name.to_vec()));
+        if self.fresh.0 != request {
+            self.fresh = (request, Vec::new());
+        }
+        self.fresh.1.push(fields.name.to_vec());
+    }
+
+    /// A Describe (of a statement or a portal) is part of request
+    /// `request`: whatever was parsed in it may have been shown.
+    pub fn described(&mut self, request: u64) {
+        if self.fresh.0 != request {
+            return;
+        }
+        for name in std::mem::take(&mut self.fresh.1) {
+            if let Some(entry) = self.entries.get_mut(&name) {
+                entry.shown = true;
+            }
+        }
     }
 
     /// The client closed (or deallocated) a statement.
@@ -132,16 +173,21 @@ impl Statements {
         self.oldest_epoch = None;
     }
 
-    /// If `name` is stale under `epoch`, returns its original SQL,
-    /// parameter types and result key for re-preparing (it becomes current
-    /// when the re-Parse completes, see [`Statements::on_complete`]).
-    pub fn take_stale(&mut self, name: &[u8], epoch: u64) -> Option<(Bytes, Bytes, u64)> {
+    /// If `name` is stale under `epoch`, returns what re-preparing it for a
+    /// use in request `request` needs (it becomes current when the
+    /// re-Parse completes, see [`Statements::on_complete`]).
+    pub fn take_stale(&mut self, name: &[u8], epoch: u64, request: u64) -> Option<Stale> {
         let entry = self.entries.get_mut(name)?;
         if entry.epoch >= epoch {
             return None;
         }
         entry.confirming = Some(epoch);
-        Some((entry.sql.clone(), entry.param_types.clone(), entry.result))
+        Some(Stale {
+            sql: entry.sql.clone(),
+            param_types: entry.param_types.clone(),
+            result: entry.result,
+            unseen: entry.parsed_in == request && !entry.shown,
+        })
     }
 
     /// `name`'s result shape is `result` from now on.
@@ -281,16 +327,16 @@ mod tests {
         s.parsed(2, &fields(b"s1", b"select 1"), 1, 0);
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
-        let (sql, types, _) = s.take_stale(b"s1", 2).unwrap();
-        assert_eq!((&sql[..], &types[..]), (&b"select 1"[..], &[0u8, 0][..]));
+        let stale = s.take_stale(b"s1", 2, 3).unwrap();
+        assert_eq!((&stale.sql[..], &stale.param_types[..]), (&b"select 1"[..], &[0u8, 0][..]));
         s.expect_injected(3, Some(b"s1"));
         assert!(
-            s.take_stale(b"s1", 2).is_some(),
+            s.take_stale(b"s1", 2, 99).is_some(),
             "a use before the re-Parse completed is re-prepared too"
         );
         assert!(s.on_complete(3, b'3'));
         assert!(s.on_complete(3, b'1'));
-        assert!(s.take_stale(b"s1", 2).is_none());
+        assert!(s.take_stale(b"s1", 2, 99).is_none());
         assert!(!s.any_stale(2));
     }
 
@@ -307,8 +353,20 @@ mod tests {
         assert!(s.on_complete(5, b'1'));
         assert!(!s.on_complete(5, b'3'));
         s.on_ready(5);
-        assert!(s.take_stale(b"p", 9).is_some(), "a confirmed Parse stays");
-        assert!(s.take_stale(b"p", 9).is_some(), "stale until re-prepared");
+        assert!(s.take_stale(b"p", 9, 99).is_some(), "a confirmed Parse stays");
+        assert!(s.take_stale(b"p", 9, 99).is_some(), "stale until re-prepared");
+    }
+
+    #[test]
+    fn a_statement_is_unseen_until_described_or_its_request_ends() {
+        let mut s = Statements::default();
+        s.parsed(4, &fields(b"u", b"select * from t"), 1, 7);
+        let stale = s.take_stale(b"u", 2, 4).unwrap();
+        assert!(stale.unseen, "parsed in this request, never described");
+        assert!(!s.take_stale(b"u", 2, 5).unwrap().unseen, "a later request");
+        s.parsed(6, &fields(b"d", b"select * from t"), 1, 7);
+        s.described(6);
+        assert!(!s.take_stale(b"d", 2, 6).unwrap().unseen, "described");
     }
 
     #[test]
@@ -317,7 +375,7 @@ mod tests {
         s.parsed(3, &fields(b"bad", b"selec 1"), 1, 0);
         s.on_ready(3); // an error skipped everything up to Sync
         assert!(!s.swallowing());
-        assert!(s.take_stale(b"bad", 9).is_none());
+        assert!(s.take_stale(b"bad", 9, 99).is_none());
     }
 
     #[test]
@@ -326,12 +384,12 @@ mod tests {
         s.parsed(1, &fields(b"s", b"select a from t"), 1, 0);
         assert!(!s.on_complete(1, b'1'));
         s.on_ready(1);
-        assert!(s.take_stale(b"s", 2).is_some());
+        assert!(s.take_stale(b"s", 2, 99).is_some());
         s.expect_injected(2, Some(b"s"));
         assert!(s.on_complete(2, b'3'), "the Close went through");
         s.on_ready(2); // the re-Parse failed: no ParseComplete came
         assert!(s.any_stale(2), "re-prepared again at its next use");
-        assert!(s.take_stale(b"s", 2).is_some());
+        assert!(s.take_stale(b"s", 2, 99).is_some());
         s.expect_injected(3, Some(b"s"));
         assert!(s.on_complete(3, b'3'));
         assert!(s.on_complete(3, b'1'));

@@ -246,7 +246,7 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ids.hash(&mut h);
-    h.finish() | 1
+    (h.finish() >> 1) | 1 // never 0 nor the unknown result (all ones)
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced
