@@ -263,12 +263,23 @@ impl<'a> FrontendVisitor<'a> {
             return Verdict::Keep;
         };
         let parse = statements::parse_frame(name, &stale.sql, &stale.param_types);
+        let rewritten = self.rewrite(frontend::PARSE, &parse);
+        if let (Some(sent), Ok(outcome)) = (stale.sent, &rewritten) {
+            if sent_fingerprint(outcome, &stale.sql) == Some(sent) {
+                // The new rules rewrite it to the text the server holds:
+                // nothing to re-prepare (Postgres revalidates its own plan,
+                // and answers for any change of the table itself, as direct).
+                self.state
+                    .with_book(|b| b.statements.unchanged(name, epoch));
+                return Verdict::Keep;
+            }
+        }
         let now = self.result_key(&stale.sql);
         let outcome = if now == stale.result || stale.unseen {
             if now != stale.result {
                 self.state.with_book(|b| b.statements.set_result(name, now));
             }
-            self.rewrite(frontend::PARSE, &parse)
+            rewritten
         } else {
             // Its columns changed (a `*` that now spells out a migration's
             // columns, or no longer does): the client gets what Postgres
@@ -289,9 +300,11 @@ impl<'a> FrontendVisitor<'a> {
         tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
         // A refusal leaves it stale: refused again at every use, as
         // Postgres would fail it.
-        let parse_of = (!refused).then_some(name);
+        let sent = (!refused)
+            .then(|| statements::parse_fields(&parse).map(|f| statements::fingerprint(f.sql)))
+            .flatten();
         self.state
-            .with_book(|b| b.statements.expect_injected(request, parse_of));
+            .with_book(|b| b.statements.expect_injected(request, name, sent));
         let close = statements::close_frame(name);
         let mut out = BytesMut::with_capacity(close.len() + parse.len() + frame.len());
         out.extend_from_slice(&close);
@@ -413,7 +426,11 @@ impl FrameVisitor for FrontendVisitor<'_> {
                         if self.rewriter.epoch() != Some(epoch) && fields.sql.contains(&b'*') {
                             result = statements::UNKNOWN_RESULT;
                         }
-                        state.with_book(|b| b.statements.parsed(request, fields, epoch, result));
+                        let sent = sent_fingerprint(&outcome, fields.sql)
+                            .unwrap_or(statements::NOTHING_SENT);
+                        state.with_book(|b| {
+                            b.statements.parsed(request, fields, epoch, result, sent)
+                        });
                     }
                 }
                 frontend::QUERY => {
@@ -444,6 +461,18 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 Verdict::Replace(self.refuse(request, tag, frame, &refusal))
             }
         })
+    }
+}
+
+/// The fingerprint of the SQL a Parse goes upstream with: the client's
+/// `sql` kept, or the rewritten frame's; `None` when refused.
+fn sent_fingerprint(outcome: &Outcome, sql: &[u8]) -> Option<u64> {
+    match outcome {
+        Outcome::Keep => Some(statements::fingerprint(sql)),
+        Outcome::Replace(frame) => {
+            statements::parse_fields(frame).map(|f| statements::fingerprint(f.sql))
+        }
+        Outcome::Refuse(_) => None,
     }
 }
 

@@ -35,6 +35,11 @@ struct Entry {
     result: u64,
     /// The epoch of a re-prepare in flight: current once its Parse completes.
     confirming: Option<u64>,
+    /// A fingerprint of the SQL the server holds under this name
+    /// ([`NOTHING_SENT`] while that is not known, or nothing).
+    sent: u64,
+    /// The fingerprint of a re-Parse in flight.
+    sending: u64,
     /// The request its Parse belonged to.
     parsed_in: u64,
     /// A Describe in that request may have shown the client its columns.
@@ -51,6 +56,22 @@ pub struct Stale {
     /// client has seen no columns of it, so any result shape is the one it
     /// gets.
     pub unseen: bool,
+    /// The fingerprint of the SQL the server holds for it, when known and
+    /// no re-prepare is in flight: rules that rewrite it to the same text
+    /// need no re-prepare (Postgres revalidates its own plan).
+    pub sent: Option<u64>,
+}
+
+/// The fingerprint of no SQL: the server holds nothing known.
+pub const NOTHING_SENT: u64 = 0;
+
+/// A fingerprint of the SQL text of a Parse sent upstream (never
+/// [`NOTHING_SENT`]).
+pub fn fingerprint(sql: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sql.hash(&mut h);
+    h.finish() | 1
 }
 
 /// A result key no rules give: the shape a statement was given is not
@@ -125,8 +146,16 @@ impl Statements {
     }
 
     /// The client sent Parse (part of request `request`) under `epoch`,
-    /// its result shape's key `result`.
-    pub fn parsed(&mut self, request: u64, fields: &ParseFields<'_>, epoch: u64, result: u64) {
+    /// its result shape's key `result`, the SQL sent upstream for it
+    /// fingerprinted `sent`.
+    pub fn parsed(
+        &mut self,
+        request: u64,
+        fields: &ParseFields<'_>,
+        epoch: u64,
+        result: u64,
+        sent: u64,
+    ) {
         self.entries.insert(
             fields.name.to_vec(),
             Entry {
@@ -135,6 +164,8 @@ impl Statements {
                 epoch,
                 result,
                 confirming: None,
+                sent,
+                sending: NOTHING_SENT,
                 parsed_in: request,
                 shown: false,
             },
@@ -181,13 +212,24 @@ impl Statements {
         if entry.epoch >= epoch {
             return None;
         }
-        entry.confirming = Some(epoch);
+        let in_flight = entry.confirming.replace(epoch).is_some();
         Some(Stale {
             sql: entry.sql.clone(),
             param_types: entry.param_types.clone(),
             result: entry.result,
             unseen: entry.parsed_in == request && !entry.shown,
+            sent: (!in_flight && entry.sent != NOTHING_SENT).then_some(entry.sent),
         })
+    }
+
+    /// `name` is current under `epoch` as the server holds it: the rules
+    /// rewrite it to the text it was prepared with.
+    pub fn unchanged(&mut self, name: &[u8], epoch: u64) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.confirming = None;
+            entry.epoch = entry.epoch.max(epoch);
+            self.recompute_oldest();
+        }
     }
 
     /// `name`'s result shape is `result` from now on.
@@ -197,11 +239,15 @@ impl Statements {
         }
     }
 
-    /// Expects the server's answers to an injected Close (+ Parse of
-    /// statement `name`).
-    pub fn expect_injected(&mut self, request: u64, with_parse: Option<&[u8]>) {
+    /// Expects the server's answers to an injected Close of statement
+    /// `name` (+ a Parse of it, of SQL fingerprinted `parse`).
+    pub fn expect_injected(&mut self, request: u64, name: &[u8], parse: Option<u64>) {
         self.swallow.push_back((request, b'3', None));
-        if let Some(name) = with_parse {
+        if let Some(entry) = self.entries.get_mut(name) {
+            entry.sent = NOTHING_SENT;
+            entry.sending = parse.unwrap_or(NOTHING_SENT);
+        }
+        if parse.is_some() {
             self.swallow.push_back((request, b'1', Some(name.to_vec())));
         }
     }
@@ -249,6 +295,7 @@ impl Statements {
         if let Some(entry) = self.entries.get_mut(name) {
             if let Some(epoch) = entry.confirming.take() {
                 entry.epoch = entry.epoch.max(epoch);
+                entry.sent = std::mem::replace(&mut entry.sending, NOTHING_SENT);
                 self.recompute_oldest();
             }
         }
@@ -324,12 +371,12 @@ mod tests {
     #[test]
     fn stale_statements_are_current_once_re_prepared() {
         let mut s = Statements::default();
-        s.parsed(2, &fields(b"s1", b"select 1"), 1, 0);
+        s.parsed(2, &fields(b"s1", b"select 1"), 1, 0, 5);
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
         let stale = s.take_stale(b"s1", 2, 3).unwrap();
         assert_eq!((&stale.sql[..], &stale.param_types[..]), (&b"select 1"[..], &[0u8, 0][..]));
-        s.expect_injected(3, Some(b"s1"));
+        s.expect_injected(3, b"s1", Some(9));
         assert!(
             s.take_stale(b"s1", 2, 99).is_some(),
             "a use before the re-Parse completed is re-prepared too"
@@ -343,8 +390,8 @@ mod tests {
     #[test]
     fn injected_answers_are_swallowed_in_order() {
         let mut s = Statements::default();
-        s.parsed(5, &fields(b"p", b"select 2"), 1, 0);
-        s.expect_injected(5, Some(b"p"));
+        s.parsed(5, &fields(b"p", b"select 2"), 1, 0, 5);
+        s.expect_injected(5, b"p", Some(9));
         assert!(
             !s.on_complete(5, b'1'),
             "the client's own ParseComplete passes"
@@ -358,13 +405,32 @@ mod tests {
     }
 
     #[test]
+    fn the_sql_the_server_holds_is_known_only_when_no_reprepare_is_in_flight() {
+        let mut s = Statements::default();
+        s.parsed(1, &fields(b"q", b"select 1"), 1, 0, 11);
+        assert!(!s.on_complete(1, b'1'), "the client's own ParseComplete");
+        assert_eq!(s.take_stale(b"q", 2, 5).unwrap().sent, Some(11));
+        s.unchanged(b"q", 2);
+        assert!(!s.any_stale(2), "current without a re-prepare");
+        assert_eq!(s.take_stale(b"q", 3, 6).unwrap().sent, Some(11));
+        s.expect_injected(6, b"q", Some(22));
+        assert_eq!(s.take_stale(b"q", 3, 6).unwrap().sent, None, "in flight");
+        assert!(s.on_complete(6, b'3'));
+        assert!(s.on_complete(6, b'1'));
+        assert_eq!(s.take_stale(b"q", 4, 7).unwrap().sent, Some(22));
+        s.expect_injected(7, b"q", None); // refused: closed, nothing parsed
+        s.on_ready(7);
+        assert_eq!(s.take_stale(b"q", 4, 8).unwrap().sent, None, "nothing held");
+    }
+
+    #[test]
     fn a_statement_is_unseen_until_described_or_its_request_ends() {
         let mut s = Statements::default();
-        s.parsed(4, &fields(b"u", b"select * from t"), 1, 7);
+        s.parsed(4, &fields(b"u", b"select * from t"), 1, 7, 5);
         let stale = s.take_stale(b"u", 2, 4).unwrap();
         assert!(stale.unseen, "parsed in this request, never described");
         assert!(!s.take_stale(b"u", 2, 5).unwrap().unseen, "a later request");
-        s.parsed(6, &fields(b"d", b"select * from t"), 1, 7);
+        s.parsed(6, &fields(b"d", b"select * from t"), 1, 7, 5);
         s.described(6);
         assert!(!s.take_stale(b"d", 2, 6).unwrap().unseen, "described");
     }
@@ -372,7 +438,7 @@ mod tests {
     #[test]
     fn a_failed_parse_leaves_no_entry() {
         let mut s = Statements::default();
-        s.parsed(3, &fields(b"bad", b"selec 1"), 1, 0);
+        s.parsed(3, &fields(b"bad", b"selec 1"), 1, 0, 5);
         s.on_ready(3); // an error skipped everything up to Sync
         assert!(!s.swallowing());
         assert!(s.take_stale(b"bad", 9, 99).is_none());
@@ -381,16 +447,16 @@ mod tests {
     #[test]
     fn a_failed_re_prepare_leaves_the_statement_stale() {
         let mut s = Statements::default();
-        s.parsed(1, &fields(b"s", b"select a from t"), 1, 0);
+        s.parsed(1, &fields(b"s", b"select a from t"), 1, 0, 5);
         assert!(!s.on_complete(1, b'1'));
         s.on_ready(1);
         assert!(s.take_stale(b"s", 2, 99).is_some());
-        s.expect_injected(2, Some(b"s"));
+        s.expect_injected(2, b"s", Some(9));
         assert!(s.on_complete(2, b'3'), "the Close went through");
         s.on_ready(2); // the re-Parse failed: no ParseComplete came
         assert!(s.any_stale(2), "re-prepared again at its next use");
         assert!(s.take_stale(b"s", 2, 99).is_some());
-        s.expect_injected(3, Some(b"s"));
+        s.expect_injected(3, b"s", Some(9));
         assert!(s.on_complete(3, b'3'));
         assert!(s.on_complete(3, b'1'));
         s.on_ready(3);
