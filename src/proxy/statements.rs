@@ -4,15 +4,28 @@
 //!
 //! Re-preparing injects `Close` + `Parse` ahead of the client's `Bind` or
 //! `Describe`; the server's `CloseComplete` and `ParseComplete` for them are
-//! swallowed on the way back. A client `Parse` is confirmed by its
-//! `ParseComplete`; one that failed (its pipeline ended in an error first)
-//! leaves no entry behind, so pgshift never resurrects a statement the
-//! server refused. A re-prepared statement counts as current only once the
-//! injected Parse's `ParseComplete` comes back: one that fails (a column
-//! the new rules no longer serve, a refusal) leaves the entry stale — the
-//! statement name stays usable as Postgres keeps it, and every later use,
-//! even one the client sent before the failure came back, is re-prepared
-//! again and answered with that same error.
+//! swallowed on the way back. It happens only when the new rules rewrite
+//! the statement to other text than the server holds (a fingerprint of the
+//! SQL sent is kept per name): otherwise the statement is simply current,
+//! and Postgres revalidates its own plan against any change of the table
+//! itself, answering as it does direct.
+//!
+//! When the new text changes the statement's result columns (a `*` that
+//! spells out a migration's columns, or no longer does), the use fails once
+//! with Postgres' own `0A000 cached plan must not change result type`, so
+//! the driver prepares it again — unless the client cannot have seen its
+//! columns yet (parsed in the request still being sent, not described in
+//! it), when it is re-prepared silently.
+//!
+//! A client `Parse` is confirmed by its `ParseComplete`; one that failed
+//! (its pipeline ended in an error first) leaves no entry behind, so
+//! pgshift never resurrects a statement the server refused. A re-prepared
+//! statement counts as current only once the injected Parse's
+//! `ParseComplete` comes back: one that fails (a column the new rules no
+//! longer serve, a refusal) leaves the entry stale — the statement name
+//! stays usable as Postgres keeps it, and every later use, even one the
+//! client sent before the failure came back, is re-prepared again and
+//! answered with that same error.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -375,7 +388,10 @@ mod tests {
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
         let stale = s.take_stale(b"s1", 2, 3).unwrap();
-        assert_eq!((&stale.sql[..], &stale.param_types[..]), (&b"select 1"[..], &[0u8, 0][..]));
+        assert_eq!(
+            (&stale.sql[..], &stale.param_types[..]),
+            (&b"select 1"[..], &[0u8, 0][..])
+        );
         s.expect_injected(3, b"s1", Some(9));
         assert!(
             s.take_stale(b"s1", 2, 99).is_some(),
@@ -400,8 +416,14 @@ mod tests {
         assert!(s.on_complete(5, b'1'));
         assert!(!s.on_complete(5, b'3'));
         s.on_ready(5);
-        assert!(s.take_stale(b"p", 9, 99).is_some(), "a confirmed Parse stays");
-        assert!(s.take_stale(b"p", 9, 99).is_some(), "stale until re-prepared");
+        assert!(
+            s.take_stale(b"p", 9, 99).is_some(),
+            "a confirmed Parse stays"
+        );
+        assert!(
+            s.take_stale(b"p", 9, 99).is_some(),
+            "stale until re-prepared"
+        );
     }
 
     #[test]
