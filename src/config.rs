@@ -217,7 +217,8 @@ struct FileMigration {
     new_type: Option<String>,
     up: Option<String>,
     down: Option<String>,
-    /// Until the lifecycle driver runs migrations, the phase is configured.
+    /// An operator override of the stored phase (the physical columns must
+    /// then match it); a new migration starts `planned`.
     phase: Option<String>,
 }
 

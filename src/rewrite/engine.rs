@@ -464,7 +464,8 @@ mod tests {
             "select count(*) from pgbench_accounts",
             "select aid * 2 from pgbench_accounts",
             "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-            // Reads of the read source mean the same physically: not parsed.
+            // Reads of the read source mean the same physically: forwarded as
+            // they are (planned once per cache key, never changed).
             "select abalance from pgbench_accounts join pgbench_branches using (bid)",
             "select abalance from pgbench_accounts where aid in (select aid from x where abalance > 0)",
             // Another table's column of the same name is no write of the migrating one.
