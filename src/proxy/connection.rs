@@ -1,6 +1,7 @@
 //! One client connection from accept to close: the startup negotiation
 //! (SSLRequest / GSSENCRequest answered `N`, CancelRequest forwarded), the
-//! session limit, the upstream connection, then the relay.
+//! session limit, the upstream connection, the authentication exchange
+//! (relayed by [`auth`], nothing else decoded), then the relay.
 //!
 //! Everything a client can get wrong here ends in a FATAL `ErrorResponse`
 //! with a SQLSTATE and a sentence saying what pgshift refused.
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::rewrite::search_path;
 use crate::rewrite::{PassThrough, SessionContext, StatementRewriter};
 
+use super::auth::{self, AuthEnd};
 use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
 use super::{cancel, relay, stats, Shared};
 
@@ -130,6 +132,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         reject(&mut client, err).await;
         return;
     }
+    if !authenticate(&mut client, &mut server, limits.startup_timeout).await {
+        return;
+    }
     debug!(
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
@@ -201,6 +206,46 @@ pub(crate) async fn connect_upstream(config: &Config) -> Result<TcpStream, Strin
             timeout.as_millis()
         )),
     }
+}
+
+/// Relays the authentication exchange within `limit`; `false` when the
+/// session ends there (the client was told why where it is owed a word).
+async fn authenticate(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    limit: std::time::Duration,
+) -> bool {
+    let outcome = tokio::time::timeout(limit, auth::exchange(client, server)).await;
+    let err = match outcome {
+        Ok(Ok(())) => return true,
+        Ok(Err(AuthEnd::ClientProtocol(err))) => {
+            warn!("refused a client that broke the authentication exchange");
+            err
+        }
+        Ok(Err(AuthEnd::ServerProtocol(reason))) => {
+            warn!(%reason, "protocol violation from the upstream during authentication");
+            ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift received an invalid message from the upstream server during authentication: {reason}"),
+            )
+        }
+        Ok(Err(end)) => {
+            debug!(?end, "session ended during authentication");
+            return false;
+        }
+        Err(_) => {
+            info!(
+                timeout_ms = limit.as_millis() as u64,
+                "client did not complete authentication in time"
+            );
+            ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "pgshift closed the connection: authentication did not complete within startup_timeout_ms",
+            )
+        }
+    };
+    reject(client, err).await;
+    false
 }
 
 /// Sends a FATAL error and closes, without waiting on a slow client.

@@ -7,6 +7,7 @@
 //! The proxy calls the rewrite seam ([`crate::rewrite`]) for every Query and
 //! Parse and knows nothing else about migrations.
 
+pub mod auth;
 pub mod cancel;
 pub mod connection;
 pub mod framing;

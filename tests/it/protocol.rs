@@ -496,3 +496,37 @@ async fn function_call_and_flush() {
         "Terminate closes the connection"
     );
 }
+
+/// Nothing but the authentication exchange is decoded before the server
+/// accepts the client: a Query sent instead of the SASL response (here a
+/// 160 KB statement, which the rewriter would have planned) is refused by
+/// pgshift unread, as Postgres refuses it, and the session ends.
+#[tokio::test]
+async fn a_statement_before_authentication_is_refused_unread() {
+    if !db().owns_cluster() {
+        eprintln!("skipped: needs the harness's own cluster (pg_hba.conf and roles)");
+        return;
+    }
+    let proxy = TestProxy::start().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(&startup_message(&[
+        ("user", SCRAM_USER.0),
+        ("database", "postgres"),
+    ]))
+    .await;
+    let ask = conn.read().await.expect("the server's SASL request");
+    assert_eq!((ask.tag, &ask.body[..4]), (b'R', &10u32.to_be_bytes()[..]));
+    let long = format!(
+        "select 1 from pgbench_accounts where {}",
+        vec!["aid = 1"; 20_000].join(" or ")
+    );
+    conn.send(&query(&long)).await;
+    let reply = conn.until_closed().await;
+    let fatal = reply.iter().find(|m| m.tag == b'E').expect("a FATAL");
+    assert_eq!(fatal.field(b'C').as_deref(), Some("08P01"));
+    let text = fatal.field(b'M').unwrap_or_default();
+    assert!(
+        text.starts_with("expected password response") && text.contains("pgshift"),
+        "{text}"
+    );
+}

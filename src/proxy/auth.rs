@@ -1,0 +1,233 @@
+//! The authentication exchange, relayed before the session's relay starts:
+//! nothing a client sends is decoded as SQL until the server has said
+//! `AuthenticationOk`.
+//!
+//! The server's messages are read one frame at a time (never past
+//! `AuthenticationOk`, so what follows it — ParameterStatus, BackendKeyData,
+//! ReadyForQuery — reaches the relay whole) and passed on. Only when the
+//! server asks for a response (a password, a SASL or GSS step) is one
+//! client message read: it must be a `PasswordMessage`-family message of at
+//! most Postgres' own limit on an authentication token, or a Terminate;
+//! anything else ends the session with Postgres' own answer to it (`08P01`
+//! `expected password response`), without being looked at further. Client
+//! bytes sent ahead of `AuthenticationOk` (a pipelining client on trust
+//! authentication) stay unread in the socket for the relay.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::framing::HEADER_LEN;
+use super::wire::{sqlstate, ErrorResponse};
+
+/// Postgres' `PG_MAX_AUTH_TOKEN_LENGTH`: the largest authentication
+/// message body it reads.
+pub const MAX_AUTH_MESSAGE: usize = 65_535;
+/// The largest server message accepted before `AuthenticationOk`.
+const MAX_SERVER_MESSAGE: usize = 1 << 20;
+
+/// How the exchange ended other than with `AuthenticationOk`.
+#[derive(Debug)]
+pub enum AuthEnd {
+    /// The server refused (its ErrorResponse was passed on) or closed.
+    ServerClosed,
+    /// The client hung up or gave up (Terminate).
+    ClientClosed,
+    /// The client broke the protocol: this error is for it.
+    ClientProtocol(ErrorResponse),
+    /// The server broke the protocol.
+    ServerProtocol(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for AuthEnd {
+    fn from(e: std::io::Error) -> Self {
+        AuthEnd::Io(e)
+    }
+}
+
+/// Relays the exchange until the server says `AuthenticationOk`.
+pub async fn exchange<C, S>(client: &mut C, server: &mut S) -> Result<(), AuthEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let frame = match read_frame(server, MAX_SERVER_MESSAGE).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(AuthEnd::ServerClosed),
+            Err(FrameTooLong(len)) => {
+                return Err(AuthEnd::ServerProtocol(format!(
+                    "a {len}-byte message before authentication completed"
+                )))
+            }
+        };
+        client.write_all(&frame).await?;
+        match frame[0] {
+            b'R' => match auth_code(&frame) {
+                Some(0) => return Ok(()),
+                Some(code) if needs_response(code) => respond(client, server).await?,
+                Some(_) => {}
+                None => {
+                    return Err(AuthEnd::ServerProtocol(
+                        "a short Authentication message".into(),
+                    ))
+                }
+            },
+            b'E' => return Err(AuthEnd::ServerClosed),
+            // NegotiateProtocolVersion, notices.
+            _ => {}
+        }
+    }
+}
+
+/// Reads the client's one response and passes it on. Its tag is checked
+/// before its body is read.
+async fn respond<C, S>(client: &mut C, server: &mut S) -> Result<(), AuthEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
+{
+    let mut head = [0u8; HEADER_LEN];
+    if client.read_exact(&mut head).await.is_err() {
+        return Err(AuthEnd::ClientClosed);
+    }
+    match head[0] {
+        b'p' => {}
+        b'X' => return Err(AuthEnd::ClientClosed),
+        tag => {
+            return Err(AuthEnd::ClientProtocol(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "expected password response, got message type {tag}: pgshift relays nothing but the authentication exchange until the server has accepted the client; send the password (or SASL) message the server asked for"
+                ),
+            )))
+        }
+    }
+    let frame = match read_body(client, head, MAX_AUTH_MESSAGE).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(AuthEnd::ClientClosed),
+        Err(FrameTooLong(len)) => {
+            return Err(AuthEnd::ClientProtocol(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid message length: a {len}-byte authentication message (pgshift accepts at most {MAX_AUTH_MESSAGE} bytes, as Postgres does)"),
+            )))
+        }
+    };
+    Ok(server.write_all(&frame).await?)
+}
+
+/// The code of an Authentication message.
+fn auth_code(frame: &[u8]) -> Option<u32> {
+    let bytes = frame.get(HEADER_LEN..HEADER_LEN + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Authentication requests the client must answer: cleartext (3), MD5 (5),
+/// GSS (7), GSS continue (8), SSPI (9), SASL (10), SASL continue (11).
+fn needs_response(code: u32) -> bool {
+    matches!(code, 3 | 5 | 7 | 8 | 9 | 10 | 11)
+}
+
+/// A frame's declared length is over the limit.
+struct FrameTooLong(usize);
+
+/// Reads exactly one frame (tag, length, body); `None` at end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(
+    src: &mut R,
+    limit: usize,
+) -> Result<Option<BytesMut>, FrameTooLong> {
+    let mut head = [0u8; HEADER_LEN];
+    if src.read_exact(&mut head).await.is_err() {
+        return Ok(None);
+    }
+    read_body(src, head, limit).await
+}
+
+/// Reads the body of the frame whose header is `head`.
+async fn read_body<R: AsyncRead + Unpin>(
+    src: &mut R,
+    head: [u8; HEADER_LEN],
+    limit: usize,
+) -> Result<Option<BytesMut>, FrameTooLong> {
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len < 4 || len - 4 > limit {
+        return Err(FrameTooLong(len));
+    }
+    let mut frame = BytesMut::with_capacity(1 + len);
+    frame.extend_from_slice(&head);
+    frame.resize(1 + len, 0);
+    if src.read_exact(&mut frame[HEADER_LEN..]).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    async fn run(server_says: Vec<u8>, client_says: Vec<u8>) -> (Result<(), AuthEnd>, Vec<u8>) {
+        let (mut client, mut client_peer) = tokio::io::duplex(1 << 20);
+        let (mut server, mut server_peer) = tokio::io::duplex(1 << 20);
+        client_peer.write_all(&client_says).await.unwrap();
+        server_peer.write_all(&server_says).await.unwrap();
+        let result = exchange(&mut client, &mut server).await;
+        drop((client, server_peer));
+        let mut to_client = Vec::new();
+        client_peer.read_to_end(&mut to_client).await.unwrap();
+        (result, to_client)
+    }
+
+    #[tokio::test]
+    async fn a_query_instead_of_a_password_is_refused_unread() {
+        let ask = frame(b'R', &10u32.to_be_bytes());
+        let query = frame(b'Q', &[b'x'; 200_000]);
+        let (result, seen) = run(ask.clone(), query).await;
+        assert_eq!(seen, ask, "the client saw the SASL request");
+        match result {
+            Err(AuthEnd::ClientProtocol(e)) => {
+                let text = String::from_utf8_lossy(&e.encode()).into_owned();
+                assert!(text.contains("08P01"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_exchange_ends_at_authentication_ok_and_reads_no_further() {
+        // MD5 with its salt, then Ok, then what the relay must see.
+        let says = {
+            let mut s = frame(b'R', &[0, 0, 0, 5, 1, 2, 3, 4]);
+            s.extend(frame(b'R', &0u32.to_be_bytes()));
+            s.extend(frame(b'Z', b"I"));
+            s
+        };
+        let password = frame(b'p', b"md5abc\0");
+        let (result, seen) = run(says.clone(), password).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            seen,
+            says[..says.len() - 6],
+            "ReadyForQuery is left for the relay"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_authentication_message_is_refused() {
+        let ask = frame(b'R', &3u32.to_be_bytes());
+        let mut huge = vec![b'p'];
+        huge.extend_from_slice(&(64u32 << 20).to_be_bytes());
+        let (result, _) = run(ask, huge).await;
+        assert!(
+            matches!(result, Err(AuthEnd::ClientProtocol(_))),
+            "{result:?}"
+        );
+    }
+}
