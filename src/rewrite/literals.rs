@@ -166,6 +166,45 @@ pub fn with_sentinels(sql: &str, literals: &[(usize, usize, Kind)]) -> Option<St
     Some(out)
 }
 
+/// Where `text` holds the sentinels of `literals`, in order: (start, end,
+/// literal).
+fn sentinels_in(text: &str, literals: &[(usize, usize, Kind)]) -> Vec<(usize, usize, usize)> {
+    const NUMBER: &[u8] = b"7316298450";
+    const STRING: &[u8] = b"'pgshift-literal-";
+    let bytes = text.as_bytes();
+    let mut marks = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let (kind, prefix) = if rest.starts_with(NUMBER) {
+            (Kind::Number, NUMBER.len())
+        } else if rest.starts_with(STRING) {
+            (Kind::String, STRING.len())
+        } else {
+            i += 1;
+            continue;
+        };
+        let digits = rest[prefix..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let mut end = i + prefix + digits;
+        let closed = kind == Kind::Number || bytes.get(end) == Some(&b'\'');
+        if kind == Kind::String {
+            end += 1;
+        }
+        let k = text[i + prefix..i + prefix + digits].parse::<usize>().ok();
+        match k {
+            Some(k) if closed && literals.get(k).is_some_and(|l| l.2 == kind) => {
+                marks.push((i, end, k));
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    marks
+}
+
 /// A planned text with holes where the client's literals go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -183,14 +222,9 @@ impl Template {
     /// Cuts `planned` (planned from the sentinel text of a statement with
     /// `literals`) at its sentinels.
     pub fn new(planned: &str, literals: &[(usize, usize, Kind)]) -> Template {
-        let mut marks: Vec<(usize, usize, usize)> = Vec::new(); // (start, end, literal)
-        for (k, &(_, _, kind)) in literals.iter().enumerate() {
-            let s = sentinel(k, kind);
-            for (at, _) in planned.match_indices(&s) {
-                marks.push((at, at + s.len(), k));
-            }
-        }
-        marks.sort();
+        // One pass over the text (a search per literal was quadratic in a
+        // statement's length: `… or aid = 1` ×8,000 took 0.8 s).
+        let marks = sentinels_in(planned, literals);
         let mut pieces = Vec::new();
         let mut at = 0;
         let mut fixed_len = 0;

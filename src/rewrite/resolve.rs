@@ -1262,9 +1262,8 @@ impl Walker<'_, '_> {
                 SelectItem::UnnamedExpr(e) => row.push(value((start, end), e)),
                 SelectItem::ExprWithAlias { expr, alias } => {
                     let alias_at = self.offset(alias.span.start)?;
-                    let before = self
-                        .cx
-                        .tokens
+                    let tokens = self.cx.tokens;
+                    let before = tokens[..tokens.partition_point(|t| t.start < alias_at)]
                         .iter()
                         .rev()
                         .find(|t| t.end <= alias_at && !is_word(&t.token, "as"))?;
@@ -1472,10 +1471,7 @@ impl Walker<'_, '_> {
     /// The index of the token starting at byte `start` (tokens are in
     /// order: a binary search).
     fn token_at(&self, start: usize) -> Option<usize> {
-        self.cx
-            .tokens
-            .binary_search_by_key(&start, |t| t.start)
-            .ok()
+        super::text::token_index(self.cx.tokens, start)
     }
 
     /// Where a projection item that holds the reference `idents` (within
@@ -1486,12 +1482,7 @@ impl Walker<'_, '_> {
         match e {
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => self.token_end(last),
             _ => {
-                let at = self
-                    .cx
-                    .tokens
-                    .iter()
-                    .position(|t| t.start == last)
-                    .unwrap_or(0);
+                let at = self.token_at(last).unwrap_or(0);
                 super::text::item_end(self.cx.tokens, at)
             }
         }

@@ -131,12 +131,16 @@ pub fn split_statements(tokens: &[Tok]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// The index of the token starting at byte `start` (tokens are in order:
+/// a binary search, so a walk over many items stays linear).
+pub fn token_index(tokens: &[Tok], start: usize) -> Option<usize> {
+    tokens.binary_search_by_key(&start, |t| t.start).ok()
+}
+
 /// Byte ranges of the comma-separated items of the parenthesized list
 /// whose `(` is at byte `open`.
 pub fn list_items(tokens: &[Tok], open: usize) -> Option<Vec<(usize, usize)>> {
-    let first = tokens
-        .iter()
-        .position(|t| t.start == open && t.token == Token::LParen)?;
+    let first = token_index(tokens, open).filter(|&i| tokens[i].token == Token::LParen)?;
     let mut items = Vec::new();
     let mut depth = 0usize;
     let mut item: Option<(usize, usize)> = None;
@@ -162,7 +166,7 @@ pub fn list_items(tokens: &[Tok], open: usize) -> Option<Vec<(usize, usize)>> {
 /// Byte ranges of the items of the select list of the SELECT at byte
 /// `select` (aliases included), up to the clause that follows it.
 pub fn select_items(tokens: &[Tok], select: usize) -> Option<Vec<(usize, usize)>> {
-    let mut i = tokens.iter().position(|t| t.start == select)? + 1;
+    let mut i = token_index(tokens, select)? + 1;
     if tokens
         .get(i)
         .is_some_and(|t| is_keyword(&t.token, Keyword::ALL))
