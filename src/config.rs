@@ -40,8 +40,11 @@ pub struct Config {
     pub phase_overrides: Vec<String>,
     /// Where the admin HTTP port listens (`None`: no admin port).
     pub admin: Option<SocketAddr>,
-    /// Bearer token the admin port requires (mandatory off loopback).
+    /// Bearer token the admin port requires (mandatory off loopback): it
+    /// may act.
     pub admin_token: Option<String>,
+    /// A second token that may only read (GET).
+    pub admin_read_token: Option<String>,
 }
 
 /// The database the migrations are in, and the role pgshift connects as to
@@ -150,6 +153,7 @@ impl Default for Config {
             phase_overrides: Vec::new(),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
             admin_token: None,
+            admin_read_token: None,
         }
     }
 }
@@ -193,6 +197,9 @@ struct FileConfig {
     control: FileControl,
     admin: Option<String>,
     admin_token: Option<String>,
+    admin_token_file: Option<String>,
+    admin_read_token: Option<String>,
+    admin_read_token_file: Option<String>,
     #[serde(default)]
     migrations: Vec<FileMigration>,
 }
@@ -251,6 +258,44 @@ pub struct Overrides {
     pub control_password: Option<String>,
     pub admin: Option<String>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<String>,
+    pub admin_read_token: Option<String>,
+    pub admin_read_token_file: Option<String>,
+}
+
+/// A token given as itself or as a file holding it (its trailing newline
+/// dropped); never both, never empty.
+fn token(
+    key: &'static str,
+    value: Option<String>,
+    file: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let invalid = |value: &str, reason: &str| ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let token = match (value, file) {
+        (Some(_), Some(path)) => {
+            return Err(invalid(
+                &path,
+                "give the token or a file holding it, not both",
+            ))
+        }
+        (Some(value), None) => value,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| invalid(&path, &format!("cannot read the token file: {e}")))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    if token.trim().is_empty() {
+        return Err(invalid(
+            "",
+            "the token is empty: an empty token would let requests without one in; set a long random one, or leave it unset (loopback only)",
+        ));
+    }
+    Ok(Some(token))
 }
 
 impl Config {
@@ -373,7 +418,25 @@ impl Config {
                     })?,
             ),
         };
-        let admin_token = o.admin_token.clone().or(file.admin_token);
+        let admin_token = token(
+            "admin_token",
+            o.admin_token.clone().or(file.admin_token),
+            o.admin_token_file.clone().or(file.admin_token_file),
+        )?;
+        let admin_read_token = token(
+            "admin_read_token",
+            o.admin_read_token.clone().or(file.admin_read_token),
+            o.admin_read_token_file
+                .clone()
+                .or(file.admin_read_token_file),
+        )?;
+        if admin_read_token.is_some() && admin_token.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "admin_read_token",
+                value: String::new(),
+                reason: "a read-only token needs an operator token (admin_token) too: without one, every request may act".into(),
+            });
+        }
         if let Some(addr) = admin {
             if !addr.ip().is_loopback() && admin_token.is_none() {
                 return Err(ConfigError::Invalid {
@@ -411,6 +474,7 @@ impl Config {
             phase_overrides,
             admin,
             admin_token,
+            admin_read_token,
             control,
             listen,
             upstream,
@@ -517,6 +581,41 @@ mod tests {
         assert_eq!(c.upstream.to_string(), "[::1]:5999");
         assert_eq!(c.limits.max_client_connections, 20);
         assert_eq!(c.limits.idle_timeout, None);
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused_and_tokens_come_from_files() {
+        for empty in ["", "  "] {
+            let o = Overrides {
+                admin: Some("0.0.0.0:9432".into()),
+                admin_token: Some(empty.into()),
+                ..Overrides::default()
+            };
+            let err = Config::load(None, &o).unwrap_err().to_string();
+            assert!(
+                err.contains("admin_token") && err.contains("empty"),
+                "{err}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("pgshift-token-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret-from-a-file\n").unwrap();
+        let o = Overrides {
+            admin_token_file: Some(dir.display().to_string()),
+            admin_read_token: Some("reader".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &o).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret-from-a-file"));
+        assert_eq!(c.admin_read_token.as_deref(), Some("reader"));
+        let o = Overrides {
+            admin_read_token: Some("reader".into()),
+            ..Overrides::default()
+        };
+        assert!(
+            Config::load(None, &o).is_err(),
+            "a read token alone would leave acting open"
+        );
+        let _ = std::fs::remove_file(dir);
     }
 
     #[test]

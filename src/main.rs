@@ -145,9 +145,19 @@ struct ServeArgs {
     /// Admin HTTP port, IP:PORT or "off" [default: 127.0.0.1:9432].
     #[arg(long, env = "PGSHIFT_ADMIN")]
     admin: Option<String>,
-    /// Bearer token the admin port requires (required off loopback).
+    /// Bearer token the admin port requires (required off loopback); prefer
+    /// the environment variable or --admin-token-file (a flag shows in ps).
     #[arg(long, env = "PGSHIFT_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, env = "PGSHIFT_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
+    /// A second token that may only read the admin port (GET).
+    #[arg(long, env = "PGSHIFT_ADMIN_READ_TOKEN", hide_env_values = true)]
+    admin_read_token: Option<String>,
+    /// A file holding the read-only token.
+    #[arg(long, env = "PGSHIFT_ADMIN_READ_TOKEN_FILE")]
+    admin_read_token_file: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -263,7 +273,10 @@ async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock
                 tokio::spawn(admin::serve_when_ready(
                     listener,
                     Arc::clone(&slot),
-                    config.admin_token.clone(),
+                    admin::Tokens::new(
+                        config.admin_token.as_deref(),
+                        config.admin_read_token.as_deref(),
+                    ),
                 ));
             }
             Err(e) => {
@@ -335,6 +348,9 @@ fn main() -> Result<()> {
                 control_password: args.control_password,
                 admin: args.admin,
                 admin_token: args.admin_token,
+                admin_token_file: args.admin_token_file,
+                admin_read_token: args.admin_read_token,
+                admin_read_token_file: args.admin_read_token_file,
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             telemetry::init(&config.log_level);

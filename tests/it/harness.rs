@@ -512,6 +512,15 @@ pub async fn driven_all(
     specs: Vec<pgshift::rewrite::migration::MigrationSpec>,
     dbname: &str,
 ) -> Driven {
+    driven_with_tokens(specs, dbname, Default::default()).await
+}
+
+/// [`driven_all`] with an admin port that needs these tokens.
+pub async fn driven_with_tokens(
+    specs: Vec<pgshift::rewrite::migration::MigrationSpec>,
+    dbname: &str,
+    tokens: pgshift::admin::Tokens,
+) -> Driven {
     use pgshift::rewrite::migration::Phase;
     use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
     let mut config = control_config_for(dbname);
@@ -530,7 +539,7 @@ pub async fn driven_all(
         .await
         .unwrap();
     let admin = listener.local_addr().unwrap().to_string();
-    let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, None));
+    let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, tokens));
     let control = config.control.clone();
     let rewriter = pgshift::rewrite::engine::MigrationRewriter::new(rules);
     let proxy = TestProxy::with_rewriter(Arc::new(rewriter), move |c| c.control = control).await;

@@ -1,0 +1,201 @@
+//! The admin port's endpoints, each a short handler over the lifecycle:
+//! bodies are read with a time and size limit, checked against their type
+//! ([`super::api`]), then handed to the lifecycle as JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::Value;
+
+use super::guard::{self, refuse};
+use super::{api, AdminState};
+use crate::lifecycle::{ActionError, Lifecycle};
+
+/// The status page, compiled in.
+const PAGE: &str = include_str!("page.html");
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Time allowed to send a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every endpoint, behind the guard.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/migrations", post(add))
+        .route("/migrations/{id}", get(status_of))
+        .route("/migrations/{id}/{action}", post(act))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::check,
+        ))
+        .with_state(state)
+}
+
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    match lifecycle(&state) {
+        Some(l) => json(StatusCode::OK, l.status()),
+        None => not_started(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    match lifecycle(&state) {
+        Some(l) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            l.metrics(),
+        )
+            .into_response(),
+        None => not_started(),
+    }
+}
+
+async fn status_of(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    match lifecycle(&state) {
+        Some(l) => answer(l.status_of(&id), StatusCode::OK),
+        None => not_started(),
+    }
+}
+
+async fn add(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    let body = match read_json(request).await {
+        Ok(Value::Null) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "a migration needs a JSON body with \"id\", \"table\", \"from\" and \"to\"".into(),
+            )
+        }
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    if let Err(e) = serde_json::from_value::<api::NewMigration>(body.clone()) {
+        return refuse(StatusCode::BAD_REQUEST, format!("migration: {e}"));
+    }
+    match lifecycle(&state) {
+        Some(l) => answer(l.add(&body).await, StatusCode::CREATED),
+        None => not_started(),
+    }
+}
+
+async fn act(
+    State(state): State<Arc<AdminState>>,
+    Path((id, action)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    if !api::ACTIONS.contains(&action.as_str()) {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such action {action:?}; the actions are {}",
+                api::ACTIONS.join(", ")
+            ),
+        );
+    }
+    let body = match read_json(request).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    if let Err(e) = api::check_action_body(&action, &body) {
+        return refuse(StatusCode::BAD_REQUEST, e);
+    }
+    let accepted = match action.as_str() {
+        "backfill" | "resume" => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    match lifecycle(&state) {
+        Some(l) => answer(l.act(&id, &action, &body).await, accepted),
+        None => not_started(),
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    let status = if path == "/status" || path.starts_with("/migrations") {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    refuse(
+        status,
+        format!("no such endpoint: {} {path}", request.method()),
+    )
+}
+
+/// The lifecycle, once it has started.
+fn lifecycle(state: &AdminState) -> Option<&Arc<Lifecycle>> {
+    state.lifecycle.get()
+}
+
+/// 503 while the lifecycle has not started.
+fn not_started() -> Response {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the migration lifecycle has not started yet: pgshift is waiting for its control connection to the upstream (see its log); retry in a few seconds".into(),
+    )
+}
+
+/// The body as JSON (`Null` when empty), read within the limits.
+async fn read_json(request: Request) -> Result<Value, Response> {
+    let read = tokio::time::timeout(BODY_TIMEOUT, to_bytes(request.into_body(), MAX_BODY));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes, or was cut short"),
+            ))
+        }
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time".into(),
+            ))
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn json(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body.to_string()),
+    )
+        .into_response()
+}
+
+fn answer(result: Result<Value, ActionError>, ok: StatusCode) -> Response {
+    match result {
+        Ok(v) => json(ok, v),
+        Err(e) => {
+            let status = match e {
+                ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+                ActionError::Conflict(_) => StatusCode::CONFLICT,
+                ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            refuse(status, e.to_string())
+        }
+    }
+}
