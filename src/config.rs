@@ -677,7 +677,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("orders_amount_decimal") && err.contains("does not reference"),
+            err.contains("orders_amount_decimal") && err.contains("may read only the column"),
             "{err}"
         );
         let twice = format!("{toml}\n[[migrations]]\nid = \"again\"\ntable = \"users\"\nfrom = \"full_name\"\nto = \"display_name\"\n");

@@ -407,23 +407,7 @@ fn outer_cast_type(text: &str) -> Option<String> {
 }
 
 fn check_expression(text: &str, column: &str) -> Result<(), String> {
-    let dialect = PostgreSqlDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| e.to_string())?;
-    parser.parse_expr().map_err(|e| e.to_string())?;
-    if parser.peek_token().token != Token::EOF {
-        return Err("unexpected text after the expression".into());
-    }
-    let names_column = tokens(text)?.iter().any(|t| match t {
-        Token::Word(w) if w.quote_style.is_some() => w.value == column,
-        Token::Word(w) => w.value.to_lowercase() == column,
-        _ => false,
-    });
-    if !names_column {
-        return Err(format!("does not reference column {column:?}"));
-    }
-    Ok(())
+    super::conversion::check(text, column)
 }
 
 #[cfg(test)]
@@ -470,7 +454,8 @@ mod tests {
                 .unwrap_err()
                 .reason
         };
-        assert!(err("x + 1", "b").contains("does not reference column \"a\""));
+        assert!(err("x + 1", "b").contains("may read only the column \"a\""));
+        assert!(err("1 + 1", "b").contains("does not reference column \"a\""));
         assert!(err("a +", "b").starts_with("up"));
         assert!(err("a", "b b").starts_with("down"));
         let e = MigrationSpec::new("m", "t", "a", "b", Some("bigint"), None, None).unwrap_err();

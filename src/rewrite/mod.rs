@@ -16,6 +16,7 @@ use std::sync::Arc;
 use search_path::SearchPath;
 
 pub mod catalog;
+pub mod conversion;
 pub mod edits;
 pub mod engine;
 pub mod literals;

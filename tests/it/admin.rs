@@ -266,3 +266,38 @@ async fn tokens_give_roles_and_never_come_from_the_url() {
     assert_eq!(code, 200);
     assert!(page.contains("<h1>pgshift</h1>"));
 }
+
+/// `up` and `down` run as the control role: anything but one expression
+/// over the column (the attack that read /etc/passwd at backfill) is
+/// refused when the migration is registered, naming what it tried.
+#[tokio::test]
+async fn a_conversion_that_reaches_beyond_its_column_is_refused() {
+    let (dbname, direct) = db().fresh_database("adminconv").await;
+    direct
+        .batch_execute("create table t (id int primary key, amount int not null, other int)")
+        .await
+        .unwrap();
+    let d = driven_all(Vec::new(), &dbname).await;
+    let admin = d.admin.as_str();
+    for (up, says) in [
+        (
+            "(amount + 1000000*length(pg_read_file('/etc/passwd')))::bigint",
+            "pg_read_file",
+        ),
+        ("amount + (select count(*) from pg_authid)", "subquery"),
+        ("(amount + other)::bigint", "\"other\""),
+    ] {
+        let body = json!({"id": "m", "table": "public.t", "from": "amount", "to": "amount_big",
+                          "type": "bigint", "up": up, "down": "amount_big::integer"});
+        let (code, answer) =
+            pgshift::admin::request(admin, "POST", "/migrations", Some(&body), None)
+                .await
+                .unwrap();
+        assert_eq!(code, 400, "{up}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(says),
+            "{up}: {answer}"
+        );
+    }
+    assert!(migration_ids(admin).await.is_empty());
+}

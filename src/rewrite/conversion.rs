@@ -1,0 +1,345 @@
+//! The `up` and `down` expressions of a type change, checked to be what
+//! they claim: one expression over the migrating column and nothing else.
+//! They run as pgshift's control role (in the backfill, in every rewritten
+//! statement), so what they may do is an allow-list: the column, literals,
+//! casts, operators (no user-defined operator), CASE and the SQL
+//! expression forms, and calls of immutable built-in functions. Refused:
+//! other columns, subqueries, any other function (`pg_read_file`,
+//! `now()`, `random()`, anything schema-qualified), aggregates and window
+//! functions.
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Token;
+
+/// Immutable built-in functions `up` and `down` may call.
+const FUNCTIONS: &[&str] = &[
+    "abs",
+    "array_length",
+    "ascii",
+    "bit_length",
+    "btrim",
+    "cardinality",
+    "cbrt",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "chr",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "div",
+    "exp",
+    "floor",
+    "greatest",
+    "initcap",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "json_build_array",
+    "json_build_object",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "make_date",
+    "make_time",
+    "md5",
+    "mod",
+    "nullif",
+    "octet_length",
+    "pow",
+    "power",
+    "regexp_replace",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "rpad",
+    "rtrim",
+    "sign",
+    "split_part",
+    "sqrt",
+    "string_to_array",
+    "strpos",
+    "substr",
+    "substring",
+    "to_hex",
+    "to_json",
+    "to_jsonb",
+    "translate",
+    "trim",
+    "trunc",
+    "upper",
+];
+
+/// Checks `text` as a conversion over `column` (folded as Postgres folds
+/// it); `Err` says what is wrong.
+pub fn check(text: &str, column: &str) -> Result<(), String> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    let expr = parser.parse_expr().map_err(|e| e.to_string())?;
+    if parser.peek_token().token != Token::EOF {
+        return Err("unexpected text after the expression".into());
+    }
+    let mut named = false;
+    walk(&expr, column, &mut named, 0)?;
+    if !named {
+        return Err(format!("does not reference column {column:?}"));
+    }
+    Ok(())
+}
+
+/// How deep an expression may nest.
+const MAX_DEPTH: usize = 64;
+
+fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nests more than {MAX_DEPTH} deep"));
+    }
+    let sub = |e: &Expr, named: &mut bool| walk(e, column, named, depth + 1);
+    match expr {
+        Expr::Identifier(ident) => {
+            let name = match ident.quote_style {
+                Some(_) => ident.value.clone(),
+                None => ident.value.to_lowercase(),
+            };
+            if name != column {
+                return Err(format!(
+                    "reads {name:?}: a conversion may read only the column {column:?}"
+                ));
+            }
+            *named = true;
+            Ok(())
+        }
+        Expr::Value(_) | Expr::TypedString { .. } => Ok(()),
+        Expr::Nested(e) | Expr::UnaryOp { expr: e, .. } => sub(e, named),
+        Expr::Interval(interval) => sub(&interval.value, named),
+        Expr::Cast { expr, .. } => sub(expr, named),
+        Expr::BinaryOp { left, op, right } => {
+            use BinaryOperator as B;
+            let plain = matches!(
+                op,
+                B::Plus
+                    | B::Minus
+                    | B::Multiply
+                    | B::Divide
+                    | B::Modulo
+                    | B::StringConcat
+                    | B::Gt
+                    | B::Lt
+                    | B::GtEq
+                    | B::LtEq
+                    | B::Eq
+                    | B::NotEq
+                    | B::And
+                    | B::Or
+                    | B::BitwiseAnd
+                    | B::BitwiseOr
+                    | B::PGBitwiseXor
+                    | B::PGBitwiseShiftLeft
+                    | B::PGBitwiseShiftRight
+                    | B::PGExp
+            );
+            if !plain {
+                return Err(format!(
+                    "uses the operator {op}, which a conversion may not (arithmetic, comparison, logic, ||)"
+                ));
+            }
+            sub(left, named)?;
+            sub(right, named)
+        }
+        Expr::IsNull(e)
+        | Expr::IsNotNull(e)
+        | Expr::IsTrue(e)
+        | Expr::IsFalse(e)
+        | Expr::IsNotTrue(e)
+        | Expr::IsNotFalse(e)
+        | Expr::IsUnknown(e)
+        | Expr::IsNotUnknown(e)
+        | Expr::Ceil { expr: e, .. }
+        | Expr::Floor { expr: e, .. }
+        | Expr::Extract { expr: e, .. } => sub(e, named),
+        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+            sub(a, named)?;
+            sub(b, named)
+        }
+        Expr::AtTimeZone {
+            timestamp,
+            time_zone,
+        } => {
+            sub(timestamp, named)?;
+            sub(time_zone, named)
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            sub(expr, named)?;
+            sub(low, named)?;
+            sub(high, named)
+        }
+        Expr::InList { expr, list, .. } => {
+            sub(expr, named)?;
+            list.iter().try_for_each(|e| sub(e, named))
+        }
+        Expr::Like { expr, pattern, .. }
+        | Expr::ILike { expr, pattern, .. }
+        | Expr::SimilarTo { expr, pattern, .. } => {
+            sub(expr, named)?;
+            sub(pattern, named)
+        }
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => {
+            if let Some(o) = operand {
+                sub(o, named)?;
+            }
+            for when in conditions {
+                sub(&when.condition, named)?;
+                sub(&when.result, named)?;
+            }
+            else_result.as_deref().map_or(Ok(()), |e| sub(e, named))
+        }
+        Expr::Substring {
+            expr,
+            substring_from,
+            substring_for,
+            ..
+        } => {
+            sub(expr, named)?;
+            for e in [substring_from, substring_for].into_iter().flatten() {
+                sub(e, named)?;
+            }
+            Ok(())
+        }
+        Expr::Trim {
+            expr, trim_what, ..
+        } => {
+            sub(expr, named)?;
+            trim_what.as_deref().map_or(Ok(()), |e| sub(e, named))
+        }
+        Expr::Function(f) => function(f, column, named, depth),
+        Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+            Err("has a subquery, which a conversion may not".into())
+        }
+        other => Err(format!(
+            "uses {}, which pgshift does not accept in a conversion (the column, literals, casts, operators, CASE and immutable built-in functions)",
+            kind(other)
+        )),
+    }
+}
+
+fn function(f: &Function, column: &str, named: &mut bool, depth: usize) -> Result<(), String> {
+    let name = f.name.to_string().to_lowercase();
+    if f.name.0.len() != 1 || !FUNCTIONS.contains(&name.as_str()) {
+        return Err(format!(
+            "calls {name}(), which is not one of the immutable built-in functions a conversion may call ({})",
+            FUNCTIONS.join(", ")
+        ));
+    }
+    if f.over.is_some() || f.filter.is_some() || !f.within_group.is_empty() {
+        return Err(format!("calls {name}() as an aggregate or window function"));
+    }
+    let args = match &f.args {
+        FunctionArguments::None => return Ok(()),
+        FunctionArguments::List(list) if list.clauses.is_empty() => &list.args,
+        _ => {
+            return Err(format!(
+                "calls {name}() with arguments pgshift does not accept"
+            ))
+        }
+    };
+    for arg in args {
+        let expr = match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => e,
+            FunctionArg::Named {
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => e,
+            _ => {
+                return Err(format!(
+                    "calls {name}() with arguments pgshift does not accept"
+                ))
+            }
+        };
+        walk(expr, column, named, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// A short name for an expression's kind, for the refusal.
+fn kind(expr: &Expr) -> String {
+    let debug = format!("{expr:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("an expression")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_users_write_are_accepted() {
+        for ok in [
+            "amount::numeric / 100",
+            "(amount_decimal * 100)::integer",
+            "amount::bigint",
+            "round(amount::numeric / 100, 2)",
+            "CAST(amount AS numeric(12, 2))",
+            "coalesce(amount, 0)::text",
+            "case when amount > 0 then 'paid' else 'unpaid' end",
+            "amount AT TIME ZONE 'UTC'",
+            "lower(trim(amount))",
+            "amount IS NOT NULL",
+            "\"amount\" + interval '1 day'",
+        ] {
+            let column = if ok.contains("amount_decimal") {
+                "amount_decimal"
+            } else {
+                "amount"
+            };
+            assert_eq!(check(ok, column), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn anything_more_is_refused_with_its_reason() {
+        for (bad, says) in [
+            (
+                "(amount + 1000000*length(pg_read_file('/etc/passwd')))::bigint",
+                "pg_read_file",
+            ),
+            ("amount + (select count(*) from pg_authid)", "subquery"),
+            ("amount + other_column", "other_column"),
+            ("amount + t.amount", "CompoundIdentifier"),
+            ("amount + random()", "random"),
+            ("now() + amount * interval '1 s'", "now"),
+            ("pg_catalog.lower(amount)", "pg_catalog.lower"),
+            ("amount + max(amount) over ()", "max"),
+            ("amount ## 1", "operator"),
+            ("exists (select 1) and amount > 0", "subquery"),
+        ] {
+            let err = check(bad, "amount").expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(check("1 + 1", "amount")
+            .unwrap_err()
+            .contains("does not reference"));
+    }
+}
