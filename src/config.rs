@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::proxy::tls::{ClientTls, TlsFiles};
 use crate::rewrite::migration::{MigrationSpec, Phase};
 use crate::rewrite::rules::ActiveMigration;
 
@@ -45,6 +46,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// A second token that may only read (GET).
     pub admin_read_token: Option<String>,
+    /// The certificate and key pgshift presents to clients.
+    pub tls: Option<TlsFiles>,
+    /// What pgshift asks of clients: `allow` TLS by default with a
+    /// certificate, `disable` without one.
+    pub client_tls: ClientTls,
 }
 
 /// The database the migrations are in, and the role pgshift connects as to
@@ -154,6 +160,8 @@ impl Default for Config {
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 9432))),
             admin_token: None,
             admin_read_token: None,
+            tls: None,
+            client_tls: ClientTls::Disable,
         }
     }
 }
@@ -195,6 +203,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     control: FileControl,
+    #[serde(default)]
+    tls: FileTls,
     admin: Option<String>,
     admin_token: Option<String>,
     admin_token_file: Option<String>,
@@ -202,6 +212,14 @@ struct FileConfig {
     admin_read_token_file: Option<String>,
     #[serde(default)]
     migrations: Vec<FileMigration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_tls: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +279,9 @@ pub struct Overrides {
     pub admin_token_file: Option<String>,
     pub admin_read_token: Option<String>,
     pub admin_read_token_file: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_tls: Option<String>,
 }
 
 /// A token given as itself or as a file holding it (its trailing newline
@@ -296,6 +317,44 @@ fn token(
         ));
     }
     Ok(Some(token))
+}
+
+/// The client-side TLS settings: both files or neither; `client_tls`
+/// defaults to `allow` with a certificate and needs one unless `disable`.
+fn client_tls(o: &Overrides, file: FileTls) -> Result<(Option<TlsFiles>, ClientTls), ConfigError> {
+    let cert = o.tls_cert.clone().or(file.cert);
+    let key = o.tls_key.clone().or(file.key);
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        (Some(one), None) | (None, Some(one)) => {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                value: one,
+                reason: "TLS needs both a certificate (tls.cert, --tls-cert) and its key (tls.key, --tls-key)".into(),
+            })
+        }
+    };
+    let mode = match o.client_tls.clone().or(file.client_tls) {
+        None if files.is_some() => ClientTls::Allow,
+        None => ClientTls::Disable,
+        Some(text) => ClientTls::parse(&text).ok_or_else(|| ConfigError::Invalid {
+            key: "client_tls",
+            value: text.clone(),
+            reason: "expected disable, allow or require".into(),
+        })?,
+    };
+    if mode != ClientTls::Disable && files.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "client_tls",
+            value: format!("{mode:?}").to_lowercase(),
+            reason: "offering TLS needs a certificate and key (tls.cert and tls.key, --tls-cert and --tls-key)".into(),
+        });
+    }
+    Ok((files, mode))
 }
 
 impl Config {
@@ -447,6 +506,7 @@ impl Config {
                 });
             }
         }
+        let (tls, client_tls) = client_tls(o, file.tls)?;
         let default_control = Control::default();
         let fc = file.control;
         if !migrations.is_empty() && o.database.is_none() && fc.database.is_none() {
@@ -475,6 +535,8 @@ impl Config {
             admin,
             admin_token,
             admin_read_token,
+            tls,
+            client_tls,
             control,
             listen,
             upstream,

@@ -158,6 +158,15 @@ struct ServeArgs {
     /// A file holding the read-only token.
     #[arg(long, env = "PGSHIFT_ADMIN_READ_TOKEN_FILE")]
     admin_read_token_file: Option<String>,
+    /// PEM certificate chain pgshift presents to clients (TLS).
+    #[arg(long, env = "PGSHIFT_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "PGSHIFT_TLS_KEY")]
+    tls_key: Option<String>,
+    /// disable | allow | require [default: allow with a certificate].
+    #[arg(long, env = "PGSHIFT_CLIENT_TLS")]
+    client_tls: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +360,9 @@ fn main() -> Result<()> {
                 admin_token_file: args.admin_token_file,
                 admin_read_token: args.admin_read_token,
                 admin_read_token_file: args.admin_read_token_file,
+                tls_cert: args.tls_cert,
+                tls_key: args.tls_key,
+                client_tls: args.client_tls,
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             telemetry::init(&config.log_level);

@@ -45,8 +45,11 @@ impl From<std::io::Error> for AuthEnd {
     }
 }
 
-/// Relays the exchange until the server says `AuthenticationOk`.
-pub async fn exchange<C, S>(client: &mut C, server: &mut S) -> Result<(), AuthEnd>
+/// Relays the exchange until the server says `AuthenticationOk`. With
+/// `client_tls` (pgshift terminates the client's TLS), SCRAM-SHA-256-PLUS
+/// is taken off the mechanisms the client is offered: its channel binding
+/// would name pgshift's certificate, which the server cannot match.
+pub async fn exchange<C, S>(client: &mut C, server: &mut S, client_tls: bool) -> Result<(), AuthEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -60,6 +63,10 @@ where
                     "a {len}-byte message before authentication completed"
                 )))
             }
+        };
+        let frame = match (client_tls, frame[0], auth_code(&frame)) {
+            (true, b'R', Some(SASL)) => without_channel_binding(&frame),
+            _ => frame,
         };
         client.write_all(&frame).await?;
         match frame[0] {
@@ -114,6 +121,31 @@ where
         }
     };
     Ok(server.write_all(&frame).await?)
+}
+
+/// AuthenticationSASL: the server lists its SASL mechanisms.
+const SASL: u32 = 10;
+/// The mechanism with channel binding.
+const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// An AuthenticationSASL frame without SCRAM-SHA-256-PLUS.
+fn without_channel_binding(frame: &[u8]) -> BytesMut {
+    let list = frame.get(HEADER_LEN + 4..).unwrap_or_default();
+    let mut body = BytesMut::with_capacity(list.len() + 4);
+    body.extend_from_slice(&SASL.to_be_bytes());
+    for name in list
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && *n != SCRAM_PLUS)
+    {
+        body.extend_from_slice(name);
+        body.extend_from_slice(&[0]);
+    }
+    body.extend_from_slice(&[0]);
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(b"R");
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// The code of an Authentication message.
@@ -178,7 +210,7 @@ mod tests {
         let (mut server, mut server_peer) = tokio::io::duplex(1 << 20);
         client_peer.write_all(&client_says).await.unwrap();
         server_peer.write_all(&server_says).await.unwrap();
-        let result = exchange(&mut client, &mut server).await;
+        let result = exchange(&mut client, &mut server, false).await;
         drop((client, server_peer));
         let mut to_client = Vec::new();
         client_peer.read_to_end(&mut to_client).await.unwrap();
@@ -217,6 +249,13 @@ mod tests {
             says[..says.len() - 6],
             "ReadyForQuery is left for the relay"
         );
+    }
+
+    #[test]
+    fn channel_binding_is_taken_off_the_mechanisms() {
+        let offer = frame(b'R', b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let kept = without_channel_binding(&offer);
+        assert_eq!(&kept[..], &frame(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0")[..]);
     }
 
     #[tokio::test]

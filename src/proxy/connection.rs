@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -19,37 +18,24 @@ use crate::rewrite::search_path;
 use crate::rewrite::{PassThrough, SessionContext, StatementRewriter};
 
 use super::auth::{self, AuthEnd};
-use super::wire::{self, sqlstate, ErrorResponse, StartupError, StartupPacket};
+use super::negotiate::{negotiate, Negotiated, Refusal};
+use super::stream::Stream;
+use super::tls::ClientTls;
+use super::wire::{sqlstate, ErrorResponse, StartupPacket};
 use super::{cancel, relay, stats, Shared};
 
-/// How many SSLRequest/GSSENCRequest a client may send before its startup
-/// message (libpq sends at most one of each).
-const MAX_ENCRYPTION_REQUESTS: usize = 2;
-
 /// Serves one accepted client connection until it ends.
-pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mpsc::Sender<()>) {
+pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::Sender<()>) {
     let _ = client.set_nodelay(true);
     let limits = &shared.config.limits;
-    let startup = match tokio::time::timeout(limits.startup_timeout, negotiate(&mut client)).await {
-        Ok(Ok(Some(packet))) => packet,
-        Ok(Ok(None)) => {
+    let deadline = tokio::time::Instant::now() + limits.startup_timeout;
+    let (mut client, startup) = match negotiate(&shared.tls, client, deadline).await {
+        Negotiated::Packet(stream, packet) => (stream, packet),
+        Negotiated::Closed => {
             debug!("client closed the connection before its startup message");
             return;
         }
-        Ok(Err(NegotiationError::Io(e))) => {
-            debug!(error = %e, "client connection failed during startup");
-            return;
-        }
-        Ok(Err(NegotiationError::Protocol(e))) => {
-            warn!(error = %e, "refused a malformed startup packet");
-            let err = ErrorResponse::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("pgshift refused the connection: {e}"),
-            );
-            reject(&mut client, err).await;
-            return;
-        }
-        Err(_) => {
+        Negotiated::Refused(mut stream, Refusal::Timeout) => {
             info!(
                 timeout_ms = limits.startup_timeout.as_millis() as u64,
                 "client sent no startup message in time"
@@ -58,10 +44,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
                 sqlstate::PROTOCOL_VIOLATION,
                 "pgshift closed the connection: no startup message within startup_timeout_ms",
             );
-            reject(&mut client, err).await;
+            reject(&mut stream, err).await;
+            return;
+        }
+        Negotiated::Refused(mut stream, Refusal::Protocol(e)) => {
+            warn!(error = %e, "refused a malformed startup packet");
+            let err = ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift refused the connection: {e}"),
+            );
+            reject(&mut stream, err).await;
             return;
         }
     };
+    if shared.tls.mode() == ClientTls::Require
+        && !client.is_tls()
+        && matches!(startup, StartupPacket::Startup { .. })
+    {
+        info!("refused a client without TLS (client_tls = require)");
+        let err = ErrorResponse::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "pgshift requires TLS for client connections (client_tls = require): connect with sslmode=require or stronger",
+        );
+        reject(&mut client, err).await;
+        return;
+    }
 
     let (raw, params) = match startup {
         StartupPacket::CancelRequest(packet) => {
@@ -71,6 +78,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         StartupPacket::Startup { raw, params } => (raw, params),
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => return,
     };
+    let client_tls = client.is_tls();
     let span = tracing::Span::current();
     let database = params
         .database
@@ -132,7 +140,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         reject(&mut client, err).await;
         return;
     }
-    if !authenticate(&mut client, &mut server, limits.startup_timeout).await {
+    let mut server = Stream::Plain(server);
+    if !authenticate(&mut client, &mut server, limits.startup_timeout, client_tls).await {
         return;
     }
     debug!(
@@ -145,45 +154,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut client: TcpStream, _alive: mp
         search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
     );
     relay::run(&shared, rewriter, context, client, server).await;
-}
-
-#[derive(Debug, thiserror::Error)]
-enum NegotiationError {
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Protocol(#[from] StartupError),
-}
-
-/// Reads startup packets until a StartupMessage or CancelRequest arrives,
-/// answering encryption requests with `N`. `None`: the client hung up.
-async fn negotiate(client: &mut TcpStream) -> Result<Option<StartupPacket>, NegotiationError> {
-    let mut encryption_requests = 0;
-    loop {
-        let mut head = [0u8; 4];
-        match client.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        let len = wire::startup_packet_len(head)?;
-        let mut packet = BytesMut::with_capacity(len);
-        packet.extend_from_slice(&head);
-        packet.resize(len, 0);
-        client.read_exact(&mut packet[4..]).await?;
-        match wire::parse_startup_packet(packet.freeze())? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest
-                if encryption_requests < MAX_ENCRYPTION_REQUESTS =>
-            {
-                encryption_requests += 1;
-                client.write_all(wire::NO_ENCRYPTION).await?;
-            }
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(StartupError::Malformed("too many encryption requests").into())
-            }
-            other => return Ok(Some(other)),
-        }
-    }
 }
 
 /// Opens the TCP connection to the upstream within `connect_timeout`.
@@ -211,11 +181,12 @@ pub(crate) async fn connect_upstream(config: &Config) -> Result<TcpStream, Strin
 /// Relays the authentication exchange within `limit`; `false` when the
 /// session ends there (the client was told why where it is owed a word).
 async fn authenticate(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut Stream,
+    server: &mut Stream,
     limit: std::time::Duration,
+    client_tls: bool,
 ) -> bool {
-    let outcome = tokio::time::timeout(limit, auth::exchange(client, server)).await;
+    let outcome = tokio::time::timeout(limit, auth::exchange(client, server, client_tls)).await;
     let err = match outcome {
         Ok(Ok(())) => return true,
         Ok(Err(AuthEnd::ClientProtocol(err))) => {
@@ -249,7 +220,7 @@ async fn authenticate(
 }
 
 /// Sends a FATAL error and closes, without waiting on a slow client.
-async fn reject(client: &mut TcpStream, err: ErrorResponse) {
+async fn reject(client: &mut Stream, err: ErrorResponse) {
     let frame = err.encode();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         client.write_all(&frame).await?;

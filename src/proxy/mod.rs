@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cancel;
 pub mod connection;
 pub mod framing;
+pub mod negotiate;
 pub mod outqueue;
 pub mod refusal;
 pub mod relay;
@@ -20,6 +21,8 @@ pub mod sql_prepared;
 pub mod statement;
 pub mod statements;
 pub mod stats;
+pub mod stream;
+pub mod tls;
 pub mod wire;
 mod workers;
 
@@ -56,6 +59,8 @@ pub(crate) struct Shared {
     /// One permit per client session; its size is `max_client_connections`.
     pub sessions: Arc<Semaphore>,
     pub stage: watch::Receiver<Stage>,
+    /// The certificate offered to clients, and the policy.
+    pub tls: tls::ClientTlsState,
 }
 
 /// A bound, not yet running proxy.
@@ -71,9 +76,12 @@ impl Proxy {
         config: Config,
         rewriter: Arc<dyn StatementRewriter>,
     ) -> std::io::Result<Proxy> {
+        let tls = tls::ClientTlsState::load(config.tls.clone(), config.client_tls)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await?;
         let (stage_tx, stage) = watch::channel(Stage::Running);
         let shared = Arc::new(Shared {
+            tls,
             sessions: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             rewriter,
@@ -115,6 +123,7 @@ impl Proxy {
                 return;
             }
         };
+        tokio::spawn(reload_certificate_on_sighup(Arc::clone(&shared)));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -162,5 +171,25 @@ impl Proxy {
             let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         }
         info!("pgshift stopped");
+    }
+}
+
+/// Re-reads the client certificate on every SIGHUP: new sessions get the
+/// new one, open sessions keep theirs; a bad file changes nothing.
+async fn reload_certificate_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if shared.config.tls.is_none() {
+        return;
+    }
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match shared.tls.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificate re-read"),
+            Err(e) => {
+                error!(error = %e, "SIGHUP: cannot re-read the TLS certificate; the current one stays")
+            }
+        }
     }
 }

@@ -18,14 +18,16 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use std::future::Future;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use super::framing::{FrameError, FrameSplitter, HEADER_LEN};
 use super::outqueue::OutQueue;
 use super::session::{BackendVisitor, FrontendVisitor, SessionState};
+use super::stream::Stream;
 use super::wire::{sqlstate, ErrorResponse};
 use super::{Shared, Stage};
 use crate::rewrite::StatementRewriter;
@@ -79,18 +81,18 @@ impl Pump {
 
     /// Reads at least one byte (waiting), then whatever else is ready without
     /// waiting. Returns `Ok(true)` at end of stream.
-    async fn fill(&mut self, src: &mut ReadHalf<'_>) -> io::Result<bool> {
+    async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> io::Result<bool> {
         self.reserve();
         if src.read_buf(&mut self.inbuf).await? == 0 {
             return Ok(true);
         }
         while self.inbuf.len() < COALESCE_LIMIT {
             self.reserve();
-            match src.try_read_buf(&mut self.inbuf) {
-                Ok(0) => return Ok(true),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+            match poll_once(src.read_buf(&mut self.inbuf)).await {
+                Some(Ok(0)) => return Ok(true),
+                Some(Ok(_)) => {}
+                None => break,
+                Some(Err(e)) => return Err(e),
             }
         }
         Ok(false)
@@ -108,7 +110,7 @@ impl Pump {
     /// a vectored write when there are several. Cancel-safe: the queue only
     /// advances by what was written, so a session that ends mid-write still
     /// knows exactly what is left to send.
-    async fn flush(&mut self, dst: &mut WriteHalf<'_>) -> io::Result<()> {
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> io::Result<()> {
         while !self.out.is_empty() {
             let written = if self.out.chunk_count() == 1 {
                 dst.write(self.out.chunk()).await?
@@ -133,10 +135,23 @@ impl Pump {
     }
 }
 
+/// Polls `future` once: its output if it is ready now, `None` if it would
+/// wait (a read of what is already there, without waiting for more).
+async fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match future.as_mut().poll(cx) {
+            Poll::Ready(output) => Some(output),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// Client → server: rewrite seam for Query/Parse, request accounting.
 async fn client_to_server(
-    src: &mut ReadHalf<'_>,
-    dst: &mut WriteHalf<'_>,
+    src: &mut (impl AsyncRead + Unpin),
+    dst: &mut (impl AsyncWrite + Unpin),
     pump: &mut Pump,
     state: &SessionState,
     rewriter: &dyn StatementRewriter,
@@ -167,8 +182,8 @@ async fn client_to_server(
 
 /// Server → client: pass-through, with ReadyForQuery noted.
 async fn server_to_client(
-    src: &mut ReadHalf<'_>,
-    dst: &mut WriteHalf<'_>,
+    src: &mut (impl AsyncRead + Unpin),
+    dst: &mut (impl AsyncWrite + Unpin),
     pump: &mut Pump,
     state: &SessionState,
     rewriter: &dyn StatementRewriter,
@@ -214,21 +229,54 @@ async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
     }
 }
 
-/// Relays one authenticated-or-authenticating session until it ends.
+/// Relays one authenticated session until it ends. Plain TCP is split
+/// into owned halves (no lock); a TLS stream with `tokio::io::split`.
 pub(crate) async fn run(
     shared: &Shared,
     rewriter: &dyn StatementRewriter,
     context: crate::rewrite::SessionContext,
-    mut client: TcpStream,
-    mut server: TcpStream,
+    client: Stream,
+    server: Stream,
 ) {
+    match (client, server) {
+        (Stream::Plain(client), Stream::Plain(server)) => {
+            let (client_r, client_w) = client.into_split();
+            let (server_r, server_w) = server.into_split();
+            relay(
+                shared,
+                rewriter,
+                context,
+                (client_r, client_w),
+                (server_r, server_w),
+            )
+            .await
+        }
+        (client, server) => {
+            let client = tokio::io::split(client);
+            let server = tokio::io::split(server);
+            relay(shared, rewriter, context, client, server).await
+        }
+    }
+}
+
+/// The relay over the two connections' halves.
+async fn relay<CR, CW, SR, SW>(
+    shared: &Shared,
+    rewriter: &dyn StatementRewriter,
+    context: crate::rewrite::SessionContext,
+    (mut client_r, mut client_w): (CR, CW),
+    (mut server_r, mut server_w): (SR, SW),
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
     let limits = &shared.config.limits;
     let state = SessionState::new(limits.idle_timeout.is_some(), context);
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
     let mut stage = shared.stage.clone();
-    let (mut client_r, mut client_w) = client.split();
-    let (mut server_r, mut server_w) = server.split();
 
     let end = {
         let c2s = client_to_server(&mut client_r, &mut server_w, &mut up, &state, rewriter);
@@ -332,7 +380,8 @@ pub(crate) async fn run(
     };
     // The upstream goes first: a session cut off mid-transaction is rolled
     // back by Postgres when its connection closes.
-    drop(server);
+    drop((server_r, server_w));
+    drop(client_r);
     if let Some(err) = farewell {
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
             down.flush(&mut client_w).await?;

@@ -105,6 +105,7 @@ pub fn message_name(direction: Direction, tag: u8) -> &'static str {
 /// SQLSTATE codes pgshift answers with.
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const CANNOT_CONNECT: &str = "08001";
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";

@@ -13,4 +13,5 @@ mod oracle;
 mod protocol;
 mod refusal;
 mod rewriting;
+mod tls;
 mod tools;

@@ -1,0 +1,307 @@
+//! TLS between clients and pgshift, with real clients: psql with each
+//! `sslmode`, SCRAM with and without channel binding, a plaintext client
+//! against `client_tls = require`, PostgreSQL 17's direct TLS, and a
+//! certificate rotated by reloading.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use pgshift::proxy::tls::{ClientTls, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+use crate::tools::tool;
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost, written
+/// as PEM into a fresh folder.
+struct Pki {
+    dir: PathBuf,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = std::env::temp_dir().join(unique("pgshift-pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "pgshift test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        Pki {
+            ca_pem: ca_cert.pem(),
+            dir,
+        }
+    }
+
+    fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join("server.pem"),
+            key: self.dir.join("server.key"),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+async fn tls_proxy(pki: &Pki, mode: ClientTls) -> TestProxy {
+    let files = pki.files();
+    TestProxy::with(move |c| {
+        c.tls = Some(files);
+        c.client_tls = mode;
+    })
+    .await
+}
+
+/// psql with these connection settings: (success, stdout, stderr).
+async fn psql(
+    proxy: &TestProxy,
+    user: &str,
+    password: Option<&str>,
+    settings: &str,
+    sql: &str,
+) -> (bool, String, String) {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={user} dbname=postgres {settings}",
+        proxy.addr.port()
+    );
+    let sql = sql.to_string();
+    let password = password.map(str::to_string);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(tool("psql"));
+        cmd.args(["-X", "-A", "-t", "-d", &conninfo, "-c", &sql]);
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
+        cmd.env("PGCONNECT_TIMEOUT", "10").output().unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+const SSL_IN_USE: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_with_each_sslmode() {
+    let pki = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Allow).await;
+    let user = db().user.clone();
+    let password = db().password.clone();
+    let ca = pki.ca().display().to_string();
+    for settings in [
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-ca sslrootcert={ca}"),
+        format!("sslmode=verify-full sslrootcert={ca}"),
+        "sslmode=prefer".to_string(),
+        "sslmode=disable".to_string(),
+    ] {
+        let (ok, out, err) = psql(
+            &proxy,
+            &user,
+            password.as_deref(),
+            &settings,
+            "select 'through ' || current_user",
+        )
+        .await;
+        assert!(ok, "{settings}: {err}");
+        assert_eq!(out, format!("through {user}"), "{settings}");
+    }
+    // The client's TLS ends at pgshift (the upstream here is plain TCP).
+    let (ok, out, err) = psql(
+        &proxy,
+        &user,
+        password.as_deref(),
+        "sslmode=require",
+        SSL_IN_USE,
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "f", "the upstream leg is not encrypted in this test");
+    // A CA that did not sign pgshift's certificate is refused (libpq's
+    // OpenSSL words it as a certificate or an EVP failure).
+    let other = Pki::new();
+    let settings = format!("sslmode=verify-full sslrootcert={}", other.ca().display());
+    let (ok, _, err) = psql(&proxy, &user, password.as_deref(), &settings, "select 1").await;
+    assert!(!ok);
+    assert!(err.contains("SSL error"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_is_refused_when_tls_is_required() {
+    let pki = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Require).await;
+    let user = db().user.clone();
+    let password = db().password.clone();
+    let (ok, _, err) = psql(
+        &proxy,
+        &user,
+        password.as_deref(),
+        "sslmode=disable",
+        "select 1",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("pgshift requires TLS"), "{err}");
+    let (ok, out, err) = psql(
+        &proxy,
+        &user,
+        password.as_deref(),
+        "sslmode=require",
+        "select 1",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_over_terminated_tls_offers_no_channel_binding() {
+    if !db().owns_cluster() {
+        eprintln!("skipped: needs the harness's own cluster (pg_hba.conf and roles)");
+        return;
+    }
+    let pki = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Allow).await;
+    let (user, password) = SCRAM_USER;
+    let (ok, out, err) = psql(
+        &proxy,
+        user,
+        Some(password),
+        "sslmode=require channel_binding=prefer",
+        "select current_user",
+    )
+    .await;
+    assert!(ok, "channel_binding=prefer: {err}");
+    assert_eq!(out, user);
+    let (ok, _, err) = psql(
+        &proxy,
+        user,
+        Some(password),
+        "sslmode=require channel_binding=require",
+        "select 1",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("channel binding"), "a clear error: {err}");
+}
+
+/// PostgreSQL 17's direct TLS: a ClientHello first, ALPN `postgresql`.
+#[tokio::test]
+async fn direct_tls_is_accepted() {
+    let pki = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Require).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pki.ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(pgshift::proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the handshake");
+    let db = db();
+    tls.write_all(&startup_message(&[
+        ("user", &db.user),
+        ("database", &db.dbname),
+    ]))
+    .await
+    .unwrap();
+    let mut first = [0u8; 1];
+    tls.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[0], b'R', "the server's authentication, over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_by_sighup_serves_new_sessions() {
+    let first = Pki::new();
+    let second = Pki::new();
+    let files = first.files();
+    let proxy = tls_proxy(&first, ClientTls::Allow).await;
+    let user = db().user.clone();
+    let password = db().password.clone();
+    let trusting = |pki: &Pki| format!("sslmode=verify-full sslrootcert={}", pki.ca().display());
+    let (ok, _, err) = psql(
+        &proxy,
+        &user,
+        password.as_deref(),
+        &trusting(&first),
+        "select 1",
+    )
+    .await;
+    assert!(ok, "{err}");
+    // A bad file is refused on reload; the current certificate stays.
+    std::fs::write(&files.key, "not a key").unwrap();
+    sighup();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (ok, _, err) = psql(
+        &proxy,
+        &user,
+        password.as_deref(),
+        &trusting(&first),
+        "select 1",
+    )
+    .await;
+    assert!(ok, "{err}");
+    // The files are replaced and the proxy told: new sessions get the new one.
+    copy(&second.dir.join("server.pem"), &files.cert);
+    copy(&second.dir.join("server.key"), &files.key);
+    sighup();
+    let mut rotated = false;
+    for _ in 0..50 {
+        let (ok, _, _) = psql(
+            &proxy,
+            &user,
+            password.as_deref(),
+            &trusting(&second),
+            "select 1",
+        )
+        .await;
+        if ok {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the second certificate is served after SIGHUP");
+}
+
+/// SIGHUP to this process (pgshift's handler is installed: it does not
+/// end the process).
+fn sighup() {
+    // SAFETY: kill(2) on our own pid with a signal that has a handler.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGHUP);
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+}
+
+fn rustls_pemfile_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
