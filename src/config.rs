@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::proxy::tls::{ClientTls, TlsFiles};
+use crate::proxy::upstream::{UpstreamTls, UpstreamTlsConfig};
 use crate::rewrite::migration::{MigrationSpec, Phase};
 use crate::rewrite::rules::ActiveMigration;
 
@@ -51,6 +52,8 @@ pub struct Config {
     /// What pgshift asks of clients: `allow` TLS by default with a
     /// certificate, `disable` without one.
     pub client_tls: ClientTls,
+    /// TLS toward the upstream (sessions, cancels, control connections).
+    pub upstream_tls: UpstreamTlsConfig,
 }
 
 /// The database the migrations are in, and the role pgshift connects as to
@@ -162,6 +165,7 @@ impl Default for Config {
             admin_read_token: None,
             tls: None,
             client_tls: ClientTls::Disable,
+            upstream_tls: UpstreamTlsConfig::default(),
         }
     }
 }
@@ -220,6 +224,8 @@ struct FileTls {
     cert: Option<String>,
     key: Option<String>,
     client_tls: Option<String>,
+    upstream_tls: Option<String>,
+    upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,6 +288,8 @@ pub struct Overrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub client_tls: Option<String>,
+    pub upstream_tls: Option<String>,
+    pub upstream_ca: Option<String>,
 }
 
 /// A token given as itself or as a file holding it (its trailing newline
@@ -317,6 +325,37 @@ fn token(
         ));
     }
     Ok(Some(token))
+}
+
+/// `upstream_tls` (libpq's sslmode words; default `prefer`) and its CA.
+fn upstream_tls(o: &Overrides, file: &FileTls) -> Result<UpstreamTlsConfig, ConfigError> {
+    let mode = match o.upstream_tls.clone().or(file.upstream_tls.clone()) {
+        None => UpstreamTls::Prefer,
+        Some(text) => UpstreamTls::parse(&text).ok_or_else(|| ConfigError::Invalid {
+            key: "upstream_tls",
+            value: text.clone(),
+            reason: "expected disable, prefer, require, verify-ca or verify-full".into(),
+        })?,
+    };
+    let ca = o
+        .upstream_ca
+        .clone()
+        .or(file.upstream_ca.clone())
+        .map(Into::into);
+    let config = UpstreamTlsConfig { mode, ca };
+    // A CA file that cannot be read is an error now, not at the first session.
+    if matches!(mode, UpstreamTls::VerifyCa | UpstreamTls::VerifyFull) || config.ca.is_some() {
+        config.setup().map_err(|reason| ConfigError::Invalid {
+            key: "upstream_ca",
+            value: config
+                .ca
+                .as_ref()
+                .map(|p: &std::path::PathBuf| p.display().to_string())
+                .unwrap_or_default(),
+            reason,
+        })?;
+    }
+    Ok(config)
 }
 
 /// The client-side TLS settings: both files or neither; `client_tls`
@@ -506,6 +545,7 @@ impl Config {
                 });
             }
         }
+        let upstream_tls = upstream_tls(o, &file.tls)?;
         let (tls, client_tls) = client_tls(o, file.tls)?;
         let default_control = Control::default();
         let fc = file.control;
@@ -537,6 +577,7 @@ impl Config {
             admin_read_token,
             tls,
             client_tls,
+            upstream_tls,
             control,
             listen,
             upstream,

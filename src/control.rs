@@ -29,6 +29,8 @@ pub enum ControlError {
         database: String,
         source: tokio_postgres::Error,
     },
+    #[error("TLS toward the upstream: {0}")]
+    Tls(String),
     #[error("connecting to {upstream} timed out after {ms} ms")]
     Timeout { upstream: String, ms: u128 },
     #[error("reading the catalog failed: {}", crate::pgerror::describe(.0))]
@@ -51,24 +53,51 @@ pub async fn connect(config: &Config) -> Result<Client, ControlError> {
         pg.password(password);
     }
     let timeout = config.limits.connect_timeout + Duration::from_secs(5);
-    let connected = tokio::time::timeout(timeout, pg.connect(NoTls))
-        .await
-        .map_err(|_| ControlError::Timeout {
-            upstream: upstream.to_string(),
-            ms: timeout.as_millis(),
-        })?;
-    let (client, connection) = connected.map_err(|source| ControlError::Connect {
+    let timed_out = || ControlError::Timeout {
+        upstream: upstream.to_string(),
+        ms: timeout.as_millis(),
+    };
+    let failed = |source| ControlError::Connect {
         upstream: upstream.to_string(),
         user: control.user.clone(),
         database: control.database.clone(),
         source,
-    })?;
+    };
+    // TLS as upstream_tls says, as for client sessions.
+    let setup = config.upstream_tls.setup().map_err(ControlError::Tls)?;
+    let (tls, mode) = setup.make_tls_connect();
+    pg.ssl_mode(mode);
+    let client = match tls {
+        None => {
+            let (client, connection) = tokio::time::timeout(timeout, pg.connect(NoTls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
+            drive(connection);
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = tokio::time::timeout(timeout, pg.connect(tls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
+            drive(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// Runs a connection's driver task until it ends.
+fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "control connection ended");
         }
     });
-    Ok(client)
 }
 
 /// The columns of every user table, view and foreign table of the

@@ -167,6 +167,14 @@ struct ServeArgs {
     /// disable | allow | require [default: allow with a certificate].
     #[arg(long, env = "PGSHIFT_CLIENT_TLS")]
     client_tls: Option<String>,
+    /// TLS to the upstream: disable | prefer | require | verify-ca |
+    /// verify-full (libpq's sslmode) [default: prefer].
+    #[arg(long, env = "PGSHIFT_UPSTREAM_TLS")]
+    upstream_tls: Option<String>,
+    /// PEM CA certificates to verify the upstream with [default: the
+    /// system's].
+    #[arg(long, env = "PGSHIFT_UPSTREAM_CA")]
+    upstream_ca: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +371,8 @@ fn main() -> Result<()> {
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
                 client_tls: args.client_tls,
+                upstream_tls: args.upstream_tls,
+                upstream_ca: args.upstream_ca,
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             telemetry::init(&config.log_level);

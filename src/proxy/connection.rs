@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
 use crate::rewrite::search_path;
 use crate::rewrite::{PassThrough, SessionContext, StatementRewriter};
 
@@ -72,7 +71,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
 
     let (raw, params) = match startup {
         StartupPacket::CancelRequest(packet) => {
-            cancel::forward(&shared.config, packet).await;
+            cancel::forward(&shared, packet).await;
             return;
         }
         StartupPacket::Startup { raw, params } => (raw, params),
@@ -114,7 +113,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
 
     let _counted = stats::SessionGuard::new();
     let upstream = &shared.config.upstream;
-    let server = match connect_upstream(&shared.config).await {
+    let server = match connect_upstream(&shared).await {
         Ok(server) => server,
         Err(reason) => {
             warn!(%upstream, %reason, "cannot reach the upstream");
@@ -140,7 +139,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
         reject(&mut client, err).await;
         return;
     }
-    let mut server = Stream::Plain(server);
     if !authenticate(&mut client, &mut server, limits.startup_timeout, client_tls).await {
         return;
     }
@@ -156,21 +154,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
     relay::run(&shared, rewriter, context, client, server).await;
 }
 
-/// Opens the TCP connection to the upstream within `connect_timeout`.
-pub(crate) async fn connect_upstream(config: &Config) -> Result<TcpStream, String> {
+/// Opens the connection to the upstream within `connect_timeout`: TCP,
+/// then TLS as `upstream_tls` says.
+pub(crate) async fn connect_upstream(shared: &Shared) -> Result<Stream, String> {
+    let config = &shared.config;
     let upstream = &config.upstream;
     let timeout = config.limits.connect_timeout;
-    match tokio::time::timeout(
-        timeout,
-        TcpStream::connect((upstream.host.as_str(), upstream.port)),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
+    let connect = async {
+        let tcp = TcpStream::connect((upstream.host.as_str(), upstream.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        shared.upstream_tls.negotiate(tcp, &upstream.host).await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
         Err(_) => Err(format!(
             "timed out after {} ms (connect_timeout_ms)",
             timeout.as_millis()

@@ -23,6 +23,7 @@ pub mod statements;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+pub mod upstream;
 pub mod wire;
 mod workers;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub stage: watch::Receiver<Stage>,
     /// The certificate offered to clients, and the policy.
     pub tls: tls::ClientTlsState,
+    /// TLS toward the upstream.
+    pub upstream_tls: upstream::UpstreamTlsSetup,
 }
 
 /// A bound, not yet running proxy.
@@ -78,10 +81,15 @@ impl Proxy {
     ) -> std::io::Result<Proxy> {
         let tls = tls::ClientTlsState::load(config.tls.clone(), config.client_tls)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let upstream_tls = config
+            .upstream_tls
+            .setup()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await?;
         let (stage_tx, stage) = watch::channel(Stage::Running);
         let shared = Arc::new(Shared {
             tls,
+            upstream_tls,
             sessions: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             rewriter,

@@ -305,3 +305,121 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'stat
         .map(|c| c.unwrap())
         .collect()
 }
+
+/// A throwaway Postgres with `ssl = on` that refuses plaintext from
+/// 127.0.0.1 (`hostnossl … reject`), its certificate signed by `pki`.
+fn tls_cluster(pki: &Pki) -> pgshift::cluster::Cluster {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pki.dir.join("server");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    copy(&pki.dir.join("server.pem"), &cert);
+    copy(&pki.dir.join("server.key"), &key);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // SAFETY: geteuid cannot fail; getpwnam reads the passwd database.
+    if unsafe { libc::geteuid() } == 0 {
+        let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        assert!(!pw.is_null(), "a postgres user");
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        for path in [&dir, &cert, &key] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(&pki.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let options = pgshift::cluster::ClusterOptions {
+        hba_lines: vec![
+            "hostnossl all all 127.0.0.1/32 reject".into(),
+            "hostssl all all 127.0.0.1/32 trust".into(),
+        ],
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), format!("'{}'", cert.display())),
+            ("ssl_key_file".into(), format!("'{}'", key.display())),
+        ],
+        ..Default::default()
+    };
+    pgshift::cluster::Cluster::start(&options).expect("a cluster with ssl = on")
+}
+
+/// pgshift in front of `cluster` with `upstream_tls`.
+async fn proxy_to(
+    cluster: &pgshift::cluster::Cluster,
+    mode: &str,
+    ca: Option<PathBuf>,
+) -> TestProxy {
+    let port = cluster.port();
+    let mode = pgshift::proxy::upstream::UpstreamTls::parse(mode).unwrap();
+    TestProxy::with(move |c| {
+        c.upstream = pgshift::config::Upstream {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        c.upstream_tls = pgshift::proxy::upstream::UpstreamTlsConfig { mode, ca };
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_reach_a_server_that_requires_tls() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&pki);
+    let superuser = pgshift::cluster::SUPERUSER;
+    for (mode, ca) in [
+        ("prefer", None),
+        ("require", None),
+        ("verify-ca", Some(pki.ca())),
+        ("verify-full", Some(pki.ca())),
+    ] {
+        let proxy = proxy_to(&cluster, mode, ca).await;
+        let (ok, out, err) = psql(&proxy, superuser, None, "sslmode=disable", SSL_IN_USE).await;
+        assert!(ok, "{mode}: {err}");
+        assert_eq!(
+            out, "t",
+            "{mode}: pg_stat_ssl shows the upstream session encrypted"
+        );
+    }
+    // Plaintext is what the server refuses.
+    let proxy = proxy_to(&cluster, "disable", None).await;
+    let (ok, _, err) = psql(&proxy, superuser, None, "sslmode=disable", "select 1").await;
+    assert!(!ok);
+    assert!(
+        err.contains("no encryption") || err.contains("pg_hba.conf"),
+        "{err}"
+    );
+    // A CA that did not sign the server's certificate: the session fails,
+    // naming the certificate problem.
+    let other = Pki::new();
+    let proxy = proxy_to(&cluster, "verify-full", Some(other.ca())).await;
+    let (ok, _, err) = psql(&proxy, superuser, None, "sslmode=disable", "select 1").await;
+    assert!(!ok);
+    assert!(err.contains("certificate"), "{err}");
+    // A cancel request is forwarded over TLS too.
+    let proxy = proxy_to(&cluster, "verify-full", Some(pki.ca())).await;
+    let mut config = proxy.config();
+    config.user(superuser).dbname("postgres");
+    let client = connect(&config)
+        .await
+        .expect("through pgshift, TLS upstream");
+    let cancel = client.cancel_token();
+    let sleeping = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    // The control connection speaks TLS too.
+    let mut config = pgshift::config::Config::default();
+    config.upstream = pgshift::config::Upstream {
+        host: "127.0.0.1".into(),
+        port: cluster.port(),
+    };
+    config.control.user = superuser.into();
+    config.upstream_tls = pgshift::proxy::upstream::UpstreamTlsConfig {
+        mode: pgshift::proxy::upstream::UpstreamTls::VerifyFull,
+        ca: Some(pki.ca()),
+    };
+    let client = pgshift::control::connect(&config)
+        .await
+        .expect("control over TLS");
+    let ssl: bool = client.query_one(SSL_IN_USE, &[]).await.unwrap().get(0);
+    assert!(ssl);
+}
