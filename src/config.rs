@@ -120,6 +120,10 @@ impl std::str::FromStr for Upstream {
 pub struct Limits {
     /// Client sessions served at once; more are refused with SQLSTATE 53300.
     pub max_client_connections: usize,
+    /// Sessions per user (0: no limit beyond the total).
+    pub max_user_connections: usize,
+    /// Sessions per database (0: no limit beyond the total).
+    pub max_db_connections: usize,
     /// Largest protocol message accepted from either side, in bytes.
     pub max_message_size: usize,
     /// Time allowed to open the TCP connection to the upstream.
@@ -137,6 +141,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_client_connections: 1000,
+            max_user_connections: 0,
+            max_db_connections: 0,
             max_message_size: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
@@ -234,6 +240,7 @@ struct FileControl {
     database: Option<String>,
     user: Option<String>,
     password: Option<String>,
+    password_file: Option<String>,
 }
 
 /// One `[[migrations]]` entry.
@@ -257,6 +264,8 @@ struct FileMigration {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_client_connections: Option<usize>,
+    max_user_connections: Option<usize>,
+    max_db_connections: Option<usize>,
     max_message_size: Option<usize>,
     connect_timeout_ms: Option<u64>,
     startup_timeout_ms: Option<u64>,
@@ -276,10 +285,13 @@ pub struct Overrides {
     pub max_message_size: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub max_user_connections: Option<usize>,
+    pub max_db_connections: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub database: Option<String>,
     pub control_user: Option<String>,
     pub control_password: Option<String>,
+    pub control_password_file: Option<String>,
     pub admin: Option<String>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<String>,
@@ -292,8 +304,8 @@ pub struct Overrides {
     pub upstream_ca: Option<String>,
 }
 
-/// A token given as itself or as a file holding it (its trailing newline
-/// dropped); never both, never empty.
+/// A secret (a token, a password) given as itself or as a file holding it
+/// (its trailing newline dropped); never both, never empty.
 fn token(
     key: &'static str,
     value: Option<String>,
@@ -319,10 +331,12 @@ fn token(
         (None, None) => return Ok(None),
     };
     if token.trim().is_empty() {
-        return Err(invalid(
-            "",
-            "the token is empty: an empty token would let requests without one in; set a long random one, or leave it unset (loopback only)",
-        ));
+        let reason = if key.starts_with("admin") {
+            "the token is empty: an empty token would let requests without one in; set a long random one, or leave it unset (loopback only)"
+        } else {
+            "it is empty"
+        };
+        return Err(invalid("", reason));
     }
     Ok(Some(token))
 }
@@ -459,6 +473,14 @@ impl Config {
                 .max_client_connections
                 .or(fl.max_client_connections)
                 .unwrap_or(defaults.max_client_connections),
+            max_user_connections: o
+                .max_user_connections
+                .or(fl.max_user_connections)
+                .unwrap_or(defaults.max_user_connections),
+            max_db_connections: o
+                .max_db_connections
+                .or(fl.max_db_connections)
+                .unwrap_or(defaults.max_db_connections),
             max_message_size: o
                 .max_message_size
                 .or(fl.max_message_size)
@@ -567,7 +589,11 @@ impl Config {
                 .clone()
                 .or(fc.user)
                 .unwrap_or(default_control.user),
-            password: o.control_password.clone().or(fc.password),
+            password: token(
+                "control.password",
+                o.control_password.clone().or(fc.password),
+                o.control_password_file.clone().or(fc.password_file),
+            )?,
         };
         Ok(Config {
             migrations,

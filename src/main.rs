@@ -120,6 +120,12 @@ struct ServeArgs {
     /// Client sessions served at once [default: 1000].
     #[arg(long, env = "PGSHIFT_MAX_CLIENT_CONNECTIONS")]
     max_client_connections: Option<usize>,
+    /// Sessions per user; 0 = no limit beyond the total [default: 0].
+    #[arg(long, env = "PGSHIFT_MAX_USER_CONNECTIONS")]
+    max_user_connections: Option<usize>,
+    /// Sessions per database; 0 = no limit beyond the total [default: 0].
+    #[arg(long, env = "PGSHIFT_MAX_DB_CONNECTIONS")]
+    max_db_connections: Option<usize>,
     /// Largest protocol message accepted, in bytes [default: 67108864].
     #[arg(long, env = "PGSHIFT_MAX_MESSAGE_SIZE")]
     max_message_size: Option<usize>,
@@ -142,6 +148,9 @@ struct ServeArgs {
     /// Password of the control role (prefer the environment variable).
     #[arg(long, env = "PGSHIFT_CONTROL_PASSWORD", hide_env_values = true)]
     control_password: Option<String>,
+    /// A file holding the control role's password (a flag shows in ps).
+    #[arg(long, env = "PGSHIFT_CONTROL_PASSWORD_FILE")]
+    control_password_file: Option<String>,
     /// Admin HTTP port, IP:PORT or "off" [default: 127.0.0.1:9432].
     #[arg(long, env = "PGSHIFT_ADMIN")]
     admin: Option<String>,
@@ -359,10 +368,13 @@ fn main() -> Result<()> {
                 max_message_size: args.max_message_size,
                 connect_timeout_ms: args.connect_timeout_ms,
                 idle_timeout_secs: args.idle_timeout_secs,
+                max_user_connections: args.max_user_connections,
+                max_db_connections: args.max_db_connections,
                 shutdown_grace_secs: args.shutdown_grace_secs,
                 database: args.database,
                 control_user: args.control_user,
                 control_password: args.control_password,
+                control_password_file: args.control_password_file,
                 admin: args.admin,
                 admin_token: args.admin_token,
                 admin_token_file: args.admin_token_file,

@@ -38,6 +38,10 @@ pub enum Role {
     Reader,
 }
 
+/// Who sent a request, as the lifecycle's events record it.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor(pub &'static str);
+
 /// The admin port's tokens.
 #[derive(Clone, Default)]
 pub struct Tokens {
@@ -159,7 +163,14 @@ pub async fn check(State(state): State<Arc<AdminState>>, request: Request, next:
         }
         _ => {}
     }
-    tracing::info!(%method, %path, role = ?role, "admin request");
+    let actor = match (role, state.tokens.operator.is_some()) {
+        (Some(Role::Operator), true) => "admin (operator token)",
+        (Some(Role::Reader), _) => "admin (read-only token)",
+        _ => "admin (no token: loopback)",
+    };
+    tracing::info!(%method, %path, actor, "admin request");
+    let mut request = request;
+    request.extensions_mut().insert(Actor(actor));
     next.run(request).await
 }
 

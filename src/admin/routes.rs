@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::guard::{self, refuse};
 use super::{api, AdminState};
-use crate::lifecycle::{ActionError, Lifecycle};
+use crate::lifecycle::{ActionError, Lifecycle, ACTOR};
 
 /// The status page, compiled in.
 const PAGE: &str = include_str!("page.html");
@@ -71,6 +71,7 @@ async fn status_of(State(state): State<Arc<AdminState>>, Path(id): Path<String>)
 }
 
 async fn add(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    let actor = actor(&request);
     let body = match read_json(request).await {
         Ok(Value::Null) => {
             return refuse(
@@ -85,7 +86,7 @@ async fn add(State(state): State<Arc<AdminState>>, request: Request) -> Response
         return refuse(StatusCode::BAD_REQUEST, format!("migration: {e}"));
     }
     match lifecycle(&state) {
-        Some(l) => answer(l.add(&body).await, StatusCode::CREATED),
+        Some(l) => answer(ACTOR.scope(actor, l.add(&body)).await, StatusCode::CREATED),
         None => not_started(),
     }
 }
@@ -104,6 +105,7 @@ async fn act(
             ),
         );
     }
+    let actor = actor(&request);
     let body = match read_json(request).await {
         Ok(body) => body,
         Err(r) => return r,
@@ -116,7 +118,10 @@ async fn act(
         _ => StatusCode::OK,
     };
     match lifecycle(&state) {
-        Some(l) => answer(l.act(&id, &action, &body).await, accepted),
+        Some(l) => answer(
+            ACTOR.scope(actor, l.act(&id, &action, &body)).await,
+            accepted,
+        ),
         None => not_started(),
     }
 }
@@ -132,6 +137,14 @@ async fn not_found(request: Request) -> Response {
         status,
         format!("no such endpoint: {} {path}", request.method()),
     )
+}
+
+/// Who sent `request` (set by the guard).
+fn actor(request: &Request) -> &'static str {
+    request
+        .extensions()
+        .get::<guard::Actor>()
+        .map_or("admin", |a| a.0)
 }
 
 /// The lifecycle, once it has started.

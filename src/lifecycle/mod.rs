@@ -33,6 +33,12 @@ use crate::control;
 use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
 use crate::rewrite::rules::{ActiveMigration, RulesCell};
 use backfill::Walk;
+
+tokio::task_local! {
+    /// Who drives the action in progress, as its event records it (the
+    /// admin port sets it per request: which token, or loopback).
+    pub static ACTOR: &'static str;
+}
 use ddl::LockDiscipline;
 use store::{Record, Validation};
 
@@ -392,7 +398,13 @@ impl Lifecycle {
         wait: bool,
     ) -> Result<(), ActionError> {
         let version = self
-            .store_change(client, record, "admin", action, detail)
+            .store_change(
+                client,
+                record,
+                ACTOR.try_with(|a| *a).unwrap_or("admin"),
+                action,
+                detail,
+            )
             .await?;
         peers::heartbeat(
             client,

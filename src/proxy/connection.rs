@@ -111,6 +111,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
         return;
     };
 
+    let user = params.user.as_deref().unwrap_or("");
+    let _held = match shared.counts.acquire(
+        user,
+        database,
+        limits.max_user_connections,
+        limits.max_db_connections,
+    ) {
+        Ok(held) => held,
+        Err(which) => {
+            stats::rejected();
+            warn!(%which, "refused a client: too many connections");
+            let err = ErrorResponse::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("pgshift refused the connection: {which}"),
+            );
+            reject(&mut client, err).await;
+            return;
+        }
+    };
     let _counted = stats::SessionGuard::new();
     let upstream = &shared.config.upstream;
     let server = match connect_upstream(&shared).await {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cancel;
 pub mod connection;
 pub mod framing;
+pub mod limits;
 pub mod negotiate;
 pub mod outqueue;
 pub mod refusal;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub tls: tls::ClientTlsState,
     /// TLS toward the upstream.
     pub upstream_tls: upstream::UpstreamTlsSetup,
+    /// Sessions per user and per database.
+    pub counts: Arc<limits::Counts>,
 }
 
 /// A bound, not yet running proxy.
@@ -90,6 +93,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             tls,
             upstream_tls,
+            counts: Arc::default(),
             sessions: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             rewriter,

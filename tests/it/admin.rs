@@ -257,6 +257,18 @@ async fn tokens_give_roles_and_never_come_from_the_url() {
     .await
     .unwrap();
     assert_eq!(code, 201, "{answer}");
+    let actor: String = direct
+        .query_one(
+            "select actor from pgshift.events where migration_id = 'm' and action = 'add'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        actor, "admin (operator token)",
+        "the event names the token that drove it"
+    );
     // The page itself holds no data: it loads without a token.
     let (code, page) = raw(
         admin,

@@ -336,3 +336,32 @@ async fn server_side_termination_reaches_the_client() {
     assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err}");
     still_serving(&proxy).await;
 }
+
+/// One application (or one tenant's database) cannot take every slot:
+/// `max_user_connections` and `max_db_connections` refuse with 53300
+/// naming the limit, while other users still get in.
+#[tokio::test]
+async fn limits_per_user_and_per_database_name_themselves() {
+    let proxy = TestProxy::with(|c| {
+        c.limits.max_user_connections = 2;
+        c.limits.max_db_connections = 3;
+    })
+    .await;
+    let user = db().user.clone();
+    let first = proxy.connect().await;
+    let _second = proxy.connect().await;
+    let err = refused(connect(&proxy.config()).await, "the user's third session");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    assert!(
+        message_of(&err).contains(&format!("role \"{user}\" (max_user_connections = 2)")),
+        "{err:?}"
+    );
+    // Another database of the same server still has room, until its own
+    // limit: the user's slot is the one in the way here.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connect(&proxy.config()).await.is_err() {
+        assert!(Instant::now() < deadline, "the slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
