@@ -132,7 +132,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
     };
     let _counted = stats::SessionGuard::new();
     let upstream = &shared.config.upstream;
-    let server = match connect_upstream(&shared).await {
+    let mut server = match connect_upstream(&shared).await {
         Ok(server) => server,
         Err(reason) => {
             warn!(%upstream, %reason, "cannot reach the upstream");
@@ -147,7 +147,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
             return;
         }
     };
-    let mut server = server;
     if let Err(e) = server.write_all(&raw).await {
         let err = ErrorResponse::fatal(
             sqlstate::CANNOT_CONNECT,
