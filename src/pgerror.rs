@@ -34,3 +34,19 @@ impl fmt::Display for Described<'_> {
 pub fn describe(error: &tokio_postgres::Error) -> String {
     Described(error).to_string()
 }
+
+/// Whether `error` may heal by itself, so that retrying the work makes
+/// sense: anything but an error Postgres raised about the statement itself
+/// (a lost or refused connection, a deadlock or serialization failure, a
+/// lock not granted in time, a cancellation, the server short of resources
+/// or shutting down).
+pub fn may_heal(error: &tokio_postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return true;
+    };
+    let code = db.code().code();
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+}

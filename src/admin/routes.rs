@@ -206,7 +206,9 @@ fn answer(result: Result<Value, ActionError>, ok: StatusCode) -> Response {
                 ActionError::NotFound(_) => StatusCode::NOT_FOUND,
                 ActionError::Conflict(_) => StatusCode::CONFLICT,
                 ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ActionError::Failed(_) | ActionError::Refused(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             };
             refuse(status, e.to_string())
         }

@@ -8,8 +8,12 @@
 //! One proxy runs a migration's backfill at a time: its coordinating
 //! session holds an advisory lock on the migration while the walk runs.
 //! Another proxy that finds the backfill running leaves it alone, and
-//! takes it over (from the stored cursors) once that lock is free — the
-//! proxy that ran it crashed or lost its connection for good.
+//! takes it over (from the stored cursors) once no pgshift session holds
+//! that lock — the proxy that ran it crashed or lost its connection for
+//! good. The lock's key is random, kept in the `pgshift` schema (closed to
+//! other roles) and drawn anew at every run; a session of a role that
+//! cannot read that schema holding the key (it saw it in `pg_locks`) is
+//! named in the log and passed by with a new key, never waited for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,13 +50,89 @@ impl ThrottleGate {
     }
 }
 
-/// The advisory lock class of backfills (the second key is the hash of the
-/// migration id).
-const BACKFILL_LOCK: i32 = 731_629_845;
+/// Draws a new random lock key for migration `$1` unless its key is no
+/// longer `$2` (another proxy drew one first); the new key, if drawn.
+const DRAW_KEY: &str = "update pgshift.migrations
+     set backfill_lock_key = ('x' || replace(gen_random_uuid()::text, '-', ''))::bit(64)::bigint
+     where id = $1 and backfill_lock_key = $2 returning backfill_lock_key";
 
-/// Takes the advisory lock of migration `$2`'s backfill (`$1`:
-/// [`BACKFILL_LOCK`]) if it is free.
-const TRY_LOCK: &str = "select pg_try_advisory_lock($1, hashtext($2))";
+/// Whether a session of a role that may read the `pgshift` schema (a
+/// proxy's) holds the advisory lock of key `$1`.
+const HELD_BY_PGSHIFT: &str =
+    "select exists (select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+       and l.classid = (($1::bigint >> 32) & 4294967295)::oid
+       and l.objid = ($1::bigint & 4294967295)::oid
+       and has_schema_privilege(a.usesysid, 'pgshift', 'usage'))";
+
+/// Who else holds the advisory lock of key `$1` (pid and role), if anyone.
+const HELD_BY: &str = "select l.pid, coalesce(a.usename::text, '?') from pg_locks l
+     left join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+       and l.classid = (($1::bigint >> 32) & 4294967295)::oid
+       and l.objid = ($1::bigint & 4294967295)::oid and l.pid <> pg_backend_pid()";
+
+/// The stored lock key of migration `id`'s backfill.
+async fn lock_key(client: &tokio_postgres::Client, id: &str) -> Result<i64, ActionError> {
+    Ok(client
+        .query_one(
+            "select backfill_lock_key from pgshift.migrations where id = $1",
+            &[&id],
+        )
+        .await?
+        .get(0))
+}
+
+/// Makes the backfill of `id` this session's: takes its stored lock key if
+/// it is free and no pgshift session holds it, then draws and takes a new
+/// one (a key seen in `pg_locks` during an earlier run is worth nothing);
+/// false when another proxy runs it.
+async fn take_backfill_lock(
+    client: &tokio_postgres::Client,
+    id: &str,
+) -> Result<bool, ActionError> {
+    let key = lock_key(client, id).await?;
+    let free: bool = client
+        .query_one("select pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .get(0);
+    if !free {
+        if client.query_one(HELD_BY_PGSHIFT, &[&key]).await?.get(0) {
+            return Ok(false);
+        }
+        let holders: Vec<String> = client
+            .query(HELD_BY, &[&key])
+            .await?
+            .iter()
+            .map(|r| {
+                format!(
+                    "pid {} (role {})",
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1)
+                )
+            })
+            .collect();
+        tracing::warn!(migration = %id, holders = %holders.join(", "), "a session outside pgshift holds the backfill's lock key; drawing a new key");
+    }
+    let drawn = client.query_opt(DRAW_KEY, &[&id, &key]).await?;
+    let taken = match drawn {
+        Some(row) => {
+            let new: i64 = row.get(0);
+            client
+                .query_one("select pg_advisory_lock($1)", &[&new])
+                .await?;
+            true
+        }
+        // Another proxy drew a key first: it runs the backfill.
+        None => false,
+    };
+    if free {
+        client
+            .execute("select pg_advisory_unlock($1)", &[&key])
+            .await?;
+    }
+    Ok(taken)
+}
 
 /// Where a run of the backfill went.
 enum Ran {
@@ -86,8 +166,11 @@ impl Lifecycle {
         tokio::spawn(async move {
             // A lost connection (Postgres restarting, a network blip) is
             // waited out: the batches in flight rolled back with their
-            // cursors, so the walk goes on from the stored cursors. Only a
-            // failure that lasts (5 minutes) or cannot heal stops the backfill.
+            // cursors, so the walk goes on from the stored cursors. A
+            // failure that lasts (5 minutes) stops the backfill, and one
+            // that cannot heal (Postgres refused a batch: the `up`
+            // expression failed on a row, a constraint) stops it at once,
+            // with Postgres' message on /status.
             let mut wait = Duration::from_millis(250);
             let mut failing_since: Option<Instant> = None;
             let result = loop {
@@ -113,6 +196,7 @@ impl Lifecycle {
                 if let Ok(mut record) = this.record(&id) {
                     record.backfill.running = false;
                     record.backfill.paused = true;
+                    record.backfill.error = Some(e.to_string());
                     if let Ok(client) = this.connect().await {
                         // The stored progress is the truth (a batch whose
                         // answer was lost may have committed).
@@ -194,17 +278,9 @@ impl Lifecycle {
             })
             .collect();
         for id in running {
-            let free: bool = client
-                .query_one(TRY_LOCK, &[&BACKFILL_LOCK, &id])
-                .await?
-                .get(0);
-            if free {
-                client
-                    .execute(
-                        "select pg_advisory_unlock($1, hashtext($2))",
-                        &[&BACKFILL_LOCK, &id],
-                    )
-                    .await?;
+            let key = lock_key(client, &id).await?;
+            let held: bool = client.query_one(HELD_BY_PGSHIFT, &[&key]).await?.get(0);
+            if !held {
                 tracing::info!(migration = %id, "the backfill is running and no proxy runs it: going on from its cursor");
                 self.spawn_backfill(&id);
             }
@@ -219,11 +295,7 @@ impl Lifecycle {
     ) -> Result<Ran, ActionError> {
         let client = self.connect().await?;
         // Held by this session until the run ends (or the session is lost).
-        let mine: bool = client
-            .query_one(TRY_LOCK, &[&BACKFILL_LOCK, &id])
-            .await?
-            .get(0);
-        if !mine {
+        if !take_backfill_lock(&client, id).await? {
             return Ok(Ran::Elsewhere);
         }
         // The stored record is the truth (a batch whose commit answer was

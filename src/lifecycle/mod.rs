@@ -52,25 +52,47 @@ pub enum ActionError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Failed in a way that may heal (a lost connection, a lock not
+    /// granted in time, a deadlock, a server restarting).
     #[error("{0}")]
     Failed(String),
+    /// Postgres refused a statement of the action for what it is (an
+    /// `up` expression that fails on a row, a constraint, a permission):
+    /// retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<store::StoreError> for ActionError {
     fn from(e: store::StoreError) -> Self {
-        ActionError::Failed(e.to_string())
+        match &e {
+            store::StoreError::Postgres(pg) if !crate::pgerror::may_heal(pg) => {
+                ActionError::Refused(e.to_string())
+            }
+            _ => ActionError::Failed(e.to_string()),
+        }
     }
 }
 
 impl From<tokio_postgres::Error> for ActionError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ActionError::Failed(format!("Postgres: {}", crate::pgerror::describe(&e)))
+        let text = format!("Postgres: {}", crate::pgerror::describe(&e));
+        if crate::pgerror::may_heal(&e) {
+            ActionError::Failed(text)
+        } else {
+            ActionError::Refused(text)
+        }
     }
 }
 
 impl From<ddl::DdlError> for ActionError {
     fn from(e: ddl::DdlError) -> Self {
-        ActionError::Failed(e.to_string())
+        match &e {
+            ddl::DdlError::Failed { source, .. } if !crate::pgerror::may_heal(source) => {
+                ActionError::Refused(e.to_string())
+            }
+            _ => ActionError::Failed(e.to_string()),
+        }
     }
 }
 
@@ -784,6 +806,7 @@ impl Lifecycle {
         record.phase = Phase::Backfilling;
         record.backfill.running = true;
         record.backfill.paused = false;
+        record.backfill.error = None;
         record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
         if record.backfill.started_ms.is_none() {
             record.backfill.started_ms = Some(store::now_ms(&client).await?);
@@ -1437,6 +1460,7 @@ impl Lifecycle {
                 "throttled": self.throttled.lock().unwrap_or_else(|e| e.into_inner()).get(&r.spec.id).cloned(),
                 "started_ms": b.started_ms,
                 "finished_ms": b.finished_ms,
+                "error": b.error,
             },
             "validation": r.validation.as_ref().map(|v| json!({
                 "mismatches": v.mismatches,

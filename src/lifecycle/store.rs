@@ -59,6 +59,9 @@ alter table pgshift.migrations add column if not exists backfill_workers integer
 alter table pgshift.migrations add column if not exists backfill_slices jsonb not null default '[]';
 alter table pgshift.migrations add column if not exists carried jsonb not null default '{}';
 alter table pgshift.migrations add column if not exists backfill_end text[];
+alter table pgshift.migrations add column if not exists backfill_lock_key bigint not null
+    default ('x' || replace(gen_random_uuid()::text, '-', ''))::bit(64)::bigint;
+alter table pgshift.migrations add column if not exists backfill_error text;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -118,6 +121,9 @@ pub struct Backfill {
     pub max_lock_waits: i32,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// What stopped the backfill last (Postgres' own message), until it
+    /// is resumed.
+    pub error: Option<String>,
 }
 
 /// The last parity check.
@@ -195,6 +201,7 @@ impl Record {
                 max_lock_waits: 16,
                 started_ms: None,
                 finished_ms: None,
+                error: None,
             },
             validation: None,
             write_path_changed_ms: 0,
@@ -228,7 +235,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
-    backfill_slices::text, carried::text, backfill_end";
+    backfill_slices::text, carried::text, backfill_end, backfill_error";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -292,6 +299,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
             max_lock_waits: row.try_get(25)?,
             started_ms: row.try_get(16)?,
             finished_ms: row.try_get(17)?,
+            error: row.try_get(31)?,
         },
         validation,
         write_path_changed_ms: row.try_get(21)?,
@@ -365,7 +373,8 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    backfill_finished_ms = $12, validation_mismatches = $13, validation_samples = $14,
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
                    batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
-                   old_after = $21, carried = $24::text::jsonb, backfill_end = $25, updated_ms = {NOW_MS}
+                   old_after = $21, carried = $24::text::jsonb, backfill_end = $25,
+                   backfill_error = $26, updated_ms = {NOW_MS}
                  where id = $1"
             ),
             &[
@@ -394,6 +403,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &slices,
                 &serde_json::to_string(&r.carried).unwrap_or_else(|_| "{}".into()),
                 &b.end,
+                &b.error,
             ],
         )
         .await?;

@@ -892,9 +892,12 @@ async fn a_second_proxy_leaves_a_running_backfill_alone_and_takes_it_over_when_i
     }
     let holders: i64 = direct
         .query_one(
-            "select count(*) from pg_locks where locktype = 'advisory' and classid = 731629845 and granted
-               and database = (select oid from pg_database where datname = current_database())",
-            &[],
+            "select count(*) from pg_locks l, pgshift.migrations m
+             where m.id = $1 and l.locktype = 'advisory' and l.granted and l.objsubid = 1
+               and l.classid = ((m.backfill_lock_key >> 32) & 4294967295)::oid
+               and l.objid = (m.backfill_lock_key & 4294967295)::oid
+               and l.database = (select oid from pg_database where datname = current_database())",
+            &[&id],
         )
         .await
         .unwrap()

@@ -2260,3 +2260,152 @@ async fn what_depends_on_the_old_column_is_carried_or_refused_up_front() {
         "nextval 10001 cents, converted"
     );
 }
+
+#[tokio::test]
+async fn a_failing_up_expression_stops_the_backfill_with_postgres_message() {
+    let (dbname, direct) = db().fresh_database("failupdb").await;
+    let table = unique("priced");
+    let id = unique("widen");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, amount int not null);
+             insert into {table} select g, g from generate_series(1, 2000) g;
+             update {table} set amount = 0 where id = 1500"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        "amount",
+        "ratio",
+        Some("bigint"),
+        Some("(1000000 / amount)::bigint"),
+        Some("(1000000 / ratio)::integer"),
+    )
+    .unwrap();
+    let d = driven(spec, &dbname).await;
+    let admin = d.admin.as_str();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let started = Instant::now();
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 200}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    // Stopped at once (not retried for minutes), with what Postgres said.
+    let m = loop {
+        let m = migration_status(admin, &id).await;
+        if m["backfill"]["error"].is_string() {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never stopped: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = m["backfill"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("division by zero") && error.contains("22012"),
+        "{m}"
+    );
+    assert_eq!(m["backfill"]["running"], false, "{m}");
+    assert_eq!(m["backfill"]["paused"], true, "{m}");
+    assert_eq!(m["phase"], "backfilling", "{m}");
+
+    // The row put right, a resume finishes the job and clears the error.
+    direct
+        .execute(
+            &format!("update {table} set amount = 7 where id = 1500"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (code, body) = post(admin, &format!("/migrations/{id}/resume"), json!({})).await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert!(m["backfill"]["error"].is_null(), "{m}");
+    let wrong: i64 = direct
+        .query_one(
+            &format!("select count(*) from {table} where ratio is distinct from 1000000 / amount"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+}
+
+#[tokio::test]
+async fn a_role_outside_pgshift_holding_the_backfill_lock_cannot_stall_it() {
+    let (dbname, direct, table, id, d) = renamed_v_to_w("lockstealdb", 3000).await;
+    let admin = d.admin.as_str();
+    let role = unique("intruder");
+    direct
+        .batch_execute(&format!("create role {role} login"))
+        .await
+        .unwrap();
+    let mut config = db().config_for(&dbname);
+    config.user(&role);
+    let intruder = connect(&config).await.unwrap();
+    // The key earlier versions derived from the migration id, taken first.
+    intruder
+        .execute("select pg_advisory_lock(731629845, hashtext($1))", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(
+        post(admin, &format!("/migrations/{id}/expand"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (code, body) = post(
+        admin,
+        &format!("/migrations/{id}/backfill"),
+        json!({"batch_size": 100, "batch_pause_ms": 100}),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    // The intruder reads the running backfill's key from pg_locks …
+    let started = Instant::now();
+    let seen: i64 = loop {
+        let rows = intruder
+            .query(
+                "select (classid::bigint << 32) | objid::bigint from pg_locks
+                 where locktype = 'advisory' and objsubid = 1 and granted and pid <> pg_backend_pid()
+                   and database = (select oid from pg_database where datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.get(0);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the backfill never took its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // … takes it while the backfill is paused, and the resumed backfill
+    // finishes all the same.
+    let (code, body) = post(admin, &format!("/migrations/{id}/pause"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    intruder
+        .execute("select pg_advisory_lock($1)", &[&seen])
+        .await
+        .unwrap();
+    let (code, body) = post(admin, &format!("/migrations/{id}/resume"), json!({})).await;
+    assert_eq!(code, 202, "{body}");
+    let m = wait_for_phase(admin, &id, "backfilled").await;
+    assert_eq!(m["backfill"]["rows_done"], 3000, "{m}");
+    assert_eq!(rows_where_w_differs(&direct, &table).await, 0);
+}
