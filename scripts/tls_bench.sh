@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # scripts/tls_bench.sh — pgshift and PgBouncer (session mode) terminating
-# client TLS the same way, against one throwaway Postgres (plain TCP
-# upstream), in interleaved rounds: pgbench -S (prepared, simple) with 8
-# clients, and new TLS connections per second (pgbench -C: a handshake and
-# a startup per transaction). Prints every run, then medians and spreads.
+# client TLS the same way and re-encrypting toward one throwaway Postgres
+# with ssl = on (UPSTREAM_TLS=0: plain TCP upstream), in interleaved rounds:
+# pgbench -S (prepared, simple) and tpcb-like with 8 clients, and new TLS
+# connections per second (pgbench -C: a handshake and a startup per
+# transaction). Prints every run, then medians and spreads.
 #
 #   scripts/tls_bench.sh [ROUNDS] [SECS]     (defaults 5 and 8; needs root
 #   to run Postgres as postgres, openssl, pgbouncer, and a release build:
 #   cargo build --release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${1:-5}; SECS=${2:-8}
+ROUNDS=${1:-5}; SECS=${2:-8}; UPSTREAM_TLS=${UPSTREAM_TLS:-1}
 BIN=$(pg_config --bindir)
 PGSHIFT=$PWD/target/release/pgshift
 D=$(mktemp -d /tmp/pgshift-tls-bench.XXXX); chmod 755 "$D"; chown postgres "$D"
@@ -22,13 +23,17 @@ cleanup() {
     rm -rf "$D"
 }
 trap cleanup EXIT
-su postgres -c "$BIN/initdb -D $D/pg -A trust -U postgres" >/dev/null
-su postgres -c "$BIN/pg_ctl -D $D/pg -o '-p $PG -c max_connections=300 -c fsync=off' -l $D/pg.log start -w" >/dev/null
-"$BIN/pgbench" -h 127.0.0.1 -p $PG -U postgres -i -s 10 -q postgres >/dev/null 2>&1
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$D/key.pem" -out "$D/cert.pem" -days 1 -subj /CN=localhost >/dev/null 2>&1
-chown postgres "$D/key.pem" "$D/cert.pem"
+chown postgres "$D/key.pem" "$D/cert.pem"; chmod 600 "$D/key.pem"
+su postgres -c "$BIN/initdb -D $D/pg -A trust -U postgres" >/dev/null
+PGSSL=off; SHIFT_UP=disable; BOUNCER_UP=disable
+if [ "$UPSTREAM_TLS" = 1 ]; then
+    PGSSL="on -c ssl_cert_file=$D/cert.pem -c ssl_key_file=$D/key.pem"; SHIFT_UP=require; BOUNCER_UP=require
+fi
+su postgres -c "$BIN/pg_ctl -D $D/pg -o '-p $PG -c max_connections=300 -c fsync=off -c ssl=$PGSSL' -l $D/pg.log start -w" >/dev/null
+"$BIN/pgbench" -h 127.0.0.1 -p $PG -U postgres -i -s 10 -q postgres >/dev/null 2>&1
 "$PGSHIFT" serve --listen 127.0.0.1:$SHIFT --upstream 127.0.0.1:$PG --admin off --log-level warn \
-    --upstream-tls disable --tls-cert "$D/cert.pem" --tls-key "$D/key.pem" 2>"$D/pgshift.log" &
+    --upstream-tls $SHIFT_UP --tls-cert "$D/cert.pem" --tls-key "$D/key.pem" 2>"$D/pgshift.log" &
 echo '"postgres" ""' > "$D/users.txt"
 cat > "$D/bouncer.ini" <<INI
 [databases]
@@ -47,7 +52,7 @@ pidfile = $D/bouncer.pid
 client_tls_sslmode = allow
 client_tls_key_file = $D/key.pem
 client_tls_cert_file = $D/cert.pem
-server_tls_sslmode = disable
+server_tls_sslmode = $BOUNCER_UP
 INI
 chown postgres "$D/users.txt" "$D/bouncer.ini"
 su postgres -c "pgbouncer -d $D/bouncer.ini"
@@ -59,24 +64,26 @@ run() { # target port sslmode what args...
         awk -v t="$target" -v w="$what" '/tps = / {print t, w, $3}' | tee -a "$out"
 }
 for r in $(seq 1 "$ROUNDS"); do
-    for what in prepared simple connect; do
+    for what in prepared simple tpcb connect; do
         for target in pgshift pgbouncer; do
             port=$SHIFT; [ $target = pgbouncer ] && port=$BOUNCER
             case $what in
                 prepared) run $target-tls $port require $what -S -M prepared -c 8 -j 2 ;;
                 simple) run $target-tls $port require $what -S -M simple -c 8 -j 2 ;;
+                tpcb) run $target-tls $port require $what -M prepared -c 8 -j 2 ;;
                 connect) run $target-tls $port require $what -S -C -c 4 -j 2 ;;
             esac
         done
     done
 done
-python3 - "$out" <<'PY'
+python3 - "$out" "$UPSTREAM_TLS" <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     t, w, tps = line.split()
     runs[(w, t)].append(float(tps))
-for w in ["prepared", "simple", "connect"]:
+print("upstream TLS:", "on (both re-encrypt)" if sys.argv[2] == "1" else "off")
+for w in ["prepared", "simple", "tpcb", "connect"]:
     s, b = runs[(w, "pgshift-tls")], runs[(w, "pgbouncer-tls")]
     ratios = [x / y for x, y in zip(s, b)]
     print(f"{w:9} pgshift {statistics.median(s):8.0f} ({min(s):.0f}–{max(s):.0f})  "

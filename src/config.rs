@@ -120,7 +120,16 @@ impl std::str::FromStr for Upstream {
 pub struct Limits {
     /// Client sessions served at once; more are refused with SQLSTATE 53300.
     pub max_client_connections: usize,
-    /// Sessions per user (0: no limit beyond the total).
+    /// Of `max_client_connections`, the last this many are kept for
+    /// `reserved_roles` (an operator can get in while applications, or
+    /// clients that never authenticate, hold every other slot).
+    pub reserved_connections: usize,
+    /// The roles that may take a reserved connection (by the user name a
+    /// client gives at startup; one that lies holds the slot only until
+    /// its authentication fails). Empty: the control role.
+    pub reserved_roles: Vec<String>,
+    /// Sessions per user (0: no limit beyond the total), counted once
+    /// authenticated.
     pub max_user_connections: usize,
     /// Sessions per database (0: no limit beyond the total).
     pub max_db_connections: usize,
@@ -133,6 +142,10 @@ pub struct Limits {
     /// A session in which no byte moved either way for this long is closed
     /// (SQLSTATE 57P05). `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// A session idle inside a transaction (nothing in flight, the last
+    /// ReadyForQuery said `T` or `E`) for this long is closed (SQLSTATE
+    /// 25P03): its locks and snapshot go with it. `None`: never.
+    pub idle_in_transaction_timeout: Option<Duration>,
     /// On SIGINT/SIGTERM, how long sessions get to finish their transaction.
     pub shutdown_grace: Duration,
 }
@@ -143,10 +156,13 @@ impl Default for Limits {
             max_client_connections: 1000,
             max_user_connections: 0,
             max_db_connections: 0,
+            reserved_connections: 0,
+            reserved_roles: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(10),
             idle_timeout: None,
+            idle_in_transaction_timeout: None,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -266,10 +282,13 @@ struct FileLimits {
     max_client_connections: Option<usize>,
     max_user_connections: Option<usize>,
     max_db_connections: Option<usize>,
+    reserved_connections: Option<usize>,
+    reserved_roles: Option<Vec<String>>,
     max_message_size: Option<usize>,
     connect_timeout_ms: Option<u64>,
     startup_timeout_ms: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    idle_in_transaction_timeout_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -285,8 +304,11 @@ pub struct Overrides {
     pub max_message_size: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub idle_in_transaction_timeout_secs: Option<u64>,
     pub max_user_connections: Option<usize>,
     pub max_db_connections: Option<usize>,
+    pub reserved_connections: Option<usize>,
+    pub reserved_roles: Option<Vec<String>>,
     pub shutdown_grace_secs: Option<u64>,
     pub database: Option<String>,
     pub control_user: Option<String>,
@@ -481,6 +503,15 @@ impl Config {
                 .max_db_connections
                 .or(fl.max_db_connections)
                 .unwrap_or(defaults.max_db_connections),
+            reserved_connections: o
+                .reserved_connections
+                .or(fl.reserved_connections)
+                .unwrap_or(defaults.reserved_connections),
+            reserved_roles: o
+                .reserved_roles
+                .clone()
+                .or(fl.reserved_roles)
+                .unwrap_or_default(),
             max_message_size: o
                 .max_message_size
                 .or(fl.max_message_size)
@@ -498,12 +529,31 @@ impl Config {
                 None | Some(0) => None,
                 Some(s) => Some(Duration::from_secs(s)),
             },
+            idle_in_transaction_timeout: match o
+                .idle_in_transaction_timeout_secs
+                .or(fl.idle_in_transaction_timeout_secs)
+            {
+                None | Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+            },
             shutdown_grace: o
                 .shutdown_grace_secs
                 .or(fl.shutdown_grace_secs)
                 .map(Duration::from_secs)
                 .unwrap_or(defaults.shutdown_grace),
         };
+        if limits.reserved_connections > 0
+            && limits.reserved_connections >= limits.max_client_connections
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.reserved_connections",
+                value: limits.reserved_connections.to_string(),
+                reason: format!(
+                    "must be below max_client_connections ({})",
+                    limits.max_client_connections
+                ),
+            });
+        }
         if limits.max_client_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_client_connections",

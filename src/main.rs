@@ -120,6 +120,13 @@ struct ServeArgs {
     /// Client sessions served at once [default: 1000].
     #[arg(long, env = "PGSHIFT_MAX_CLIENT_CONNECTIONS")]
     max_client_connections: Option<usize>,
+    /// Of those, the last N are kept for the reserved roles [default: 0].
+    #[arg(long, env = "PGSHIFT_RESERVED_CONNECTIONS")]
+    reserved_connections: Option<usize>,
+    /// Roles that may take the reserved connections, comma-separated
+    /// [default: the control role].
+    #[arg(long, env = "PGSHIFT_RESERVED_ROLES", value_delimiter = ',')]
+    reserved_roles: Option<Vec<String>>,
     /// Sessions per user; 0 = no limit beyond the total [default: 0].
     #[arg(long, env = "PGSHIFT_MAX_USER_CONNECTIONS")]
     max_user_connections: Option<usize>,
@@ -135,6 +142,10 @@ struct ServeArgs {
     /// Close sessions without traffic for this many seconds; 0 = never [default: 0].
     #[arg(long, env = "PGSHIFT_IDLE_TIMEOUT_SECS")]
     idle_timeout_secs: Option<u64>,
+    /// Close sessions idle inside a transaction (holding its locks and
+    /// snapshot) for this many seconds; 0 = never [default: 0].
+    #[arg(long, env = "PGSHIFT_IDLE_IN_TRANSACTION_TIMEOUT_SECS")]
+    idle_in_transaction_timeout_secs: Option<u64>,
     /// Seconds sessions get to finish on SIGINT/SIGTERM [default: 30].
     #[arg(long, env = "PGSHIFT_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
@@ -368,8 +379,11 @@ fn main() -> Result<()> {
                 max_message_size: args.max_message_size,
                 connect_timeout_ms: args.connect_timeout_ms,
                 idle_timeout_secs: args.idle_timeout_secs,
+                idle_in_transaction_timeout_secs: args.idle_in_transaction_timeout_secs,
                 max_user_connections: args.max_user_connections,
                 max_db_connections: args.max_db_connections,
+                reserved_connections: args.reserved_connections,
+                reserved_roles: args.reserved_roles.clone(),
                 shutdown_grace_secs: args.shutdown_grace_secs,
                 database: args.database,
                 control_user: args.control_user,

@@ -94,6 +94,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
         &PassThrough
     };
 
+    let user = params.user.as_deref().unwrap_or("");
+    let reserved_role = match limits.reserved_roles.as_slice() {
+        [] => user == shared.config.control.user,
+        roles => roles.iter().any(|r| r == user),
+    };
+    if shared.sessions.available_permits() <= limits.reserved_connections && !reserved_role {
+        stats::rejected();
+        warn!(
+            reserved = limits.reserved_connections,
+            "refused a client: the remaining connections are reserved"
+        );
+        let err = ErrorResponse::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgshift refused the connection: the remaining {} connection slots are reserved (reserved_connections) for the roles {}",
+                limits.reserved_connections,
+                match limits.reserved_roles.as_slice() {
+                    [] => shared.config.control.user.clone(),
+                    roles => roles.join(", "),
+                }
+            ),
+        );
+        reject(&mut client, err).await;
+        return;
+    }
     let Ok(_permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
         stats::rejected();
         warn!(
@@ -111,25 +136,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
         return;
     };
 
-    let user = params.user.as_deref().unwrap_or("");
-    let _held = match shared.counts.acquire(
-        user,
-        database,
-        limits.max_user_connections,
-        limits.max_db_connections,
-    ) {
-        Ok(held) => held,
-        Err(which) => {
-            stats::rejected();
-            warn!(%which, "refused a client: too many connections");
-            let err = ErrorResponse::fatal(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("pgshift refused the connection: {which}"),
-            );
-            reject(&mut client, err).await;
-            return;
-        }
-    };
     let _counted = stats::SessionGuard::new();
     let upstream = &shared.config.upstream;
     let mut server = match connect_upstream(&shared).await {
@@ -160,6 +166,27 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
     if !authenticate(&mut client, &mut server, limits.startup_timeout, client_tls).await {
         return;
     }
+    // Counted once authenticated, as Postgres counts a role's connection
+    // limit: a client that cannot authenticate as a role cannot use up
+    // that role's sessions.
+    let _held = match shared.counts.acquire(
+        user,
+        database,
+        limits.max_user_connections,
+        limits.max_db_connections,
+    ) {
+        Ok(held) => held,
+        Err(which) => {
+            stats::rejected();
+            warn!(%which, "refused a client: too many connections");
+            let err = ErrorResponse::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("pgshift refused the connection: {which}"),
+            );
+            reject(&mut client, err).await;
+            return;
+        }
+    };
     debug!(
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"

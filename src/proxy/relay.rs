@@ -54,6 +54,7 @@ enum End {
     ServerIo(io::Error),
     ServerProtocol(FrameError),
     IdleTimeout(Duration),
+    IdleInTransaction(Duration),
     /// Shutdown: the session reached a point where closing loses nothing.
     Drained,
     /// Shutdown: the grace period is over.
@@ -215,17 +216,35 @@ async fn server_to_client(
     }
 }
 
-/// Completes when the session has been quiet for `limit`.
-async fn idle_watch(state: &SessionState, limit: Option<Duration>) -> End {
-    let Some(limit) = limit else {
+/// Completes when the session has been quiet for `idle`, or quiet inside
+/// a transaction for `in_transaction`.
+async fn idle_watch(
+    state: &SessionState,
+    idle: Option<Duration>,
+    in_transaction: Option<Duration>,
+) -> End {
+    if idle.is_none() && in_transaction.is_none() {
         return std::future::pending().await;
-    };
+    }
     loop {
         let quiet = state.quiet_for();
-        if quiet >= limit {
+        if let Some(limit) = idle.filter(|l| quiet >= *l) {
             return End::IdleTimeout(limit);
         }
-        tokio::time::sleep(limit - quiet).await;
+        if let Some(limit) = in_transaction.filter(|l| quiet >= *l) {
+            if state.is_idle_in_transaction() {
+                return End::IdleInTransaction(limit);
+            }
+        }
+        // Until the first limit could be reached; a transaction limit
+        // already passed outside a transaction counts from the next byte.
+        let wait = [idle, in_transaction]
+            .into_iter()
+            .flatten()
+            .map(|l| if quiet < l { l - quiet } else { l })
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -273,7 +292,8 @@ async fn relay<CR, CW, SR, SW>(
     SW: AsyncWrite + Unpin,
 {
     let limits = &shared.config.limits;
-    let state = SessionState::new(limits.idle_timeout.is_some(), context);
+    let timed = limits.idle_timeout.is_some() || limits.idle_in_transaction_timeout.is_some();
+    let state = SessionState::new(timed, context);
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
     let mut stage = shared.stage.clone();
@@ -281,7 +301,11 @@ async fn relay<CR, CW, SR, SW>(
     let end = {
         let c2s = client_to_server(&mut client_r, &mut server_w, &mut up, &state, rewriter);
         let s2c = server_to_client(&mut server_r, &mut client_w, &mut down, &state, rewriter);
-        let idle = idle_watch(&state, limits.idle_timeout);
+        let idle = idle_watch(
+            &state,
+            limits.idle_timeout,
+            limits.idle_in_transaction_timeout,
+        );
         tokio::pin!(c2s, s2c, idle);
         let mut current = *stage.borrow_and_update();
         loop {
@@ -366,6 +390,19 @@ async fn relay<CR, CW, SR, SW>(
                     limit.as_secs()
                 ),
             ))
+        }
+        End::IdleInTransaction(limit) => {
+            info!(
+                idle_secs = limit.as_secs(),
+                "closing a session idle in a transaction"
+            );
+            Some(ErrorResponse::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                format!(
+                    "pgshift closed the session after {} s idle inside a transaction (idle_in_transaction_timeout_secs); the transaction was rolled back",
+                    limit.as_secs()
+                ),
+            ).with_hint("Commit or roll back promptly; do not hold a transaction open between requests."))
         }
         End::Drained | End::ShutdownForced => {
             debug!(

@@ -122,6 +122,14 @@ impl SessionState {
             && self.txn_status.load(Ordering::Relaxed) == b'I'
     }
 
+    /// Inside a transaction with nothing in flight: the client holds the
+    /// transaction open between statements.
+    pub fn is_idle_in_transaction(&self) -> bool {
+        self.requests_sent.load(Ordering::Relaxed) == self.ready_seen.load(Ordering::Relaxed)
+            && !self.unsynced.load(Ordering::Relaxed)
+            && self.txn_status.load(Ordering::Relaxed) != b'I'
+    }
+
     /// The client sent Terminate.
     pub fn terminated(&self) -> bool {
         self.terminated.load(Ordering::Relaxed)

@@ -187,6 +187,55 @@ async fn idle_sessions_are_closed_with_57p05() {
 }
 
 #[tokio::test]
+async fn a_session_idle_inside_a_transaction_is_closed_with_25p03_and_its_locks_freed() {
+    let proxy =
+        TestProxy::with(|c| c.limits.idle_in_transaction_timeout = Some(Duration::from_secs(1)))
+            .await;
+    let table = unique("idletx");
+    let direct = db().direct().await;
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); insert into {table} values (1, 0)"
+        ))
+        .await
+        .unwrap();
+    // Idle outside a transaction for longer than the limit: left alone.
+    let (mut quiet, _, _) = RawConn::startup(proxy.addr).await;
+    let (mut holder, _, _) = RawConn::startup(proxy.addr).await;
+    holder
+        .send(&query(&format!(
+            "begin; update {table} set v = 1 where id = 1"
+        )))
+        .await;
+    holder.until_ready().await;
+    let started = Instant::now();
+    assert_eq!(fatal_code(&mut holder).await.as_deref(), Some("25P03"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The transaction was rolled back and its row lock is free.
+    direct
+        .batch_execute("set lock_timeout = '2s'")
+        .await
+        .unwrap();
+    let v: i32 = direct
+        .query_one(
+            &format!("select v from {table} where id = 1 for update"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 0);
+    quiet.send(&query("select 1")).await;
+    quiet.until_ready().await;
+    // A statement that runs longer than the limit inside a transaction is
+    // not idle.
+    quiet
+        .send(&query("begin; select pg_sleep(1.5); commit"))
+        .await;
+    quiet.until_ready().await;
+}
+
+#[tokio::test]
 async fn client_vanishing_mid_transaction_releases_its_locks() {
     let proxy = TestProxy::start().await;
     let table = unique("vanish");
@@ -364,4 +413,52 @@ async fn limits_per_user_and_per_database_name_themselves() {
         assert!(Instant::now() < deadline, "the slot came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Clients that start as a role and never authenticate hold only total
+/// slots, never that role's own (counted once authenticated, as Postgres
+/// does), and the last `reserved_connections` slots are kept for the
+/// reserved roles.
+#[tokio::test]
+async fn unauthenticated_clients_use_no_role_slots_and_the_reserve_keeps_operators_in() {
+    if !db().owns_cluster() {
+        eprintln!("skipped: needs the harness's own cluster (pg_hba.conf and roles)");
+        return;
+    }
+    let operator = db().user.clone();
+    let proxy = TestProxy::with(|c| {
+        c.limits.max_client_connections = 5;
+        c.limits.reserved_connections = 1;
+        c.limits.reserved_roles = vec![operator.clone()];
+        c.limits.max_user_connections = 2;
+    })
+    .await;
+    // Two clients claim the SCRAM role and stall in its challenge.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(&startup_message(&[
+            ("user", SCRAM_USER.0),
+            ("database", "postgres"),
+        ]))
+        .await;
+        let challenge = conn.read().await.expect("a challenge");
+        assert_eq!(challenge.tag, b'R');
+        stalled.push(conn);
+    }
+    let mut config = proxy.config();
+    config
+        .user(SCRAM_USER.0)
+        .password(SCRAM_USER.1)
+        .dbname("postgres");
+    let _a = connect(&config).await.expect("the role's first session");
+    let _b = connect(&config).await.expect("the role's second session");
+    // Four of five slots are taken: the last is reserved.
+    let mut md5 = proxy.config();
+    md5.user(MD5_USER.0).password(MD5_USER.1).dbname("postgres");
+    let err = refused(connect(&md5).await, "a session in the reserve");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
+    assert!(message_of(&err).contains("reserved"), "{err:?}");
+    let admin = proxy.connect().await;
+    admin.query_one("select 1", &[]).await.unwrap();
 }
