@@ -9,12 +9,24 @@ use crate::admin;
 /// Where the admin port is and how to talk to it.
 pub struct Target {
     pub admin: String,
+    /// The CA an HTTPS admin port's certificate is verified with.
+    pub ca: Option<std::path::PathBuf>,
     pub token: Option<String>,
     pub json: bool,
 }
 
+impl Target {
+    /// Verifies an HTTPS admin port with `ca` from now on, when given.
+    fn use_ca(&self) {
+        if let Some(ca) = &self.ca {
+            admin::set_ca(ca.clone());
+        }
+    }
+}
+
 /// `pgshift status`.
 pub async fn status(target: &Target) -> anyhow::Result<()> {
+    target.use_ca();
     let (code, body) = admin::request(
         &target.admin,
         "GET",
@@ -45,6 +57,7 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
 
 /// `pgshift migrate ACTION ID`.
 pub async fn migrate(target: &Target, action: &str, id: &str, body: Value) -> anyhow::Result<()> {
+    target.use_ca();
     let path = format!("/migrations/{id}/{action}");
     let body = if body.as_object().is_some_and(|o| o.is_empty()) {
         None

@@ -54,6 +54,9 @@ pub struct Config {
     pub client_tls: ClientTls,
     /// TLS toward the upstream (sessions, cancels, control connections).
     pub upstream_tls: UpstreamTlsConfig,
+    /// The admin port speaks HTTPS (with `tls`'s files): the default when
+    /// a certificate is configured.
+    pub admin_tls: bool,
 }
 
 /// The database the migrations are in, and the role pgshift connects as to
@@ -188,6 +191,7 @@ impl Default for Config {
             tls: None,
             client_tls: ClientTls::Disable,
             upstream_tls: UpstreamTlsConfig::default(),
+            admin_tls: false,
         }
     }
 }
@@ -248,6 +252,7 @@ struct FileTls {
     client_tls: Option<String>,
     upstream_tls: Option<String>,
     upstream_ca: Option<String>,
+    admin: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +328,7 @@ pub struct Overrides {
     pub tls_key: Option<String>,
     pub client_tls: Option<String>,
     pub upstream_tls: Option<String>,
+    pub admin_tls: Option<bool>,
     pub upstream_ca: Option<String>,
 }
 
@@ -618,7 +624,19 @@ impl Config {
             }
         }
         let upstream_tls = upstream_tls(o, &file.tls)?;
+        let admin_tls_setting = o.admin_tls.or(file.tls.admin);
         let (tls, client_tls) = client_tls(o, file.tls)?;
+        let admin_tls = match admin_tls_setting {
+            Some(true) if tls.is_none() => {
+                return Err(ConfigError::Invalid {
+                    key: "tls.admin",
+                    value: "true".into(),
+                    reason: "HTTPS on the admin port needs a certificate and key (tls.cert and tls.key, --tls-cert and --tls-key)".into(),
+                })
+            }
+            Some(on) => on,
+            None => tls.is_some(),
+        };
         let default_control = Control::default();
         let fc = file.control;
         if !migrations.is_empty() && o.database.is_none() && fc.database.is_none() {
@@ -654,6 +672,7 @@ impl Config {
             tls,
             client_tls,
             upstream_tls,
+            admin_tls,
             control,
             listen,
             upstream,
@@ -795,6 +814,25 @@ mod tests {
             "a read token alone would leave acting open"
         );
         let _ = std::fs::remove_file(dir);
+    }
+
+    #[test]
+    fn the_admin_port_speaks_https_with_a_certificate_unless_told_not_to() {
+        let with_cert = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"";
+        let c = Config::from_toml(with_cert, &Overrides::default()).unwrap();
+        assert!(c.admin_tls);
+        let off = format!("{with_cert}\nadmin = false");
+        assert!(!Config::from_toml(&off, &Overrides::default()).unwrap().admin_tls);
+        let c = Config::from_toml("", &Overrides::default()).unwrap();
+        assert!(!c.admin_tls);
+        let err = Config::from_toml("[tls]\nadmin = true", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("tls.admin"), "{err}");
+        let o = Overrides {
+            reserved_connections: Some(1000),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &o).unwrap_err();
+        assert!(err.to_string().contains("reserved_connections"), "{err}");
     }
 
     #[test]

@@ -47,9 +47,14 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct AdminArgs {
-    /// The admin port of a running pgshift.
+    /// The admin port of a running pgshift: HOST:PORT, or
+    /// https://HOST:PORT when it serves HTTPS.
     #[arg(long, env = "PGSHIFT_ADMIN", default_value = "127.0.0.1:9432")]
     admin: String,
+    /// PEM CA certificates to verify an HTTPS admin port with [default:
+    /// the system's].
+    #[arg(long, env = "PGSHIFT_ADMIN_CA")]
+    admin_ca: Option<std::path::PathBuf>,
     /// Bearer token, when the admin port requires one.
     #[arg(long, env = "PGSHIFT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -184,6 +189,10 @@ struct ServeArgs {
     /// PEM private key of that certificate.
     #[arg(long, env = "PGSHIFT_TLS_KEY")]
     tls_key: Option<String>,
+    /// HTTPS on the admin port, with the certificate above [default: true
+    /// with a certificate].
+    #[arg(long, env = "PGSHIFT_ADMIN_TLS")]
+    admin_tls: Option<bool>,
     /// disable | allow | require [default: allow with a certificate].
     #[arg(long, env = "PGSHIFT_CLIENT_TLS")]
     client_tls: Option<String>,
@@ -306,7 +315,23 @@ async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock
         match admin::bind(addr).await {
             Ok(listener) => {
                 let local = listener.local_addr().map_or(addr, |a| a);
-                tracing::info!(admin = %local, "admin port listening");
+                let tls = match (&config.tls, config.admin_tls) {
+                    (Some(files), true) => {
+                        match pgshift::proxy::tls::Reloadable::load(
+                            files.clone(),
+                            pgshift::proxy::tls::ALPN_HTTP1,
+                        ) {
+                            Ok(tls) => Some(Arc::new(tls)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "the admin port cannot serve HTTPS; it stays closed");
+                                return;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(admin = %local, %scheme, "admin port listening");
                 tokio::spawn(admin::serve_when_ready(
                     listener,
                     Arc::clone(&slot),
@@ -314,6 +339,7 @@ async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock
                         config.admin_token.as_deref(),
                         config.admin_read_token.as_deref(),
                     ),
+                    tls,
                 ));
             }
             Err(e) => {
@@ -394,6 +420,7 @@ fn main() -> Result<()> {
                 admin_token_file: args.admin_token_file,
                 admin_read_token: args.admin_read_token,
                 admin_read_token_file: args.admin_read_token_file,
+                admin_tls: args.admin_tls,
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
                 client_tls: args.client_tls,
@@ -432,6 +459,7 @@ fn main() -> Result<()> {
             })
         }
         Command::Status(args) => runtime.block_on(admin_client::status(&admin_client::Target {
+            ca: args.admin_ca,
             admin: args.admin,
             token: args.token,
             json: args.json,
@@ -458,6 +486,7 @@ fn main() -> Result<()> {
                 body.insert("fix".into(), true.into());
             }
             let target = admin_client::Target {
+                ca: args.target.admin_ca,
                 admin: args.target.admin,
                 token: args.target.token,
                 json: args.target.json,

@@ -1,7 +1,8 @@
 //! TLS toward clients: the certificate and key pgshift presents, loaded
 //! with rustls (no OpenSSL), re-read on demand (SIGHUP) so that new
 //! sessions get a rotated certificate while open ones keep theirs, and the
-//! `client_tls` policy (`disable`, `allow`, `require`).
+//! `client_tls` policy (`disable`, `allow`, `require`). The admin port
+//! serves HTTPS with the same files ([`Reloadable`] with ALPN `http/1.1`).
 //!
 //! Both ways a client can start TLS are served: the classic `SSLRequest`
 //! answered `S`, and PostgreSQL 17's direct TLS (a ClientHello straight
@@ -18,6 +19,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// The ALPN protocol name of the PostgreSQL protocol.
 pub const ALPN: &[u8] = b"postgresql";
+/// The ALPN protocol name of HTTP/1.1 (the admin port).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// What pgshift asks of clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,45 +51,66 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The client-side TLS of a running proxy.
-pub struct ClientTlsState {
-    files: Option<TlsFiles>,
-    mode: ClientTls,
-    acceptor: RwLock<Option<TlsAcceptor>>,
+/// A certificate and key served under one ALPN protocol, re-read on
+/// demand: connections accepted after a reload get the new certificate.
+pub struct Reloadable {
+    files: TlsFiles,
+    alpn: &'static [u8],
+    current: RwLock<TlsAcceptor>,
 }
 
-impl ClientTlsState {
-    /// Loads the certificate (if any); `Err` says what is wrong with it.
-    pub fn load(files: Option<TlsFiles>, mode: ClientTls) -> Result<ClientTlsState, String> {
-        let acceptor = match &files {
-            Some(files) if mode != ClientTls::Disable => Some(acceptor(files)?),
-            _ => None,
-        };
-        Ok(ClientTlsState {
+impl Reloadable {
+    /// Loads the files; `Err` says what is wrong with them.
+    pub fn load(files: TlsFiles, alpn: &'static [u8]) -> Result<Reloadable, String> {
+        let current = RwLock::new(acceptor(&files, alpn)?);
+        Ok(Reloadable {
             files,
-            mode,
-            acceptor: RwLock::new(acceptor),
+            alpn,
+            current,
         })
     }
 
     /// Re-reads the certificate and key; on failure the current ones stay.
     pub fn reload(&self) -> Result<(), String> {
-        let Some(files) = &self.files else {
-            return Ok(());
-        };
-        if self.mode == ClientTls::Disable {
-            return Ok(());
-        }
-        let fresh = acceptor(files)?;
-        if let Ok(mut current) = self.acceptor.write() {
-            *current = Some(fresh);
-        }
+        let fresh = acceptor(&self.files, self.alpn)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The client-side TLS of a running proxy.
+pub struct ClientTlsState {
+    mode: ClientTls,
+    /// `None`: no certificate, or `client_tls = disable`.
+    served: Option<Reloadable>,
+}
+
+impl ClientTlsState {
+    /// Loads the certificate (if any); `Err` says what is wrong with it.
+    pub fn load(files: Option<TlsFiles>, mode: ClientTls) -> Result<ClientTlsState, String> {
+        let served = match files {
+            Some(files) if mode != ClientTls::Disable => Some(Reloadable::load(files, ALPN)?),
+            _ => None,
+        };
+        Ok(ClientTlsState { mode, served })
+    }
+
+    /// Re-reads the certificate and key; on failure the current ones stay.
+    pub fn reload(&self) -> Result<(), String> {
+        self.served.as_ref().map_or(Ok(()), Reloadable::reload)
     }
 
     /// The acceptor for a new session, when TLS is offered.
     pub fn acceptor(&self) -> Option<TlsAcceptor> {
-        self.acceptor.read().ok().and_then(|a| a.clone())
+        self.served.as_ref().map(Reloadable::acceptor)
     }
 
     pub fn mode(&self) -> ClientTls {
@@ -103,8 +127,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A rustls acceptor for these files.
-fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+/// A rustls acceptor for these files, offering `alpn`.
+fn acceptor(files: &TlsFiles, alpn: &[u8]) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| format!("cannot read the certificate {}: {e}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -126,6 +150,6 @@ fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
                 files.key.display()
             )
         })?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

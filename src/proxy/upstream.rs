@@ -144,12 +144,14 @@ fn client_config(mode: UpstreamTls, ca: Option<&Path>) -> Result<ClientConfig, S
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let config = match mode {
-        UpstreamTls::VerifyFull => builder.with_root_certificates(roots(ca)?),
+        UpstreamTls::VerifyFull => builder.with_root_certificates(roots(ca, "upstream_ca")?),
         UpstreamTls::VerifyCa => {
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                    .build()
-                    .map_err(|e| e.to_string())?;
+            let verifier = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(ca, "upstream_ca")?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
@@ -161,18 +163,19 @@ fn client_config(mode: UpstreamTls, ca: Option<&Path>) -> Result<ClientConfig, S
     Ok(config.with_no_client_auth())
 }
 
-/// The CA certificates to trust: `ca`'s, or the system's.
-fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+/// The CA certificates to trust: `ca`'s (read for the setting named
+/// `setting`), or the system's.
+pub(crate) fn roots(ca: Option<&Path>, setting: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|i| i.collect())
-                .map_err(|e| format!("cannot read upstream_ca {}: {e}", path.display()))?;
+                .map_err(|e| format!("cannot read {setting} {}: {e}", path.display()))?;
             for cert in certs {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("upstream_ca {}: {e}", path.display()))?;
+                    .map_err(|e| format!("{setting} {}: {e}", path.display()))?;
             }
         }
         None => {
@@ -182,7 +185,9 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
         }
     }
     if roots.is_empty() {
-        return Err("no CA certificate to verify the server with: set upstream_ca".into());
+        return Err(format!(
+            "no CA certificate to verify the server with: set {setting}"
+        ));
     }
     Ok(roots)
 }

@@ -423,3 +423,53 @@ async fn sessions_reach_a_server_that_requires_tls() {
     let ssl: bool = client.query_one(SSL_IN_USE, &[]).await.unwrap().get(0);
     assert!(ssl);
 }
+
+#[tokio::test]
+async fn the_admin_port_serves_https_only_with_the_certificate() {
+    use pgshift::proxy::tls::{Reloadable, ALPN_HTTP1};
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let mut ports = Vec::new();
+    let mut servers = Vec::new();
+    for files in [pki.files(), stranger.files()] {
+        let tls = Arc::new(Reloadable::load(files, ALPN_HTTP1).unwrap());
+        let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        servers.push(tokio::spawn(pgshift::admin::serve_when_ready(
+            listener,
+            Arc::new(std::sync::OnceLock::new()),
+            pgshift::admin::Tokens::default(),
+            Some(tls),
+        )));
+    }
+    pgshift::admin::set_ca(pki.ca());
+    // HTTPS, the certificate checked against the CA and the name.
+    let https = format!("https://localhost:{}", ports[0]);
+    let (code, page) = pgshift::admin::request(&https, "GET", "/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(page.as_str().unwrap_or("").contains("pgshift"), "{page}");
+    // Plain HTTP is told to use https, and acts on nothing.
+    let plain = format!("127.0.0.1:{}", ports[0]);
+    let (code, answer) =
+        pgshift::admin::request(&plain, "POST", "/migrations/x/expand", None, None)
+            .await
+            .unwrap();
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("https://"),
+        "{answer}"
+    );
+    // A certificate the CA did not sign fails, naming the problem.
+    let https = format!("https://localhost:{}", ports[1]);
+    let err = pgshift::admin::request(&https, "GET", "/", None, None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    for server in servers {
+        server.abort();
+    }
+}
