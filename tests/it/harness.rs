@@ -521,9 +521,20 @@ pub async fn driven_with_tokens(
     dbname: &str,
     tokens: pgshift::admin::Tokens,
 ) -> Driven {
+    driven_with(specs, dbname, tokens, |_| {}).await
+}
+
+/// [`driven_with_tokens`] with the control settings adjusted (its role).
+pub async fn driven_with(
+    specs: Vec<pgshift::rewrite::migration::MigrationSpec>,
+    dbname: &str,
+    tokens: pgshift::admin::Tokens,
+    adjust: impl FnOnce(&mut Config),
+) -> Driven {
     use pgshift::rewrite::migration::Phase;
     use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
     let mut config = control_config_for(dbname);
+    adjust(&mut config);
     config.migrations = specs
         .into_iter()
         .map(|spec| ActiveMigration {

@@ -2409,3 +2409,66 @@ async fn a_role_outside_pgshift_holding_the_backfill_lock_cannot_stall_it() {
     assert_eq!(m["backfill"]["rows_done"], 3000, "{m}");
     assert_eq!(rows_where_w_differs(&direct, &table).await, 0);
 }
+
+/// pgshift needs no superuser: a control role that owns the table and may
+/// create the `pgshift` schema runs the whole lifecycle of a type change.
+#[tokio::test]
+async fn the_whole_lifecycle_runs_as_a_role_that_only_owns_the_table() {
+    let (dbname, direct) = db().fresh_database("ownerdb").await;
+    let role = unique("owner");
+    let table = unique("invoices");
+    let id = unique("to_numeric");
+    direct
+        .batch_execute(&format!(
+            "create role {role} login nosuperuser nocreaterole nocreatedb;
+             grant create on database {dbname} to {role};
+             create table {table} (id int primary key, cents int not null default 0);
+             insert into {table} select g, g * 7 from generate_series(1, 2000) g;
+             alter table {table} owner to {role}"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        "cents",
+        "amount",
+        Some("numeric(12,2)"),
+        Some("cents::numeric / 100"),
+        Some("(amount * 100)::integer"),
+    )
+    .unwrap();
+    let control_role = role.clone();
+    let d = driven_with(vec![spec], &dbname, Default::default(), move |c| {
+        c.control.user = control_role;
+    })
+    .await;
+    let admin = d.admin.as_str();
+    let (code, body) = post(admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    switch_to_new(admin, &id).await;
+    for action in ["contract", "complete"] {
+        let (code, body) = post(admin, &format!("/migrations/{id}/{action}"), json!({})).await;
+        assert_eq!(code, 200, "{action}: {body}");
+    }
+    let (sum, owner): (String, String) = {
+        let row = direct
+            .query_one(
+                &format!(
+                    "select sum(amount)::text, (select pg_get_userbyid(relowner) from pg_class where oid = '{table}'::regclass)::text from {table}"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(sum, "140070.00");
+    assert_eq!(owner, role);
+    let superuser: bool = direct
+        .query_one("select rolsuper from pg_roles where rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser);
+}
