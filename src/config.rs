@@ -822,7 +822,11 @@ mod tests {
         let c = Config::from_toml(with_cert, &Overrides::default()).unwrap();
         assert!(c.admin_tls);
         let off = format!("{with_cert}\nadmin = false");
-        assert!(!Config::from_toml(&off, &Overrides::default()).unwrap().admin_tls);
+        assert!(
+            !Config::from_toml(&off, &Overrides::default())
+                .unwrap()
+                .admin_tls
+        );
         let c = Config::from_toml("", &Overrides::default()).unwrap();
         assert!(!c.admin_tls);
         let err = Config::from_toml("[tls]\nadmin = true", &Overrides::default()).unwrap_err();

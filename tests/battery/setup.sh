@@ -12,6 +12,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:-$here/../../target/battery}
 jar=/usr/share/java/postgresql.jar
 mkdir -p "$dir"
+# One set-up at a time (two tests may ask for the environment at once).
+exec 9>"$dir/.lock"
+flock 9
 
 inputs=("$here/requirements.txt" "$here/node/package.json" "$here/node/package-lock.json" "$here/java/JdbcApp.java")
 hash=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)

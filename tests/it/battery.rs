@@ -28,7 +28,7 @@ fn repo() -> PathBuf {
 }
 
 /// The apps' environment (venv, node_modules, compiled JDBC app).
-fn environment() -> PathBuf {
+pub(crate) fn environment() -> PathBuf {
     let dir = repo().join("target").join("battery");
     let status = std::process::Command::new("bash")
         .arg(repo().join("tests/battery/setup.sh"))

@@ -473,3 +473,130 @@ async fn the_admin_port_serves_https_only_with_the_certificate() {
         server.abort();
     }
 }
+
+/// The certificate rotated by SIGHUP while pgbench opens a TLS connection
+/// per transaction (and keeps others open): no transaction fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotated_under_pgbench_load_fails_no_transaction() {
+    let first = Pki::new();
+    let second = Pki::new();
+    let files = first.files();
+    let proxy = tls_proxy(&first, ClientTls::Require).await;
+    let dbname = unique("rotate");
+    db().direct()
+        .await
+        .batch_execute(&format!("create database {dbname}"))
+        .await
+        .unwrap();
+    let db = db();
+    let args: Vec<String> = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        proxy.addr.port().to_string(),
+        "-U".into(),
+        db.user.clone(),
+    ];
+    let run = |extra: Vec<&'static str>| {
+        let (args, dbname, password) = (args.clone(), dbname.clone(), db.password.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(tool("pgbench"));
+            cmd.args(&args).args(&extra).arg(&dbname);
+            cmd.env("PGSSLMODE", "require");
+            if let Some(p) = password {
+                cmd.env("PGPASSWORD", p);
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let init = run(vec!["-i", "-q", "-s", "1"]).await.unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let per_transaction = run(vec!["-S", "-C", "-c", "2", "-j", "2", "-T", "4"]);
+    let sessions = run(vec!["-c", "4", "-j", "2", "-T", "4"]);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    copy(&second.dir.join("server.pem"), &files.cert);
+    copy(&second.dir.join("server.key"), &files.key);
+    sighup();
+    for (what, out) in [
+        (
+            "a connection per transaction",
+            per_transaction.await.unwrap(),
+        ),
+        ("open sessions", sessions.await.unwrap()),
+    ] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {stderr}\n{stdout}");
+        assert!(
+            stdout.contains("number of failed transactions: 0 "),
+            "{what}: {stdout}"
+        );
+        assert!(!stdout.contains("processed: 0/"), "{what}: {stdout}");
+    }
+    // New sessions get the new certificate.
+    let (ok, _, err) = psql(
+        &proxy,
+        &db.user,
+        db.password.as_deref(),
+        &format!("sslmode=verify-full sslrootcert={}", second.ca().display()),
+        "select 1",
+    )
+    .await;
+    assert!(ok, "{err}");
+}
+
+/// psycopg 3 (libpq underneath) with `sslmode=require` and `verify-full`
+/// against pgshift's certificate; a wrong CA is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_connects_with_require_and_verify_full() {
+    let pki = Pki::new();
+    let stranger = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Require).await;
+    let env = tokio::task::spawn_blocking(crate::battery::environment)
+        .await
+        .unwrap();
+    let db = db();
+    let base = format!(
+        "host=localhost port={} user={} dbname=postgres connect_timeout=10",
+        proxy.addr.port(),
+        db.user
+    );
+    let script = r#"
+import sys, psycopg
+base, ca, wrong = sys.argv[1:4]
+for settings in ["sslmode=require", f"sslmode=verify-full sslrootcert={ca}"]:
+    with psycopg.connect(f"{base} {settings}") as conn:
+        assert conn.pgconn.ssl_in_use, settings
+        assert conn.execute("select 41 + 1").fetchone()[0] == 42
+        print("ok", settings)
+try:
+    psycopg.connect(f"{base} sslmode=verify-full sslrootcert={wrong}")
+    print("wrong CA accepted")
+except psycopg.OperationalError as e:
+    print("refused:", e)
+"#;
+    let mut cmd = Command::new(env.join("venv/bin/python"));
+    cmd.args(["-c", script, &base])
+        .arg(pki.ca())
+        .arg(stranger.ca());
+    if let Some(p) = &db.password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    assert_eq!(stdout.matches("ok sslmode").count(), 2, "{stdout}");
+    assert!(
+        // (OpenSSL 3 words it "provider signature failure": the stranger
+        // CA bears the same name as the real one.)
+        stdout.contains("refused:") && stdout.contains("SSL error"),
+        "{stdout}"
+    );
+}
