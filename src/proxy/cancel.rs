@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
-use super::connection::connect_upstream;
+use super::upstream::connect_upstream;
 use super::Shared;
 
 /// How long to wait for the upstream to acknowledge a cancel by closing.

@@ -1,7 +1,8 @@
 //! One client connection from accept to close: the startup negotiation
-//! (SSLRequest / GSSENCRequest answered `N`, CancelRequest forwarded), the
-//! session limit, the upstream connection, the authentication exchange
-//! (relayed by [`auth`], nothing else decoded), then the relay.
+//! (TLS by [`super::negotiate`], CancelRequest forwarded), the session
+//! limits (total, reserved, per user and database), the upstream
+//! connection, the authentication exchange (relayed by [`auth`], nothing
+//! else decoded), then the relay.
 //!
 //! Everything a client can get wrong here ends in a FATAL `ErrorResponse`
 //! with a SQLSTATE and a sentence saying what pgshift refused.
@@ -20,6 +21,7 @@ use super::auth::{self, AuthEnd};
 use super::negotiate::{negotiate, Negotiated, Refusal};
 use super::stream::Stream;
 use super::tls::ClientTls;
+use super::upstream::connect_upstream;
 use super::wire::{sqlstate, ErrorResponse, StartupPacket};
 use super::{cancel, relay, stats, Shared};
 
@@ -197,28 +199,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
         search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
     );
     relay::run(&shared, rewriter, context, client, server).await;
-}
-
-/// Opens the connection to the upstream within `connect_timeout`: TCP,
-/// then TLS as `upstream_tls` says.
-pub(crate) async fn connect_upstream(shared: &Shared) -> Result<Stream, String> {
-    let config = &shared.config;
-    let upstream = &config.upstream;
-    let timeout = config.limits.connect_timeout;
-    let connect = async {
-        let tcp = TcpStream::connect((upstream.host.as_str(), upstream.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        shared.upstream_tls.negotiate(tcp, &upstream.host).await
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "timed out after {} ms (connect_timeout_ms)",
-            timeout.as_millis()
-        )),
-    }
 }
 
 /// Relays the authentication exchange within `limit`; `false` when the

@@ -315,3 +315,25 @@ impl UpstreamTlsConfig {
         UpstreamTlsSetup::new(self.mode, self.ca.as_deref())
     }
 }
+
+/// Opens the connection to the upstream within `connect_timeout`: TCP,
+/// then TLS as `upstream_tls` says.
+pub(crate) async fn connect_upstream(shared: &super::Shared) -> Result<Stream, String> {
+    let config = &shared.config;
+    let upstream = &config.upstream;
+    let timeout = config.limits.connect_timeout;
+    let connect = async {
+        let tcp = TcpStream::connect((upstream.host.as_str(), upstream.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        shared.upstream_tls.negotiate(tcp, &upstream.host).await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "timed out after {} ms (connect_timeout_ms)",
+            timeout.as_millis()
+        )),
+    }
+}
