@@ -1,562 +1,672 @@
-//! The backfill and the parity check: `b := up(a)` over the table in key
-//! order, one batch per transaction with the cursor and counters committed
-//! in the same transaction; and `b IS DISTINCT FROM up(a)` counted in one
-//! short statement or range by range, never in one long transaction.
+//! The backfill as a background task of one proxy: the walk is split over
+//! the migration's `workers` (each slice with a durable cursor of its own),
+//! one session walks each slice batch by batch, they throttle together on
+//! replication lag and lock waits, stop at a pause, wait out a lost
+//! connection from the stored cursors, and the last one done marks the
+//! migration backfilled.
 //!
-//! The backfill cannot overwrite a newer value with an older one: each
-//! batch computes `b` from the row's current `a` under the row lock of its
-//! own UPDATE, and rows applications wrote meanwhile are already
-//! dual-written (their `b` equals `up(a)`, so they are skipped).
-//!
-//! The parity check of a table small enough is one statement under a
-//! time budget (a sequential pass, as the classic method counts); a bigger
-//! table, or one whose pass runs past the budget, is walked range by range.
+//! One proxy runs a migration's backfill at a time: its coordinating
+//! session holds an advisory lock on the migration while the walk runs.
+//! Another proxy that finds the backfill running leaves it alone, and
+//! takes it over (from the stored cursors) once no pgshift session holds
+//! that lock — the proxy that ran it crashed or lost its connection for
+//! good. The lock's key is random, kept in the `pgshift` schema (closed to
+//! other roles) and drawn anew at every run; a session of a role that
+//! cannot read that schema holding the key (it saw it in `pg_locks`) is
+//! named in the log and passed by with a new key, never waited for.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use super::store::{self, Record, Slice};
-use crate::rewrite::migration::quote_ident;
+use super::walk::{self, Lane, Walk};
+use super::{ddl, peers, store, ActionError, Lifecycle, Record, THROTTLE_CHECK_INTERVAL};
+use crate::rewrite::migration::Phase;
+use serde_json::Value;
 
-/// The SQL pieces a walk over the table needs.
-#[derive(Debug, Clone)]
-pub struct Walk {
-    table: String,
-    /// `k1, k2` (quoted).
-    key_list: String,
-    /// `(k1::text), (k2::text)` for reading a key back as text.
-    key_text: String,
-    /// `k1 desc, k2 desc`.
-    key_desc: String,
-    /// The key columns' types, for keys written as text literals.
-    key_types: Vec<String>,
-    /// `up(a)` over the table's own row.
-    up: String,
-    new: String,
+/// The most sessions one backfill walks the table with.
+const MAX_BACKFILL_WORKERS: i32 = 16;
+
+/// Shared by a backfill's workers: when the throttle question was last
+/// answered "no", so that it is asked at most once a second in all.
+#[derive(Default)]
+struct ThrottleGate {
+    last_clear: Mutex<Option<Instant>>,
 }
 
-impl Walk {
-    pub fn new(record: &Record, key: &[(String, String)]) -> Walk {
-        let spec = &record.spec;
-        let names: Vec<String> = key.iter().map(|(c, _)| quote_ident(c)).collect();
-        let up = match (&spec.up, &spec.new_type) {
-            (Some(up), Some(ty)) => format!("({})::{ty}", up),
-            _ => quote_ident(&spec.from),
-        };
-        Walk {
-            table: spec.table.to_string(),
-            key_list: names.join(", "),
-            key_text: names
-                .iter()
-                .map(|c| format!("({c})::text"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_desc: names
-                .iter()
-                .map(|c| format!("{c} desc"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_types: key.iter().map(|(_, ty)| ty.clone()).collect(),
-            up,
-            new: quote_ident(&spec.to),
+impl ThrottleGate {
+    /// Whether the caller should ask now; a caller told yes asks for all.
+    fn due(&self) -> bool {
+        let mut last = self.last_clear.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < THROTTLE_CHECK_INTERVAL) {
+            return false;
         }
+        *last = Some(Instant::now());
+        true
     }
 
-    /// Rows after `cursor` (all rows for `None`), as a WHERE condition
-    /// with the key written as literals (the planner sees the range).
-    fn after(&self, cursor: &Option<Vec<String>>) -> String {
-        match cursor {
-            Some(values) => format!("({}) > {}", self.key_list, self.literals(values)),
-            None => "true".into(),
-        }
-    }
-
-    /// Rows up to `upper` (inclusive), as a WHERE condition.
-    fn up_to(&self, upper: &[String]) -> String {
-        format!("({}) <= {}", self.key_list, self.literals(upper))
-    }
-
-    /// The next range of at most `batch` keys after `cursor` and up to
-    /// `upper` (inclusive; `None`: no end): (rows in it, its last key),
-    /// read from the key's index alone.
-    async fn next_range(
-        &self,
-        client: &Client,
-        cursor: &Option<Vec<String>>,
-        upper: &Option<Vec<String>>,
-        batch: i32,
-    ) -> Result<(i64, Option<Vec<String>>), store::StoreError> {
-        let answers = client
-            .simple_query(&self.range_query(cursor, upper, batch))
-            .await?;
-        range_answer(&answers).ok_or_else(|| store::StoreError::Invalid {
-            id: self.table.clone(),
-            reason: "the key range query answered no readable row".into(),
-        })
-    }
-
-    /// The query [`Walk::next_range`] runs, its bounds written as literals
-    /// (so it can follow other statements in one simple query); it answers
-    /// one text value, `[count, [last key as text…]]` (`[0, null]` when no
-    /// key is left). A full batch is found by skipping `batch - 1` keys on
-    /// the index; only a lane's last, short batch is counted. The key is
-    /// turned into JSON for the one row that needs it, not for every row
-    /// walked past.
-    fn range_query(
-        &self,
-        cursor: &Option<Vec<String>>,
-        upper: &Option<Vec<String>>,
-        batch: i32,
-    ) -> String {
-        let mut range = self.after(cursor);
-        if let Some(values) = upper {
-            range = format!("{range} and {}", self.up_to(values));
-        }
-        format!(
-            "select coalesce(
-               (select json_build_array({batch}, json_build_array({key_text}))
-                  from (select {keys} from {t} where {range} order by {keys} offset {skip} limit 1) pgshift_nth),
-               (with keys as (select {keys} from {t} where {range} order by {keys} limit {batch})
-                select json_build_array((select count(*) from keys),
-                  (select json_build_array({key_text}) from (select {keys} from keys order by {desc} limit 1) pgshift_last)))
-             )::text",
-            keys = self.key_list,
-            t = self.table,
-            key_text = self.key_text,
-            desc = self.key_desc,
-            skip = batch.max(1) - 1,
-        )
-    }
-
-    /// `(v1::text::T1, v2::text::T2)`: a key as SQL literals.
-    fn literals(&self, values: &[String]) -> String {
-        let cast: Vec<String> = values
-            .iter()
-            .zip(&self.key_types)
-            .map(|(v, ty)| format!("{}::text::{ty}", sql_literal(v)))
-            .collect();
-        format!("({})", cast.join(", "))
-    }
-
-    /// Splits the keys after `cursor` into at most `parts` slices of about
-    /// `remaining / parts` keys each (the bounds found on the key's index),
-    /// the last one ending at `end`; empty when there is nothing to split.
-    pub async fn split(
-        &self,
-        client: &Client,
-        cursor: &Option<Vec<String>>,
-        end: &Option<Vec<String>>,
-        remaining: i64,
-        parts: i32,
-    ) -> Result<Vec<Slice>, tokio_postgres::Error> {
-        let step = remaining / i64::from(parts.max(1));
-        let mut bounds: Vec<Vec<String>> = Vec::new();
-        let mut from = cursor.clone();
-        while step > 0 && (bounds.len() as i64) < i64::from(parts) - 1 {
-            let sql = format!(
-                "select array[{key_text}] from {t} where {after} order by {keys} offset {skip} limit 1",
-                key_text = self.key_text,
-                t = self.table,
-                after = self.after(&from),
-                keys = self.key_list,
-                skip = step - 1,
-            );
-            let Some(row) = client.query_opt(&sql, &[]).await? else {
-                break;
-            };
-            let bound: Vec<String> = row.get(0);
-            from = Some(bound.clone());
-            bounds.push(bound);
-        }
-        if bounds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut slices = Vec::new();
-        let mut lower = cursor.clone();
-        for bound in bounds {
-            slices.push(Slice {
-                cursor: lower,
-                upper: Some(bound.clone()),
-                rows_done: 0,
-            });
-            lower = Some(bound);
-        }
-        slices.push(Slice {
-            cursor: lower,
-            upper: end.clone(),
-            rows_done: 0,
-        });
-        Ok(slices)
-    }
-
-    /// The table's last key now (`None` for an empty table): where a
-    /// backfill starting now ends.
-    pub async fn last_key(
-        &self,
-        client: &Client,
-    ) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
-        let sql = format!(
-            "select array[{key_text}] from {t} order by {desc} limit 1",
-            key_text = self.key_text,
-            t = self.table,
-            desc = self.key_desc,
-        );
-        Ok(client.query_opt(&sql, &[]).await?.map(|row| row.get(0)))
-    }
-
-    /// `UPDATE` of the rows after `cursor` up to `upper` where `b` differs
-    /// from `up(a)`, with the key bounds written as literals, so it can go
-    /// in one simple query with the COMMIT that releases its row locks.
-    fn range_update(&self, cursor: &Option<Vec<String>>, upper: &[String]) -> String {
-        format!(
-            "update {t} set {b} = {up} where {after} and {up_to} and {b} is distinct from {up}",
-            t = self.table,
-            b = self.new,
-            up = self.up,
-            after = self.after(cursor),
-            up_to = self.up_to(upper),
-        )
-    }
-
-    /// The parity check of the next range after `cursor` (see
-    /// [`Walk::count_range`]), its mismatches fixed first with `fix`.
-    async fn check_range(
-        &self,
-        client: &Client,
-        cursor: &Option<Vec<String>>,
-        batch: i32,
-        fix: bool,
-    ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), store::StoreError> {
-        if fix {
-            if let (_, Some(upper)) = self.next_range(client, cursor, &None, batch).await? {
-                client
-                    .execute(&self.range_update(cursor, &upper), &[])
-                    .await?;
-            }
-        }
-        Ok(self.count_range(client, cursor, batch).await?)
-    }
-
-    /// The parity check of the whole table range by range: ranges of
-    /// `batch` keys in key order, `pause` between them, each range's
-    /// mismatches fixed first with `fix`.
-    pub async fn check_ranges(
-        &self,
-        client: &Client,
-        batch: i32,
-        pause: Duration,
-        fix: bool,
-    ) -> Result<RangeCheck, store::StoreError> {
-        let mut cursor: Option<Vec<String>> = None;
-        let mut check = RangeCheck::default();
-        loop {
-            if cursor.is_some() && !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-            let (rows, bad, some, last) = self.check_range(client, &cursor, batch, fix).await?;
-            if rows == 0 {
-                return Ok(check);
-            }
-            check.ranges += 1;
-            check.rows += rows;
-            check.mismatches += bad;
-            let room = 5usize.saturating_sub(check.samples.len());
-            check.samples.extend(some.into_iter().take(room));
-            cursor = last;
-        }
-    }
-
-    /// The parity count of the whole table in one statement: (rows,
-    /// mismatches, up to five mismatching keys in key order), or `None`
-    /// when the statement ran past `budget_ms` and was cancelled (in its
-    /// own read-only transaction: nothing is held afterwards). One
-    /// sequential pass, as the classic method's count is: for a table
-    /// this fits, cheaper in all than a walk on the key's index.
-    pub async fn check_all(
-        &self,
-        client: &Client,
-        budget_ms: u64,
-    ) -> Result<Option<(i64, i64, Vec<String>)>, tokio_postgres::Error> {
-        let (keys, key_text) = (&self.key_list, &self.key_text);
-        let query = format!(
-            "select count(*), count(*) filter (where pgshift_bad),
-                    coalesce((array_agg(({key_text})::text order by {keys}) filter (where pgshift_bad))[1:5], '{{}}')
-               from (select {keys}, {b} is distinct from {up} as pgshift_bad from {t}) r",
-            b = self.new,
-            up = self.up,
-            t = self.table,
-        );
-        client
-            .batch_execute(&format!(
-                "begin read only; set local statement_timeout = {budget_ms}"
-            ))
-            .await?;
-        let answer = client.query_one(&query, &[]).await;
-        client.batch_execute("rollback").await?;
-        match answer {
-            Ok(row) => Ok(Some((row.get(0), row.get(1), row.get(2)))),
-            Err(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The parity count of the next range after `cursor` in one statement
-    /// and one pass over the rows: (rows in the range, mismatches, up to
-    /// five mismatching keys, the range's last key).
-    async fn count_range(
-        &self,
-        client: &Client,
-        cursor: &Option<Vec<String>>,
-        batch: i32,
-    ) -> Result<(i64, i64, Vec<String>, Option<Vec<String>>), tokio_postgres::Error> {
-        let row = client
-            .query_one(&self.count_range_query(cursor, batch), &[])
-            .await?;
-        Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
-    }
-
-    /// The query of [`Walk::count_range`]. A key of one column whose type
-    /// has `max` is counted by one aggregate over the range (its last key
-    /// is the largest); other keys (several columns, or types such as
-    /// uuid) go through a materialized range read four times, which costs
-    /// ≈ 2× as much (6.4–7.2 ms against 2.9–3.0 ms per 10,000 rows of
-    /// `pgbench_accounts`, measured with pgbench on an idle scale-10 table).
-    fn count_range_query(&self, cursor: &Option<Vec<String>>, batch: i32) -> String {
-        let (keys, key_text) = (&self.key_list, &self.key_text);
-        let range = format!(
-            "select {keys}, {b} is distinct from {up} as pgshift_bad from {t} where {after} order by {keys} limit {batch}",
-            b = self.new,
-            up = self.up,
-            t = self.table,
-            after = self.after(cursor),
-        );
-        match self.key_types.as_slice() {
-            [key_type] if HAS_MAX.contains(&key_type.as_str()) => format!(
-                "select count(*), count(*) filter (where pgshift_bad),
-                        coalesce((array_agg(({key_text})::text order by {keys}) filter (where pgshift_bad))[1:5], '{{}}'),
-                        case when count(*) > 0 then array[(max({keys}))::text] end
-                   from ({range}) r"
-            ),
-            _ => format!(
-                "with r as ({range})
-                 select (select count(*) from r), (select count(*) from r where pgshift_bad),
-                        array(select ({key_text})::text as pgshift_key from r where pgshift_bad order by {keys} limit 5),
-                        (select array[{key_text}] from r order by {desc} limit 1)",
-                desc = self.key_desc,
-            ),
-        }
+    /// While throttled, every worker asks again before its next batch.
+    fn ask_again(&self) {
+        *self.last_clear.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
-/// What a range-by-range parity check found.
-#[derive(Debug, Default)]
-pub struct RangeCheck {
-    pub ranges: u64,
-    pub rows: i64,
-    pub mismatches: i64,
-    /// The first five mismatching keys, in key order.
-    pub samples: Vec<String>,
-}
+/// Draws a new random lock key for migration `$1` unless its key is no
+/// longer `$2` (another proxy drew one first); the new key, if drawn.
+const DRAW_KEY: &str = "update pgshift.migrations
+     set backfill_lock_key = ('x' || replace(gen_random_uuid()::text, '-', ''))::bit(64)::bigint
+     where id = $1 and backfill_lock_key = $2 returning backfill_lock_key";
 
-/// Key types (as `format_type` names them) whose `max` follows the
-/// key's own order — the order of the walk's `ORDER BY`.
-const HAS_MAX: [&str; 9] = [
-    "smallint",
-    "integer",
-    "bigint",
-    "numeric",
-    "text",
-    "date",
-    "timestamp without time zone",
-    "timestamp with time zone",
-    "character varying",
-];
+/// Whether a session of a role that may read the `pgshift` schema (a
+/// proxy's) holds the advisory lock of key `$1`.
+const HELD_BY_PGSHIFT: &str =
+    "select exists (select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+       and l.classid = (($1::bigint >> 32) & 4294967295)::oid
+       and l.objid = ($1::bigint & 4294967295)::oid
+       and has_schema_privilege(a.usesysid, 'pgshift', 'usage'))";
 
-/// Why the backfill should wait before its next batch, if it should: a
-/// standby replaying too far behind, or too many sessions waiting for
-/// locks on the table.
-pub async fn throttle_reason(
-    client: &Client,
-    table: &str,
-    max_lag_ms: i32,
-    max_lock_waits: i32,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    let row = client
+/// Who else holds the advisory lock of key `$1` (pid and role), if anyone.
+const HELD_BY: &str = "select l.pid, coalesce(a.usename::text, '?') from pg_locks l
+     left join pg_stat_activity a on a.pid = l.pid
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+       and l.classid = (($1::bigint >> 32) & 4294967295)::oid
+       and l.objid = ($1::bigint & 4294967295)::oid and l.pid <> pg_backend_pid()";
+
+/// The stored lock key of migration `id`'s backfill.
+async fn lock_key(client: &tokio_postgres::Client, id: &str) -> Result<i64, ActionError> {
+    Ok(client
         .query_one(
-            "select coalesce((select max(extract(epoch from greatest(write_lag, flush_lag, replay_lag)) * 1000)
-                                from pg_stat_replication), 0)::float8,
-                    (select count(*) from pg_locks
-                      where not granted and relation = $1::text::regclass)",
-            &[&table],
+            "select backfill_lock_key from pgshift.migrations where id = $1",
+            &[&id],
         )
-        .await?;
-    let (lag_ms, waits): (f64, i64) = (row.get(0), row.get(1));
-    if max_lag_ms >= 0 && lag_ms > f64::from(max_lag_ms) {
-        return Ok(Some(format!(
-            "replication lag {lag_ms:.0} ms > max_replication_lag_ms {max_lag_ms}"
-        )));
-    }
-    if max_lock_waits >= 0 && waits > i64::from(max_lock_waits) {
-        return Ok(Some(format!(
-            "{waits} sessions wait for locks on {table} > max_lock_waits {max_lock_waits}"
-        )));
-    }
-    Ok(None)
+        .await?
+        .get(0))
 }
 
-/// Where one backfill worker walks: the whole table from the migration's
-/// cursor, or one slice of it.
-#[derive(Debug, Clone)]
-pub struct Lane {
-    /// The slice's index in the migration's `backfill_slices`; `None`: the
-    /// single walk, whose cursor is `backfill_cursor`.
-    pub slice: Option<usize>,
-    /// The last key done (exclusive lower bound of the next batch).
-    pub cursor: Option<Vec<String>>,
-    /// The lane's last key (inclusive); `None`: the end of the table.
-    pub upper: Option<Vec<String>>,
-    /// The next batch's range, found by the last batch's round trip.
-    ahead: Option<(i64, Option<Vec<String>>)>,
-}
-
-impl Lane {
-    pub fn new(
-        slice: Option<usize>,
-        cursor: Option<Vec<String>>,
-        upper: Option<Vec<String>>,
-    ) -> Lane {
-        Lane {
-            slice,
-            cursor,
-            upper,
-            ahead: None,
+/// Makes the backfill of `id` this session's: takes its stored lock key if
+/// it is free and no pgshift session holds it, then draws and takes a new
+/// one (a key seen in `pg_locks` during an earlier run is worth nothing);
+/// false when another proxy runs it.
+async fn take_backfill_lock(
+    client: &tokio_postgres::Client,
+    id: &str,
+) -> Result<bool, ActionError> {
+    let key = lock_key(client, id).await?;
+    let free: bool = client
+        .query_one("select pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .get(0);
+    if !free {
+        if client.query_one(HELD_BY_PGSHIFT, &[&key]).await?.get(0) {
+            return Ok(false);
         }
+        let holders: Vec<String> = client
+            .query(HELD_BY, &[&key])
+            .await?
+            .iter()
+            .map(|r| {
+                format!(
+                    "pid {} (role {})",
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1)
+                )
+            })
+            .collect();
+        tracing::warn!(migration = %id, holders = %holders.join(", "), "a session outside pgshift holds the backfill's lock key; drawing a new key");
     }
+    let drawn = client.query_opt(DRAW_KEY, &[&id, &key]).await?;
+    let taken = match drawn {
+        Some(row) => {
+            let new: i64 = row.get(0);
+            client
+                .query_one("select pg_advisory_lock($1)", &[&new])
+                .await?;
+            true
+        }
+        // Another proxy drew a key first: it runs the backfill.
+        None => false,
+    };
+    if free {
+        client
+            .execute("select pg_advisory_unlock($1)", &[&key])
+            .await?;
+    }
+    Ok(taken)
 }
 
-/// Commits one batch of `lane` (at most `batch_size` keys) together with
-/// the lane's new cursor and the migration's row count, and moves the
-/// lane's cursor on: (rows walked, rows updated); `(0, 0)` once the lane
-/// is done.
-pub async fn commit_batch(
-    client: &mut Client,
-    walk: &Walk,
-    migration: &str,
-    lane: &mut Lane,
-    batch_size: i32,
-    timeout_ms: i32,
-) -> Result<(i64, i64), store::StoreError> {
-    // The range is found first, outside the transaction (both its bounds
-    // literals: the planner sees the range and walks the key's index);
-    // then the UPDATE, the progress, the COMMIT and the search for the
-    // next batch's range go in one simple query: one round trip per batch,
-    // and the batch's row locks are held only while it runs on the server,
-    // never across a round trip.
-    let batch_size = batch_size.max(1);
-    let (walked, last) = match lane.ahead.take() {
-        Some(found) => found,
-        None => {
-            walk.next_range(client, &lane.cursor, &lane.upper, batch_size)
-                .await?
+/// Where a run of the backfill went.
+enum Ran {
+    /// Here, until done, paused or stopped.
+    Here,
+    /// Another proxy holds the backfill's lock: it runs it.
+    Elsewhere,
+}
+
+/// How a worker's walk of its lane ended.
+enum LaneEnd {
+    Done,
+    /// Paused, or stopped because another worker failed.
+    Stopped,
+}
+
+impl Lifecycle {
+    /// Starts the backfill task of `id` (it runs until done or paused)
+    /// unless one runs here already.
+    pub(super) fn spawn_backfill(self: &Arc<Self>, id: &str) {
+        let flag = Arc::new(AtomicBool::new(false));
+        {
+            let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+            if pauses.contains_key(id) {
+                return;
+            }
+            pauses.insert(id.to_string(), Arc::clone(&flag));
         }
-    };
-    let Some(upper) = last else {
-        return Ok((0, 0));
-    };
-    let cursor_set = match lane.slice {
-        None => format!(
-            "backfill_cursor = array[{}]::text[]",
-            upper
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            // A lost connection (Postgres restarting, a network blip) is
+            // waited out: the batches in flight rolled back with their
+            // cursors, so the walk goes on from the stored cursors. A
+            // failure that lasts (5 minutes) stops the backfill, and one
+            // that cannot heal (Postgres refused a batch: the `up`
+            // expression failed on a row, a constraint) stops it at once,
+            // with Postgres' message on /status.
+            let mut wait = Duration::from_millis(250);
+            let mut failing_since: Option<Instant> = None;
+            let result = loop {
+                match this.run_backfill(&id, &flag).await {
+                    Err(ActionError::Failed(e))
+                        if failing_since.is_none_or(|t| t.elapsed() < Duration::from_secs(300))
+                            && !flag.load(Ordering::Acquire) =>
+                    {
+                        failing_since.get_or_insert_with(Instant::now);
+                        tracing::warn!(migration = %id, error = %e, retry_ms = wait.as_millis() as u64, "backfill interrupted; it goes on from its cursor");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    other => break other,
+                }
+            };
+            if let Ok(Ran::Elsewhere) = result {
+                tracing::info!(migration = %id, "the backfill runs on another proxy; this one takes it over if that one stops");
+            }
+            this.set_throttled(&id, None);
+            if let Err(e) = result {
+                tracing::error!(migration = %id, error = %e, "backfill stopped; resume it with POST /migrations/{id}/resume");
+                if let Ok(mut record) = this.record(&id) {
+                    record.backfill.running = false;
+                    record.backfill.paused = true;
+                    record.backfill.error = Some(e.to_string());
+                    if let Ok(client) = this.connect().await {
+                        // The stored progress is the truth (a batch whose
+                        // answer was lost may have committed).
+                        let _ = load_progress(&client, &mut record).await;
+                        let _ = store::save(&client, &record).await;
+                        let _ =
+                            store::event(&client, &id, "backfill", "failed", &e.to_string()).await;
+                    }
+                    this.lock_records().insert(id.clone(), record);
+                }
+            }
+            // Only now (the record says how it ended) may the poller
+            // consider taking the backfill over.
+            let mut pauses = this.pauses.lock().unwrap_or_else(|e| e.into_inner());
+            if pauses.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flag)) {
+                pauses.remove(&id);
+            }
+        });
+    }
+
+    /// Stops `record`'s running backfill wherever it runs — `paused` is
+    /// committed, the new state version reaches the proxy running it, and
+    /// its workers stop at their next batch (here, at once through their
+    /// flag) — and waits (60 s at most) until it has stopped.
+    pub(super) async fn stop_backfill(&self, record: &Record) -> Result<(), ActionError> {
+        let id = &record.spec.id;
+        if let Some(flag) = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            flag.store(true, Ordering::Release);
+        }
+        // Durable, and for whichever proxy runs it (a proxy that takes the
+        // backfill over later carries the pause out); only the flag, and
+        // only while it runs: a walk that has just ended keeps its end.
+        let client = self.connect().await?;
+        if store::ask_pause(&client, id).await? {
+            store::event(&client, id, "admin", "pause", "asked").await?;
+            peers::bump(&client).await?;
+            if let Some(current) = self.lock_records().get_mut(id) {
+                current.backfill.paused = current.backfill.running;
+            }
+        }
+        // The runner saves running = false when its workers have stopped.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.record(id)?.backfill.running {
+            if Instant::now() > deadline {
+                return Err(ActionError::Failed(
+                    "the backfill did not stop within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Takes over the backfills the store says are running that no proxy
+    /// runs (their lock is free), asking on `client`: at start, and on
+    /// every poll.
+    pub(super) async fn adopt_orphaned_backfills(
+        self: &Arc<Self>,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), ActionError> {
+        let running: Vec<String> = self
+            .records()
+            .into_iter()
+            // (A pause asked of a runner that then died is carried out by
+            // the proxy taking it over: its workers stop at once.)
+            .filter(|r| r.phase == Phase::Backfilling && r.backfill.running)
+            .map(|r| r.spec.id)
+            .filter(|id| {
+                !self
+                    .pauses
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(id)
+            })
+            .collect();
+        for id in running {
+            let key = lock_key(client, &id).await?;
+            let held: bool = client.query_one(HELD_BY_PGSHIFT, &[&key]).await?.get(0);
+            if !held {
+                tracing::info!(migration = %id, "the backfill is running and no proxy runs it: going on from its cursor");
+                self.spawn_backfill(&id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_backfill(
+        self: &Arc<Self>,
+        id: &str,
+        pause: &Arc<AtomicBool>,
+    ) -> Result<Ran, ActionError> {
+        let client = self.connect().await?;
+        // Held by this session until the run ends (or the session is lost).
+        if !take_backfill_lock(&client, id).await? {
+            return Ok(Ran::Elsewhere);
+        }
+        // The stored record is the truth (a batch whose commit answer was
+        // lost may have committed): go on from its cursors and counters,
+        // with the settings in force here.
+        let mut record = self.record(id)?;
+        load_progress(&client, &mut record).await?;
+        let table = record.spec.table.to_string();
+        let key = ddl::walk_key(&client, &table)
+            .await?
+            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
+        let walk = Arc::new(Walk::new(&record, &key));
+        let b = &mut record.backfill;
+        if b.slices.is_empty() && b.workers > 1 {
+            let remaining = b.rows_total.unwrap_or(0) - b.rows_done;
+            let slices = walk
+                .split(&client, &b.cursor, &b.end, remaining, b.workers)
+                .await?;
+            if !slices.is_empty() {
+                store::save_slices(&client, id, &slices).await?;
+                tracing::info!(migration = %id, workers = slices.len(), "the backfill walks the table in slices, one session each");
+                b.slices = slices;
+            }
+        }
+        let lanes: Vec<Lane> = if b.slices.is_empty() {
+            vec![Lane::new(None, b.cursor.clone(), b.end.clone())]
+        } else {
+            b.slices
                 .iter()
-                .map(|v| sql_literal(v))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        // Only this slice's fields: the other workers commit theirs into
-        // the same row (each UPDATE reads the row as the last commit left it).
-        Some(i) => format!(
-            "backfill_slices = jsonb_set(jsonb_set(backfill_slices, '{{{i},cursor}}', {cursor}::jsonb),
-                 '{{{i},rows_done}}', to_jsonb(coalesce((backfill_slices->{i}->>'rows_done')::bigint, 0) + {walked}))",
-            cursor = sql_literal(&serde_json::to_string(&upper).unwrap_or_else(|_| "null".into())),
-        ),
-    };
-    let progress = format!(
-        "update pgshift.migrations set {cursor_set}, rows_done = rows_done + {walked},
-                batch_size = {batch_size}, updated_ms = {now} where id = {id}",
-        now = store::NOW_MS,
-        id = sql_literal(migration),
-    );
-    // Losing the last batches' commits in a crash is harmless (the cursor
-    // goes back with them, and b = up(a) is idempotent), so the backfill
-    // does not wait for the WAL flush of each batch.
-    let batch = format!(
-        "begin; set local statement_timeout = {timeout}; set local synchronous_commit = off;
-         {update}; {progress}; commit; {next}",
-        timeout = timeout_ms.max(1),
-        update = walk.range_update(&lane.cursor, &upper),
-        next = walk.range_query(&Some(upper.clone()), &lane.upper, batch_size),
-    );
-    match client.simple_query(&batch).await {
-        Ok(answers) => {
-            // The first command count is the BEGIN's, the UPDATE's follows
-            // the two SETs.
-            let updated = answers
-                .iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n as i64),
-                    _ => None,
-                })
-                .nth(3)
-                .unwrap_or(0);
-            lane.cursor = Some(upper);
-            lane.ahead = range_answer(&answers);
-            Ok((walked, updated))
+                .enumerate()
+                .map(|(i, s)| Lane::new(Some(i), s.cursor.clone(), s.upper.clone()))
+                .collect()
+        };
+        if let Some(current) = self.lock_records().get_mut(id) {
+            current.backfill.cursor = b.cursor.clone();
+            current.backfill.rows_done = b.rows_done;
+            current.backfill.slices = b.slices.clone();
         }
-        Err(e) => {
-            let _ = client.batch_execute("rollback").await;
-            Err(e.into())
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(ThrottleGate::default());
+        let mut workers = JoinSet::new();
+        for lane in lanes {
+            let this = Arc::clone(self);
+            let (id, walk, pause, stop, gate) = (
+                id.to_string(),
+                Arc::clone(&walk),
+                Arc::clone(pause),
+                Arc::clone(&stop),
+                Arc::clone(&gate),
+            );
+            workers
+                .spawn(async move { this.walk_lane(&id, &walk, lane, &pause, &stop, &gate).await });
+        }
+        let mut first_error = None;
+        let mut all_done = true;
+        loop {
+            // The walk is this proxy's only while its session holds the
+            // lock: once that session is lost, the workers stop.
+            let joined = tokio::select! {
+                joined = workers.join_next() => match joined {
+                    Some(joined) => joined,
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if client.is_closed() && !stop.swap(true, Ordering::AcqRel) {
+                        first_error.get_or_insert(ActionError::Failed(
+                            "the backfill's coordinating session (holding its lock) was lost".into(),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let ended = joined.unwrap_or_else(|e| {
+                Err(ActionError::Failed(format!("a backfill worker ended: {e}")))
+            });
+            match ended {
+                Ok(LaneEnd::Done) => {}
+                Ok(LaneEnd::Stopped) => all_done = false,
+                Err(e) => {
+                    all_done = false;
+                    stop.store(true, Ordering::Release);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+
+        let mut record = self.record(id)?;
+        load_progress(&client, &mut record).await?;
+        if !all_done {
+            record.backfill.running = false;
+            record.backfill.paused = true;
+            // Under a new state version: a proxy that asked for the pause
+            // learns that it happened.
+            let detail = format!("at {} rows", record.backfill.rows_done);
+            self.store_change(&client, record, "backfill", "paused", &detail)
+                .await?;
+            return Ok(Ran::Here);
+        }
+        let b = &mut record.backfill;
+        if let Some(last) = b.slices.pop() {
+            b.cursor = last.cursor;
+            b.slices.clear();
+        }
+        record.phase = Phase::Backfilled;
+        record.backfill.running = false;
+        record.backfill.rows_total = Some(record.backfill.rows_done);
+        record.backfill.finished_ms = Some(store::now_ms(&client).await?);
+        // Same rules (dual writes) as while backfilling: nothing to wait for.
+        let detail = format!("{} rows", record.backfill.rows_done);
+        self.store_change(&client, record, "backfill", "done", &detail)
+            .await?;
+        Ok(Ran::Here)
+    }
+
+    /// One worker: walks `lane` batch by batch on a session of its own
+    /// until it is done, the backfill is paused, or `stop` (another worker
+    /// failed).
+    async fn walk_lane(
+        &self,
+        id: &str,
+        walk: &Walk,
+        mut lane: Lane,
+        pause: &AtomicBool,
+        stop: &AtomicBool,
+        gate: &ThrottleGate,
+    ) -> Result<LaneEnd, ActionError> {
+        let mut client = self.connect().await?;
+        let record = self.record(id)?;
+        let table = record.spec.table.to_string();
+        let mut batch_size = record.backfill.batch_size;
+        loop {
+            // Settings changed through the admin port (of any proxy) apply
+            // from the next batch; so does a pause asked through the store.
+            let settings = self.record(id)?.backfill;
+            if pause.load(Ordering::Acquire) || stop.load(Ordering::Acquire) || settings.paused {
+                return Ok(LaneEnd::Stopped);
+            }
+            if settings.batch_target_ms <= 0 {
+                batch_size = settings.batch_size;
+            }
+            // Asked at most once a second (and before every batch while
+            // throttled): reading pg_locks takes every lock-manager
+            // partition lock, which the application's sessions then wait
+            // for — asked per batch, the question itself slowed them.
+            if gate.due() {
+                let reason = walk::throttle_reason(
+                    &client,
+                    &table,
+                    settings.max_replication_lag_ms,
+                    settings.max_lock_waits,
+                )
+                .await?;
+                let was = self.set_throttled(id, reason.clone());
+                if let Some(reason) = reason {
+                    gate.ask_again();
+                    if was.as_deref() != Some(reason.as_str()) {
+                        tracing::info!(migration = %id, %reason, "backfill throttled");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+            let batch_started = Instant::now();
+            let (walked, _updated) = walk::commit_batch(
+                &mut client,
+                walk,
+                id,
+                &mut lane,
+                batch_size,
+                settings.batch_timeout_ms,
+            )
+            .await?;
+            if walked == 0 {
+                return Ok(LaneEnd::Done);
+            }
+            if settings.batch_target_ms > 0 {
+                // Time-targeted sizing: move the batch size towards the
+                // target duration, at most doubling or halving per batch.
+                let took = batch_started.elapsed().as_secs_f64().max(0.001);
+                let target = f64::from(settings.batch_target_ms) / 1000.0;
+                let factor = (target / took).clamp(0.5, 2.0);
+                let size = (f64::from(batch_size) * factor).round();
+                batch_size = size.clamp(100.0, 100_000.0) as i32;
+            }
+            // Progress into the shared record (what this batch committed).
+            if let Some(current) = self.lock_records().get_mut(id) {
+                let b = &mut current.backfill;
+                b.rows_done += walked;
+                match lane.slice.and_then(|i| b.slices.get_mut(i)) {
+                    Some(slice) => {
+                        slice.cursor = lane.cursor.clone();
+                        slice.rows_done += walked;
+                    }
+                    None => b.cursor = lane.cursor.clone(),
+                }
+                if let Some(total) = b.rows_total {
+                    b.rows_total = Some(total.max(b.rows_done));
+                }
+                if settings.batch_target_ms > 0 && b.batch_target_ms > 0 {
+                    b.batch_size = batch_size;
+                }
+            }
+            if settings.batch_pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(settings.batch_pause_ms as u64)).await;
+            }
         }
     }
 }
 
-/// The count and last key in the answers to a [`Walk::range_query`] (its
-/// row is the last one in them); `None` if they hold none that reads.
-fn range_answer(
-    answers: &[tokio_postgres::SimpleQueryMessage],
-) -> Option<(i64, Option<Vec<String>>)> {
-    let row = answers.iter().rev().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
-        _ => None,
-    })?;
-    let (count, last): (i64, Option<Vec<String>>) = serde_json::from_str(row.get(0)?).ok()?;
-    match (count, &last) {
-        (0, None) => Some((0, None)),
-        (1.., Some(_)) => Some((count, last)),
-        _ => None,
+/// Replaces `record`'s backfill progress (cursor, rows done, slices) with
+/// the stored one.
+async fn load_progress(
+    client: &tokio_postgres::Client,
+    record: &mut Record,
+) -> Result<(), ActionError> {
+    if let Some(stored) = store::load_all(client)
+        .await?
+        .into_iter()
+        .find(|r| r.spec.id == record.spec.id)
+    {
+        record.backfill.cursor = stored.backfill.cursor;
+        record.backfill.rows_done = stored.backfill.rows_done;
+        record.backfill.slices = stored.backfill.slices;
     }
+    Ok(())
 }
 
-/// `value` as an SQL string literal (an `E''` literal when it holds a
-/// backslash, so the server's `standard_conforming_strings` does not matter).
-fn sql_literal(value: &str) -> String {
-    let quoted = value.replace('\'', "''");
-    if quoted.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
+/// The `backfill`, `pause` and `resume` actions.
+impl Lifecycle {
+    pub(super) async fn backfill(
+        self: &Arc<Self>,
+        mut record: Record,
+        body: &Value,
+    ) -> Result<(), ActionError> {
+        // Settings may change at any time, running or not.
+        let setting = |key: &str| {
+            body.get(key)
+                .and_then(Value::as_i64)
+                .map(|v| v.clamp(0, i32::MAX as i64) as i32)
+        };
+        let changed = setting("batch_size").is_some()
+            || setting("batch_pause_ms").is_some()
+            || setting("batch_timeout_ms").is_some()
+            || setting("batch_target_ms").is_some()
+            || setting("max_replication_lag_ms").is_some()
+            || setting("max_lock_waits").is_some()
+            || setting("workers").is_some();
+        if let Some(v) = setting("batch_size") {
+            if v < 1 {
+                return Err(ActionError::BadRequest(
+                    "batch_size must be at least 1".into(),
+                ));
+            }
+            record.backfill.batch_size = v;
+        }
+        if let Some(v) = setting("batch_pause_ms") {
+            record.backfill.batch_pause_ms = v;
+        }
+        if let Some(v) = setting("workers") {
+            if !(1..=MAX_BACKFILL_WORKERS).contains(&v) {
+                return Err(ActionError::BadRequest(format!(
+                    "workers must be from 1 to {MAX_BACKFILL_WORKERS}"
+                )));
+            }
+            record.backfill.workers = v;
+        }
+        if let Some(v) = body.get("max_replication_lag_ms").and_then(Value::as_i64) {
+            record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
+        }
+        if let Some(v) = body.get("max_lock_waits").and_then(Value::as_i64) {
+            record.backfill.max_lock_waits = v.clamp(-1, i32::MAX as i64) as i32;
+        }
+        if let Some(v) = setting("batch_target_ms") {
+            record.backfill.batch_target_ms = v;
+        }
+        if let Some(v) = setting("batch_timeout_ms") {
+            record.backfill.batch_timeout_ms = v.max(1);
+        }
+        let client = self.connect().await?;
+        if record.phase == Phase::Backfilling && record.backfill.running {
+            if changed {
+                self.commit(
+                    &client,
+                    record,
+                    "backfill settings",
+                    &body.to_string(),
+                    false,
+                )
+                .await?;
+                return Ok(());
+            }
+            return Err(Self::illegal(
+                &record,
+                "backfill",
+                "a backfill that is not running (it is; pause or change its settings)",
+            ));
+        }
+        if !matches!(record.phase, Phase::Expanded | Phase::Backfilling) {
+            return Err(Self::illegal(&record, "backfill", "phase expanded"));
+        }
+        let table = record.spec.table.to_string();
+        let Some(key) = ddl::walk_key(&client, &table).await? else {
+            return Err(ActionError::Conflict(format!(
+                "table {table} has no primary key (nor a unique index on NOT NULL columns) to walk the backfill in order"
+            )));
+        };
+        // The planner's estimate; a table never analyzed has none, and is
+        // counted instead (under a timeout: no estimate beats a long scan).
+        let mut total: i64 = client
+            .query_one(
+                "select reltuples::bigint from pg_class where oid = $1::text::regclass",
+                &[&table],
+            )
+            .await?
+            .get(0);
+        if total <= 0 {
+            let count = format!("select count(*) from {table}");
+            let counted = client.query_one(&count, &[]);
+            total = match tokio::time::timeout(Duration::from_secs(10), counted).await {
+                Ok(Ok(row)) => row.get(0),
+                _ => 0,
+            };
+        }
+        if record.phase == Phase::Expanded {
+            // Rows inserted from now on are dual-written: the walk ends at
+            // today's last key instead of chasing the inserts.
+            record.backfill.end = Walk::new(&record, &key).last_key(&client).await?;
+        }
+        record.phase = Phase::Backfilling;
+        record.backfill.running = true;
+        record.backfill.paused = false;
+        record.backfill.error = None;
+        record.backfill.rows_total = Some(total.max(record.backfill.rows_done));
+        if record.backfill.started_ms.is_none() {
+            record.backfill.started_ms = Some(store::now_ms(&client).await?);
+        }
+        let id = record.spec.id.clone();
+        self.commit(&client, record, "backfill", "started", false)
+            .await?;
+        self.spawn_backfill(&id);
+        Ok(())
     }
-}
 
-#[cfg(test)]
-mod literal_tests {
-    use super::sql_literal;
+    pub(super) async fn pause(&self, record: Record) -> Result<(), ActionError> {
+        if !(record.phase == Phase::Backfilling && record.backfill.running) {
+            return Err(Self::illegal(&record, "pause", "a running backfill"));
+        }
+        self.stop_backfill(&record).await
+    }
 
-    #[test]
-    fn key_values_are_quoted_whatever_they_hold() {
-        assert_eq!(sql_literal("42"), "'42'");
-        assert_eq!(sql_literal("o'brien"), "'o''brien'");
-        assert_eq!(sql_literal(r"a\b'"), r"E'a\\b'''");
+    pub(super) async fn resume(self: &Arc<Self>, record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Backfilling || record.backfill.running {
+            return Err(Self::illegal(&record, "resume", "a paused backfill"));
+        }
+        self.backfill(record, &Value::Null).await
+    }
+
+    /// Sets (or clears) why `id`'s backfill waits; returns the previous reason.
+    pub(super) fn set_throttled(&self, id: &str, reason: Option<String>) -> Option<String> {
+        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        match reason {
+            Some(r) => map.insert(id.to_string(), r),
+            None => map.remove(id),
+        }
     }
 }
