@@ -5,6 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::admin;
+use crate::api::Action;
 
 /// Where the admin port is and how to talk to it.
 pub struct Target {
@@ -56,13 +57,13 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
 }
 
 /// `pgshift migrate ACTION ID`.
-pub async fn migrate(target: &Target, action: &str, id: &str, body: Value) -> anyhow::Result<()> {
+pub async fn migrate(target: &Target, action: &Action, id: &str) -> anyhow::Result<()> {
     target.use_ca();
-    let path = format!("/migrations/{id}/{action}");
-    let body = if body.as_object().is_some_and(|o| o.is_empty()) {
-        None
-    } else {
-        Some(body)
+    let path = format!("/migrations/{id}/{}", action.name());
+    let body = action.body();
+    let body = match body.as_object() {
+        Some(o) if o.is_empty() => None,
+        _ => Some(body),
     };
     let (code, answer) = admin::request(
         &target.admin,

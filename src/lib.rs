@@ -7,7 +7,8 @@
 //!   Query and Parse (pure: SQL in, SQL out), and the migration rules.
 //! - [`lifecycle`]: the migration lifecycle (expand, backfill, validate,
 //!   switch reads, contract, rollback) and its durable state.
-//! - [`admin`]: the admin HTTP port; [`admin_client`]: the CLI's side.
+//! - [`admin`]: the admin HTTP port; [`admin_client`]: the CLI's side;
+//!   [`api`]: the requests both sides (and the lifecycle) share, typed.
 //! - [`control`]: pgshift's own connections to the upstream and the catalog.
 //! - [`config`]: the TOML file, flags and environment, merged.
 //! - [`cluster`]: throwaway local Postgres clusters for the demo and tests.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod control;

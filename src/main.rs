@@ -101,6 +101,17 @@ struct MigrateArgs {
     /// [default: the backfill's batch pause].
     #[arg(long)]
     pause_ms: Option<u32>,
+    /// contract: go ahead although old-shape statements were seen.
+    #[arg(long)]
+    force: bool,
+    /// contract: how far back old-shape statements hold it, in seconds
+    /// [default: 600].
+    #[arg(long)]
+    window_secs: Option<u32>,
+    /// contract: drop exclusion constraints on the old column that have
+    /// no equivalent on the new one.
+    #[arg(long)]
+    drop_exclusion_constraints: bool,
     #[command(flatten)]
     target: AdminArgs,
 }
@@ -477,13 +488,23 @@ fn main() -> Result<()> {
                 ("one_pass_ms", args.one_pass_ms),
                 ("range_rows", args.range_rows),
                 ("pause_ms", args.pause_ms),
+                ("window_secs", args.window_secs),
             ] {
                 if let Some(v) = value {
                     body.insert(key.into(), v.into());
                 }
             }
-            if args.fix {
-                body.insert("fix".into(), true.into());
+            for (key, on) in [
+                ("fix", args.fix),
+                ("force", args.force),
+                (
+                    "drop_exclusion_constraints",
+                    args.drop_exclusion_constraints,
+                ),
+            ] {
+                if on {
+                    body.insert(key.into(), true.into());
+                }
             }
             let target = admin_client::Target {
                 ca: args.target.admin_ca,
@@ -491,12 +512,11 @@ fn main() -> Result<()> {
                 token: args.target.token,
                 json: args.target.json,
             };
-            runtime.block_on(admin_client::migrate(
-                &target,
-                &args.action,
-                &args.id,
-                serde_json::Value::Object(body),
-            ))
+            // Checked here as the admin port checks it: a misspelt action or
+            // option is named before anything is sent.
+            let action =
+                pgshift::api::Action::parse(&args.action, &serde_json::Value::Object(body))?;
+            runtime.block_on(admin_client::migrate(&target, &action, &args.id))
         }
         Command::Demo(args) => {
             telemetry::init("warn,pgshift=info,pgshift::lifecycle=warn");

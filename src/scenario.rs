@@ -183,10 +183,11 @@ pub async fn run(
     let step = |action: &'static str, body: Value| {
         let lifecycle = Arc::clone(&lifecycle);
         async move {
+            let parsed = crate::api::Action::parse(action, &body)?;
             for id in ids {
                 let t = Instant::now();
                 let status = lifecycle
-                    .act(id, action, &body)
+                    .act(id, parsed.clone())
                     .await
                     .with_context(|| format!("{action} {id}"))?;
                 println!(

@@ -1,7 +1,8 @@
 //! The admin port: HTTP/1.1 on hyper and axum, JSON in and out, that drives
 //! the lifecycle and reports status. [`guard`] decides who may do what
-//! (Host, Origin, content type, tokens), [`routes`] holds the endpoints,
-//! [`api`] the typed request bodies, [`client`] the command line's side.
+//! (Host, Origin, content type, tokens), [`routes`] holds the endpoints
+//! (their request bodies are typed in [`crate::api`]), [`client`] the
+//! command line's side.
 //!
 //! - `GET /` — a self-contained status page (no external assets) that
 //!   polls `/status` every second: phase, read source, backfill progress
@@ -28,7 +29,6 @@
 //! certificate's files, ALPN `http/1.1`, re-read on SIGHUP); a plain HTTP
 //! request gets a 400 saying to use `https://`.
 
-pub mod api;
 mod client;
 pub mod guard;
 mod routes;

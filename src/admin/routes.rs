@@ -1,6 +1,6 @@
 //! The admin port's endpoints, each a short handler over the lifecycle:
 //! bodies are read with a time and size limit, checked against their type
-//! ([`super::api`]), then handed to the lifecycle as JSON.
+//! ([`crate::api`]), then handed to the lifecycle typed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,8 @@ use axum::Router;
 use serde_json::Value;
 
 use super::guard::{self, refuse};
-use super::{api, AdminState};
+use super::AdminState;
+use crate::api;
 use crate::lifecycle::{ActionError, Lifecycle, ACTOR};
 
 /// The status page, compiled in.
@@ -82,11 +83,15 @@ async fn add(State(state): State<Arc<AdminState>>, request: Request) -> Response
         Ok(body) => body,
         Err(r) => return r,
     };
-    if let Err(e) = serde_json::from_value::<api::NewMigration>(body.clone()) {
-        return refuse(StatusCode::BAD_REQUEST, format!("migration: {e}"));
-    }
+    let migration = match serde_json::from_value::<api::NewMigration>(body) {
+        Ok(migration) => migration,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("migration: {e}")),
+    };
     match lifecycle(&state) {
-        Some(l) => answer(ACTOR.scope(actor, l.add(&body)).await, StatusCode::CREATED),
+        Some(l) => answer(
+            ACTOR.scope(actor, l.add(&migration)).await,
+            StatusCode::CREATED,
+        ),
         None => not_started(),
     }
 }
@@ -96,32 +101,25 @@ async fn act(
     Path((id, action)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    if !api::ACTIONS.contains(&action.as_str()) {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no such action {action:?}; the actions are {}",
-                api::ACTIONS.join(", ")
-            ),
-        );
-    }
     let actor = actor(&request);
     let body = match read_json(request).await {
         Ok(body) => body,
         Err(r) => return r,
     };
-    if let Err(e) = api::check_action_body(&action, &body) {
-        return refuse(StatusCode::BAD_REQUEST, e);
-    }
-    let accepted = match action.as_str() {
-        "backfill" | "resume" => StatusCode::ACCEPTED,
-        _ => StatusCode::OK,
+    let action = match api::Action::parse(&action, &body) {
+        Ok(action) => action,
+        Err(e @ api::ActionError::Unknown(_)) => {
+            return refuse(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let accepted = if action.runs_on() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
     };
     match lifecycle(&state) {
-        Some(l) => answer(
-            ACTOR.scope(actor, l.act(&id, &action, &body)).await,
-            accepted,
-        ),
+        Some(l) => answer(ACTOR.scope(actor, l.act(&id, action)).await, accepted),
         None => not_started(),
     }
 }

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use super::walk::{self, Lane, Walk};
 use super::{ddl, peers, store, ActionError, Lifecycle, Record, THROTTLE_CHECK_INTERVAL};
+use crate::api;
 use crate::rewrite::migration::Phase;
-use serde_json::Value;
 
 /// The most sessions one backfill walks the table with.
 const MAX_BACKFILL_WORKERS: i32 = 16;
@@ -536,22 +536,12 @@ impl Lifecycle {
     pub(super) async fn backfill(
         self: &Arc<Self>,
         mut record: Record,
-        body: &Value,
+        settings: &api::Backfill,
     ) -> Result<(), ActionError> {
         // Settings may change at any time, running or not.
-        let setting = |key: &str| {
-            body.get(key)
-                .and_then(Value::as_i64)
-                .map(|v| v.clamp(0, i32::MAX as i64) as i32)
-        };
-        let changed = setting("batch_size").is_some()
-            || setting("batch_pause_ms").is_some()
-            || setting("batch_timeout_ms").is_some()
-            || setting("batch_target_ms").is_some()
-            || setting("max_replication_lag_ms").is_some()
-            || setting("max_lock_waits").is_some()
-            || setting("workers").is_some();
-        if let Some(v) = setting("batch_size") {
+        let setting = |v: Option<i64>| v.map(|v| v.clamp(0, i32::MAX as i64) as i32);
+        let changed = settings.changes_anything();
+        if let Some(v) = setting(settings.batch_size) {
             if v < 1 {
                 return Err(ActionError::BadRequest(
                     "batch_size must be at least 1".into(),
@@ -559,10 +549,10 @@ impl Lifecycle {
             }
             record.backfill.batch_size = v;
         }
-        if let Some(v) = setting("batch_pause_ms") {
+        if let Some(v) = setting(settings.batch_pause_ms) {
             record.backfill.batch_pause_ms = v;
         }
-        if let Some(v) = setting("workers") {
+        if let Some(v) = setting(settings.workers) {
             if !(1..=MAX_BACKFILL_WORKERS).contains(&v) {
                 return Err(ActionError::BadRequest(format!(
                     "workers must be from 1 to {MAX_BACKFILL_WORKERS}"
@@ -570,16 +560,16 @@ impl Lifecycle {
             }
             record.backfill.workers = v;
         }
-        if let Some(v) = body.get("max_replication_lag_ms").and_then(Value::as_i64) {
+        if let Some(v) = settings.max_replication_lag_ms {
             record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
         }
-        if let Some(v) = body.get("max_lock_waits").and_then(Value::as_i64) {
+        if let Some(v) = settings.max_lock_waits {
             record.backfill.max_lock_waits = v.clamp(-1, i32::MAX as i64) as i32;
         }
-        if let Some(v) = setting("batch_target_ms") {
+        if let Some(v) = setting(settings.batch_target_ms) {
             record.backfill.batch_target_ms = v;
         }
-        if let Some(v) = setting("batch_timeout_ms") {
+        if let Some(v) = setting(settings.batch_timeout_ms) {
             record.backfill.batch_timeout_ms = v.max(1);
         }
         let client = self.connect().await?;
@@ -589,7 +579,7 @@ impl Lifecycle {
                     &client,
                     record,
                     "backfill settings",
-                    &body.to_string(),
+                    &serde_json::to_string(settings).unwrap_or_default(),
                     false,
                 )
                 .await?;
@@ -658,7 +648,7 @@ impl Lifecycle {
         if record.phase != Phase::Backfilling || record.backfill.running {
             return Err(Self::illegal(&record, "resume", "a paused backfill"));
         }
-        self.backfill(record, &Value::Null).await
+        self.backfill(record, &api::Backfill::default()).await
     }
 
     /// Sets (or clears) why `id`'s backfill waits; returns the previous reason.

@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use std::sync::atomic::Ordering;
 
 use super::store::Record;
@@ -14,21 +12,23 @@ use super::{
     config_listen, ddl, dependents, foreign_keys, handover, indexes, not_null, peers, store,
 };
 use super::{ActionError, Lifecycle};
+use crate::api;
 use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
 
 impl Lifecycle {
     pub(super) async fn contract(
         &self,
         mut record: Record,
-        body: &Value,
+        options: &api::Contract,
     ) -> Result<(), ActionError> {
         let client = self.connect().await?;
         let spec = record.spec.clone();
         let table = spec.table.to_string();
         match record.phase {
             Phase::Switched => {
-                self.check_no_old_shape(&client, &record, body).await?;
-                Self::check_exclusion_constraints(&client, &spec, body).await?;
+                self.check_no_old_shape(&client, &record, options).await?;
+                let drop_exclusions = options.drop_exclusion_constraints.unwrap_or(false);
+                Self::check_exclusion_constraints(&client, &spec, drop_exclusions).await?;
                 self.prepare_contract(&client, &mut record).await?;
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
@@ -195,12 +195,8 @@ impl Lifecycle {
     pub(super) async fn check_exclusion_constraints(
         client: &tokio_postgres::Client,
         spec: &MigrationSpec,
-        body: &Value,
+        allowed: bool,
     ) -> Result<(), ActionError> {
-        let allowed = body
-            .get("drop_exclusion_constraints")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         let left = handover::exclusion_constraints_left(client, spec).await?;
         if left.is_empty() || allowed {
             return Ok(());
@@ -229,16 +225,12 @@ impl Lifecycle {
         &self,
         client: &tokio_postgres::Client,
         record: &Record,
-        body: &Value,
+        options: &api::Contract,
     ) -> Result<(), ActionError> {
-        if body.get("force").and_then(Value::as_bool) == Some(true) {
+        if options.force == Some(true) {
             return Ok(());
         }
-        let window = Duration::from_secs(
-            body.get("window_secs")
-                .and_then(Value::as_u64)
-                .unwrap_or(600),
-        );
+        let window = Duration::from_secs(options.window_secs.unwrap_or(600));
         // Our own usage first, so it is current in the table.
         peers::heartbeat(
             client,

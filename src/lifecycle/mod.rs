@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::api::{Action, NewMigration};
 use crate::config::Config;
 use crate::control;
 use crate::rewrite::migration::{quote_ident, Phase};
@@ -455,23 +456,15 @@ impl Lifecycle {
 
     /// `POST /migrations`: adds a migration (phase planned) to the store;
     /// every proxy of the database applies it before this returns.
-    pub async fn add(&self, body: &Value) -> Result<Value, ActionError> {
-        let text = |key: &str| body.get(key).and_then(Value::as_str);
-        let (Some(id), Some(table), Some(from), Some(to)) =
-            (text("id"), text("table"), text("from"), text("to"))
-        else {
-            return Err(ActionError::BadRequest(
-                "a migration needs \"id\", \"table\", \"from\" and \"to\" (and, for a type change, \"type\", \"up\", \"down\")".into(),
-            ));
-        };
+    pub async fn add(&self, m: &NewMigration) -> Result<Value, ActionError> {
         let spec = crate::rewrite::migration::MigrationSpec::new(
-            id,
-            table,
-            from,
-            to,
-            text("type"),
-            text("up"),
-            text("down"),
+            &m.id,
+            &m.table,
+            &m.from,
+            &m.to,
+            m.new_type.as_deref(),
+            m.up.as_deref(),
+            m.down.as_deref(),
         )
         .map_err(|e| ActionError::BadRequest(e.to_string()))?;
         let _one_at_a_time = self.action.lock().await;
@@ -512,32 +505,26 @@ impl Lifecycle {
         dependents::refuse_uncarried(&spec, &found)?;
         let record =
             store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
-        self.commit(&client, record, "add", &body.to_string(), true)
-            .await?;
+        let detail = serde_json::to_string(m).unwrap_or_default();
+        self.commit(&client, record, "add", &detail, true).await?;
         drop(_one_at_a_time);
         self.status_of(&spec.id)
     }
 
     /// Runs `action` on migration `id`; the answer is the migration's status.
-    pub async fn act(
-        self: &Arc<Self>,
-        id: &str,
-        action: &str,
-        body: &Value,
-    ) -> Result<Value, ActionError> {
+    pub async fn act(self: &Arc<Self>, id: &str, action: Action) -> Result<Value, ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let record = self.record(id)?;
         match action {
-            "expand" => self.expand(record).await?,
-            "backfill" => self.backfill(record, body).await?,
-            "pause" => self.pause(record).await?,
-            "resume" => self.resume(record).await?,
-            "validate" => self.validate(record, body).await?,
-            "switch-reads" => self.switch_reads(record, body).await?,
-            "contract" => self.contract(record, body).await?,
-            "complete" => self.complete(record).await?,
-            "rollback" => self.rollback(record).await?,
-            other => return Err(ActionError::NotFound(format!("action {other:?}"))),
+            Action::Expand => self.expand(record).await?,
+            Action::Backfill(settings) => self.backfill(record, &settings).await?,
+            Action::Pause => self.pause(record).await?,
+            Action::Resume => self.resume(record).await?,
+            Action::Validate(options) => self.validate(record, &options).await?,
+            Action::SwitchReads(to) => self.switch_reads(record, to.to).await?,
+            Action::Contract(options) => self.contract(record, &options).await?,
+            Action::Complete => self.complete(record).await?,
+            Action::Rollback => self.rollback(record).await?,
         }
         self.status_of(id)
     }

@@ -1,24 +1,20 @@
 //! `switch-reads`: which column answers reads (`new` once validated, or
 //! back to `old`), as a new rules epoch every proxy acknowledges.
 
-use serde_json::Value;
-
 use super::store::Record;
 use super::{ActionError, Lifecycle};
+use crate::api::ReadSource;
 use crate::rewrite::migration::Phase;
 
 impl Lifecycle {
     pub(super) async fn switch_reads(
         &self,
         mut record: Record,
-        body: &Value,
+        to: ReadSource,
     ) -> Result<(), ActionError> {
-        let to = body.get("to").and_then(Value::as_str).ok_or_else(|| {
-            ActionError::BadRequest("body must be {\"to\": \"new\"} or {\"to\": \"old\"}".into())
-        })?;
         let client = self.connect().await?;
         match to {
-            "new" => {
+            ReadSource::New => {
                 if record.phase == Phase::Switched {
                     return Ok(());
                 }
@@ -41,7 +37,7 @@ impl Lifecycle {
                 }
                 record.phase = Phase::Switched;
             }
-            "old" => {
+            ReadSource::Old => {
                 if record.phase == Phase::Validated {
                     return Ok(());
                 }
@@ -54,13 +50,12 @@ impl Lifecycle {
                 }
                 record.phase = Phase::Validated;
             }
-            other => {
-                return Err(ActionError::BadRequest(format!(
-                    "\"to\" must be \"new\" or \"old\", not {other:?}"
-                )))
-            }
         }
-        self.commit(&client, record, "switch-reads", to, true)
+        let detail = match to {
+            ReadSource::New => "new",
+            ReadSource::Old => "old",
+        };
+        self.commit(&client, record, "switch-reads", detail, true)
             .await?;
         Ok(())
     }

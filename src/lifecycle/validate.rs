@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::store::{Record, Validation};
 use super::walk::Walk;
 use super::{ddl, not_null, store, ActionError, Lifecycle};
+use crate::api;
 use crate::rewrite::migration::Phase;
 
 /// Keys per range of the parity check unless the action says otherwise.
@@ -29,7 +28,7 @@ impl Lifecycle {
     pub(super) async fn validate(
         &self,
         mut record: Record,
-        body: &Value,
+        options: &api::Validate,
     ) -> Result<(), ActionError> {
         if !matches!(
             record.phase,
@@ -41,41 +40,35 @@ impl Lifecycle {
                 "a finished backfill (phase backfilled, validated or switched)",
             ));
         }
-        let fix = body.get("fix").and_then(Value::as_bool).unwrap_or(false);
+        let fix = options.fix.unwrap_or(false);
         // Ranges of `range_rows` keys with `pause_ms` between them (the
         // backfill's pause unless given): the check's share of the
         // database is the operator's choice, as the backfill's is.
-        let range_rows = match body.get("range_rows").map(Value::as_u64) {
+        let range_rows = match options.range_rows {
             None => VALIDATE_RANGE_ROWS,
-            Some(Some(n @ 1..=1_000_000)) => n as i32,
+            Some(n @ 1..=1_000_000) => n as i32,
             Some(_) => {
                 return Err(ActionError::BadRequest(
                     "range_rows must be a number from 1 to 1000000".into(),
                 ))
             }
         };
-        let pause = match body.get("pause_ms").map(Value::as_u64) {
-            None => u64::try_from(record.backfill.batch_pause_ms).unwrap_or(0),
-            Some(Some(ms)) => ms,
-            Some(None) => {
-                return Err(ActionError::BadRequest(
-                    "pause_ms must be a number of milliseconds".into(),
-                ))
-            }
-        };
+        let pause = options
+            .pause_ms
+            .unwrap_or_else(|| u64::try_from(record.backfill.batch_pause_ms).unwrap_or(0));
         // One statement within `one_pass_ms` (default 5 s) for a table of
         // at most 1 GiB, unless the request describes a walk (its range
         // size or pause) or a fix (a fix writes range by range).
-        let one_pass_ms = match body.get("one_pass_ms").map(Value::as_u64) {
+        let one_pass_ms = match options.one_pass_ms {
             None => ONE_PASS_BUDGET_MS,
-            Some(Some(ms @ 0..=60_000)) => ms,
+            Some(ms @ 0..=60_000) => ms,
             Some(_) => {
                 return Err(ActionError::BadRequest(
                     "one_pass_ms must be a number of milliseconds from 0 (never) to 60000".into(),
                 ))
             }
         };
-        let walk_asked = fix || body.get("range_rows").is_some() || body.get("pause_ms").is_some();
+        let walk_asked = fix || options.range_rows.is_some() || options.pause_ms.is_some();
         let client = self.connect().await?;
         let table = record.spec.table.to_string();
         let key = ddl::walk_key(&client, &table)

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgshift::api::{self, Action};
 use pgshift::lifecycle::Lifecycle;
 use pgshift::rewrite::engine::MigrationRewriter;
 use pgshift::rewrite::migration::{MigrationSpec, Phase};
@@ -534,14 +535,14 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
     .await;
 
     // An action through A returns only once B has applied it too.
-    a.act(&id, "expand", &Value::Null).await.unwrap();
+    a.act(&id, Action::Expand).await.unwrap();
     assert_eq!(rules_b.load().migrations[0].phase, Phase::Expanded);
 
     // B stops following (hung, partitioned): the next change fails
     // clearly, naming B, within the ack timeout — it does not hang.
     b.stop();
     let started = Instant::now();
-    let err = a.act(&id, "rollback", &Value::Null).await.unwrap_err();
+    let err = a.act(&id, Action::Rollback).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10));
     let message = err.to_string();
     assert!(
@@ -551,7 +552,7 @@ async fn a_phase_change_reaches_every_proxy_and_a_stuck_one_fails_the_action() {
     assert_eq!(rules_b.load().migrations[0].phase, Phase::Expanded);
     // Once B is gone from the table, running the rollback again finishes it.
     b.leave().await;
-    a.act(&id, "rollback", &Value::Null).await.unwrap();
+    a.act(&id, Action::Rollback).await.unwrap();
     let gone: i64 = direct
         .query_one(
             &format!("select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'w' and not attisdropped"),
@@ -604,11 +605,14 @@ async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_anoth
             row.get::<_, bool>(2),
         )
     };
-    a.act(&id, "expand", &Value::Null).await.unwrap();
+    a.act(&id, Action::Expand).await.unwrap();
     a.act(
         &id,
-        "backfill",
-        &json!({"batch_size": 200, "batch_pause_ms": 20}),
+        Action::Backfill(api::Backfill {
+            batch_size: Some(200),
+            batch_pause_ms: Some(20),
+            ..Default::default()
+        }),
     )
     .await
     .unwrap();
@@ -619,7 +623,7 @@ async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_anoth
     }
     // Paused through B while A runs it: A's workers stop, and B's answer
     // comes once they have.
-    tokio::time::timeout(Duration::from_secs(20), b.act(&id, "pause", &Value::Null))
+    tokio::time::timeout(Duration::from_secs(20), b.act(&id, Action::Pause))
         .await
         .expect("the pause through the other proxy returns")
         .unwrap();
@@ -629,7 +633,7 @@ async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_anoth
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stored().await.0, at, "the walk stopped");
     // Resumed through B, rolled back through A whichever runs it.
-    b.act(&id, "resume", &Value::Null).await.unwrap();
+    b.act(&id, Action::Resume).await.unwrap();
     while stored().await.0 <= at {
         assert!(
             Instant::now() < deadline,
@@ -637,13 +641,10 @@ async fn a_backfill_running_on_one_proxy_is_paused_and_rolled_back_through_anoth
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        a.act(&id, "rollback", &Value::Null),
-    )
-    .await
-    .expect("the rollback returns")
-    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), a.act(&id, Action::Rollback))
+        .await
+        .expect("the rollback returns")
+        .unwrap();
     let gone: i64 = direct
         .query_one(
             &format!("select count(*) from pg_attribute where attrelid = '{table}'::regclass and attname = 'w' and not attisdropped"),
@@ -1147,7 +1148,7 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
         c.control = config.control.clone();
     })
     .await;
-    lifecycle.act(&id, "expand", &Value::Null).await.unwrap();
+    lifecycle.act(&id, Action::Expand).await.unwrap();
 
     // A writer through the proxy, reconnecting when Postgres goes away.
     let stop = Arc::new(AtomicBool::new(false));
@@ -1180,8 +1181,11 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
     lifecycle
         .act(
             &id,
-            "backfill",
-            &json!({"batch_size": 2000, "batch_pause_ms": 5}),
+            Action::Backfill(api::Backfill {
+                batch_size: Some(2000),
+                batch_pause_ms: Some(5),
+                ..Default::default()
+            }),
         )
         .await
         .unwrap();
@@ -1216,7 +1220,10 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
     assert!(writes > 0);
-    let m = lifecycle.act(&id, "validate", &Value::Null).await.unwrap();
+    let m = lifecycle
+        .act(&id, Action::Validate(Default::default()))
+        .await
+        .unwrap();
     assert_eq!(m["validation"]["mismatches"], 0, "{m}");
     lifecycle.leave().await;
     drop(proxy);

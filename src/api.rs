@@ -1,0 +1,294 @@
+//! The admin API's requests, typed, in one place for the server, the
+//! lifecycle and the command line: what each endpoint accepts, with every
+//! key named (an unknown or misspelt key is a 400 naming it, never
+//! ignored). The server parses a request into an [`Action`] (or a
+//! [`NewMigration`]) before the lifecycle sees it; the command line builds
+//! the same structs and sends their JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /migrations`: the keys of a `[[migrations]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMigration {
+    pub id: String,
+    pub table: String,
+    pub from: String,
+    pub to: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub new_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
+}
+
+/// `POST /migrations/{id}/backfill` (and its settings while it runs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backfill {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_pause_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_timeout_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_target_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replication_lag_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lock_waits: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<i64>,
+}
+
+impl Backfill {
+    /// Whether any setting is given.
+    pub fn changes_anything(&self) -> bool {
+        *self != Backfill::default()
+    }
+}
+
+/// `POST /migrations/{id}/validate`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    /// Repair the mismatching rows (`b := up(a)`), range by range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<bool>,
+    /// Keys per range of a walk (1 to 1,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_rows: Option<u64>,
+    /// Pause between ranges (default: the backfill's pause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<u64>,
+    /// Time budget of the one-statement check (0: always walk; at most
+    /// 60,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_pass_ms: Option<u64>,
+}
+
+/// Which column answers reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadSource {
+    New,
+    Old,
+}
+
+/// `POST /migrations/{id}/switch-reads`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchReads {
+    pub to: ReadSource,
+}
+
+/// `POST /migrations/{id}/contract`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// Contract although old-shape statements were seen in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// How far back old-shape statements hold the contract (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    /// Drop exclusion constraints on the old column that have no
+    /// equivalent on the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_exclusion_constraints: Option<bool>,
+}
+
+/// The actions that take no options: an empty body or `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+/// `POST /migrations/{id}/{action}`, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Expand,
+    Backfill(Backfill),
+    Pause,
+    Resume,
+    Validate(Validate),
+    SwitchReads(SwitchReads),
+    Contract(Contract),
+    Complete,
+    Rollback,
+}
+
+/// The actions' names, in lifecycle order.
+pub const ACTIONS: &[&str] = &[
+    "expand",
+    "backfill",
+    "pause",
+    "resume",
+    "validate",
+    "switch-reads",
+    "contract",
+    "complete",
+    "rollback",
+];
+
+/// Why a request is not an action.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActionError {
+    #[error("no such action {0:?}; the actions are expand, backfill, pause, resume, validate, switch-reads, contract, complete, rollback")]
+    Unknown(String),
+    /// The body does not fit the action (serde names an unknown key and
+    /// lists the known ones).
+    #[error("{0}")]
+    Body(String),
+}
+
+impl Action {
+    /// The action `name` with `body` (`null`: no body).
+    pub fn parse(name: &str, body: &Value) -> Result<Action, ActionError> {
+        fn options<T: serde::de::DeserializeOwned + Default>(
+            name: &str,
+            body: &Value,
+        ) -> Result<T, ActionError> {
+            match body {
+                Value::Null => Ok(T::default()),
+                other => serde_json::from_value(other.clone())
+                    .map_err(|e| ActionError::Body(format!("{name}: {e}"))),
+            }
+        }
+        let none = |_: NoOptions| ();
+        Ok(match name {
+            "expand" => options(name, body).map(none).map(|()| Action::Expand)?,
+            "backfill" => Action::Backfill(options(name, body)?),
+            "pause" => options(name, body).map(none).map(|()| Action::Pause)?,
+            "resume" => options(name, body).map(none).map(|()| Action::Resume)?,
+            "validate" => Action::Validate(options(name, body)?),
+            "switch-reads" => {
+                Action::SwitchReads(serde_json::from_value(body.clone()).map_err(|e| {
+                    ActionError::Body(format!(
+                        "switch-reads: {e} (send {{\"to\": \"new\"}} or {{\"to\": \"old\"}})"
+                    ))
+                })?)
+            }
+            "contract" => Action::Contract(options(name, body)?),
+            "complete" => options(name, body).map(none).map(|()| Action::Complete)?,
+            "rollback" => options(name, body).map(none).map(|()| Action::Rollback)?,
+            other => return Err(ActionError::Unknown(other.to_string())),
+        })
+    }
+
+    /// Its name in the URL.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Expand => "expand",
+            Action::Backfill(_) => "backfill",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Validate(_) => "validate",
+            Action::SwitchReads(_) => "switch-reads",
+            Action::Contract(_) => "contract",
+            Action::Complete => "complete",
+            Action::Rollback => "rollback",
+        }
+    }
+
+    /// Its options as the JSON body to send (`{}` for none).
+    pub fn body(&self) -> Value {
+        let options = match self {
+            Action::Backfill(o) => serde_json::to_value(o),
+            Action::Validate(o) => serde_json::to_value(o),
+            Action::SwitchReads(o) => serde_json::to_value(o),
+            Action::Contract(o) => serde_json::to_value(o),
+            _ => Ok(Value::Object(Default::default())),
+        };
+        options.unwrap_or(Value::Null)
+    }
+
+    /// Whether the action goes on in the background once accepted (202).
+    pub fn runs_on(&self) -> bool {
+        matches!(self, Action::Backfill(_) | Action::Resume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let err = Action::parse("backfill", &json!({"batch_sise": 10})).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `batch_sise`"), "{text}");
+        assert!(
+            text.contains("batch_size"),
+            "the known keys are listed: {text}"
+        );
+        assert_eq!(
+            Action::parse("backfill", &json!({"batch_size": 10})).unwrap(),
+            Action::Backfill(Backfill {
+                batch_size: Some(10),
+                ..Backfill::default()
+            })
+        );
+        assert_eq!(
+            Action::parse("expand", &Value::Null).unwrap(),
+            Action::Expand
+        );
+        assert_eq!(Action::parse("expand", &json!({})).unwrap(), Action::Expand);
+        assert!(Action::parse("expand", &json!({"force": true})).is_err());
+        assert!(Action::parse("contract", &json!({"force": "yes"})).is_err());
+        assert!(matches!(
+            Action::parse("explode", &Value::Null),
+            Err(ActionError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn switch_reads_names_its_two_values() {
+        let err = Action::parse("switch-reads", &json!({"to": "newest"})).unwrap_err();
+        assert!(err.to_string().contains("`new`"), "{err}");
+        assert!(Action::parse("switch-reads", &Value::Null).is_err());
+        let to_new = Action::parse("switch-reads", &json!({"to": "new"})).unwrap();
+        assert_eq!(to_new.body(), json!({"to": "new"}));
+    }
+
+    #[test]
+    fn an_action_sent_is_the_action_received() {
+        for action in [
+            Action::Expand,
+            Action::Backfill(Backfill {
+                batch_size: Some(500),
+                workers: Some(2),
+                ..Backfill::default()
+            }),
+            Action::Validate(Validate {
+                fix: Some(true),
+                ..Validate::default()
+            }),
+            Action::Contract(Contract {
+                drop_exclusion_constraints: Some(true),
+                ..Contract::default()
+            }),
+            Action::Rollback,
+        ] {
+            assert_eq!(
+                Action::parse(action.name(), &action.body()).unwrap(),
+                action
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_migration_has_its_keys_and_no_others() {
+        let body = json!({"id": "m", "table": "t", "from": "a", "to": "b", "type": "bigint"});
+        let m: NewMigration = serde_json::from_value(body).unwrap();
+        assert_eq!(m.new_type.as_deref(), Some("bigint"));
+        let err = serde_json::from_value::<NewMigration>(
+            json!({"id": "m", "table": "t", "from": "a", "to": "b", "phase": "expanded"}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `phase`"), "{err}");
+    }
+}
