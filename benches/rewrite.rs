@@ -3,8 +3,11 @@
 //! the fast path (a 200-byte statement that cannot touch the migrating
 //! table), a repeated statement (plan cache hit), the same statement with
 //! new literals (`-M simple`: a template fill), and new statements (parse +
-//! plan + splice: pgbench's UPDATE, an ORM-style SELECT); and planning time
-//! against statement length (`scaling`: 1,000 vs 8,000 items).
+//! plan + splice: pgbench's UPDATE, an ORM-style SELECT); planning time
+//! against statement length (`scaling`: 1,000 vs 8,000 items); and the
+//! rules snapshot read every statement makes (`snapshot`: the hand-rolled
+//! `RwLock<Arc>` + epoch + thread-local cache pgshift had, against
+//! `arc_swap::ArcSwap`, on one thread and on two threads at once).
 
 use std::sync::Arc;
 
@@ -114,5 +117,89 @@ fn scaling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rewrite, scaling);
+/// What the snapshot benchmarks read.
+type Payload = (u64, Vec<u64>);
+
+/// The snapshot pattern pgshift used before arc-swap: an epoch counter, a
+/// lock around the current `Arc`, and a per-thread copy refreshed when the
+/// epoch moves (kept here as the baseline).
+struct Handrolled {
+    epoch: std::sync::atomic::AtomicU64,
+    current: std::sync::RwLock<Arc<Payload>>,
+}
+
+impl Handrolled {
+    fn with<R>(&self, f: impl FnOnce(&Payload) -> R) -> R {
+        use std::cell::RefCell;
+        thread_local! {
+            static CACHE: RefCell<Option<Arc<Payload>>> = const { RefCell::new(None) };
+        }
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !matches!(&*cache, Some(r) if r.0 == epoch) {
+                *cache = Some(Arc::clone(&self.current.read().unwrap()));
+            }
+            f(cache.as_ref().unwrap())
+        })
+    }
+}
+
+fn snapshot(c: &mut Criterion) {
+    let payload = (1u64, vec![1u64, 2, 3]);
+    let handrolled = Handrolled {
+        epoch: std::sync::atomic::AtomicU64::new(1),
+        current: std::sync::RwLock::new(Arc::new(payload.clone())),
+    };
+    // Two threads reading at once: each reads `iters` times; the time is
+    // the wall clock of both.
+    let both = |read: &(dyn Fn() -> u64 + Sync), iters: u64| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..iters {
+                        std::hint::black_box(read());
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    let swapped = Arc::new(arc_swap::ArcSwap::from_pointee(payload));
+    // arc-swap's own per-thread cache: one atomic load while nothing changed.
+    type Cached = arc_swap::Cache<Arc<arc_swap::ArcSwap<Payload>>, Arc<Payload>>;
+    thread_local! {
+        static CACHE: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
+    }
+    let cached = |cell: &Arc<arc_swap::ArcSwap<Payload>>| {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let cache = c.get_or_insert_with(|| arc_swap::Cache::new(Arc::clone(cell)));
+            cache.load().1[1]
+        })
+    };
+    let mut group = c.benchmark_group("snapshot");
+    group.bench_function("arc_swap_cache_one_thread", |b| {
+        b.iter(|| std::hint::black_box(cached(&swapped)))
+    });
+    group.bench_function("arc_swap_cache_two_threads", |b| {
+        b.iter_custom(|iters| both(&|| cached(&swapped), iters))
+    });
+    group.bench_function("handrolled_one_thread", |b| {
+        b.iter(|| handrolled.with(|r| std::hint::black_box(r.1[1])))
+    });
+    group.bench_function("arc_swap_one_thread", |b| {
+        b.iter(|| std::hint::black_box(swapped.load().1[1]))
+    });
+    group.bench_function("handrolled_two_threads", |b| {
+        b.iter_custom(|iters| both(&|| handrolled.with(|r| r.1[1]), iters))
+    });
+    group.bench_function("arc_swap_two_threads", |b| {
+        b.iter_custom(|iters| both(&|| swapped.load().1[1], iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rewrite, scaling, snapshot);
 criterion_main!(benches);

@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -36,8 +35,9 @@ pub const TOO_LARGE: &str = "54000";
 /// worker thread: past this a statement would stall that worker's other
 /// sessions for more than a few hundred milliseconds.
 pub const MAX_PLANNED_BYTES: usize = 1 << 20;
-/// The bytes of statement text and plans kept per worker thread.
-const CACHE_BYTES: usize = 32 << 20;
+/// The bytes of statement text and plans kept per worker thread (256 KiB
+/// in unit tests, so that they can fill it).
+const CACHE_BYTES: usize = if cfg!(test) { 256 << 10 } else { 32 << 20 };
 
 /// The rewriter driven by the published migration rules.
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ impl MigrationRewriter {
     }
 }
 
-/// Statement texts whose plans are kept per worker thread.
+/// Statement texts the plan cache holds at most.
 const CACHE_CAPACITY: usize = 4096;
 /// Plans kept per text (for sessions that resolve names differently).
 const PLANS_PER_TEXT: usize = 8;
@@ -59,6 +59,8 @@ const PLANS_PER_TEXT: usize = 8;
 /// A cached plan: which rules it was made under, its outcome, and the
 /// migration (index in the rules) each use of it counts for.
 struct Cached {
+    /// About how many bytes it holds (the statement text it was made for).
+    bytes: usize,
     cell: u64,
     epoch: u64,
     /// The session context's key: names may resolve differently elsewhere.
@@ -109,10 +111,32 @@ impl Tally {
     }
 }
 
+/// The plans of a statement text, weighed in bytes (its key and the
+/// texts its plans were made for), and at least a [`CACHE_CAPACITY`]th of
+/// the cache: so it holds at most that many texts, however short (a big
+/// map of short statements costs more per miss than it saves).
+#[derive(Clone)]
+struct PlanBytes;
+
+impl quick_cache::Weighter<Box<[u8]>, Vec<Cached>> for PlanBytes {
+    fn weight(&self, key: &Box<[u8]>, plans: &Vec<Cached>) -> u64 {
+        let bytes = key.len() + plans.iter().map(|c| c.bytes).sum::<usize>();
+        bytes.max(CACHE_BYTES / CACHE_CAPACITY) as u64
+    }
+}
+
+/// Plans by statement text (literals masked), per worker thread: bounded
+/// by [`CACHE_BYTES`] and [`CACHE_CAPACITY`], the coldest evicted first
+/// (quick_cache's CLOCK-Pro policy: one scan of new statements does not
+/// flush the hot ones).
+type PlanCache = quick_cache::unsync::Cache<Box<[u8]>, Vec<Cached>, PlanBytes>;
+
 thread_local! {
-    static PLANS: RefCell<HashMap<Box<[u8]>, Vec<Cached>>> = RefCell::new(HashMap::new());
-    /// About how many bytes `PLANS` holds (keys and planned texts).
-    static PLAN_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static PLANS: RefCell<PlanCache> = RefCell::new(PlanCache::with_weighter(
+        CACHE_CAPACITY,
+        CACHE_BYTES as u64,
+        PlanBytes,
+    ));
 }
 
 /// The refusal of a statement larger than [`MAX_PLANNED_BYTES`].
@@ -186,16 +210,8 @@ impl StatementRewriter for MigrationRewriter {
             if let Some(cached) = cached {
                 PLANS.with(|plans| {
                     let mut plans = plans.borrow_mut();
-                    // Bounded by entries and by bytes: cleared when full.
-                    let size = key.len() + sql.len();
-                    if plans.len() >= CACHE_CAPACITY
-                        || PLAN_BYTES.get() + size > CACHE_BYTES
-                    {
-                        plans.clear();
-                        PLAN_BYTES.set(0);
-                    }
-                    PLAN_BYTES.set(PLAN_BYTES.get() + size);
                     let entry = Cached {
+                        bytes: sql.len(),
                         cell,
                         epoch: rules.epoch,
                         session,
@@ -204,8 +220,9 @@ impl StatementRewriter for MigrationRewriter {
                         result,
                     };
                     // One plan per way of resolving names (sessions with
-                    // other search paths), the newest few kept.
-                    let plans_for_text = plans.entry(key.into()).or_default();
+                    // other search paths), the newest few kept; taken out
+                    // and put back, so that the cache weighs it anew.
+                    let mut plans_for_text = plans.remove(key).map(|(_, v)| v).unwrap_or_default();
                     plans_for_text.retain(|c| {
                         c.cell == cell && c.epoch == rules.epoch && c.session != session
                     });
@@ -213,6 +230,7 @@ impl StatementRewriter for MigrationRewriter {
                         plans_for_text.remove(0);
                     }
                     plans_for_text.push(entry);
+                    plans.insert(key.into(), plans_for_text);
                 });
             }
             outcome
@@ -255,7 +273,7 @@ fn cache_key<'k>(sql: &'k [u8], normalized: &'k Option<Normalized>) -> &'k [u8] 
 
 /// The plan cached for `key` under these rules and session, if any.
 fn lookup<'p>(
-    plans: &'p HashMap<Box<[u8]>, Vec<Cached>>,
+    plans: &'p PlanCache,
     key: &[u8],
     cell: u64,
     epoch: u64,
@@ -487,6 +505,34 @@ mod tests {
             r.rewrite(StatementKind::SimpleQuery, sql.as_bytes()),
             Rewrite::Replaced(_)
         ));
+    }
+
+    /// A statement sent again and again keeps its plan while a stream of
+    /// statements seen once (more than the cache holds) passes through,
+    /// and the cache stays within its bytes.
+    #[test]
+    fn the_plan_cache_keeps_hot_plans_through_a_scan_within_its_bytes() {
+        let r = rename(Phase::Expanded);
+        let hot = "update pgbench_accounts set abalance = abalance + 1 where aid = 7";
+        for _ in 0..5 {
+            assert!(matches!(
+                r.rewrite(StatementKind::SimpleQuery, hot.as_bytes()),
+                Rewrite::Replaced(_)
+            ));
+        }
+        let normalized = normalize(hot.as_bytes());
+        let key = cache_key(hot.as_bytes(), &normalized).to_vec();
+        for i in 0..5000 {
+            let once =
+                format!("select abalance as seen_once_{i} from pgbench_accounts where aid = 1");
+            let _ = r.rewrite(StatementKind::SimpleQuery, once.as_bytes());
+        }
+        PLANS.with(|plans| {
+            let plans = plans.borrow();
+            assert!(plans.weight() <= CACHE_BYTES as u64, "{}", plans.weight());
+            assert!(plans.len() < 5000, "evicted: {}", plans.len());
+            assert!(plans.contains_key(&key[..]), "the hot plan was evicted");
+        });
     }
 
     /// orders.amount (integer cents) → amount_dec numeric(12,2).
