@@ -7,7 +7,8 @@
 //! against statement length (`scaling`: 1,000 vs 8,000 items); and the
 //! rules snapshot read every statement makes (`snapshot`: the hand-rolled
 //! `RwLock<Arc>` + epoch + thread-local cache pgshift had, against
-//! `arc_swap::ArcSwap`, on one thread and on two threads at once).
+//! `arc_swap::ArcSwap`, on one thread and on two threads at once); and
+//! noting old-shape statements from two threads (`old_shape`).
 
 use std::sync::Arc;
 
@@ -201,5 +202,45 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rewrite, scaling, snapshot);
+/// Noting an old-shape statement (every worker does, per statement): the
+/// per-application map behind a `Mutex<HashMap>` (what pgshift had, kept
+/// here as the baseline) against `MigrationCounters::saw_old_shape` (a
+/// DashMap), on two threads at once.
+fn old_shape(c: &mut Criterion) {
+    use pgshift::rewrite::rules::MigrationCounters;
+    let mutexed = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+    let note_mutexed = |app: &str| {
+        let mut apps = mutexed.lock().unwrap();
+        match apps.get_mut(app) {
+            Some(last) => *last += 1,
+            None => {
+                apps.insert(app.to_string(), 1);
+            }
+        }
+    };
+    let counters = MigrationCounters::default();
+    let two_threads = |note: &(dyn Fn(&str) + Sync), iters: u64| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for app in ["billing-v1", "reports-v1"] {
+                s.spawn(move || {
+                    for _ in 0..iters {
+                        note(app);
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    };
+    let mut group = c.benchmark_group("old_shape");
+    group.bench_function("mutex_hashmap_two_threads", |b| {
+        b.iter_custom(|iters| two_threads(&note_mutexed, iters))
+    });
+    group.bench_function("dashmap_two_threads", |b| {
+        b.iter_custom(|iters| two_threads(&|app| counters.saw_old_shape(Some(app)), iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rewrite, scaling, snapshot, old_shape);
 criterion_main!(benches);

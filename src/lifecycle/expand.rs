@@ -1,7 +1,7 @@
-//! `expand`: the new column added (with its default, NOT NULL by check,
-//! foreign keys and checks copied as NOT VALID, indexes built
-//! concurrently), then the dual-write rules published — each ALTER under
-//! the lock discipline of [`super::ddl`].
+//! `expand`: the new column added (with its default; foreign keys and
+//! checks copied as NOT VALID, indexes built concurrently — a NOT NULL
+//! reaches the new column later, at validate), then the dual-write rules
+//! published — each ALTER under the lock discipline of [`super::ddl`].
 
 use super::store::Record;
 use super::{checks, ddl, foreign_keys, indexes, store, ActionError, Lifecycle};

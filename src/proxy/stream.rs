@@ -1,8 +1,9 @@
 //! A connection to a client or to the upstream: plain TCP, or TLS over it
 //! (pgshift terminating a client's TLS, or speaking TLS to the server).
 //! One type for both, so negotiation, authentication and the relay are
-//! written once; the relay keeps plain TCP on its own path (borrowed
-//! halves, no lock) and splits TLS streams with `tokio::io::split`.
+//! written once; the relay keeps plain TCP on its own path (owned halves
+//! from `into_split`, no lock) and splits TLS streams with
+//! `tokio::io::split`.
 
 use std::io;
 use std::pin::Pin;

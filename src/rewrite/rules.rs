@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 
 use super::catalog::Catalog;
 use super::migration::{MigrationSpec, Phase};
@@ -24,6 +25,10 @@ pub struct ActiveMigration {
     pub phase: Phase,
 }
 
+/// Applications told apart per migration (a flood of made-up names stops
+/// here).
+const MAX_APPLICATIONS: usize = 1000;
+
 /// Statements rewritten and refused on account of one migration; kept
 /// across epochs (one set per migration id).
 #[derive(Debug, Default)]
@@ -34,8 +39,9 @@ pub struct MigrationCounters {
     pub old_shape: AtomicU64,
     /// Unix milliseconds of the last one.
     pub old_shape_last_ms: AtomicU64,
-    /// `application_name` → Unix milliseconds of its last old-shape statement.
-    old_shape_applications: Mutex<HashMap<String, u64>>,
+    /// `application_name` → Unix milliseconds of its last old-shape
+    /// statement (sharded: every worker notes old-shape statements here).
+    old_shape_applications: DashMap<String, u64>,
 }
 
 /// Old-shape statements seen for one migration.
@@ -55,28 +61,21 @@ impl MigrationCounters {
             .map_or(0, |d| d.as_millis() as u64);
         self.old_shape.fetch_add(1, Ordering::Relaxed);
         self.old_shape_last_ms.fetch_max(now, Ordering::Relaxed);
-        let mut apps = self
-            .old_shape_applications
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let apps = &self.old_shape_applications;
         let name = application.unwrap_or("");
-        let full = apps.len() >= 1000;
-        match apps.get_mut(name) {
-            Some(last) => *last = now,
-            None if !full => {
-                apps.insert(name.to_string(), now);
-            }
-            None => {}
+        if let Some(mut last) = apps.get_mut(name) {
+            *last = now;
+        } else if apps.len() < MAX_APPLICATIONS {
+            apps.insert(name.to_string(), now);
         }
     }
 
     pub fn old_shape_usage(&self) -> OldShapeUsage {
-        let apps = self
+        let mut applications: Vec<(String, u64)> = self
             .old_shape_applications
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut applications: Vec<(String, u64)> =
-            apps.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
         applications.sort();
         OldShapeUsage {
             statements: self.old_shape.load(Ordering::Relaxed),
