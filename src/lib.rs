@@ -13,7 +13,7 @@
 //! - [`config`]: the TOML file, flags and environment, merged.
 //! - [`cluster`]: throwaway local Postgres clusters for the demo and tests.
 //! - [`demo`]: `pgshift demo`; [`scenario`]: the workload it runs.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up; [`metrics`]: the Prometheus metrics.
 //! - [`pgerror`]: Postgres' errors on pgshift's own connections, in full.
 
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pgerror;
 pub mod proxy;
 pub mod rewrite;

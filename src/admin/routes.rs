@@ -56,7 +56,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     match lifecycle(&state) {
         Some(l) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
             l.metrics(),
         )
             .into_response(),

@@ -87,134 +87,128 @@ impl Lifecycle {
         })
     }
 
-    /// The Prometheus text exposition of this proxy and its migrations.
+    /// The metrics of this proxy and its migrations, in the OpenMetrics
+    /// text format: what the session counters and the records say now,
+    /// and the statement latency histograms.
     pub fn metrics(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+        type Labels = Vec<(&'static str, String)>;
+        let mut registry = Registry::default();
         let (accepted, active, rejected) = crate::proxy::stats::sessions();
-        let _ = writeln!(out, "# HELP pgshift_sessions Client sessions relayed now.\n# TYPE pgshift_sessions gauge\npgshift_sessions {active}");
-        let _ = writeln!(out, "# HELP pgshift_sessions_total Client sessions relayed since start.\n# TYPE pgshift_sessions_total counter\npgshift_sessions_total {accepted}");
-        let _ = writeln!(out, "# HELP pgshift_sessions_rejected_total Connections refused at max_client_connections.\n# TYPE pgshift_sessions_rejected_total counter\npgshift_sessions_rejected_total {rejected}");
-        let _ = writeln!(out, "# HELP pgshift_rules_epoch The rewrite rules epoch in force.\n# TYPE pgshift_rules_epoch gauge\npgshift_rules_epoch {}", self.rules.epoch());
-        let _ = writeln!(out, "# HELP pgshift_state_version The migration state version applied.\n# TYPE pgshift_state_version gauge\npgshift_state_version {}", self.applied.load(Ordering::Acquire));
-        let counters = self.rules.counters();
-        let usage = self.rules.old_shape_usage();
-        let records = self.records();
-        let label = |id: &str| id.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut family = |name: &str, kind: &str, help: &str, values: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
+        let gauge = |v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            g
         };
-        family(
+        let counter = |v: u64| {
+            let c: Counter = Counter::default();
+            c.inc_by(v);
+            c
+        };
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        registry.register(
+            "pgshift_sessions",
+            "Client sessions relayed now",
+            gauge(as_i64(active)),
+        );
+        registry.register(
+            "pgshift_sessions_accepted",
+            "Client sessions relayed since start",
+            counter(accepted),
+        );
+        registry.register(
+            "pgshift_sessions_rejected",
+            "Connections refused at a connection limit",
+            counter(rejected),
+        );
+        registry.register(
+            "pgshift_rules_epoch",
+            "The rewrite rules epoch in force",
+            gauge(as_i64(self.rules.epoch())),
+        );
+        registry.register(
+            "pgshift_state_version",
+            "The migration state version applied",
+            gauge(self.applied.load(Ordering::Acquire)),
+        );
+        let of = |id: &str| -> Labels { vec![("migration", id.to_string())] };
+        let phases = Family::<Labels, Gauge>::default();
+        let rewritten = Family::<Labels, Counter>::default();
+        let refused = Family::<Labels, Counter>::default();
+        let old_shape = Family::<Labels, Counter>::default();
+        let rows_done = Family::<Labels, Gauge>::default();
+        let rows_total = Family::<Labels, Gauge>::default();
+        let running = Family::<Labels, Gauge>::default();
+        let mismatches = Family::<Labels, Gauge>::default();
+        for r in self.records() {
+            let id = &r.spec.id;
+            for p in Phase::ALL {
+                let mut labels = of(id);
+                labels.push(("phase", p.to_string()));
+                phases.get_or_create(&labels).set(i64::from(p == r.phase));
+            }
+            rows_done.get_or_create(&of(id)).set(r.backfill.rows_done);
+            rows_total
+                .get_or_create(&of(id))
+                .set(r.backfill.rows_total.unwrap_or(0));
+            running
+                .get_or_create(&of(id))
+                .set(i64::from(r.backfill.running));
+            let found = r.validation.as_ref().map_or(-1, |v| v.mismatches);
+            mismatches.get_or_create(&of(id)).set(found);
+        }
+        for (id, rw, rf) in self.rules.counters() {
+            rewritten.get_or_create(&of(&id)).inc_by(rw);
+            refused.get_or_create(&of(&id)).inc_by(rf);
+        }
+        for (id, usage) in self.rules.old_shape_usage() {
+            old_shape.get_or_create(&of(&id)).inc_by(usage.statements);
+        }
+        registry.register(
             "pgshift_migration_phase",
-            "gauge",
-            "1 for each migration's current phase.",
-            records
-                .iter()
-                .flat_map(|r| {
-                    Phase::ALL.iter().map(move |p| {
-                        (
-                            format!("migration=\"{}\",phase=\"{}\"", label(&r.spec.id), p),
-                            u8::from(*p == r.phase).to_string(),
-                        )
-                    })
-                })
-                .collect(),
+            "1 for each migration's current phase",
+            phases,
         );
-        family(
-            "pgshift_statements_rewritten_total",
-            "counter",
-            "Statements rewritten for a migration.",
-            counters
-                .iter()
-                .map(|(id, rw, _)| (format!("migration=\"{}\"", label(id)), rw.to_string()))
-                .collect(),
+        registry.register(
+            "pgshift_statements_rewritten",
+            "Statements rewritten for a migration",
+            rewritten,
         );
-        family(
-            "pgshift_statements_refused_total",
-            "counter",
-            "Statements refused (SQLSTATE 0A000) for a migration.",
-            counters
-                .iter()
-                .map(|(id, _, rf)| (format!("migration=\"{}\"", label(id)), rf.to_string()))
-                .collect(),
+        registry.register(
+            "pgshift_statements_refused",
+            "Statements refused for a migration",
+            refused,
         );
-        family(
-            "pgshift_statements_old_shape_total",
-            "counter",
-            "Statements naming a migration's old column.",
-            usage
-                .iter()
-                .map(|(id, u)| {
-                    (
-                        format!("migration=\"{}\"", label(id)),
-                        u.statements.to_string(),
-                    )
-                })
-                .collect(),
+        registry.register(
+            "pgshift_statements_old_shape",
+            "Statements naming a migration's old column",
+            old_shape,
         );
-        family(
+        registry.register(
             "pgshift_backfill_rows_done",
-            "gauge",
-            "Rows the backfill has walked.",
-            records
-                .iter()
-                .map(|r| {
-                    (
-                        format!("migration=\"{}\"", label(&r.spec.id)),
-                        r.backfill.rows_done.to_string(),
-                    )
-                })
-                .collect(),
+            "Rows the backfill has walked",
+            rows_done,
         );
-        family(
+        registry.register(
             "pgshift_backfill_rows_total",
-            "gauge",
-            "Rows the backfill expects to walk (an estimate until it ends).",
-            records
-                .iter()
-                .map(|r| {
-                    (
-                        format!("migration=\"{}\"", label(&r.spec.id)),
-                        r.backfill.rows_total.unwrap_or(0).to_string(),
-                    )
-                })
-                .collect(),
+            "Rows the backfill expects to walk (an estimate until it ends)",
+            rows_total,
         );
-        family(
+        registry.register(
             "pgshift_backfill_running",
-            "gauge",
-            "1 while the backfill runs.",
-            records
-                .iter()
-                .map(|r| {
-                    (
-                        format!("migration=\"{}\"", label(&r.spec.id)),
-                        u8::from(r.backfill.running).to_string(),
-                    )
-                })
-                .collect(),
+            "1 while the backfill runs",
+            running,
         );
-        family(
+        registry.register(
             "pgshift_validation_mismatches",
-            "gauge",
-            "Mismatches the last validation found (-1: none yet).",
-            records
-                .iter()
-                .map(|r| {
-                    (
-                        format!("migration=\"{}\"", label(&r.spec.id)),
-                        r.validation
-                            .as_ref()
-                            .map_or(-1, |v| v.mismatches)
-                            .to_string(),
-                    )
-                })
-                .collect(),
+            "Mismatches the last validation found (-1: none yet)",
+            mismatches,
         );
-        out
+        crate::metrics::latency().register(&mut registry);
+        crate::metrics::encode(&registry)
     }
 
     /// Every migration's status.

@@ -25,6 +25,7 @@ use super::sql_prepared::SqlPrepared;
 use super::statement::{rewrite_frame, Outcome};
 use super::statements::{self, Deallocation, Statements};
 use super::wire::{backend, frontend};
+use crate::metrics::{self, Kind};
 use crate::rewrite::search_path;
 use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
 
@@ -69,6 +70,16 @@ struct Book {
     /// What the rewriter is told about the session (application, user,
     /// search path), rebuilt when the path changes.
     context: Arc<SessionContext>,
+    /// Requests sent whose ReadyForQuery has not come back, oldest first.
+    timings: VecDeque<Timing>,
+}
+
+/// A request on its way (for the latency metrics).
+struct Timing {
+    request: u64,
+    started: Instant,
+    kind: Kind,
+    migration: Option<Arc<str>>,
 }
 
 impl SessionState {
@@ -81,6 +92,7 @@ impl SessionState {
             sql_prepared: SqlPrepared::default(),
             path: PathTracker::new(context.search_path.clone()),
             context: Arc::new(context),
+            timings: VecDeque::new(),
         };
         SessionState {
             started: Instant::now(),
@@ -213,6 +225,9 @@ pub struct FrontendVisitor<'a> {
     rewriter: &'a dyn StatementRewriter,
     /// The rewriter has rules epochs, so prepared statements are tracked.
     tracking: bool,
+    /// What was done to the statements of the extended-protocol batch the
+    /// next Sync ends, and the migration that did it (latency metrics).
+    batch: (Kind, Option<Arc<str>>),
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -245,7 +260,50 @@ impl<'a> FrontendVisitor<'a> {
             state,
             rewriter,
             tracking: rewriter.epoch().is_some(),
+            batch: (Kind::Passed, None),
         }
+    }
+
+    /// Notes what was done to a Query's or Parse's statement (for its
+    /// request's latency).
+    fn note(&mut self, outcome: &Outcome) {
+        let kind = match outcome {
+            Outcome::Keep => return,
+            Outcome::Replace(_) => Kind::Rewritten,
+            Outcome::Refuse(_) => Kind::Refused,
+        };
+        self.batch.0 = self.batch.0.max(kind);
+        if self.batch.1.is_none() {
+            self.batch.1 = self.rewriter.attribution();
+        }
+    }
+
+    /// A Bind of a statement a migration rewrote: its batch counts as
+    /// rewritten for that migration.
+    fn executes(&mut self, bind: &[u8]) {
+        if !self.tracking {
+            return;
+        }
+        let Some(name) = statements::statement_used(frontend::BIND, bind) else {
+            return;
+        };
+        if let Some((kind, migration)) = self.state.with_book(|b| b.statements.class(name)) {
+            self.batch.0 = self.batch.0.max(kind);
+            self.batch.1.get_or_insert(migration);
+        }
+    }
+
+    /// Starts the clock of request `request` (a Query, or the Sync ending
+    /// a batch), with what was done to its statements.
+    fn time(&mut self, request: u64) {
+        let (kind, migration) = std::mem::replace(&mut self.batch, (Kind::Passed, None));
+        let timing = Timing {
+            request,
+            started: Instant::now(),
+            kind,
+            migration,
+        };
+        self.state.with_book(|b| b.timings.push_back(timing));
     }
 
     /// Records a refusal and returns the marker frame to send instead.
@@ -335,7 +393,11 @@ impl FrameVisitor for FrontendVisitor<'_> {
             frontend::DESCRIBE if self.tracking => Handling::Whole,
             frontend::BIND if self.tracking => {
                 let epoch = self.rewriter.epoch().unwrap_or(0);
-                if self.state.with_book(|b| b.statements.any_stale(epoch)) {
+                // Whole when it may need re-preparing, or may execute a
+                // statement a migration rewrote (its latency counts there).
+                let look =
+                    |b: &mut Book| b.statements.any_stale(epoch) || b.statements.any_classified();
+                if self.state.with_book(look) {
                     Handling::Whole
                 } else {
                     Handling::Forward
@@ -354,6 +416,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
             frontend::QUERY | frontend::SYNC | frontend::FUNCTION_CALL => {
                 state.requests_sent.store(request, Ordering::Relaxed);
                 state.unsynced.store(false, Ordering::Relaxed);
+                if tag != frontend::QUERY {
+                    self.time(request);
+                }
             }
             frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
             _ => state.unsynced.store(true, Ordering::Relaxed),
@@ -370,6 +435,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 return Ok(Verdict::Keep);
             }
             frontend::BIND | frontend::DESCRIBE => {
+                if tag == frontend::BIND {
+                    self.executes(frame);
+                }
                 if tag == frontend::DESCRIBE {
                     state.with_book(|b| b.statements.described(request));
                 }
@@ -420,6 +488,10 @@ impl FrameVisitor for FrontendVisitor<'_> {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
             (outcome, _) => outcome,
         };
+        self.note(&outcome);
+        if tag == frontend::QUERY {
+            self.time(request);
+        }
         if let (true, Some(epoch)) = (self.tracking, epoch) {
             match tag {
                 frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
@@ -436,8 +508,13 @@ impl FrameVisitor for FrontendVisitor<'_> {
                         }
                         let sent = sent_fingerprint(&outcome, fields.sql)
                             .unwrap_or(statements::NOTHING_SENT);
+                        let class = match (&outcome, self.rewriter.attribution()) {
+                            (Outcome::Replace(_), Some(m)) => Some((Kind::Rewritten, m)),
+                            _ => None,
+                        };
                         state.with_book(|b| {
-                            b.statements.parsed(request, fields, epoch, result, sent)
+                            b.statements.parsed(request, fields, epoch, result, sent);
+                            b.statements.set_class(fields.name, class);
                         });
                     }
                 }
@@ -545,12 +622,20 @@ impl FrameVisitor for BackendVisitor<'_> {
                 state.ready_seen.store(current, Ordering::Relaxed);
                 // Markers and injected messages the server skipped (an
                 // earlier error in the same pipeline) are done with.
-                state.with_book(|b| {
+                let done = state.with_book(|b| {
                     while b.refusals.front().is_some_and(|p| p.request <= current) {
                         b.refusals.pop_front();
                     }
                     b.statements.on_ready(current);
+                    let mut done = None;
+                    while b.timings.front().is_some_and(|t| t.request <= current) {
+                        done = b.timings.pop_front().filter(|t| t.request == current);
+                    }
+                    done
                 });
+                if let Some(t) = done {
+                    metrics::latency().observe(t.kind, t.migration.as_ref(), t.started.elapsed());
+                }
                 Ok(Verdict::Keep)
             }
         }

@@ -28,6 +28,9 @@
 //! answered with that same error.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::metrics::Kind;
 
 use bytes::Bytes;
 
@@ -57,6 +60,9 @@ struct Entry {
     parsed_in: u64,
     /// A Describe in that request may have shown the client its columns.
     shown: bool,
+    /// The migration that rewrote (or refused) it, with which: what its
+    /// executions count as in the latency metrics (`None`: passed).
+    class: Option<(Kind, Arc<str>)>,
 }
 
 /// What re-preparing a stale statement needs.
@@ -99,6 +105,8 @@ type Swallow = (u64, u8, Option<Vec<u8>>);
 #[derive(Debug, Default)]
 pub struct Statements {
     entries: HashMap<Vec<u8>, Entry>,
+    /// A statement was rewritten by a migration (see [`Statements::set_class`]).
+    classified: bool,
     /// Oldest epoch among the entries (`u64::MAX` when there are none).
     oldest_epoch: Option<u64>,
     /// Client Parses waiting for their ParseComplete: (request, name).
@@ -181,6 +189,7 @@ impl Statements {
                 sending: NOTHING_SENT,
                 parsed_in: request,
                 shown: false,
+                class: None,
             },
         );
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
@@ -246,6 +255,25 @@ impl Statements {
     }
 
     /// `name`'s result shape is `result` from now on.
+    /// Notes who rewrote statement `name` (see [`Entry::class`]).
+    pub fn set_class(&mut self, name: &[u8], class: Option<(Kind, Arc<str>)>) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            self.classified |= class.is_some();
+            entry.class = class;
+        }
+    }
+
+    /// Whether a statement of this session was ever rewritten by a
+    /// migration (its Binds are then looked at).
+    pub fn any_classified(&self) -> bool {
+        self.classified
+    }
+
+    /// Who rewrote statement `name`, if anyone.
+    pub fn class(&self, name: &[u8]) -> Option<(Kind, Arc<str>)> {
+        self.entries.get(name).and_then(|e| e.class.clone())
+    }
+
     pub fn set_result(&mut self, name: &[u8], result: u64) {
         if let Some(entry) = self.entries.get_mut(name) {
             entry.result = result;

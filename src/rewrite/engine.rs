@@ -88,8 +88,19 @@ struct Tally {
     old_shape: Vec<usize>,
 }
 
+thread_local! {
+    /// The migration the last statement this thread rewrote or refused
+    /// counts for ([`StatementRewriter::attribution`]).
+    static ATTRIBUTED: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+}
+
 impl Tally {
     fn record(&self, rules: &Rules) {
+        let first = self.refused.or_else(|| self.rewritten.first().copied());
+        let id = first
+            .and_then(|i| rules.counters.get(i))
+            .map(|c| Arc::clone(&c.id));
+        ATTRIBUTED.with(|a| *a.borrow_mut() = id);
         for &i in &self.rewritten {
             if let Some(c) = rules.counters.get(i) {
                 c.rewritten.fetch_add(1, Ordering::Relaxed);
@@ -159,6 +170,7 @@ impl StatementRewriter for MigrationRewriter {
             if rules.migrations.is_empty() || !mentions_any(sql, &rules.table_names) {
                 return Rewrite::Unchanged;
             }
+            ATTRIBUTED.with(|a| a.borrow_mut().take());
             // Rules this proxy could not confirm lately may be out of date
             // (another proxy may have changed the phase): fail safe.
             if let Some(late_ms) = self.rules.lease_lapsed() {
@@ -239,6 +251,10 @@ impl StatementRewriter for MigrationRewriter {
 
     fn epoch(&self) -> Option<u64> {
         Some(self.rules.epoch())
+    }
+
+    fn attribution(&self) -> Option<Arc<str>> {
+        ATTRIBUTED.with(|a| a.borrow().clone())
     }
 
     fn result_key(&self, sql: &[u8]) -> u64 {

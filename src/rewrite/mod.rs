@@ -90,6 +90,13 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn result_key(&self, _sql: &[u8]) -> u64 {
         0
     }
+
+    /// The migration the statement this thread last rewrote or refused
+    /// was rewritten or refused for (for the latency metrics); asked
+    /// right after [`StatementRewriter::rewrite`].
+    fn attribution(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// Who a statement being rewritten comes from: what name resolution and

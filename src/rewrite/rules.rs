@@ -33,6 +33,8 @@ const MAX_APPLICATIONS: usize = 1000;
 /// across epochs (one set per migration id).
 #[derive(Debug, Default)]
 pub struct MigrationCounters {
+    /// The migration's id.
+    pub id: Arc<str>,
     pub rewritten: AtomicU64,
     pub refused: AtomicU64,
     /// Statements that named the old column (the old shape).
@@ -115,7 +117,14 @@ impl Rules {
         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
         let counters = migrations
             .iter()
-            .map(|m| Arc::clone(registry.entry(m.spec.id.clone()).or_default()))
+            .map(|m| {
+                Arc::clone(registry.entry(m.spec.id.clone()).or_insert_with(|| {
+                    Arc::new(MigrationCounters {
+                        id: Arc::from(m.spec.id.as_str()),
+                        ..MigrationCounters::default()
+                    })
+                }))
+            })
             .collect();
         let mut table_names: Vec<String> = migrations
             .iter()

@@ -992,6 +992,19 @@ async fn migrations_added_at_run_time_apply_at_once_and_metrics_report_them() {
         "{text}"
     );
     assert!(text.contains("# TYPE pgshift_sessions gauge"), "{text}");
+    // The rewritten statement's requests (prepare, then execute) are in
+    // the migration's latency histogram, labels escaped by the library.
+    assert!(
+        text.contains(&format!(
+            "pgshift_migration_statement_seconds_count{{migration=\"{id}\",kind=\"rewritten\"}} 2"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgshift_statement_seconds_bucket{le=\"0.0001\",kind=\"rewritten\"}"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(
         text.contains(&format!(
             "pgshift_statements_rewritten_total{{migration=\"{id}\"}} 1"
