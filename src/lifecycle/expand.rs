@@ -49,55 +49,8 @@ impl Lifecycle {
             )
             .await?;
         }
-        // Indexes using a (keys, expressions, predicates), copied onto b
-        // without blocking writes.
-        for index in indexes::indexes_using(&client, &table, &spec.from).await? {
-            let name = indexes::copy_name(&index.name, &spec.to);
-            if ddl::invalid_index(&client, &spec.table.schema, &name).await? == Some(true) {
-                ddl::run(
-                    &client,
-                    &format!(
-                        "drop index concurrently if exists {}.{}",
-                        quote_ident(&spec.table.schema),
-                        quote_ident(&name)
-                    ),
-                )
-                .await?;
-            }
-            let Some(copy) =
-                indexes::copy_statement(&index.definition, &name, &spec.from, &spec.to)
-            else {
-                tracing::warn!(index = %index.name, definition = %index.definition, "index not copied: its definition could not be read");
-                continue;
-            };
-            ddl::run(&client, &copy).await?;
-        }
-        // Foreign keys a takes part in: added on b as NOT VALID (enforced
-        // for new writes at once), validated at contract.
-        for fk in foreign_keys::foreign_keys_of(&client, &table, &spec.from).await? {
-            let name = foreign_keys::copy_name(&fk.name, &spec.to);
-            if let Some(copy) =
-                foreign_keys::copy_statement(&table, &fk.definition, &name, &spec.from, &spec.to)
-            {
-                self.copy_constraint(&client, &spec, "foreign key", &fk.name, &name, &copy)
-                    .await?;
-            }
-        }
-        // CHECK constraints on a: added on b as NOT VALID too.
-        for check in checks::checks_on(&client, &table, &spec.from).await? {
-            let name = indexes::copy_name(&check.name, &spec.to);
-            if let Some(copy) = checks::copy_statement(&table, &check.definition, &name, &spec) {
-                self.copy_constraint(
-                    &client,
-                    &spec,
-                    "check constraint",
-                    &check.name,
-                    &name,
-                    &copy,
-                )
-                .await?;
-            }
-        }
+        copy_indexes(&client, &spec).await?;
+        self.copy_constraints(&client, &spec).await?;
         // a's NOT NULL reaches b at validate, once the backfill has filled
         // b (see `not_null`): a NOT VALID check added now would fail every
         // UPDATE of a row the backfill has not reached yet.
@@ -111,6 +64,36 @@ impl Lifecycle {
             true,
         )
         .await?;
+        Ok(())
+    }
+
+    /// `a`'s foreign keys and CHECK constraints, added on `b` as NOT VALID
+    /// (enforced for new writes at once, validated at contract).
+    async fn copy_constraints(
+        &self,
+        client: &tokio_postgres::Client,
+        spec: &MigrationSpec,
+    ) -> Result<(), ActionError> {
+        let table = spec.table.to_string();
+        // Foreign keys a takes part in: added on b as NOT VALID (enforced
+        // for new writes at once), validated at contract.
+        for fk in foreign_keys::foreign_keys_of(client, &table, &spec.from).await? {
+            let name = foreign_keys::copy_name(&fk.name, &spec.to);
+            if let Some(copy) =
+                foreign_keys::copy_statement(&table, &fk.definition, &name, &spec.from, &spec.to)
+            {
+                self.copy_constraint(client, spec, "foreign key", &fk.name, &name, &copy)
+                    .await?;
+            }
+        }
+        // CHECK constraints on a: added on b as NOT VALID too.
+        for check in checks::checks_on(client, &table, &spec.from).await? {
+            let name = indexes::copy_name(&check.name, &spec.to);
+            if let Some(copy) = checks::copy_statement(&table, &check.definition, &name, spec) {
+                self.copy_constraint(client, spec, "check constraint", &check.name, &name, &copy)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
@@ -145,4 +128,35 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// Indexes using `a` (keys, expressions, predicates), copied onto `b`
+/// without blocking writes (an invalid leftover of an earlier attempt
+/// dropped first).
+async fn copy_indexes(
+    client: &tokio_postgres::Client,
+    spec: &MigrationSpec,
+) -> Result<(), ActionError> {
+    let table = spec.table.to_string();
+    for index in indexes::indexes_using(client, &table, &spec.from).await? {
+        let name = indexes::copy_name(&index.name, &spec.to);
+        if ddl::invalid_index(client, &spec.table.schema, &name).await? == Some(true) {
+            ddl::run(
+                client,
+                &format!(
+                    "drop index concurrently if exists {}.{}",
+                    quote_ident(&spec.table.schema),
+                    quote_ident(&name)
+                ),
+            )
+            .await?;
+        }
+        let Some(copy) = indexes::copy_statement(&index.definition, &name, &spec.from, &spec.to)
+        else {
+            tracing::warn!(index = %index.name, definition = %index.definition, "index not copied: its definition could not be read");
+            continue;
+        };
+        ddl::run(client, &copy).await?;
+    }
+    Ok(())
 }

@@ -40,35 +40,7 @@ impl Lifecycle {
                 "a finished backfill (phase backfilled, validated or switched)",
             ));
         }
-        let fix = options.fix.unwrap_or(false);
-        // Ranges of `range_rows` keys with `pause_ms` between them (the
-        // backfill's pause unless given): the check's share of the
-        // database is the operator's choice, as the backfill's is.
-        let range_rows = match options.range_rows {
-            None => VALIDATE_RANGE_ROWS,
-            Some(n @ 1..=1_000_000) => n as i32,
-            Some(_) => {
-                return Err(ActionError::BadRequest(
-                    "range_rows must be a number from 1 to 1000000".into(),
-                ))
-            }
-        };
-        let pause = options
-            .pause_ms
-            .unwrap_or_else(|| u64::try_from(record.backfill.batch_pause_ms).unwrap_or(0));
-        // One statement within `one_pass_ms` (default 5 s) for a table of
-        // at most 1 GiB, unless the request describes a walk (its range
-        // size or pause) or a fix (a fix writes range by range).
-        let one_pass_ms = match options.one_pass_ms {
-            None => ONE_PASS_BUDGET_MS,
-            Some(ms @ 0..=60_000) => ms,
-            Some(_) => {
-                return Err(ActionError::BadRequest(
-                    "one_pass_ms must be a number of milliseconds from 0 (never) to 60000".into(),
-                ))
-            }
-        };
-        let walk_asked = fix || options.range_rows.is_some() || options.pause_ms.is_some();
+        let plan = Plan::of(options, &record)?;
         let client = self.connect().await?;
         let table = record.spec.table.to_string();
         let key = ddl::walk_key(&client, &table)
@@ -76,33 +48,11 @@ impl Lifecycle {
             .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
         let walk = Walk::new(&record, &key);
         let started = std::time::Instant::now();
-        // Why a table that could have been one statement was walked.
-        let mut why_walked = String::new();
-        let mut one_pass = None;
-        if !walk_asked && one_pass_ms > 0 {
-            // The table's heap, or its partitions' (`pg_partition_tree`
-            // lists nothing for a table that is not partitioned).
-            let bytes: i64 = client
-                .query_one(
-                    "select greatest(pg_relation_size(t),
-                                     (select sum(pg_relation_size(relid)) from pg_partition_tree(t)))::bigint
-                       from (select $1::text::regclass as t) pgshift_table",
-                    &[&table],
-                )
-                .await?
-                .get(0);
-            if bytes <= ONE_PASS_MAX_BYTES {
-                one_pass = walk.check_all(&client, one_pass_ms).await?;
-                if one_pass.is_none() {
-                    why_walked = format!("; one statement ran past {one_pass_ms} ms");
-                }
-            } else {
-                why_walked = format!(
-                    "; the table's {} MiB are more than one statement's",
-                    bytes >> 20
-                );
-            }
-        }
+        let (one_pass, why_walked) = match plan.walk_asked || plan.one_pass_ms == 0 {
+            true => (None, String::new()),
+            false => one_statement(&client, &walk, &table, plan.one_pass_ms).await?,
+        };
+        let (fix, range_rows) = (plan.fix, plan.range_rows);
         let (mismatches, samples, how) = match one_pass {
             Some((rows, bad, some)) => {
                 let how = format!(
@@ -113,7 +63,12 @@ impl Lifecycle {
             }
             None => {
                 let walked = walk
-                    .check_ranges(&client, range_rows, Duration::from_millis(pause), fix)
+                    .check_ranges(
+                        &client,
+                        range_rows,
+                        Duration::from_millis(plan.pause_ms),
+                        fix,
+                    )
                     .await?;
                 let how = format!(
                     "{} range{} of up to {range_rows} keys over {} rows in {} ms{why_walked}",
@@ -133,14 +88,7 @@ impl Lifecycle {
             at_ms,
         });
         if mismatches == 0 {
-            let old_not_null = ddl::column_info(&client, &table, &record.spec.from)
-                .await?
-                .is_some_and(|c| c.not_null);
-            if old_not_null || record.not_null_check.is_some() {
-                record.not_null_check = Some(
-                    not_null::add_valid_check(&client, &table, &record.spec.to, self.lock).await?,
-                );
-            }
+            self.carry_not_null(&client, &mut record).await?;
             if record.phase == Phase::Backfilled {
                 record.phase = Phase::Validated;
             }
@@ -158,4 +106,105 @@ impl Lifecycle {
         .await?;
         Ok(())
     }
+
+    /// Once `b` matches: `a`'s NOT NULL carried to `b` as a valid check.
+    async fn carry_not_null(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &mut Record,
+    ) -> Result<(), ActionError> {
+        let table = record.spec.table.to_string();
+        let old_not_null = ddl::column_info(client, &table, &record.spec.from)
+            .await?
+            .is_some_and(|c| c.not_null);
+        if old_not_null || record.not_null_check.is_some() {
+            record.not_null_check =
+                Some(not_null::add_valid_check(client, &table, &record.spec.to, self.lock).await?);
+        }
+        Ok(())
+    }
+}
+
+/// How a validation checks, from its options.
+struct Plan {
+    fix: bool,
+    /// Keys per range of a walk.
+    range_rows: i32,
+    /// Pause between ranges (the backfill's pause unless given): the
+    /// check's share of the database is the operator's choice, as the
+    /// backfill's is.
+    pause_ms: u64,
+    /// The one-statement check's budget (0: always walk).
+    one_pass_ms: u64,
+    /// The request describes a walk (its range size or pause) or a fix (a
+    /// fix writes range by range): no one-statement check.
+    walk_asked: bool,
+}
+
+impl Plan {
+    fn of(options: &api::Validate, record: &Record) -> Result<Plan, ActionError> {
+        let range_rows = match options.range_rows {
+            None => VALIDATE_RANGE_ROWS,
+            Some(n @ 1..=1_000_000) => n as i32,
+            Some(_) => {
+                return Err(ActionError::BadRequest(
+                    "range_rows must be a number from 1 to 1000000".into(),
+                ))
+            }
+        };
+        let one_pass_ms = match options.one_pass_ms {
+            None => ONE_PASS_BUDGET_MS,
+            Some(ms @ 0..=60_000) => ms,
+            Some(_) => {
+                return Err(ActionError::BadRequest(
+                    "one_pass_ms must be a number of milliseconds from 0 (never) to 60000".into(),
+                ))
+            }
+        };
+        let fix = options.fix.unwrap_or(false);
+        Ok(Plan {
+            fix,
+            range_rows,
+            pause_ms: options
+                .pause_ms
+                .unwrap_or_else(|| u64::try_from(record.backfill.batch_pause_ms).unwrap_or(0)),
+            one_pass_ms,
+            walk_asked: fix || options.range_rows.is_some() || options.pause_ms.is_some(),
+        })
+    }
+}
+
+/// The one-statement check of a table of at most [`ONE_PASS_MAX_BYTES`]
+/// within `budget_ms`: its answer, or `None` and why the table is walked
+/// instead.
+async fn one_statement(
+    client: &tokio_postgres::Client,
+    walk: &Walk,
+    table: &str,
+    budget_ms: u64,
+) -> Result<(Option<(i64, i64, Vec<String>)>, String), ActionError> {
+    // The table's heap, or its partitions' (`pg_partition_tree` lists
+    // nothing for a table that is not partitioned).
+    let bytes: i64 = client
+        .query_one(
+            "select greatest(pg_relation_size(t),
+                             (select sum(pg_relation_size(relid)) from pg_partition_tree(t)))::bigint
+               from (select $1::text::regclass as t) pgshift_table",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    if bytes > ONE_PASS_MAX_BYTES {
+        let why = format!(
+            "; the table's {} MiB are more than one statement's",
+            bytes >> 20
+        );
+        return Ok((None, why));
+    }
+    let answer = walk.check_all(client, budget_ms).await?;
+    let why = match answer {
+        None => format!("; one statement ran past {budget_ms} ms"),
+        Some(_) => String::new(),
+    };
+    Ok((answer, why))
 }

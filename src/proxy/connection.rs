@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 
 use crate::rewrite::search_path;
@@ -22,71 +22,26 @@ use super::negotiate::{negotiate, Negotiated, Refusal};
 use super::stream::Stream;
 use super::tls::ClientTls;
 use super::upstream::connect_upstream;
-use super::wire::{sqlstate, ErrorResponse, StartupPacket};
+use super::wire::{sqlstate, ErrorResponse, StartupPacket, StartupParams};
 use super::{cancel, relay, stats, Shared};
 
-/// Serves one accepted client connection until it ends.
+/// Serves one accepted client connection until it ends: the startup
+/// packet, admission, the upstream connection, authentication, the
+/// session's own limits, then the relay.
 pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::Sender<()>) {
     let _ = client.set_nodelay(true);
-    let limits = &shared.config.limits;
-    let deadline = tokio::time::Instant::now() + limits.startup_timeout;
-    let (mut client, startup) = match negotiate(&shared.tls, client, deadline).await {
-        Negotiated::Packet(stream, packet) => (stream, packet),
-        Negotiated::Closed => {
-            debug!("client closed the connection before its startup message");
-            return;
-        }
-        Negotiated::Refused(mut stream, Refusal::Timeout) => {
-            info!(
-                timeout_ms = limits.startup_timeout.as_millis() as u64,
-                "client sent no startup message in time"
-            );
-            let err = ErrorResponse::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "pgshift closed the connection: no startup message within startup_timeout_ms",
-            );
-            reject(&mut stream, err).await;
-            return;
-        }
-        Negotiated::Refused(mut stream, Refusal::Protocol(e)) => {
-            warn!(error = %e, "refused a malformed startup packet");
-            let err = ErrorResponse::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("pgshift refused the connection: {e}"),
-            );
-            reject(&mut stream, err).await;
-            return;
-        }
-    };
-    if shared.tls.mode() == ClientTls::Require
-        && !client.is_tls()
-        && matches!(startup, StartupPacket::Startup { .. })
-    {
-        info!("refused a client without TLS (client_tls = require)");
-        let err = ErrorResponse::fatal(
-            sqlstate::INVALID_AUTHORIZATION,
-            "pgshift requires TLS for client connections (client_tls = require): connect with sslmode=require or stronger",
-        );
-        reject(&mut client, err).await;
+    let Some((mut client, raw, params)) = startup(&shared, client).await else {
         return;
-    }
-
-    let (raw, params) = match startup {
-        StartupPacket::CancelRequest(packet) => {
-            cancel::forward(&shared, packet).await;
-            return;
-        }
-        StartupPacket::Startup { raw, params } => (raw, params),
-        StartupPacket::SslRequest | StartupPacket::GssEncRequest => return,
     };
-    let client_tls = client.is_tls();
-    let span = tracing::Span::current();
+    let limits = &shared.config.limits;
+    let user = params.user.as_deref().unwrap_or("");
     let database = params
         .database
         .as_deref()
         .or(params.user.as_deref())
         .unwrap_or("");
-    span.record("user", params.user.as_deref().unwrap_or(""));
+    let span = tracing::Span::current();
+    span.record("user", user);
     span.record("database", database);
     // Migrations belong to one database: sessions to any other are relayed
     // without rewriting.
@@ -95,76 +50,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
     } else {
         &PassThrough
     };
-
-    let user = params.user.as_deref().unwrap_or("");
-    let reserved_role = match limits.reserved_roles.as_slice() {
-        [] => user == shared.config.control.user,
-        roles => roles.iter().any(|r| r == user),
+    let _permit = match admit(&shared, user) {
+        Ok(permit) => permit,
+        Err(err) => return reject(&mut client, err).await,
     };
-    if shared.sessions.available_permits() <= limits.reserved_connections && !reserved_role {
-        stats::rejected();
-        warn!(
-            reserved = limits.reserved_connections,
-            "refused a client: the remaining connections are reserved"
-        );
-        let err = ErrorResponse::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "pgshift refused the connection: the remaining {} connection slots are reserved (reserved_connections) for the roles {}",
-                limits.reserved_connections,
-                match limits.reserved_roles.as_slice() {
-                    [] => shared.config.control.user.clone(),
-                    roles => roles.join(", "),
-                }
-            ),
-        );
-        reject(&mut client, err).await;
-        return;
-    }
-    let Ok(_permit) = Arc::clone(&shared.sessions).try_acquire_owned() else {
-        stats::rejected();
-        warn!(
-            max = limits.max_client_connections,
-            "refused a client: too many connections"
-        );
-        let err = ErrorResponse::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "pgshift refused the connection: too many client connections (max_client_connections = {})",
-                limits.max_client_connections
-            ),
-        );
-        reject(&mut client, err).await;
-        return;
-    };
-
     let _counted = stats::SessionGuard::new();
-    let upstream = &shared.config.upstream;
-    let mut server = match connect_upstream(&shared).await {
+    let mut server = match open_upstream(&shared, &raw).await {
         Ok(server) => server,
-        Err(reason) => {
-            warn!(%upstream, %reason, "cannot reach the upstream");
-            let err = ErrorResponse::fatal(
-                sqlstate::CANNOT_CONNECT,
-                format!("pgshift could not connect to the upstream server {upstream}: {reason}"),
-            )
-            .with_hint(
-                "Check that Postgres is running and that pgshift's upstream setting points at it.",
-            );
-            reject(&mut client, err).await;
-            return;
-        }
+        Err(err) => return reject(&mut client, err).await,
     };
-    if let Err(e) = server.write_all(&raw).await {
-        let err = ErrorResponse::fatal(
-            sqlstate::CANNOT_CONNECT,
-            format!(
-                "pgshift could not send the startup message to the upstream server {upstream}: {e}"
-            ),
-        );
-        reject(&mut client, err).await;
-        return;
-    }
+    let client_tls = client.is_tls();
     if !authenticate(&mut client, &mut server, limits.startup_timeout, client_tls).await {
         return;
     }
@@ -185,8 +80,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
                 sqlstate::TOO_MANY_CONNECTIONS,
                 format!("pgshift refused the connection: {which}"),
             );
-            reject(&mut client, err).await;
-            return;
+            return reject(&mut client, err).await;
         }
     };
     debug!(
@@ -195,10 +89,133 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
     );
     let context = SessionContext::new(
         params.application_name.as_deref().map(Arc::from),
-        Arc::from(params.user.as_deref().unwrap_or("")),
+        Arc::from(user),
         search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
     );
     relay::run(&shared, rewriter, context, client, server).await;
+}
+
+/// The startup exchange within `startup_timeout` (TLS included): the
+/// client's stream, its startup packet and parameters — or `None` when
+/// the connection ends here (refused, a cancel request forwarded).
+async fn startup(
+    shared: &Shared,
+    client: TcpStream,
+) -> Option<(Stream, bytes::Bytes, StartupParams)> {
+    let limits = &shared.config.limits;
+    let deadline = tokio::time::Instant::now() + limits.startup_timeout;
+    let (mut client, startup) = match negotiate(&shared.tls, client, deadline).await {
+        Negotiated::Packet(stream, packet) => (stream, packet),
+        Negotiated::Closed => {
+            debug!("client closed the connection before its startup message");
+            return None;
+        }
+        Negotiated::Refused(mut stream, Refusal::Timeout) => {
+            info!(
+                timeout_ms = limits.startup_timeout.as_millis() as u64,
+                "client sent no startup message in time"
+            );
+            let err = ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "pgshift closed the connection: no startup message within startup_timeout_ms",
+            );
+            reject(&mut stream, err).await;
+            return None;
+        }
+        Negotiated::Refused(mut stream, Refusal::Protocol(e)) => {
+            warn!(error = %e, "refused a malformed startup packet");
+            let err = ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift refused the connection: {e}"),
+            );
+            reject(&mut stream, err).await;
+            return None;
+        }
+    };
+    match startup {
+        StartupPacket::Startup { .. }
+            if shared.tls.mode() == ClientTls::Require && !client.is_tls() =>
+        {
+            info!("refused a client without TLS (client_tls = require)");
+            let err = ErrorResponse::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "pgshift requires TLS for client connections (client_tls = require): connect with sslmode=require or stronger",
+            );
+            reject(&mut client, err).await;
+            None
+        }
+        StartupPacket::Startup { raw, params } => Some((client, raw, params)),
+        StartupPacket::CancelRequest(packet) => {
+            cancel::forward(shared, packet).await;
+            None
+        }
+        StartupPacket::SslRequest | StartupPacket::GssEncRequest => None,
+    }
+}
+
+/// A session slot for `user`: refused when the remaining slots are
+/// reserved for other roles, or when none is left.
+fn admit(shared: &Arc<Shared>, user: &str) -> Result<OwnedSemaphorePermit, ErrorResponse> {
+    let limits = &shared.config.limits;
+    let reserved_for = match limits.reserved_roles.as_slice() {
+        [] => std::slice::from_ref(&shared.config.control.user),
+        roles => roles,
+    };
+    if shared.sessions.available_permits() <= limits.reserved_connections
+        && !reserved_for.iter().any(|r| r == user)
+    {
+        stats::rejected();
+        warn!(
+            reserved = limits.reserved_connections,
+            "refused a client: the remaining connections are reserved"
+        );
+        return Err(ErrorResponse::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgshift refused the connection: the remaining {} connection slots are reserved (reserved_connections) for the roles {}",
+                limits.reserved_connections,
+                reserved_for.join(", ")
+            ),
+        ));
+    }
+    Arc::clone(&shared.sessions).try_acquire_owned().map_err(|_| {
+        stats::rejected();
+        warn!(
+            max = limits.max_client_connections,
+            "refused a client: too many connections"
+        );
+        ErrorResponse::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgshift refused the connection: too many client connections (max_client_connections = {})",
+                limits.max_client_connections
+            ),
+        )
+    })
+}
+
+/// The upstream connection, with the client's startup packet sent on it.
+async fn open_upstream(shared: &Shared, startup: &[u8]) -> Result<Stream, ErrorResponse> {
+    let upstream = &shared.config.upstream;
+    let mut server = connect_upstream(shared).await.map_err(|reason| {
+        warn!(%upstream, %reason, "cannot reach the upstream");
+        ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!("pgshift could not connect to the upstream server {upstream}: {reason}"),
+        )
+        .with_hint(
+            "Check that Postgres is running and that pgshift's upstream setting points at it.",
+        )
+    })?;
+    server.write_all(startup).await.map_err(|e| {
+        ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!(
+                "pgshift could not send the startup message to the upstream server {upstream}: {e}"
+            ),
+        )
+    })?;
+    Ok(server)
 }
 
 /// Relays the authentication exchange within `limit`; `false` when the

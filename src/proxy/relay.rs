@@ -248,6 +248,95 @@ async fn idle_watch(
     }
 }
 
+/// What the client is told as its session ends (logged here), if anything.
+fn farewell(
+    end: &End,
+    state: &SessionState,
+    upstream: &impl std::fmt::Display,
+) -> Option<ErrorResponse> {
+    match end {
+        End::ClientClosed => {
+            if state.terminated() {
+                debug!("session ended: client terminated");
+            } else {
+                info!("client closed the connection without Terminate; closing its upstream connection");
+            }
+            None
+        }
+        End::ClientIo(e) => {
+            info!(error = %e, "client connection failed; closing its upstream connection");
+            None
+        }
+        End::ClientProtocol(reason) => {
+            warn!(%reason, "protocol violation from the client; closing the session");
+            Some(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("pgshift closed the connection: {reason}"),
+            ))
+        }
+        End::ServerClosed if state.terminated() => {
+            debug!("session ended: client terminated");
+            None
+        }
+        End::ServerClosed => {
+            warn!(%upstream, "the upstream closed the connection");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgshift lost its connection to the upstream server {upstream}: the server closed the connection"),
+            ))
+        }
+        End::ServerIo(e) => {
+            warn!(%upstream, error = %e, "the upstream connection failed");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pgshift lost its connection to the upstream server {upstream}: {e}"),
+            ))
+        }
+        End::ServerProtocol(e) => {
+            warn!(%upstream, error = %e, "protocol violation from the upstream; closing the session");
+            Some(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!(
+                    "pgshift received an invalid message from the upstream server {upstream}: {e}"
+                ),
+            ))
+        }
+        End::IdleTimeout(limit) => {
+            info!(idle_secs = limit.as_secs(), "closing an idle session");
+            Some(ErrorResponse::fatal(
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                format!(
+                    "pgshift closed the session after {} s without traffic (idle_timeout_secs)",
+                    limit.as_secs()
+                ),
+            ))
+        }
+        End::IdleInTransaction(limit) => {
+            info!(
+                idle_secs = limit.as_secs(),
+                "closing a session idle in a transaction"
+            );
+            Some(ErrorResponse::fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                format!(
+                    "pgshift closed the session after {} s idle inside a transaction (idle_in_transaction_timeout_secs); the transaction was rolled back",
+                    limit.as_secs()
+                ),
+            ).with_hint("Commit or roll back promptly; do not hold a transaction open between requests."))
+        }
+        End::Drained | End::ShutdownForced => {
+            debug!(
+                forced = matches!(end, End::ShutdownForced),
+                "closing the session: pgshift is shutting down"
+            );
+            Some(
+                ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, "pgshift is shutting down")
+                    .with_hint("Reconnect to continue."),
+            )
+        }
+    }
+}
+
 /// Relays one authenticated session until it ends. Plain TCP is split
 /// into owned halves (no lock); a TLS stream with `tokio::io::split`.
 pub(crate) async fn run(
@@ -333,88 +422,7 @@ async fn relay<CR, CW, SR, SW>(
         }
     };
 
-    let upstream = &shared.config.upstream;
-    let farewell = match &end {
-        End::ClientClosed => {
-            if state.terminated() {
-                debug!("session ended: client terminated");
-            } else {
-                info!("client closed the connection without Terminate; closing its upstream connection");
-            }
-            None
-        }
-        End::ClientIo(e) => {
-            info!(error = %e, "client connection failed; closing its upstream connection");
-            None
-        }
-        End::ClientProtocol(reason) => {
-            warn!(%reason, "protocol violation from the client; closing the session");
-            Some(ErrorResponse::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("pgshift closed the connection: {reason}"),
-            ))
-        }
-        End::ServerClosed if state.terminated() => {
-            debug!("session ended: client terminated");
-            None
-        }
-        End::ServerClosed => {
-            warn!(%upstream, "the upstream closed the connection");
-            Some(ErrorResponse::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgshift lost its connection to the upstream server {upstream}: the server closed the connection"),
-            ))
-        }
-        End::ServerIo(e) => {
-            warn!(%upstream, error = %e, "the upstream connection failed");
-            Some(ErrorResponse::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgshift lost its connection to the upstream server {upstream}: {e}"),
-            ))
-        }
-        End::ServerProtocol(e) => {
-            warn!(%upstream, error = %e, "protocol violation from the upstream; closing the session");
-            Some(ErrorResponse::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "pgshift received an invalid message from the upstream server {upstream}: {e}"
-                ),
-            ))
-        }
-        End::IdleTimeout(limit) => {
-            info!(idle_secs = limit.as_secs(), "closing an idle session");
-            Some(ErrorResponse::fatal(
-                sqlstate::IDLE_SESSION_TIMEOUT,
-                format!(
-                    "pgshift closed the session after {} s without traffic (idle_timeout_secs)",
-                    limit.as_secs()
-                ),
-            ))
-        }
-        End::IdleInTransaction(limit) => {
-            info!(
-                idle_secs = limit.as_secs(),
-                "closing a session idle in a transaction"
-            );
-            Some(ErrorResponse::fatal(
-                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                format!(
-                    "pgshift closed the session after {} s idle inside a transaction (idle_in_transaction_timeout_secs); the transaction was rolled back",
-                    limit.as_secs()
-                ),
-            ).with_hint("Commit or roll back promptly; do not hold a transaction open between requests."))
-        }
-        End::Drained | End::ShutdownForced => {
-            debug!(
-                forced = matches!(end, End::ShutdownForced),
-                "closing the session: pgshift is shutting down"
-            );
-            Some(
-                ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, "pgshift is shutting down")
-                    .with_hint("Reconnect to continue."),
-            )
-        }
-    };
+    let farewell = farewell(&end, &state, &shared.config.upstream);
     // The upstream goes first: a session cut off mid-transaction is rolled
     // back by Postgres when its connection closes.
     drop((server_r, server_w));
