@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
 use pgshift::config::{Config, Control, Upstream};
 use pgshift::proxy::Proxy;
 use pgshift::rewrite::catalog::Catalog;
 use pgshift::rewrite::{PassThrough, StatementRewriter};
+use postgres_protocol::message::frontend as fe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -457,27 +458,82 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Encodes a simple Query.
-pub fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    message(b'Q', &body)
+/// Messages a client sends, encoded by `postgres-protocol` (the encoder
+/// tokio-postgres uses); `message` stays for the malformed ones.
+fn encoded(write: impl FnOnce(&mut BytesMut) -> std::io::Result<()>) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    write(&mut buf).expect("encodable");
+    buf.to_vec()
 }
 
-/// Encodes a protocol-3.0 StartupMessage.
+/// A simple Query.
+pub fn query(sql: &str) -> Vec<u8> {
+    encoded(|b| fe::query(sql, b))
+}
+
+/// A protocol-3.0 StartupMessage.
 pub fn startup_message(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_u32(196_608);
-    for (k, v) in params {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = (body.len() as u32 + 4).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    encoded(|b| fe::startup_message(params.iter().copied(), b))
+}
+
+/// Parse of statement `name` (no parameter types).
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    encoded(|b| fe::parse(name, sql, std::iter::empty(), b))
+}
+
+/// Bind of statement `statement` to the unnamed portal, no parameters,
+/// text results.
+pub fn bind(statement: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let none: [Option<&[u8]>; 0] = [];
+    let bound = fe::bind(
+        "",
+        statement,
+        std::iter::empty::<i16>(),
+        none,
+        |_,
+         _: &mut BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::Yes)
+        },
+        std::iter::empty::<i16>(),
+        &mut buf,
+    );
+    assert!(bound.is_ok(), "bind encodes");
+    buf.to_vec()
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    encoded(|b| fe::execute("", 0, b))
+}
+
+/// Describe of statement `name`.
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    encoded(|b| fe::describe(b'S', name, b))
+}
+
+/// Close of statement `name`.
+pub fn close_statement(name: &str) -> Vec<u8> {
+    encoded(|b| fe::close(b'S', name, b))
+}
+
+pub fn sync() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    fe::sync(&mut b);
+    b.to_vec()
+}
+
+pub fn flush() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    fe::flush(&mut b);
+    b.to_vec()
+}
+
+pub fn terminate() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    fe::terminate(&mut b);
+    b.to_vec()
 }
 
 /// The first column of the first DataRow among `messages`, as text.

@@ -478,19 +478,19 @@ async fn function_call_and_flush() {
     assert_eq!(&v.body[..], &[0, 0, 0, 4, 0, 0, 0, 5]);
 
     // Parse + Flush: ParseComplete arrives before any Sync.
-    conn.send(&message(b'P', b"flushed\0select 1\0\0\0")).await;
-    conn.send(&message(b'H', b"")).await;
+    conn.send(&parse("flushed", "select 1")).await;
+    conn.send(&flush()).await;
     let parsed = conn.read().await.unwrap();
     assert_eq!(parsed.tag, b'1');
     // Bind/Execute the named statement with a row limit, then Sync.
-    conn.send(&message(b'B', b"\0flushed\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("flushed")).await;
+    conn.send(&execute()).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"2DCZ".to_vec());
     assert_eq!(first_value(&reply).as_deref(), Some("1"));
-    conn.send(&message(b'X', b"")).await;
+    conn.send(&terminate()).await;
     assert!(
         conn.read().await.is_none(),
         "Terminate closes the connection"

@@ -124,13 +124,12 @@ async fn refusal_inside_an_extended_pipeline_skips_to_sync() {
     parse_insert.extend_from_slice(insert.as_bytes());
     parse_insert.extend_from_slice(&[0, 0]);
     conn.send(&message(b'P', &parse_insert)).await;
-    conn.send(&message(b'B', b"\0\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
-    conn.send(&message(b'P', b"named\0select forbidden_col\0\0\0"))
-        .await;
-    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("")).await;
+    conn.send(&execute()).await;
+    conn.send(&parse("named", "select forbidden_col")).await;
+    conn.send(&bind("named")).await;
+    conn.send(&execute()).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
     assert_eq!(
@@ -150,8 +149,8 @@ async fn refusal_inside_an_extended_pipeline_skips_to_sync() {
         .get(0);
     assert_eq!(n, 0, "the pipeline's insert was rolled back");
     // The refused statement name does not exist, as after a failed Parse.
-    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("named")).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
     // An earlier server error wins: the marker is skipped, one error only.
@@ -164,12 +163,11 @@ async fn refusal_inside_an_extended_pipeline_skips_to_sync() {
         Some("0A000"),
         "the whole query is refused before it runs"
     );
-    conn.send(&message(b'P', b"\0select 1/0\0\0\0")).await;
-    conn.send(&message(b'B', b"\0\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
-    conn.send(&message(b'P', b"\0select forbidden_col\0\0\0"))
-        .await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&parse("", "select 1/0")).await;
+    conn.send(&bind("")).await;
+    conn.send(&execute()).await;
+    conn.send(&parse("", "select forbidden_col")).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     let errors: Vec<_> = reply.iter().filter(|m| m.tag == b'E').collect();
     assert_eq!(errors.len(), 1, "{reply:?}");

@@ -372,8 +372,8 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
         format!("named\0select bal from {table} where id = 1\0\0\0").as_bytes(),
     ))
     .await;
-    conn.send(&message(b'P', b"broken\0selec 1\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&parse("broken", "selec 1")).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"1EZ".to_vec());
@@ -381,9 +381,9 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
         spec: spec.clone(),
         phase: Phase::Expanded,
     }]);
-    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'E', b"\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("named")).await;
+    conn.send(&execute()).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     let tags: Vec<u8> = reply.iter().map(|m| m.tag).collect();
     assert_eq!(
@@ -393,8 +393,8 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
     );
     assert_eq!(first_value(&reply).as_deref(), Some("560"));
     // A statement whose Parse failed is not resurrected by a re-prepare.
-    conn.send(&message(b'B', b"\0broken\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("broken")).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
     // DEALLOCATE keeps the registry true: the name is gone.
@@ -404,8 +404,8 @@ async fn statements_prepared_before_a_phase_change_follow_it() {
         spec,
         phase: Phase::Switched,
     }]);
-    conn.send(&message(b'B', b"\0named\0\0\0\0\0\0\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&bind("named")).await;
+    conn.send(&sync()).await;
     let reply = conn.until_ready().await;
     assert_eq!(reply[0].field(b'C').as_deref(), Some("26000"));
 }
@@ -502,7 +502,7 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
         format!("old\0select bal from {table}\0\0\0").as_bytes(),
     ))
     .await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&sync()).await;
     let tags: Vec<u8> = conn.until_ready().await.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"1Z".to_vec(), "prepared while contracted");
     rules.publish(&[ActiveMigration {
@@ -511,10 +511,10 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
     }]);
     // Two requests in one write: the second reaches pgshift before the
     // first's failure comes back, and is re-prepared (and fails) too.
-    let mut both = message(b'D', b"Sold\0");
-    both.extend(message(b'S', b""));
-    both.extend(message(b'D', b"Sold\0"));
-    both.extend(message(b'S', b""));
+    let mut both = describe_statement("old");
+    both.extend(sync());
+    both.extend(describe_statement("old"));
+    both.extend(sync());
     conn.send(&both).await;
     for request in 0..2 {
         let reply = conn.until_ready().await;
@@ -524,8 +524,8 @@ async fn a_prepared_statement_the_new_rules_cannot_serve_fails_as_postgres_would
             "request {request}: {reply:?}"
         );
     }
-    conn.send(&message(b'C', b"Sold\0")).await;
-    conn.send(&message(b'S', b"")).await;
+    conn.send(&close_statement("old")).await;
+    conn.send(&sync()).await;
     let tags: Vec<u8> = conn.until_ready().await.iter().map(|m| m.tag).collect();
     assert_eq!(tags, b"3Z".to_vec(), "Close of the name succeeds");
 }
