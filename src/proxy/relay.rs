@@ -24,7 +24,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use super::framing::{FrameError, FrameSplitter, HEADER_LEN};
+use super::framing::{FrameError, FrameSplitter, FrameVisitor, HEADER_LEN};
 use super::outqueue::OutQueue;
 use super::session::{BackendVisitor, FrontendVisitor, SessionState};
 use super::stream::Stream;
@@ -149,67 +149,74 @@ async fn poll_once<F: Future>(future: F) -> Option<F::Output> {
     .await
 }
 
-/// Client → server: rewrite seam for Query/Parse, request accounting.
-async fn client_to_server(
-    src: &mut (impl AsyncRead + Unpin),
-    dst: &mut (impl AsyncWrite + Unpin),
-    pump: &mut Pump,
-    state: &SessionState,
-    rewriter: &dyn StatementRewriter,
-) -> End {
-    let mut visitor = FrontendVisitor::new(state, rewriter);
-    loop {
-        let eof = match pump.fill(src).await {
-            Ok(eof) => eof,
-            Err(e) => return End::ClientIo(e),
-        };
-        state.touch();
-        pump.wanted = match pump
-            .splitter
-            .split(&mut pump.inbuf, &mut visitor, &mut pump.out)
-        {
-            Ok(wanted) => wanted,
-            Err(e) => return End::ClientProtocol(e.to_string()),
-        };
-        if let Err(e) = pump.flush(dst).await {
-            return End::ServerIo(e);
+/// Which way a pump moves bytes: what its failures and its end are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Client → server: the rewrite seam for Query/Parse, request
+    /// accounting.
+    Up,
+    /// Server → client: pass-through, ReadyForQuery noted; the way a
+    /// draining session ends.
+    Down,
+}
+
+impl Way {
+    fn read_failed(self, e: io::Error) -> End {
+        match self {
+            Way::Up => End::ClientIo(e),
+            Way::Down => End::ServerIo(e),
         }
-        if eof {
-            return End::ClientClosed;
+    }
+
+    fn write_failed(self, e: io::Error) -> End {
+        match self {
+            Way::Up => End::ServerIo(e),
+            Way::Down => End::ClientIo(e),
         }
-        pump.shrink_if_idle();
+    }
+
+    fn bad_frame(self, e: FrameError) -> End {
+        match self {
+            Way::Up => End::ClientProtocol(e.to_string()),
+            Way::Down => End::ServerProtocol(e),
+        }
+    }
+
+    fn closed(self) -> End {
+        match self {
+            Way::Up => End::ClientClosed,
+            Way::Down => End::ServerClosed,
+        }
     }
 }
 
-/// Server → client: pass-through, with ReadyForQuery noted.
-async fn server_to_client(
+/// One pump: reads what `src` has, hands it to `visitor` through the
+/// frame splitter, writes what comes out to `dst`, until either side ends.
+async fn pump(
     src: &mut (impl AsyncRead + Unpin),
     dst: &mut (impl AsyncWrite + Unpin),
     pump: &mut Pump,
     state: &SessionState,
-    rewriter: &dyn StatementRewriter,
+    visitor: &mut impl FrameVisitor,
+    way: Way,
 ) -> End {
-    let mut visitor = BackendVisitor::new(state, rewriter);
     loop {
         let eof = match pump.fill(src).await {
             Ok(eof) => eof,
-            Err(e) => return End::ServerIo(e),
+            Err(e) => return way.read_failed(e),
         };
         state.touch();
-        pump.wanted = match pump
-            .splitter
-            .split(&mut pump.inbuf, &mut visitor, &mut pump.out)
-        {
+        pump.wanted = match pump.splitter.split(&mut pump.inbuf, visitor, &mut pump.out) {
             Ok(wanted) => wanted,
-            Err(e) => return End::ServerProtocol(e),
+            Err(e) => return way.bad_frame(e),
         };
         if let Err(e) = pump.flush(dst).await {
-            return End::ClientIo(e);
+            return way.write_failed(e);
         }
         if eof {
-            return End::ServerClosed;
+            return way.closed();
         }
-        if state.drained() {
+        if way == Way::Down && state.drained() {
             return End::Drained;
         }
         pump.shrink_if_idle();
@@ -388,8 +395,24 @@ async fn relay<CR, CW, SR, SW>(
     let mut stage = shared.stage.clone();
 
     let end = {
-        let c2s = client_to_server(&mut client_r, &mut server_w, &mut up, &state, rewriter);
-        let s2c = server_to_client(&mut server_r, &mut client_w, &mut down, &state, rewriter);
+        let mut frontend = FrontendVisitor::new(&state, rewriter);
+        let mut backend = BackendVisitor::new(&state, rewriter);
+        let c2s = pump(
+            &mut client_r,
+            &mut server_w,
+            &mut up,
+            &state,
+            &mut frontend,
+            Way::Up,
+        );
+        let s2c = pump(
+            &mut server_r,
+            &mut client_w,
+            &mut down,
+            &state,
+            &mut backend,
+            Way::Down,
+        );
         let idle = idle_watch(
             &state,
             limits.idle_timeout,

@@ -74,6 +74,16 @@ struct Book {
     timings: VecDeque<Timing>,
 }
 
+/// A Query's or Parse's statement, as the bookkeeping after its rewrite
+/// reads it.
+struct Statement<'f, 's> {
+    request: u64,
+    epoch: u64,
+    parse: Option<&'f statements::ParseFields<'f>>,
+    sql: &'s [u8],
+    sql_command: Option<(&'static str, &'s str)>,
+}
+
 /// A request on its way (for the latency metrics).
 struct Timing {
     request: u64,
@@ -293,6 +303,65 @@ impl<'a> FrontendVisitor<'a> {
         }
     }
 
+    /// The book kept after a Query or Parse was rewritten (with rules
+    /// epochs): a Parse's statement, its result shape and what went
+    /// upstream; a Query's DEALLOCATE and PREPARE.
+    fn book_after_rewrite(&self, tag: u8, statement: &Statement<'_, '_>, outcome: &Outcome) {
+        let state = self.state;
+        match tag {
+            frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
+                if let Some(fields) = statement.parse {
+                    // Its result shape under the rules it was rewritten
+                    // under (the plan cache answers); were they to
+                    // change meanwhile, which shape the client was
+                    // given is not known, and its next use fails as a
+                    // changed result type (the driver prepares again).
+                    let mut result = self.result_key(fields.sql);
+                    // (Only a `*` can give a statement another shape.)
+                    if self.rewriter.epoch() != Some(statement.epoch) && fields.sql.contains(&b'*')
+                    {
+                        result = statements::UNKNOWN_RESULT;
+                    }
+                    let sent =
+                        sent_fingerprint(outcome, fields.sql).unwrap_or(statements::NOTHING_SENT);
+                    let class = match (outcome, self.rewriter.attribution()) {
+                        (Outcome::Replace(_), Some(m)) => Some((Kind::Rewritten, m)),
+                        _ => None,
+                    };
+                    state.with_book(|b| {
+                        b.statements.parsed(
+                            statement.request,
+                            fields,
+                            statement.epoch,
+                            result,
+                            sent,
+                        );
+                        b.statements.set_class(fields.name, class);
+                    });
+                }
+            }
+            frontend::QUERY => {
+                match statements::deallocation(statement.sql) {
+                    Some(Deallocation::All) => state.with_book(|b| {
+                        b.statements.clear();
+                        b.sql_prepared.clear();
+                    }),
+                    Some(Deallocation::One(name)) => state.with_book(|b| {
+                        b.statements.closed(&name);
+                        b.sql_prepared.deallocated(&String::from_utf8_lossy(&name));
+                    }),
+                    None => {}
+                }
+                if let Some(("prepare", sql)) = statement.sql_command {
+                    if !matches!(outcome, Outcome::Refuse(_)) {
+                        state.with_book(|b| b.sql_prepared.prepared(sql, statement.epoch));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Starts the clock of request `request` (a Query, or the Sync ending
     /// a batch), with what was done to its statements.
     fn time(&mut self, request: u64) {
@@ -493,51 +562,14 @@ impl FrameVisitor for FrontendVisitor<'_> {
             self.time(request);
         }
         if let (true, Some(epoch)) = (self.tracking, epoch) {
-            match tag {
-                frontend::PARSE if !matches!(outcome, Outcome::Refuse(_)) => {
-                    if let Some(fields) = &parse {
-                        // Its result shape under the rules it was rewritten
-                        // under (the plan cache answers); were they to
-                        // change meanwhile, which shape the client was
-                        // given is not known, and its next use fails as a
-                        // changed result type (the driver prepares again).
-                        let mut result = self.result_key(fields.sql);
-                        // (Only a `*` can give a statement another shape.)
-                        if self.rewriter.epoch() != Some(epoch) && fields.sql.contains(&b'*') {
-                            result = statements::UNKNOWN_RESULT;
-                        }
-                        let sent = sent_fingerprint(&outcome, fields.sql)
-                            .unwrap_or(statements::NOTHING_SENT);
-                        let class = match (&outcome, self.rewriter.attribution()) {
-                            (Outcome::Replace(_), Some(m)) => Some((Kind::Rewritten, m)),
-                            _ => None,
-                        };
-                        state.with_book(|b| {
-                            b.statements.parsed(request, fields, epoch, result, sent);
-                            b.statements.set_class(fields.name, class);
-                        });
-                    }
-                }
-                frontend::QUERY => {
-                    match statements::deallocation(sql) {
-                        Some(Deallocation::All) => state.with_book(|b| {
-                            b.statements.clear();
-                            b.sql_prepared.clear();
-                        }),
-                        Some(Deallocation::One(name)) => state.with_book(|b| {
-                            b.statements.closed(&name);
-                            b.sql_prepared.deallocated(&String::from_utf8_lossy(&name));
-                        }),
-                        None => {}
-                    }
-                    if let Some(("prepare", sql)) = sql_command {
-                        if !matches!(outcome, Outcome::Refuse(_)) {
-                            state.with_book(|b| b.sql_prepared.prepared(sql, epoch));
-                        }
-                    }
-                }
-                _ => {}
-            }
+            let statement = Statement {
+                request,
+                epoch,
+                parse: parse.as_ref(),
+                sql,
+                sql_command,
+            };
+            self.book_after_rewrite(tag, &statement, &outcome);
         }
         Ok(match outcome {
             Outcome::Keep => Verdict::Keep,
