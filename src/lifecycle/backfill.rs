@@ -292,6 +292,45 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// The lanes the walk goes on in: the stored slices, or the walk cut
+    /// into `workers` slices when it starts (stored before any batch), or
+    /// one lane from the cursor; the shared record told where it stands.
+    async fn lanes(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &mut Record,
+        walk: &Walk,
+    ) -> Result<Vec<Lane>, ActionError> {
+        let id = record.spec.id.clone();
+        let b = &mut record.backfill;
+        if b.slices.is_empty() && b.workers > 1 {
+            let remaining = b.rows_total.unwrap_or(0) - b.rows_done;
+            let slices = walk
+                .split(client, &b.cursor, &b.end, remaining, b.workers)
+                .await?;
+            if !slices.is_empty() {
+                store::save_slices(client, &id, &slices).await?;
+                tracing::info!(migration = %id, workers = slices.len(), "the backfill walks the table in slices, one session each");
+                b.slices = slices;
+            }
+        }
+        let lanes: Vec<Lane> = if b.slices.is_empty() {
+            vec![Lane::new(None, b.cursor.clone(), b.end.clone())]
+        } else {
+            b.slices
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Lane::new(Some(i), s.cursor.clone(), s.upper.clone()))
+                .collect()
+        };
+        if let Some(current) = self.lock_records().get_mut(&id) {
+            current.backfill.cursor = b.cursor.clone();
+            current.backfill.rows_done = b.rows_done;
+            current.backfill.slices = b.slices.clone();
+        }
+        Ok(lanes)
+    }
+
     async fn run_backfill(
         self: &Arc<Self>,
         id: &str,
@@ -312,32 +351,7 @@ impl Lifecycle {
             .await?
             .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
         let walk = Arc::new(Walk::new(&record, &key));
-        let b = &mut record.backfill;
-        if b.slices.is_empty() && b.workers > 1 {
-            let remaining = b.rows_total.unwrap_or(0) - b.rows_done;
-            let slices = walk
-                .split(&client, &b.cursor, &b.end, remaining, b.workers)
-                .await?;
-            if !slices.is_empty() {
-                store::save_slices(&client, id, &slices).await?;
-                tracing::info!(migration = %id, workers = slices.len(), "the backfill walks the table in slices, one session each");
-                b.slices = slices;
-            }
-        }
-        let lanes: Vec<Lane> = if b.slices.is_empty() {
-            vec![Lane::new(None, b.cursor.clone(), b.end.clone())]
-        } else {
-            b.slices
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Lane::new(Some(i), s.cursor.clone(), s.upper.clone()))
-                .collect()
-        };
-        if let Some(current) = self.lock_records().get_mut(id) {
-            current.backfill.cursor = b.cursor.clone();
-            current.backfill.rows_done = b.rows_done;
-            current.backfill.slices = b.slices.clone();
-        }
+        let lanes = self.lanes(&client, &mut record, &walk).await?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(ThrottleGate::default());
@@ -418,6 +432,35 @@ impl Lifecycle {
         Ok(Ran::Here)
     }
 
+    /// Adds what one batch of `lane` committed to the shared record (its
+    /// rows, the lane's cursor, a time-targeted batch size).
+    fn note_progress(
+        &self,
+        id: &str,
+        lane: &Lane,
+        walked: i64,
+        batch_size: i32,
+        settings: &store::Backfill,
+    ) {
+        if let Some(current) = self.lock_records().get_mut(id) {
+            let b = &mut current.backfill;
+            b.rows_done += walked;
+            match lane.slice.and_then(|i| b.slices.get_mut(i)) {
+                Some(slice) => {
+                    slice.cursor = lane.cursor.clone();
+                    slice.rows_done += walked;
+                }
+                None => b.cursor = lane.cursor.clone(),
+            }
+            if let Some(total) = b.rows_total {
+                b.rows_total = Some(total.max(b.rows_done));
+            }
+            if settings.batch_target_ms > 0 && b.batch_target_ms > 0 {
+                b.batch_size = batch_size;
+            }
+        }
+    }
+
     /// One worker: walks `lane` batch by batch on a session of its own
     /// until it is done, the backfill is paused, or `stop` (another worker
     /// failed).
@@ -480,37 +523,29 @@ impl Lifecycle {
                 return Ok(LaneEnd::Done);
             }
             if settings.batch_target_ms > 0 {
-                // Time-targeted sizing: move the batch size towards the
-                // target duration, at most doubling or halving per batch.
-                let took = batch_started.elapsed().as_secs_f64().max(0.001);
-                let target = f64::from(settings.batch_target_ms) / 1000.0;
-                let factor = (target / took).clamp(0.5, 2.0);
-                let size = (f64::from(batch_size) * factor).round();
-                batch_size = size.clamp(100.0, 100_000.0) as i32;
+                batch_size = resized(
+                    batch_size,
+                    batch_started.elapsed(),
+                    settings.batch_target_ms,
+                );
             }
-            // Progress into the shared record (what this batch committed).
-            if let Some(current) = self.lock_records().get_mut(id) {
-                let b = &mut current.backfill;
-                b.rows_done += walked;
-                match lane.slice.and_then(|i| b.slices.get_mut(i)) {
-                    Some(slice) => {
-                        slice.cursor = lane.cursor.clone();
-                        slice.rows_done += walked;
-                    }
-                    None => b.cursor = lane.cursor.clone(),
-                }
-                if let Some(total) = b.rows_total {
-                    b.rows_total = Some(total.max(b.rows_done));
-                }
-                if settings.batch_target_ms > 0 && b.batch_target_ms > 0 {
-                    b.batch_size = batch_size;
-                }
-            }
+            self.note_progress(id, &lane, walked, batch_size, &settings);
             if settings.batch_pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(settings.batch_pause_ms as u64)).await;
             }
         }
     }
+}
+
+/// Time-targeted sizing: the batch size moved towards the target duration
+/// (`target_ms`), at most doubling or halving per batch, within 100 to
+/// 100,000 rows.
+fn resized(batch_size: i32, took: Duration, target_ms: i32) -> i32 {
+    let took = took.as_secs_f64().max(0.001);
+    let target = f64::from(target_ms) / 1000.0;
+    let factor = (target / took).clamp(0.5, 2.0);
+    let size = (f64::from(batch_size) * factor).round();
+    size.clamp(100.0, 100_000.0) as i32
 }
 
 /// Replaces `record`'s backfill progress (cursor, rows done, slices) with
@@ -539,39 +574,7 @@ impl Lifecycle {
         settings: &api::Backfill,
     ) -> Result<(), ActionError> {
         // Settings may change at any time, running or not.
-        let setting = |v: Option<i64>| v.map(|v| v.clamp(0, i32::MAX as i64) as i32);
-        let changed = settings.changes_anything();
-        if let Some(v) = setting(settings.batch_size) {
-            if v < 1 {
-                return Err(ActionError::BadRequest(
-                    "batch_size must be at least 1".into(),
-                ));
-            }
-            record.backfill.batch_size = v;
-        }
-        if let Some(v) = setting(settings.batch_pause_ms) {
-            record.backfill.batch_pause_ms = v;
-        }
-        if let Some(v) = setting(settings.workers) {
-            if !(1..=MAX_BACKFILL_WORKERS).contains(&v) {
-                return Err(ActionError::BadRequest(format!(
-                    "workers must be from 1 to {MAX_BACKFILL_WORKERS}"
-                )));
-            }
-            record.backfill.workers = v;
-        }
-        if let Some(v) = settings.max_replication_lag_ms {
-            record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
-        }
-        if let Some(v) = settings.max_lock_waits {
-            record.backfill.max_lock_waits = v.clamp(-1, i32::MAX as i64) as i32;
-        }
-        if let Some(v) = setting(settings.batch_target_ms) {
-            record.backfill.batch_target_ms = v;
-        }
-        if let Some(v) = setting(settings.batch_timeout_ms) {
-            record.backfill.batch_timeout_ms = v.max(1);
-        }
+        let changed = apply_settings(&mut record, settings)?;
         let client = self.connect().await?;
         if record.phase == Phase::Backfilling && record.backfill.running {
             if changed {
@@ -600,23 +603,7 @@ impl Lifecycle {
                 "table {table} has no primary key (nor a unique index on NOT NULL columns) to walk the backfill in order"
             )));
         };
-        // The planner's estimate; a table never analyzed has none, and is
-        // counted instead (under a timeout: no estimate beats a long scan).
-        let mut total: i64 = client
-            .query_one(
-                "select reltuples::bigint from pg_class where oid = $1::text::regclass",
-                &[&table],
-            )
-            .await?
-            .get(0);
-        if total <= 0 {
-            let count = format!("select count(*) from {table}");
-            let counted = client.query_one(&count, &[]);
-            total = match tokio::time::timeout(Duration::from_secs(10), counted).await {
-                Ok(Ok(row)) => row.get(0),
-                _ => 0,
-            };
-        }
+        let total = estimated_rows(&client, &table).await?;
         if record.phase == Phase::Expanded {
             // Rows inserted from now on are dual-written: the walk ends at
             // today's last key instead of chasing the inserts.
@@ -659,4 +646,63 @@ impl Lifecycle {
             None => map.remove(id),
         }
     }
+}
+
+/// Applies the backfill settings given (to the record); whether any was.
+fn apply_settings(record: &mut Record, settings: &api::Backfill) -> Result<bool, ActionError> {
+    let setting = |v: Option<i64>| v.map(|v| v.clamp(0, i32::MAX as i64) as i32);
+    if let Some(v) = setting(settings.batch_size) {
+        if v < 1 {
+            return Err(ActionError::BadRequest(
+                "batch_size must be at least 1".into(),
+            ));
+        }
+        record.backfill.batch_size = v;
+    }
+    if let Some(v) = setting(settings.batch_pause_ms) {
+        record.backfill.batch_pause_ms = v;
+    }
+    if let Some(v) = setting(settings.workers) {
+        if !(1..=MAX_BACKFILL_WORKERS).contains(&v) {
+            return Err(ActionError::BadRequest(format!(
+                "workers must be from 1 to {MAX_BACKFILL_WORKERS}"
+            )));
+        }
+        record.backfill.workers = v;
+    }
+    if let Some(v) = settings.max_replication_lag_ms {
+        record.backfill.max_replication_lag_ms = v.clamp(-1, i32::MAX as i64) as i32;
+    }
+    if let Some(v) = settings.max_lock_waits {
+        record.backfill.max_lock_waits = v.clamp(-1, i32::MAX as i64) as i32;
+    }
+    if let Some(v) = setting(settings.batch_target_ms) {
+        record.backfill.batch_target_ms = v;
+    }
+    if let Some(v) = setting(settings.batch_timeout_ms) {
+        record.backfill.batch_timeout_ms = v.max(1);
+    }
+    Ok(settings.changes_anything())
+}
+
+/// How many rows `table` holds: the planner's estimate; a table never
+/// analyzed has none, and is counted instead (under a timeout: no estimate
+/// beats a long scan).
+async fn estimated_rows(client: &tokio_postgres::Client, table: &str) -> Result<i64, ActionError> {
+    let mut total: i64 = client
+        .query_one(
+            "select reltuples::bigint from pg_class where oid = $1::text::regclass",
+            &[&table],
+        )
+        .await?
+        .get(0);
+    if total <= 0 {
+        let count = format!("select count(*) from {table}");
+        let counted = client.query_one(&count, &[]);
+        total = match tokio::time::timeout(Duration::from_secs(10), counted).await {
+            Ok(Ok(row)) => row.get(0),
+            _ => 0,
+        };
+    }
+    Ok(total)
 }
