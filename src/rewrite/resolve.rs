@@ -562,42 +562,7 @@ impl Walker<'_, '_> {
         let relation = match factor {
             TableFactor::Table {
                 name, alias, args, ..
-            } => {
-                let parts = ident_parts(name);
-                let alias_name = alias.as_ref().map(|a| fold(&a.name));
-                let aliases: Vec<String> = alias
-                    .as_ref()
-                    .map(|a| a.columns.iter().map(|c| fold(&c.name)).collect())
-                    .unwrap_or_default();
-                let mut relation = match (parts.as_slice(), args) {
-                    (_, Some(_)) => Relation::other(
-                        alias_name.clone().or(parts.last().cloned()),
-                        Columns::Unknown(Vec::new()),
-                    ),
-                    ([table], None) => match self.find_cte(table) {
-                        Some(columns) => Relation::other(Some(table.clone()), columns),
-                        None => self.table_relation(None, table, alias_name.clone()),
-                    },
-                    ([schema, table], None) => {
-                        self.table_relation(Some(schema), table, alias_name.clone())
-                    }
-                    _ => Relation::other(
-                        alias_name.clone().or(parts.last().cloned()),
-                        Columns::Unknown(Vec::new()),
-                    ),
-                };
-                if let Some(a) = alias_name {
-                    relation.name = Some(a);
-                    relation.schema = None;
-                }
-                if !aliases.is_empty() {
-                    if let Some(k) = relation.migration {
-                        self.refuse(k, "renames a migrating table's columns with a column alias list; alias the columns in the select list instead");
-                    }
-                    relation.columns = rename(relation.columns, &aliases);
-                }
-                relation
-            }
+            } => self.named_table(name, alias.as_ref(), args.is_some()),
             TableFactor::Derived {
                 lateral,
                 subquery,
@@ -607,12 +572,7 @@ impl Walker<'_, '_> {
                 // A subquery in FROM sees the blocks around this one, and
                 // with LATERAL the FROM items before it.
                 let columns = if *lateral {
-                    let view = Scope {
-                        relations: scope.relations.clone(),
-                        merged: scope.merged.clone(),
-                        parent: outer,
-                    };
-                    self.query(subquery, Some(&view))
+                    self.query(subquery, Some(&view_from(scope, outer)))
                 } else {
                     self.query(subquery, outer)
                 };
@@ -646,44 +606,28 @@ impl Walker<'_, '_> {
             TableFactor::Function {
                 name, args, alias, ..
             } => {
-                let view = Scope {
-                    relations: scope.relations.clone(),
-                    merged: scope.merged.clone(),
-                    parent: outer,
-                };
+                let view = view_from(scope, outer);
                 for a in args {
                     self.visit(a, &view);
                 }
                 function_relation(alias.as_ref(), last_ident(name).map(fold))
             }
             TableFactor::TableFunction { expr, alias } => {
-                let view = Scope {
-                    relations: scope.relations.clone(),
-                    merged: scope.merged.clone(),
-                    parent: outer,
-                };
+                let view = view_from(scope, outer);
                 self.expr(expr, &view);
                 function_relation(alias.as_ref(), None)
             }
             TableFactor::UNNEST {
                 alias, array_exprs, ..
             } => {
-                let view = Scope {
-                    relations: scope.relations.clone(),
-                    merged: scope.merged.clone(),
-                    parent: outer,
-                };
+                let view = view_from(scope, outer);
                 for e in array_exprs {
                     self.expr(e, &view);
                 }
                 function_relation(alias.as_ref(), Some("unnest".into()))
             }
             other => {
-                let view = Scope {
-                    relations: scope.relations.clone(),
-                    merged: scope.merged.clone(),
-                    parent: outer,
-                };
+                let view = view_from(scope, outer);
                 self.visit(other, &view);
                 Relation::other(None, Columns::Unknown(Vec::new()))
             }
@@ -692,6 +636,49 @@ impl Walker<'_, '_> {
             self.sites.touches = true;
         }
         scope.relations.push(relation);
+    }
+
+    /// A table (or a CTE) named in FROM, with its alias and column
+    /// aliases; a table function call (`has_args`) is opaque.
+    fn named_table(
+        &mut self,
+        name: &ObjectName,
+        alias: Option<&sqlparser::ast::TableAlias>,
+        has_args: bool,
+    ) -> Relation {
+        let parts = ident_parts(name);
+        let alias_name = alias.map(|a| fold(&a.name));
+        let aliases: Vec<String> = alias
+            .map(|a| a.columns.iter().map(|c| fold(&c.name)).collect())
+            .unwrap_or_default();
+        let mut relation = match (parts.as_slice(), has_args) {
+            (_, true) => Relation::other(
+                alias_name.clone().or(parts.last().cloned()),
+                Columns::Unknown(Vec::new()),
+            ),
+            ([table], false) => match self.find_cte(table) {
+                Some(columns) => Relation::other(Some(table.clone()), columns),
+                None => self.table_relation(None, table, alias_name.clone()),
+            },
+            ([schema, table], false) => {
+                self.table_relation(Some(schema), table, alias_name.clone())
+            }
+            _ => Relation::other(
+                alias_name.clone().or(parts.last().cloned()),
+                Columns::Unknown(Vec::new()),
+            ),
+        };
+        if let Some(a) = alias_name {
+            relation.name = Some(a);
+            relation.schema = None;
+        }
+        if !aliases.is_empty() {
+            if let Some(k) = relation.migration {
+                self.refuse(k, "renames a migrating table's columns with a column alias list; alias the columns in the select list instead");
+            }
+            relation.columns = rename(relation.columns, &aliases);
+        }
+        relation
     }
 
     /// The relation a table name (as the session resolves it) stands for.
@@ -1863,4 +1850,13 @@ fn is_deterministic_function(name: &str) -> bool {
         "user",
     ];
     DETERMINISTIC.contains(&name)
+}
+/// What a LATERAL subquery or a function in FROM sees: the FROM items
+/// before it, and the blocks around.
+fn view_from<'p>(scope: &Scope<'_>, outer: Option<&'p Scope<'p>>) -> Scope<'p> {
+    Scope {
+        relations: scope.relations.clone(),
+        merged: scope.merged.clone(),
+        parent: outer,
+    }
 }
