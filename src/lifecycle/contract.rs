@@ -98,60 +98,8 @@ impl Lifecycle {
             record.not_null_check = None;
             self.save_step(client, record, "b set not null").await?;
         }
-        // Unique constraints on a: their index copies on b become the
-        // same constraints on b (the index is taken over, not rebuilt).
-        let constraints = handover::constraint_names(client, &table).await?;
-        for (constraint, index) in
-            indexes::unique_constraints_to_carry(client, &table, &spec.from, &spec.to).await?
-        {
-            let copy = indexes::copy_name(&constraint, &spec.to);
-            if constraints.contains(&copy) {
-                continue; // carried by an earlier attempt
-            }
-            ddl::run_with_lock_timeout(
-                client,
-                &format!(
-                    "alter table {table} add constraint {} unique using index {}",
-                    quote_ident(&copy),
-                    quote_ident(&index)
-                ),
-                self.lock,
-            )
-            .await?;
-        }
-        // The foreign keys and checks copied at expand, validated before a
-        // goes (SHARE UPDATE EXCLUSIVE: reads and writes go on meanwhile).
-        for name in foreign_keys::unvalidated_copies(client, &table, &spec.to).await? {
-            ddl::run_with_lock_timeout(
-                client,
-                &format!(
-                    "alter table {table} validate constraint {}",
-                    quote_ident(&name)
-                ),
-                self.lock,
-            )
-            .await?;
-        }
-        // Views, triggers, policies… read b from now on (a and down(b)
-        // agree while both are written); a rollback puts them back.
-        if !found.is_empty() {
-            let carried = dependents::carry(client, &found, self.lock).await;
-            let (done, failed) = match carried {
-                Ok(done) => (done, None),
-                Err((done, e)) => (done, Some(e)),
-            };
-            let names: Vec<String> = done.iter().map(|d| d.object.clone()).collect();
-            record.carried.redefined.extend(done);
-            self.save_step(
-                client,
-                record,
-                &format!("carried onto b: {}", names.join(", ")),
-            )
-            .await?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
+        self.carry_constraints(client, &spec).await?;
+        self.carry_dependents(client, record, found).await?;
         // The keys: referencing keys and the primary key move onto b.
         let keys = handover::key_transaction(client, &spec).await?;
         if !keys.is_empty() {
@@ -171,6 +119,79 @@ impl Lifecycle {
             self.save_step(client, record, "a drop not null").await?;
         }
         Ok(())
+    }
+
+    /// `a`'s unique constraints become `b`'s (their index copies taken
+    /// over, not rebuilt), and the foreign keys and checks copied at expand
+    /// are validated before `a` goes (SHARE UPDATE EXCLUSIVE: reads and
+    /// writes go on meanwhile).
+    async fn carry_constraints(
+        &self,
+        client: &tokio_postgres::Client,
+        spec: &MigrationSpec,
+    ) -> Result<(), ActionError> {
+        let table = spec.table.to_string();
+        let constraints = handover::constraint_names(client, &table).await?;
+        for (constraint, index) in
+            indexes::unique_constraints_to_carry(client, &table, &spec.from, &spec.to).await?
+        {
+            let copy = indexes::copy_name(&constraint, &spec.to);
+            if constraints.contains(&copy) {
+                continue; // carried by an earlier attempt
+            }
+            ddl::run_with_lock_timeout(
+                client,
+                &format!(
+                    "alter table {table} add constraint {} unique using index {}",
+                    quote_ident(&copy),
+                    quote_ident(&index)
+                ),
+                self.lock,
+            )
+            .await?;
+        }
+        for name in foreign_keys::unvalidated_copies(client, &table, &spec.to).await? {
+            ddl::run_with_lock_timeout(
+                client,
+                &format!(
+                    "alter table {table} validate constraint {}",
+                    quote_ident(&name)
+                ),
+                self.lock,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Views, triggers, policies… read `b` from now on (`a` and `down(b)`
+    /// agree while both are written); a rollback puts them back.
+    async fn carry_dependents(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &mut Record,
+        found: Vec<dependents::Dependent>,
+    ) -> Result<(), ActionError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let carried = dependents::carry(client, &found, self.lock).await;
+        let (done, failed) = match carried {
+            Ok(done) => (done, None),
+            Err((done, e)) => (done, Some(e)),
+        };
+        let names: Vec<String> = done.iter().map(|d| d.object.clone()).collect();
+        record.carried.redefined.extend(done);
+        self.save_step(
+            client,
+            record,
+            &format!("carried onto b: {}", names.join(", ")),
+        )
+        .await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Stores a step of an action that leaves the rules as they are (no
