@@ -254,7 +254,6 @@ impl Statements {
         }
     }
 
-    /// `name`'s result shape is `result` from now on.
     /// Notes who rewrote statement `name` (see [`Entry::class`]).
     pub fn set_class(&mut self, name: &[u8], class: Option<(Kind, Arc<str>)>) {
         if let Some(entry) = self.entries.get_mut(name) {
@@ -274,6 +273,7 @@ impl Statements {
         self.entries.get(name).and_then(|e| e.class.clone())
     }
 
+    /// `name`'s result shape is `result` from now on.
     pub fn set_result(&mut self, name: &[u8], result: u64) {
         if let Some(entry) = self.entries.get_mut(name) {
             entry.result = result;
@@ -548,5 +548,80 @@ mod tests {
             _ => panic!(),
         }
         assert!(deallocation(b"select 1").is_none());
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Parse(u8, u64),
+        Close(u8),
+        Clear,
+        Unchanged(u8, u64),
+        TakeStale(u8, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let name = 0u8..4;
+        let epoch = 1u64..6;
+        prop_oneof![
+            (name.clone(), epoch.clone()).prop_map(|(n, e)| Op::Parse(n, e)),
+            name.clone().prop_map(Op::Close),
+            Just(Op::Clear),
+            (name.clone(), epoch.clone()).prop_map(|(n, e)| Op::Unchanged(n, e)),
+            (name, epoch).prop_map(|(n, e)| Op::TakeStale(n, e)),
+        ]
+    }
+
+    proptest! {
+        /// The book against a model (name → the epoch a statement is
+        /// current under): a statement is handed out for re-preparing
+        /// exactly when the model says it is stale, and `any_stale` never
+        /// says no while one is (a yes too many only costs buffering).
+        #[test]
+        fn the_book_follows_its_model(ops in prop::collection::vec(op(), 0..60)) {
+            let mut book = Statements::default();
+            let mut model: HashMap<Vec<u8>, u64> = HashMap::new();
+            for (request, op) in ops.into_iter().enumerate() {
+                let request = request as u64 + 1;
+                match op {
+                    Op::Parse(n, e) => {
+                        let name = vec![b'a' + n];
+                        let fields = ParseFields { name: &name, sql: b"select 1", param_types: b"\0\0" };
+                        book.parsed(request, &fields, e, 0, NOTHING_SENT);
+                        model.insert(name, e);
+                    }
+                    Op::Close(n) => {
+                        book.closed(&[b'a' + n]);
+                        model.remove(&vec![b'a' + n]);
+                    }
+                    Op::Clear => {
+                        book.clear();
+                        model.clear();
+                    }
+                    Op::Unchanged(n, e) => {
+                        book.unchanged(&[b'a' + n], e);
+                        if let Some(current) = model.get_mut(&vec![b'a' + n]) {
+                            *current = (*current).max(e);
+                        }
+                    }
+                    Op::TakeStale(n, e) => {
+                        let name = vec![b'a' + n];
+                        let stale = book.take_stale(&name, e, request).is_some();
+                        let expected = model.get(&name).is_some_and(|&current| current < e);
+                        prop_assert_eq!(stale, expected, "take_stale({:?}, {})", name, e);
+                    }
+                }
+                for e in 1..7 {
+                    if model.values().any(|&current| current < e) {
+                        prop_assert!(book.any_stale(e), "a stale statement under {} went unseen", e);
+                    }
+                }
+            }
+        }
     }
 }
