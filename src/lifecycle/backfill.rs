@@ -331,28 +331,17 @@ impl Lifecycle {
         Ok(lanes)
     }
 
-    async fn run_backfill(
+    /// Walks `lanes` at once, one worker each, until all are done or
+    /// stopped (a pause; another worker's failure; the coordinating
+    /// session `client`, which holds the lock, lost): whether all are done.
+    async fn walk_lanes(
         self: &Arc<Self>,
         id: &str,
+        client: &tokio_postgres::Client,
+        walk: Arc<Walk>,
+        lanes: Vec<Lane>,
         pause: &Arc<AtomicBool>,
-    ) -> Result<Ran, ActionError> {
-        let client = self.connect().await?;
-        // Held by this session until the run ends (or the session is lost).
-        if !take_backfill_lock(&client, id).await? {
-            return Ok(Ran::Elsewhere);
-        }
-        // The stored record is the truth (a batch whose commit answer was
-        // lost may have committed): go on from its cursors and counters,
-        // with the settings in force here.
-        let mut record = self.record(id)?;
-        load_progress(&client, &mut record).await?;
-        let table = record.spec.table.to_string();
-        let key = ddl::walk_key(&client, &table)
-            .await?
-            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
-        let walk = Arc::new(Walk::new(&record, &key));
-        let lanes = self.lanes(&client, &mut record, &walk).await?;
-
+    ) -> Result<bool, ActionError> {
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(ThrottleGate::default());
         let mut workers = JoinSet::new();
@@ -400,9 +389,35 @@ impl Lifecycle {
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(all_done),
         }
+    }
+
+    async fn run_backfill(
+        self: &Arc<Self>,
+        id: &str,
+        pause: &Arc<AtomicBool>,
+    ) -> Result<Ran, ActionError> {
+        let client = self.connect().await?;
+        // Held by this session until the run ends (or the session is lost).
+        if !take_backfill_lock(&client, id).await? {
+            return Ok(Ran::Elsewhere);
+        }
+        // The stored record is the truth (a batch whose commit answer was
+        // lost may have committed): go on from its cursors and counters,
+        // with the settings in force here.
+        let mut record = self.record(id)?;
+        load_progress(&client, &mut record).await?;
+        let table = record.spec.table.to_string();
+        let key = ddl::walk_key(&client, &table)
+            .await?
+            .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
+        let walk = Arc::new(Walk::new(&record, &key));
+        let lanes = self.lanes(&client, &mut record, &walk).await?;
+
+        let all_done = self.walk_lanes(id, &client, walk, lanes, pause).await?;
 
         let mut record = self.record(id)?;
         load_progress(&client, &mut record).await?;
