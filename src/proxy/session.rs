@@ -362,6 +362,49 @@ impl<'a> FrontendVisitor<'a> {
         }
     }
 
+    /// A whole message that uses or closes a prepared statement: Close
+    /// forgets it; Bind and Describe re-prepare it first when it is stale
+    /// (and a Bind counts toward its batch's latency kind).
+    fn statement_use(&mut self, tag: u8, frame: &[u8], request: u64) -> Verdict {
+        match tag {
+            frontend::CLOSE => {
+                if let Some(name) = statements::statement_closed(frame) {
+                    self.state.with_book(|b| b.statements.closed(name));
+                }
+                Verdict::Keep
+            }
+            frontend::BIND | frontend::DESCRIBE => {
+                if tag == frontend::BIND {
+                    self.executes(frame);
+                } else {
+                    self.state.with_book(|b| b.statements.described(request));
+                }
+                let epoch = self.rewriter.epoch().unwrap_or(0);
+                self.reprepare(request, tag, frame, epoch)
+            }
+            _ => Verdict::Keep,
+        }
+    }
+
+    /// A Query for an `EXECUTE` of a statement `PREPARE`d under older
+    /// rules: the statement itself, rewritten under the current ones.
+    fn stale_execute(
+        &self,
+        epoch: Option<u64>,
+        sql_command: Option<(&'static str, &str)>,
+    ) -> Option<Bytes> {
+        let (Some(epoch), Some(("execute", sql))) = (epoch, sql_command) else {
+            return None;
+        };
+        let statement = self
+            .state
+            .with_book(|b| b.sql_prepared.stale_execute(sql, epoch))?;
+        Some(crate::proxy::wire::encode_frame(
+            frontend::QUERY,
+            &[statement.as_bytes(), b"\0"],
+        ))
+    }
+
     /// Starts the clock of request `request` (a Query, or the Sync ending
     /// a batch), with what was done to its statements.
     fn time(&mut self, request: u64) {
@@ -495,25 +538,8 @@ impl FrameVisitor for FrontendVisitor<'_> {
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);
         };
-        match tag {
-            frontend::QUERY | frontend::PARSE => {}
-            frontend::CLOSE => {
-                if let Some(name) = statements::statement_closed(frame) {
-                    state.with_book(|b| b.statements.closed(name));
-                }
-                return Ok(Verdict::Keep);
-            }
-            frontend::BIND | frontend::DESCRIBE => {
-                if tag == frontend::BIND {
-                    self.executes(frame);
-                }
-                if tag == frontend::DESCRIBE {
-                    state.with_book(|b| b.statements.described(request));
-                }
-                let epoch = self.rewriter.epoch().unwrap_or(0);
-                return Ok(self.reprepare(request, tag, frame, epoch));
-            }
-            _ => return Ok(Verdict::Keep),
+        if !matches!(tag, frontend::QUERY | frontend::PARSE) {
+            return Ok(self.statement_use(tag, frame, request));
         }
         // Read the epoch before rewriting: a statement is never recorded as
         // newer than the rules it was rewritten under.
@@ -526,15 +552,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
             (true, frontend::QUERY) => sql_prepared_command(frame),
             _ => None,
         };
-        let stale = match (epoch, sql_command) {
-            (Some(epoch), Some(("execute", sql))) => {
-                state.with_book(|b| b.sql_prepared.stale_execute(sql, epoch))
-            }
-            _ => None,
-        };
-        let replacement = stale.map(|statement| {
-            crate::proxy::wire::encode_frame(frontend::QUERY, &[statement.as_bytes(), b"\0"])
-        });
+        let replacement = self.stale_execute(epoch, sql_command);
         let frame_now: &[u8] = replacement.as_deref().unwrap_or(frame);
         // The statement's SQL (and a Parse's fields), read once.
         let parse = match (self.tracking, tag) {
