@@ -313,16 +313,7 @@ impl Cluster {
             std::os::unix::fs::chown(&auto, Some(uid), Some(gid))
                 .map_err(io_err("chown postgresql.auto.conf"))?;
         }
-        let out = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-l")
-            .arg(self.log_file())
-            .args(["-w", "-t", "60", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_err("running pg_ctl start"))?;
+        let out = self.pg_ctl(&["start"], "running pg_ctl start")?;
         check("pg_ctl start", &out).map_err(|e| {
             let log = fs::read_to_string(self.log_file()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -362,18 +353,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// Restarts the server (`pg_ctl restart -m fast`), for fault tests.
-    pub fn restart(&self) -> Result<(), ClusterError> {
-        let out = self
-            .command("pg_ctl")
+    /// Runs `pg_ctl -D data -l log -w -t 60 ARGS` and waits for it.
+    fn pg_ctl(&self, args: &[&str], what: &'static str) -> Result<Output, ClusterError> {
+        self.command("pg_ctl")
             .arg("-D")
             .arg(self.data_dir())
             .arg("-l")
             .arg(self.log_file())
-            .args(["-w", "-t", "60", "-m", "fast", "restart"])
+            .args(["-w", "-t", "60"])
+            .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(io_err("running pg_ctl restart"))?;
+            .map_err(io_err(what))
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`), for fault tests.
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        let out = self.pg_ctl(&["-m", "fast", "restart"], "running pg_ctl restart")?;
         check("pg_ctl restart", &out)
     }
 

@@ -59,32 +59,25 @@ impl ReferencingKey {
     }
 }
 
+/// Whose foreign keys [`referencing`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeBy {
+    /// The table's own keys, pgshift's copies left out.
+    Users,
+    /// pgshift's copies (made at contract), for a rollback to drop before
+    /// the column they reference goes.
+    Pgshift,
+}
+
 /// The foreign keys that reference `column` of `table` (`contype = 'f'`,
-/// `confkey` includes it), copies made by pgshift left out.
+/// `confkey` includes it), made by `made_by`.
 pub async fn referencing(
     client: &Client,
     table: &str,
     column: &str,
+    made_by: MadeBy,
 ) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
-    referencing_where(client, table, column, false).await
-}
-
-/// pgshift's copies of the foreign keys that reference `to` (made at
-/// contract), for a rollback to drop before `to` goes.
-pub async fn referencing_copies(
-    client: &Client,
-    table: &str,
-    to: &str,
-) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
-    referencing_where(client, table, to, true).await
-}
-
-async fn referencing_where(
-    client: &Client,
-    table: &str,
-    column: &str,
-    copies: bool,
-) -> Result<Vec<ReferencingKey>, tokio_postgres::Error> {
+    let copies = made_by == MadeBy::Pgshift;
     let rows = client
         .query(
             "select c.conname::text, c.conrelid::regclass::text, pg_get_constraintdef(c.oid), c.convalidated

@@ -29,7 +29,8 @@ use sqlparser::tokenizer::Token;
 use tokio_postgres::Client;
 
 use super::ddl::{self, LockDiscipline};
-use super::{foreign_keys, indexes, ActionError};
+use super::foreign_keys::{self, MadeBy};
+use super::{indexes, ActionError};
 use crate::rewrite::migration::{quote_ident, MigrationSpec};
 use crate::rewrite::text::names;
 use crate::rewrite::text::{splice, tokenize, Edit};
@@ -45,13 +46,13 @@ pub async fn move_referencing_keys(
 ) -> Result<(), ActionError> {
     let table = spec.table.to_string();
     let done: HashSet<(String, String)> =
-        foreign_keys::referencing_copies(client, &table, &spec.to)
+        foreign_keys::referencing(client, &table, &spec.to, MadeBy::Pgshift)
             .await?
             .into_iter()
             .filter(|c| c.validated)
             .map(|c| (c.table, c.name))
             .collect();
-    for fk in foreign_keys::referencing(client, &table, &spec.from).await? {
+    for fk in foreign_keys::referencing(client, &table, &spec.from, MadeBy::Users).await? {
         let name = foreign_keys::copy_name(&fk.name, &spec.to);
         if done.contains(&(fk.table.clone(), name.clone())) {
             continue;
@@ -118,7 +119,7 @@ pub async fn key_transaction(
     spec: &MigrationSpec,
 ) -> Result<Vec<String>, ActionError> {
     let table = spec.table.to_string();
-    let referencing = foreign_keys::referencing(client, &table, &spec.from).await?;
+    let referencing = foreign_keys::referencing(client, &table, &spec.from, MadeBy::Users).await?;
     let mut sql: Vec<String> = referencing
         .iter()
         .map(foreign_keys::ReferencingKey::drop_statement)

@@ -99,15 +99,11 @@ pub async fn drop(
     column: &str,
     lock: LockDiscipline,
 ) -> Result<(), DdlError> {
-    ddl::run_with_lock_timeout(
-        client,
-        &format!(
-            "alter table {table} alter column {} drop not null",
-            quote_ident(column)
-        ),
-        lock,
-    )
-    .await?;
+    let sql = format!(
+        "alter table {table} alter column {} drop not null",
+        quote_ident(column)
+    );
+    ddl::run_with_lock_timeout(client, &sql, lock).await?;
     Ok(())
 }
 
@@ -118,16 +114,12 @@ pub async fn relax(
     column: &str,
     lock: LockDiscipline,
 ) -> Result<(), DdlError> {
-    ddl::run_with_lock_timeout(
-        client,
-        &format!(
-            "alter table {table} drop constraint if exists {}; alter table {table} alter column {} drop not null",
-            quote_ident(&check_name(column)),
-            quote_ident(column)
-        ),
-        lock,
-    )
-    .await?;
+    let sql = format!(
+        "alter table {table} drop constraint if exists {}; alter table {table} alter column {} drop not null",
+        quote_ident(&check_name(column)),
+        quote_ident(column)
+    );
+    ddl::run_with_lock_timeout(client, &sql, lock).await?;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! carried put back, the new column dropped — from any phase before the
 //! keys were handed over.
 
+use super::foreign_keys::{self, MadeBy};
 use super::store::Record;
-use super::{ddl, foreign_keys, not_null, store, ActionError, Lifecycle};
+use super::{ddl, not_null, store, ActionError, Lifecycle};
 use crate::rewrite::migration::{quote_ident, Phase};
 
 impl Lifecycle {
@@ -100,7 +101,7 @@ impl Lifecycle {
         // Foreign keys moved onto b by a contract that stopped short go
         // first (they depend on b's unique index).
         let mut sql: Vec<String> =
-            foreign_keys::referencing_copies(client, &spec.table.to_string(), &spec.to)
+            foreign_keys::referencing(client, &spec.table.to_string(), &spec.to, MadeBy::Pgshift)
                 .await?
                 .iter()
                 .map(foreign_keys::ReferencingKey::drop_statement)

@@ -471,19 +471,9 @@ mod tests {
 
     /// The rename abalance -> balance of pgbench_accounts in `phase`.
     fn accounts(phase: Phase) -> ActiveMigration {
-        ActiveMigration {
-            spec: MigrationSpec::new(
-                "accounts_balance",
-                "pgbench_accounts",
-                "abalance",
-                "balance",
-                None,
-                None,
-                None,
-            )
-            .unwrap(),
-            phase,
-        }
+        let mut rename = crate::scenario::migrations().swap_remove(0);
+        rename.phase = phase;
+        rename
     }
 
     fn rename(phase: Phase) -> MigrationRewriter {

@@ -6,7 +6,7 @@
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Word};
 
 /// A significant token (no whitespace or comments) and its byte range.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,37 +212,40 @@ pub fn select_items(tokens: &[Tok], select: usize) -> Option<Vec<(usize, usize)>
                 continue;
             }
             Token::SemiColon if depth == 0 => break,
-            Token::Word(w)
-                if depth == 0
-                    && w.quote_style.is_none()
-                    && matches!(
-                        w.keyword,
-                        Keyword::FROM
-                            | Keyword::WHERE
-                            | Keyword::GROUP
-                            | Keyword::HAVING
-                            | Keyword::ORDER
-                            | Keyword::LIMIT
-                            | Keyword::OFFSET
-                            | Keyword::WINDOW
-                            | Keyword::UNION
-                            | Keyword::INTERSECT
-                            | Keyword::EXCEPT
-                            | Keyword::ON
-                            | Keyword::RETURNING
-                            | Keyword::INTO
-                            | Keyword::FOR
-                            | Keyword::FETCH
-                    ) =>
-            {
-                break
-            }
+            Token::Word(w) if depth == 0 && (ends_items(w) || ends_join(w)) => break,
             _ => {}
         }
         item = Some((item.map_or(t.start, |r| r.0), t.end));
     }
     items.push(item?);
     Some(items)
+}
+
+/// Whether `w` is a clause keyword that ends a list of projection items.
+fn ends_items(w: &Word) -> bool {
+    const CLAUSES: &[Keyword] = &[
+        Keyword::FROM,
+        Keyword::WHERE,
+        Keyword::INTO,
+        Keyword::GROUP,
+        Keyword::HAVING,
+        Keyword::ORDER,
+        Keyword::LIMIT,
+        Keyword::OFFSET,
+        Keyword::FETCH,
+        Keyword::WINDOW,
+        Keyword::UNION,
+        Keyword::INTERSECT,
+        Keyword::EXCEPT,
+        Keyword::FOR,
+        Keyword::RETURNING,
+    ];
+    w.quote_style.is_none() && CLAUSES.contains(&w.keyword)
+}
+
+/// Whether `w` is an unquoted `ON` (a join's condition follows).
+fn ends_join(w: &Word) -> bool {
+    w.quote_style.is_none() && w.keyword == Keyword::ON
 }
 
 /// Byte offset just after the projection item that holds the token at
@@ -261,30 +264,7 @@ pub fn item_end(tokens: &[Tok], at: usize) -> usize {
             Token::RParen | Token::RBracket if depth == 0 => {}
             Token::RParen | Token::RBracket => depth -= 1,
             Token::Comma | Token::SemiColon if depth == 0 => break,
-            Token::Word(w)
-                if depth == 0
-                    && w.quote_style.is_none()
-                    && matches!(
-                        w.keyword,
-                        Keyword::FROM
-                            | Keyword::WHERE
-                            | Keyword::INTO
-                            | Keyword::GROUP
-                            | Keyword::ORDER
-                            | Keyword::LIMIT
-                            | Keyword::UNION
-                            | Keyword::INTERSECT
-                            | Keyword::EXCEPT
-                            | Keyword::HAVING
-                            | Keyword::WINDOW
-                            | Keyword::OFFSET
-                            | Keyword::FETCH
-                            | Keyword::FOR
-                            | Keyword::RETURNING
-                    ) =>
-            {
-                break
-            }
+            Token::Word(w) if depth == 0 && ends_items(w) => break,
             _ => {}
         }
         end = t.end;
