@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::admin;
-use crate::api::Action;
+use crate::api::{Action, MigrationStatus, ProxyStatus, ReadSource};
 
 /// Where the admin port is and how to talk to it.
 pub struct Target {
@@ -37,20 +37,16 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    print_answer(target, code, &body, |body| {
+    print_answer(target, code, &body, |status: ProxyStatus| {
         let mut out = format!(
             "rules epoch {}, database {}, upstream {}\n",
-            body["rules_epoch"],
-            body["database"].as_str().unwrap_or("?"),
-            body["upstream"].as_str().unwrap_or("?")
+            status.rules_epoch, status.database, status.upstream
         );
-        match body["migrations"].as_array() {
-            Some(list) if !list.is_empty() => {
-                for m in list {
-                    out.push_str(&describe(m));
-                }
-            }
-            _ => out.push_str("no migrations\n"),
+        if status.migrations.is_empty() {
+            out.push_str("no migrations\n");
+        }
+        for m in &status.migrations {
+            out.push_str(&describe(m));
         }
         out
     })
@@ -74,78 +70,87 @@ pub async fn migrate(target: &Target, action: &Action, id: &str) -> anyhow::Resu
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    print_answer(target, code, &answer, describe)
+    print_answer(target, code, &answer, |m: MigrationStatus| describe(&m))
 }
 
-fn print_answer(
+/// Prints an answer: as received with `--json`, else read as a `T` and
+/// told by `human`. A non-2xx answer is an error carrying its message.
+fn print_answer<T: serde::de::DeserializeOwned>(
     target: &Target,
     code: u16,
     body: &Value,
-    human: impl Fn(&Value) -> String,
+    human: impl Fn(T) -> String,
 ) -> anyhow::Result<()> {
-    if target.json {
-        println!("{body}");
-    } else if (200..300).contains(&code) {
-        print!("{}", human(body));
-    }
-    if (200..300).contains(&code) {
-        Ok(())
-    } else {
+    if !(200..300).contains(&code) {
+        if target.json {
+            println!("{body}");
+        }
         anyhow::bail!(
             "{} (HTTP {code})",
             body["error"].as_str().unwrap_or("request failed")
         )
     }
+    if target.json {
+        println!("{body}");
+    } else {
+        let answer = T::deserialize(body).map_err(|e| {
+            anyhow::anyhow!("the admin port answered in a shape this pgshift does not know ({e}); is it another version?")
+        })?;
+        print!("{}", human(answer));
+    }
+    Ok(())
 }
 
 /// One migration, a few lines.
-fn describe(m: &Value) -> String {
-    let b = &m["backfill"];
-    let done = b["rows_done"].as_i64().unwrap_or(0);
-    let total = b["rows_total"].as_i64();
+fn describe(m: &MigrationStatus) -> String {
+    let b = &m.backfill;
     let mut out = format!(
         "{id}: {table}.{from} -> {to}{ty}  phase {phase}, reads from {source}\n",
-        id = m["id"].as_str().unwrap_or("?"),
-        table = m["table"].as_str().unwrap_or("?"),
-        from = m["from"].as_str().unwrap_or("?"),
-        to = m["to"].as_str().unwrap_or("?"),
-        ty = m["type"]
-            .as_str()
+        id = m.id,
+        table = m.table,
+        from = m.from,
+        to = m.to,
+        ty = m
+            .new_type
+            .as_ref()
             .map(|t| format!(" ({t})"))
             .unwrap_or_default(),
-        phase = m["phase"].as_str().unwrap_or("?"),
-        source = m["read_source"].as_str().unwrap_or("?"),
+        phase = m.phase,
+        source = match m.read_source {
+            ReadSource::New => "new",
+            ReadSource::Old => "old",
+        },
     );
-    if done > 0 || b["running"].as_bool() == Some(true) {
-        let state = if b["running"].as_bool() == Some(true) {
+    if b.rows_done > 0 || b.running {
+        let state = if b.running {
             "running"
-        } else if b["paused"].as_bool() == Some(true) {
+        } else if b.paused {
             "paused"
         } else {
             "done"
         };
-        let split = match b["slices"].as_array().map(Vec::len) {
-            Some(n) if n > 1 => format!(" ({n} workers)"),
+        let split = match b.slices.len() {
+            n if n > 1 => format!(" ({n} workers)"),
             _ => String::new(),
         };
         out.push_str(&format!(
             "  backfill {state}{split}: {}\n",
-            progress(done, total)
+            progress(b.rows_done, b.rows_total)
         ));
     }
-    if let Some(v) = m["validation"].as_object() {
+    if let Some(v) = &m.validation {
         out.push_str(&format!(
             "  last validation: {} mismatches{}\n",
-            v["mismatches"],
-            match v["samples"].as_array() {
-                Some(s) if !s.is_empty() => format!(" (e.g. {})", json!(s)),
-                _ => String::new(),
+            v.mismatches,
+            match v.samples.is_empty() {
+                false => format!(" (e.g. {})", json!(v.samples)),
+                true => String::new(),
             }
         ));
     }
     out.push_str(&format!(
         "  statements rewritten {}, refused {}\n",
-        m["statements"]["rewritten"], m["statements"]["refused"]
+        m.statements.rewritten, m.statements.refused
     ));
     out
 }

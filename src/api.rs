@@ -3,10 +3,15 @@
 //! key named (an unknown or misspelt key is a 400 naming it, never
 //! ignored). The server parses a request into an [`Action`] (or a
 //! [`NewMigration`]) before the lifecycle sees it; the command line builds
-//! the same structs and sends their JSON.
+//! the same structs and sends their JSON. The answers of `/status` and of
+//! `/migrations/{id}` are typed here too ([`ProxyStatus`],
+//! [`MigrationStatus`]): the server serializes them and the command line
+//! reads them back, refusing a key it does not know.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::rewrite::migration::Phase;
 
 /// `POST /migrations`: the keys of a `[[migrations]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +216,111 @@ impl Action {
     }
 }
 
+/// `GET /status`: the proxy and every migration it knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyStatus {
+    pub rules_epoch: u64,
+    pub database: String,
+    pub upstream: String,
+    pub migrations: Vec<MigrationStatus>,
+}
+
+/// `GET /migrations/{id}` (and the answer of every action): one
+/// migration's phase, backfill, last parity check and traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationStatus {
+    pub id: String,
+    pub table: String,
+    pub from: String,
+    pub to: String,
+    #[serde(rename = "type")]
+    pub new_type: Option<String>,
+    pub phase: Phase,
+    pub read_source: ReadSource,
+    pub backfill: BackfillStatus,
+    pub validation: Option<ValidationStatus>,
+    pub statements: StatementCounts,
+    /// Statements of this proxy's clients that named the old column.
+    pub old_shape: Option<OldShapeStatus>,
+}
+
+/// One worker's share of a backfill split over several workers: the keys
+/// after `cursor` up to `upper` (inclusive; `None`: to the end of the
+/// table). Its cursor and row count are committed with each of its
+/// batches; `/status` lists the slices as they are stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Slice {
+    /// Key of the last row done in the slice (its lower bound, exclusive,
+    /// before its first batch; `None`: from the table's first key).
+    pub cursor: Option<Vec<String>>,
+    pub upper: Option<Vec<String>>,
+    pub rows_done: i64,
+}
+
+/// A backfill's settings and progress, as `/status` reports them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillStatus {
+    pub rows_done: i64,
+    /// An estimate until the backfill ends.
+    pub rows_total: Option<i64>,
+    pub workers: i32,
+    pub slices: Vec<Slice>,
+    pub running: bool,
+    pub paused: bool,
+    pub batch_size: i32,
+    pub batch_pause_ms: i32,
+    pub batch_timeout_ms: i32,
+    pub batch_target_ms: i32,
+    pub max_replication_lag_ms: i32,
+    pub max_lock_waits: i32,
+    /// Why the workers wait now (replication lag, lock waits).
+    pub throttled: Option<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// What stopped the backfill last (Postgres' own message).
+    pub error: Option<String>,
+}
+
+/// The last parity check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationStatus {
+    pub mismatches: i64,
+    /// Keys of a few mismatching rows, in key order.
+    pub samples: Vec<String>,
+    pub at_ms: i64,
+}
+
+/// Statements this proxy rewrote or refused for a migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementCounts {
+    pub rewritten: u64,
+    pub refused: u64,
+}
+
+/// Old-shape statements of this proxy's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldShapeStatus {
+    pub statements: u64,
+    /// When the last one was seen (ms since the Unix epoch).
+    pub last_ms: u64,
+    pub applications: Vec<ApplicationSeen>,
+}
+
+/// An `application_name` that sent old-shape statements, and when last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationSeen {
+    pub name: String,
+    pub last_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +400,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field `phase`"), "{err}");
+    }
+
+    #[test]
+    fn a_status_reads_back_as_it_was_served_and_an_unknown_key_is_refused() {
+        let served = json!({
+            "rules_epoch": 3, "database": "app", "upstream": "127.0.0.1:5432",
+            "migrations": [{
+                "id": "m", "table": "public.t", "from": "a", "to": "b", "type": null,
+                "phase": "backfilling", "read_source": "old",
+                "backfill": {
+                    "rows_done": 10, "rows_total": 100, "workers": 2,
+                    "slices": [{"cursor": ["5"], "upper": null, "rows_done": 5}],
+                    "running": true, "paused": false, "batch_size": 1000,
+                    "batch_pause_ms": 0, "batch_timeout_ms": 5000, "batch_target_ms": 0,
+                    "max_replication_lag_ms": 0, "max_lock_waits": 0, "throttled": null,
+                    "started_ms": 1, "finished_ms": null, "error": null
+                },
+                "validation": {"mismatches": 1, "samples": ["7"], "at_ms": 2},
+                "statements": {"rewritten": 4, "refused": 0},
+                "old_shape": {"statements": 2, "last_ms": 9,
+                              "applications": [{"name": "v1", "last_ms": 9}]}
+            }]
+        });
+        let status: ProxyStatus = serde_json::from_value(served.clone()).unwrap();
+        assert_eq!(status.migrations[0].phase, Phase::Backfilling);
+        assert_eq!(status.migrations[0].backfill.slices[0].rows_done, 5);
+        assert_eq!(serde_json::to_value(&status).unwrap(), served);
+        let mut other = served;
+        other["migrations"][0]["backfill"]["rows_left"] = json!(90);
+        let err = serde_json::from_value::<ProxyStatus>(other).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `rows_left`"),
+            "{err}"
+        );
     }
 }

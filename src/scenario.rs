@@ -193,7 +193,7 @@ pub async fn run(
                 println!(
                     "  {:>6.1} s  {id}: {action} → phase {} ({} ms)",
                     started.elapsed().as_secs_f64(),
-                    status["phase"].as_str().unwrap_or("?"),
+                    status.phase,
                     t.elapsed().as_millis()
                 );
             }
@@ -230,17 +230,14 @@ pub async fn run(
     }
     let mut last_printed = -1i64;
     loop {
-        let statuses: Vec<Value> = ids
+        let statuses: Vec<_> = ids
             .iter()
             .map(|id| lifecycle.status_of(id))
             .collect::<Result<_, _>>()?;
-        let done: i64 = statuses
-            .iter()
-            .map(|s| s["backfill"]["rows_done"].as_i64().unwrap_or(0))
-            .sum();
+        let done: i64 = statuses.iter().map(|s| s.backfill.rows_done).sum();
         let total: i64 = statuses
             .iter()
-            .map(|s| s["backfill"]["rows_total"].as_i64().unwrap_or(0))
+            .map(|s| s.backfill.rows_total.unwrap_or(0))
             .sum();
         let tenth = if total > 0 { done * 10 / total } else { 0 };
         if tenth != last_printed {
@@ -253,7 +250,7 @@ pub async fn run(
                 "-".repeat(10 - filled)
             );
         }
-        if statuses.iter().all(|s| s["phase"] == "backfilled") {
+        if statuses.iter().all(|s| s.phase == Phase::Backfilled) {
             println!(
                 "  {:>6.1} s  both backfills done → phase backfilled",
                 started.elapsed().as_secs_f64()
@@ -270,7 +267,7 @@ pub async fn run(
     step("validate", json!({})).await?;
     for id in ids {
         let m = lifecycle.status_of(id)?;
-        let mismatches = m["validation"]["mismatches"].as_i64().unwrap_or(-1);
+        let mismatches = m.validation.map_or(-1, |v| v.mismatches);
         println!("             {id}: validation found {mismatches} mismatches");
         ok &= mismatches == 0;
     }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::guard::{self, refuse};
 use super::AdminState;
-use crate::api;
+use crate::api::{self, MigrationStatus};
 use crate::lifecycle::{ActionError, Lifecycle, ACTOR};
 
 /// The status page, compiled in.
@@ -187,16 +187,18 @@ async fn read_json(request: Request) -> Result<Value, Response> {
     })
 }
 
-fn json(status: StatusCode, body: Value) -> Response {
+fn json(status: StatusCode, body: impl serde::Serialize) -> Response {
+    // The admin API's types are strings, numbers and lists: they serialize.
+    let text = serde_json::to_string(&body).unwrap_or_else(|_| "null".into());
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(body.to_string()),
+        Body::from(text),
     )
         .into_response()
 }
 
-fn answer(result: Result<Value, ActionError>, ok: StatusCode) -> Response {
+fn answer(result: Result<MigrationStatus, ActionError>, ok: StatusCode) -> Response {
     match result {
         Ok(v) => json(ok, v),
         Err(e) => {

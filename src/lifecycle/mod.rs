@@ -41,9 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::api::{Action, NewMigration};
+use crate::api::{Action, MigrationStatus, NewMigration};
 use crate::config::Config;
 use crate::control;
 use crate::rewrite::migration::{quote_ident, Phase};
@@ -456,7 +454,7 @@ impl Lifecycle {
 
     /// `POST /migrations`: adds a migration (phase planned) to the store;
     /// every proxy of the database applies it before this returns.
-    pub async fn add(&self, m: &NewMigration) -> Result<Value, ActionError> {
+    pub async fn add(&self, m: &NewMigration) -> Result<MigrationStatus, ActionError> {
         let spec = crate::rewrite::migration::MigrationSpec::new(
             &m.id,
             &m.table,
@@ -512,7 +510,11 @@ impl Lifecycle {
     }
 
     /// Runs `action` on migration `id`; the answer is the migration's status.
-    pub async fn act(self: &Arc<Self>, id: &str, action: Action) -> Result<Value, ActionError> {
+    pub async fn act(
+        self: &Arc<Self>,
+        id: &str,
+        action: Action,
+    ) -> Result<MigrationStatus, ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let record = self.record(id)?;
         match action {

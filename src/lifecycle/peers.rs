@@ -50,17 +50,30 @@ pub async fn version(client: &Client) -> Result<i64, tokio_postgres::Error> {
         .get(0))
 }
 
+/// A proxy's old-shape usage of one migration as its heartbeat publishes
+/// it (`pgshift.proxies.old_shape` maps each migration id to one).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeartbeatUsage {
+    pub statements: u64,
+    pub last_ms: u64,
+    /// Each application's last old-shape statement (ms since the epoch).
+    pub applications: std::collections::BTreeMap<String, u64>,
+}
+
+/// A heartbeat's `old_shape`: each migration's usage, by its id.
+pub type OldShapeByMigration = std::collections::BTreeMap<String, HeartbeatUsage>;
+
 /// Records that proxy `id` (at `address`) is alive and has applied `applied`.
-/// `old_shape` is this proxy's old-shape usage: `{migration id:
-/// {"statements": n, "last_ms": t, "applications": {name: t}}}`.
+/// `old_shape` is this proxy's old-shape usage, by migration id.
 pub async fn heartbeat(
     client: &Client,
     id: &str,
     address: &str,
     applied: i64,
-    old_shape: &serde_json::Value,
+    old_shape: &OldShapeByMigration,
 ) -> Result<(), tokio_postgres::Error> {
-    let old_shape = old_shape.to_string();
+    // A map of strings and numbers always serializes.
+    let old_shape = serde_json::to_string(old_shape).unwrap_or_else(|_| "{}".into());
     client
         .execute(
             &format!(

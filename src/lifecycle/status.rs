@@ -1,90 +1,106 @@
 //! What the admin port reports: each migration's status as JSON, the
 //! whole proxy's status, and the Prometheus metrics.
 
-use serde_json::{json, Value};
-
 use std::sync::atomic::Ordering;
 
+use super::peers::{HeartbeatUsage, OldShapeByMigration};
 use super::store::Record;
 use super::{ActionError, Lifecycle};
+use crate::api::{
+    ApplicationSeen, BackfillStatus, MigrationStatus, OldShapeStatus, ProxyStatus, ReadSource,
+    StatementCounts, ValidationStatus,
+};
 use crate::rewrite::migration::Phase;
 
 impl Lifecycle {
     /// This proxy's old-shape usage, as its heartbeat publishes it.
-    pub(super) fn old_shape_json(&self) -> Value {
-        let mut out = serde_json::Map::new();
-        for (id, usage) in self.rules.old_shape_usage() {
-            let apps: serde_json::Map<String, Value> = usage
-                .applications
-                .iter()
-                .map(|(name, ms)| (name.clone(), json!(ms)))
-                .collect();
-            out.insert(
-                id,
-                json!({ "statements": usage.statements, "last_ms": usage.last_ms, "applications": apps }),
-            );
-        }
-        Value::Object(out)
+    pub(super) fn old_shape_json(&self) -> OldShapeByMigration {
+        self.rules
+            .old_shape_usage()
+            .into_iter()
+            .map(|(id, usage)| {
+                let heard = HeartbeatUsage {
+                    statements: usage.statements,
+                    last_ms: usage.last_ms,
+                    applications: usage.applications.into_iter().collect(),
+                };
+                (id, heard)
+            })
+            .collect()
     }
 
     /// One migration's status, as `/status` lists it.
-    pub fn status_of(&self, id: &str) -> Result<Value, ActionError> {
+    pub fn status_of(&self, id: &str) -> Result<MigrationStatus, ActionError> {
         let record = self.record(id)?;
         Ok(self.status_json(&record))
     }
 
-    pub(super) fn status_json(&self, r: &Record) -> Value {
-        let counters = self.rules.counters();
-        let (rewritten, refused) = counters
+    pub(super) fn status_json(&self, r: &Record) -> MigrationStatus {
+        let statements = self
+            .rules
+            .counters()
             .iter()
             .find(|(id, _, _)| *id == r.spec.id)
-            .map(|(_, a, b)| (*a, *b))
-            .unwrap_or((0, 0));
+            .map(|&(_, rewritten, refused)| StatementCounts { rewritten, refused })
+            .unwrap_or_default();
         let old_shape = self
             .rules
             .old_shape_usage()
             .into_iter()
             .find(|(id, _)| *id == r.spec.id)
-            .map(|(_, u)| json!({
-                "statements": u.statements,
-                "last_ms": u.last_ms,
-                "applications": u.applications.iter().map(|(name, ms)| json!({"name": name, "last_ms": ms})).collect::<Vec<_>>(),
-            }));
-        let b = &r.backfill;
-        json!({
-            "id": r.spec.id,
-            "table": r.spec.table.to_string(),
-            "from": r.spec.from,
-            "to": r.spec.to,
-            "type": r.spec.new_type,
-            "phase": r.phase.as_str(),
-            "read_source": if r.phase.reads_new() { "new" } else { "old" },
-            "backfill": {
-                "rows_done": b.rows_done,
-                "rows_total": b.rows_total,
-                "workers": b.workers,
-                "slices": b.slices,
-                "running": b.running,
-                "paused": b.paused,
-                "batch_size": b.batch_size,
-                "batch_pause_ms": b.batch_pause_ms,
-                "batch_timeout_ms": b.batch_timeout_ms,
-                "batch_target_ms": b.batch_target_ms,
-                "max_replication_lag_ms": b.max_replication_lag_ms,
-                "max_lock_waits": b.max_lock_waits,
-                "throttled": self.throttled.lock().unwrap_or_else(|e| e.into_inner()).get(&r.spec.id).cloned(),
-                "started_ms": b.started_ms,
-                "finished_ms": b.finished_ms,
-                "error": b.error,
+            .map(|(_, u)| OldShapeStatus {
+                statements: u.statements,
+                last_ms: u.last_ms,
+                applications: u
+                    .applications
+                    .into_iter()
+                    .map(|(name, last_ms)| ApplicationSeen { name, last_ms })
+                    .collect(),
+            });
+        MigrationStatus {
+            id: r.spec.id.clone(),
+            table: r.spec.table.to_string(),
+            from: r.spec.from.clone(),
+            to: r.spec.to.clone(),
+            new_type: r.spec.new_type.clone(),
+            phase: r.phase,
+            read_source: if r.phase.reads_new() {
+                ReadSource::New
+            } else {
+                ReadSource::Old
             },
-            "validation": r.validation.as_ref().map(|v| json!({
-                "mismatches": v.mismatches,
-                "samples": v.samples,
-                "at_ms": v.at_ms,
-            })),
-            "statements": { "rewritten": rewritten, "refused": refused },
-            "old_shape": old_shape,
-        })
+            backfill: self.backfill_status(r),
+            validation: r.validation.as_ref().map(|v| ValidationStatus {
+                mismatches: v.mismatches,
+                samples: v.samples.clone(),
+                at_ms: v.at_ms,
+            }),
+            statements,
+            old_shape,
+        }
+    }
+
+    fn backfill_status(&self, r: &Record) -> BackfillStatus {
+        let b = &r.backfill;
+        let throttled = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        BackfillStatus {
+            rows_done: b.rows_done,
+            rows_total: b.rows_total,
+            workers: b.workers,
+            slices: b.slices.clone(),
+            running: b.running,
+            paused: b.paused,
+            batch_size: b.batch_size,
+            batch_pause_ms: b.batch_pause_ms,
+            batch_timeout_ms: b.batch_timeout_ms,
+            batch_target_ms: b.batch_target_ms,
+            max_replication_lag_ms: b.max_replication_lag_ms,
+            max_lock_waits: b.max_lock_waits,
+            throttled: throttled.get(&r.spec.id).cloned(),
+            started_ms: b.started_ms,
+            finished_ms: b.finished_ms,
+            error: b.error.clone(),
+        }
     }
 
     /// The metrics of this proxy and its migrations, in the OpenMetrics
@@ -212,13 +228,12 @@ impl Lifecycle {
     }
 
     /// Every migration's status.
-    pub fn status(&self) -> Value {
-        let migrations: Vec<Value> = self.records().iter().map(|r| self.status_json(r)).collect();
-        json!({
-            "rules_epoch": self.rules.epoch(),
-            "database": self.config.control.database,
-            "upstream": self.config.upstream.to_string(),
-            "migrations": migrations,
-        })
+    pub fn status(&self) -> ProxyStatus {
+        ProxyStatus {
+            rules_epoch: self.rules.epoch(),
+            database: self.config.control.database.clone(),
+            upstream: self.config.upstream.to_string(),
+            migrations: self.records().iter().map(|r| self.status_json(r)).collect(),
+        }
     }
 }

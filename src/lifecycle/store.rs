@@ -75,17 +75,7 @@ create table if not exists pgshift.events (
 /// Milliseconds since the Unix epoch, as Postgres computes it.
 pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-/// One worker's share of a backfill split over several workers: the keys
-/// after `cursor` up to `upper` (inclusive; `None`: to the end of the
-/// table). Its cursor and row count are committed with each of its batches.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Slice {
-    /// Key of the last row done in the slice (its lower bound, exclusive,
-    /// before its first batch; `None`: from the table's first key).
-    pub cursor: Option<Vec<String>>,
-    pub upper: Option<Vec<String>>,
-    pub rows_done: i64,
-}
+pub use crate::api::Slice;
 
 /// Backfill settings and progress.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -1203,11 +1203,7 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lifecycle.status_of(&id).unwrap()["backfill"]["rows_done"]
-        .as_i64()
-        .unwrap()
-        < 20000
-    {
+    while lifecycle.status_of(&id).unwrap().backfill.rows_done < 20000 {
         assert!(Instant::now() < deadline, "the backfill does not move");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1220,16 +1216,16 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let m = loop {
         let m = lifecycle.status_of(&id).unwrap();
-        if m["phase"] == "backfilled" {
+        if m.phase == pgshift::rewrite::migration::Phase::Backfilled {
             break m;
         }
         assert!(
             Instant::now() < deadline,
-            "the backfill never finished: {m}"
+            "the backfill never finished: {m:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(m["backfill"]["rows_done"], 200000, "{m}");
+    assert_eq!(m.backfill.rows_done, 200000, "{m:?}");
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
     assert!(writes > 0);
@@ -1237,7 +1233,7 @@ async fn a_postgres_restart_during_the_backfill_is_waited_out() {
         .act(&id, Action::Validate(Default::default()))
         .await
         .unwrap();
-    assert_eq!(m["validation"]["mismatches"], 0, "{m}");
+    assert_eq!(m.validation.map(|v| v.mismatches), Some(0));
     lifecycle.leave().await;
     drop(proxy);
 }
