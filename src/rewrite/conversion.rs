@@ -107,7 +107,6 @@ fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(),
     if depth > MAX_DEPTH {
         return Err(format!("nests more than {MAX_DEPTH} deep"));
     }
-    let sub = |e: &Expr, named: &mut bool| walk(e, column, named, depth + 1);
     match expr {
         Expr::Identifier(ident) => {
             let name = match ident.quote_style {
@@ -122,44 +121,53 @@ fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(),
             *named = true;
             Ok(())
         }
-        Expr::Value(_) | Expr::TypedString { .. } => Ok(()),
-        Expr::Nested(e) | Expr::UnaryOp { expr: e, .. } => sub(e, named),
-        Expr::Interval(interval) => sub(&interval.value, named),
-        Expr::Cast { expr, .. } => sub(expr, named),
-        Expr::BinaryOp { left, op, right } => {
-            use BinaryOperator as B;
-            let plain = matches!(
-                op,
-                B::Plus
-                    | B::Minus
-                    | B::Multiply
-                    | B::Divide
-                    | B::Modulo
-                    | B::StringConcat
-                    | B::Gt
-                    | B::Lt
-                    | B::GtEq
-                    | B::LtEq
-                    | B::Eq
-                    | B::NotEq
-                    | B::And
-                    | B::Or
-                    | B::BitwiseAnd
-                    | B::BitwiseOr
-                    | B::PGBitwiseXor
-                    | B::PGBitwiseShiftLeft
-                    | B::PGBitwiseShiftRight
-                    | B::PGExp
-            );
-            if !plain {
-                return Err(format!(
-                    "uses the operator {op}, which a conversion may not (arithmetic, comparison, logic, ||)"
-                ));
-            }
-            sub(left, named)?;
-            sub(right, named)
-        }
-        Expr::IsNull(e)
+        Expr::Function(f) => function(f, column, named, depth),
+        Expr::BinaryOp { op, .. } if !plain_operator(op) => Err(format!(
+            "uses the operator {op}, which a conversion may not (arithmetic, comparison, logic, ||)"
+        )),
+        _ => children(expr)?
+            .into_iter()
+            .try_for_each(|e| walk(e, column, named, depth + 1)),
+    }
+}
+
+/// The operators a conversion may use: arithmetic, comparison, logic, `||`.
+fn plain_operator(op: &BinaryOperator) -> bool {
+    use BinaryOperator as B;
+    matches!(
+        op,
+        B::Plus
+            | B::Minus
+            | B::Multiply
+            | B::Divide
+            | B::Modulo
+            | B::StringConcat
+            | B::Gt
+            | B::Lt
+            | B::GtEq
+            | B::LtEq
+            | B::Eq
+            | B::NotEq
+            | B::And
+            | B::Or
+            | B::BitwiseAnd
+            | B::BitwiseOr
+            | B::PGBitwiseXor
+            | B::PGBitwiseShiftLeft
+            | B::PGBitwiseShiftRight
+            | B::PGExp
+    )
+}
+
+/// The expressions inside an accepted form (none for a literal); an error
+/// naming the form when a conversion may not use it.
+fn children(expr: &Expr) -> Result<Vec<&Expr>, String> {
+    Ok(match expr {
+        Expr::Value(_) | Expr::TypedString { .. } => vec![],
+        Expr::Nested(e)
+        | Expr::UnaryOp { expr: e, .. }
+        | Expr::Cast { expr: e, .. }
+        | Expr::IsNull(e)
         | Expr::IsNotNull(e)
         | Expr::IsTrue(e)
         | Expr::IsFalse(e)
@@ -169,77 +177,52 @@ fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(),
         | Expr::IsNotUnknown(e)
         | Expr::Ceil { expr: e, .. }
         | Expr::Floor { expr: e, .. }
-        | Expr::Extract { expr: e, .. } => sub(e, named),
-        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
-            sub(a, named)?;
-            sub(b, named)
-        }
+        | Expr::Extract { expr: e, .. } => vec![e],
+        Expr::Interval(interval) => vec![&interval.value],
+        Expr::BinaryOp { left, right, .. } => vec![left, right],
+        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => vec![a, b],
         Expr::AtTimeZone {
             timestamp,
             time_zone,
-        } => {
-            sub(timestamp, named)?;
-            sub(time_zone, named)
-        }
+        } => vec![timestamp, time_zone],
         Expr::Between {
             expr, low, high, ..
-        } => {
-            sub(expr, named)?;
-            sub(low, named)?;
-            sub(high, named)
-        }
-        Expr::InList { expr, list, .. } => {
-            sub(expr, named)?;
-            list.iter().try_for_each(|e| sub(e, named))
-        }
+        } => vec![expr, low, high],
+        Expr::InList { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
         Expr::Like { expr, pattern, .. }
         | Expr::ILike { expr, pattern, .. }
-        | Expr::SimilarTo { expr, pattern, .. } => {
-            sub(expr, named)?;
-            sub(pattern, named)
-        }
+        | Expr::SimilarTo { expr, pattern, .. } => vec![expr, pattern],
         Expr::Case {
             operand,
             conditions,
             else_result,
             ..
-        } => {
-            if let Some(o) = operand {
-                sub(o, named)?;
-            }
-            for when in conditions {
-                sub(&when.condition, named)?;
-                sub(&when.result, named)?;
-            }
-            else_result.as_deref().map_or(Ok(()), |e| sub(e, named))
-        }
+        } => operand
+            .iter()
+            .map(|o| &**o)
+            .chain(conditions.iter().flat_map(|w| [&w.condition, &w.result]))
+            .chain(else_result.as_deref())
+            .collect(),
         Expr::Substring {
             expr,
             substring_from,
             substring_for,
             ..
-        } => {
-            sub(expr, named)?;
-            for e in [substring_from, substring_for].into_iter().flatten() {
-                sub(e, named)?;
-            }
-            Ok(())
-        }
+        } => std::iter::once(&**expr)
+            .chain(substring_from.as_deref())
+            .chain(substring_for.as_deref())
+            .collect(),
         Expr::Trim {
             expr, trim_what, ..
-        } => {
-            sub(expr, named)?;
-            trim_what.as_deref().map_or(Ok(()), |e| sub(e, named))
-        }
-        Expr::Function(f) => function(f, column, named, depth),
+        } => std::iter::once(&**expr).chain(trim_what.as_deref()).collect(),
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
-            Err("has a subquery, which a conversion may not".into())
+            return Err("has a subquery, which a conversion may not".into())
         }
-        other => Err(format!(
+        other => return Err(format!(
             "uses {}, which pgshift does not accept in a conversion (the column, literals, casts, operators, CASE and immutable built-in functions)",
             kind(other)
         )),
-    }
+    })
 }
 
 fn function(f: &Function, column: &str, named: &mut bool, depth: usize) -> Result<(), String> {

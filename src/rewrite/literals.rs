@@ -42,46 +42,19 @@ pub fn normalize(sql: &[u8]) -> Option<Normalized> {
     let n = sql.len();
     while i < n {
         let b = sql[i];
-        match b {
+        i = match b {
             b'\'' => {
                 // E'…', B'…', X'…', U&'…' have other escaping rules.
                 if i > 0 && (is_ident_byte(sql[i - 1]) || sql[i - 1] == b'&') {
                     return None;
                 }
-                let start = i;
-                i += 1;
-                loop {
-                    match sql.get(i) {
-                        None => return None,
-                        Some(b'\'') if sql.get(i + 1) == Some(&b'\'') => i += 2,
-                        Some(b'\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-                literals.push((start, i, Kind::String));
+                let end = string_end(sql, i)?;
+                literals.push((i, end, Kind::String));
+                end
             }
-            b'"' => {
-                i += 1;
-                while i < n && sql[i] != b'"' {
-                    i += 1;
-                }
-                i = (i + 1).min(n);
-            }
-            b'-' if sql.get(i + 1) == Some(&b'-') => {
-                while i < n && sql[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if sql.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < n && !(sql[i] == b'*' && sql[i + 1] == b'/') {
-                    i += 1;
-                }
-                i = (i + 2).min(n);
-            }
+            b'"' => quoted_ident_end(sql, i),
+            b'-' if sql.get(i + 1) == Some(&b'-') => line_comment_end(sql, i),
+            b'/' if sql.get(i + 1) == Some(&b'*') => block_comment_end(sql, i),
             b'$' if sql.get(i + 1).is_some_and(|c| !c.is_ascii_digit()) => {
                 return None; // dollar quoting
             }
@@ -89,56 +62,107 @@ pub fn normalize(sql: &[u8]) -> Option<Normalized> {
                 if (b != b'.' || sql.get(i + 1).is_some_and(u8::is_ascii_digit))
                     && !(i > 0 && (is_ident_byte(sql[i - 1]) || sql[i - 1] == b'.')) =>
             {
-                let start = i;
-                while i < n && sql[i].is_ascii_digit() {
-                    i += 1;
-                }
-                if i < n && sql[i] == b'.' && sql.get(i + 1) != Some(&b'.') {
-                    i += 1;
-                    while i < n && sql[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                }
-                if i < n && (sql[i] == b'e' || sql[i] == b'E') {
-                    let mut j = i + 1;
-                    if j < n && (sql[j] == b'+' || sql[j] == b'-') {
-                        j += 1;
-                    }
-                    if j < n && sql[j].is_ascii_digit() {
-                        i = j;
-                        while i < n && sql[i].is_ascii_digit() {
-                            i += 1;
-                        }
-                    }
-                }
-                if i < n && is_ident_byte(sql[i]) {
-                    return None; // 12abc: not a number the scan understands
-                }
-                literals.push((start, i, Kind::Number));
+                let end = number_end(sql, i)?;
+                literals.push((i, end, Kind::Number));
+                end
             }
-            _ if is_ident_byte(b) => {
-                while i < n && is_ident_byte(sql[i]) {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
-        }
+            _ if is_ident_byte(b) => ident_end(sql, i),
+            _ => i + 1,
+        };
     }
-    let mut key = Vec::new();
-    if !literals.is_empty() {
-        key.reserve(sql.len());
-        let mut at = 0;
-        for &(start, end, kind) in &literals {
-            key.extend_from_slice(&sql[at..start]);
-            key.extend_from_slice(match kind {
-                Kind::Number => b"\0n",
-                Kind::String => b"\0s",
-            });
-            at = end;
-        }
-        key.extend_from_slice(&sql[at..]);
-    }
+    let key = template_key(sql, &literals);
     Some(Normalized { key, literals })
+}
+
+/// The end of the string literal opening at `start` (just past its closing
+/// quote; `''` is a quote inside it); `None` when it is not closed.
+fn string_end(sql: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        match sql.get(i) {
+            None => return None,
+            Some(b'\'') if sql.get(i + 1) == Some(&b'\'') => i += 2,
+            Some(b'\'') => return Some(i + 1),
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// Just past the quoted identifier opening at `start` (or the end).
+fn quoted_ident_end(sql: &[u8], start: usize) -> usize {
+    let close = sql[start + 1..].iter().position(|&c| c == b'"');
+    close.map_or(sql.len(), |k| start + 1 + k + 1)
+}
+
+/// The newline ending the `--` comment at `start` (or the end).
+fn line_comment_end(sql: &[u8], start: usize) -> usize {
+    let newline = sql[start..].iter().position(|&c| c == b'\n');
+    newline.map_or(sql.len(), |k| start + k)
+}
+
+/// Just past the `*/` closing the comment at `start` (or the end).
+fn block_comment_end(sql: &[u8], start: usize) -> usize {
+    let close = sql[start + 2..].windows(2).position(|w| w == b"*/");
+    close.map_or(sql.len(), |k| start + 2 + k + 2)
+}
+
+/// Just past the identifier or keyword at `start`.
+fn ident_end(sql: &[u8], start: usize) -> usize {
+    let len = sql[start..]
+        .iter()
+        .take_while(|&&c| is_ident_byte(c))
+        .count();
+    start + len
+}
+
+/// Just past the digits from `i`.
+fn digits_end(sql: &[u8], i: usize) -> usize {
+    i + sql[i..].iter().take_while(|c| c.is_ascii_digit()).count()
+}
+
+/// The end of the number at `start` (digits, a fraction, an exponent);
+/// `None` when letters follow it (`12abc`: not a number the scan
+/// understands).
+fn number_end(sql: &[u8], start: usize) -> Option<usize> {
+    let n = sql.len();
+    let mut i = digits_end(sql, start);
+    if i < n && sql[i] == b'.' && sql.get(i + 1) != Some(&b'.') {
+        i = digits_end(sql, i + 1);
+    }
+    if i < n && (sql[i] == b'e' || sql[i] == b'E') {
+        let mut j = i + 1;
+        if j < n && (sql[j] == b'+' || sql[j] == b'-') {
+            j += 1;
+        }
+        if j < n && sql[j].is_ascii_digit() {
+            i = digits_end(sql, j);
+        }
+    }
+    if i < n && is_ident_byte(sql[i]) {
+        return None;
+    }
+    Some(i)
+}
+
+/// `sql` with each literal replaced by its kind's mark (`\0n`, `\0s`);
+/// empty when there is none (the text is its own key).
+fn template_key(sql: &[u8], literals: &[(usize, usize, Kind)]) -> Vec<u8> {
+    let mut key = Vec::new();
+    if literals.is_empty() {
+        return key;
+    }
+    key.reserve(sql.len());
+    let mut at = 0;
+    for &(start, end, kind) in literals {
+        key.extend_from_slice(&sql[at..start]);
+        key.extend_from_slice(match kind {
+            Kind::Number => b"\0n",
+            Kind::String => b"\0s",
+        });
+        at = end;
+    }
+    key.extend_from_slice(&sql[at..]);
+    key
 }
 
 /// The sentinel standing for literal number `k` of a statement.
