@@ -27,17 +27,10 @@ use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 use serde_json::{json, Value};
 
 mod common;
-use common::{env_num, finish_pgbench, pgbench_init, spawn_pgbench, start_pgshift};
-
-async fn admin(addr: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-    let (code, answer) = pgshift::admin::request(addr, method, path, body.as_ref(), None)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    if !(200..300).contains(&code) {
-        bail!("{method} {path}: HTTP {code}: {answer}");
-    }
-    Ok(answer)
-}
+use common::{
+    admin, connect, env_num, finish_pgbench, now_us, pgbench_init, spawn_pgbench, start_pgshift,
+    wait_for_admin,
+};
 
 async fn migration(addr: &str) -> Result<Value> {
     let status = admin(addr, "GET", "/status", None).await?;
@@ -89,14 +82,6 @@ fn window(transactions: &[(u64, u64)], from: u64, to: u64) -> Result<(f64, f64)>
     Ok((tps, latencies[latencies.len() * 99 / 100] as f64 / 1000.0))
 }
 
-/// Microseconds since the epoch.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 fn main() -> Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         println!("backfill: run with `cargo bench --bench backfill`");
@@ -144,29 +129,17 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let wait_admin = |addr: &str| {
-        runtime.block_on(async {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while migration(addr).await.is_err() {
-                if Instant::now() > deadline {
-                    bail!("the admin port {addr} never answered");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Ok(())
-        })
-    };
 
     // Idle: pgshift's backfill.
     let (_, idle_admin) = &addrs[0];
-    wait_admin(idle_admin)?;
+    wait_for_admin(&runtime, idle_admin)?;
     let started = Instant::now();
     runtime.block_on(async {
         admin(
             idle_admin,
             "POST",
             "/migrations/accounts_balance/backfill",
-            Some(json!({ "batch_size": batch, "batch_target_ms": target_ms, "workers": workers })),
+            Some(&json!({ "batch_size": batch, "batch_target_ms": target_ms, "workers": workers })),
         )
         .await?;
         loop {
@@ -193,7 +166,7 @@ fn main() -> Result<()> {
     // that ended while it ran.
     let (load_port, load_admin) = &addrs[1];
     let (hand_port, _) = &addrs[2];
-    wait_admin(load_admin)?;
+    wait_for_admin(&runtime, load_admin)?;
     let secs_s = secs.to_string();
     let run = |port: u16, db: &str, prefix: &str| -> Result<Vec<(u64, u64)>> {
         let log_prefix = dir.join(prefix).display().to_string();
@@ -233,14 +206,7 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?;
         runtime.block_on(async move {
-            let mut config = tokio_postgres::Config::new();
-            config
-                .host("127.0.0.1")
-                .port(cluster_port)
-                .user(SUPERUSER)
-                .dbname("hand");
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            let client = connect(cluster_port, "hand").await?;
             let update = client
                 .prepare(
                     "update pgbench_accounts set balance = abalance where aid between $1 and $2",
@@ -275,7 +241,7 @@ fn main() -> Result<()> {
         load_admin,
         "POST",
         "/migrations/accounts_balance/backfill",
-        Some(json!({ "batch_size": batch, "batch_target_ms": target_ms, "workers": workers })),
+        Some(&json!({ "batch_size": batch, "batch_target_ms": target_ms, "workers": workers })),
     ))?;
     let during = run(*load_port, "load", "during")?;
     let m = runtime.block_on(migration(load_admin))?;

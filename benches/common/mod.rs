@@ -1,6 +1,6 @@
 //! What the pgbench benchmarks share: knobs from the environment, child
 //! servers killed on drop, starting pgshift, running pgbench and reading
-//! its summary.
+//! its summary, pgshift's admin port, a direct connection, the wall clock.
 
 #![allow(dead_code)] // each bench uses a different subset
 
@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokio::runtime::Runtime;
 
 pub const PGSHIFT: &str = env!("CARGO_BIN_EXE_pgshift");
 
@@ -146,4 +148,71 @@ pub fn pgbench_init(cluster: &pgshift::cluster::Cluster, db: &str, scale: u32) -
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// One request to pgshift's admin port at `addr`: (HTTP status, answer).
+pub async fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    pgshift::admin::request(addr, method, path, body, None)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// One request to pgshift's admin port at `addr`; an answer other than
+/// 2xx is an error.
+pub async fn admin(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    let (code, answer) = admin_request(addr, method, path, body).await?;
+    if !(200..300).contains(&code) {
+        bail!("{method} {path}: HTTP {code}: {answer}");
+    }
+    Ok(answer)
+}
+
+/// Waits (20 s at most) for pgshift's admin port at `addr` to answer
+/// `/status`.
+pub fn wait_for_admin(rt: &Runtime, addr: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = rt.block_on(admin_request(addr, "GET", "/status", None));
+        if matches!(answer, Ok((200, _))) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the admin port {addr} never answered");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A connection as the superuser to `db` on `port`, its connection task
+/// spawned on the current runtime.
+pub async fn connect(port: u16, db: &str) -> Result<tokio_postgres::Client> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(pgshift::cluster::SUPERUSER)
+        .dbname(db);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Seconds since the epoch.
+pub fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
