@@ -180,8 +180,16 @@ fn describe(
     definition: Option<String>,
     extra: Option<String>,
 ) -> Dependent {
+    if let Some((kind, why)) = uncarriable(spec, kind, &name, definition.as_deref()) {
+        return Dependent {
+            kind,
+            name,
+            carry: Err(why),
+        };
+    }
     let a = quote_ident(&spec.from);
     let table = spec.table.to_string();
+    let unreadable = || "its definition could not be carried onto the new column".to_string();
     let (kind, carry) = match kind {
         "view" => (
             Kind::View,
@@ -190,31 +198,31 @@ fn describe(
                 None => Err("its definition could not be read".into()),
             },
         ),
-        "materialized view" => (
-            Kind::MaterializedView,
-            Err(format!(
-                "Postgres cannot redefine a materialized view in place: drop it before the contract and create it again over the new column after it (or exclude {a} from it)"
-            )),
-        ),
         "trigger" => (
             Kind::Trigger,
             definition
                 .as_deref()
                 .and_then(|def| trigger(spec, def))
-                .ok_or_else(|| "its definition could not be carried onto the new column".to_string()),
+                .ok_or_else(unreadable),
         ),
-        "policy" => (Kind::Policy, policy(spec, &name, definition.as_deref(), extra.as_deref())),
+        "policy" => (
+            Kind::Policy,
+            policy(spec, &name, definition.as_deref(), extra.as_deref()),
+        ),
         "statistics" => (
             Kind::Statistics,
             definition
                 .as_deref()
                 .and_then(|def| statistics(spec, &name, def))
-                .ok_or_else(|| "its definition could not be carried onto the new column".to_string()),
+                .ok_or_else(unreadable),
         ),
         "sequence" => (
             Kind::Sequence,
             Ok((
-                format!("alter sequence {name} owned by {table}.{}", quote_ident(&spec.to)),
+                format!(
+                    "alter sequence {name} owned by {table}.{}",
+                    quote_ident(&spec.to)
+                ),
                 format!("alter sequence {name} owned by {table}.{a}"),
             )),
         ),
@@ -225,37 +233,63 @@ fn describe(
                     "alter table {table} replica identity using index {}",
                     quote_ident(&super::indexes::copy_name(&name, &spec.to))
                 ),
-                format!("alter table {table} replica identity using index {}", quote_ident(&name)),
+                format!(
+                    "alter table {table} replica identity using index {}",
+                    quote_ident(&name)
+                ),
             )),
+        ),
+        _ => (
+            Kind::Other,
+            Err("pgshift does not know how to carry it".into()),
+        ),
+    };
+    Dependent { kind, name, carry }
+}
+
+/// The kinds of dependent pgshift cannot carry, with what the operator
+/// does instead; `None` for the kinds it carries.
+fn uncarriable(
+    spec: &MigrationSpec,
+    kind: &str,
+    name: &str,
+    definition: Option<&str>,
+) -> Option<(Kind, String)> {
+    let a = quote_ident(&spec.from);
+    let table = spec.table.to_string();
+    let definition = definition.unwrap_or_default();
+    Some(match kind {
+        "materialized view" => (
+            Kind::MaterializedView,
+            format!(
+                "Postgres cannot redefine a materialized view in place: drop it before the contract and create it again over the new column after it (or exclude {a} from it)"
+            ),
         ),
         "publication" => (
             Kind::Publication,
-            Err(format!(
+            format!(
                 "its column list for {table} names {a}; a subscriber would need the new column too: remove {a} from the column list (ALTER PUBLICATION … SET TABLE {table} (…)) before the contract and add {} after it",
                 quote_ident(&spec.to)
-            )),
+            ),
         ),
         "partition key" => (
             Kind::PartitionKey,
-            Err(format!(
-                "{a} is in the partition key ({}); Postgres cannot change a table's partition key",
-                definition.unwrap_or_default()
-            )),
+            format!(
+                "{a} is in the partition key ({definition}); Postgres cannot change a table's partition key"
+            ),
         ),
         "generated column" => (
             Kind::GeneratedColumn,
-            Err(format!(
-                "it is computed from {a} ({}); Postgres cannot change a stored generated column's expression without rewriting the table under an exclusive lock: turn it into a plain column first (ALTER TABLE {table} ALTER COLUMN {name} DROP EXPRESSION) and keep it up to date from the application or a trigger, or drop it",
-                definition.unwrap_or_default()
-            )),
+            format!(
+                "it is computed from {a} ({definition}); Postgres cannot change a stored generated column's expression without rewriting the table under an exclusive lock: turn it into a plain column first (ALTER TABLE {table} ALTER COLUMN {name} DROP EXPRESSION) and keep it up to date from the application or a trigger, or drop it"
+            ),
         ),
         "rule" => (
             Kind::Rule,
-            Err("pgshift does not rewrite rules (CREATE RULE); drop the rule before the contract and create it again over the new column after it".into()),
+            "pgshift does not rewrite rules (CREATE RULE); drop the rule before the contract and create it again over the new column after it".into(),
         ),
-        _ => (Kind::Other, Err("pgshift does not know how to carry it".into())),
-    };
-    Dependent { kind, name, carry }
+        _ => return None,
+    })
 }
 
 /// A view's redefinition: its definition as the rewriter serves an

@@ -1,6 +1,10 @@
 //! What the admin port reports: each migration's status as JSON, the
 //! whole proxy's status, and the Prometheus metrics.
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering;
 
 use super::peers::{HeartbeatUsage, OldShapeByMigration};
@@ -107,124 +111,74 @@ impl Lifecycle {
     /// text format: what the session counters and the records say now,
     /// and the statement latency histograms.
     pub fn metrics(&self) -> String {
-        use prometheus_client::metrics::counter::Counter;
-        use prometheus_client::metrics::family::Family;
-        use prometheus_client::metrics::gauge::Gauge;
-        use prometheus_client::registry::Registry;
-        type Labels = Vec<(&'static str, String)>;
         let mut registry = Registry::default();
+        self.register_proxy(&mut registry);
+        self.register_migrations(&mut registry);
+        crate::metrics::latency().register(&mut registry);
+        crate::metrics::encode(&registry)
+    }
+
+    /// The proxy's own gauges and counters: sessions, rules epoch, state.
+    fn register_proxy(&self, registry: &mut Registry) {
         let (accepted, active, rejected) = crate::proxy::stats::sessions();
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
-        let counter = |v: u64| {
-            let c: Counter = Counter::default();
-            c.inc_by(v);
-            c
-        };
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        registry.register(
+        let epoch = as_i64(self.rules.epoch());
+        let applied = self.applied.load(Ordering::Acquire);
+        let r = registry;
+        r.register(
             "pgshift_sessions",
             "Client sessions relayed now",
             gauge(as_i64(active)),
         );
-        registry.register(
+        r.register(
             "pgshift_sessions_accepted",
             "Client sessions relayed since start",
             counter(accepted),
         );
-        registry.register(
+        r.register(
             "pgshift_sessions_rejected",
             "Connections refused at a connection limit",
             counter(rejected),
         );
-        registry.register(
+        r.register(
             "pgshift_rules_epoch",
             "The rewrite rules epoch in force",
-            gauge(as_i64(self.rules.epoch())),
+            gauge(epoch),
         );
-        registry.register(
+        r.register(
             "pgshift_state_version",
             "The migration state version applied",
-            gauge(self.applied.load(Ordering::Acquire)),
+            gauge(applied),
         );
-        let of = |id: &str| -> Labels { vec![("migration", id.to_string())] };
-        let phases = Family::<Labels, Gauge>::default();
-        let rewritten = Family::<Labels, Counter>::default();
-        let refused = Family::<Labels, Counter>::default();
-        let old_shape = Family::<Labels, Counter>::default();
-        let rows_done = Family::<Labels, Gauge>::default();
-        let rows_total = Family::<Labels, Gauge>::default();
-        let running = Family::<Labels, Gauge>::default();
-        let mismatches = Family::<Labels, Gauge>::default();
+    }
+
+    /// Per-migration families: phase, statements, backfill, validation.
+    fn register_migrations(&self, registry: &mut Registry) {
+        let f = MigrationFamilies::default();
         for r in self.records() {
             let id = &r.spec.id;
             for p in Phase::ALL {
                 let mut labels = of(id);
                 labels.push(("phase", p.to_string()));
-                phases.get_or_create(&labels).set(i64::from(p == r.phase));
+                f.phases.get_or_create(&labels).set(i64::from(p == r.phase));
             }
-            rows_done.get_or_create(&of(id)).set(r.backfill.rows_done);
-            rows_total
+            f.rows_done.get_or_create(&of(id)).set(r.backfill.rows_done);
+            f.rows_total
                 .get_or_create(&of(id))
                 .set(r.backfill.rows_total.unwrap_or(0));
-            running
+            f.running
                 .get_or_create(&of(id))
                 .set(i64::from(r.backfill.running));
             let found = r.validation.as_ref().map_or(-1, |v| v.mismatches);
-            mismatches.get_or_create(&of(id)).set(found);
+            f.mismatches.get_or_create(&of(id)).set(found);
         }
         for (id, rw, rf) in self.rules.counters() {
-            rewritten.get_or_create(&of(&id)).inc_by(rw);
-            refused.get_or_create(&of(&id)).inc_by(rf);
+            f.rewritten.get_or_create(&of(&id)).inc_by(rw);
+            f.refused.get_or_create(&of(&id)).inc_by(rf);
         }
         for (id, usage) in self.rules.old_shape_usage() {
-            old_shape.get_or_create(&of(&id)).inc_by(usage.statements);
+            f.old_shape.get_or_create(&of(&id)).inc_by(usage.statements);
         }
-        registry.register(
-            "pgshift_migration_phase",
-            "1 for each migration's current phase",
-            phases,
-        );
-        registry.register(
-            "pgshift_statements_rewritten",
-            "Statements rewritten for a migration",
-            rewritten,
-        );
-        registry.register(
-            "pgshift_statements_refused",
-            "Statements refused for a migration",
-            refused,
-        );
-        registry.register(
-            "pgshift_statements_old_shape",
-            "Statements naming a migration's old column",
-            old_shape,
-        );
-        registry.register(
-            "pgshift_backfill_rows_done",
-            "Rows the backfill has walked",
-            rows_done,
-        );
-        registry.register(
-            "pgshift_backfill_rows_total",
-            "Rows the backfill expects to walk (an estimate until it ends)",
-            rows_total,
-        );
-        registry.register(
-            "pgshift_backfill_running",
-            "1 while the backfill runs",
-            running,
-        );
-        registry.register(
-            "pgshift_validation_mismatches",
-            "Mismatches the last validation found (-1: none yet)",
-            mismatches,
-        );
-        crate::metrics::latency().register(&mut registry);
-        crate::metrics::encode(&registry)
+        f.register(registry);
     }
 
     /// Every migration's status.
@@ -235,5 +189,89 @@ impl Lifecycle {
             upstream: self.config.upstream.to_string(),
             migrations: self.records().iter().map(|r| self.status_json(r)).collect(),
         }
+    }
+}
+
+/// Label sets of the per-migration metrics.
+type Labels = Vec<(&'static str, String)>;
+
+/// The labels of one migration's series.
+fn of(id: &str) -> Labels {
+    vec![("migration", id.to_string())]
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A gauge holding `v`.
+fn gauge(v: i64) -> Gauge {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    g
+}
+
+/// A counter holding `v`.
+fn counter(v: u64) -> Counter {
+    let c: Counter = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+/// The per-migration metric families, filled then registered.
+#[derive(Default)]
+struct MigrationFamilies {
+    phases: Family<Labels, Gauge>,
+    rewritten: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    old_shape: Family<Labels, Counter>,
+    rows_done: Family<Labels, Gauge>,
+    rows_total: Family<Labels, Gauge>,
+    running: Family<Labels, Gauge>,
+    mismatches: Family<Labels, Gauge>,
+}
+
+impl MigrationFamilies {
+    fn register(self, registry: &mut Registry) {
+        registry.register(
+            "pgshift_migration_phase",
+            "1 for each migration's current phase",
+            self.phases,
+        );
+        registry.register(
+            "pgshift_statements_rewritten",
+            "Statements rewritten for a migration",
+            self.rewritten,
+        );
+        registry.register(
+            "pgshift_statements_refused",
+            "Statements refused for a migration",
+            self.refused,
+        );
+        registry.register(
+            "pgshift_statements_old_shape",
+            "Statements naming a migration's old column",
+            self.old_shape,
+        );
+        registry.register(
+            "pgshift_backfill_rows_done",
+            "Rows the backfill has walked",
+            self.rows_done,
+        );
+        registry.register(
+            "pgshift_backfill_rows_total",
+            "Rows the backfill expects to walk (an estimate until it ends)",
+            self.rows_total,
+        );
+        registry.register(
+            "pgshift_backfill_running",
+            "1 while the backfill runs",
+            self.running,
+        );
+        registry.register(
+            "pgshift_validation_mismatches",
+            "Mismatches the last validation found (-1: none yet)",
+            self.mismatches,
+        );
     }
 }

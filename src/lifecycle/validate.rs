@@ -41,45 +41,14 @@ impl Lifecycle {
             ));
         }
         let plan = Plan::of(options, &record)?;
+        let fix = plan.fix;
         let client = self.connect().await?;
         let table = record.spec.table.to_string();
         let key = ddl::walk_key(&client, &table)
             .await?
             .ok_or_else(|| ActionError::Conflict(format!("table {table} has no key to walk")))?;
         let walk = Walk::new(&record, &key);
-        let started = std::time::Instant::now();
-        let (one_pass, why_walked) = match plan.walk_asked || plan.one_pass_ms == 0 {
-            true => (None, String::new()),
-            false => one_statement(&client, &walk, &table, plan.one_pass_ms).await?,
-        };
-        let (fix, range_rows) = (plan.fix, plan.range_rows);
-        let (mismatches, samples, how) = match one_pass {
-            Some((rows, bad, some)) => {
-                let how = format!(
-                    "one statement over {rows} rows in {} ms",
-                    started.elapsed().as_millis()
-                );
-                (bad, some, how)
-            }
-            None => {
-                let walked = walk
-                    .check_ranges(
-                        &client,
-                        range_rows,
-                        Duration::from_millis(plan.pause_ms),
-                        fix,
-                    )
-                    .await?;
-                let how = format!(
-                    "{} range{} of up to {range_rows} keys over {} rows in {} ms{why_walked}",
-                    walked.ranges,
-                    if walked.ranges == 1 { "" } else { "s" },
-                    walked.rows,
-                    started.elapsed().as_millis()
-                );
-                (walked.mismatches, walked.samples, how)
-            }
-        };
+        let (mismatches, samples, how) = check(&client, &walk, &table, &plan).await?;
         tracing::info!(migration = %record.spec.id, mismatches, checked = %how, "parity check done");
         let at_ms = store::now_ms(&client).await?;
         record.validation = Some(Validation {
@@ -123,6 +92,45 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// The parity check as planned: one statement when it fits, else range by
+/// range. Returns the mismatches, samples of them, and how it was checked.
+async fn check(
+    client: &tokio_postgres::Client,
+    walk: &Walk,
+    table: &str,
+    plan: &Plan,
+) -> Result<(i64, Vec<String>, String), ActionError> {
+    let started = std::time::Instant::now();
+    let (one_pass, why_walked) = match plan.walk_asked || plan.one_pass_ms == 0 {
+        true => (None, String::new()),
+        false => one_statement(client, walk, table, plan.one_pass_ms).await?,
+    };
+    if let Some((rows, bad, some)) = one_pass {
+        let how = format!(
+            "one statement over {rows} rows in {} ms",
+            started.elapsed().as_millis()
+        );
+        return Ok((bad, some, how));
+    }
+    let range_rows = plan.range_rows;
+    let walked = walk
+        .check_ranges(
+            client,
+            range_rows,
+            Duration::from_millis(plan.pause_ms),
+            plan.fix,
+        )
+        .await?;
+    let how = format!(
+        "{} range{} of up to {range_rows} keys over {} rows in {} ms{why_walked}",
+        walked.ranges,
+        if walked.ranges == 1 { "" } else { "s" },
+        walked.rows,
+        started.elapsed().as_millis()
+    );
+    Ok((walked.mismatches, walked.samples, how))
 }
 
 /// How a validation checks, from its options.

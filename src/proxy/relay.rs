@@ -262,12 +262,14 @@ fn farewell(
     upstream: &impl std::fmt::Display,
 ) -> Option<ErrorResponse> {
     match end {
+        End::ClientClosed if state.terminated() => {
+            debug!("session ended: client terminated");
+            None
+        }
         End::ClientClosed => {
-            if state.terminated() {
-                debug!("session ended: client terminated");
-            } else {
-                info!("client closed the connection without Terminate; closing its upstream connection");
-            }
+            info!(
+                "client closed the connection without Terminate; closing its upstream connection"
+            );
             None
         }
         End::ClientIo(e) => {
@@ -285,29 +287,57 @@ fn farewell(
             debug!("session ended: client terminated");
             None
         }
+        End::ServerClosed | End::ServerIo(_) | End::ServerProtocol(_) => {
+            server_farewell(end, upstream)
+        }
+        End::IdleTimeout(_) | End::IdleInTransaction(_) => idle_farewell(end),
+        End::Drained | End::ShutdownForced => {
+            debug!(
+                forced = matches!(end, End::ShutdownForced),
+                "closing the session: pgshift is shutting down"
+            );
+            Some(
+                ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, "pgshift is shutting down")
+                    .with_hint("Reconnect to continue."),
+            )
+        }
+    }
+}
+
+/// The farewell of a session whose upstream connection ended or failed.
+fn server_farewell(end: &End, upstream: &impl std::fmt::Display) -> Option<ErrorResponse> {
+    let (code, message) = match end {
         End::ServerClosed => {
             warn!(%upstream, "the upstream closed the connection");
-            Some(ErrorResponse::fatal(
+            (
                 sqlstate::CONNECTION_FAILURE,
                 format!("pgshift lost its connection to the upstream server {upstream}: the server closed the connection"),
-            ))
+            )
         }
         End::ServerIo(e) => {
             warn!(%upstream, error = %e, "the upstream connection failed");
-            Some(ErrorResponse::fatal(
+            (
                 sqlstate::CONNECTION_FAILURE,
                 format!("pgshift lost its connection to the upstream server {upstream}: {e}"),
-            ))
+            )
         }
         End::ServerProtocol(e) => {
             warn!(%upstream, error = %e, "protocol violation from the upstream; closing the session");
-            Some(ErrorResponse::fatal(
+            (
                 sqlstate::PROTOCOL_VIOLATION,
                 format!(
                     "pgshift received an invalid message from the upstream server {upstream}: {e}"
                 ),
-            ))
+            )
         }
+        _ => return None,
+    };
+    Some(ErrorResponse::fatal(code, message))
+}
+
+/// The farewell of a session closed for idling, in or out of a transaction.
+fn idle_farewell(end: &End) -> Option<ErrorResponse> {
+    match end {
         End::IdleTimeout(limit) => {
             info!(idle_secs = limit.as_secs(), "closing an idle session");
             Some(ErrorResponse::fatal(
@@ -331,16 +361,7 @@ fn farewell(
                 ),
             ).with_hint("Commit or roll back promptly; do not hold a transaction open between requests."))
         }
-        End::Drained | End::ShutdownForced => {
-            debug!(
-                forced = matches!(end, End::ShutdownForced),
-                "closing the session: pgshift is shutting down"
-            );
-            Some(
-                ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, "pgshift is shutting down")
-                    .with_hint("Reconnect to continue."),
-            )
-        }
+        _ => None,
     }
 }
 
@@ -392,7 +413,6 @@ async fn relay<CR, CW, SR, SW>(
     let state = SessionState::new(timed, context);
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
-    let mut stage = shared.stage.clone();
 
     let end = {
         let mut frontend = FrontendVisitor::new(&state, rewriter);
@@ -418,31 +438,7 @@ async fn relay<CR, CW, SR, SW>(
             limits.idle_timeout,
             limits.idle_in_transaction_timeout,
         );
-        tokio::pin!(c2s, s2c, idle);
-        let mut current = *stage.borrow_and_update();
-        loop {
-            match current {
-                Stage::Running => {}
-                Stage::Draining => {
-                    state.start_draining();
-                    if state.is_idle() {
-                        break End::Drained;
-                    }
-                }
-                Stage::Closing => break End::ShutdownForced,
-            }
-            tokio::select! {
-                // Fixed order: no per-poll random number for fairness
-                // between branches that are rarely ready together.
-                biased;
-                end = &mut c2s => break end,
-                end = &mut s2c => break end,
-                end = &mut idle => break end,
-                changed = stage.changed() => {
-                    current = if changed.is_ok() { *stage.borrow_and_update() } else { Stage::Closing };
-                }
-            }
-        }
+        first_end(shared.stage.clone(), &state, c2s, s2c, idle).await
     };
 
     let farewell = farewell(&end, &state, &shared.config.upstream);
@@ -451,14 +447,60 @@ async fn relay<CR, CW, SR, SW>(
     drop((server_r, server_w));
     drop(client_r);
     if let Some(err) = farewell {
-        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
-            down.flush(&mut client_w).await?;
-            // Only at a frame boundary can a frame of our own follow.
-            if down.out.is_empty() && down.splitter.at_frame_boundary() {
-                client_w.write_all(&err.encode()).await?;
-            }
-            client_w.shutdown().await
-        })
-        .await;
+        say_farewell(&mut down, &mut client_w, &err).await;
     }
+}
+
+/// Runs the pumps and the idle watch until one of them ends the session,
+/// or the proxy's shutdown stage does.
+async fn first_end(
+    mut stage: tokio::sync::watch::Receiver<Stage>,
+    state: &SessionState,
+    c2s: impl Future<Output = End>,
+    s2c: impl Future<Output = End>,
+    idle: impl Future<Output = End>,
+) -> End {
+    tokio::pin!(c2s, s2c, idle);
+    let mut current = *stage.borrow_and_update();
+    loop {
+        match current {
+            Stage::Running => {}
+            Stage::Draining => {
+                state.start_draining();
+                if state.is_idle() {
+                    return End::Drained;
+                }
+            }
+            Stage::Closing => return End::ShutdownForced,
+        }
+        tokio::select! {
+            // Fixed order: no per-poll random number for fairness
+            // between branches that are rarely ready together.
+            biased;
+            end = &mut c2s => return end,
+            end = &mut s2c => return end,
+            end = &mut idle => return end,
+            changed = stage.changed() => {
+                current = if changed.is_ok() { *stage.borrow_and_update() } else { Stage::Closing };
+            }
+        }
+    }
+}
+
+/// Hands the client what is still queued for it and, at a frame boundary,
+/// the closing error; gives up after [`FAREWELL_TIMEOUT`].
+async fn say_farewell(
+    down: &mut Pump,
+    client_w: &mut (impl AsyncWrite + Unpin),
+    err: &ErrorResponse,
+) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        down.flush(client_w).await?;
+        // Only at a frame boundary can a frame of our own follow.
+        if down.out.is_empty() && down.splitter.at_frame_boundary() {
+            client_w.write_all(&err.encode()).await?;
+        }
+        client_w.shutdown().await
+    })
+    .await;
 }

@@ -174,41 +174,21 @@ impl StatementRewriter for MigrationRewriter {
             // Rules this proxy could not confirm lately may be out of date
             // (another proxy may have changed the phase): fail safe.
             if let Some(late_ms) = self.rules.lease_lapsed() {
-                return Rewrite::Refused(Refusal {
-                    code: STATE_UNCONFIRMED,
-                    message: format!(
-                        "pgshift refused a statement on a migrating table: it has not been able to confirm the migration state in the database for {} s, so its rewrite rules may be out of date",
-                        late_ms / 1000 + 1
-                    ),
-                    detail: None,
-                    hint: Some("Retry in a moment; statements on other tables are not affected. Check that pgshift can reach its control database.".into()),
-                    routine: None,
-                });
+                return Rewrite::Refused(state_unconfirmed(late_ms));
             }
             if sql.len() > MAX_PLANNED_BYTES {
                 return Rewrite::Refused(too_large(sql.len()));
             }
-            let cell = self.rules.id();
             // Statements that differ only in their literals share a plan.
             let normalized = normalize(sql);
-            let key = cache_key(sql, &normalized);
+            let at = PlanKey {
+                key: cache_key(sql, &normalized),
+                cell: self.rules.id(),
+                epoch: rules.epoch,
+                session: super::with_current_session(|s| s.map_or(0, |s| s.key)),
+            };
             let literals = normalized.as_ref().map_or(&[][..], |n| &n.literals[..]);
-            let session = super::with_current_session(|s| s.map_or(0, |s| s.key));
-            let hit = PLANS.with(|plans| {
-                let plans = plans.borrow();
-                let cached = lookup(&plans, key, cell, rules.epoch, session)?;
-                let outcome = match &cached.outcome {
-                    CachedOutcome::Fixed(outcome) => outcome.clone(),
-                    CachedOutcome::Template(t) => {
-                        let text = std::str::from_utf8(sql).ok()?;
-                        Rewrite::Replaced(Cow::Owned(t.fill(text, literals)?))
-                    }
-                };
-                // Counted in place: a hit allocates nothing but its text.
-                cached.tally.record(rules);
-                Some(outcome)
-            });
-            if let Some(outcome) = hit {
+            if let Some(outcome) = cached_outcome(&at, sql, literals, rules) {
                 return outcome;
             }
             let Ok(text) = std::str::from_utf8(sql) else {
@@ -220,30 +200,16 @@ impl StatementRewriter for MigrationRewriter {
             let (outcome, cached, tally, result) = plan_for_cache(text, literals, rules);
             tally.record(rules);
             if let Some(cached) = cached {
-                PLANS.with(|plans| {
-                    let mut plans = plans.borrow_mut();
-                    let entry = Cached {
-                        bytes: sql.len(),
-                        cell,
-                        epoch: rules.epoch,
-                        session,
-                        outcome: cached,
-                        tally,
-                        result,
-                    };
-                    // One plan per way of resolving names (sessions with
-                    // other search paths), the newest few kept; taken out
-                    // and put back, so that the cache weighs it anew.
-                    let mut plans_for_text = plans.remove(key).map(|(_, v)| v).unwrap_or_default();
-                    plans_for_text.retain(|c| {
-                        c.cell == cell && c.epoch == rules.epoch && c.session != session
-                    });
-                    if plans_for_text.len() >= PLANS_PER_TEXT {
-                        plans_for_text.remove(0);
-                    }
-                    plans_for_text.push(entry);
-                    plans.insert(key.into(), plans_for_text);
-                });
+                let entry = Cached {
+                    bytes: sql.len(),
+                    cell: at.cell,
+                    epoch: at.epoch,
+                    session: at.session,
+                    outcome: cached,
+                    tally,
+                    result,
+                };
+                remember(at.key, entry);
             }
             outcome
         })
@@ -285,6 +251,72 @@ fn cache_key<'k>(sql: &'k [u8], normalized: &'k Option<Normalized>) -> &'k [u8] 
         Some(n) if !n.key.is_empty() => &n.key,
         _ => sql,
     }
+}
+
+/// The refusal of a statement while the rules lease has lapsed for
+/// `late_ms` milliseconds.
+fn state_unconfirmed(late_ms: u64) -> Refusal {
+    Refusal {
+        code: STATE_UNCONFIRMED,
+        message: format!(
+            "pgshift refused a statement on a migrating table: it has not been able to confirm the migration state in the database for {} s, so its rewrite rules may be out of date",
+            late_ms / 1000 + 1
+        ),
+        detail: None,
+        hint: Some("Retry in a moment; statements on other tables are not affected. Check that pgshift can reach its control database.".into()),
+        routine: None,
+    }
+}
+
+/// Where a plan is cached: the statement's literal-free key, and the
+/// rules and session it was made under.
+struct PlanKey<'k> {
+    key: &'k [u8],
+    cell: u64,
+    epoch: u64,
+    session: u64,
+}
+
+/// The outcome of a cached plan for this statement, counted, if there is
+/// one that still holds.
+fn cached_outcome<'a>(
+    at: &PlanKey<'_>,
+    sql: &[u8],
+    literals: &[(usize, usize, Kind)],
+    rules: &Rules,
+) -> Option<Rewrite<'a>> {
+    PLANS.with(|plans| {
+        let plans = plans.borrow();
+        let cached = lookup(&plans, at.key, at.cell, at.epoch, at.session)?;
+        let outcome = match &cached.outcome {
+            CachedOutcome::Fixed(outcome) => outcome.clone(),
+            CachedOutcome::Template(t) => {
+                let text = std::str::from_utf8(sql).ok()?;
+                Rewrite::Replaced(Cow::Owned(t.fill(text, literals)?))
+            }
+        };
+        // Counted in place: a hit allocates nothing but its text.
+        cached.tally.record(rules);
+        Some(outcome)
+    })
+}
+
+/// Caches a new plan. One plan per way of resolving names (sessions with
+/// other search paths), the newest few kept; taken out and put back, so
+/// that the cache weighs it anew.
+fn remember(key: &[u8], entry: Cached) {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        let mut plans_for_text = plans.remove(key).map(|(_, v)| v).unwrap_or_default();
+        plans_for_text.retain(|c| {
+            c.cell == entry.cell && c.epoch == entry.epoch && c.session != entry.session
+        });
+        if plans_for_text.len() >= PLANS_PER_TEXT {
+            plans_for_text.remove(0);
+        }
+        plans_for_text.push(entry);
+        plans.insert(key.into(), plans_for_text);
+    });
 }
 
 /// The plan cached for `key` under these rules and session, if any.
