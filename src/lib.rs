@@ -15,6 +15,12 @@
 //! - [`demo`]: `pgshift demo`; [`scenario`]: the workload it runs.
 //! - [`telemetry`]: logging set-up; [`metrics`]: the Prometheus metrics.
 //! - [`pgerror`]: Postgres' errors on pgshift's own connections, in full.
+//!
+//! The library exists for the binary and its tests; its documentation is
+//! for the engineers who work on pgshift and links private items:
+//! read it with `cargo doc --document-private-items --open`.
+
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod admin_client;
