@@ -114,7 +114,14 @@ impl Lifecycle {
             .await?
             .is_some_and(|c| c.not_null);
         if old_not_null {
-            not_null::drop(client, &table, &spec.from, self.lock).await?;
+            not_null::drop(
+                client,
+                &table,
+                &spec.from,
+                not_null::AndCheck::Keep,
+                self.lock,
+            )
+            .await?;
             record.carried.old_not_null_dropped = true;
             self.save_step(client, record, "a drop not null").await?;
         }

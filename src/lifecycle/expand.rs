@@ -79,9 +79,13 @@ impl Lifecycle {
         // for new writes at once), validated at contract.
         for fk in foreign_keys::foreign_keys_of(client, &table, &spec.from).await? {
             let name = foreign_keys::copy_name(&fk.name, &spec.to);
-            if let Some(copy) =
-                foreign_keys::copy_statement(&table, &fk.definition, &name, &spec.from, &spec.to)
-            {
+            if let Some(copy) = foreign_keys::copy_statement(
+                foreign_keys::Side::Own,
+                &table,
+                &fk.definition,
+                &name,
+                (&spec.from, &spec.to),
+            ) {
                 self.copy_constraint(client, spec, "foreign key", &fk.name, &name, &copy)
                     .await?;
             }

@@ -100,26 +100,6 @@ pub async fn referencing(
         .collect())
 }
 
-/// `ALTER TABLE referencing ADD CONSTRAINT new_name <definition with the
-/// referenced column from → to> NOT VALID`; `None` when the definition
-/// does not reference `from`.
-pub fn referencing_copy_statement(
-    referencing: &str,
-    definition: &str,
-    new_name: &str,
-    from: &str,
-    to: &str,
-) -> Option<String> {
-    let tokens = tokenize(definition).ok()?;
-    let references = tokens
-        .iter()
-        .position(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::REFERENCES))?;
-    let open = (references..tokens.len()).find(|&k| tokens[k].token == Token::LParen)?;
-    let close = (open..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
-    let edits = column_edits(&tokens[open + 1..close], from, to);
-    copied_constraint(referencing, definition, new_name, edits)
-}
-
 /// Edits replacing each token naming `from` by `to`.
 fn column_edits(tokens: &[Tok], from: &str, to: &str) -> Vec<Edit> {
     tokens
@@ -173,17 +153,37 @@ pub fn copy_name(name: &str, to: &str) -> String {
     super::indexes::copy_name(name, to)
 }
 
-/// `ALTER TABLE table ADD CONSTRAINT new_name <definition with from → to>
-/// NOT VALID`; `None` when the definition is not a foreign key naming
-/// `from` among its own columns.
+/// Which of a foreign key's two column lists a copy changes.
+#[derive(Clone, Copy)]
+pub enum Side {
+    /// Its own columns, `FOREIGN KEY (…)`: the key is on the migrating table.
+    Own,
+    /// The columns it references, `REFERENCES t (…)`: the key is on
+    /// another table and references the migrating one.
+    Referenced,
+}
+
+/// `ALTER TABLE table ADD CONSTRAINT new_name <definition with from → to
+/// in the `side` list> NOT VALID`; `None` when the definition is not a
+/// foreign key naming `from` in that list.
 pub fn copy_statement(
+    side: Side,
     table: &str,
     definition: &str,
     new_name: &str,
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
 ) -> Option<String> {
     let tokens = tokenize(definition).ok()?;
+    let list = match side {
+        Side::Own => own_columns(&tokens)?,
+        Side::Referenced => referenced_columns(&tokens)?,
+    };
+    let edits = column_edits(&tokens[list], from, to);
+    copied_constraint(table, definition, new_name, edits)
+}
+
+/// The tokens between the parentheses of `FOREIGN KEY (…)`.
+fn own_columns(tokens: &[Tok]) -> Option<std::ops::Range<usize>> {
     let is = |k: usize, keyword: Keyword| matches!(tokens.get(k).map(|t| &t.token), Some(Token::Word(w)) if w.keyword == keyword);
     if !is(0, Keyword::FOREIGN) || !is(1, Keyword::KEY) {
         return None;
@@ -192,8 +192,17 @@ pub fn copy_statement(
         return None;
     }
     let close = (3..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
-    let edits = column_edits(&tokens[3..close], from, to);
-    copied_constraint(table, definition, new_name, edits)
+    Some(3..close)
+}
+
+/// The tokens between the parentheses after `REFERENCES t`.
+fn referenced_columns(tokens: &[Tok]) -> Option<std::ops::Range<usize>> {
+    let references = tokens
+        .iter()
+        .position(|t| matches!(&t.token, Token::Word(w) if w.keyword == Keyword::REFERENCES))?;
+    let open = (references..tokens.len()).find(|&k| tokens[k].token == Token::LParen)?;
+    let close = (open..tokens.len()).find(|&k| tokens[k].token == Token::RParen)?;
+    Some(open + 1..close)
 }
 
 #[cfg(test)]
@@ -204,59 +213,74 @@ mod tests {
     fn only_the_referencing_columns_change() {
         assert_eq!(
             copy_statement(
+                Side::Own,
                 "public.child",
                 "FOREIGN KEY (parent_id) REFERENCES parent(parent_id) ON DELETE CASCADE",
                 "child_parent_id_fkey_pgshift_parent_ref",
-                "parent_id",
-                "parent_ref"
+                ("parent_id", "parent_ref")
             )
             .as_deref(),
             Some("alter table public.child add constraint child_parent_id_fkey_pgshift_parent_ref FOREIGN KEY (parent_ref) REFERENCES parent(parent_id) ON DELETE CASCADE NOT VALID")
         );
         assert_eq!(
             copy_statement(
+                Side::Own,
                 "t",
                 "FOREIGN KEY (x, a) REFERENCES p(x, a) MATCH FULL DEFERRABLE NOT VALID",
                 "fk_b",
-                "a",
-                "b"
+                ("a", "b")
             )
             .as_deref(),
             Some("alter table t add constraint fk_b FOREIGN KEY (x, b) REFERENCES p(x, a) MATCH FULL DEFERRABLE NOT VALID")
         );
         assert_eq!(
-            copy_statement("t", "FOREIGN KEY (x) REFERENCES p(a)", "n", "a", "b"),
+            copy_statement(
+                Side::Own,
+                "t",
+                "FOREIGN KEY (x) REFERENCES p(a)",
+                "n",
+                ("a", "b")
+            ),
             None
         );
-        assert_eq!(copy_statement("t", "CHECK (a > 0)", "n", "a", "b"), None);
+        assert_eq!(
+            copy_statement(Side::Own, "t", "CHECK (a > 0)", "n", ("a", "b")),
+            None
+        );
     }
 
     #[test]
     fn only_the_referenced_columns_change() {
         assert_eq!(
-            referencing_copy_statement(
+            copy_statement(
+                Side::Referenced,
                 "public.child",
                 "FOREIGN KEY (a, x) REFERENCES parent(x, a) ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED",
                 "child_fk_pgshift_b",
-                "a",
-                "b"
+                ("a", "b")
             )
             .as_deref(),
             Some("alter table public.child add constraint child_fk_pgshift_b FOREIGN KEY (a, x) REFERENCES parent(x, b) ON UPDATE CASCADE DEFERRABLE INITIALLY DEFERRED NOT VALID")
         );
         assert_eq!(
-            referencing_copy_statement(
+            copy_statement(
+                Side::Referenced,
                 "c",
                 "FOREIGN KEY (a) REFERENCES \"Odd\".\"a\"(\"a\")",
                 "n",
-                "a",
-                "New"
+                ("a", "New")
             )
             .as_deref(),
             Some("alter table c add constraint n FOREIGN KEY (a) REFERENCES \"Odd\".\"a\"(\"New\") NOT VALID")
         );
         assert_eq!(
-            referencing_copy_statement("c", "FOREIGN KEY (a) REFERENCES p(x)", "n", "a", "b"),
+            copy_statement(
+                Side::Referenced,
+                "c",
+                "FOREIGN KEY (a) REFERENCES p(x)",
+                "n",
+                ("a", "b")
+            ),
             None
         );
     }

@@ -68,12 +68,12 @@ pub async fn move_referencing_keys(
                 quote_ident(&spec.from),
             ))
         };
-        let Some(copy) = foreign_keys::referencing_copy_statement(
+        let Some(copy) = foreign_keys::copy_statement(
+            foreign_keys::Side::Referenced,
             &fk.table,
             &fk.definition,
             &name,
-            &spec.from,
-            &spec.to,
+            (&spec.from, &spec.to),
         ) else {
             return Err(refuse(format!(
                 "its definition could not be read ({})",

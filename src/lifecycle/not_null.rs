@@ -92,33 +92,33 @@ pub async fn set_proven(
     Ok(())
 }
 
-/// Drops `column`'s NOT NULL (a catalog change, no scan).
+/// What [`drop`] takes off a column besides its NOT NULL.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AndCheck {
+    /// Only the NOT NULL (the old column at contract).
+    Keep,
+    /// pgshift's own `IS NOT NULL` check too (the new column at rollback).
+    Drop,
+}
+
+/// Drops `column`'s NOT NULL, and pgshift's check on it when asked (catalog
+/// changes, no scan).
 pub async fn drop(
     client: &Client,
     table: &str,
     column: &str,
+    check: AndCheck,
     lock: LockDiscipline,
 ) -> Result<(), DdlError> {
-    let sql = format!(
-        "alter table {table} alter column {} drop not null",
-        quote_ident(column)
-    );
-    ddl::run_with_lock_timeout(client, &sql, lock).await?;
-    Ok(())
-}
-
-/// Takes off `column`'s NOT NULL and pgshift's check (a catalog change).
-pub async fn relax(
-    client: &Client,
-    table: &str,
-    column: &str,
-    lock: LockDiscipline,
-) -> Result<(), DdlError> {
-    let sql = format!(
-        "alter table {table} drop constraint if exists {}; alter table {table} alter column {} drop not null",
-        quote_ident(&check_name(column)),
-        quote_ident(column)
-    );
+    let mut sql = String::new();
+    if check == AndCheck::Drop {
+        let name = quote_ident(&check_name(column));
+        sql = format!("alter table {table} drop constraint if exists {name}; ");
+    }
+    let column = quote_ident(column);
+    sql.push_str(&format!(
+        "alter table {table} alter column {column} drop not null"
+    ));
     ddl::run_with_lock_timeout(client, &sql, lock).await?;
     Ok(())
 }

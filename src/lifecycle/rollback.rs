@@ -85,7 +85,14 @@ impl Lifecycle {
             .await?
             .is_some_and(|c| c.not_null);
         if record.not_null_check.is_some() || b_not_null {
-            not_null::relax(client, &spec.table.to_string(), &spec.to, self.lock).await?;
+            not_null::drop(
+                client,
+                &spec.table.to_string(),
+                &spec.to,
+                not_null::AndCheck::Drop,
+                self.lock,
+            )
+            .await?;
             record.not_null_check = None;
             self.save_step(client, record, "b drop not null").await?;
         }

@@ -154,11 +154,11 @@ fn client_config(mode: UpstreamTls, ca: Option<&Path>) -> Result<ClientConfig, S
             .map_err(|e| e.to_string())?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+                .with_custom_certificate_verifier(Arc::new(Lenient(Some(verifier))))
         }
         _ => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified)),
+            .with_custom_certificate_verifier(Arc::new(Lenient(None))),
     };
     Ok(config.with_no_client_auth())
 }
@@ -192,12 +192,14 @@ pub(crate) fn roots(ca: Option<&Path>, setting: &str) -> Result<RootCertStore, S
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name is not
-/// checked.
+/// What libpq checks short of `verify-full`: with a chain verifier
+/// (`verify-ca`) the chain must lead to a trusted root and the name is not
+/// checked; without one (`prefer`, `require`) the connection is encrypted,
+/// not authenticated. The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient(Option<Arc<WebPkiServerVerifier>>);
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -207,55 +209,15 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         use rustls::{CertificateError, Error};
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.0 else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require`: encrypted, not authenticated (as libpq without a
-/// root certificate). The handshake's signatures are still checked.
-#[derive(Debug)]
-struct Unverified;
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
