@@ -13,11 +13,72 @@ use serde_json::Value;
 
 use crate::rewrite::migration::Phase;
 
+/// What a migration does to its column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A new column `to` added beside `from`, backfilled (through `up`
+    /// for a type change), validated, switched to, and `from` dropped.
+    #[default]
+    CopyColumn,
+    /// `from` renamed `to` in place at the switch, behind a barrier; both
+    /// names served throughout; nothing copied.
+    RenameColumn,
+    /// A type change: [`Op::CopyColumn`] with `type`, `up` and `down`
+    /// required.
+    ChangeType,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::CopyColumn => "copy_column",
+            Op::RenameColumn => "rename_column",
+            Op::ChangeType => "change_type",
+        }
+    }
+
+    /// The spec of a migration doing this operation, checked.
+    pub fn spec(
+        self,
+        id: &str,
+        table: &str,
+        (from, to): (&str, &str),
+        new_type: Option<&str>,
+        up: Option<&str>,
+        down: Option<&str>,
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError> {
+        use crate::rewrite::migration::{MigrationSpec, SpecError};
+        let spec = MigrationSpec::new(id, table, from, to, new_type, up, down)?;
+        match self {
+            Op::CopyColumn => Ok(spec),
+            Op::RenameColumn => spec.renamed_in_place(),
+            Op::ChangeType if spec.new_type.is_none() => Err(SpecError {
+                id: id.to_string(),
+                reason: "change_type needs the new type (\"type\"), with up and down".into(),
+            }),
+            Op::ChangeType => Ok(spec),
+        }
+    }
+
+    /// The operation a spec describes (as stored).
+    pub fn of(spec: &crate::rewrite::migration::MigrationSpec) -> Op {
+        match (spec.in_place, &spec.new_type) {
+            (true, _) => Op::RenameColumn,
+            (false, Some(_)) => Op::ChangeType,
+            (false, None) => Op::CopyColumn,
+        }
+    }
+}
+
 /// `POST /migrations`: the keys of a `[[migrations]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
     pub id: String,
+    /// What it does; today's copying migration when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Op>,
     pub table: String,
     pub from: String,
     pub to: String,
@@ -27,6 +88,22 @@ pub struct NewMigration {
     pub up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<String>,
+}
+
+impl NewMigration {
+    /// The migration's spec, checked.
+    pub fn spec(
+        &self,
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError> {
+        self.op.unwrap_or_default().spec(
+            &self.id,
+            &self.table,
+            (&self.from, &self.to),
+            self.new_type.as_deref(),
+            self.up.as_deref(),
+            self.down.as_deref(),
+        )
+    }
 }
 
 /// `POST /migrations/{id}/backfill` (and its settings while it runs).
@@ -232,6 +309,7 @@ pub struct ProxyStatus {
 #[serde(deny_unknown_fields)]
 pub struct MigrationStatus {
     pub id: String,
+    pub op: Op,
     pub table: String,
     pub from: String,
     pub to: String,

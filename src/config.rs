@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::proxy::tls::{ClientTls, TlsFiles};
 use crate::proxy::upstream::{UpstreamTls, UpstreamTlsConfig};
-use crate::rewrite::migration::{MigrationSpec, Phase};
+use crate::rewrite::migration::Phase;
 use crate::rewrite::rules::ActiveMigration;
 
 /// Default client listen address.
@@ -269,6 +269,8 @@ struct FileControl {
 #[serde(deny_unknown_fields)]
 struct FileMigration {
     id: String,
+    #[serde(default)]
+    op: crate::api::Op,
     table: String,
     from: String,
     to: String,
@@ -693,11 +695,10 @@ impl Config {
 fn resolve_migrations(entries: Vec<FileMigration>) -> Result<Vec<ActiveMigration>, ConfigError> {
     let mut out: Vec<ActiveMigration> = Vec::new();
     for e in entries {
-        let spec = MigrationSpec::new(
+        let spec = e.op.spec(
             &e.id,
             &e.table,
-            &e.from,
-            &e.to,
+            (&e.from, &e.to),
             e.new_type.as_deref(),
             e.up.as_deref(),
             e.down.as_deref(),

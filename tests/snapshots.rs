@@ -7,7 +7,9 @@
 //! Each snapshot lists, per statement: the statement as the client sent
 //! it, then what goes upstream (`=` unchanged, `→` the rewrite, `✗` the
 //! refusal with its SQLSTATE). The catalog is the phase's physical table:
-//! the old column until contract, the new one from expand.
+//! the old column until contract, the new one from expand; for a rename in
+//! place, the one column under its old name until the switch, under its
+//! new one after.
 
 use std::sync::Arc;
 
@@ -47,15 +49,19 @@ fn column(name: &str, type_name: &str) -> ColumnDef {
     }
 }
 
-/// pgbench_accounts as it physically is in `phase`, with `new_type` for
-/// the new column; pgbench_branches.
-fn catalog(phase: Phase, new_type: &str) -> Catalog {
+/// pgbench_accounts as it physically is in `m`'s phase, with `new_type`
+/// for the new column (where a rename in place leaves it, or last where
+/// `ADD COLUMN` puts it); pgbench_branches.
+fn catalog(m: &ActiveMigration, new_type: &str) -> Catalog {
     let mut accounts = vec![column("aid", "integer"), column("bid", "integer")];
-    if phase.has_old() {
+    if m.has_old() {
         accounts.push(column("abalance", "integer"));
     }
+    if m.has_new() && m.spec.in_place {
+        accounts.push(column("balance", new_type));
+    }
     accounts.push(column("filler", "character(84)"));
-    if phase.has_new() {
+    if m.has_new() && !m.spec.in_place {
         accounts.push(column("balance", new_type));
     }
     let mut c = Catalog::empty();
@@ -71,7 +77,8 @@ fn rewritten(spec: &MigrationSpec, phase: Phase, new_type: &str) -> String {
         spec: spec.clone(),
         phase,
     };
-    let cell = RulesCell::with_catalog(&[migration], catalog(phase, new_type));
+    let catalog = catalog(&migration, new_type);
+    let cell = RulesCell::with_catalog(&[migration], catalog);
     let r = MigrationRewriter::new(Arc::new(cell));
     let mut out = String::new();
     for sql in STATEMENTS {
@@ -100,6 +107,32 @@ fn a_rename_in_every_phase() {
     for phase in Phase::ALL {
         insta::assert_snapshot!(
             format!("rename_{}", phase.as_str()),
+            rewritten(&spec, phase, "integer")
+        );
+    }
+}
+
+#[test]
+fn a_rename_in_place_in_each_of_its_phases() {
+    let spec = MigrationSpec::new(
+        "rename",
+        "pgbench_accounts",
+        "abalance",
+        "balance",
+        None,
+        None,
+        None,
+    )
+    .and_then(MigrationSpec::renamed_in_place)
+    .unwrap();
+    for phase in [
+        Phase::Planned,
+        Phase::Expanded,
+        Phase::Switched,
+        Phase::Contracted,
+    ] {
+        insta::assert_snapshot!(
+            format!("rename_in_place_{}", phase.as_str()),
             rewritten(&spec, phase, "integer")
         );
     }

@@ -24,6 +24,7 @@ mod contract;
 pub mod ddl;
 pub mod dependents;
 mod expand;
+mod in_place;
 pub mod foreign_keys;
 pub mod handover;
 pub mod indexes;
@@ -377,13 +378,20 @@ impl Lifecycle {
                 phase: r.phase,
             })
             .collect();
-        let epoch = match control::read_catalog(client).await {
-            Ok(catalog) => self.rules.publish_with_catalog(&migrations, catalog),
+        let held: Vec<String> = self
+            .records()
+            .iter()
+            .filter(|r| r.barrier)
+            .map(|r| r.spec.table.name.to_lowercase())
+            .collect();
+        let catalog = match control::read_catalog(client).await {
+            Ok(catalog) => Some(catalog),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the catalog; publishing with the last snapshot");
-                self.rules.publish(&migrations)
+                None
             }
         };
+        let epoch = self.rules.publish_holding(&migrations, catalog, &held);
         for m in &migrations {
             tracing::info!(epoch, migration = %m.spec.id, phase = %m.phase, "rules in force");
         }
@@ -455,16 +463,9 @@ impl Lifecycle {
     /// `POST /migrations`: adds a migration (phase planned) to the store;
     /// every proxy of the database applies it before this returns.
     pub async fn add(&self, m: &NewMigration) -> Result<MigrationStatus, ActionError> {
-        let spec = crate::rewrite::migration::MigrationSpec::new(
-            &m.id,
-            &m.table,
-            &m.from,
-            &m.to,
-            m.new_type.as_deref(),
-            m.up.as_deref(),
-            m.down.as_deref(),
-        )
-        .map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        let spec = m
+            .spec()
+            .map_err(|e| ActionError::BadRequest(e.to_string()))?;
         let _one_at_a_time = self.action.lock().await;
         for other in self.records() {
             let clash = other.spec.id == spec.id
@@ -498,9 +499,20 @@ impl Lifecycle {
                 quote_ident(&spec.from)
             )));
         }
-        // What depends on a is found now, not by a failing DROP at the end.
-        let found = dependents::find(&client, &spec, &self.rules.load().catalog).await?;
-        dependents::refuse_uncarried(&spec, &found)?;
+        if spec.in_place {
+            // Renamed in place, the column keeps every index, constraint,
+            // key and view on it: nothing to carry.
+            if ddl::column_info(&client, &table, &spec.to).await?.is_some() {
+                return Err(ActionError::Conflict(format!(
+                    "table {table} already has a column {}: a rename in place needs the name free",
+                    quote_ident(&spec.to)
+                )));
+            }
+        } else {
+            // What depends on a is found now, not by a failing DROP at the end.
+            let found = dependents::find(&client, &spec, &self.rules.load().catalog).await?;
+            dependents::refuse_uncarried(&spec, &found)?;
+        }
         let record =
             store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
         let detail = serde_json::to_string(m).unwrap_or_default();
@@ -517,6 +529,10 @@ impl Lifecycle {
     ) -> Result<MigrationStatus, ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let record = self.record(id)?;
+        if record.spec.in_place {
+            self.act_in_place(record, action).await?;
+            return self.status_of(id);
+        }
         match action {
             Action::Expand => self.expand(record).await?,
             Action::Backfill(settings) => self.backfill(record, &settings).await?,
@@ -529,6 +545,26 @@ impl Lifecycle {
             Action::Rollback => self.rollback(record).await?,
         }
         self.status_of(id)
+    }
+
+    /// An action on a rename done in place ([`in_place`]).
+    async fn act_in_place(&self, record: Record, action: Action) -> Result<(), ActionError> {
+        match action {
+            Action::Expand => self.expand_in_place(record).await,
+            Action::SwitchReads(to) => {
+                let to_new = to.to == crate::api::ReadSource::New;
+                self.switch_in_place(record, to_new).await
+            }
+            Action::Contract(options) => self.contract_in_place(record, &options).await,
+            Action::Complete => self.complete(record).await,
+            Action::Rollback => self.rollback_in_place(record).await,
+            Action::Backfill(_) | Action::Pause | Action::Resume | Action::Validate(_) => {
+                Err(ActionError::Conflict(format!(
+                    "migration {:?} renames its column in place: there is nothing to backfill or validate; after expand, switch-reads renames it",
+                    record.spec.id
+                )))
+            }
+        }
     }
 
     fn illegal(record: &Record, action: &str, needs: &str) -> ActionError {

@@ -63,6 +63,7 @@ impl Lifecycle {
             });
         MigrationStatus {
             id: r.spec.id.clone(),
+            op: crate::api::Op::of(&r.spec),
             table: r.spec.table.to_string(),
             from: r.spec.from.clone(),
             to: r.spec.to.clone(),

@@ -62,6 +62,8 @@ alter table pgshift.migrations add column if not exists backfill_end text[];
 alter table pgshift.migrations add column if not exists backfill_lock_key bigint not null
     default ('x' || replace(gen_random_uuid()::text, '-', ''))::bit(64)::bigint;
 alter table pgshift.migrations add column if not exists backfill_error text;
+alter table pgshift.migrations add column if not exists op text not null default 'copy_column';
+alter table pgshift.migrations add column if not exists barrier boolean not null default false;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -141,6 +143,10 @@ pub struct Record {
     /// What the contract changed beyond the two columns before its point of
     /// no return, for a rollback to put back.
     pub carried: Carried,
+    /// A rename in place is about to happen: every proxy holds the
+    /// statements on the table until the rules flip (or for at most
+    /// [`crate::rewrite::rules::HOLD_MAX`]).
+    pub barrier: bool,
 }
 
 /// What a contract changed outside the migrating columns while both still
@@ -197,6 +203,7 @@ impl Record {
             write_path_changed_ms: 0,
             not_null_check: None,
             carried: Carried::default(),
+            barrier: false,
         }
     }
 }
@@ -225,7 +232,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
-    backfill_slices::text, carried::text, backfill_end, backfill_error";
+    backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -249,6 +256,10 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         down.as_deref(),
     )
     .map_err(|e| invalid(e.reason))?;
+    let op: String = row.try_get(32)?;
+    if op == crate::api::Op::RenameColumn.as_str() {
+        spec = spec.renamed_in_place().map_err(|e| invalid(e.reason))?;
+    }
     spec.old_after = row.try_get(26)?;
     let phase_text: String = row.try_get(7)?;
     let phase =
@@ -295,6 +306,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         write_path_changed_ms: row.try_get(21)?,
         not_null_check: row.try_get(22)?,
         carried,
+        barrier: row.try_get(33)?,
     })
 }
 
@@ -319,8 +331,8 @@ pub async fn insert_if_absent(
     client
         .execute(
             &format!(
-                "insert into pgshift.migrations (id, table_name, from_column, to_column, new_type, up, down, phase, updated_ms)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, {NOW_MS}) on conflict (id) do nothing"
+                "insert into pgshift.migrations (id, table_name, from_column, to_column, new_type, up, down, phase, op, updated_ms)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW_MS}) on conflict (id) do nothing"
             ),
             &[
                 &spec.id,
@@ -331,6 +343,7 @@ pub async fn insert_if_absent(
                 &spec.up,
                 &spec.down,
                 &record.phase.as_str(),
+                &crate::api::Op::of(spec).as_str(),
             ],
         )
         .await?;
@@ -364,7 +377,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
                    batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
                    old_after = $21, carried = $24::text::jsonb, backfill_end = $25,
-                   backfill_error = $26, updated_ms = {NOW_MS}
+                   backfill_error = $26, barrier = $27, updated_ms = {NOW_MS}
                  where id = $1"
             ),
             &[
@@ -394,6 +407,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &serde_json::to_string(&r.carried).unwrap_or_else(|_| "{}".into()),
                 &b.end,
                 &b.error,
+                &r.barrier,
             ],
         )
         .await?;

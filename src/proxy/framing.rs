@@ -32,6 +32,10 @@ pub enum Verdict {
     Keep,
     /// Forward these bytes instead of the frame.
     Replace(Bytes),
+    /// Not yet: stop before this frame and leave it in the buffer; the
+    /// caller splits again later and the visitor sees it anew (the rename
+    /// barrier holds a statement this way).
+    Hold,
 }
 
 /// The caller's view of the stream.
@@ -61,6 +65,8 @@ pub struct FrameSplitter {
     /// Bytes of a forwarded frame that have not arrived yet.
     in_frame_remaining: usize,
     max_message_size: usize,
+    /// The last split stopped before a frame the visitor holds.
+    held: bool,
 }
 
 impl FrameSplitter {
@@ -69,7 +75,14 @@ impl FrameSplitter {
         FrameSplitter {
             in_frame_remaining: 0,
             max_message_size,
+            held: false,
         }
+    }
+
+    /// True when the last split stopped before a frame the visitor holds
+    /// ([`Verdict::Hold`]): split again later, before reading more.
+    pub fn held(&self) -> bool {
+        self.held
     }
 
     /// True when the bytes forwarded so far end exactly at a frame boundary,
@@ -90,6 +103,7 @@ impl FrameSplitter {
     ) -> Result<usize, FrameError> {
         // `run` counts bytes at the front of `buf` that are forwarded as is.
         let mut run = 0;
+        self.held = false;
         let result = loop {
             if self.in_frame_remaining > 0 {
                 let take = self.in_frame_remaining.min(buf.len() - run);
@@ -133,6 +147,10 @@ impl FrameSplitter {
                     }
                     buf.advance(total);
                     out.push(bytes);
+                }
+                Ok(Verdict::Hold) => {
+                    self.held = true;
+                    break Ok(total);
                 }
                 Err(reason) => break Err(FrameError::Rejected(reason)),
             }

@@ -39,6 +39,9 @@ const COALESCE_LIMIT: usize = 256 * 1024;
 /// A read buffer larger than this is released when the session goes quiet,
 /// so one big result does not pin memory for the rest of a session.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// How often a statement held by the rename barrier asks again whether it
+/// may go: the barrier lasts tens of milliseconds when nothing blocks it.
+const HOLD_POLL: Duration = Duration::from_millis(2);
 /// Time allowed to hand the client its last bytes and a closing error.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -201,9 +204,16 @@ async fn pump(
     way: Way,
 ) -> End {
     loop {
-        let eof = match pump.fill(src).await {
-            Ok(eof) => eof,
-            Err(e) => return way.read_failed(e),
+        let eof = if pump.splitter.held() {
+            // A statement held by the rename barrier: ask again shortly,
+            // reading nothing more meanwhile.
+            tokio::time::sleep(HOLD_POLL).await;
+            false
+        } else {
+            match pump.fill(src).await {
+                Ok(eof) => eof,
+                Err(e) => return way.read_failed(e),
+            }
         };
         state.touch();
         pump.wanted = match pump.splitter.split(&mut pump.inbuf, visitor, &mut pump.out) {

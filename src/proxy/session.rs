@@ -405,6 +405,33 @@ impl<'a> FrontendVisitor<'a> {
         ))
     }
 
+    /// Whether this message must wait for the rename barrier: a Query or
+    /// Parse naming a table under it, an EXECUTE of a statement that does,
+    /// or a Bind of a prepared statement that does.
+    fn must_hold(&self, tag: u8, frame: Option<&[u8]>) -> bool {
+        let Some(frame) = frame else {
+            return false;
+        };
+        if !self.tracking || !self.rewriter.holding() {
+            return false;
+        }
+        let holds = |sql: &[u8]| self.rewriter.holds(sql);
+        match tag {
+            frontend::QUERY => {
+                let sql = frame.get(HEADER_LEN..).unwrap_or_default();
+                holds(sql)
+                    || self
+                        .stale_execute(self.rewriter.epoch(), sql_prepared_command(frame))
+                        .is_some_and(|statement| holds(&statement))
+            }
+            frontend::PARSE => statements::parse_fields(frame).is_some_and(|f| holds(f.sql)),
+            frontend::BIND => statements::statement_used(tag, frame)
+                .and_then(|name| self.state.with_book(|b| b.statements.sql(name)))
+                .is_some_and(|sql| holds(&sql)),
+            _ => false,
+        }
+    }
+
     /// Starts the clock of request `request` (a Query, or the Sync ending
     /// a batch), with what was done to its statements.
     fn time(&mut self, request: u64) {
@@ -520,6 +547,10 @@ impl FrameVisitor for FrontendVisitor<'_> {
     }
 
     fn visit(&mut self, tag: u8, frame: Option<&[u8]>) -> Result<Verdict, String> {
+        // Held before anything is counted: the frame is visited again.
+        if self.must_hold(tag, frame) {
+            return Ok(Verdict::Hold);
+        }
         let state = self.state;
         // The request this message belongs to: a Query is its own request;
         // anything else belongs to the next Sync.

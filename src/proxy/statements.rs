@@ -264,6 +264,11 @@ impl Statements {
 
     /// Whether a statement of this session was ever rewritten by a
     /// migration (its Binds are then looked at).
+    /// The SQL statement `name` was prepared with, as the client sent it.
+    pub fn sql(&self, name: &[u8]) -> Option<Bytes> {
+        self.entries.get(name).map(|e| e.sql.clone())
+    }
+
     pub fn any_classified(&self) -> bool {
         self.classified
     }

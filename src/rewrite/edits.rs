@@ -27,7 +27,7 @@ fn column_name(spec: &MigrationSpec, which: Which) -> &str {
 
 /// The column reads come from in the phase.
 fn source(m: &ActiveMigration) -> &str {
-    if m.phase.reads_new() {
+    if m.reads_new() {
         &m.spec.to
     } else {
         &m.spec.from
@@ -99,7 +99,13 @@ fn columns_of(
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
     Ok(
-        shaped(physical, &spec.from, &spec.to, t.old_at, Shape::Union)
+        shaped(
+            physical,
+            (&spec.from, &spec.to),
+            t.old_at,
+            spec.in_place,
+            Shape::Union,
+        )
             .iter()
             .filter(|c| !except.contains(c))
             .map(|c| format!("{q}.{}", quote_ident(c)))
@@ -114,7 +120,7 @@ fn columns_of(
 /// at expand, applies).
 fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> {
     let spec = &t.m.spec;
-    if !t.m.phase.has_old() {
+    if !t.m.has_old() {
         return Ok(String::new());
     }
     let def = catalog
@@ -133,7 +139,7 @@ fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> 
 }
 
 fn implied_edits(i: &Implied, t: &Target<'_>, edits: &mut Vec<Edit>) -> Result<(), Refusal> {
-    if !t.m.phase.has_new() {
+    if !t.m.has_new() {
         return Ok(()); // one migrating column: the physical table is the old shape
     }
     let k = i.target;
@@ -199,17 +205,25 @@ fn positional_list(
     let k = i.target;
     let spec = &t.m.spec;
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
-    let position_known = match spec.old_after.as_deref() {
-        Some(after) => after.is_empty() || physical.iter().any(|c| c == after),
-        None => false,
-    };
+    // Renamed in place, the column stands where it always stood.
+    let position_known = spec.in_place
+        || match spec.old_after.as_deref() {
+            Some(after) => after.is_empty() || physical.iter().any(|c| c == after),
+            None => false,
+        };
     if !physical.contains(&spec.from) && !position_known {
         return Err((k, format!(
             "inserts without a column list after {} was dropped, when its place among the columns is no longer known; list the columns",
             quote_ident(&spec.from)
         )));
     }
-    let columns = shaped(physical, &spec.from, &spec.to, t.old_at, Shape::Old);
+    let columns = shaped(
+        physical,
+        (&spec.from, &spec.to),
+        t.old_at,
+        spec.in_place,
+        Shape::Old,
+    );
     if width > columns.len() {
         return Err((k, format!(
             "inserts {width} values without a column list into a table whose columns (in the old shape) are {}; list the columns",
@@ -218,7 +232,7 @@ fn positional_list(
     }
     let mut list: Vec<String> = columns[..width].iter().map(|c| quote_ident(c)).collect();
     let mut appended = None;
-    if !columns[..width].contains(&spec.from) && t.m.phase.has_old() {
+    if !columns[..width].contains(&spec.from) && t.m.has_old() {
         list.push(quote_ident(&spec.from));
         appended = Some(fill(t, k, t.catalog)?);
     }
@@ -358,9 +372,9 @@ fn conflict_edit(c: &ConflictColumn, t: &Target<'_>) -> Result<Edit, Refusal> {
     if !spec.is_rename() {
         return Err((c.target, "uses a migrating column as the ON CONFLICT target during a type change; name the unique constraint (ON CONFLICT ON CONSTRAINT …)".into()));
     }
-    let physical = if t.m.phase.has_old() && t.m.phase.has_new() {
+    let physical = if t.m.has_old() && t.m.has_new() {
         source(t.m)
-    } else if t.m.phase.has_old() {
+    } else if t.m.has_old() {
         &spec.from
     } else {
         &spec.to
@@ -395,7 +409,7 @@ fn write_targets(m: &ActiveMigration, which: Which) -> Vec<(&str, Convert)> {
     let spec = &m.spec;
     let writes_old = which == Which::From;
     let mut out = Vec::new();
-    if m.phase.has_old() {
+    if m.has_old() {
         out.push((
             spec.from.as_str(),
             if writes_old {
@@ -405,7 +419,7 @@ fn write_targets(m: &ActiveMigration, which: Which) -> Vec<(&str, Convert)> {
             },
         ));
     }
-    if m.phase.has_new() {
+    if m.has_new() {
         out.push((
             spec.to.as_str(),
             if writes_old {

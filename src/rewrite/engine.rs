@@ -219,6 +219,14 @@ impl StatementRewriter for MigrationRewriter {
         Some(self.rules.epoch())
     }
 
+    fn holds(&self, sql: &[u8]) -> bool {
+        self.rules.with(|rules| rules.holds(sql))
+    }
+
+    fn holding(&self) -> bool {
+        self.rules.with(|rules| !rules.holds.is_empty())
+    }
+
     fn attribution(&self) -> Option<Arc<str>> {
         ATTRIBUTED.with(|a| a.borrow().clone())
     }

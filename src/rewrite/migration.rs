@@ -34,6 +34,10 @@ pub struct MigrationSpec {
     /// shape's column order; `None` when not known (then `a` comes just
     /// before `b`).
     pub old_after: Option<String>,
+    /// A rename done in place (`"op": "rename_column"`): the one physical
+    /// column keeps its name until the switch renames it, and both names
+    /// are served by rewriting throughout; nothing is copied.
+    pub in_place: bool,
 }
 
 /// A schema-qualified table name.
@@ -202,7 +206,21 @@ impl MigrationSpec {
             down_type: down.and_then(outer_cast_type),
             down: down.map(str::to_string),
             old_after: None,
+            in_place: false,
         })
+    }
+
+    /// This spec as a rename done in place: only for a rename (no type, no
+    /// `up` or `down`).
+    pub fn renamed_in_place(mut self) -> Result<MigrationSpec, SpecError> {
+        if self.new_type.is_some() || self.up.is_some() || self.down.is_some() {
+            return Err(SpecError {
+                id: self.id,
+                reason: "rename_column renames a column in place and takes no type, up or down (a type change copies the column: op change_type)".into(),
+            });
+        }
+        self.in_place = true;
+        Ok(self)
     }
 
     /// For a type change that only widens an integer (`integer` →

@@ -97,6 +97,20 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn attribution(&self) -> Option<Arc<str>> {
         None
     }
+
+    /// Whether a statement with this text must wait before it goes
+    /// upstream: it names a table whose column is being renamed in place
+    /// (the rename barrier). The session holds it and asks again shortly;
+    /// the answer turns false when the rules flip or the barrier lapses.
+    fn holds(&self, _sql: &[u8]) -> bool {
+        false
+    }
+
+    /// Whether any table is under the rename barrier now (a cheap check
+    /// before looking up what a Bind or EXECUTE would run).
+    fn holding(&self) -> bool {
+        false
+    }
 }
 
 /// Who a statement being rewritten comes from: what name resolution and

@@ -684,10 +684,10 @@ fn copy_from_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
             .take_while(|t| t.token != Token::RParen)
             .any(|t| names(&t.token, c))
     };
-    let dual = m.phase.has_old() && m.phase.has_new();
+    let dual = m.has_old() && m.has_new();
     let fine = if dual {
         false
-    } else if m.phase.has_old() {
+    } else if m.has_old() {
         !has_column_list || !lists(&spec.to)
     } else {
         has_column_list && !lists(&spec.from)

@@ -50,7 +50,13 @@ impl Target<'_> {
     fn shaped(&self, shape: Shape) -> Columns {
         let spec = &self.m.spec;
         match &self.physical {
-            Some(p) => Columns::Known(shaped(p, &spec.from, &spec.to, self.old_at, shape)),
+            Some(p) => Columns::Known(shaped(
+                p,
+                (&spec.from, &spec.to),
+                self.old_at,
+                spec.in_place,
+                shape,
+            )),
             None => Columns::Unknown(match shape {
                 Shape::Union => vec![spec.from.clone(), spec.to.clone()],
                 Shape::Old => vec![spec.from.clone()],
@@ -75,8 +81,8 @@ impl Target<'_> {
         let spec = &self.m.spec;
         let mut names = self.physical.clone().unwrap_or_default();
         for (column, exists) in [
-            (&spec.from, self.m.phase.has_old()),
-            (&spec.to, self.m.phase.has_new()),
+            (&spec.from, self.m.has_old()),
+            (&spec.to, self.m.has_new()),
         ] {
             if exists && !names.contains(column) {
                 names.push(column.clone());
@@ -1027,7 +1033,7 @@ impl Walker<'_, '_> {
     /// on the client's, and passes as it is.
     fn reads_as_it_is(&self, k: usize, column: &str) -> bool {
         let m = self.cx.targets[k].m;
-        let source = if m.phase.reads_new() {
+        let source = if m.reads_new() {
             &m.spec.to
         } else {
             &m.spec.from
@@ -1062,7 +1068,7 @@ impl Walker<'_, '_> {
             self.sites.evidence[k][usize::from(which == Which::To)] += 1;
         }
         let spec = &t.m.spec;
-        let source = if t.m.phase.reads_new() {
+        let source = if t.m.reads_new() {
             &spec.to
         } else {
             &spec.from

@@ -25,6 +25,35 @@ pub struct ActiveMigration {
     pub phase: Phase,
 }
 
+impl ActiveMigration {
+    /// The old column `a` physically exists. A rename in place has one
+    /// column, named `a` until the switch renames it `b`.
+    pub fn has_old(&self) -> bool {
+        match self.spec.in_place {
+            true => matches!(self.phase, Phase::Planned | Phase::Expanded),
+            false => self.phase.has_old(),
+        }
+    }
+
+    /// The new column `b` physically exists.
+    pub fn has_new(&self) -> bool {
+        match self.spec.in_place {
+            true => self.phase.reads_new(),
+            false => self.phase.has_new(),
+        }
+    }
+
+    /// Reads are answered from `b`.
+    pub fn reads_new(&self) -> bool {
+        self.phase.reads_new()
+    }
+}
+
+/// How long a proxy holds the statements on a table whose column is being
+/// renamed in place, at most: past it they go on under the rules in force
+/// (the proxy renaming clears the barrier long before, or gives up).
+pub const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Applications told apart per migration (a flood of made-up names stops
 /// here).
 const MAX_APPLICATIONS: usize = 1000;
@@ -100,6 +129,23 @@ pub struct Rules {
     pub table_names: Vec<String>,
     /// The catalog snapshot names are resolved with.
     pub catalog: Arc<Catalog>,
+    /// Tables (lower-cased names) whose statements are held until the
+    /// instant given: a column of theirs is being renamed in place.
+    pub holds: Vec<(String, std::time::Instant)>,
+}
+
+impl Rules {
+    /// Whether a statement with this text is held now (it names a table
+    /// under a rename barrier).
+    pub fn holds(&self, sql: &[u8]) -> bool {
+        if self.holds.is_empty() {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        self.holds
+            .iter()
+            .any(|(table, until)| now < *until && super::scan::mentions(sql, table.as_bytes()))
+    }
 }
 
 impl Rules {
@@ -107,6 +153,7 @@ impl Rules {
         epoch: u64,
         migrations: &[ActiveMigration],
         catalog: Arc<Catalog>,
+        holds: Vec<(String, std::time::Instant)>,
         registry: &Mutex<HashMap<String, Arc<MigrationCounters>>>,
     ) -> Rules {
         let migrations: Vec<ActiveMigration> = migrations
@@ -138,6 +185,7 @@ impl Rules {
             counters,
             table_names,
             catalog,
+            holds,
         }
     }
 }
@@ -167,7 +215,7 @@ impl RulesCell {
     pub fn with_catalog(migrations: &[ActiveMigration], catalog: Catalog) -> RulesCell {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let counters = Mutex::new(HashMap::new());
-        let first = Rules::new(1, migrations, Arc::new(catalog), &counters);
+        let first = Rules::new(1, migrations, Arc::new(catalog), Vec::new(), &counters);
         RulesCell {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: Arc::new(ArcSwap::from_pointee(first)),
@@ -180,28 +228,61 @@ impl RulesCell {
     /// Publishes new migrations (with the catalog snapshot in force);
     /// returns the new epoch.
     pub fn publish(&self, migrations: &[ActiveMigration]) -> u64 {
-        self.replace(|current| (migrations.to_vec(), Arc::clone(&current.catalog)))
+        self.replace(|current| {
+            let holds = current.holds.clone();
+            (migrations.to_vec(), Arc::clone(&current.catalog), holds)
+        })
     }
 
     /// Publishes a new catalog snapshot (with the migrations in force);
     /// returns the new epoch.
     pub fn publish_catalog(&self, catalog: Catalog) -> u64 {
         let catalog = Arc::new(catalog);
-        self.replace(move |current| (current.migrations.clone(), catalog))
+        self.replace(move |current| {
+            let holds = current.holds.clone();
+            (current.migrations.clone(), catalog, holds)
+        })
     }
 
     /// Publishes new migrations and a new catalog snapshot together.
     pub fn publish_with_catalog(&self, migrations: &[ActiveMigration], catalog: Catalog) -> u64 {
         let catalog = Arc::new(catalog);
-        self.replace(move |_| (migrations.to_vec(), catalog))
+        self.replace(move |current| (migrations.to_vec(), catalog, current.holds.clone()))
     }
 
-    fn replace(&self, next: impl FnOnce(&Rules) -> (Vec<ActiveMigration>, Arc<Catalog>)) -> u64 {
+    /// Publishes new migrations, with a new catalog snapshot when one is
+    /// given, and the tables whose statements are held from now on for at
+    /// most [`HOLD_MAX`] (a table held already keeps its deadline).
+    pub fn publish_holding(
+        &self,
+        migrations: &[ActiveMigration],
+        catalog: Option<Catalog>,
+        held: &[String],
+    ) -> u64 {
+        let catalog = catalog.map(Arc::new);
+        self.replace(move |current| {
+            let until = std::time::Instant::now() + HOLD_MAX;
+            let holds = held
+                .iter()
+                .map(|t| {
+                    let kept = current.holds.iter().find(|(h, _)| h == t);
+                    (t.clone(), kept.map_or(until, |(_, u)| *u))
+                })
+                .collect();
+            let catalog = catalog.unwrap_or_else(|| Arc::clone(&current.catalog));
+            (migrations.to_vec(), catalog, holds)
+        })
+    }
+
+    fn replace(
+        &self,
+        next: impl FnOnce(&Rules) -> (Vec<ActiveMigration>, Arc<Catalog>, Vec<(String, std::time::Instant)>),
+    ) -> u64 {
         let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();
         let epoch = current.epoch + 1;
-        let (migrations, catalog) = next(&current);
-        let fresh = Rules::new(epoch, &migrations, catalog, &self.counters);
+        let (migrations, catalog, holds) = next(&current);
+        let fresh = Rules::new(epoch, &migrations, catalog, holds, &self.counters);
         self.current.store(Arc::new(fresh));
         epoch
     }

@@ -244,13 +244,14 @@ impl<'p> Scope<'p> {
 
 /// A migrating table's columns in `shape`, from its physical columns
 /// (`physical`, in position order): the new column, while it does not exist
-/// yet, comes last (where `ADD COLUMN` puts it); the old one, once dropped,
-/// comes `old_at` (where it stood).
+/// yet, comes last (where `ADD COLUMN` puts it) — or, for a rename in place
+/// (`in_place`), just after the old one, where the rename leaves it; the
+/// old one, once dropped or renamed, comes `old_at` (where it stood).
 pub fn shaped(
     physical: &[String],
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
     old_at: usize,
+    in_place: bool,
     shape: Shape,
 ) -> Vec<String> {
     let mut columns: Vec<String> = physical.to_vec();
@@ -258,7 +259,11 @@ pub fn shaped(
         columns.insert(old_at.min(columns.len()), from.to_string());
     }
     if !columns.iter().any(|c| c == to) {
-        columns.push(to.to_string());
+        let at = match in_place {
+            true => columns.iter().position(|c| c == from).map_or(columns.len(), |i| i + 1),
+            false => columns.len(),
+        };
+        columns.insert(at, to.to_string());
     }
     match shape {
         Shape::Union => columns,
@@ -334,15 +339,28 @@ mod tests {
     fn shapes_show_one_column_or_both() {
         let physical: Vec<String> = ["id", "a", "x"].iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            shaped(&physical, "a", "b", 1, Shape::Union),
+            shaped(&physical, ("a", "b"), 1, false, Shape::Union),
             ["id", "a", "x", "b"]
         );
-        assert_eq!(shaped(&physical, "a", "b", 1, Shape::Old), ["id", "a", "x"]);
-        assert_eq!(shaped(&physical, "a", "b", 1, Shape::New), ["id", "x", "b"]);
+        assert_eq!(shaped(&physical, ("a", "b"), 1, false, Shape::Old), ["id", "a", "x"]);
+        assert_eq!(shaped(&physical, ("a", "b"), 1, false, Shape::New), ["id", "x", "b"]);
         let contracted: Vec<String> = ["id", "x", "b"].iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            shaped(&contracted, "a", "b", 1, Shape::Old),
+            shaped(&contracted, ("a", "b"), 1, false, Shape::Old),
             ["id", "a", "x"]
+        );
+        // A rename in place: `b` stands where `a` does, before the rename
+        // and (as `a` does) after it.
+        assert_eq!(shaped(&physical, ("a", "b"), 1, true, Shape::New), ["id", "b", "x"]);
+        assert_eq!(
+            shaped(&physical, ("a", "b"), 1, true, Shape::Union),
+            ["id", "a", "b", "x"]
+        );
+        let renamed: Vec<String> = ["id", "b", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(shaped(&renamed, ("a", "b"), 1, true, Shape::Old), ["id", "a", "x"]);
+        assert_eq!(
+            shaped(&renamed, ("a", "b"), 1, true, Shape::Union),
+            ["id", "a", "b", "x"]
         );
     }
 }

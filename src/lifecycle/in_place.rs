@@ -1,0 +1,276 @@
+//! A column rename done in place (`"op": "rename_column"`): nothing is
+//! copied. Both names are served by rewriting while the one physical column
+//! keeps its name; at the switch it is renamed (`ALTER TABLE … RENAME
+//! COLUMN`, a catalog change) behind a barrier, and the rules flip.
+//!
+//! The barrier: the record's `barrier` flag goes up and every proxy
+//! acknowledges it, holding from then on each statement that names the
+//! table (Query, Parse, a Bind or EXECUTE of a statement that does). Then
+//! one transaction renames the column, stores the next phase with the flag
+//! down and bumps the state version, so the physical name and the stored
+//! phase never disagree. The proxies apply the new rules and release what
+//! they held, rewritten under them. When the rename cannot take its lock
+//! within the lock timeout (a transaction holds the table), the barrier is
+//! lowered, the held statements go on under the old rules, and the whole
+//! attempt is made again after the back-off.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use super::store::{self, Record};
+use super::{ddl, peers, ActionError, Lifecycle};
+use crate::rewrite::migration::{quote_ident, Phase};
+
+/// How long the proxies have to acknowledge the barrier before the attempt
+/// is given up (their sessions are held meanwhile).
+const BARRIER_ACK: Duration = Duration::from_secs(2);
+
+impl Lifecycle {
+    /// `expand`: nothing to add; the column `to` must not exist.
+    pub(super) async fn expand_in_place(&self, mut record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Planned {
+            return Err(Self::illegal(&record, "expand", "phase planned"));
+        }
+        let client = self.connect().await?;
+        let spec = &record.spec;
+        let table = spec.table.to_string();
+        if ddl::column_info(&client, &table, &spec.from).await?.is_none() {
+            let from = quote_ident(&spec.from);
+            return Err(ActionError::Conflict(format!(
+                "table {table} has no column {from}"
+            )));
+        }
+        if ddl::column_info(&client, &table, &spec.to).await?.is_some() {
+            let to = quote_ident(&spec.to);
+            return Err(ActionError::Conflict(format!(
+                "table {table} already has a column {to}: a rename in place needs the name free"
+            )));
+        }
+        record.phase = Phase::Expanded;
+        let detail = "nothing copied: both names served from the one column";
+        self.commit(&client, record, "expand", detail, true).await
+    }
+
+    /// `switch-reads`: the column renamed `from` → `to` (to new) or back
+    /// (to old), behind the barrier.
+    pub(super) async fn switch_in_place(
+        &self,
+        record: Record,
+        to_new: bool,
+    ) -> Result<(), ActionError> {
+        let (now, next) = match to_new {
+            true => (Phase::Expanded, Phase::Switched),
+            false => (Phase::Switched, Phase::Expanded),
+        };
+        if record.phase == next {
+            return Ok(());
+        }
+        if record.phase != now {
+            let needs = format!("phase {now}");
+            return Err(Self::illegal(&record, "switch-reads", &needs));
+        }
+        self.rename_behind_barrier(record, to_new, next, "switch-reads")
+            .await
+    }
+
+    /// `contract`: nothing to drop (the old name is gone since the switch);
+    /// the old-shape guard still decides whether clients are done with it.
+    pub(super) async fn contract_in_place(
+        &self,
+        mut record: Record,
+        options: &crate::api::Contract,
+    ) -> Result<(), ActionError> {
+        if record.phase != Phase::Switched {
+            return Err(Self::illegal(&record, "contract", "phase switched"));
+        }
+        let client = self.connect().await?;
+        self.check_no_old_shape(&client, &record, options).await?;
+        record.phase = Phase::Contracted;
+        let detail = "nothing to drop: the column was renamed in place";
+        self.commit(&client, record, "contract", detail, true).await
+    }
+
+    /// `rollback`: the rules end; a column already renamed is renamed back
+    /// behind the barrier first.
+    pub(super) async fn rollback_in_place(&self, mut record: Record) -> Result<(), ActionError> {
+        match record.phase {
+            Phase::Planned | Phase::Expanded => {
+                let client = self.connect().await?;
+                record.phase = Phase::RolledBack;
+                self.commit(&client, record, "rollback", "rules off", true)
+                    .await
+            }
+            Phase::Switched | Phase::Contracted => {
+                self.rename_behind_barrier(record, false, Phase::RolledBack, "rollback")
+                    .await
+            }
+            _ => Err(Self::illegal(&record, "rollback", "a phase before complete")),
+        }
+    }
+
+    /// Renames the column (`from` → `to` when `forward`, else back) and
+    /// moves the record to `next` in one transaction, behind the barrier;
+    /// retried under the lock discipline, lowering the barrier between
+    /// attempts.
+    async fn rename_behind_barrier(
+        &self,
+        record: Record,
+        forward: bool,
+        next: Phase,
+        action: &str,
+    ) -> Result<(), ActionError> {
+        let client = self.connect().await?;
+        let spec = &record.spec;
+        let (from, to) = match forward {
+            true => (&spec.from, &spec.to),
+            false => (&spec.to, &spec.from),
+        };
+        let rename = format!(
+            "alter table {} rename column {} to {}",
+            spec.table,
+            quote_ident(from),
+            quote_ident(to)
+        );
+        let mut flipped = record.clone();
+        flipped.phase = next;
+        flipped.barrier = false;
+        for attempt in 1..=self.lock.attempts.max(1) {
+            let started = std::time::Instant::now();
+            self.raise_barrier(&client, &record, action).await?;
+            match self.rename_and_flip(&client, &flipped, &rename).await {
+                Ok(Some(version)) => {
+                    let held_ms = started.elapsed().as_millis();
+                    tracing::info!(migration = %spec.id, attempt, held_ms, "renamed in place behind the barrier");
+                    return self.announce(&client, &flipped, version, action, &rename, held_ms).await;
+                }
+                Ok(None) => {
+                    let wait = self.lock.backoff;
+                    tracing::info!(migration = %spec.id, attempt, wait_ms = wait.as_millis() as u64, "the rename did not get its lock; barrier lowered, retrying");
+                    self.lower_barrier(&client, &record, action).await?;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    self.lower_barrier(&client, &record, action).await?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ActionError::Failed(format!(
+            "`{rename}` did not get its lock in {} attempts of {} ms; the column keeps its name and both names are still served",
+            self.lock.attempts,
+            self.lock.lock_timeout.as_millis()
+        )))
+    }
+
+    /// Raises the barrier and waits until every live proxy holds; lowers
+    /// it again when one does not in time.
+    async fn raise_barrier(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        action: &str,
+    ) -> Result<(), ActionError> {
+        let mut raised = record.clone();
+        raised.barrier = true;
+        let version = self
+            .store_change(client, raised, "pgshift", action, "barrier raised")
+            .await?;
+        self.heartbeat(client, version).await?;
+        let options = peers::Options {
+            ack_timeout: BARRIER_ACK,
+            ..self.options
+        };
+        if let Err(e) = peers::wait_for(client, version, options).await {
+            self.lower_barrier(client, record, action).await?;
+            return Err(ActionError::Failed(format!(
+                "the rename barrier was not held by every proxy in time ({e}); nothing was renamed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lowers the barrier: the held statements go on under the rules of
+    /// `record`'s phase.
+    async fn lower_barrier(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        action: &str,
+    ) -> Result<(), ActionError> {
+        let mut lowered = record.clone();
+        lowered.barrier = false;
+        let version = self
+            .store_change(client, lowered, "pgshift", action, "barrier lowered")
+            .await?;
+        self.heartbeat(client, version).await
+    }
+
+    /// One transaction: the rename (under `lock_timeout`), the record in
+    /// its next phase with the barrier down, a new state version. Then the
+    /// new rules are published here. Returns the version; `None` when the
+    /// rename did not get its lock in time (nothing changed).
+    async fn rename_and_flip(
+        &self,
+        client: &tokio_postgres::Client,
+        flipped: &Record,
+        rename: &str,
+    ) -> Result<Option<i64>, ActionError> {
+        let _synced = self.sync.lock().await;
+        let timeout_ms = self.lock.lock_timeout.as_millis();
+        let transaction = async {
+            let begin = format!("begin; set local lock_timeout = '{timeout_ms}ms'; {rename}");
+            match client.batch_execute(&begin).await {
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(None),
+                other => other?,
+            }
+            store::save(client, flipped).await?;
+            let version = peers::bump(client).await?;
+            client.batch_execute("commit").await?;
+            Ok::<_, ActionError>(Some(version))
+        };
+        let version = match transaction.await {
+            Ok(Some(version)) => version,
+            other => {
+                let _ = client.batch_execute("rollback").await;
+                return other;
+            }
+        };
+        self.lock_records()
+            .insert(flipped.spec.id.clone(), flipped.clone());
+        self.publish(client).await;
+        self.applied
+            .fetch_max(version, std::sync::atomic::Ordering::AcqRel);
+        Ok(Some(version))
+    }
+
+    /// After the flip: the event, and every proxy's acknowledgement.
+    async fn announce(
+        &self,
+        client: &tokio_postgres::Client,
+        flipped: &Record,
+        version: i64,
+        action: &str,
+        rename: &str,
+        held_ms: u128,
+    ) -> Result<(), ActionError> {
+        let actor = super::ACTOR.try_with(|a| *a).unwrap_or("admin");
+        let detail = format!("{rename} (statements held {held_ms} ms)");
+        store::event(client, &flipped.spec.id, actor, action, &detail).await?;
+        self.heartbeat(client, version).await?;
+        peers::wait_for(client, version, self.options)
+            .await
+            .map_err(ActionError::Failed)
+    }
+
+    /// This proxy's heartbeat, reporting `version` applied.
+    async fn heartbeat(
+        &self,
+        client: &tokio_postgres::Client,
+        version: i64,
+    ) -> Result<(), ActionError> {
+        let listen = super::config_listen(&self.config);
+        peers::heartbeat(client, &self.id, &listen, version, &self.old_shape_json()).await?;
+        Ok(())
+    }
+}
