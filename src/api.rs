@@ -47,7 +47,8 @@ impl Op {
         new_type: Option<&str>,
         up: Option<&str>,
         down: Option<&str>,
-    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError> {
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
+    {
         use crate::rewrite::migration::{MigrationSpec, SpecError};
         let spec = MigrationSpec::new(id, table, from, to, new_type, up, down)?;
         match self {
@@ -94,7 +95,8 @@ impl NewMigration {
     /// The migration's spec, checked.
     pub fn spec(
         &self,
-    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError> {
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
+    {
         self.op.unwrap_or_default().spec(
             &self.id,
             &self.table,
@@ -485,7 +487,7 @@ mod tests {
         let served = json!({
             "rules_epoch": 3, "database": "app", "upstream": "127.0.0.1:5432",
             "migrations": [{
-                "id": "m", "table": "public.t", "from": "a", "to": "b", "type": null,
+                "id": "m", "op": "copy_column", "table": "public.t", "from": "a", "to": "b", "type": null,
                 "phase": "backfilling", "read_source": "old",
                 "backfill": {
                     "rows_done": 10, "rows_total": 100, "workers": 2,

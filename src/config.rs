@@ -695,19 +695,20 @@ impl Config {
 fn resolve_migrations(entries: Vec<FileMigration>) -> Result<Vec<ActiveMigration>, ConfigError> {
     let mut out: Vec<ActiveMigration> = Vec::new();
     for e in entries {
-        let spec = e.op.spec(
-            &e.id,
-            &e.table,
-            (&e.from, &e.to),
-            e.new_type.as_deref(),
-            e.up.as_deref(),
-            e.down.as_deref(),
-        )
-        .map_err(|err| ConfigError::Invalid {
-            key: "migrations",
-            value: e.id.clone(),
-            reason: err.reason,
-        })?;
+        let spec =
+            e.op.spec(
+                &e.id,
+                &e.table,
+                (&e.from, &e.to),
+                e.new_type.as_deref(),
+                e.up.as_deref(),
+                e.down.as_deref(),
+            )
+            .map_err(|err| ConfigError::Invalid {
+                key: "migrations",
+                value: e.id.clone(),
+                reason: err.reason,
+            })?;
         let phase_text = e.phase.as_deref().unwrap_or("planned");
         let phase = Phase::parse(phase_text).ok_or_else(|| ConfigError::Invalid {
             key: "migrations.phase",

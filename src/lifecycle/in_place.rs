@@ -25,6 +25,9 @@ use crate::rewrite::migration::{quote_ident, Phase};
 /// How long the proxies have to acknowledge the barrier before the attempt
 /// is given up (their sessions are held meanwhile).
 const BARRIER_ACK: Duration = Duration::from_secs(2);
+/// How long a proxy waits for the requests it sent before the barrier
+/// (those touching a migrating table) to be answered before it holds.
+const BARRIER_DRAIN: Duration = Duration::from_millis(1500);
 
 impl Lifecycle {
     /// `expand`: nothing to add; the column `to` must not exist.
@@ -35,7 +38,10 @@ impl Lifecycle {
         let client = self.connect().await?;
         let spec = &record.spec;
         let table = spec.table.to_string();
-        if ddl::column_info(&client, &table, &spec.from).await?.is_none() {
+        if ddl::column_info(&client, &table, &spec.from)
+            .await?
+            .is_none()
+        {
             let from = quote_ident(&spec.from);
             return Err(ActionError::Conflict(format!(
                 "table {table} has no column {from}"
@@ -105,7 +111,11 @@ impl Lifecycle {
                 self.rename_behind_barrier(record, false, Phase::RolledBack, "rollback")
                     .await
             }
-            _ => Err(Self::illegal(&record, "rollback", "a phase before complete")),
+            _ => Err(Self::illegal(
+                &record,
+                "rollback",
+                "a phase before complete",
+            )),
         }
     }
 
@@ -142,7 +152,9 @@ impl Lifecycle {
                 Ok(Some(version)) => {
                     let held_ms = started.elapsed().as_millis();
                     tracing::info!(migration = %spec.id, attempt, held_ms, "renamed in place behind the barrier");
-                    return self.announce(&client, &flipped, version, action, &rename, held_ms).await;
+                    return self
+                        .announce(&client, &flipped, version, action, &rename, held_ms)
+                        .await;
                 }
                 Ok(None) => {
                     let wait = self.lock.backoff;
@@ -176,6 +188,13 @@ impl Lifecycle {
         let version = self
             .store_change(client, raised, "pgshift", action, "barrier raised")
             .await?;
+        if !self.drained_for_barrier().await {
+            self.lower_barrier(client, record, action).await?;
+            return Err(ActionError::Failed(format!(
+                "requests touching the table were still in flight {} ms after the rename barrier went up (a long statement?); nothing was renamed",
+                BARRIER_DRAIN.as_millis()
+            )));
+        }
         self.heartbeat(client, version).await?;
         let options = peers::Options {
             ack_timeout: BARRIER_ACK,
@@ -188,6 +207,26 @@ impl Lifecycle {
             )));
         }
         Ok(())
+    }
+
+    /// Under a barrier: waits (at most [`BARRIER_DRAIN`]) until no request
+    /// touching a migrating table is in flight — every statement sent
+    /// before the barrier has reached the server and holds its lock, or is
+    /// done — and answers whether that happened. True at once without a
+    /// barrier.
+    pub(super) async fn drained_for_barrier(&self) -> bool {
+        if !self.lock_records().values().any(|r| r.barrier) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + BARRIER_DRAIN;
+        while self.rules.touching_in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(in_flight = self.rules.touching_in_flight(), "requests sent before the rename barrier are still in flight; not acknowledging it yet");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 
     /// Lowers the barrier: the held statements go on under the rules of

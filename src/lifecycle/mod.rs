@@ -24,9 +24,9 @@ mod contract;
 pub mod ddl;
 pub mod dependents;
 mod expand;
-mod in_place;
 pub mod foreign_keys;
 pub mod handover;
+mod in_place;
 pub mod indexes;
 pub mod not_null;
 pub mod peers;
@@ -300,8 +300,12 @@ impl Lifecycle {
                 .map(|r| (r.spec.id.clone(), r))
                 .collect();
             self.publish(client).await;
-            self.applied.fetch_max(version, Ordering::AcqRel);
-            tracing::info!(version, "applied a migration state change");
+            // A rename barrier counts as applied once the requests sent
+            // before it are answered; until then the next poll tries again.
+            if self.drained_for_barrier().await {
+                self.applied.fetch_max(version, Ordering::AcqRel);
+                tracing::info!(version, "applied a migration state change");
+            }
         }
         drop(synced);
         let applied = self.applied.load(Ordering::Acquire);

@@ -450,6 +450,7 @@ async fn relay<CR, CW, SR, SW>(
         );
         first_end(shared.stage.clone(), &state, c2s, s2c, idle).await
     };
+    state.abandon_in_flight(rewriter);
 
     let farewell = farewell(&end, &state, &shared.config.upstream);
     // The upstream goes first: a session cut off mid-transaction is rolled

@@ -84,12 +84,14 @@ struct Statement<'f, 's> {
     sql_command: Option<(&'static str, &'s str)>,
 }
 
-/// A request on its way (for the latency metrics).
+/// A request on its way (for the latency metrics, and the rename
+/// barrier's count of requests touching a migrating table).
 struct Timing {
     request: u64,
     started: Instant,
     kind: Kind,
     migration: Option<Arc<str>>,
+    touching: bool,
 }
 
 impl SessionState {
@@ -155,6 +157,15 @@ impl SessionState {
     /// The client sent Terminate.
     pub fn terminated(&self) -> bool {
         self.terminated.load(Ordering::Relaxed)
+    }
+
+    /// The session ended: its requests still in flight that touch a
+    /// migrating table no longer count.
+    pub fn abandon_in_flight(&self, rewriter: &dyn StatementRewriter) {
+        let touching = self.with_book(|b| b.timings.iter().filter(|t| t.touching).count());
+        if touching > 0 {
+            rewriter.in_flight(-(touching as i64));
+        }
     }
 
     /// Asks the session to end at its next idle point.
@@ -238,6 +249,12 @@ pub struct FrontendVisitor<'a> {
     /// What was done to the statements of the extended-protocol batch the
     /// next Sync ends, and the migration that did it (latency metrics).
     batch: (Kind, Option<Arc<str>>),
+    /// The batch (or Query) names a migrating table, itself or through a
+    /// prepared statement it runs.
+    touching: bool,
+    /// A statement this session prepared (by Parse or PREPARE) names a
+    /// migrating table: a Bind or EXECUTE may run it.
+    prepared_touching: bool,
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -271,6 +288,8 @@ impl<'a> FrontendVisitor<'a> {
             rewriter,
             tracking: rewriter.epoch().is_some(),
             batch: (Kind::Passed, None),
+            touching: false,
+            prepared_touching: false,
         }
     }
 
@@ -405,6 +424,18 @@ impl<'a> FrontendVisitor<'a> {
         ))
     }
 
+    /// After a Query's or Parse's rewrite: whether it touches a migrating
+    /// table (itself, or an EXECUTE of a statement that may), and whether
+    /// the session now holds a prepared statement that does.
+    fn note_touching(&mut self, tag: u8, sql_command: Option<(&'static str, &str)>) {
+        let touched = self.rewriter.touched();
+        let executes = matches!(sql_command, Some(("execute", _))) && self.prepared_touching;
+        self.touching |= touched || executes;
+        if touched && (tag == frontend::PARSE || matches!(sql_command, Some(("prepare", _)))) {
+            self.prepared_touching = true;
+        }
+    }
+
     /// Whether this message must wait for the rename barrier: a Query or
     /// Parse naming a table under it, an EXECUTE of a statement that does,
     /// or a Bind of a prepared statement that does.
@@ -436,11 +467,16 @@ impl<'a> FrontendVisitor<'a> {
     /// a batch), with what was done to its statements.
     fn time(&mut self, request: u64) {
         let (kind, migration) = std::mem::replace(&mut self.batch, (Kind::Passed, None));
+        let touching = std::mem::take(&mut self.touching);
+        if touching {
+            self.rewriter.in_flight(1);
+        }
         let timing = Timing {
             request,
             started: Instant::now(),
             kind,
             migration,
+            touching,
         };
         self.state.with_book(|b| b.timings.push_back(timing));
     }
@@ -566,6 +602,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
             frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
             _ => state.unsynced.store(true, Ordering::Relaxed),
         }
+        if tag == frontend::BIND && self.prepared_touching {
+            self.touching = true;
+        }
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);
         };
@@ -602,6 +641,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
             self.state.path_changes(sql);
         }
         let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
+        self.note_touching(tag, sql_command);
         let outcome = match (outcome, replacement) {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
             (outcome, _) => outcome,
@@ -645,13 +685,15 @@ fn sent_fingerprint(outcome: &Outcome, sql: &[u8]) -> Option<u64> {
 /// The server stream as the relay sees it.
 pub struct BackendVisitor<'a> {
     state: &'a SessionState,
+    rewriter: &'a dyn StatementRewriter,
     tracking: bool,
 }
 
 impl<'a> BackendVisitor<'a> {
-    pub fn new(state: &'a SessionState, rewriter: &dyn StatementRewriter) -> Self {
+    pub fn new(state: &'a SessionState, rewriter: &'a dyn StatementRewriter) -> Self {
         BackendVisitor {
             state,
+            rewriter,
             tracking: rewriter.epoch().is_some(),
         }
     }
@@ -709,8 +751,14 @@ impl FrameVisitor for BackendVisitor<'_> {
                     }
                     b.statements.on_ready(current);
                     let mut done = None;
+                    let mut touching = 0;
                     while b.timings.front().is_some_and(|t| t.request <= current) {
-                        done = b.timings.pop_front().filter(|t| t.request == current);
+                        let t = b.timings.pop_front();
+                        touching += i64::from(t.as_ref().is_some_and(|t| t.touching));
+                        done = t.filter(|t| t.request == current);
+                    }
+                    if touching > 0 {
+                        self.rewriter.in_flight(-touching);
                     }
                     done
                 });

@@ -98,20 +98,18 @@ fn columns_of(
     let spec = &t.m.spec;
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
-    Ok(
-        shaped(
-            physical,
-            (&spec.from, &spec.to),
-            t.old_at,
-            spec.in_place,
-            Shape::Union,
-        )
-            .iter()
-            .filter(|c| !except.contains(c))
-            .map(|c| format!("{q}.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
+    Ok(shaped(
+        physical,
+        (&spec.from, &spec.to),
+        t.old_at,
+        spec.in_place,
+        Shape::Union,
     )
+    .iter()
+    .filter(|c| !except.contains(c))
+    .map(|c| format!("{q}.{}", quote_ident(c)))
+    .collect::<Vec<_>>()
+    .join(", "))
 }
 
 /// The value an INSERT that leaves both migrating columns out writes to

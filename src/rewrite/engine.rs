@@ -92,6 +92,9 @@ thread_local! {
     /// The migration the last statement this thread rewrote or refused
     /// counts for ([`StatementRewriter::attribution`]).
     static ATTRIBUTED: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+    /// Whether the last statement this thread was asked about names a
+    /// migrating table ([`StatementRewriter::touched`]).
+    static TOUCHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Tally {
@@ -167,7 +170,9 @@ fn too_large(len: usize) -> Refusal {
 impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
         self.rules.with(|rules| {
-            if rules.migrations.is_empty() || !mentions_any(sql, &rules.table_names) {
+            let touched = !rules.migrations.is_empty() && mentions_any(sql, &rules.table_names);
+            TOUCHED.with(|t| t.set(touched));
+            if !touched {
                 return Rewrite::Unchanged;
             }
             ATTRIBUTED.with(|a| a.borrow_mut().take());
@@ -225,6 +230,14 @@ impl StatementRewriter for MigrationRewriter {
 
     fn holding(&self) -> bool {
         self.rules.with(|rules| !rules.holds.is_empty())
+    }
+
+    fn touched(&self) -> bool {
+        TOUCHED.with(|t| t.get())
+    }
+
+    fn in_flight(&self, delta: i64) {
+        self.rules.in_flight(delta);
     }
 
     fn attribution(&self) -> Option<Arc<str>> {

@@ -111,6 +111,17 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn holding(&self) -> bool {
         false
     }
+
+    /// Whether the statement last passed to [`StatementRewriter::rewrite`]
+    /// on this thread names a migrating table (rewritten or not).
+    fn touched(&self) -> bool {
+        false
+    }
+
+    /// Requests in flight that touch a migrating table: `delta` more (sent)
+    /// or fewer (answered, or their session ended). The rename barrier is
+    /// acknowledged only once those sent before it are answered.
+    fn in_flight(&self, _delta: i64) {}
 }
 
 /// Who a statement being rewritten comes from: what name resolution and

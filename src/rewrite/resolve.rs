@@ -80,10 +80,7 @@ impl Target<'_> {
     fn physical_names(&self) -> Vec<String> {
         let spec = &self.m.spec;
         let mut names = self.physical.clone().unwrap_or_default();
-        for (column, exists) in [
-            (&spec.from, self.m.has_old()),
-            (&spec.to, self.m.has_new()),
-        ] {
+        for (column, exists) in [(&spec.from, self.m.has_old()), (&spec.to, self.m.has_new())] {
             if exists && !names.contains(column) {
                 names.push(column.clone());
             }

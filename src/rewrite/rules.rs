@@ -203,6 +203,8 @@ pub struct RulesCell {
     /// the lifecycle each time it confirms the stored state); 0: no lease
     /// (rules that only change by configuration).
     lease_until_ms: AtomicU64,
+    /// Requests in flight that touch a migrating table, over every session.
+    in_flight: std::sync::atomic::AtomicI64,
 }
 
 impl RulesCell {
@@ -222,6 +224,7 @@ impl RulesCell {
             publishing: Mutex::new(()),
             counters,
             lease_until_ms: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -276,7 +279,13 @@ impl RulesCell {
 
     fn replace(
         &self,
-        next: impl FnOnce(&Rules) -> (Vec<ActiveMigration>, Arc<Catalog>, Vec<(String, std::time::Instant)>),
+        next: impl FnOnce(
+            &Rules,
+        ) -> (
+            Vec<ActiveMigration>,
+            Arc<Catalog>,
+            Vec<(String, std::time::Instant)>,
+        ),
     ) -> u64 {
         let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();
@@ -331,6 +340,16 @@ impl RulesCell {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         (now > until).then(|| now - until)
+    }
+
+    /// Counts requests in flight that touch a migrating table.
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Ordering::AcqRel);
+    }
+
+    /// Requests in flight that touch a migrating table now.
+    pub fn touching_in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// This cell's identity (unique in the process).

@@ -260,7 +260,10 @@ pub fn shaped(
     }
     if !columns.iter().any(|c| c == to) {
         let at = match in_place {
-            true => columns.iter().position(|c| c == from).map_or(columns.len(), |i| i + 1),
+            true => columns
+                .iter()
+                .position(|c| c == from)
+                .map_or(columns.len(), |i| i + 1),
             false => columns.len(),
         };
         columns.insert(at, to.to_string());
@@ -342,8 +345,14 @@ mod tests {
             shaped(&physical, ("a", "b"), 1, false, Shape::Union),
             ["id", "a", "x", "b"]
         );
-        assert_eq!(shaped(&physical, ("a", "b"), 1, false, Shape::Old), ["id", "a", "x"]);
-        assert_eq!(shaped(&physical, ("a", "b"), 1, false, Shape::New), ["id", "x", "b"]);
+        assert_eq!(
+            shaped(&physical, ("a", "b"), 1, false, Shape::Old),
+            ["id", "a", "x"]
+        );
+        assert_eq!(
+            shaped(&physical, ("a", "b"), 1, false, Shape::New),
+            ["id", "x", "b"]
+        );
         let contracted: Vec<String> = ["id", "x", "b"].iter().map(|s| s.to_string()).collect();
         assert_eq!(
             shaped(&contracted, ("a", "b"), 1, false, Shape::Old),
@@ -351,13 +360,19 @@ mod tests {
         );
         // A rename in place: `b` stands where `a` does, before the rename
         // and (as `a` does) after it.
-        assert_eq!(shaped(&physical, ("a", "b"), 1, true, Shape::New), ["id", "b", "x"]);
+        assert_eq!(
+            shaped(&physical, ("a", "b"), 1, true, Shape::New),
+            ["id", "b", "x"]
+        );
         assert_eq!(
             shaped(&physical, ("a", "b"), 1, true, Shape::Union),
             ["id", "a", "b", "x"]
         );
         let renamed: Vec<String> = ["id", "b", "x"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(shaped(&renamed, ("a", "b"), 1, true, Shape::Old), ["id", "a", "x"]);
+        assert_eq!(
+            shaped(&renamed, ("a", "b"), 1, true, Shape::Old),
+            ["id", "a", "x"]
+        );
         assert_eq!(
             shaped(&renamed, ("a", "b"), 1, true, Shape::Union),
             ["id", "a", "b", "x"]

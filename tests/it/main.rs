@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod faults;
 mod harness;
+mod in_place;
 mod lifecycle;
 mod locks;
 mod oracle;
