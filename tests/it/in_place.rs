@@ -327,3 +327,58 @@ async fn a_transaction_holding_the_table_delays_the_rename_without_failing_anyon
         .get(0);
     assert_eq!(v, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_hold_and_release_together_around_the_rename() {
+    let (dbname, direct, table, id, a) = renamed_in_place().await;
+    let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None)
+        .and_then(MigrationSpec::renamed_in_place)
+        .unwrap();
+    let b = driven_with(vec![spec], &dbname, Default::default(), |c| {
+        c.listen = "127.0.0.1:16111".parse().unwrap();
+    })
+    .await;
+    let loads = [
+        Load::start(&a.proxy, &dbname, &table).await,
+        Load::start(&b.proxy, &dbname, &table).await,
+    ];
+    let (code, body) = post(&a.admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    // Forth through one proxy, back through the other, forth again.
+    for (admin, to, name) in [
+        (&a.admin, "new", "balance"),
+        (&b.admin, "old", "bal"),
+        (&a.admin, "new", "balance"),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (code, body) = post(
+            admin,
+            &format!("/migrations/{id}/switch-reads"),
+            json!({ "to": to }),
+        )
+        .await;
+        assert_eq!(code, 200, "switch-reads to {to}: {body}");
+        assert_eq!(physical(&direct, &table).await.1[1].0, name);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut total = 0;
+    for load in loads {
+        let (committed, errors) = load.finish().await;
+        assert!(
+            errors.is_empty(),
+            "{} errors, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        total += committed;
+    }
+    let sum: i64 = direct
+        .query_one(&format!("select sum(balance)::int8 from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sum, total,
+        "every committed update through either proxy is in the table"
+    );
+}
