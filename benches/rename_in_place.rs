@@ -233,6 +233,9 @@ fn stats(ends: &[(f64, f64)], window: (f64, f64)) -> (f64, f64) {
     (lat.len() as f64 / (window.1 - window.0).max(1e-3), p99)
 }
 
+/// A row of the report: its name and the figure it reads.
+type Row = (&'static str, fn(&Outcome) -> f64);
+
 fn report(outcomes: &[Vec<Outcome>], rounds: u32, scale: u32) {
     let col = |m: usize, f: fn(&Outcome) -> f64| {
         let v: Vec<f64> = outcomes[m].iter().map(f).collect();
@@ -246,7 +249,7 @@ fn report(outcomes: &[Vec<Outcome>], rounds: u32, scale: u32) {
     println!();
     println!("| | copy_column (today's) | rename_column (in place) |");
     println!("|---|---|---|");
-    let rows: [(&str, fn(&Outcome) -> f64); 7] = [
+    let rows: [Row; 7] = [
         ("expand → contract done, s", |o| o.total_s),
         ("switch-reads call, ms", |o| o.switch_ms),
         ("WAL written, MB", |o| o.wal_mb),
