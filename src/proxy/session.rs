@@ -55,6 +55,8 @@ pub struct SessionState {
     /// A search-path change waits for its transaction's outcome: the
     /// server side reads command tags.
     path_watch: AtomicBool,
+    /// The book's `txn_tables` is not empty (read without its lock).
+    txn_used_tables: AtomicBool,
 }
 
 /// What the session keeps about statements.
@@ -72,6 +74,11 @@ struct Book {
     context: Arc<SessionContext>,
     /// Requests sent whose ReadyForQuery has not come back, oldest first.
     timings: VecDeque<Timing>,
+    /// Migrating tables (lower-cased) the open transaction has used, so
+    /// holds a lock on: the rename barrier lets its statements on them
+    /// through. Cleared when the transaction ends or rolls back to a
+    /// savepoint.
+    txn_tables: Vec<String>,
 }
 
 /// A Query's or Parse's statement, as the bookkeeping after its rewrite
@@ -105,6 +112,7 @@ impl SessionState {
             path: PathTracker::new(context.search_path.clone()),
             context: Arc::new(context),
             timings: VecDeque::new(),
+            txn_tables: Vec::new(),
         };
         SessionState {
             started: Instant::now(),
@@ -120,6 +128,7 @@ impl SessionState {
             book: Mutex::new(book),
             refusal_seq: AtomicU64::new(0),
             path_watch: AtomicBool::new(false),
+            txn_used_tables: AtomicBool::new(false),
         }
     }
 
@@ -427,12 +436,51 @@ impl<'a> FrontendVisitor<'a> {
     /// After a Query's or Parse's rewrite: whether it touches a migrating
     /// table (itself, or an EXECUTE of a statement that may), and whether
     /// the session now holds a prepared statement that does.
-    fn note_touching(&mut self, tag: u8, sql_command: Option<(&'static str, &str)>) {
+    fn note_touching(&mut self, tag: u8, sql: &[u8], sql_command: Option<(&'static str, &str)>) {
         let touched = self.rewriter.touched();
         let executes = matches!(sql_command, Some(("execute", _))) && self.prepared_touching;
         self.touching |= touched || executes;
         if touched && (tag == frontend::PARSE || matches!(sql_command, Some(("prepare", _)))) {
             self.prepared_touching = true;
+        }
+        self.note_tables_used(sql, touched);
+    }
+
+    /// The migrating tables a statement sent in the open transaction uses
+    /// (a Parse takes its locks too); a rollback to a savepoint may have
+    /// released some, so they are all forgotten then.
+    fn note_tables_used(&self, sql: &[u8], touched: bool) {
+        let state = self.state;
+        if state.txn_used_tables.load(Ordering::Relaxed)
+            && crate::rewrite::scan::mentions(sql, b"rollback")
+        {
+            state.with_book(|b| b.txn_tables.clear());
+            state.txn_used_tables.store(false, Ordering::Relaxed);
+        }
+        if !touched {
+            return;
+        }
+        let tables = self.rewriter.tables_named(sql);
+        if tables.is_empty() {
+            return;
+        }
+        state.with_book(|b| {
+            for t in tables {
+                if !b.txn_tables.contains(&t) {
+                    b.txn_tables.push(t);
+                }
+            }
+        });
+        state.txn_used_tables.store(true, Ordering::Relaxed);
+    }
+
+    /// A Bind of a statement that names a migrating table: its tables are
+    /// used by the open transaction.
+    fn note_bind(&self, frame: &[u8]) {
+        let sql = statements::statement_used(frontend::BIND, frame)
+            .and_then(|name| self.state.with_book(|b| b.statements.sql(name)));
+        if let Some(sql) = sql {
+            self.note_tables_used(&sql, true);
         }
     }
 
@@ -446,7 +494,14 @@ impl<'a> FrontendVisitor<'a> {
         if !self.tracking || !self.rewriter.holding() {
             return false;
         }
-        let holds = |sql: &[u8]| self.rewriter.holds(sql);
+        // A transaction that used a table holds its lock: the rename waits
+        // for it anyway, so its statements on that table go on.
+        let in_transaction = self.state.txn_status.load(Ordering::Relaxed) != b'I';
+        let locked = match in_transaction {
+            true => self.state.with_book(|b| b.txn_tables.clone()),
+            false => Vec::new(),
+        };
+        let holds = |sql: &[u8]| self.rewriter.holds(sql, &locked);
         match tag {
             frontend::QUERY => {
                 let sql = frame.get(HEADER_LEN..).unwrap_or_default();
@@ -572,7 +627,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
                 // statement a migration rewrote (its latency counts there).
                 let look =
                     |b: &mut Book| b.statements.any_stale(epoch) || b.statements.any_classified();
-                if self.state.with_book(look) {
+                // (and when it may run a statement on a migrating table:
+                // the tables its transaction uses are noted).
+                if self.prepared_touching || self.state.with_book(look) {
                     Handling::Whole
                 } else {
                     Handling::Forward
@@ -604,6 +661,9 @@ impl FrameVisitor for FrontendVisitor<'_> {
         }
         if tag == frontend::BIND && self.prepared_touching {
             self.touching = true;
+            if let Some(frame) = frame {
+                self.note_bind(frame);
+            }
         }
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);
@@ -641,7 +701,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
             self.state.path_changes(sql);
         }
         let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
-        self.note_touching(tag, sql_command);
+        self.note_touching(tag, sql, sql_command);
         let outcome = match (outcome, replacement) {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
             (outcome, _) => outcome,
@@ -739,6 +799,8 @@ impl FrameVisitor for BackendVisitor<'_> {
                 })
             }
             _ => {
+                let ended = frame.get(HEADER_LEN) == Some(&b'I')
+                    && state.txn_used_tables.swap(false, Ordering::Relaxed);
                 if let Some(&status) = frame.get(HEADER_LEN) {
                     state.txn_status.store(status, Ordering::Relaxed);
                 }
@@ -746,6 +808,9 @@ impl FrameVisitor for BackendVisitor<'_> {
                 // Markers and injected messages the server skipped (an
                 // earlier error in the same pipeline) are done with.
                 let done = state.with_book(|b| {
+                    if ended {
+                        b.txn_tables.clear();
+                    }
                     while b.refusals.front().is_some_and(|p| p.request <= current) {
                         b.refusals.pop_front();
                     }

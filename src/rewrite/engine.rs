@@ -224,8 +224,12 @@ impl StatementRewriter for MigrationRewriter {
         Some(self.rules.epoch())
     }
 
-    fn holds(&self, sql: &[u8]) -> bool {
-        self.rules.with(|rules| rules.holds(sql))
+    fn holds(&self, sql: &[u8], locked: &[String]) -> bool {
+        self.rules.with(|rules| rules.holds(sql, locked))
+    }
+
+    fn tables_named(&self, sql: &[u8]) -> Vec<String> {
+        self.rules.with(|rules| rules.tables_named(sql))
     }
 
     fn holding(&self) -> bool {

@@ -102,8 +102,14 @@ pub trait StatementRewriter: Send + Sync + 'static {
     /// upstream: it names a table whose column is being renamed in place
     /// (the rename barrier). The session holds it and asks again shortly;
     /// the answer turns false when the rules flip or the barrier lapses.
-    fn holds(&self, _sql: &[u8]) -> bool {
+    /// `locked`: the tables the session's open transaction has used.
+    fn holds(&self, _sql: &[u8], _locked: &[String]) -> bool {
         false
+    }
+
+    /// The migrating tables (lower-cased) whose names `sql` contains.
+    fn tables_named(&self, _sql: &[u8]) -> Vec<String> {
+        Vec::new()
     }
 
     /// Whether any table is under the rename barrier now (a cheap check

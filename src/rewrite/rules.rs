@@ -135,16 +135,28 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Whether a statement with this text is held now (it names a table
-    /// under a rename barrier).
-    pub fn holds(&self, sql: &[u8]) -> bool {
+    /// Whether a statement with this text is held now: it names a table
+    /// under a rename barrier, other than those in `locked` (tables the
+    /// session's open transaction has used, and so holds a lock on: the
+    /// rename cannot happen before that transaction ends, and holding it
+    /// would only make the rename wait for its lock in vain).
+    pub fn holds(&self, sql: &[u8], locked: &[String]) -> bool {
         if self.holds.is_empty() {
             return false;
         }
         let now = std::time::Instant::now();
-        self.holds
+        self.holds.iter().any(|(table, until)| {
+            now < *until && !locked.contains(table) && super::scan::mentions(sql, table.as_bytes())
+        })
+    }
+
+    /// The migrating tables (lower-cased) whose names `sql` contains.
+    pub fn tables_named(&self, sql: &[u8]) -> Vec<String> {
+        self.table_names
             .iter()
-            .any(|(table, until)| now < *until && super::scan::mentions(sql, table.as_bytes()))
+            .filter(|name| super::scan::mentions(sql, name.as_bytes()))
+            .cloned()
+            .collect()
     }
 }
 

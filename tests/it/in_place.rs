@@ -62,12 +62,12 @@ impl Load {
         for (k, (column, app)) in [("bal", "old-app"), ("balance", "new-app")]
             .into_iter()
             .cycle()
-            .take(6)
+            .take(8)
             .enumerate()
         {
             let mut config = proxy.config();
             config.dbname(dbname).application_name(app);
-            let client = connect(&config).await.unwrap();
+            let mut client = connect(&config).await.unwrap();
             let update = format!("update {table} set {column} = {column} + 1 where id = $1");
             let read = format!("select {column} from {table} where id = $1");
             let (stop, committed) = (Arc::clone(&stop), Arc::clone(&committed));
@@ -87,7 +87,11 @@ impl Load {
                             .await
                             .map(|_| 1),
                         1 => client.execute(&update, &[&row]).await.map(|_| 1),
-                        _ => client.execute(&prepared, &[&row]).await.map(|_| 1),
+                        2 => client.execute(&prepared, &[&row]).await.map(|_| 1),
+                        // A transaction that writes the table, then reads
+                        // it: its read must not wait for a rename that
+                        // waits for its lock.
+                        _ => in_transaction(&mut client, &update, &read, row).await,
                     };
                     match wrote {
                         Ok(_) => {
@@ -119,6 +123,21 @@ impl Load {
         }
         (self.committed.load(Ordering::Relaxed), errors)
     }
+}
+
+/// `update` then `read` of `row` in one transaction, a little apart.
+async fn in_transaction(
+    client: &mut tokio_postgres::Client,
+    update: &str,
+    read: &str,
+    row: i32,
+) -> Result<i32, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(update, &[&row]).await?;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    tx.query_one(read, &[&row]).await?;
+    tx.commit().await?;
+    Ok(1)
 }
 
 /// A table of 2,000 rows with an index, a unique constraint, a foreign key
@@ -244,6 +263,20 @@ async fn a_rename_in_place_serves_both_names_under_load_and_copies_nothing() {
         .collect();
     assert_eq!(events.len(), 3, "three renames, each recorded: {events:?}");
     assert!(events[0].contains("statements held"), "{events:?}");
+    // Transactions that had used the table went on through the barrier,
+    // so no rename waited in vain for their locks.
+    let lowered: i64 = direct
+        .query_one(
+            "select count(*) from pgshift.events where migration_id = $1 and detail = 'barrier lowered'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        lowered, 0,
+        "every rename took its lock at the first attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
