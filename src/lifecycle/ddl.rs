@@ -77,14 +77,7 @@ pub async fn run_with_lock_timeout(
     discipline: LockDiscipline,
 ) -> Result<u32, DdlError> {
     let timeout_ms = discipline.lock_timeout.as_millis();
-    let cancel_autovacuum = if may_set_deadlock_timeout(client).await {
-        format!(
-            "set local deadlock_timeout = '{}ms'; ",
-            AUTOVACUUM_CANCEL_AFTER.as_millis()
-        )
-    } else {
-        String::new()
-    };
+    let cancel_autovacuum = cancel_autovacuum_early(client).await;
     let mut holders = String::new();
     for attempt in 1..=discipline.attempts {
         // Who holds table locks as the wait begins (to name, should it
@@ -122,6 +115,20 @@ pub async fn run_with_lock_timeout(
     })
 }
 
+/// The `set local` that makes an ALTER in this transaction cancel a
+/// blocking autovacuum after [`AUTOVACUUM_CANCEL_AFTER`], where the role
+/// may set it; empty otherwise.
+pub async fn cancel_autovacuum_early(client: &Client) -> String {
+    if may_set_deadlock_timeout(client).await {
+        format!(
+            "set local deadlock_timeout = '{}ms'; ",
+            AUTOVACUUM_CANCEL_AFTER.as_millis()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Whether this session may set `deadlock_timeout` (a superuser setting).
 async fn may_set_deadlock_timeout(client: &Client) -> bool {
     let allowed = client
@@ -136,7 +143,7 @@ async fn may_set_deadlock_timeout(client: &Client) -> bool {
 
 /// A transaction of another session holding locks on tables.
 #[derive(Debug, Clone)]
-struct LockHolder {
+pub(super) struct LockHolder {
     pid: i32,
     /// Its virtual transaction id (`pg_locks.virtualtransaction`, visible
     /// to every role): the same one seen twice is the same transaction.
@@ -180,7 +187,9 @@ impl std::fmt::Display for LockHolder {
 
 /// The transactions of other sessions of this database that hold locks
 /// on tables (not the system catalogs), oldest first.
-async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, tokio_postgres::Error> {
+pub(super) async fn lock_holders(
+    client: &Client,
+) -> Result<Vec<LockHolder>, tokio_postgres::Error> {
     let rows = client
         .query(
             "select l.pid, l.virtualtransaction, a.backend_type, a.application_name,
@@ -218,7 +227,7 @@ async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, tokio_postgres
 /// them at `before` (taken as a wait began): the ones the whole wait can
 /// have waited for — application transactions that came and went during
 /// it are not listed. One line for a log or an error message.
-async fn describe_holders(client: &Client, before: &[LockHolder]) -> String {
+pub(super) async fn describe_holders(client: &Client, before: &[LockHolder]) -> String {
     let now = match lock_holders(client).await {
         Ok(now) => now,
         Err(e) => return format!("(cannot read pg_locks: {e})"),

@@ -145,9 +145,11 @@ impl Lifecycle {
         let mut flipped = record.clone();
         flipped.phase = next;
         flipped.barrier = false;
+        let mut holders = String::new();
         for attempt in 1..=self.lock.attempts.max(1) {
             let started = std::time::Instant::now();
             self.raise_barrier(&client, &record, action).await?;
+            let before = ddl::lock_holders(&client).await.unwrap_or_default();
             match self.rename_and_flip(&client, &flipped, &rename).await {
                 Ok(Some(version)) => {
                     let held_ms = started.elapsed().as_millis();
@@ -158,7 +160,8 @@ impl Lifecycle {
                 }
                 Ok(None) => {
                     let wait = self.lock.backoff;
-                    tracing::info!(migration = %spec.id, attempt, wait_ms = wait.as_millis() as u64, "the rename did not get its lock; barrier lowered, retrying");
+                    holders = ddl::describe_holders(&client, &before).await;
+                    tracing::info!(migration = %spec.id, attempt, wait_ms = wait.as_millis() as u64, held_by = %holders, "the rename did not get its lock; barrier lowered, retrying");
                     self.lower_barrier(&client, &record, action).await?;
                     tokio::time::sleep(wait).await;
                 }
@@ -169,7 +172,7 @@ impl Lifecycle {
             }
         }
         Err(ActionError::Failed(format!(
-            "`{rename}` did not get its lock in {} attempts of {} ms; the column keeps its name and both names are still served",
+            "`{rename}` did not get its lock in {} attempts of {} ms (held for the whole last attempt by: {holders}); the column keeps its name and both names are still served",
             self.lock.attempts,
             self.lock.lock_timeout.as_millis()
         )))
@@ -255,10 +258,13 @@ impl Lifecycle {
         flipped: &Record,
         rename: &str,
     ) -> Result<Option<i64>, ActionError> {
+        let cancel_autovacuum = ddl::cancel_autovacuum_early(client).await;
         let _synced = self.sync.lock().await;
         let timeout_ms = self.lock.lock_timeout.as_millis();
         let transaction = async {
-            let begin = format!("begin; set local lock_timeout = '{timeout_ms}ms'; {rename}");
+            let begin = format!(
+                "begin; set local lock_timeout = '{timeout_ms}ms'; {cancel_autovacuum}{rename}"
+            );
             match client.batch_execute(&begin).await {
                 Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(None),
                 other => other?,

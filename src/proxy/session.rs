@@ -474,14 +474,17 @@ impl<'a> FrontendVisitor<'a> {
         state.txn_used_tables.store(true, Ordering::Relaxed);
     }
 
-    /// A Bind of a statement that names a migrating table: its tables are
-    /// used by the open transaction.
-    fn note_bind(&self, frame: &[u8]) {
+    /// A Bind: whether the statement it runs names a migrating table (its
+    /// tables are then used by the open transaction).
+    fn note_bind(&self, frame: &[u8]) -> bool {
         let sql = statements::statement_used(frontend::BIND, frame)
             .and_then(|name| self.state.with_book(|b| b.statements.sql(name)));
-        if let Some(sql) = sql {
-            self.note_tables_used(&sql, true);
-        }
+        let Some(sql) = sql else {
+            return false;
+        };
+        let touches = !self.rewriter.tables_named(&sql).is_empty();
+        self.note_tables_used(&sql, touches);
+        touches
     }
 
     /// Whether this message must wait for the rename barrier: a Query or
@@ -659,11 +662,17 @@ impl FrameVisitor for FrontendVisitor<'_> {
             frontend::TERMINATE => state.terminated.store(true, Ordering::Relaxed),
             _ => state.unsynced.store(true, Ordering::Relaxed),
         }
-        if tag == frontend::BIND && self.prepared_touching {
-            self.touching = true;
-            if let Some(frame) = frame {
-                self.note_bind(frame);
-            }
+        if tag == frontend::BIND {
+            // A Bind seen whole tells whether its statement names a
+            // migrating table under the rules now (it may have been
+            // prepared before the migration began); from then on the
+            // session's Binds are all seen whole.
+            let touches = match frame {
+                Some(frame) if self.tracking => self.note_bind(frame),
+                _ => self.prepared_touching,
+            };
+            self.touching |= touches;
+            self.prepared_touching |= touches;
         }
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);

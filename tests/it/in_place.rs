@@ -415,3 +415,87 @@ async fn two_proxies_hold_and_release_together_around_the_rename() {
         "every committed update through either proxy is in the table"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_before_the_migration_do_not_stall_its_rename() {
+    let (dbname, direct) = db().fresh_database("inplacedb").await;
+    let table = unique("inplace");
+    let id = unique("inplace_rename");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null default 0);
+             insert into {table} select g, 0 from generate_series(1, 2000) g"
+        ))
+        .await
+        .unwrap();
+    let d = driven_all(vec![], &dbname).await;
+    // pgbench -M prepared's shape: statements prepared once, before any
+    // migration, then run in transactions that write the table and read it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let mut config = d.proxy.config();
+        config.dbname(&dbname);
+        let mut client = connect(&config).await.unwrap();
+        let update = client
+            .prepare(&format!("update {table} set bal = bal + 1 where id = $1"))
+            .await
+            .unwrap();
+        let read = client
+            .prepare(&format!("select bal from {table} where id = $1"))
+            .await
+            .unwrap();
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut n = 0i32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let row = (n * 7919 + k * 131) % 2000 + 1;
+                let tx = client.transaction().await.unwrap();
+                let done = async {
+                    tx.execute(&update, &[&row]).await?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tx.query_one(&read, &[&row]).await?;
+                    tx.commit().await
+                };
+                if let Err(e) = done.await {
+                    errors.push(format!("{e:?}"));
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spec =
+        json!({"id": id, "op": "rename_column", "table": table, "from": "bal", "to": "balance"});
+    let (code, body) = post(&d.admin, "/migrations", spec).await;
+    assert_eq!(
+        (code, body["op"].as_str()),
+        (201, Some("rename_column")),
+        "{body}"
+    );
+    for (step, body) in [
+        ("expand", json!({})),
+        ("switch-reads", json!({"to": "new"})),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (code, answer) = post(&d.admin, &format!("/migrations/{id}/{step}"), body).await;
+        assert_eq!(code, 200, "{step}: {answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let errors = task.await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let lowered: i64 = direct
+        .query_one(
+            "select count(*) from pgshift.events where migration_id = $1 and detail = 'barrier lowered'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lowered, 0, "the rename took its lock at the first attempt");
+}
