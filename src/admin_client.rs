@@ -105,8 +105,9 @@ fn print_answer<T: serde::de::DeserializeOwned>(
 fn describe(m: &MigrationStatus) -> String {
     let b = &m.backfill;
     let mut out = format!(
-        "{id}: {table}.{from} -> {to}{ty}  phase {phase}, reads from {source}\n",
+        "{id}: {op} {table}.{from} -> {to}{ty}  phase {phase}, reads from {source}\n",
         id = m.id,
+        op = m.op.as_str(),
         table = m.table,
         from = m.from,
         to = m.to,

@@ -13,9 +13,10 @@
 //! the tables' contents must be identical and, while both physical columns
 //! exist, equal to each other.
 //!
-//! Each phase × shape (old, new) × migration (a rename, and integer cents →
-//! numeric(12,2)) runs `PGSHIFT_ORACLE_CASES` statements (default 150:
-//! 2,400 in all); `PGSHIFT_ORACLE_SEED` replays a run.
+//! Each phase × shape (old, new) × migration (a rename, the same rename
+//! done in place, and integer cents → numeric(12,2)) runs
+//! `PGSHIFT_ORACLE_CASES` statements (default 150: 3,600 in all);
+//! `PGSHIFT_ORACLE_SEED` replays a run.
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ impl Rng {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Rename,
+    /// The same rename, done in place (`op: rename_column`).
+    RenameInPlace,
     /// integer cents → numeric(12,2)
     Retype,
 }
@@ -105,6 +108,10 @@ impl Run {
     fn spec(&self) -> MigrationSpec {
         match self.kind {
             Kind::Rename => MigrationSpec::new("oracle", &self.table, "a", "b", None, None, None),
+            Kind::RenameInPlace => {
+                MigrationSpec::new("oracle", &self.table, "a", "b", None, None, None)
+                    .and_then(MigrationSpec::renamed_in_place)
+            }
             Kind::Retype => MigrationSpec::new(
                 "oracle",
                 &self.table,
@@ -118,15 +125,35 @@ impl Run {
         .unwrap()
     }
 
+    /// The migration as the rules see it.
+    fn migration(&self) -> ActiveMigration {
+        ActiveMigration {
+            spec: self.spec(),
+            phase: self.phase,
+        }
+    }
+
     /// The physical table of the phase, built the way the lifecycle does
-    /// (add b, later drop a), with seed rows.
+    /// (add b, later drop a; or, in place, rename a to b), with seed rows.
     fn physical_ddl(&self) -> String {
         let t = &self.table;
         let b_type = match self.kind {
-            Kind::Rename => "int",
+            Kind::Rename | Kind::RenameInPlace => "int",
             Kind::Retype => "numeric(12,2)",
         };
         let mut ddl = format!("create table {t} (id int primary key, a int, note text);");
+        if self.kind == Kind::RenameInPlace {
+            for id in 1..=8 {
+                ddl += &format!(
+                    "insert into {t} (id, a, note) values ({id}, {}, 'seed');",
+                    id * 3
+                );
+            }
+            if self.migration().has_new() {
+                ddl += &format!("alter table {t} rename column a to b;");
+            }
+            return ddl + &self.other_ddl();
+        }
         if self.phase.has_new() {
             ddl += &format!("alter table {t} add column b {b_type};");
         }
@@ -138,7 +165,7 @@ impl Run {
         }
         if self.phase.has_new() {
             let up = match self.kind {
-                Kind::Rename => "a",
+                Kind::Rename | Kind::RenameInPlace => "a",
                 Kind::Retype => "(a::numeric / 100)::numeric(12,2)",
             };
             ddl += &format!("update {t} set b = {up};");
@@ -192,8 +219,9 @@ impl Run {
         };
         // Positional INSERTs are read in the old shape: for a type change
         // a new-shape client's value would be taken as the old type.
-        let positional =
-            self.phase.has_old() && (self.kind == Kind::Rename || self.shape == Shape::Old);
+        let m = self.migration();
+        let position_known = m.has_old() || self.kind == Kind::RenameInPlace;
+        let positional = position_known && (self.kind != Kind::Retype || self.shape == Shape::Old);
         let (h, ty) = (self.hidden(), self.col_type());
         let forms = if positional { 45 } else { 44 };
         match rng.below(forms) {
@@ -381,7 +409,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
     let mut rng = Rng(seed() ^ 0x9E37_79B9_7F4A_7C15 | 1);
     let mut checked = 0usize;
 
-    for kind in [Kind::Rename, Kind::Retype] {
+    for kind in [Kind::Rename, Kind::RenameInPlace, Kind::Retype] {
         for phase in [
             Phase::Planned,
             Phase::Expanded,
@@ -398,13 +426,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                 let context = format!("{kind:?} {phase} {shape:?} shape (seed {})", seed());
                 direct.batch_execute(&run.physical_ddl()).await.unwrap();
                 reference.batch_execute(&run.reference_ddl()).await.unwrap();
-                let rules = Arc::new(RulesCell::with_catalog(
-                    &[ActiveMigration {
-                        spec: run.spec(),
-                        phase,
-                    }],
-                    catalog().await,
-                ));
+                let rules = Arc::new(RulesCell::with_catalog(&[run.migration()], catalog().await));
                 let proxy =
                     TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), |_| {}).await;
                 let app = proxy.connect().await;
@@ -456,9 +478,9 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                     run_simple(&reference, &all, "").await,
                     "{context}: final contents"
                 );
-                if phase.has_old() && phase.has_new() {
+                if run.migration().has_old() && run.migration().has_new() {
                     let up = match kind {
-                        Kind::Rename => "a",
+                        Kind::Rename | Kind::RenameInPlace => "a",
                         Kind::Retype => "(a::numeric / 100)::numeric(12,2)",
                     };
                     let differ: i64 = direct
@@ -474,5 +496,5 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
             }
         }
     }
-    assert!(checked >= 16 * cases());
+    assert!(checked >= 24 * cases());
 }
