@@ -218,7 +218,13 @@ impl Lifecycle {
     /// done — and answers whether that happened. True at once without a
     /// barrier.
     pub(super) async fn drained_for_barrier(&self) -> bool {
-        if !self.lock_records().values().any(|r| r.barrier) {
+        if !self
+            .rules
+            .load()
+            .holds
+            .iter()
+            .any(|(_, until)| *until > std::time::Instant::now())
+        {
             return true;
         }
         let deadline = tokio::time::Instant::now() + BARRIER_DRAIN;

@@ -46,7 +46,7 @@ use crate::api::{Action, MigrationStatus, NewMigration};
 use crate::config::Config;
 use crate::control;
 use crate::rewrite::migration::{quote_ident, Phase};
-use crate::rewrite::rules::{ActiveMigration, RulesCell};
+use crate::rewrite::rules::{ActiveMigration, RulesCell, HOLD_MAX};
 
 tokio::task_local! {
     /// Who drives the action in progress, as its event records it (the
@@ -382,12 +382,7 @@ impl Lifecycle {
                 phase: r.phase,
             })
             .collect();
-        let held: Vec<String> = self
-            .records()
-            .iter()
-            .filter(|r| r.barrier)
-            .map(|r| r.spec.table.name.to_lowercase())
-            .collect();
+        let held = self.held_tables(client).await;
         let catalog = match control::read_catalog(client).await {
             Ok(catalog) => Some(catalog),
             Err(e) => {
@@ -399,6 +394,31 @@ impl Lifecycle {
         for m in &migrations {
             tracing::info!(epoch, migration = %m.spec.id, phase = %m.phase, "rules in force");
         }
+    }
+
+    /// The tables under a rename barrier, each with how much longer it
+    /// holds: [`HOLD_MAX`] from when it went up, by the database's clock,
+    /// so a barrier left by a proxy that died holds nothing for long.
+    async fn held_tables(&self, client: &tokio_postgres::Client) -> Vec<(String, Duration)> {
+        let raised: Vec<(String, Option<i64>)> = self
+            .records()
+            .iter()
+            .filter(|r| r.barrier)
+            .map(|r| (r.spec.table.name.to_lowercase(), r.barrier_ms))
+            .collect();
+        if raised.is_empty() {
+            return Vec::new();
+        }
+        let now = store::now_ms(client).await.unwrap_or(0);
+        let max = HOLD_MAX.as_millis() as i64;
+        raised
+            .into_iter()
+            .filter_map(|(table, at)| {
+                // (Raised here just now: its time is not read back.)
+                let left = max - now.saturating_sub(at.unwrap_or(now));
+                (left > 0).then(|| (table, Duration::from_millis(left as u64)))
+            })
+            .collect()
     }
 
     /// Saves `record` (and its event), makes it the current one, publishes

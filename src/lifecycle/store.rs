@@ -63,7 +63,7 @@ alter table pgshift.migrations add column if not exists backfill_lock_key bigint
     default ('x' || replace(gen_random_uuid()::text, '-', ''))::bit(64)::bigint;
 alter table pgshift.migrations add column if not exists backfill_error text;
 alter table pgshift.migrations add column if not exists op text not null default 'copy_column';
-alter table pgshift.migrations add column if not exists barrier boolean not null default false;
+alter table pgshift.migrations add column if not exists barrier_ms bigint;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -147,6 +147,9 @@ pub struct Record {
     /// statements on the table until the rules flip (or for at most
     /// [`crate::rewrite::rules::HOLD_MAX`]).
     pub barrier: bool,
+    /// When the barrier went up (Unix ms, the database's clock): a barrier
+    /// left up by a proxy that died holds nothing once it is that old.
+    pub barrier_ms: Option<i64>,
 }
 
 /// What a contract changed outside the migrating columns while both still
@@ -204,6 +207,7 @@ impl Record {
             not_null_check: None,
             carried: Carried::default(),
             barrier: false,
+            barrier_ms: None,
         }
     }
 }
@@ -232,7 +236,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
-    backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier";
+    backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier_ms";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -306,7 +310,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         write_path_changed_ms: row.try_get(21)?,
         not_null_check: row.try_get(22)?,
         carried,
-        barrier: row.try_get(33)?,
+        barrier: row.try_get::<_, Option<i64>>(33)?.is_some(),
+        barrier_ms: row.try_get(33)?,
     })
 }
 
@@ -377,7 +382,9 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    validation_ms = $15, write_path_changed_ms = $16, not_null_check = $17,
                    batch_target_ms = $18, max_replication_lag_ms = $19, max_lock_waits = $20,
                    old_after = $21, carried = $24::text::jsonb, backfill_end = $25,
-                   backfill_error = $26, barrier = $27, updated_ms = {NOW_MS}
+                   backfill_error = $26,
+                   barrier_ms = case when $27 then coalesce(barrier_ms, {NOW_MS}) end,
+                   updated_ms = {NOW_MS}
                  where id = $1"
             ),
             &[

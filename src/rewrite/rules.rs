@@ -266,22 +266,26 @@ impl RulesCell {
     }
 
     /// Publishes new migrations, with a new catalog snapshot when one is
-    /// given, and the tables whose statements are held from now on for at
-    /// most [`HOLD_MAX`] (a table held already keeps its deadline).
+    /// given, and the tables whose statements are held from now on, each
+    /// for at most the time given (a table held already keeps its
+    /// deadline).
     pub fn publish_holding(
         &self,
         migrations: &[ActiveMigration],
         catalog: Option<Catalog>,
-        held: &[String],
+        held: &[(String, std::time::Duration)],
     ) -> u64 {
         let catalog = catalog.map(Arc::new);
         self.replace(move |current| {
-            let until = std::time::Instant::now() + HOLD_MAX;
+            let now = std::time::Instant::now();
             let holds = held
                 .iter()
-                .map(|t| {
+                .map(|(t, left)| {
                     let kept = current.holds.iter().find(|(h, _)| h == t);
-                    (t.clone(), kept.map_or(until, |(_, u)| *u))
+                    (
+                        t.clone(),
+                        kept.map_or(now + (*left).min(HOLD_MAX), |(_, u)| *u),
+                    )
                 })
                 .collect();
             let catalog = catalog.unwrap_or_else(|| Arc::clone(&current.catalog));

@@ -499,3 +499,38 @@ async fn statements_prepared_before_the_migration_do_not_stall_its_rename() {
         .get(0);
     assert_eq!(lowered, 0, "the rename took its lock at the first attempt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_left_by_a_proxy_that_died_holds_nothing() {
+    let (dbname, direct, table, id, d) = renamed_in_place().await;
+    let (code, _) = post(&d.admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200);
+    // As a proxy that raised the barrier a minute ago and died would leave it.
+    direct
+        .batch_execute(&format!(
+            "update pgshift.migrations set barrier_ms = (extract(epoch from now()) * 1000)::bigint - 60000 where id = '{id}';
+             update pgshift.state set version = version + 1"
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut config = d.proxy.config();
+    config.dbname(&dbname);
+    let client = connect(&config).await.unwrap();
+    let sql = format!("select balance from {table} where id = 1");
+    let read = client.query_one(&sql, &[]);
+    let row = tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .expect("a statement on the table is not held by a stale barrier")
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 0);
+    // The next switch raises its own barrier and renames.
+    let (code, body) = post(
+        &d.admin,
+        &format!("/migrations/{id}/switch-reads"),
+        json!({"to": "new"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(physical(&direct, &table).await.1[1].0, "balance");
+}
