@@ -25,6 +25,11 @@ use crate::rewrite::migration::{quote_ident, Phase};
 /// How long the proxies have to acknowledge the barrier before the attempt
 /// is given up (their sessions are held meanwhile).
 const BARRIER_ACK: Duration = Duration::from_secs(2);
+/// How long the rename waits for its lock in one attempt, at most (the
+/// lock discipline's timeout when shorter): the statements held behind the
+/// barrier wait as long, so an attempt that cannot have the lock gives up
+/// soon, lets them go on, and tries again after the back-off.
+const BARRIER_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long a proxy waits for the requests it sent before the barrier
 /// (those touching a migrating table) to be answered before it holds.
 const BARRIER_DRAIN: Duration = Duration::from_millis(1500);
@@ -174,8 +179,13 @@ impl Lifecycle {
         Err(ActionError::Failed(format!(
             "`{rename}` did not get its lock in {} attempts of {} ms (held for the whole last attempt by: {holders}); the column keeps its name and both names are still served",
             self.lock.attempts,
-            self.lock.lock_timeout.as_millis()
+            self.rename_lock_timeout().as_millis()
         )))
+    }
+
+    /// How long one attempt of the rename waits for its lock.
+    fn rename_lock_timeout(&self) -> Duration {
+        self.lock.lock_timeout.min(BARRIER_LOCK_TIMEOUT)
     }
 
     /// Raises the barrier and waits until every live proxy holds; lowers
@@ -266,7 +276,7 @@ impl Lifecycle {
     ) -> Result<Option<i64>, ActionError> {
         let cancel_autovacuum = ddl::cancel_autovacuum_early(client).await;
         let _synced = self.sync.lock().await;
-        let timeout_ms = self.lock.lock_timeout.as_millis();
+        let timeout_ms = self.rename_lock_timeout().as_millis();
         let transaction = async {
             let begin = format!(
                 "begin; set local lock_timeout = '{timeout_ms}ms'; {cancel_autovacuum}{rename}"
