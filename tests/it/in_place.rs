@@ -534,3 +534,77 @@ async fn a_barrier_left_by_a_proxy_that_died_holds_nothing() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(physical(&direct, &table).await.1[1].0, "balance");
 }
+
+/// A proxy of `dbname` following the rename in place `bal → balance` of
+/// `table` (no admin port), listening (for its id) on `listen`.
+async fn in_place_peer(
+    dbname: &str,
+    table: &str,
+    id: &str,
+    listen: &str,
+) -> Arc<pgshift::lifecycle::Lifecycle> {
+    use pgshift::rewrite::migration::Phase;
+    use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+    let spec = MigrationSpec::new(id, table, "bal", "balance", None, None, None)
+        .and_then(MigrationSpec::renamed_in_place)
+        .unwrap();
+    let migrations = vec![ActiveMigration {
+        spec,
+        phase: Phase::Planned,
+    }];
+    let mut config = control_config_for(dbname);
+    config.listen = listen.parse().unwrap();
+    config.migrations = migrations.clone();
+    let options = pgshift::lifecycle::peers::Options {
+        ack_timeout: Duration::from_secs(2),
+        proxy_timeout: Duration::from_secs(30),
+        poll: Duration::from_millis(50),
+    };
+    let rules = Arc::new(RulesCell::new(&migrations));
+    pgshift::lifecycle::Lifecycle::start_with(config, rules, options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_does_not_hold_stops_the_rename_before_anything_is_renamed() {
+    use pgshift::api::{Action, ReadSource, SwitchReads};
+    let (dbname, direct) = db().fresh_database("inplacedb").await;
+    let table = unique("inplace");
+    let id = unique("inplace_rename");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int); insert into {table} values (1, 1)"
+        ))
+        .await
+        .unwrap();
+    let a = in_place_peer(&dbname, &table, &id, "127.0.0.1:16121").await;
+    let b = in_place_peer(&dbname, &table, &id, "127.0.0.1:16122").await;
+    a.act(&id, Action::Expand).await.unwrap();
+    // B stops following (hung, partitioned): it cannot hold.
+    b.stop();
+    let switch = Action::SwitchReads(SwitchReads {
+        to: ReadSource::New,
+    });
+    let err = a.act(&id, switch).await.unwrap_err().to_string();
+    assert!(
+        err.contains("barrier")
+            && err.contains("127.0.0.1:16122")
+            && err.contains("nothing was renamed"),
+        "{err}"
+    );
+    assert_eq!(physical(&direct, &table).await.1[1].0, "bal");
+    let row = direct
+        .query_one(
+            "select phase, barrier_ms from pgshift.migrations where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "expanded");
+    assert_eq!(
+        row.get::<_, Option<i64>>(1),
+        None,
+        "the barrier is down again"
+    );
+}
