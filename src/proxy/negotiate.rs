@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::stream::Stream;
 use super::tls::{ClientTlsState, ALPN};
@@ -55,6 +55,13 @@ pub async fn negotiate(tls: &ClientTlsState, tcp: TcpStream, deadline: Instant) 
             Ok(Ok(None)) => return Negotiated::Closed,
             Ok(Err(ReadError::Io(e))) => {
                 debug!(error = %e, "client connection failed during startup");
+                return Negotiated::Closed;
+            }
+            // As Postgres does (a COMMERROR: logged, not sent): a length
+            // word that cannot start a packet is not the protocol at all —
+            // node-postgres' `connect(); end()` sends its Terminate first.
+            Ok(Err(ReadError::Protocol(e @ StartupError::BadLength(_)))) => {
+                warn!(error = %e, "closed a connection whose startup packet has an invalid length");
                 return Negotiated::Closed;
             }
             Ok(Err(ReadError::Protocol(e))) => return Negotiated::Refused(stream, e.into()),

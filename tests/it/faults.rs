@@ -29,13 +29,15 @@ async fn garbage_instead_of_a_startup_packet() {
     let proxy = TestProxy::start().await;
     let bystander = proxy.connect().await;
 
+    // A length word no packet can have: closed with nothing said, as
+    // Postgres does (it logs it and closes).
     let mut http = RawConn::connect(proxy.addr).await;
     http.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(fatal_code(&mut http).await.as_deref(), Some("08P01"));
+    assert_eq!(fatal_code(&mut http).await, None);
 
     let mut tiny = RawConn::connect(proxy.addr).await;
     tiny.send(&[0, 0, 0, 2, 1, 2, 3, 4]).await;
-    assert_eq!(fatal_code(&mut tiny).await.as_deref(), Some("08P01"));
+    assert_eq!(fatal_code(&mut tiny).await, None);
 
     let mut unknown = RawConn::connect(proxy.addr).await;
     unknown.send(&[0, 0, 0, 8, 0x12, 0x34, 0x56, 0x78]).await;
@@ -461,4 +463,31 @@ async fn unauthenticated_clients_use_no_role_slots_and_the_reserve_keeps_operato
     assert!(message_of(&err).contains("reserved"), "{err:?}");
     let admin = proxy.connect().await;
     admin.query_one("select 1", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_terminate_before_the_startup_packet_is_closed_quietly_as_direct() {
+    // node-postgres' `client.connect(); client.end()` writes its Terminate
+    // before the startup packet: Postgres reads an impossible length, logs
+    // it and closes without a word; so does pgshift. A Terminate right
+    // after the startup packet ends the session as quietly.
+    let proxy = TestProxy::start().await;
+    let d = db();
+    let startup = startup_message(&[("user", &d.user), ("database", &d.dbname)]);
+    let terminate = message(b'X', &[]);
+    for bytes in [
+        [terminate.clone(), startup.clone()].concat(),
+        [startup.clone(), terminate.clone()].concat(),
+    ] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(&bytes).await;
+        let messages = conn.until_closed().await;
+        let errors: Vec<Option<String>> = messages
+            .iter()
+            .filter(|m| m.tag == b'E')
+            .map(|m| m.field(b'M'))
+            .collect();
+        assert!(errors.is_empty(), "as direct, no error: {errors:?}");
+    }
+    still_serving(&proxy).await;
 }
