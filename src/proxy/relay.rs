@@ -315,34 +315,31 @@ fn farewell(
 }
 
 /// The farewell of a session whose upstream connection ended or failed.
+/// An upstream that closes or fails is relayed as it is: the client gets
+/// whatever the server sent (its own FATAL, if it said one) and then its
+/// connection closes, adding nothing — as a direct connection would. Only
+/// an invalid message, which pgshift itself detected, gets pgshift's error.
 fn server_farewell(end: &End, upstream: &impl std::fmt::Display) -> Option<ErrorResponse> {
-    let (code, message) = match end {
+    match end {
         End::ServerClosed => {
-            warn!(%upstream, "the upstream closed the connection");
-            (
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgshift lost its connection to the upstream server {upstream}: the server closed the connection"),
-            )
+            warn!(%upstream, "the upstream closed the connection; closing the client's");
+            None
         }
         End::ServerIo(e) => {
-            warn!(%upstream, error = %e, "the upstream connection failed");
-            (
-                sqlstate::CONNECTION_FAILURE,
-                format!("pgshift lost its connection to the upstream server {upstream}: {e}"),
-            )
+            warn!(%upstream, error = %e, "the upstream connection failed; closing the client's");
+            None
         }
         End::ServerProtocol(e) => {
             warn!(%upstream, error = %e, "protocol violation from the upstream; closing the session");
-            (
+            Some(ErrorResponse::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 format!(
                     "pgshift received an invalid message from the upstream server {upstream}: {e}"
                 ),
-            )
+            ))
         }
-        _ => return None,
-    };
-    Some(ErrorResponse::fatal(code, message))
+        _ => None,
+    }
 }
 
 /// The farewell of a session closed for idling, in or out of a transaction.
@@ -453,12 +450,20 @@ async fn relay<CR, CW, SR, SW>(
     state.abandon_in_flight(rewriter);
 
     let farewell = farewell(&end, &state, &shared.config.upstream);
+    if matches!(end, End::ServerClosed | End::ServerIo(_)) {
+        take_the_rest(&mut server_r, &mut down).await;
+    }
     // The upstream goes first: a session cut off mid-transaction is rolled
     // back by Postgres when its connection closes.
     drop((server_r, server_w));
     drop(client_r);
-    if let Some(err) = farewell {
-        say_farewell(&mut down, &mut client_w, &err).await;
+    match farewell {
+        Some(err) => say_farewell(&mut down, &mut client_w, Some(&err)).await,
+        // What the server sent before it went is the client's, all of it.
+        None if matches!(end, End::ServerClosed | End::ServerIo(_)) => {
+            say_farewell(&mut down, &mut client_w, None).await
+        }
+        None => {}
     }
 }
 
@@ -498,17 +503,40 @@ async fn first_end(
     }
 }
 
+/// An upstream that went away may have said something first (a FATAL
+/// `57P01` from `pg_terminate_backend`) that the server→client pump has not
+/// read, when the other pump met the closed socket first: it is read to
+/// the end (within [`FAREWELL_TIMEOUT`]) and queued for the client as it
+/// is, with anything the pump held back.
+async fn take_the_rest(server_r: &mut (impl AsyncRead + Unpin), down: &mut Pump) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        loop {
+            down.reserve();
+            match server_r.read_buf(&mut down.inbuf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if !down.inbuf.is_empty() {
+        down.out.push(down.inbuf.split().freeze());
+    }
+}
+
 /// Hands the client what is still queued for it and, at a frame boundary,
-/// the closing error; gives up after [`FAREWELL_TIMEOUT`].
+/// the closing error if there is one, then closes its side; gives up after
+/// [`FAREWELL_TIMEOUT`].
 async fn say_farewell(
     down: &mut Pump,
     client_w: &mut (impl AsyncWrite + Unpin),
-    err: &ErrorResponse,
+    err: Option<&ErrorResponse>,
 ) {
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
         down.flush(client_w).await?;
         // Only at a frame boundary can a frame of our own follow.
-        if down.out.is_empty() && down.splitter.at_frame_boundary() {
+        let at_boundary = down.out.is_empty() && down.splitter.at_frame_boundary();
+        if let Some(err) = err.filter(|_| at_boundary) {
             client_w.write_all(&err.encode()).await?;
         }
         client_w.shutdown().await

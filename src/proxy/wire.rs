@@ -107,7 +107,6 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const CANNOT_CONNECT: &str = "08001";
-    pub const CONNECTION_FAILURE: &str = "08006";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
