@@ -92,9 +92,9 @@ fn rewritten(spec: &MigrationSpec, phase: Phase, new_type: &str) -> String {
     out
 }
 
-#[test]
-fn a_rename_in_every_phase() {
-    let spec = MigrationSpec::new(
+/// `abalance → balance` on pgbench_accounts.
+fn rename() -> Result<MigrationSpec, pgshift::rewrite::migration::SpecError> {
+    MigrationSpec::new(
         "rename",
         "pgbench_accounts",
         "abalance",
@@ -103,7 +103,11 @@ fn a_rename_in_every_phase() {
         None,
         None,
     )
-    .unwrap();
+}
+
+#[test]
+fn a_rename_in_every_phase() {
+    let spec = rename().unwrap();
     for phase in Phase::ALL {
         insta::assert_snapshot!(
             format!("rename_{}", phase.as_str()),
@@ -114,17 +118,7 @@ fn a_rename_in_every_phase() {
 
 #[test]
 fn a_rename_in_place_in_each_of_its_phases() {
-    let spec = MigrationSpec::new(
-        "rename",
-        "pgbench_accounts",
-        "abalance",
-        "balance",
-        None,
-        None,
-        None,
-    )
-    .and_then(MigrationSpec::renamed_in_place)
-    .unwrap();
+    let spec = rename().and_then(MigrationSpec::renamed_in_place).unwrap();
     for phase in [
         Phase::Planned,
         Phase::Expanded,

@@ -8,9 +8,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use super::store::Record;
-use super::{
-    config_listen, ddl, dependents, foreign_keys, handover, indexes, not_null, peers, store,
-};
+use super::{ddl, dependents, foreign_keys, handover, indexes, not_null, peers, store};
 use super::{ActionError, Lifecycle};
 use crate::api;
 use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase};
@@ -260,14 +258,8 @@ impl Lifecycle {
         }
         let window = Duration::from_secs(options.window_secs.unwrap_or(600));
         // Our own usage first, so it is current in the table.
-        peers::heartbeat(
-            client,
-            &self.id,
-            &config_listen(&self.config),
-            self.applied.load(Ordering::Acquire),
-            &self.old_shape_json(),
-        )
-        .await?;
+        self.heartbeat(client, self.applied.load(Ordering::Acquire))
+            .await?;
         let users = peers::old_shape_users(client, &record.spec.id, window, self.options).await?;
         if users.is_empty() {
             return Ok(());

@@ -196,11 +196,7 @@ impl Lifecycle {
         record: &Record,
         action: &str,
     ) -> Result<(), ActionError> {
-        let mut raised = record.clone();
-        raised.barrier = true;
-        let version = self
-            .store_change(client, raised, "pgshift", action, "barrier raised")
-            .await?;
+        let version = self.store_barrier(client, record, true, action).await?;
         if !self.drained_for_barrier().await {
             self.lower_barrier(client, record, action).await?;
             return Err(ActionError::Failed(format!(
@@ -256,12 +252,28 @@ impl Lifecycle {
         record: &Record,
         action: &str,
     ) -> Result<(), ActionError> {
-        let mut lowered = record.clone();
-        lowered.barrier = false;
-        let version = self
-            .store_change(client, lowered, "pgshift", action, "barrier lowered")
-            .await?;
+        let version = self.store_barrier(client, record, false, action).await?;
         self.heartbeat(client, version).await
+    }
+
+    /// Stores `record` with the barrier up or down, as a new state version
+    /// published here; returns the version.
+    async fn store_barrier(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        up: bool,
+        action: &str,
+    ) -> Result<i64, ActionError> {
+        let mut changed = record.clone();
+        changed.barrier = up;
+        let detail = if up {
+            "barrier raised"
+        } else {
+            "barrier lowered"
+        };
+        self.store_change(client, changed, "pgshift", action, detail)
+            .await
     }
 
     /// One transaction: the rename (under `lock_timeout`), the record in
@@ -322,16 +334,5 @@ impl Lifecycle {
         peers::wait_for(client, version, self.options)
             .await
             .map_err(ActionError::Failed)
-    }
-
-    /// This proxy's heartbeat, reporting `version` applied.
-    async fn heartbeat(
-        &self,
-        client: &tokio_postgres::Client,
-        version: i64,
-    ) -> Result<(), ActionError> {
-        let listen = super::config_listen(&self.config);
-        peers::heartbeat(client, &self.id, &listen, version, &self.old_shape_json()).await?;
-        Ok(())
     }
 }

@@ -276,14 +276,7 @@ impl Lifecycle {
             .collect();
         self.publish(&client).await;
         self.applied.fetch_max(version, Ordering::AcqRel);
-        peers::heartbeat(
-            &client,
-            &self.id,
-            &config_listen(&self.config),
-            version,
-            &self.old_shape_json(),
-        )
-        .await?;
+        self.heartbeat(&client, version).await?;
         self.renew_lease();
         Ok(())
     }
@@ -309,14 +302,7 @@ impl Lifecycle {
         }
         drop(synced);
         let applied = self.applied.load(Ordering::Acquire);
-        peers::heartbeat(
-            client,
-            &self.id,
-            &config_listen(&self.config),
-            applied,
-            &self.old_shape_json(),
-        )
-        .await?;
+        self.heartbeat(client, applied).await?;
         self.renew_lease();
         Ok(())
     }
@@ -442,14 +428,7 @@ impl Lifecycle {
                 detail,
             )
             .await?;
-        peers::heartbeat(
-            client,
-            &self.id,
-            &config_listen(&self.config),
-            version,
-            &self.old_shape_json(),
-        )
-        .await?;
+        self.heartbeat(client, version).await?;
         if !wait {
             return Ok(());
         }
@@ -476,6 +455,17 @@ impl Lifecycle {
         self.publish(client).await;
         self.applied.fetch_max(version, Ordering::AcqRel);
         Ok(version)
+    }
+
+    /// This proxy's heartbeat, reporting `version` applied.
+    pub(super) async fn heartbeat(
+        &self,
+        client: &tokio_postgres::Client,
+        version: i64,
+    ) -> Result<(), ActionError> {
+        let listen = config_listen(&self.config);
+        peers::heartbeat(client, &self.id, &listen, version, &self.old_shape_json()).await?;
+        Ok(())
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, ActionError> {

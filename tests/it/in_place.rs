@@ -20,6 +20,39 @@ async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
         .unwrap()
 }
 
+/// The first column of every row `sql` answers, as text.
+async fn strings(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    let rows = client.query(sql, params).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// How many times migration `id`'s barrier was lowered after a failed
+/// attempt.
+async fn lowered(direct: &tokio_postgres::Client, id: &str) -> i64 {
+    direct
+        .query_one(
+            "select count(*) from pgshift.events where migration_id = $1 and detail = 'barrier lowered'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Posts `action` for migration `id` and checks the phase it answers.
+async fn step(admin: &str, id: &str, action: &str, body: Value, phase: &str) {
+    let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
+    assert_eq!(
+        (code, answer["phase"].as_str()),
+        (200, Some(phase)),
+        "{action}: {answer}"
+    );
+}
+
 /// What physically backs the table: its relfilenode, and its columns by
 /// position (name, attnum) — a rename in place changes only a name.
 async fn physical(direct: &tokio_postgres::Client, table: &str) -> (u32, Vec<(String, i16)>) {
@@ -215,16 +248,12 @@ async fn a_rename_in_place_serves_both_names_under_load_and_copies_nothing() {
     assert!(committed > 100, "the load ran ({committed} updates)");
 
     // Indexes, keys and the view follow the column: nothing to carry.
-    let defs: Vec<String> = direct
-        .query(
-            "select pg_get_indexdef(indexrelid) from pg_index where indrelid = $1::text::regclass order by 1",
-            &[&table],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let defs = strings(
+        &direct,
+        "select pg_get_indexdef(indexrelid) from pg_index where indrelid = $1::text::regclass order by 1",
+        &[&table],
+    )
+    .await;
     assert!(defs.iter().any(|d| d.contains("(balance)")), "{defs:?}");
     let sum: i64 = direct
         // (A view keeps its own column names: it still says bal.)
@@ -234,47 +263,21 @@ async fn a_rename_in_place_serves_both_names_under_load_and_copies_nothing() {
         .get(0);
     assert_eq!(sum, committed, "every committed update is in the table");
 
-    let (code, body) = post(
-        admin,
-        &format!("/migrations/{id}/contract"),
-        json!({"force": true}),
+    step(admin, &id, "contract", json!({"force": true}), "contracted").await;
+    step(admin, &id, "complete", json!({}), "complete").await;
+    let events = strings(
+        &direct,
+        "select detail from pgshift.events where migration_id = $1 and detail like 'alter table%' order by id",
+        &[&id],
     )
     .await;
-    assert_eq!(
-        (code, body["phase"].as_str()),
-        (200, Some("contracted")),
-        "{body}"
-    );
-    let (code, body) = post(admin, &format!("/migrations/{id}/complete"), json!({})).await;
-    assert_eq!(
-        (code, body["phase"].as_str()),
-        (200, Some("complete")),
-        "{body}"
-    );
-    let events: Vec<String> = direct
-        .query(
-            "select detail from pgshift.events where migration_id = $1 and detail like 'alter table%' order by id",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     assert_eq!(events.len(), 3, "three renames, each recorded: {events:?}");
     assert!(events[0].contains("statements held"), "{events:?}");
     // Transactions that had used the table went on through the barrier,
     // so no rename waited in vain for their locks.
-    let lowered: i64 = direct
-        .query_one(
-            "select count(*) from pgshift.events where migration_id = $1 and detail = 'barrier lowered'",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        lowered, 0,
+        lowered(&direct, &id).await,
+        0,
         "every rename took its lock at the first attempt"
     );
 }
@@ -489,15 +492,11 @@ async fn statements_prepared_before_the_migration_do_not_stall_its_rename() {
         let errors = task.await.unwrap();
         assert!(errors.is_empty(), "{errors:?}");
     }
-    let lowered: i64 = direct
-        .query_one(
-            "select count(*) from pgshift.events where migration_id = $1 and detail = 'barrier lowered'",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(lowered, 0, "the rename took its lock at the first attempt");
+    assert_eq!(
+        lowered(&direct, &id).await,
+        0,
+        "the rename took its lock at the first attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
