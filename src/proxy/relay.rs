@@ -13,6 +13,12 @@
 //! transaction status, the last time a byte moved, refusals and prepared
 //! statements — lives in [`SessionState`]; with it the session knows when it
 //! is idle outside a transaction and can be closed safely.
+//!
+//! A pump may also stop before a frame its visitor holds (the rename
+//! barrier) and ask again shortly, reading nothing more meanwhile. When the
+//! session ends, the client is told why only when the reason is pgshift's
+//! (a timeout, shutdown, an invalid frame); an upstream that closes is
+//! relayed as it is: what the server sent, to the end, then the close.
 
 use std::io;
 use std::time::Duration;
