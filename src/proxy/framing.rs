@@ -252,6 +252,61 @@ mod tests {
         assert_eq!(run(&input, &[3, 1, 17, 2, 250, 5], &mut v), input);
     }
 
+    /// Holds the Parse frame `holds` times, then keeps it.
+    struct Holder {
+        holds: usize,
+        seen: Vec<u8>,
+    }
+
+    impl FrameVisitor for Holder {
+        fn handling(&self, tag: u8) -> Handling {
+            match tag {
+                b'P' => Handling::Whole,
+                _ => Handling::Forward,
+            }
+        }
+        fn visit(&mut self, tag: u8, _frame: Option<&[u8]>) -> Result<Verdict, String> {
+            if tag == b'P' && self.holds > 0 {
+                self.holds -= 1;
+                return Ok(Verdict::Hold);
+            }
+            self.seen.push(tag);
+            Ok(Verdict::Keep)
+        }
+    }
+
+    #[test]
+    fn a_held_frame_and_what_follows_wait_in_the_buffer_until_let_go() {
+        let input = stream();
+        let parse_at =
+            input.len() - frame(b'S', b"").len() - frame(b'P', b"s1\0select $1\0\0\0").len();
+        let mut splitter = FrameSplitter::new(1 << 20);
+        let mut buf = BytesMut::from(&input[..]);
+        let mut out = OutQueue::default();
+        let mut v = Holder {
+            holds: 2,
+            seen: Vec::new(),
+        };
+        for _ in 0..2 {
+            splitter.split(&mut buf, &mut v, &mut out).unwrap();
+            assert!(splitter.held());
+            assert_eq!(
+                buf.len(),
+                input.len() - parse_at,
+                "nothing from the held frame on is gone"
+            );
+        }
+        assert_eq!(out.copy_to_bytes(out.remaining()), input[..parse_at]);
+        splitter.split(&mut buf, &mut v, &mut out).unwrap();
+        assert!(!splitter.held() && buf.is_empty());
+        assert_eq!(out.copy_to_bytes(out.remaining()), input[parse_at..]);
+        assert_eq!(
+            v.seen,
+            b"BQEdPS".to_vec(),
+            "each frame passed once, in order"
+        );
+    }
+
     #[test]
     fn kept_frames_stay_in_one_run() {
         let input = stream();
