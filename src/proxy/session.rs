@@ -808,7 +808,9 @@ impl FrameVisitor for BackendVisitor<'_> {
                 })
             }
             _ => {
+                // (A plain load first: most sessions never set it.)
                 let ended = frame.get(HEADER_LEN) == Some(&b'I')
+                    && state.txn_used_tables.load(Ordering::Relaxed)
                     && state.txn_used_tables.swap(false, Ordering::Relaxed);
                 if let Some(&status) = frame.get(HEADER_LEN) {
                     state.txn_status.store(status, Ordering::Relaxed);
