@@ -5,6 +5,12 @@
 //! interleaved rounds so drift on the machine hits every target alike. Then
 //! the memory pgshift needs for 1,000 idle client connections.
 //!
+//! For the two proxies it also reads their own CPU time (user + system,
+//! `/proc/PID/stat`) around each run and divides it by the transactions:
+//! on two shared cores a proxy's TPS mostly says how much CPU it takes from
+//! Postgres, and TPS moves ±10–25 % between runs; CPU per transaction moves
+//! little.
+//!
 //! Run: `cargo bench --bench pgbench_compare`. Knobs (environment):
 //! `PGSHIFT_BENCH_SECS` (per pgbench run, default 5), `PGSHIFT_BENCH_ROUNDS`
 //! (default 3), `PGSHIFT_BENCH_SCALE` (default 10), `PGSHIFT_BENCH_IDLE`
@@ -85,6 +91,32 @@ fn start_pgbouncer(cluster: &Cluster, port: u16, pool: u32) -> Result<Server> {
         .context("starting pgbouncer")?;
     wait_for_port(port)?;
     Ok(Server(child))
+}
+
+/// A process's CPU time so far (user + system), in microseconds.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name in parentheses: field 3 on; utime and stime
+    // are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let v = fields.get(i).context("a short /proc/PID/stat")?;
+        Ok(v.parse::<f64>()?)
+    };
+    // (utime is field 14: index 11 after the state field, which is 3.)
+    let per_tick = 1e6 / clock_ticks_per_second();
+    Ok((ticks(11)? + ticks(12)?) * per_tick)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 fn pgbench(cluster: &Cluster, port: u16, args: &[&str]) -> Result<Run> {
@@ -200,6 +232,12 @@ fn main() -> Result<()> {
     let pgshift = start_pgshift(cluster.port(), shift_port, idle + 50, None)?;
     let _migrating = start_pgshift(cluster.port(), migrating_port, 200, Some(&migration_config))?;
     let _bouncer = start_pgbouncer(&cluster, bouncer_port, 64)?;
+    let bouncer_pid: u32 = std::fs::read_to_string(cluster.root().join("pgbouncer.pid"))?
+        .trim()
+        .parse()
+        .context("pgbouncer's pid file")?;
+    // Whose CPU is counted, per target.
+    let pids = [None, Some(pgshift.0.id()), None, Some(bouncer_pid)];
     let targets = [
         ("direct", cluster.port()),
         ("pgshift", shift_port),
@@ -214,16 +252,23 @@ fn main() -> Result<()> {
     ];
     let secs_s = secs.to_string();
     let mut table = Vec::new();
+    let mut cpu_table = Vec::new();
     for (name, workload) in workloads {
         for clients in [8u32, 32] {
             let clients_s = clients.to_string();
             let mut tps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
             let mut lat: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+            let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
             for round in 0..rounds {
                 for (i, (target, port)) in targets.iter().enumerate() {
                     let mut args: Vec<&str> = workload.to_vec();
                     args.extend(["-c", &clients_s, "-j", "2", "-T", &secs_s]);
+                    let before = pids[i].map(cpu_us).transpose()?;
                     let run = pgbench(&cluster, *port, &args)?;
+                    if let (Some(pid), Some(before)) = (pids[i], before) {
+                        let transactions = run.tps * f64::from(secs);
+                        cpu[i].push((cpu_us(pid)? - before) / transactions.max(1.0));
+                    }
                     eprintln!(
                         "{name} -c {clients} round {round} {target}: {:.0} tps, {:.3} ms",
                         run.tps, run.latency_ms
@@ -234,6 +279,22 @@ fn main() -> Result<()> {
             }
             let tps: Vec<f64> = tps.into_iter().map(median).collect();
             let lat: Vec<f64> = lat.into_iter().map(median).collect();
+            let spread = |v: &[f64]| {
+                let lo = v.iter().copied().fold(f64::MAX, f64::min);
+                let hi = v.iter().copied().fold(f64::MIN, f64::max);
+                (median(v.to_vec()), lo, hi)
+            };
+            let (shift_cpu, bouncer_cpu) = (spread(&cpu[1]), spread(&cpu[3]));
+            cpu_table.push(format!(
+                "| {name} | {clients} | {:.1} ({:.1}–{:.1}) | {:.1} ({:.1}–{:.1}) | {:.2}× |",
+                shift_cpu.0,
+                shift_cpu.1,
+                shift_cpu.2,
+                bouncer_cpu.0,
+                bouncer_cpu.1,
+                bouncer_cpu.2,
+                shift_cpu.0 / bouncer_cpu.0
+            ));
             table.push(format!(
                 "| {name} | {clients} | {:.0} | {:.0} ({:.2}×) | {:.0} ({:.2}× pgshift) | {:.0} ({:.2}×) | {:.3} / {:.3} / {:.3} / {:.3} |",
                 tps[0],
@@ -268,6 +329,14 @@ fn main() -> Result<()> {
     println!("| workload | clients | direct TPS | pgshift TPS (× direct) | pgshift with a migration in dual-write TPS (× pgshift) | PgBouncer session TPS (× direct) | median latency ms direct / pgshift / migrating / PgBouncer |");
     println!("|---|---|---|---|---|---|---|");
     for row in &table {
+        println!("{row}");
+    }
+    println!();
+    println!("the proxy's own CPU (user + system) per transaction, µs, median (min–max) of the same rounds:");
+    println!();
+    println!("| workload | clients | pgshift | PgBouncer (session) | pgshift ÷ PgBouncer |");
+    println!("|---|---|---|---|---|");
+    for row in &cpu_table {
         println!("{row}");
     }
     println!();
