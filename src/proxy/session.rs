@@ -443,13 +443,15 @@ impl<'a> FrontendVisitor<'a> {
         if touched && (tag == frontend::PARSE || matches!(sql_command, Some(("prepare", _)))) {
             self.prepared_touching = true;
         }
-        self.note_tables_used(sql, touched);
+        self.forget_tables_on_rollback(sql);
+        if touched {
+            self.note_tables_used(self.rewriter.tables_named(sql));
+        }
     }
 
-    /// The migrating tables a statement sent in the open transaction uses
-    /// (a Parse takes its locks too); a rollback to a savepoint may have
-    /// released some, so they are all forgotten then.
-    fn note_tables_used(&self, sql: &[u8], touched: bool) {
+    /// A rollback (to a savepoint, or of the transaction) may release the
+    /// locks of the tables the transaction used: they are all forgotten.
+    fn forget_tables_on_rollback(&self, sql: &[u8]) {
         let state = self.state;
         if state.txn_used_tables.load(Ordering::Relaxed)
             && crate::rewrite::scan::mentions(sql, b"rollback")
@@ -457,21 +459,22 @@ impl<'a> FrontendVisitor<'a> {
             state.with_book(|b| b.txn_tables.clear());
             state.txn_used_tables.store(false, Ordering::Relaxed);
         }
-        if !touched {
-            return;
-        }
-        let tables = self.rewriter.tables_named(sql);
+    }
+
+    /// The migrating tables a statement sent in the open transaction uses
+    /// (a Parse takes its locks too).
+    fn note_tables_used(&self, tables: Vec<String>) {
         if tables.is_empty() {
             return;
         }
-        state.with_book(|b| {
+        self.state.with_book(|b| {
             for t in tables {
                 if !b.txn_tables.contains(&t) {
                     b.txn_tables.push(t);
                 }
             }
         });
-        state.txn_used_tables.store(true, Ordering::Relaxed);
+        self.state.txn_used_tables.store(true, Ordering::Relaxed);
     }
 
     /// A Bind: whether the statement it runs names a migrating table (its
@@ -482,8 +485,10 @@ impl<'a> FrontendVisitor<'a> {
         let Some(sql) = sql else {
             return false;
         };
-        let touches = !self.rewriter.tables_named(&sql).is_empty();
-        self.note_tables_used(&sql, touches);
+        self.forget_tables_on_rollback(&sql);
+        let tables = self.rewriter.tables_named(&sql);
+        let touches = !tables.is_empty();
+        self.note_tables_used(tables);
         touches
     }
 
