@@ -103,6 +103,24 @@ fn print_answer<T: serde::de::DeserializeOwned>(
 
 /// One migration, a few lines.
 fn describe(m: &MigrationStatus) -> String {
+    if let Some(definition) = &m.definition {
+        let mut out = format!(
+            "{id}: {op} on {table}  phase {phase}\n  {definition}\n",
+            id = m.id,
+            op = m.op.as_str(),
+            table = m.table,
+            phase = m.phase,
+        );
+        if let Some(b) = &m.index_build {
+            out.push_str(&format!(
+                "  index build: {}, blocks {}, tuples {}\n",
+                b.phase,
+                progress(b.blocks_done, Some(b.blocks_total)),
+                progress(b.tuples_done, Some(b.tuples_total))
+            ));
+        }
+        return out;
+    }
     let b = &m.backfill;
     let mut out = format!(
         "{id}: {op} {table}.{from} -> {to}{ty}  phase {phase}, reads from {source}\n",

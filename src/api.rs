@@ -13,67 +13,12 @@ use serde_json::Value;
 
 use crate::rewrite::migration::Phase;
 
-/// What a migration does to its column.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Op {
-    /// A new column `to` added beside `from`, backfilled (through `up`
-    /// for a type change), validated, switched to, and `from` dropped.
-    #[default]
-    CopyColumn,
-    /// `from` renamed `to` in place at the switch, behind a barrier; both
-    /// names served throughout; nothing copied.
-    RenameColumn,
-    /// A type change: [`Op::CopyColumn`] with `type`, `up` and `down`
-    /// required.
-    ChangeType,
-}
+pub use crate::ops::Op;
 
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::CopyColumn => "copy_column",
-            Op::RenameColumn => "rename_column",
-            Op::ChangeType => "change_type",
-        }
-    }
-
-    /// The spec of a migration doing this operation, checked.
-    pub fn spec(
-        self,
-        id: &str,
-        table: &str,
-        (from, to): (&str, &str),
-        new_type: Option<&str>,
-        up: Option<&str>,
-        down: Option<&str>,
-    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
-    {
-        use crate::rewrite::migration::{MigrationSpec, SpecError};
-        let spec = MigrationSpec::new(id, table, from, to, new_type, up, down)?;
-        match self {
-            Op::CopyColumn => Ok(spec),
-            Op::RenameColumn => spec.renamed_in_place(),
-            Op::ChangeType if spec.new_type.is_none() => Err(SpecError {
-                id: id.to_string(),
-                reason: "change_type needs the new type (\"type\"), with up and down".into(),
-            }),
-            Op::ChangeType => Ok(spec),
-        }
-    }
-
-    /// The operation a spec describes (as stored).
-    pub fn of(spec: &crate::rewrite::migration::MigrationSpec) -> Op {
-        match (spec.in_place, &spec.new_type) {
-            (true, _) => Op::RenameColumn,
-            (false, Some(_)) => Op::ChangeType,
-            (false, None) => Op::CopyColumn,
-        }
-    }
-}
-
-/// `POST /migrations`: the keys of a `[[migrations]]` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /migrations`: the keys of a `[[migrations]]` entry. Which keys an
+/// operation takes is in the operator's guide; a key it does not take is
+/// refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
     pub id: String,
@@ -81,30 +26,106 @@ pub struct NewMigration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<Op>,
     pub table: String,
-    pub from: String,
-    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub new_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down: Option<String>,
+    /// `create_index`: the statement; `add_constraint`: the constraint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// The index or constraint's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `set_default`: the column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// `set_default`: the new default expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 impl NewMigration {
-    /// The migration's spec, checked.
+    /// The migration's spec, checked: the keys its operation takes, and no
+    /// other.
     pub fn spec(
         &self,
     ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
     {
-        self.op.unwrap_or_default().spec(
+        use crate::rewrite::migration::{MigrationSpec, SpecError};
+        let op = self.op.unwrap_or_default();
+        let err = |reason: String| SpecError {
+            id: self.id.clone(),
+            reason,
+        };
+        let given = |keys: &[(&str, bool)]| -> Vec<String> {
+            keys.iter()
+                .filter(|(_, g)| *g)
+                .map(|(k, _)| k.to_string())
+                .collect()
+        };
+        let catalog_keys = [
+            ("definition", self.definition.is_some()),
+            ("name", self.name.is_some()),
+            ("column", self.column.is_some()),
+            ("default", self.default.is_some()),
+        ];
+        if op.is_catalog() {
+            let column_keys = [
+                ("from", self.from.is_some()),
+                ("to", self.to.is_some()),
+                ("type", self.new_type.is_some()),
+                ("up", self.up.is_some()),
+                ("down", self.down.is_some()),
+            ];
+            let wrong = given(&column_keys);
+            if !wrong.is_empty() {
+                return Err(err(format!(
+                    "{} takes no {}",
+                    op.as_str(),
+                    wrong.join(", ")
+                )));
+            }
+            let keys = crate::ops::CatalogKeys {
+                definition: self.definition.clone(),
+                name: self.name.clone(),
+                column: self.column.clone(),
+                default: self.default.clone(),
+            };
+            return MigrationSpec::catalog(&self.id, &self.table, op, keys);
+        }
+        let wrong = given(&catalog_keys);
+        if !wrong.is_empty() {
+            return Err(err(format!(
+                "{} takes no {}",
+                op.as_str(),
+                wrong.join(", ")
+            )));
+        }
+        let (Some(from), Some(to)) = (&self.from, &self.to) else {
+            return Err(err(format!("{} needs \"from\" and \"to\"", op.as_str())));
+        };
+        let spec = MigrationSpec::new(
             &self.id,
             &self.table,
-            (&self.from, &self.to),
+            from,
+            to,
             self.new_type.as_deref(),
             self.up.as_deref(),
             self.down.as_deref(),
-        )
+        )?;
+        match op {
+            Op::RenameColumn => spec.renamed_in_place(),
+            Op::ChangeType if spec.new_type.is_none() => Err(err(
+                "change_type needs the new type (\"type\"), with up and down".into(),
+            )),
+            _ => Ok(spec),
+        }
     }
 }
 
@@ -324,6 +345,23 @@ pub struct MigrationStatus {
     pub statements: StatementCounts,
     /// Statements of this proxy's clients that named the old column.
     pub old_shape: Option<OldShapeStatus>,
+    /// A catalog operation's SQL (what it does, in its plain form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
+    /// An index being built for it, now (`pg_stat_progress_create_index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_build: Option<IndexBuild>,
+}
+
+/// An index build in progress, as `pg_stat_progress_create_index` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexBuild {
+    pub phase: String,
+    pub blocks_done: i64,
+    pub blocks_total: i64,
+    pub tuples_done: i64,
+    pub tuples_total: i64,
 }
 
 /// One worker's share of a backfill split over several workers: the keys

@@ -264,23 +264,34 @@ struct FileControl {
     password_file: Option<String>,
 }
 
-/// One `[[migrations]]` entry.
+/// One `[[migrations]]` entry: the keys of `POST /migrations`, and
+/// `phase`, an operator override of the stored phase (the physical state
+/// must then match it; a new migration starts `planned`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "toml::Table")]
 struct FileMigration {
-    id: String,
-    #[serde(default)]
-    op: crate::api::Op,
-    table: String,
-    from: String,
-    to: String,
-    #[serde(rename = "type")]
-    new_type: Option<String>,
-    up: Option<String>,
-    down: Option<String>,
-    /// An operator override of the stored phase (the physical columns must
-    /// then match it); a new migration starts `planned`.
+    migration: crate::api::NewMigration,
     phase: Option<String>,
+}
+
+impl TryFrom<toml::Table> for FileMigration {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let phase = match table.remove("phase") {
+            None => None,
+            Some(toml::Value::String(p)) => Some(p),
+            Some(other) => {
+                return Err(format!(
+                    "phase: expected a string, found {}",
+                    other.type_str()
+                ))
+            }
+        };
+        let migration = crate::api::NewMigration::deserialize(toml::Value::Table(table))
+            .map_err(|e| e.to_string())?;
+        Ok(FileMigration { migration, phase })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -580,7 +591,7 @@ impl Config {
             .migrations
             .iter()
             .filter(|m| m.phase.is_some())
-            .map(|m| m.id.clone())
+            .map(|m| m.migration.id.clone())
             .collect();
         let migrations = resolve_migrations(file.migrations)?;
         let admin = match o.admin.clone().or(file.admin) {
@@ -695,37 +706,23 @@ impl Config {
 fn resolve_migrations(entries: Vec<FileMigration>) -> Result<Vec<ActiveMigration>, ConfigError> {
     let mut out: Vec<ActiveMigration> = Vec::new();
     for e in entries {
-        let spec =
-            e.op.spec(
-                &e.id,
-                &e.table,
-                (&e.from, &e.to),
-                e.new_type.as_deref(),
-                e.up.as_deref(),
-                e.down.as_deref(),
-            )
-            .map_err(|err| ConfigError::Invalid {
-                key: "migrations",
-                value: e.id.clone(),
-                reason: err.reason,
-            })?;
+        let spec = e.migration.spec().map_err(|err| ConfigError::Invalid {
+            key: "migrations",
+            value: e.migration.id.clone(),
+            reason: err.reason,
+        })?;
         let phase_text = e.phase.as_deref().unwrap_or("planned");
         let phase = Phase::parse(phase_text).ok_or_else(|| ConfigError::Invalid {
             key: "migrations.phase",
             value: phase_text.to_string(),
             reason: format!(
                 "migration {:?}: expected one of {}",
-                e.id,
+                e.migration.id,
                 Phase::ALL.map(Phase::as_str).join(", ")
             ),
         })?;
         for other in &out {
-            let clash = other.spec.id == spec.id
-                || (other.spec.table == spec.table
-                    && [&other.spec.from, &other.spec.to]
-                        .iter()
-                        .any(|c| **c == spec.from || **c == spec.to));
-            if clash {
+            if other.spec.clashes_with(&spec) {
                 return Err(ConfigError::Invalid {
                     key: "migrations",
                     value: spec.id.clone(),
@@ -911,6 +908,40 @@ mod tests {
             err.contains("clashes with migration \"users_full_name\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn catalog_operations_are_read_with_their_own_keys() {
+        let toml = r#"
+            [control]
+            database = "app"
+            [[migrations]]
+            id = "email_idx"
+            op = "create_index"
+            table = "users"
+            definition = "CREATE INDEX users_email_idx ON users (email)"
+            [[migrations]]
+            id = "status_default"
+            op = "set_default"
+            table = "users"
+            column = "status"
+            default = "'active'"
+            phase = "expanded"
+        "#;
+        let c = Config::from_toml(toml, &Overrides::default()).unwrap();
+        assert_eq!(c.migrations.len(), 2);
+        assert_eq!(c.migrations[0].spec.op(), crate::ops::Op::CreateIndex);
+        assert_eq!(c.migrations[1].phase, Phase::Expanded);
+        let wrong_key = toml.replace("column = \"status\"", "from = \"status\"");
+        let err = Config::from_toml(&wrong_key, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set_default takes no from"), "{err}");
+        let two = toml.replace("ON users (email)", "ON users (email); DROP TABLE users");
+        let err = Config::from_toml(&two, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected one statement"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub mod control;
 pub mod demo;
 pub mod lifecycle;
 pub mod metrics;
+pub mod names;
+pub mod ops;
 pub mod pgerror;
 pub mod proxy;
 pub mod rewrite;

@@ -19,6 +19,7 @@
 //! state: [`store`]; the other proxies: [`peers`].
 
 mod backfill;
+mod catalog_steps;
 pub mod checks;
 mod contract;
 pub mod ddl;
@@ -130,6 +131,8 @@ pub struct Lifecycle {
     sync: tokio::sync::Mutex<()>,
     /// Why a running backfill is waiting, per migration.
     throttled: Mutex<BTreeMap<String, String>>,
+    /// Index builds in progress, per migration.
+    builds: Arc<Mutex<BTreeMap<String, crate::api::IndexBuild>>>,
     pub lock: LockDiscipline,
     /// Time between publishing rules that stop using a column and dropping
     /// it, so statements already rewritten under the old rules (sent but
@@ -199,6 +202,7 @@ impl Lifecycle {
             pauses: Mutex::new(BTreeMap::new()),
             sync: tokio::sync::Mutex::new(()),
             throttled: Mutex::new(BTreeMap::new()),
+            builds: Arc::new(Mutex::new(BTreeMap::new())),
             lock: LockDiscipline::default(),
             settle: Duration::from_millis(500),
             id,
@@ -483,11 +487,8 @@ impl Lifecycle {
         let _one_at_a_time = self.action.lock().await;
         for other in self.records() {
             let clash = other.spec.id == spec.id
-                || (other.spec.table == spec.table
-                    && !matches!(other.phase, Phase::Complete | Phase::RolledBack)
-                    && [&other.spec.from, &other.spec.to]
-                        .iter()
-                        .any(|c| **c == spec.from || **c == spec.to));
+                || (!matches!(other.phase, Phase::Complete | Phase::RolledBack)
+                    && other.spec.clashes_with(&spec));
             if clash {
                 return Err(ActionError::Conflict(format!(
                     "migration {:?} clashes with migration {:?} (same id, or a column of the same table in flight)",
@@ -504,7 +505,27 @@ impl Lifecycle {
         if !exists {
             return Err(ActionError::Conflict(format!("there is no table {table}")));
         }
-        if ddl::column_info(&client, &table, &spec.from)
+        if let Some(catalog) = &spec.catalog {
+            self.check_catalog_add(&client, &spec, &catalog.op).await?;
+        } else {
+            self.check_column_add(&client, &spec).await?;
+        }
+        let record =
+            store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
+        let detail = serde_json::to_string(m).unwrap_or_default();
+        self.commit(&client, record, "add", &detail, true).await?;
+        drop(_one_at_a_time);
+        self.status_of(&spec.id)
+    }
+
+    /// What a migration moving a column needs before it is stored.
+    async fn check_column_add(
+        &self,
+        client: &tokio_postgres::Client,
+        spec: &crate::rewrite::migration::MigrationSpec,
+    ) -> Result<(), ActionError> {
+        let table = spec.table.to_string();
+        if ddl::column_info(client, &table, &spec.from)
             .await?
             .is_none()
         {
@@ -516,7 +537,7 @@ impl Lifecycle {
         if spec.in_place {
             // Renamed in place, the column keeps every index, constraint,
             // key and view on it: nothing to carry.
-            if ddl::column_info(&client, &table, &spec.to).await?.is_some() {
+            if ddl::column_info(client, &table, &spec.to).await?.is_some() {
                 return Err(ActionError::Conflict(format!(
                     "table {table} already has a column {}: a rename in place needs the name free",
                     quote_ident(&spec.to)
@@ -524,15 +545,10 @@ impl Lifecycle {
             }
         } else {
             // What depends on a is found now, not by a failing DROP at the end.
-            let found = dependents::find(&client, &spec, &self.rules.load().catalog).await?;
-            dependents::refuse_uncarried(&spec, &found)?;
+            let found = dependents::find(client, spec, &self.rules.load().catalog).await?;
+            dependents::refuse_uncarried(spec, &found)?;
         }
-        let record =
-            store::insert_if_absent(&client, &Record::new(spec.clone(), Phase::Planned)).await?;
-        let detail = serde_json::to_string(m).unwrap_or_default();
-        self.commit(&client, record, "add", &detail, true).await?;
-        drop(_one_at_a_time);
-        self.status_of(&spec.id)
+        Ok(())
     }
 
     /// Runs `action` on migration `id`; the answer is the migration's status.
@@ -543,6 +559,10 @@ impl Lifecycle {
     ) -> Result<MigrationStatus, ActionError> {
         let _one_at_a_time = self.action.lock().await;
         let record = self.record(id)?;
+        if record.spec.catalog.is_some() {
+            self.act_catalog(record, action).await?;
+            return self.status_of(id);
+        }
         if record.spec.in_place {
             self.act_in_place(record, action).await?;
             return self.status_of(id);

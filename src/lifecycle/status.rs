@@ -63,7 +63,7 @@ impl Lifecycle {
             });
         MigrationStatus {
             id: r.spec.id.clone(),
-            op: crate::api::Op::of(&r.spec),
+            op: r.spec.op(),
             table: r.spec.table.to_string(),
             from: r.spec.from.clone(),
             to: r.spec.to.clone(),
@@ -82,6 +82,17 @@ impl Lifecycle {
             }),
             statements,
             old_shape,
+            definition: r
+                .spec
+                .catalog
+                .as_ref()
+                .map(|c| c.op.describe(&r.spec.table)),
+            index_build: self
+                .builds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&r.spec.id)
+                .cloned(),
         }
     }
 

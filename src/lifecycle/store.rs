@@ -64,6 +64,8 @@ alter table pgshift.migrations add column if not exists backfill_lock_key bigint
 alter table pgshift.migrations add column if not exists backfill_error text;
 alter table pgshift.migrations add column if not exists op text not null default 'copy_column';
 alter table pgshift.migrations add column if not exists barrier_ms bigint;
+alter table pgshift.migrations add column if not exists catalog_keys jsonb;
+alter table pgshift.migrations add column if not exists catalog_undo text;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -150,6 +152,9 @@ pub struct Record {
     /// When the barrier went up (Unix ms, the database's clock): a barrier
     /// left up by a proxy that died holds nothing once it is that old.
     pub barrier_ms: Option<i64>,
+    /// A catalog operation's way back, recorded before it changes
+    /// anything: `set_default`'s previous default (`""`: there was none).
+    pub catalog_undo: Option<String>,
 }
 
 /// What a contract changed outside the migrating columns while both still
@@ -208,6 +213,7 @@ impl Record {
             carried: Carried::default(),
             barrier: false,
             barrier_ms: None,
+            catalog_undo: None,
         }
     }
 }
@@ -236,7 +242,8 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     batch_pause_ms, batch_timeout_ms, backfill_started_ms, backfill_finished_ms,
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
-    backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier_ms";
+    backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier_ms,
+    catalog_keys::text, catalog_undo";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -245,25 +252,16 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         reason,
     };
     let table: String = row.try_get(1)?;
-    let from: String = row.try_get(2)?;
-    let to: String = row.try_get(3)?;
-    let new_type: Option<String> = row.try_get(4)?;
-    let up: Option<String> = row.try_get(5)?;
-    let down: Option<String> = row.try_get(6)?;
-    let mut spec = MigrationSpec::new(
-        &id,
-        &table,
-        &from,
-        &to,
-        new_type.as_deref(),
-        up.as_deref(),
-        down.as_deref(),
-    )
-    .map_err(|e| invalid(e.reason))?;
-    let op: String = row.try_get(32)?;
-    if op == crate::api::Op::RenameColumn.as_str() {
-        spec = spec.renamed_in_place().map_err(|e| invalid(e.reason))?;
-    }
+    let op_text: String = row.try_get(32)?;
+    let op = crate::api::Op::parse(&op_text).ok_or_else(|| invalid(format!("op {op_text:?}")))?;
+    let mut spec = if op.is_catalog() {
+        let keys_json: Option<String> = row.try_get(34)?;
+        let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
+            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;
+        MigrationSpec::catalog(&id, &table, op, keys).map_err(|e| invalid(e.reason))?
+    } else {
+        column_spec(row, &id, &table, op).map_err(invalid)?
+    };
     spec.old_after = row.try_get(26)?;
     let phase_text: String = row.try_get(7)?;
     let phase =
@@ -312,7 +310,37 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         carried,
         barrier: row.try_get::<_, Option<i64>>(33)?.is_some(),
         barrier_ms: row.try_get(33)?,
+        catalog_undo: row.try_get(35)?,
     })
+}
+
+/// The spec of a migration that moves a column, from its row.
+fn column_spec(
+    row: &tokio_postgres::Row,
+    id: &str,
+    table: &str,
+    op: crate::api::Op,
+) -> Result<MigrationSpec, String> {
+    let text = |i: usize| {
+        row.try_get::<_, Option<String>>(i)
+            .map_err(|e| e.to_string())
+    };
+    let (from, to) = (text(2)?.unwrap_or_default(), text(3)?.unwrap_or_default());
+    let (new_type, up, down) = (text(4)?, text(5)?, text(6)?);
+    let spec = MigrationSpec::new(
+        id,
+        table,
+        &from,
+        &to,
+        new_type.as_deref(),
+        up.as_deref(),
+        down.as_deref(),
+    )
+    .map_err(|e| e.reason)?;
+    match op {
+        crate::api::Op::RenameColumn => spec.renamed_in_place().map_err(|e| e.reason),
+        _ => Ok(spec),
+    }
 }
 
 /// Every migration in the store, by id.
@@ -336,19 +364,23 @@ pub async fn insert_if_absent(
     client
         .execute(
             &format!(
-                "insert into pgshift.migrations (id, table_name, from_column, to_column, new_type, up, down, phase, op, updated_ms)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, {NOW_MS}) on conflict (id) do nothing"
+                "insert into pgshift.migrations (id, table_name, from_column, to_column, new_type, up, down, phase, op, catalog_keys, updated_ms)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, {NOW_MS}) on conflict (id) do nothing"
             ),
             &[
                 &spec.id,
                 &spec.table.to_string(),
-                &quote_ident(&spec.from),
-                &quote_ident(&spec.to),
+                &column_name(&spec.from),
+                &column_name(&spec.to),
                 &spec.new_type,
                 &spec.up,
                 &spec.down,
                 &record.phase.as_str(),
-                &crate::api::Op::of(spec).as_str(),
+                &spec.op().as_str(),
+                &spec
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| serde_json::to_string(&c.keys).ok()),
             ],
         )
         .await?;
@@ -359,6 +391,15 @@ pub async fn insert_if_absent(
         )
         .await?;
     from_row(&row)
+}
+
+/// A column name as stored (quoted as in SQL; empty for none).
+fn column_name(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        quote_ident(name)
+    }
 }
 
 /// Saves everything but the spec — and, while the backfill runs, but its
@@ -384,6 +425,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    old_after = $21, carried = $24::text::jsonb, backfill_end = $25,
                    backfill_error = $26,
                    barrier_ms = case when $27 then coalesce(barrier_ms, {NOW_MS}) end,
+                   catalog_undo = $28,
                    updated_ms = {NOW_MS}
                  where id = $1"
             ),
@@ -415,6 +457,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &b.end,
                 &b.error,
                 &r.barrier,
+                &r.catalog_undo,
             ],
         )
         .await?;

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+pub use crate::names::{quote_ident, TableName};
+
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -38,24 +40,17 @@ pub struct MigrationSpec {
     /// column keeps its name until the switch renames it, and both names
     /// are served by rewriting throughout; nothing is copied.
     pub in_place: bool,
+    /// An operation that changes only the catalog (an index, a constraint,
+    /// a default): no rewrite rules, `from` and `to` empty.
+    pub catalog: Option<Box<CatalogSpec>>,
 }
 
-/// A schema-qualified table name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TableName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(&self.name)
-        )
-    }
+/// A catalog operation and the keys it was given (stored as given, and
+/// checked again whenever they are read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogSpec {
+    pub op: crate::ops::CatalogOp,
+    pub keys: crate::ops::CatalogKeys,
 }
 
 /// Where a migration is in its lifecycle (DESIGN.md's phase table).
@@ -207,7 +202,85 @@ impl MigrationSpec {
             down: down.map(str::to_string),
             old_after: None,
             in_place: false,
+            catalog: None,
         })
+    }
+
+    /// A catalog operation `op` on `table` with `keys`, checked.
+    pub fn catalog(
+        id: &str,
+        table: &str,
+        op: crate::ops::Op,
+        keys: crate::ops::CatalogKeys,
+    ) -> Result<MigrationSpec, SpecError> {
+        let err = |reason: String| SpecError {
+            id: id.to_string(),
+            reason,
+        };
+        if id.trim().is_empty() {
+            return Err(err("the id is empty".into()));
+        }
+        let table = parse_table_name(table).map_err(|e| err(format!("table {table:?}: {e}")))?;
+        let parsed = crate::ops::CatalogOp::parse(op, &table, &keys)
+            .map_err(|e| err(format!("{}: {e}", op.as_str())))?;
+        Ok(MigrationSpec {
+            id: id.to_string(),
+            table,
+            from: String::new(),
+            to: String::new(),
+            new_type: None,
+            up: None,
+            down: None,
+            down_type: None,
+            old_after: None,
+            in_place: false,
+            catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
+        })
+    }
+
+    /// What the migration does.
+    pub fn op(&self) -> crate::ops::Op {
+        use crate::ops::Op;
+        match (&self.catalog, self.in_place, &self.new_type) {
+            (Some(c), _, _) => c.op.op(),
+            (None, true, _) => Op::RenameColumn,
+            (None, false, Some(_)) => Op::ChangeType,
+            (None, false, None) => Op::CopyColumn,
+        }
+    }
+
+    /// The table's columns this migration moves or names.
+    pub fn columns(&self) -> Vec<String> {
+        match &self.catalog {
+            Some(c) => c.op.columns(),
+            None => vec![self.from.clone(), self.to.clone()],
+        }
+    }
+
+    /// Whether two migrations may not be in flight together: the same id,
+    /// or on the same table a column one of them moves and the other
+    /// names, or an index or constraint both make or drop. (Two catalog
+    /// operations naming the same column move nothing: they may.)
+    pub fn clashes_with(&self, other: &MigrationSpec) -> bool {
+        if self.id == other.id {
+            return true;
+        }
+        if self.table != other.table {
+            return false;
+        }
+        let moves = |s: &MigrationSpec| match s.catalog {
+            None => s.columns(),
+            Some(_) => Vec::new(),
+        };
+        let (mine, theirs) = (self.columns(), other.columns());
+        let object = |s: &MigrationSpec| {
+            s.catalog
+                .as_ref()
+                .and_then(|c| c.op.object().map(str::to_string))
+        };
+        moves(self).iter().any(|c| theirs.contains(c))
+            || moves(other).iter().any(|c| mine.contains(c))
+            || object(self).is_some_and(|o| object(other) == Some(o))
     }
 
     /// This spec as a rename done in place: only for a rename (no type, no
@@ -296,74 +369,6 @@ pub fn substitute(expression: &str, column: &str, value: &str) -> String {
         })
         .collect();
     splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
-}
-
-/// Double-quotes an identifier when Postgres would need it.
-pub fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain && !is_reserved(name) {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
-fn is_reserved(name: &str) -> bool {
-    matches!(
-        name,
-        "all"
-            | "and"
-            | "any"
-            | "as"
-            | "asc"
-            | "case"
-            | "check"
-            | "column"
-            | "constraint"
-            | "create"
-            | "default"
-            | "desc"
-            | "distinct"
-            | "do"
-            | "else"
-            | "end"
-            | "false"
-            | "for"
-            | "from"
-            | "grant"
-            | "group"
-            | "having"
-            | "in"
-            | "into"
-            | "limit"
-            | "not"
-            | "null"
-            | "offset"
-            | "on"
-            | "or"
-            | "order"
-            | "primary"
-            | "references"
-            | "returning"
-            | "select"
-            | "table"
-            | "then"
-            | "to"
-            | "true"
-            | "union"
-            | "unique"
-            | "user"
-            | "using"
-            | "when"
-            | "where"
-            | "with"
-    )
 }
 
 fn tokens(text: &str) -> Result<Vec<Token>, String> {

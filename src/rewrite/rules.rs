@@ -170,7 +170,7 @@ impl Rules {
     ) -> Rules {
         let migrations: Vec<ActiveMigration> = migrations
             .iter()
-            .filter(|m| m.phase.rules_active())
+            .filter(|m| m.phase.rules_active() && m.spec.catalog.is_none())
             .cloned()
             .collect();
         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,6 +4,7 @@
 mod admin;
 mod battery;
 mod catalog;
+mod catalog_ops;
 mod cli;
 mod faults;
 mod harness;

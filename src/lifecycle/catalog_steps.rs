@@ -1,0 +1,550 @@
+//! The lifecycle of a catalog operation ([`crate::catalog_op`]): an index,
+//! a constraint or a default, which no client statement needs rewritten
+//! for. Each phase does the non-blocking part of the classic method:
+//!
+//! | op | expand | validate | contract | rollback |
+//! |---|---|---|---|---|
+//! | create_index | `CREATE INDEX CONCURRENTLY` (an invalid leftover dropped first) | checks it is valid | — | `DROP INDEX CONCURRENTLY` |
+//! | add_constraint FK/CHECK | `ADD … NOT VALID` | `VALIDATE CONSTRAINT` | — (needs validated) | `DROP CONSTRAINT` |
+//! | add_constraint UNIQUE/PK | unique index `CONCURRENTLY` | `ADD … USING INDEX` | — (needs validated) | constraint and index dropped |
+//! | drop_index | checks it exists | — | `DROP INDEX CONCURRENTLY` | nothing to undo |
+//! | drop_constraint | checks it exists | — | `DROP CONSTRAINT` | nothing to undo |
+//! | set_default | `SET DEFAULT` (the old one recorded first) | — | — | the old default back |
+//!
+//! Every ALTER runs under the lock discipline; the concurrent index
+//! statements take no lock that queues the application. Backfill and the
+//! read switch do not apply (409).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::store::Record;
+use super::{ddl, ActionError, Lifecycle};
+use crate::api::{Action, IndexBuild};
+use crate::ops::{CatalogOp, ConstraintKind};
+use crate::rewrite::migration::{quote_ident, MigrationSpec, Phase, TableName};
+
+/// How often an index build's progress is read for `/status`.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The catalog operation of a record (every caller checked it has one).
+fn op_of(record: &Record) -> Result<&CatalogOp, ActionError> {
+    record.spec.catalog.as_ref().map(|c| &c.op).ok_or_else(|| {
+        ActionError::Conflict(format!("{:?} is not a catalog operation", record.spec.id))
+    })
+}
+
+/// `schema.name` of an index in `table`'s schema.
+fn index_in(table: &TableName, name: &str) -> String {
+    format!("{}.{}", quote_ident(&table.schema), quote_ident(name))
+}
+
+impl Lifecycle {
+    /// An action on a catalog operation.
+    pub(super) async fn act_catalog(
+        &self,
+        record: Record,
+        action: Action,
+    ) -> Result<(), ActionError> {
+        match action {
+            Action::Expand => self.expand_catalog(record).await,
+            Action::Validate(_) => self.validate_catalog(record).await,
+            Action::Contract(_) => self.contract_catalog(record).await,
+            Action::Complete => self.complete(record).await,
+            Action::Rollback => self.rollback_catalog(record).await,
+            Action::Backfill(_) | Action::Pause | Action::Resume | Action::SwitchReads(_) => {
+                Err(ActionError::Conflict(format!(
+                    "migration {:?} ({}) changes only the catalog: there is nothing to backfill or switch; its steps are expand, validate, contract, complete",
+                    record.spec.id,
+                    record.spec.op().as_str()
+                )))
+            }
+        }
+    }
+
+    /// `POST /migrations`: what the operation needs to find (or not find)
+    /// in the catalog.
+    pub(super) async fn check_catalog_add(
+        &self,
+        client: &Client,
+        spec: &MigrationSpec,
+        op: &CatalogOp,
+    ) -> Result<(), ActionError> {
+        let table = spec.table.to_string();
+        let conflict = |m: String| Err(ActionError::Conflict(m));
+        match op {
+            CatalogOp::CreateIndex { name, .. } => {
+                if relation_exists(client, &spec.table, name).await? {
+                    return conflict(format!(
+                        "there is already a relation {}",
+                        index_in(&spec.table, name)
+                    ));
+                }
+            }
+            CatalogOp::AddConstraint {
+                name,
+                kind,
+                columns,
+                ..
+            } => {
+                if constraint_exists(client, &table, name).await? {
+                    return conflict(format!(
+                        "table {table} already has a constraint {}",
+                        quote_ident(name)
+                    ));
+                }
+                if matches!(kind, ConstraintKind::Unique | ConstraintKind::PrimaryKey)
+                    && relation_exists(client, &spec.table, name).await?
+                {
+                    return conflict(format!(
+                        "there is already a relation {}: the constraint's index takes its name",
+                        index_in(&spec.table, name)
+                    ));
+                }
+                if *kind == ConstraintKind::PrimaryKey {
+                    self.check_primary_key(client, &table, columns).await?;
+                }
+            }
+            CatalogOp::DropIndex { name } => {
+                check_droppable_index(client, &spec.table, name).await?
+            }
+            CatalogOp::DropConstraint { name } => {
+                if !constraint_exists(client, &table, name).await? {
+                    return conflict(format!(
+                        "table {table} has no constraint {}",
+                        quote_ident(name)
+                    ));
+                }
+            }
+            CatalogOp::SetDefault { column, .. } => {
+                if ddl::column_info(client, &table, column).await?.is_none() {
+                    return conflict(format!(
+                        "table {table} has no column {}",
+                        quote_ident(column)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A primary key needs the table to have none, and NOT NULL columns
+    /// (setting them here would scan the table under an exclusive lock).
+    async fn check_primary_key(
+        &self,
+        client: &Client,
+        table: &str,
+        columns: &[String],
+    ) -> Result<(), ActionError> {
+        let has: bool = client
+            .query_one(
+                "select exists (select 1 from pg_constraint where conrelid = $1::text::regclass and contype = 'p')",
+                &[&table],
+            )
+            .await?
+            .get(0);
+        if has {
+            return Err(ActionError::Conflict(format!(
+                "table {table} already has a primary key"
+            )));
+        }
+        for c in columns {
+            match ddl::column_info(client, table, c).await? {
+                None => return Err(ActionError::Conflict(format!("table {table} has no column {}", quote_ident(c)))),
+                Some(info) if !info.not_null => {
+                    return Err(ActionError::Conflict(format!(
+                        "column {} of {table} is nullable: a primary key needs NOT NULL, which Postgres would prove by scanning the table under an exclusive lock; make it NOT NULL first the scan-free way (ADD CONSTRAINT … CHECK ({0} IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT, SET NOT NULL), or add a UNIQUE constraint instead",
+                        quote_ident(c)
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `expand`: the non-blocking first half.
+    async fn expand_catalog(&self, mut record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Planned {
+            return Err(Self::illegal(&record, "expand", "phase planned"));
+        }
+        let client = self.connect().await?;
+        let table = record.spec.table.clone();
+        let op = op_of(&record)?.clone();
+        let detail = match &op {
+            CatalogOp::CreateIndex {
+                name, statement, ..
+            } => {
+                self.build_index(&client, &record.spec.id, &table, name, statement)
+                    .await?;
+                format!("index {} built", index_in(&table, name))
+            }
+            CatalogOp::AddConstraint {
+                name,
+                kind,
+                body,
+                index,
+                ..
+            } => match (kind, index) {
+                (_, Some(index)) => {
+                    self.build_index(&client, &record.spec.id, &table, name, index)
+                        .await?;
+                    format!("unique index {} built", index_in(&table, name))
+                }
+                _ => {
+                    if !constraint_exists(&client, &table.to_string(), name).await? {
+                        let sql = ddl::add_not_valid(&table.to_string(), name, body);
+                        ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                    }
+                    format!(
+                        "constraint {} added NOT VALID: enforced on new writes",
+                        quote_ident(name)
+                    )
+                }
+            },
+            CatalogOp::DropIndex { name } => {
+                check_droppable_index(&client, &table, name).await?;
+                "nothing changed: the index is dropped at contract".into()
+            }
+            CatalogOp::DropConstraint { name } => {
+                if !constraint_exists(&client, &table.to_string(), name).await? {
+                    return Err(ActionError::Conflict(format!(
+                        "table {table} has no constraint {}",
+                        quote_ident(name)
+                    )));
+                }
+                "nothing changed: the constraint is dropped at contract".into()
+            }
+            CatalogOp::SetDefault { column, .. } => {
+                self.set_default(&client, &mut record, column, &op).await?
+            }
+        };
+        record.phase = Phase::Expanded;
+        self.commit(&client, record, "expand", &detail, true).await
+    }
+
+    /// `set_default` at expand: the old default recorded (once), then the
+    /// new one set.
+    async fn set_default(
+        &self,
+        client: &Client,
+        record: &mut Record,
+        column: &str,
+        op: &CatalogOp,
+    ) -> Result<String, ActionError> {
+        let table = record.spec.table.to_string();
+        let Some(info) = ddl::column_info(client, &table, column).await? else {
+            return Err(ActionError::Conflict(format!(
+                "table {table} has no column {}",
+                quote_ident(column)
+            )));
+        };
+        if record.catalog_undo.is_none() {
+            record.catalog_undo = Some(info.default.clone().unwrap_or_default());
+            super::store::save(client, record).await?;
+        }
+        let sql = op.describe(&record.spec.table);
+        ddl::run_with_lock_timeout(client, &sql, self.lock).await?;
+        Ok(format!(
+            "{sql} (was {})",
+            info.default.as_deref().unwrap_or("no default")
+        ))
+    }
+
+    /// Builds an index `CONCURRENTLY` (no lock that holds back writes),
+    /// its progress on `/status` meanwhile. An invalid leftover of an
+    /// earlier attempt is dropped first; a valid index of that name is
+    /// taken as built (by an expand cut short before it was recorded: the
+    /// name was free when the migration was added). A build that fails
+    /// leaves no invalid index behind.
+    async fn build_index(
+        &self,
+        client: &Client,
+        id: &str,
+        table: &TableName,
+        name: &str,
+        statement: &str,
+    ) -> Result<(), ActionError> {
+        let qualified = index_in(table, name);
+        match ddl::invalid_index(client, &table.schema, name).await? {
+            Some(false) => return Ok(()),
+            Some(true) => {
+                let drop = format!("drop index concurrently if exists {qualified}");
+                ddl::run(client, &drop).await?;
+            }
+            None => {}
+        }
+        let progress = self.watch_build(id, &table.to_string());
+        let built = ddl::run(client, statement).await;
+        progress.abort();
+        self.builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Err(e) = built {
+            let drop = format!("drop index concurrently if exists {qualified}");
+            if let Err(cleanup) = ddl::run(client, &drop).await {
+                tracing::warn!(index = %qualified, error = %cleanup, "the failed build's invalid index is left; the next expand drops it");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Reads the build's progress on `table` every [`PROGRESS_EVERY`] into
+    /// `builds`, until aborted.
+    fn watch_build(&self, id: &str, table: &str) -> tokio::task::JoinHandle<()> {
+        let (config, id, table) = (self.config.clone(), id.to_string(), table.to_string());
+        let builds = Arc::clone(&self.builds);
+        tokio::spawn(async move {
+            let Ok(client) = crate::control::connect(&config).await else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                let Ok(Some(row)) = client
+                    .query_opt(
+                        "select phase, blocks_done, blocks_total, tuples_done, tuples_total
+                           from pg_stat_progress_create_index where relid = $1::text::regclass limit 1",
+                        &[&table],
+                    )
+                    .await
+                else {
+                    continue;
+                };
+                let build = IndexBuild {
+                    phase: row.get(0),
+                    blocks_done: row.get(1),
+                    blocks_total: row.get(2),
+                    tuples_done: row.get(3),
+                    tuples_total: row.get(4),
+                };
+                builds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), build);
+            }
+        })
+    }
+
+    /// `validate`: the constraint proven over the existing rows (or its
+    /// index attached); an index checked valid.
+    async fn validate_catalog(&self, mut record: Record) -> Result<(), ActionError> {
+        if record.phase != Phase::Expanded && record.phase != Phase::Validated {
+            return Err(Self::illegal(&record, "validate", "phase expanded"));
+        }
+        let client = self.connect().await?;
+        let table = record.spec.table.clone();
+        let detail = match op_of(&record)? {
+            CatalogOp::CreateIndex { name, .. } => {
+                if ddl::invalid_index(&client, &table.schema, name).await? != Some(false) {
+                    return Err(ActionError::Conflict(format!(
+                        "index {} is missing or invalid: roll back and expand again",
+                        index_in(&table, name)
+                    )));
+                }
+                "the index is valid".to_string()
+            }
+            CatalogOp::AddConstraint {
+                name, body, index, ..
+            } => {
+                let t = table.to_string();
+                let c = quote_ident(name);
+                if index.is_some() {
+                    if !constraint_exists(&client, &t, name).await? {
+                        let sql = format!("alter table {t} add constraint {c} {body}");
+                        ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                    }
+                    format!("constraint {c} attached to its index")
+                } else {
+                    let sql = format!("alter table {t} validate constraint {c}");
+                    ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                    format!("constraint {c} validated: every existing row satisfies it")
+                }
+            }
+            _ => {
+                return Err(ActionError::Conflict(format!(
+                    "migration {:?} has nothing to validate: contract is next",
+                    record.spec.id
+                )))
+            }
+        };
+        record.phase = Phase::Validated;
+        self.commit(&client, record, "validate", &detail, true)
+            .await
+    }
+
+    /// `contract`: a drop's one destructive step; nothing for the others.
+    async fn contract_catalog(&self, mut record: Record) -> Result<(), ActionError> {
+        let op = op_of(&record)?.clone();
+        let needs_validated = matches!(op, CatalogOp::AddConstraint { .. });
+        let ready = match needs_validated {
+            true => record.phase == Phase::Validated,
+            false => matches!(record.phase, Phase::Expanded | Phase::Validated),
+        };
+        if !ready {
+            let needs = if needs_validated {
+                "phase validated"
+            } else {
+                "phase expanded"
+            };
+            return Err(Self::illegal(&record, "contract", needs));
+        }
+        let client = self.connect().await?;
+        let table = record.spec.table.clone();
+        let detail = match &op {
+            CatalogOp::DropIndex { name } => {
+                let sql = format!(
+                    "drop index concurrently if exists {}",
+                    index_in(&table, name)
+                );
+                ddl::run(&client, &sql).await?;
+                format!("index {} dropped", index_in(&table, name))
+            }
+            CatalogOp::DropConstraint { name } => {
+                let sql = format!(
+                    "alter table {table} drop constraint if exists {}",
+                    quote_ident(name)
+                );
+                ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                format!("constraint {} dropped", quote_ident(name))
+            }
+            _ => "nothing to drop".into(),
+        };
+        record.phase = Phase::Contracted;
+        self.commit(&client, record, "contract", &detail, true)
+            .await
+    }
+
+    /// `rollback`: what expand and validate made is taken away again; a
+    /// drop done at contract cannot be undone.
+    async fn rollback_catalog(&self, mut record: Record) -> Result<(), ActionError> {
+        let op = op_of(&record)?.clone();
+        let is_drop = matches!(
+            op,
+            CatalogOp::DropIndex { .. } | CatalogOp::DropConstraint { .. }
+        );
+        let legal = match record.phase {
+            Phase::Planned | Phase::Expanded | Phase::Validated => true,
+            Phase::Contracted => !is_drop,
+            _ => false,
+        };
+        if !legal {
+            return Err(Self::illegal(
+                &record,
+                "rollback",
+                "a phase before the drop at contract",
+            ));
+        }
+        let client = self.connect().await?;
+        let table = record.spec.table.clone();
+        let t = table.to_string();
+        let detail = match &op {
+            CatalogOp::CreateIndex { name, .. } => {
+                ddl::run(
+                    &client,
+                    &format!(
+                        "drop index concurrently if exists {}",
+                        index_in(&table, name)
+                    ),
+                )
+                .await?;
+                format!("index {} dropped", index_in(&table, name))
+            }
+            CatalogOp::AddConstraint { name, index, .. } => {
+                let sql = format!(
+                    "alter table {t} drop constraint if exists {}",
+                    quote_ident(name)
+                );
+                ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                if index.is_some() {
+                    ddl::run(
+                        &client,
+                        &format!(
+                            "drop index concurrently if exists {}",
+                            index_in(&table, name)
+                        ),
+                    )
+                    .await?;
+                }
+                format!("constraint {} dropped", quote_ident(name))
+            }
+            CatalogOp::SetDefault { column, .. } => match record.catalog_undo.clone() {
+                Some(undo) => {
+                    let c = quote_ident(column);
+                    let sql = match undo.as_str() {
+                        "" => format!("alter table {t} alter column {c} drop default"),
+                        d => format!("alter table {t} alter column {c} set default {d}"),
+                    };
+                    ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                    format!("the default of {c} put back")
+                }
+                None => "nothing changed yet".into(),
+            },
+            CatalogOp::DropIndex { .. } | CatalogOp::DropConstraint { .. } => {
+                "nothing was dropped".into()
+            }
+        };
+        record.phase = Phase::RolledBack;
+        self.commit(&client, record, "rollback", &detail, true)
+            .await
+    }
+}
+
+/// Whether `schema.name` names any relation (an index, a table).
+async fn relation_exists(
+    client: &Client,
+    table: &TableName,
+    name: &str,
+) -> Result<bool, ActionError> {
+    let qualified = index_in(table, name);
+    Ok(client
+        .query_one("select to_regclass($1) is not null", &[&qualified])
+        .await?
+        .get(0))
+}
+
+async fn constraint_exists(client: &Client, table: &str, name: &str) -> Result<bool, ActionError> {
+    Ok(client
+        .query_one(
+            "select exists (select 1 from pg_constraint where conrelid = $1::text::regclass and conname = $2)",
+            &[&table, &name],
+        )
+        .await?
+        .get(0))
+}
+
+/// An index of `table` that no constraint owns (those go with
+/// `drop_constraint`).
+async fn check_droppable_index(
+    client: &Client,
+    table: &TableName,
+    name: &str,
+) -> Result<(), ActionError> {
+    let qualified = index_in(table, name);
+    let row = client
+        .query_opt(
+            "select i.indrelid = $2::text::regclass,
+                    (select c.conname::text from pg_constraint c where c.conindid = i.indexrelid limit 1)
+               from pg_index i where i.indexrelid = to_regclass($1)",
+            &[&qualified, &table.to_string()],
+        )
+        .await?;
+    match row {
+        None => Err(ActionError::Conflict(format!(
+            "there is no index {qualified}"
+        ))),
+        Some(r) if !r.get::<_, bool>(0) => Err(ActionError::Conflict(format!(
+            "index {qualified} is not on table {table}"
+        ))),
+        Some(r) => match r.get::<_, Option<String>>(1) {
+            Some(constraint) => Err(ActionError::Conflict(format!(
+                "index {qualified} belongs to constraint {}: drop it with op drop_constraint",
+                quote_ident(&constraint)
+            ))),
+            None => Ok(()),
+        },
+    }
+}
