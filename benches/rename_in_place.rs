@@ -16,17 +16,16 @@
 //! Run: `cargo bench --bench rename_in_place` (`PGSHIFT_BENCH_ROUNDS`,
 //! default 2).
 
-use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 use serde_json::{json, Value};
 
 mod common;
 use common::{
     admin, connect, env_num, finish_pgbench, median, pgbench_init, spawn_pgbench, start_pgshift,
-    unix_secs, wait_for_admin,
+    stats, transactions, unix_secs, wait_for_admin,
 };
 
 /// Seconds of load before the migration starts.
@@ -191,46 +190,6 @@ async fn wait_for(addr: &str, phase: &str) -> Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-}
-
-/// Every transaction of the pgbench logs in `dir`: (end, UNIX seconds;
-/// latency, ms).
-fn transactions(dir: &Path) -> Result<Vec<(f64, f64)>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.starts_with("tx.") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).context("reading a pgbench log")?;
-        for line in text.lines() {
-            // client, transaction, latency µs, script, end s, end µs
-            let f: Vec<f64> = line
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            if let [_, _, us, _, s, end_us, ..] = f[..] {
-                out.push((s + end_us / 1e6, us / 1e3));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// TPS and p99 latency (ms) of the transactions that ended in `window`.
-fn stats(ends: &[(f64, f64)], window: (f64, f64)) -> (f64, f64) {
-    let mut lat: Vec<f64> = ends
-        .iter()
-        .filter(|(end, _)| *end >= window.0 && *end < window.1)
-        .map(|(_, ms)| *ms)
-        .collect();
-    if lat.is_empty() {
-        return (0.0, 0.0);
-    }
-    lat.sort_by(f64::total_cmp);
-    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
-    (lat.len() as f64 / (window.1 - window.0).max(1e-3), p99)
 }
 
 /// A row of the report: its name and the figure it reads.

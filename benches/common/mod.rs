@@ -1,6 +1,7 @@
 //! What the pgbench benchmarks share: knobs from the environment, child
 //! servers killed on drop, starting pgshift, running pgbench and reading
-//! its summary, pgshift's admin port, a direct connection, the wall clock.
+//! its summary and its per-transaction logs, pgshift's admin port, a
+//! direct connection, the wall clock.
 
 #![allow(dead_code)] // each bench uses a different subset
 
@@ -215,4 +216,44 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Every transaction of the pgbench logs in `dir`: (end, UNIX seconds;
+/// latency, ms).
+pub fn transactions(dir: &Path) -> Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with("tx.") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).context("reading a pgbench log")?;
+        for line in text.lines() {
+            // client, transaction, latency µs, script, end s, end µs
+            let f: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            if let [_, _, us, _, s, end_us, ..] = f[..] {
+                out.push((s + end_us / 1e6, us / 1e3));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// TPS and p99 latency (ms) of the transactions that ended in `window`.
+pub fn stats(ends: &[(f64, f64)], window: (f64, f64)) -> (f64, f64) {
+    let mut lat: Vec<f64> = ends
+        .iter()
+        .filter(|(end, _)| *end >= window.0 && *end < window.1)
+        .map(|(_, ms)| *ms)
+        .collect();
+    if lat.is_empty() {
+        return (0.0, 0.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    (lat.len() as f64 / (window.1 - window.0).max(1e-3), p99)
 }

@@ -206,9 +206,11 @@ fn answer(result: Result<MigrationStatus, ActionError>, ok: StatusCode) -> Respo
                 ActionError::NotFound(_) => StatusCode::NOT_FOUND,
                 ActionError::Conflict(_) => StatusCode::CONFLICT,
                 ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                ActionError::Failed(_) | ActionError::Refused(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                // Postgres refused a statement of the step for what it
+                // is (rows breaking a constraint, an `up` failing on a
+                // row): not pgshift's failure, and retrying cannot help.
+                ActionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             refuse(status, e.to_string())
         }

@@ -267,12 +267,10 @@ impl Lifecycle {
         name: &str,
         statement: &str,
     ) -> Result<(), ActionError> {
-        let qualified = index_in(table, name);
         match ddl::invalid_index(client, &table.schema, name).await? {
             Some(false) => return Ok(()),
             Some(true) => {
-                let drop = format!("drop index concurrently if exists {qualified}");
-                ddl::run(client, &drop).await?;
+                drop_index(client, table, name).await?;
             }
             None => {}
         }
@@ -284,9 +282,9 @@ impl Lifecycle {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         if let Err(e) = built {
-            let drop = format!("drop index concurrently if exists {qualified}");
-            if let Err(cleanup) = ddl::run(client, &drop).await {
-                tracing::warn!(index = %qualified, error = %cleanup, "the failed build's invalid index is left; the next expand drops it");
+            if let Err(cleanup) = drop_index(client, table, name).await {
+                let index = index_in(table, name);
+                tracing::warn!(%index, error = %cleanup, "the failed build's invalid index is left; the next expand drops it");
             }
             return Err(e.into());
         }
@@ -395,21 +393,9 @@ impl Lifecycle {
         let client = self.connect().await?;
         let table = record.spec.table.clone();
         let detail = match &op {
-            CatalogOp::DropIndex { name } => {
-                let sql = format!(
-                    "drop index concurrently if exists {}",
-                    index_in(&table, name)
-                );
-                ddl::run(&client, &sql).await?;
-                format!("index {} dropped", index_in(&table, name))
-            }
+            CatalogOp::DropIndex { name } => drop_index(&client, &table, name).await?,
             CatalogOp::DropConstraint { name } => {
-                let sql = format!(
-                    "alter table {table} drop constraint if exists {}",
-                    quote_ident(name)
-                );
-                ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
-                format!("constraint {} dropped", quote_ident(name))
+                self.drop_constraint(&client, &table, name).await?
             }
             _ => "nothing to drop".into(),
         };
@@ -442,34 +428,13 @@ impl Lifecycle {
         let table = record.spec.table.clone();
         let t = table.to_string();
         let detail = match &op {
-            CatalogOp::CreateIndex { name, .. } => {
-                ddl::run(
-                    &client,
-                    &format!(
-                        "drop index concurrently if exists {}",
-                        index_in(&table, name)
-                    ),
-                )
-                .await?;
-                format!("index {} dropped", index_in(&table, name))
-            }
+            CatalogOp::CreateIndex { name, .. } => drop_index(&client, &table, name).await?,
             CatalogOp::AddConstraint { name, index, .. } => {
-                let sql = format!(
-                    "alter table {t} drop constraint if exists {}",
-                    quote_ident(name)
-                );
-                ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+                let dropped = self.drop_constraint(&client, &table, name).await?;
                 if index.is_some() {
-                    ddl::run(
-                        &client,
-                        &format!(
-                            "drop index concurrently if exists {}",
-                            index_in(&table, name)
-                        ),
-                    )
-                    .await?;
+                    drop_index(&client, &table, name).await?;
                 }
-                format!("constraint {} dropped", quote_ident(name))
+                dropped
             }
             CatalogOp::SetDefault { column, .. } => match record.catalog_undo.clone() {
                 Some(undo) => {
@@ -491,6 +456,34 @@ impl Lifecycle {
         self.commit(&client, record, "rollback", &detail, true)
             .await
     }
+}
+
+impl Lifecycle {
+    /// Drops constraint `name` of `table` (if it is there) under the lock
+    /// discipline; what was done.
+    async fn drop_constraint(
+        &self,
+        client: &Client,
+        table: &TableName,
+        name: &str,
+    ) -> Result<String, ActionError> {
+        let c = quote_ident(name);
+        let sql = format!("alter table {table} drop constraint if exists {c}");
+        ddl::run_with_lock_timeout(client, &sql, self.lock).await?;
+        Ok(format!("constraint {c} dropped"))
+    }
+}
+
+/// Drops index `name` in `table`'s schema (if it is there) without a lock
+/// that holds back writes; what was done.
+async fn drop_index(client: &Client, table: &TableName, name: &str) -> Result<String, ActionError> {
+    let qualified = index_in(table, name);
+    ddl::run(
+        client,
+        &format!("drop index concurrently if exists {qualified}"),
+    )
+    .await?;
+    Ok(format!("index {qualified} dropped"))
 }
 
 /// Whether `schema.name` names any relation (an index, a table).

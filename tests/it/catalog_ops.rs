@@ -349,7 +349,7 @@ async fn what_the_rows_break_is_refused_with_nothing_half_done() {
     .await;
     step(&d.admin, "check", "expand", "expanded").await;
     let (code, answer) = post(&d.admin, "/migrations/check/validate", json!({})).await;
-    assert_eq!(code, 500, "{answer}");
+    assert_eq!(code, 422, "{answer}");
     let text = answer.to_string();
     assert!(
         text.contains("users_logins_check") && text.contains("violated"),
@@ -373,7 +373,7 @@ async fn what_the_rows_break_is_refused_with_nothing_half_done() {
     )
     .await;
     let (code, answer) = post(&d.admin, "/migrations/key/expand", json!({})).await;
-    assert_eq!(code, 500, "{answer}");
+    assert_eq!(code, 422, "{answer}");
     assert!(answer.to_string().contains("duplicate"), "{answer}");
     assert!(!one_bool(&direct, "select to_regclass('users_email_key') is not null").await);
     let (_, status) = pgshift::admin::request(&d.admin, "GET", "/migrations/key", None, None)
