@@ -48,6 +48,11 @@ pub enum Op {
     DropConstraint,
     /// `column` and `default` (left out: the default is dropped).
     SetDefault,
+    /// `column`: `NOT NULL` the scan-free way (a `NOT VALID` check,
+    /// validated, then `SET NOT NULL`).
+    SetNotNull,
+    /// `column`: its `NOT NULL` dropped at contract.
+    DropNotNull,
 }
 
 impl Op {
@@ -61,6 +66,8 @@ impl Op {
             Op::AddConstraint => "add_constraint",
             Op::DropConstraint => "drop_constraint",
             Op::SetDefault => "set_default",
+            Op::SetNotNull => "set_not_null",
+            Op::DropNotNull => "drop_not_null",
         }
     }
 
@@ -132,6 +139,12 @@ pub enum CatalogOp {
     SetDefault {
         column: String,
         default: Option<String>,
+    },
+    SetNotNull {
+        column: String,
+    },
+    DropNotNull {
+        column: String,
     },
 }
 
@@ -238,6 +251,12 @@ impl CatalogOp {
                 column: name_key("column", keys.column.as_ref())?,
                 default: keys.default.as_deref().map(default_expr).transpose()?,
             }),
+            Op::SetNotNull => Ok(CatalogOp::SetNotNull {
+                column: name_key("column", keys.column.as_ref())?,
+            }),
+            Op::DropNotNull => Ok(CatalogOp::DropNotNull {
+                column: name_key("column", keys.column.as_ref())?,
+            }),
             other => Err(format!("{} is not a catalog operation", other.as_str())),
         }
     }
@@ -250,6 +269,8 @@ impl CatalogOp {
             CatalogOp::AddConstraint { .. } => Op::AddConstraint,
             CatalogOp::DropConstraint { .. } => Op::DropConstraint,
             CatalogOp::SetDefault { .. } => Op::SetDefault,
+            CatalogOp::SetNotNull { .. } => Op::SetNotNull,
+            CatalogOp::DropNotNull { .. } => Op::DropNotNull,
         }
     }
 
@@ -260,7 +281,9 @@ impl CatalogOp {
             | CatalogOp::DropIndex { name }
             | CatalogOp::AddConstraint { name, .. }
             | CatalogOp::DropConstraint { name } => Some(name),
-            CatalogOp::SetDefault { .. } => None,
+            CatalogOp::SetDefault { .. }
+            | CatalogOp::SetNotNull { .. }
+            | CatalogOp::DropNotNull { .. } => None,
         }
     }
 
@@ -270,7 +293,9 @@ impl CatalogOp {
             CatalogOp::CreateIndex { columns, .. } | CatalogOp::AddConstraint { columns, .. } => {
                 columns.clone()
             }
-            CatalogOp::SetDefault { column, .. } => vec![column.clone()],
+            CatalogOp::SetDefault { column, .. }
+            | CatalogOp::SetNotNull { column }
+            | CatalogOp::DropNotNull { column } => vec![column.clone()],
             CatalogOp::DropIndex { .. } | CatalogOp::DropConstraint { .. } => Vec::new(),
         }
     }
@@ -293,6 +318,14 @@ impl CatalogOp {
             CatalogOp::DropConstraint { name } => {
                 format!("ALTER TABLE {table} DROP CONSTRAINT {}", quote_ident(name))
             }
+            CatalogOp::SetNotNull { column } => format!(
+                "ALTER TABLE {table} ALTER COLUMN {} SET NOT NULL",
+                quote_ident(column)
+            ),
+            CatalogOp::DropNotNull { column } => format!(
+                "ALTER TABLE {table} ALTER COLUMN {} DROP NOT NULL",
+                quote_ident(column)
+            ),
             CatalogOp::SetDefault { column, default } => match default {
                 Some(d) => format!(
                     "ALTER TABLE {table} ALTER COLUMN {} SET DEFAULT {d}",

@@ -10,6 +10,10 @@
 //! | drop_index | checks it exists | — | `DROP INDEX CONCURRENTLY` | nothing to undo |
 //! | drop_constraint | checks it exists | — | `DROP CONSTRAINT` | nothing to undo |
 //! | set_default | `SET DEFAULT` (the old one recorded first) | — | — | the old default back |
+//! | set_not_null | `CHECK (c IS NOT NULL) NOT VALID` | `VALIDATE` | `SET NOT NULL`, check dropped | check (and NOT NULL) dropped |
+//! | drop_not_null | checks it | — | `DROP NOT NULL` | nothing to undo |
+//!
+//! The NOT NULL steps are in [`super::not_null_steps`].
 //!
 //! Every ALTER runs under the lock discipline; the concurrent index
 //! statements take no lock that queues the application. Backfill and the
@@ -126,6 +130,14 @@ impl Lifecycle {
                     ));
                 }
             }
+            CatalogOp::SetNotNull { column } => {
+                self.check_not_null_op(client, &spec.table, column, true)
+                    .await?
+            }
+            CatalogOp::DropNotNull { column } => {
+                self.check_not_null_op(client, &spec.table, column, false)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -219,6 +231,14 @@ impl Lifecycle {
             }
             CatalogOp::SetDefault { column, .. } => {
                 self.set_default(&client, &mut record, column, &op).await?
+            }
+            CatalogOp::SetNotNull { column } => {
+                self.expand_set_not_null(&client, &table, column).await?
+            }
+            CatalogOp::DropNotNull { column } => {
+                self.check_not_null_op(&client, &table, column, false)
+                    .await?;
+                "nothing changed: the NOT NULL is dropped at contract".into()
             }
         };
         record.phase = Phase::Expanded;
@@ -362,6 +382,9 @@ impl Lifecycle {
                     format!("constraint {c} validated: every existing row satisfies it")
                 }
             }
+            CatalogOp::SetNotNull { column } => {
+                self.validate_set_not_null(&client, &table, column).await?
+            }
             _ => {
                 return Err(ActionError::Conflict(format!(
                     "migration {:?} has nothing to validate: contract is next",
@@ -377,7 +400,10 @@ impl Lifecycle {
     /// `contract`: a drop's one destructive step; nothing for the others.
     async fn contract_catalog(&self, mut record: Record) -> Result<(), ActionError> {
         let op = op_of(&record)?.clone();
-        let needs_validated = matches!(op, CatalogOp::AddConstraint { .. });
+        let needs_validated = matches!(
+            op,
+            CatalogOp::AddConstraint { .. } | CatalogOp::SetNotNull { .. }
+        );
         let ready = match needs_validated {
             true => record.phase == Phase::Validated,
             false => matches!(record.phase, Phase::Expanded | Phase::Validated),
@@ -397,6 +423,14 @@ impl Lifecycle {
             CatalogOp::DropConstraint { name } => {
                 self.drop_constraint(&client, &table, name).await?
             }
+            CatalogOp::SetNotNull { column } => {
+                self.contract_not_null(&client, &table, column, true)
+                    .await?
+            }
+            CatalogOp::DropNotNull { column } => {
+                self.contract_not_null(&client, &table, column, false)
+                    .await?
+            }
             _ => "nothing to drop".into(),
         };
         record.phase = Phase::Contracted;
@@ -410,7 +444,9 @@ impl Lifecycle {
         let op = op_of(&record)?.clone();
         let is_drop = matches!(
             op,
-            CatalogOp::DropIndex { .. } | CatalogOp::DropConstraint { .. }
+            CatalogOp::DropIndex { .. }
+                | CatalogOp::DropConstraint { .. }
+                | CatalogOp::DropNotNull { .. }
         );
         let legal = match record.phase {
             Phase::Planned | Phase::Expanded | Phase::Validated => true,
@@ -448,9 +484,14 @@ impl Lifecycle {
                 }
                 None => "nothing changed yet".into(),
             },
-            CatalogOp::DropIndex { .. } | CatalogOp::DropConstraint { .. } => {
-                "nothing was dropped".into()
+            CatalogOp::SetNotNull { column } => {
+                let contracted = record.phase == Phase::Contracted;
+                self.rollback_set_not_null(&client, &table, column, contracted)
+                    .await?
             }
+            CatalogOp::DropIndex { .. }
+            | CatalogOp::DropConstraint { .. }
+            | CatalogOp::DropNotNull { .. } => "nothing was dropped".into(),
         };
         record.phase = Phase::RolledBack;
         self.commit(&client, record, "rollback", &detail, true)

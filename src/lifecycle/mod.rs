@@ -30,6 +30,7 @@ pub mod handover;
 mod in_place;
 pub mod indexes;
 pub mod not_null;
+mod not_null_steps;
 pub mod peers;
 mod rollback;
 mod status;

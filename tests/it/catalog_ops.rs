@@ -537,3 +537,108 @@ async fn a_transaction_holding_the_table_queues_no_client_behind_a_constraint_fo
         .get(0);
     assert_eq!(retried, 1);
 }
+
+async fn not_null(direct: &tokio_postgres::Client, column: &str) -> bool {
+    direct
+        .query_one(
+            "select attnotnull from pg_attribute where attrelid = 'users'::regclass and attname = $1",
+            &[&column],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn not_null_is_set_the_scan_free_way_and_dropped_at_contract() {
+    let (dbname, direct) = db().fresh_database("catalog_not_null").await;
+    schema(&direct).await;
+    direct
+        .batch_execute(
+            "alter table users add column nick text, add column nick2 text;
+             update users set nick2 = 'n' where id > 0;
+             update users set nick = 'n' where id > 10",
+        )
+        .await
+        .unwrap();
+    let d = driven_all(vec![], &dbname).await;
+    add(
+        &d.admin,
+        json!({"id": "nick", "op": "set_not_null", "table": "users", "column": "nick"}),
+    )
+    .await;
+    // Rows holding NULL: a NOT VALID check would fail their every UPDATE.
+    let (code, answer) = post(&d.admin, "/migrations/nick/expand", json!({})).await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.to_string().contains("hold NULL"), "{answer}");
+    direct
+        .batch_execute("update users set nick = 'n' where nick is null")
+        .await
+        .unwrap();
+    step(&d.admin, "nick", "expand", "expanded").await;
+    let client = d.proxy.connect_to(&dbname).await;
+    let err = client
+        .execute(
+            "insert into users (id, email, team_id) values (-5, 'x@example.com', 1)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("23514"),
+        "new writes are checked: {err}"
+    );
+    client
+        .execute("update users set logins = logins + 1 where id = 3", &[])
+        .await
+        .unwrap();
+    assert!(!not_null(&direct, "nick").await);
+    step(&d.admin, "nick", "validate", "validated").await;
+    step(&d.admin, "nick", "contract", "contracted").await;
+    step(&d.admin, "nick", "complete", "complete").await;
+    assert!(not_null(&direct, "nick").await);
+    let checks: i64 = direct
+        .query_one(
+            "select count(*) from pg_constraint where conrelid = 'users'::regclass and conname like 'pgshift%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checks, 0, "pgshift's check is gone");
+    // Rolled back after contract: nullable again, nothing left.
+    add(
+        &d.admin,
+        json!({"id": "nick2", "op": "set_not_null", "table": "users", "column": "nick2"}),
+    )
+    .await;
+    for (action, phase) in [
+        ("expand", "expanded"),
+        ("validate", "validated"),
+        ("contract", "contracted"),
+    ] {
+        step(&d.admin, "nick2", action, phase).await;
+    }
+    assert!(not_null(&direct, "nick2").await);
+    step(&d.admin, "nick2", "rollback", "rolled_back").await;
+    assert!(!not_null(&direct, "nick2").await);
+    // drop_not_null: at contract, never on a primary key column.
+    add(
+        &d.admin,
+        json!({"id": "email", "op": "drop_not_null", "table": "users", "column": "email"}),
+    )
+    .await;
+    step(&d.admin, "email", "expand", "expanded").await;
+    assert!(not_null(&direct, "email").await);
+    step(&d.admin, "email", "contract", "contracted").await;
+    assert!(!not_null(&direct, "email").await);
+    let (code, answer) = post(
+        &d.admin,
+        "/migrations",
+        json!({"id": "pk", "op": "drop_not_null", "table": "users", "column": "id"}),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert!(answer.to_string().contains("primary key"), "{answer}");
+}
