@@ -642,3 +642,57 @@ async fn not_null_is_set_the_scan_free_way_and_dropped_at_contract() {
     assert_eq!(code, 409, "{answer}");
     assert!(answer.to_string().contains("primary key"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
+    let (dbname, direct) = db().fresh_database("catalog_progress").await;
+    schema(&direct).await;
+    let d = driven_all(vec![], &dbname).await;
+    add(
+        &d.admin,
+        json!({"id": "idx", "op": "create_index", "table": "users",
+                         "definition": "create index users_team_idx on users (team_id)"}),
+    )
+    .await;
+    // A transaction with a write in flight on the table: a concurrent
+    // build waits for it before it starts.
+    let holder = d.proxy.connect_to(&dbname).await;
+    holder
+        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
+        .await
+        .unwrap();
+    let admin = d.admin.clone();
+    let expand =
+        tokio::spawn(async move { post(&admin, "/migrations/idx/expand", json!({})).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let build = loop {
+        let (_, status) = pgshift::admin::request(&d.admin, "GET", "/migrations/idx", None, None)
+            .await
+            .unwrap();
+        if !status["index_build"].is_null() {
+            break status["index_build"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index_build on /status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        build["phase"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("waiting for")),
+        "{build}"
+    );
+    holder.batch_execute("commit").await.unwrap();
+    let (code, answer) = expand.await.unwrap();
+    assert_eq!(
+        (code, answer["phase"].as_str()),
+        (200, Some("expanded")),
+        "{answer}"
+    );
+    assert!(
+        answer["index_build"].is_null(),
+        "the build is over: {answer}"
+    );
+}
