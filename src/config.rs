@@ -727,7 +727,7 @@ fn resolve_migrations(entries: Vec<FileMigration>) -> Result<Vec<ActiveMigration
                     key: "migrations",
                     value: spec.id.clone(),
                     reason: format!(
-                        "clashes with migration {:?} (same id, or same table and column)",
+                        "clashes with migration {:?} (same id; a second column migration on the table; a column it moves; the same index or constraint)",
                         other.spec.id
                     ),
                 });

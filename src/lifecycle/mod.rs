@@ -492,7 +492,7 @@ impl Lifecycle {
                     && other.spec.clashes_with(&spec));
             if clash {
                 return Err(ActionError::Conflict(format!(
-                    "migration {:?} clashes with migration {:?} (same id, or a column of the same table in flight)",
+                    "migration {:?} clashes with migration {:?} (same id; a second column migration on the table; a column it moves; the same index or constraint)",
                     spec.id, other.spec.id
                 )));
             }

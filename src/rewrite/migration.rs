@@ -257,16 +257,21 @@ impl MigrationSpec {
         }
     }
 
-    /// Whether two migrations may not be in flight together: the same id,
-    /// or on the same table a column one of them moves and the other
-    /// names, or an index or constraint both make or drop. (Two catalog
-    /// operations naming the same column move nothing: they may.)
+    /// Whether two migrations may not be in flight together: the same id;
+    /// or on the same table two that move columns (the rewriter serves one
+    /// column pair per table: a second pair's writes would reach only one
+    /// of its columns), a column one of them moves and the other names, or
+    /// an index or constraint both make or drop. (Catalog operations that
+    /// name the same column move nothing: they may.)
     pub fn clashes_with(&self, other: &MigrationSpec) -> bool {
         if self.id == other.id {
             return true;
         }
         if self.table != other.table {
             return false;
+        }
+        if self.catalog.is_none() && other.catalog.is_none() {
+            return true;
         }
         let moves = |s: &MigrationSpec| match s.catalog {
             None => s.columns(),

@@ -441,6 +441,13 @@ async fn definitions_that_are_not_what_the_operation_names_are_refused() {
             400,
             "unknown field",
         ),
+        // A second column pair on a table whose first is in flight: its
+        // writes would reach only one of its columns.
+        (
+            json!({"id": "j", "op": "rename_column", "table": "users", "from": "email", "to": "mail"}),
+            409,
+            "clashes",
+        ),
     ];
     for (body, code, says) in bad {
         let (got, answer) = post(&d.admin, "/migrations", body.clone()).await;

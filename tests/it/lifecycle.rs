@@ -2157,7 +2157,7 @@ async fn what_depends_on_the_old_column_is_carried_or_refused_up_front() {
         .await
         .unwrap();
     let d = driven(
-        MigrationSpec::new("never", "app.blocked", "w0", "w1", None, None, None).unwrap(),
+        MigrationSpec::new("never", "app.unused", "w0", "w1", None, None, None).unwrap(),
         &dbname,
     )
     .await;
