@@ -118,9 +118,20 @@ async fn act(
     } else {
         StatusCode::OK
     };
-    match lifecycle(&state) {
-        Some(l) => answer(ACTOR.scope(actor, l.act(&id, action)).await, accepted),
-        None => not_started(),
+    let Some(l) = lifecycle(&state).cloned() else {
+        return not_started();
+    };
+    // The action runs to its end in a task of its own, even when the
+    // client that asked for it goes away (a closed terminal, an HTTP
+    // timeout): dropped half-way, an index build would be cancelled and
+    // a step's DDL left to the next attempt.
+    let run = tokio::spawn(ACTOR.scope(actor, async move { l.act(&id, action).await }));
+    match run.await {
+        Ok(result) => answer(result, accepted),
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action did not finish: {e}; see pgshift's log, and /status for where the migration stands"),
+        ),
     }
 }
 

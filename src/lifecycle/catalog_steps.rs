@@ -40,6 +40,25 @@ fn op_of(record: &Record) -> Result<&CatalogOp, ActionError> {
     })
 }
 
+/// An index build's progress being read into `/status`; dropped (the
+/// build over, or the action ended any other way), it stops and the
+/// progress is taken off.
+struct BuildWatch {
+    task: tokio::task::JoinHandle<()>,
+    builds: Arc<std::sync::Mutex<std::collections::BTreeMap<String, IndexBuild>>>,
+    id: String,
+}
+
+impl Drop for BuildWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// `schema.name` of an index in `table`'s schema.
 fn index_in(table: &TableName, name: &str) -> String {
     format!("{}.{}", quote_ident(&table.schema), quote_ident(name))
@@ -296,11 +315,7 @@ impl Lifecycle {
         }
         let progress = self.watch_build(id, &table.to_string());
         let built = ddl::run(client, statement).await;
-        progress.abort();
-        self.builds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        drop(progress);
         if let Err(e) = built {
             if let Err(cleanup) = drop_index(client, table, name).await {
                 let index = index_in(table, name);
@@ -312,11 +327,11 @@ impl Lifecycle {
     }
 
     /// Reads the build's progress on `table` every [`PROGRESS_EVERY`] into
-    /// `builds`, until aborted.
-    fn watch_build(&self, id: &str, table: &str) -> tokio::task::JoinHandle<()> {
-        let (config, id, table) = (self.config.clone(), id.to_string(), table.to_string());
+    /// `builds`, until the watch is dropped.
+    fn watch_build(&self, id: &str, table: &str) -> BuildWatch {
+        let (config, key, table) = (self.config.clone(), id.to_string(), table.to_string());
         let builds = Arc::clone(&self.builds);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let Ok(client) = crate::control::connect(&config).await else {
                 return;
             };
@@ -332,19 +347,25 @@ impl Lifecycle {
                 else {
                     continue;
                 };
+                let count = |i: usize| row.try_get::<_, i64>(i).unwrap_or(0);
                 let build = IndexBuild {
-                    phase: row.get(0),
-                    blocks_done: row.get(1),
-                    blocks_total: row.get(2),
-                    tuples_done: row.get(3),
-                    tuples_total: row.get(4),
+                    phase: row.try_get(0).unwrap_or_default(),
+                    blocks_done: count(1),
+                    blocks_total: count(2),
+                    tuples_done: count(3),
+                    tuples_total: count(4),
                 };
                 builds
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), build);
+                    .insert(key.clone(), build);
             }
-        })
+        });
+        BuildWatch {
+            task,
+            builds: Arc::clone(&self.builds),
+            id: id.to_string(),
+        }
     }
 
     /// `validate`: the constraint proven over the existing rows (or its

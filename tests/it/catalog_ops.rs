@@ -703,3 +703,51 @@ async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
         "the build is over: {answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expand_goes_on_when_the_client_that_asked_for_it_goes_away() {
+    let (dbname, direct) = db().fresh_database("catalog_gone").await;
+    schema(&direct).await;
+    let d = driven_all(vec![], &dbname).await;
+    add(
+        &d.admin,
+        json!({"id": "idx", "op": "create_index", "table": "users",
+                         "definition": "create index users_team_idx on users (team_id)"}),
+    )
+    .await;
+    // The build waits for this transaction, while the client gives up.
+    let holder = d.proxy.connect_to(&dbname).await;
+    holder
+        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
+        .await
+        .unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        post(&d.admin, "/migrations/idx/expand", json!({})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the build was to wait for the holder");
+    holder.batch_execute("commit").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = pgshift::admin::request(&d.admin, "GET", "/migrations/idx", None, None)
+            .await
+            .unwrap();
+        if status["phase"] == "expanded" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expand did not finish: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        one_bool(
+            &direct,
+            "select indisvalid from pg_index where indexrelid = 'users_team_idx'::regclass"
+        )
+        .await,
+        "the index is built and valid"
+    );
+}
