@@ -26,13 +26,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
+use pgshift::cluster::{Cluster, ClusterOptions, SUPERUSER};
 use serde_json::json;
 
 mod common;
 use common::{
-    admin, connect, env_num, finish_pgbench, median, pgbench_init, spawn_pgbench, start_pgshift,
-    stats, transactions, unix_secs, wait_for_admin,
+    admin, connect, env_num, finish_pgbench, logged_tpcb_args, median, pgbench_init, spawn_pgbench,
+    start_pgshift_driving, stats, transactions, unix_secs,
 };
 
 /// Seconds each method's window lasts at least.
@@ -93,38 +93,14 @@ fn run_round(
 ) -> Result<Vec<(usize, usize, Window)>> {
     let dir = cluster.root().join(format!("catalog-{db}"));
     std::fs::create_dir_all(&dir)?;
-    let admin_port = free_port()?;
-    let config = dir.join("pgshift.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin = \"127.0.0.1:{admin_port}\"\n\n[control]\ndatabase = \"{db}\"\nuser = \"{SUPERUSER}\"\n"
-        ),
-    )?;
-    let port = free_port()?;
-    let _pgshift = start_pgshift(cluster.port(), port, 100, Some(&config))?;
-    let addr = format!("127.0.0.1:{admin_port}");
-    wait_for_admin(rt, &addr)?;
+    let (_pgshift, port, addr) = start_pgshift_driving(cluster, rt, &dir, db)?;
     let slots = OPERATIONS.len() * METHODS.len();
     // Room for operations longer than their window.
     let secs = (3.0 + slots as f64 * (WINDOW + GAP) * 2.0) as u32;
     let pgbench = cluster.binaries().tool("pgbench");
     let prefix = dir.join("tx").display().to_string();
-    let secs_s = secs.to_string();
-    let args = [
-        "-n",
-        "-M",
-        "prepared",
-        "-c",
-        "4",
-        "-j",
-        "2",
-        "-T",
-        &secs_s,
-        "-l",
-        "--log-prefix",
-        &prefix,
-    ];
+    let args = logged_tpcb_args(secs, &prefix);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = unix_secs();
     let load = spawn_pgbench(&pgbench, SUPERUSER, port, db, &args)?;
     std::thread::sleep(Duration::from_secs(3));

@@ -72,6 +72,53 @@ pub fn start_pgshift(
     Ok(Server(child))
 }
 
+/// pgshift in front of `cluster`'s database `db` with its lifecycle (as
+/// the superuser) and an admin port, its files in `dir`: (the server, its
+/// port, the admin address), the admin port answering.
+pub fn start_pgshift_driving(
+    cluster: &pgshift::cluster::Cluster,
+    rt: &Runtime,
+    dir: &Path,
+    db: &str,
+) -> Result<(Server, u16, String)> {
+    let admin_port = pgshift::cluster::free_port()?;
+    let config = dir.join("pgshift.toml");
+    let user = pgshift::cluster::SUPERUSER;
+    std::fs::write(
+        &config,
+        format!(
+            "admin = \"127.0.0.1:{admin_port}\"\n\n[control]\ndatabase = \"{db}\"\nuser = \"{user}\"\n"
+        ),
+    )?;
+    let port = pgshift::cluster::free_port()?;
+    let server = start_pgshift(cluster.port(), port, 100, Some(&config))?;
+    let addr = format!("127.0.0.1:{admin_port}");
+    wait_for_admin(rt, &addr)?;
+    Ok((server, port, addr))
+}
+
+/// The pgbench arguments of a tpcb-like load (`-c 4 -j 2 -M prepared`)
+/// for `secs`, logging each transaction under `prefix`.
+pub fn logged_tpcb_args(secs: u32, prefix: &str) -> Vec<String> {
+    let secs = secs.to_string();
+    [
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-T",
+        &secs,
+        "-l",
+        "--log-prefix",
+        prefix,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// The summary of one pgbench run.
 pub struct Run {
     pub tps: f64,

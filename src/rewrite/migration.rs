@@ -162,10 +162,7 @@ impl MigrationSpec {
             id: id.to_string(),
             reason,
         };
-        if id.trim().is_empty() {
-            return Err(err("the id is empty".into()));
-        }
-        let table = parse_table_name(table).map_err(|e| err(format!("table {table:?}: {e}")))?;
+        let table = id_and_table(id, table)?;
         let from = parse_ident(from).map_err(|e| err(format!("from {from:?}: {e}")))?;
         let to = parse_ident(to).map_err(|e| err(format!("to {to:?}: {e}")))?;
         if from == to {
@@ -213,14 +210,11 @@ impl MigrationSpec {
         op: crate::ops::Op,
         keys: crate::ops::CatalogKeys,
     ) -> Result<MigrationSpec, SpecError> {
+        let table = id_and_table(id, table)?;
         let err = |reason: String| SpecError {
             id: id.to_string(),
             reason,
         };
-        if id.trim().is_empty() {
-            return Err(err("the id is empty".into()));
-        }
-        let table = parse_table_name(table).map_err(|e| err(format!("table {table:?}: {e}")))?;
         let parsed = crate::ops::CatalogOp::parse(op, &table, &keys)
             .map_err(|e| err(format!("{}: {e}", op.as_str())))?;
         Ok(MigrationSpec {
@@ -385,6 +379,18 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                 .collect()
         })
         .map_err(|e| e.to_string())
+}
+
+/// A migration's id (not empty) and its table, checked.
+fn id_and_table(id: &str, table: &str) -> Result<TableName, SpecError> {
+    let err = |reason: String| SpecError {
+        id: id.to_string(),
+        reason,
+    };
+    if id.trim().is_empty() {
+        return Err(err("the id is empty".into()));
+    }
+    parse_table_name(table).map_err(|e| err(format!("table {table:?}: {e}")))
 }
 
 /// Folds one identifier: unquoted → lower case, quoted → as written.

@@ -134,6 +134,17 @@ impl Load {
     }
 }
 
+/// A session through pgshift in a transaction that has written `users`
+/// and stays open: DDL waits for its lock, a concurrent build for its end.
+async fn holding(proxy: &TestProxy, dbname: &str) -> tokio_postgres::Client {
+    let holder = proxy.connect_to(dbname).await;
+    holder
+        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
+        .await
+        .unwrap();
+    holder
+}
+
 async fn one_bool(direct: &tokio_postgres::Client, sql: &str) -> bool {
     direct.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -501,11 +512,7 @@ async fn a_transaction_holding_the_table_queues_no_client_behind_a_constraint_fo
     .await;
     // A transaction that has written the table and stays open 3 s: the
     // ALTER cannot have its lock meanwhile.
-    let holder = d.proxy.connect_to(&dbname).await;
-    holder
-        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
-        .await
-        .unwrap();
+    let holder = holding(&d.proxy, &dbname).await;
     let admin = d.admin.clone();
     let expand =
         tokio::spawn(async move { post(&admin, "/migrations/fk/expand", json!({})).await });
@@ -663,11 +670,7 @@ async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
     .await;
     // A transaction with a write in flight on the table: a concurrent
     // build waits for it before it starts.
-    let holder = d.proxy.connect_to(&dbname).await;
-    holder
-        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
-        .await
-        .unwrap();
+    let holder = holding(&d.proxy, &dbname).await;
     let admin = d.admin.clone();
     let expand =
         tokio::spawn(async move { post(&admin, "/migrations/idx/expand", json!({})).await });
@@ -716,11 +719,7 @@ async fn an_expand_goes_on_when_the_client_that_asked_for_it_goes_away() {
     )
     .await;
     // The build waits for this transaction, while the client gives up.
-    let holder = d.proxy.connect_to(&dbname).await;
-    holder
-        .batch_execute("begin; update users set logins = logins + 1 where id = 1")
-        .await
-        .unwrap();
+    let holder = holding(&d.proxy, &dbname).await;
     let gave_up = tokio::time::timeout(
         Duration::from_millis(500),
         post(&d.admin, "/migrations/idx/expand", json!({})),
