@@ -269,6 +269,7 @@ async fn reload_on_sighup(
     overrides: Overrides,
     rules: Arc<RulesCell>,
     lifecycle: Arc<OnceLock<Arc<Lifecycle>>>,
+    reloaded: tokio::sync::watch::Sender<Option<Config>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -281,17 +282,13 @@ async fn reload_on_sighup(
                 for (migration, rewritten, refused) in rules.counters() {
                     tracing::info!(%migration, rewritten, refused, "statements so far");
                 }
-                // With the lifecycle running, the store is the truth: new
-                // migrations are added to it, explicit phases override it.
-                if let Some(lifecycle) = lifecycle.get() {
-                    match lifecycle.reload(&config).await {
-                        Ok(()) => {
-                            tracing::info!(epoch = rules.epoch(), file = %path.display(), "SIGHUP: migrations reloaded")
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "SIGHUP: reloading the migrations failed; the rules in force stay")
-                        }
-                    }
+                // The lifecycle applies every file it is handed, once it
+                // runs (the store is the truth: new migrations are added to
+                // it, explicit phases override it) — also one read before
+                // it started, which its start did not see.
+                let running = lifecycle.get().is_some();
+                reloaded.send_replace(Some(config.clone()));
+                if running {
                     continue;
                 }
                 // The catalog is re-read with the migrations, so that one
@@ -321,7 +318,12 @@ async fn reload_on_sighup(
 
 /// Binds the admin port (it answers 503 until the lifecycle has started),
 /// then starts the lifecycle driver, retrying until the upstream answers.
-async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock<Arc<Lifecycle>>>) {
+async fn run_lifecycle(
+    config: Config,
+    rules: Arc<RulesCell>,
+    slot: Arc<OnceLock<Arc<Lifecycle>>>,
+    reloads: tokio::sync::watch::Receiver<Option<Config>>,
+) {
     if let Some(addr) = config.admin {
         match admin::bind(addr).await {
             Ok(listener) => {
@@ -368,7 +370,31 @@ async fn run_lifecycle(config: Config, rules: Arc<RulesCell>, slot: Arc<OnceLock
         }
     };
     tracing::info!(database = %config.control.database, "migration lifecycle started");
-    let _ = slot.set(lifecycle);
+    let _ = slot.set(Arc::clone(&lifecycle));
+    apply_reloads(&lifecycle, &rules, reloads).await;
+}
+
+/// Applies each config file SIGHUP read, in order, the one read before the
+/// lifecycle started included; until the sender is gone.
+async fn apply_reloads(
+    lifecycle: &Lifecycle,
+    rules: &RulesCell,
+    mut reloads: tokio::sync::watch::Receiver<Option<Config>>,
+) {
+    loop {
+        let pending = reloads.borrow_and_update().clone();
+        if let Some(config) = pending {
+            match lifecycle.reload(&config).await {
+                Ok(()) => tracing::info!(epoch = rules.epoch(), "SIGHUP: migrations reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: reloading the migrations failed; the rules in force stay")
+                }
+            }
+        }
+        if reloads.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The first rules: the configured migrations with the catalog snapshot
@@ -448,10 +474,12 @@ fn main() -> Result<()> {
                 let rules = start_rules(&config).await;
                 log_rules(&config.migrations, rules.epoch());
                 let lifecycle = Arc::new(OnceLock::new());
+                let (reloaded, reloads) = tokio::sync::watch::channel(None);
                 tokio::spawn(run_lifecycle(
                     config.clone(),
                     Arc::clone(&rules),
                     Arc::clone(&lifecycle),
+                    reloads,
                 ));
                 if let Some(path) = args.config {
                     tokio::spawn(reload_on_sighup(
@@ -459,6 +487,7 @@ fn main() -> Result<()> {
                         overrides,
                         Arc::clone(&rules),
                         lifecycle,
+                        reloaded,
                     ));
                 }
                 let rewriter: Arc<dyn StatementRewriter> = Arc::new(MigrationRewriter::new(rules));
