@@ -657,37 +657,51 @@ async fn not_null_is_set_the_scan_free_way_and_dropped_at_contract() {
     assert!(answer.to_string().contains("primary key"), "{answer}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
-    let (dbname, direct) = db().fresh_database("catalog_progress").await;
+/// A fresh database with the schema, pgshift driving it, and a planned
+/// `create_index` "idx" on `users (team_id)`.
+async fn index_planned(prefix: &str) -> (String, tokio_postgres::Client, Driven) {
+    let (dbname, direct) = db().fresh_database(prefix).await;
     schema(&direct).await;
     let d = driven_all(vec![], &dbname).await;
     add(
         &d.admin,
         json!({"id": "idx", "op": "create_index", "table": "users",
-                         "definition": "create index users_team_idx on users (team_id)"}),
+               "definition": "create index users_team_idx on users (team_id)"}),
     )
     .await;
+    (dbname, direct, d)
+}
+
+/// Migration `id`'s status once `done` holds for it (10 s at most).
+async fn status_once(admin: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let path = format!("/migrations/{id}");
+        let (_, status) = pgshift::admin::request(admin, "GET", &path, None, None)
+            .await
+            .unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached in 10 s: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
+    let (dbname, _direct, d) = index_planned("catalog_progress").await;
     // A transaction with a write in flight on the table: a concurrent
     // build waits for it before it starts.
     let holder = holding(&d.proxy, &dbname).await;
     let admin = d.admin.clone();
     let expand =
         tokio::spawn(async move { post(&admin, "/migrations/idx/expand", json!({})).await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let build = loop {
-        let (_, status) = pgshift::admin::request(&d.admin, "GET", "/migrations/idx", None, None)
-            .await
-            .unwrap();
-        if !status["index_build"].is_null() {
-            break status["index_build"].clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no index_build on /status: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = status_once(&d.admin, "idx", |s| !s["index_build"].is_null()).await;
+    let build = status["index_build"].clone();
     assert!(
         build["phase"]
             .as_str()
@@ -709,15 +723,7 @@ async fn an_index_build_waiting_on_an_old_transaction_shows_on_status() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expand_goes_on_when_the_client_that_asked_for_it_goes_away() {
-    let (dbname, direct) = db().fresh_database("catalog_gone").await;
-    schema(&direct).await;
-    let d = driven_all(vec![], &dbname).await;
-    add(
-        &d.admin,
-        json!({"id": "idx", "op": "create_index", "table": "users",
-                         "definition": "create index users_team_idx on users (team_id)"}),
-    )
-    .await;
+    let (dbname, direct, d) = index_planned("catalog_gone").await;
     // The build waits for this transaction, while the client gives up.
     let holder = holding(&d.proxy, &dbname).await;
     let gave_up = tokio::time::timeout(
@@ -727,20 +733,7 @@ async fn an_expand_goes_on_when_the_client_that_asked_for_it_goes_away() {
     .await;
     assert!(gave_up.is_err(), "the build was to wait for the holder");
     holder.batch_execute("commit").await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, status) = pgshift::admin::request(&d.admin, "GET", "/migrations/idx", None, None)
-            .await
-            .unwrap();
-        if status["phase"] == "expanded" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the expand did not finish: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    status_once(&d.admin, "idx", |s| s["phase"] == "expanded").await;
     assert!(
         one_bool(
             &direct,
