@@ -186,7 +186,7 @@ impl Lifecycle {
                 None => return Err(ActionError::Conflict(format!("table {table} has no column {}", quote_ident(c)))),
                 Some(info) if !info.not_null => {
                     return Err(ActionError::Conflict(format!(
-                        "column {} of {table} is nullable: a primary key needs NOT NULL, which Postgres would prove by scanning the table under an exclusive lock; make it NOT NULL first the scan-free way (ADD CONSTRAINT … CHECK ({0} IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT, SET NOT NULL), or add a UNIQUE constraint instead",
+                        "column {} of {table} is nullable: a primary key needs NOT NULL, which Postgres would prove by scanning the table under an exclusive lock; make it NOT NULL first without that scan (a migration with op set_not_null), or add a UNIQUE constraint instead",
                         quote_ident(c)
                     )))
                 }
@@ -213,18 +213,14 @@ impl Lifecycle {
                 format!("index {} built", index_in(&table, name))
             }
             CatalogOp::AddConstraint {
-                name,
-                kind,
-                body,
-                index,
-                ..
-            } => match (kind, index) {
-                (_, Some(index)) => {
+                name, body, index, ..
+            } => match index {
+                Some(index) => {
                     self.build_index(&client, &record.spec.id, &table, name, index)
                         .await?;
                     format!("unique index {} built", index_in(&table, name))
                 }
-                _ => {
+                None => {
                     if !constraint_exists(&client, &table.to_string(), name).await? {
                         let sql = ddl::add_not_valid(&table.to_string(), name, body);
                         ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
