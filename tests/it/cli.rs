@@ -444,6 +444,91 @@ async fn demo_with_faults_loses_nothing() {
     assert!(stdout.contains("killed with SIGKILL"), "{stdout}");
 }
 
+/// A SIGHUP read while the lifecycle cannot start yet (its control role
+/// does not exist) is served from the file at once, and kept when the
+/// lifecycle starts: the file it began with does not take the switch back.
+#[tokio::test]
+async fn a_sighup_before_the_lifecycle_starts_is_kept_once_it_runs() {
+    if !db().owns_cluster() {
+        return; // It creates a role.
+    }
+    let table = unique("late");
+    let role = unique("late_role");
+    let (dbname, direct) = db().fresh_database("latedb").await;
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, old_col int, new_col int);
+             insert into {table} values (1, 10, 77)"
+        ))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("pgshift-late"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgshift.toml");
+    let write_config = |phase: &str| {
+        let text = format!(
+            "[control]\ndatabase = \"{dbname}\"\nuser = \"{role}\"\n\n[[migrations]]\nid = \"late\"\ntable = \"{table}\"\nfrom = \"old_col\"\nto = \"new_col\"\nphase = \"{phase}\"\n"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write_config("expanded");
+    let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
+    let client = serve.ready_on(&dbname).await;
+    let read = format!("select old_col from {table} where id = 1");
+    let value = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Option<String> {
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        value(client.simple_query(&read).await.unwrap()).as_deref(),
+        Some("10")
+    );
+    write_config("switched");
+    serve.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(client.simple_query(&read).await.unwrap()).as_deref() != Some("77") {
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP was not served from the file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now the lifecycle can start (it retries every 5 s).
+    direct
+        .batch_execute(&format!("create role {role} login superuser"))
+        .await
+        .unwrap();
+    let stored = || async {
+        direct
+            .query_opt(
+                "select phase from pgshift.migrations where id = 'late'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored().await.as_deref() != Some("switched") {
+        assert!(
+            Instant::now() < deadline,
+            "the lifecycle stored {:?}, not the file read last",
+            stored().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And what it publishes keeps reads on the new column.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        value(client.simple_query(&read).await.unwrap()).as_deref(),
+        Some("77")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let table = unique("mig");
