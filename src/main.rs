@@ -361,7 +361,10 @@ async fn run_lifecycle(
         }
     }
     let lifecycle = loop {
-        match Lifecycle::start(config.clone(), Arc::clone(&rules)).await {
+        // Each attempt with the file SIGHUP read last, if any: a control
+        // role or password fixed in the file is used without a restart.
+        let latest = reloads.borrow().clone().unwrap_or_else(|| config.clone());
+        match Lifecycle::start(latest, Arc::clone(&rules)).await {
             Ok(lifecycle) => break lifecycle,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the migration lifecycle yet (retrying in 5 s); rules from the config file stay in force");

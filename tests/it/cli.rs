@@ -529,6 +529,54 @@ async fn a_sighup_before_the_lifecycle_starts_is_kept_once_it_runs() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A control role fixed in the file while the lifecycle cannot start is
+/// used at its next attempt, without a restart.
+#[tokio::test]
+async fn a_control_role_fixed_by_sighup_starts_the_lifecycle() {
+    let (dbname, _direct) = db().fresh_database("fixdb").await;
+    let dir = std::env::temp_dir().join(unique("pgshift-fix"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgshift.toml");
+    let admin = pgshift::cluster::free_port().unwrap();
+    let write_config = |user: &str| {
+        let password = match &db().password {
+            Some(p) => format!("password = \"{p}\"\n"),
+            None => String::new(),
+        };
+        let text = format!(
+            "admin = \"127.0.0.1:{admin}\"\n[control]\ndatabase = \"{dbname}\"\nuser = \"{user}\"\n{password}"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write_config(&unique("no_such_role"));
+    let serve = Serve::with_args(&["--config".as_ref(), file.as_os_str()]);
+    serve.ready_on(&dbname).await;
+    let addr = format!("127.0.0.1:{admin}");
+    let status = || async {
+        pgshift::admin::request(&addr, "GET", "/status", None, None)
+            .await
+            .map(|(code, _)| code)
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status().await,
+        503,
+        "no lifecycle with a role that does not exist"
+    );
+    write_config(&db().user);
+    serve.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status().await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the lifecycle never started with the fixed role"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn configured_migrations_rewrite_refuse_and_reload_on_sighup() {
     let table = unique("mig");
