@@ -14,7 +14,9 @@
 //! Run: `cargo bench --bench pgbench_compare`. Knobs (environment):
 //! `PGSHIFT_BENCH_SECS` (per pgbench run, default 5), `PGSHIFT_BENCH_ROUNDS`
 //! (default 3), `PGSHIFT_BENCH_SCALE` (default 10), `PGSHIFT_BENCH_IDLE`
-//! (idle connections for the memory figure, default 1000).
+//! (idle connections for the memory figure, and the most clients of the
+//! mostly-idle rows, default 1000), `PGSHIFT_BENCH_ONLY=many` (only the
+//! mostly-idle rows: `-S -M simple -R 2000` over 200 and 1,000 clients).
 //! PgBouncer is installed with apt-get when it is missing and we are root.
 
 use std::net::SocketAddr;
@@ -130,6 +132,75 @@ fn pgbench(cluster: &Cluster, port: u16, args: &[&str]) -> Result<Run> {
     finish_pgbench(child, &format!("{args:?} on port {port}"))
 }
 
+/// The rate of the many-client rows, over all clients (tx/s).
+const MANY_RATE: u32 = 2000;
+
+/// Mostly idle clients: `pgbench -S -M simple -R MANY_RATE` with 200 and
+/// 1,000 clients (each doing 10 or 2 transactions a second), through
+/// pgshift and through PgBouncer, interleaved; each proxy's CPU per
+/// transaction (connection set-up included). Rows: (clients, pgshift
+/// µs/tx per round, PgBouncer's).
+fn many_clients(
+    cluster: &Cluster,
+    pids: [Option<u32>; 2],
+    ports: [u16; 2],
+    idle: u32,
+    secs: u32,
+    rounds: u32,
+) -> Result<Vec<(u32, [Vec<f64>; 2])>> {
+    let secs = secs.max(10);
+    let (secs_s, rate_s) = (secs.to_string(), MANY_RATE.to_string());
+    let mut rows = Vec::new();
+    for clients in [200u32, 1000].into_iter().filter(|c| *c <= idle) {
+        let clients_s = clients.to_string();
+        let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for (i, port) in ports.iter().enumerate() {
+                let Some(pid) = pids[i] else { continue };
+                let args = [
+                    "-S", "-M", "simple", "-R", &rate_s, "-c", &clients_s, "-j", "2", "-T", &secs_s,
+                ];
+                let before = cpu_us(pid)?;
+                let run = pgbench(cluster, *port, &args)?;
+                let per_tx = (cpu_us(pid)? - before) / (run.tps * f64::from(secs)).max(1.0);
+                eprintln!(
+                    "many -c {clients} round {round} port {port}: {:.0} tps, {per_tx:.1} µs/tx",
+                    run.tps
+                );
+                cpu[i].push(per_tx);
+            }
+        }
+        rows.push((clients, cpu));
+    }
+    Ok(rows)
+}
+
+fn print_many(rows: &[(u32, [Vec<f64>; 2])], rounds: u32) {
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::MAX, f64::min);
+        let hi = v.iter().copied().fold(f64::MIN, f64::max);
+        (median(v.to_vec()), lo, hi)
+    };
+    println!();
+    println!("mostly idle clients (`-S -M simple -R {MANY_RATE}` over all of them), the proxy's CPU per transaction, µs, connection set-up included, median (min–max) of {rounds} rounds:");
+    println!();
+    println!("| clients | pgshift | PgBouncer (session) | pgshift ÷ PgBouncer |");
+    println!("|---|---|---|---|");
+    for (clients, [shift, bouncer]) in rows {
+        let (s, b) = (spread(shift), spread(bouncer));
+        println!(
+            "| {clients} | {:.1} ({:.1}–{:.1}) | {:.1} ({:.1}–{:.1}) | {:.2}× |",
+            s.0,
+            s.1,
+            s.2,
+            b.0,
+            b.1,
+            b.2,
+            s.0 / b.0
+        );
+    }
+}
+
 /// Opens `n` connections through `addr`, completes startup on each, holds
 /// them idle, and returns pgshift's resident memory (current, peak) in KiB.
 async fn idle_connections_rss(addr: SocketAddr, n: u32, pid: u32) -> Result<(u64, u64, u64)> {
@@ -192,8 +263,10 @@ fn main() -> Result<()> {
     let scale = env_num("PGSHIFT_BENCH_SCALE", 10);
     let idle = env_num("PGSHIFT_BENCH_IDLE", 1000);
 
+    // Room for PgBouncer's idle server connections of a many-client run
+    // (session mode keeps them) beside the next target's.
     let cluster = Cluster::start(&ClusterOptions {
-        max_connections: idle + 100,
+        max_connections: 2 * idle + 100,
         ..ClusterOptions::default()
     })?;
     eprintln!("cluster on port {}; pgbench -i -s {scale}…", cluster.port());
@@ -231,7 +304,9 @@ fn main() -> Result<()> {
     let bouncer_port = free_port()?;
     let pgshift = start_pgshift(cluster.port(), shift_port, idle + 50, None)?;
     let _migrating = start_pgshift(cluster.port(), migrating_port, 200, Some(&migration_config))?;
-    let _bouncer = start_pgbouncer(&cluster, bouncer_port, 64)?;
+    // A pool as large as the most clients: in session mode a client beyond
+    // the pool waits for ever.
+    let _bouncer = start_pgbouncer(&cluster, bouncer_port, idle + 50)?;
     let bouncer_pid: u32 = std::fs::read_to_string(cluster.root().join("pgbouncer.pid"))?
         .trim()
         .parse()
@@ -253,7 +328,14 @@ fn main() -> Result<()> {
     let secs_s = secs.to_string();
     let mut table = Vec::new();
     let mut cpu_table = Vec::new();
-    for (name, workload) in workloads {
+    // PGSHIFT_BENCH_ONLY=many: only the many-client rows.
+    let only_many = std::env::var("PGSHIFT_BENCH_ONLY").is_ok_and(|v| v == "many");
+    let workloads = if only_many {
+        &workloads[..0]
+    } else {
+        &workloads[..]
+    };
+    for &(name, workload) in workloads {
         for clients in [8u32, 32] {
             let clients_s = clients.to_string();
             let mut tps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
@@ -312,6 +394,18 @@ fn main() -> Result<()> {
         }
     }
 
+    let many = many_clients(
+        &cluster,
+        [pids[1], pids[3]],
+        [shift_port, bouncer_port],
+        idle,
+        secs,
+        rounds,
+    )?;
+    if only_many {
+        print_many(&many, rounds);
+        return Ok(());
+    }
     // Memory on a fresh pgshift process, so its peak is that of the idle
     // connections alone.
     drop(pgshift);
@@ -339,6 +433,7 @@ fn main() -> Result<()> {
     for row in &cpu_table {
         println!("{row}");
     }
+    print_many(&many, rounds);
     println!();
     println!(
         "pgshift memory (VmRSS of a fresh `pgshift serve`): {:.1} MiB before, {:.1} MiB holding {idle} idle client sessions (each with its upstream connection); peak VmHWM {:.1} MiB",
