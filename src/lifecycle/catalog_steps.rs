@@ -133,21 +133,9 @@ impl Lifecycle {
             CatalogOp::DropIndex { name } => {
                 check_droppable_index(client, &spec.table, name).await?
             }
-            CatalogOp::DropConstraint { name } => {
-                if !constraint_exists(client, &table, name).await? {
-                    return conflict(format!(
-                        "table {table} has no constraint {}",
-                        quote_ident(name)
-                    ));
-                }
-            }
+            CatalogOp::DropConstraint { name } => existing_constraint(client, &table, name).await?,
             CatalogOp::SetDefault { column, .. } => {
-                if ddl::column_info(client, &table, column).await?.is_none() {
-                    return conflict(format!(
-                        "table {table} has no column {}",
-                        quote_ident(column)
-                    ));
-                }
+                Self::existing_column(client, &table, column).await?;
             }
             CatalogOp::SetNotNull { column } => {
                 self.check_not_null_op(client, &spec.table, column, true)
@@ -182,15 +170,11 @@ impl Lifecycle {
             )));
         }
         for c in columns {
-            match ddl::column_info(client, table, c).await? {
-                None => return Err(ActionError::Conflict(format!("table {table} has no column {}", quote_ident(c)))),
-                Some(info) if !info.not_null => {
-                    return Err(ActionError::Conflict(format!(
-                        "column {} of {table} is nullable: a primary key needs NOT NULL, which Postgres would prove by scanning the table under an exclusive lock; make it NOT NULL first without that scan (a migration with op set_not_null), or add a UNIQUE constraint instead",
-                        quote_ident(c)
-                    )))
-                }
-                Some(_) => {}
+            if !Self::existing_column(client, table, c).await?.not_null {
+                return Err(ActionError::Conflict(format!(
+                    "column {} of {table} is nullable: a primary key needs NOT NULL, which Postgres would prove by scanning the table under an exclusive lock; make it NOT NULL first without that scan (a migration with op set_not_null), or add a UNIQUE constraint instead",
+                    quote_ident(c)
+                )));
             }
         }
         Ok(())
@@ -236,12 +220,7 @@ impl Lifecycle {
                 "nothing changed: the index is dropped at contract".into()
             }
             CatalogOp::DropConstraint { name } => {
-                if !constraint_exists(&client, &table.to_string(), name).await? {
-                    return Err(ActionError::Conflict(format!(
-                        "table {table} has no constraint {}",
-                        quote_ident(name)
-                    )));
-                }
+                existing_constraint(&client, &table.to_string(), name).await?;
                 "nothing changed: the constraint is dropped at contract".into()
             }
             CatalogOp::SetDefault { column, .. } => {
@@ -270,12 +249,7 @@ impl Lifecycle {
         op: &CatalogOp,
     ) -> Result<String, ActionError> {
         let table = record.spec.table.to_string();
-        let Some(info) = ddl::column_info(client, &table, column).await? else {
-            return Err(ActionError::Conflict(format!(
-                "table {table} has no column {}",
-                quote_ident(column)
-            )));
-        };
+        let info = Self::existing_column(client, &table, column).await?;
         if record.catalog_undo.is_none() {
             record.catalog_undo = Some(info.default.clone().unwrap_or_default());
             super::store::save(client, record).await?;
@@ -565,6 +539,17 @@ async fn constraint_exists(client: &Client, table: &str, name: &str) -> Result<b
         )
         .await?
         .get(0))
+}
+
+/// Constraint `name` of `table`, which must exist (else 409).
+async fn existing_constraint(client: &Client, table: &str, name: &str) -> Result<(), ActionError> {
+    if constraint_exists(client, table, name).await? {
+        return Ok(());
+    }
+    Err(ActionError::Conflict(format!(
+        "table {table} has no constraint {}",
+        quote_ident(name)
+    )))
 }
 
 /// An index of `table` that no constraint owns (those go with

@@ -15,14 +15,7 @@ impl Lifecycle {
         let client = self.connect().await?;
         let spec = record.spec.clone();
         let table = spec.table.to_string();
-        let old = ddl::column_info(&client, &table, &spec.from)
-            .await?
-            .ok_or_else(|| {
-                ActionError::Conflict(format!(
-                    "table {table} has no column {}",
-                    quote_ident(&spec.from)
-                ))
-            })?;
+        let old = Self::existing_column(&client, &table, &spec.from).await?;
         let new_type = spec
             .new_type
             .clone()

@@ -43,15 +43,7 @@ impl Lifecycle {
         let client = self.connect().await?;
         let spec = &record.spec;
         let table = spec.table.to_string();
-        if ddl::column_info(&client, &table, &spec.from)
-            .await?
-            .is_none()
-        {
-            let from = quote_ident(&spec.from);
-            return Err(ActionError::Conflict(format!(
-                "table {table} has no column {from}"
-            )));
-        }
+        Self::existing_column(&client, &table, &spec.from).await?;
         if ddl::column_info(&client, &table, &spec.to).await?.is_some() {
             let to = quote_ident(&spec.to);
             return Err(ActionError::Conflict(format!(

@@ -526,15 +526,7 @@ impl Lifecycle {
         spec: &crate::rewrite::migration::MigrationSpec,
     ) -> Result<(), ActionError> {
         let table = spec.table.to_string();
-        if ddl::column_info(client, &table, &spec.from)
-            .await?
-            .is_none()
-        {
-            return Err(ActionError::Conflict(format!(
-                "table {table} has no column {}",
-                quote_ident(&spec.from)
-            )));
-        }
+        Self::existing_column(client, &table, &spec.from).await?;
         if spec.in_place {
             // Renamed in place, the column keeps every index, constraint,
             // key and view on it: nothing to carry.
@@ -600,6 +592,22 @@ impl Lifecycle {
                 )))
             }
         }
+    }
+
+    /// `column` of `table` (quoted, qualified), which must exist (else 409).
+    pub(super) async fn existing_column(
+        client: &tokio_postgres::Client,
+        table: &str,
+        column: &str,
+    ) -> Result<ddl::ColumnInfo, ActionError> {
+        ddl::column_info(client, table, column)
+            .await?
+            .ok_or_else(|| {
+                ActionError::Conflict(format!(
+                    "table {table} has no column {}",
+                    quote_ident(column)
+                ))
+            })
     }
 
     fn illegal(record: &Record, action: &str, needs: &str) -> ActionError {

@@ -15,17 +15,6 @@ use super::not_null::{self, AndCheck};
 use super::{ddl, ActionError, Lifecycle};
 use crate::rewrite::migration::{quote_ident, TableName};
 
-/// `column` of `table`, which must exist; whether it is NOT NULL.
-async fn not_null_now(client: &Client, table: &str, column: &str) -> Result<bool, ActionError> {
-    match ddl::column_info(client, table, column).await? {
-        Some(info) => Ok(info.not_null),
-        None => Err(ActionError::Conflict(format!(
-            "table {table} has no column {}",
-            quote_ident(column)
-        ))),
-    }
-}
-
 impl Lifecycle {
     /// At `POST /migrations` and expand: the column exists and is (for
     /// `set`) nullable, or (for a drop) NOT NULL and outside the primary key.
@@ -38,7 +27,7 @@ impl Lifecycle {
     ) -> Result<(), ActionError> {
         let t = table.to_string();
         let c = quote_ident(column);
-        let is = not_null_now(client, &t, column).await?;
+        let is = Self::existing_column(client, &t, column).await?.not_null;
         if set && is {
             return Err(ActionError::Conflict(format!(
                 "column {c} of {t} is NOT NULL already"
