@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,6 +26,9 @@ pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
 pub struct Config {
     /// Address clients connect to.
     pub listen: SocketAddr,
+    /// A directory where pgshift also listens on a unix socket,
+    /// `.s.PGSQL.{listen port}` as libpq names it (`None`: TCP only).
+    pub listen_unix: Option<PathBuf>,
     /// The Postgres server every session is relayed to.
     pub upstream: Upstream,
     /// Default `tracing` filter when `RUST_LOG` is not set.
@@ -79,16 +82,32 @@ impl Default for Control {
     }
 }
 
-/// `host:port` of the upstream Postgres.
+/// `host:port` of the upstream Postgres. A host that starts with `/` is a
+/// directory holding the server's unix socket, as libpq's `host=/path`:
+/// the socket is `{host}/.s.PGSQL.{port}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub host: String,
     pub port: u16,
 }
 
+impl Upstream {
+    /// The unix socket file to connect to, when the host is a directory.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| socket_file(Path::new(&self.host), self.port))
+    }
+}
+
+/// libpq's name of the socket for `port` in `dir`: `.s.PGSQL.{port}`.
+pub fn socket_file(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
+}
+
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
+        if self.host.contains(':') && !self.host.starts_with('/') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
@@ -103,8 +122,11 @@ impl std::str::FromStr for Upstream {
         let bad = || ConfigError::Invalid {
             key: "upstream",
             value: s.to_string(),
-            reason: "expected HOST:PORT".into(),
+            reason: "expected HOST:PORT, or a socket directory /PATH[:PORT]".into(),
         };
+        if s.starts_with('/') {
+            return Ok(socket_directory(s));
+        }
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -115,6 +137,38 @@ impl std::str::FromStr for Upstream {
             host: host.to_string(),
             port,
         })
+    }
+}
+
+/// `listen_unix`: an absolute directory, or `off`/empty for none.
+fn listen_unix(value: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    match value.as_deref() {
+        None | Some("" | "off") => Ok(None),
+        Some(dir) if dir.starts_with('/') => Ok(Some(PathBuf::from(dir))),
+        Some(other) => Err(ConfigError::Invalid {
+            key: "listen_unix",
+            value: other.to_string(),
+            reason: "expected an absolute directory such as /var/run/pgshift, or off".into(),
+        }),
+    }
+}
+
+/// `/dir` or `/dir:PORT` (port 5432 when absent, as libpq).
+fn socket_directory(s: &str) -> Upstream {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((dir, port)) => match port.parse() {
+            Ok(port) => (dir, port),
+            Err(_) => (s, 5432),
+        },
+        None => (s, 5432),
+    };
+    let host = match host.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    };
+    Upstream {
+        host: host.to_string(),
+        port,
     }
 }
 
@@ -175,6 +229,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            listen_unix: None,
             upstream: Upstream {
                 host: "127.0.0.1".into(),
                 port: 5432,
@@ -226,6 +281,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    listen_unix: Option<String>,
     upstream: Option<String>,
     log_level: Option<String>,
     workers: Option<usize>,
@@ -315,6 +371,7 @@ struct FileLimits {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub listen_unix: Option<String>,
     pub upstream: Option<String>,
     pub log_level: Option<String>,
     pub workers: Option<usize>,
@@ -687,6 +744,7 @@ impl Config {
             upstream_tls,
             admin_tls,
             control,
+            listen_unix: listen_unix(o.listen_unix.clone().or(file.listen_unix))?,
             listen,
             upstream,
             log_level: o
@@ -778,6 +836,32 @@ mod tests {
         assert_eq!(c.upstream.to_string(), "[::1]:5999");
         assert_eq!(c.limits.max_client_connections, 20);
         assert_eq!(c.limits.idle_timeout, None);
+    }
+
+    #[test]
+    fn unix_sockets_as_libpq_names_them() {
+        let up: Upstream = "/var/run/postgresql".parse().unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("/var/run/postgresql", 5432));
+        let path = up.socket_path().unwrap();
+        assert_eq!(path, Path::new("/var/run/postgresql/.s.PGSQL.5432"));
+        let up: Upstream = "/tmp/pg dir/:5433".parse().unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("/tmp/pg dir", 5433));
+        assert_eq!(up.to_string().parse::<Upstream>().unwrap(), up);
+        assert_eq!(
+            "127.0.0.1:5432".parse::<Upstream>().unwrap().socket_path(),
+            None
+        );
+
+        let toml = "listen = \"127.0.0.1:7000\"\nlisten_unix = \"/run/pgshift\"\n";
+        let c = Config::from_toml(toml, &Overrides::default()).unwrap();
+        assert_eq!(c.listen_unix.as_deref(), Some(Path::new("/run/pgshift")));
+        let off = Overrides {
+            listen_unix: Some("off".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::from_toml(toml, &off).unwrap().listen_unix, None);
+        let err = Config::from_toml("listen_unix = \"run\"", &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("listen_unix"), "{err}");
     }
 
     #[test]

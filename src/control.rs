@@ -66,6 +66,11 @@ pub async fn connect(config: &Config) -> Result<Client, ControlError> {
     // TLS as upstream_tls says, as for client sessions.
     let setup = config.upstream_tls.setup().map_err(ControlError::Tls)?;
     let (tls, mode) = setup.make_tls_connect();
+    // Never TLS over a unix socket, as libpq.
+    let (tls, mode) = match upstream.socket_path() {
+        Some(_) => (None, tokio_postgres::config::SslMode::Disable),
+        None => (tls, mode),
+    };
     pg.ssl_mode(mode);
     let client = match tls {
         None => {

@@ -124,7 +124,12 @@ struct ServeArgs {
     /// Address clients connect to [default: 127.0.0.1:6432].
     #[arg(long, env = "PGSHIFT_LISTEN")]
     listen: Option<String>,
-    /// Postgres server to relay to, HOST:PORT [default: 127.0.0.1:5432].
+    /// Also listen on a unix socket in this directory (.s.PGSQL.PORT, the
+    /// port of --listen), as `psql -h DIR -p PORT` expects [default: off].
+    #[arg(long, env = "PGSHIFT_LISTEN_UNIX")]
+    listen_unix: Option<String>,
+    /// Postgres server to relay to, HOST:PORT, or the directory of its unix
+    /// socket, /DIR[:PORT] [default: 127.0.0.1:5432].
     #[arg(long, env = "PGSHIFT_UPSTREAM")]
     upstream: Option<String>,
     /// Log filter when RUST_LOG is unset [default: info].
@@ -438,6 +443,7 @@ fn main() -> Result<()> {
             let args = *args;
             let overrides = Overrides {
                 listen: args.listen,
+                listen_unix: args.listen_unix,
                 upstream: args.upstream,
                 log_level: args.log_level,
                 workers: args.workers,

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 
@@ -28,8 +27,7 @@ use super::{cancel, relay, stats, Shared};
 /// Serves one accepted client connection until it ends: the startup
 /// packet, admission, the upstream connection, authentication, the
 /// session's own limits, then the relay.
-pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::Sender<()>) {
-    let _ = client.set_nodelay(true);
+pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sender<()>) {
     let Some((mut client, raw, params)) = startup(&shared, client).await else {
         return;
     };
@@ -98,10 +96,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: TcpStream, _alive: mpsc::
 /// The startup exchange within `startup_timeout` (TLS included): the
 /// client's stream, its startup packet and parameters — or `None` when
 /// the connection ends here (refused, a cancel request forwarded).
-async fn startup(
-    shared: &Shared,
-    client: TcpStream,
-) -> Option<(Stream, bytes::Bytes, StartupParams)> {
+async fn startup(shared: &Shared, client: Stream) -> Option<(Stream, bytes::Bytes, StartupParams)> {
     let limits = &shared.config.limits;
     let deadline = tokio::time::Instant::now() + limits.startup_timeout;
     let (mut client, startup) = match negotiate(&shared.tls, client, deadline).await {
@@ -133,8 +128,9 @@ async fn startup(
         }
     };
     match startup {
+        // A unix-socket client is local: TLS is neither offered nor asked.
         StartupPacket::Startup { .. }
-            if shared.tls.mode() == ClientTls::Require && !client.is_tls() =>
+            if shared.tls.mode() == ClientTls::Require && !client.is_tls() && !client.is_unix() =>
         {
             info!("refused a client without TLS (client_tls = require)");
             let err = ErrorResponse::fatal(

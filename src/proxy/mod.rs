@@ -1,5 +1,6 @@
-//! The client-facing side of pgshift: the listener, the limit on concurrent
-//! sessions, and graceful shutdown. Each accepted connection is handed to a
+//! The client-facing side of pgshift: the listeners (TCP, and a unix
+//! socket when `listen_unix` is set: [`unix_listener`]), the limit on
+//! concurrent sessions, and graceful shutdown. Each accepted connection is handed to a
 //! worker thread (one per core, [`workers`]) where it becomes one tokio task
 //! ([`connection`]) that negotiates startup, opens its own upstream
 //! connection (session mode) and relays both directions ([`relay`]).
@@ -24,6 +25,7 @@ pub mod statements;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+mod unix_listener;
 pub mod upstream;
 pub mod wire;
 mod workers;
@@ -37,7 +39,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info};
 
-use self::workers::Workers;
+use self::unix_listener::UnixSocket;
+use self::workers::{Accepted, Workers};
 
 use crate::config::Config;
 use crate::rewrite::StatementRewriter;
@@ -72,6 +75,7 @@ pub(crate) struct Shared {
 /// A bound, not yet running proxy.
 pub struct Proxy {
     listener: TcpListener,
+    unix: Option<UnixSocket>,
     shared: Arc<Shared>,
     stage_tx: watch::Sender<Stage>,
 }
@@ -89,6 +93,10 @@ impl Proxy {
             .setup()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen).await?;
+        let unix = match &config.listen_unix {
+            Some(dir) => Some(UnixSocket::bind(dir, listener.local_addr()?.port())?),
+            None => None,
+        };
         let (stage_tx, stage) = watch::channel(Stage::Running);
         let shared = Arc::new(Shared {
             tls,
@@ -101,6 +109,7 @@ impl Proxy {
         });
         Ok(Proxy {
             listener,
+            unix,
             shared,
             stage_tx,
         })
@@ -117,6 +126,7 @@ impl Proxy {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Proxy {
             listener,
+            unix,
             shared,
             stage_tx,
         } = self;
@@ -125,6 +135,7 @@ impl Proxy {
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         info!(
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            unix = %unix.as_ref().map(|u| u.path().display().to_string()).unwrap_or_default(),
             upstream = %shared.config.upstream,
             "pgshift is accepting connections"
         );
@@ -141,25 +152,23 @@ impl Proxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
-                        let span = tracing::info_span!(
-                            "session",
-                            peer = %peer,
-                            user = tracing::field::Empty,
-                            database = tracing::field::Empty,
-                        );
-                        workers.dispatch(socket, span, alive_tx.clone());
+                        let span = session_span(&peer);
+                        workers.dispatch(Accepted::tcp(socket), span, alive_tx.clone());
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning, keep serving existing sessions.
-                        error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = UnixSocket::accept(unix.as_ref()) => match accepted {
+                    Ok(socket) => {
+                        let span = session_span(&"unix");
+                        workers.dispatch(Accepted::unix(socket), span, alive_tx.clone());
                     }
+                    Err(e) => accept_failed(e).await,
                 },
                 _ = &mut shutdown => break,
             }
         }
         drop(listener);
+        drop(unix);
         drop(workers);
         drop(alive_tx);
         let limits = &shared.config.limits;
@@ -184,6 +193,23 @@ impl Proxy {
         }
         info!("pgshift stopped");
     }
+}
+
+/// The span of one client session, from its peer address.
+fn session_span(peer: &dyn std::fmt::Display) -> tracing::Span {
+    tracing::info_span!(
+        "session",
+        peer = %peer,
+        user = tracing::field::Empty,
+        database = tracing::field::Empty,
+    )
+}
+
+/// Out of file descriptors and the like: back off instead of spinning,
+/// keep serving existing sessions.
+async fn accept_failed(e: std::io::Error) {
+    error!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Re-reads the client certificate on every SIGHUP: new sessions get the

@@ -2,7 +2,8 @@
 //! relayed: encryption requests (SSLRequest answered `S` with a TLS
 //! handshake when a certificate is configured, `N` otherwise;
 //! GSSENCRequest `N`), PostgreSQL 17's direct TLS (a ClientHello first,
-//! ALPN `postgresql` required), then the StartupMessage or CancelRequest.
+//! ALPN `postgresql` required; TCP only), then the StartupMessage or
+//! CancelRequest.
 //! Only startup packets are decoded here, within one deadline.
 
 use bytes::BytesMut;
@@ -41,12 +42,16 @@ pub enum Refusal {
     Timeout,
 }
 
-/// Reads startup packets from `tcp` until a StartupMessage or
-/// CancelRequest arrives, by `deadline`.
-pub async fn negotiate(tls: &ClientTlsState, tcp: TcpStream, deadline: Instant) -> Negotiated {
-    let mut stream = match direct_tls(tls, tcp, deadline).await {
-        Some(stream) => stream,
-        None => return Negotiated::Closed,
+/// Reads startup packets from `client` until a StartupMessage or
+/// CancelRequest arrives, by `deadline`. A unix-socket client is never
+/// offered TLS (SSLRequest answered `N`), as Postgres.
+pub async fn negotiate(tls: &ClientTlsState, client: Stream, deadline: Instant) -> Negotiated {
+    let mut stream = match client {
+        Stream::Plain(tcp) => match direct_tls(tls, tcp, deadline).await {
+            Some(stream) => stream,
+            None => return Negotiated::Closed,
+        },
+        other => other,
     };
     let mut encryption_requests = 0;
     loop {

@@ -378,8 +378,8 @@ fn idle_farewell(end: &End) -> Option<ErrorResponse> {
     }
 }
 
-/// Relays one authenticated session until it ends. Plain TCP is split
-/// into owned halves (no lock); a TLS stream with `tokio::io::split`.
+/// Relays one authenticated session until it ends, over the halves of
+/// [`Stream::into_split`] (owned, without a lock, unless TLS).
 pub(crate) async fn run(
     shared: &Shared,
     rewriter: &dyn StatementRewriter,
@@ -387,25 +387,14 @@ pub(crate) async fn run(
     client: Stream,
     server: Stream,
 ) {
-    match (client, server) {
-        (Stream::Plain(client), Stream::Plain(server)) => {
-            let (client_r, client_w) = client.into_split();
-            let (server_r, server_w) = server.into_split();
-            relay(
-                shared,
-                rewriter,
-                context,
-                (client_r, client_w),
-                (server_r, server_w),
-            )
-            .await
-        }
-        (client, server) => {
-            let client = tokio::io::split(client);
-            let server = tokio::io::split(server);
-            relay(shared, rewriter, context, client, server).await
-        }
-    }
+    relay(
+        shared,
+        rewriter,
+        context,
+        client.into_split(),
+        server.into_split(),
+    )
+    .await
 }
 
 /// The relay over the two connections' halves.

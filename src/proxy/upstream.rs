@@ -9,6 +9,9 @@
 //! | `verify-ca` | always | chain to `upstream_ca` (or the system roots) |
 //! | `verify-full` | always | chain, and the name: the upstream host |
 //!
+//! An upstream that is a socket directory (`/var/run/postgresql`) is
+//! reached over its unix socket, without TLS whatever the mode, as libpq.
+//!
 //! The same setting serves client sessions, cancel requests and pgshift's
 //! own control and lifecycle connections (tokio-postgres with a rustls
 //! connector, [`UpstreamTlsSetup::make_tls_connect`]).
@@ -22,7 +25,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
 use super::stream::Stream;
@@ -270,13 +273,20 @@ impl UpstreamTlsConfig {
     }
 }
 
-/// Opens the connection to the upstream within `connect_timeout`: TCP,
-/// then TLS as `upstream_tls` says.
+/// Opens the connection to the upstream within `connect_timeout`: its
+/// unix socket when the upstream is a directory (never TLS, as libpq), or
+/// TCP, then TLS as `upstream_tls` says.
 pub(crate) async fn connect_upstream(shared: &super::Shared) -> Result<Stream, String> {
     let config = &shared.config;
     let upstream = &config.upstream;
     let timeout = config.limits.connect_timeout;
     let connect = async {
+        if let Some(path) = upstream.socket_path() {
+            return UnixStream::connect(&path)
+                .await
+                .map(Stream::Unix)
+                .map_err(|e| format!("{}: {e}", path.display()));
+        }
         let tcp = TcpStream::connect((upstream.host.as_str(), upstream.port))
             .await
             .map_err(|e| e.to_string())?;

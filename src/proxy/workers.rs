@@ -8,16 +8,47 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, Instrument, Span};
 
+use super::stream::Stream;
 use super::{connection, Shared};
+
+/// An accepted client connection, detached from the acceptor's runtime.
+pub(crate) enum Accepted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Accepted {
+    /// Detaches a TCP connection from the runtime that accepted it.
+    pub fn tcp(socket: TcpStream) -> std::io::Result<Accepted> {
+        socket.into_std().map(Accepted::Tcp)
+    }
+
+    /// Detaches a unix-socket connection.
+    pub fn unix(socket: UnixStream) -> std::io::Result<Accepted> {
+        socket.into_std().map(Accepted::Unix)
+    }
+
+    /// Registers the connection with the current (worker) runtime.
+    fn register(self) -> std::io::Result<Stream> {
+        match self {
+            Accepted::Tcp(socket) => {
+                let socket = TcpStream::from_std(socket)?;
+                let _ = socket.set_nodelay(true);
+                Ok(Stream::Plain(socket))
+            }
+            Accepted::Unix(socket) => UnixStream::from_std(socket).map(Stream::Unix),
+        }
+    }
+}
 
 /// A connection on its way to a worker.
 struct Job {
-    socket: std::net::TcpStream,
+    socket: Accepted,
     span: Span,
     alive: mpsc::Sender<()>,
 }
@@ -51,8 +82,13 @@ impl Workers {
     }
 
     /// Hands an accepted connection to the next worker.
-    pub fn dispatch(&mut self, socket: TcpStream, span: Span, alive: mpsc::Sender<()>) {
-        let socket = match socket.into_std() {
+    pub fn dispatch(
+        &mut self,
+        socket: std::io::Result<Accepted>,
+        span: Span,
+        alive: mpsc::Sender<()>,
+    ) {
+        let socket = match socket {
             Ok(socket) => socket,
             Err(e) => {
                 error!(error = %e, "cannot hand a connection to a worker");
@@ -82,7 +118,7 @@ async fn serve_jobs(mut jobs: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>)
         tokio::select! {
             job = jobs.recv() => {
                 let Some(Job { socket, span, alive }) = job else { break };
-                match TcpStream::from_std(socket) {
+                match socket.register() {
                     Ok(socket) => {
                         let task = connection::serve(Arc::clone(&shared), socket, alive);
                         sessions.spawn(task.instrument(span));

@@ -17,3 +17,4 @@ mod refusal;
 mod rewriting;
 mod tls;
 mod tools;
+mod unix;

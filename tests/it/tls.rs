@@ -600,3 +600,36 @@ except psycopg.OperationalError as e:
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_client_needs_no_tls_when_tls_is_required() {
+    // As Postgres: TLS is for the network; a local socket is neither
+    // offered TLS nor asked for it.
+    let pki = Pki::new();
+    let files = pki.files();
+    let dir = PathBuf::from(format!("/tmp/{}", unique("pgs_tls_unix")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen_dir = dir.clone();
+    let proxy = TestProxy::with(move |c| {
+        c.tls = Some(files);
+        c.client_tls = ClientTls::Require;
+        c.listen_unix = Some(listen_dir);
+    })
+    .await;
+    let mut config = proxy.config();
+    config.host_path(&dir);
+    let client = connect(&config).await.expect("a local client gets in");
+    let row = client.query_one("select 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    let (ok, _, err) = psql(
+        &proxy,
+        &db().user,
+        db().password.as_deref(),
+        "sslmode=disable",
+        "select 1",
+    )
+    .await;
+    assert!(!ok, "a TCP client without TLS is still refused");
+    assert!(err.contains("pgshift requires TLS"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
