@@ -20,106 +20,16 @@
 //! PgBouncer is installed with apt-get when it is missing and we are root.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 mod common;
-use common::{
-    env_num, finish_pgbench, median, spawn_pgbench, start_pgshift, wait_for_port, Run, Server,
-};
+use common::proxies::{cpu_us, start_pgbouncer, Bouncer};
+use common::{env_num, finish_pgbench, median, spawn_pgbench, start_pgshift, Run};
 use pgshift::cluster::{free_port, Cluster, ClusterOptions, SUPERUSER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn pgbouncer_path() -> Result<PathBuf> {
-    for p in [
-        "/usr/sbin/pgbouncer",
-        "/usr/bin/pgbouncer",
-        "/usr/local/bin/pgbouncer",
-    ] {
-        if std::path::Path::new(p).is_file() {
-            return Ok(p.into());
-        }
-    }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        eprintln!("installing pgbouncer with apt-get…");
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", "pgbouncer"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        if status.success() {
-            return pgbouncer_path_installed();
-        }
-    }
-    bail!("PgBouncer is not installed: `sudo apt-get install pgbouncer`")
-}
-
-fn pgbouncer_path_installed() -> Result<PathBuf> {
-    let p = PathBuf::from("/usr/sbin/pgbouncer");
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!("apt-get installed pgbouncer but /usr/sbin/pgbouncer is missing")
-    }
-}
-
-fn start_pgbouncer(cluster: &Cluster, port: u16, pool: u32) -> Result<Server> {
-    let root = cluster.root();
-    let ini = root.join("pgbouncer.ini");
-    let users = root.join("userlist.txt");
-    std::fs::write(&users, format!("\"{SUPERUSER}\" \"\"\n"))?;
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\n* = host=127.0.0.1 port={upstream}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir =\nauth_type = trust\nauth_file = {users}\npool_mode = session\nmax_client_conn = 2000\n\
-             default_pool_size = {pool}\nlogfile = {log}\npidfile = {pid}\nlog_connections = 0\nlog_disconnections = 0\n",
-            upstream = cluster.port(),
-            users = users.display(),
-            log = root.join("pgbouncer.log").display(),
-            pid = root.join("pgbouncer.pid").display(),
-        ),
-    )?;
-    let child = cluster
-        .command_as_owner(pgbouncer_path()?)
-        .arg(&ini)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting pgbouncer")?;
-    wait_for_port(port)?;
-    Ok(Server(child))
-}
-
-/// A process's CPU time so far (user + system), in microseconds.
-fn cpu_us(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // After the command name in parentheses: field 3 on; utime and stime
-    // are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        let v = fields.get(i).context("a short /proc/PID/stat")?;
-        Ok(v.parse::<f64>()?)
-    };
-    // (utime is field 14: index 11 after the state field, which is 3.)
-    let per_tick = 1e6 / clock_ticks_per_second();
-    Ok((ticks(11)? + ticks(12)?) * per_tick)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a constant of the system.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
 
 fn pgbench(cluster: &Cluster, port: u16, args: &[&str]) -> Result<Run> {
     let child = spawn_pgbench(
@@ -306,11 +216,8 @@ fn main() -> Result<()> {
     let _migrating = start_pgshift(cluster.port(), migrating_port, 200, Some(&migration_config))?;
     // A pool as large as the most clients: in session mode a client beyond
     // the pool waits for ever.
-    let _bouncer = start_pgbouncer(&cluster, bouncer_port, idle + 50)?;
-    let bouncer_pid: u32 = std::fs::read_to_string(cluster.root().join("pgbouncer.pid"))?
-        .trim()
-        .parse()
-        .context("pgbouncer's pid file")?;
+    let bouncer = start_pgbouncer(&cluster, bouncer_port, idle + 50, Bouncer::Tcp)?;
+    let bouncer_pid = bouncer.pid()?;
     // Whose CPU is counted, per target.
     let pids = [None, Some(pgshift.0.id()), None, Some(bouncer_pid)];
     let targets = [

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each bench uses a different subset
 
+pub mod proxies;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +52,19 @@ pub fn start_pgshift(
     max_clients: u32,
     config: Option<&Path>,
 ) -> Result<Server> {
+    let upstream = format!("127.0.0.1:{upstream}");
+    start_pgshift_with(&upstream, port, max_clients, config, &[])
+}
+
+/// `pgshift serve` on `port` in front of `upstream` (`HOST:PORT` or a
+/// socket directory `/DIR:PORT`), with `extra` arguments.
+pub fn start_pgshift_with(
+    upstream: &str,
+    port: u16,
+    max_clients: u32,
+    config: Option<&Path>,
+    extra: &[&str],
+) -> Result<Server> {
     let mut cmd = Command::new(PGSHIFT);
     cmd.arg("serve");
     if let Some(config) = config {
@@ -57,7 +72,8 @@ pub fn start_pgshift(
     }
     let child = cmd
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+        .args(["--upstream", upstream])
+        .args(extra)
         .args(["--max-client-connections", &max_clients.to_string()])
         // PGSHIFT_BENCH_RUST_LOG: pgshift's log filter during a bench
         // (its log goes to the bench's stderr).
@@ -133,8 +149,20 @@ pub fn spawn_pgbench(
     database: &str,
     args: &[&str],
 ) -> Result<Child> {
+    spawn_pgbench_at(pgbench, "127.0.0.1", user, port, database, args)
+}
+
+/// [`spawn_pgbench`] against `host`: an address, or a socket directory.
+pub fn spawn_pgbench_at(
+    pgbench: &Path,
+    host: &str,
+    user: &str,
+    port: u16,
+    database: &str,
+    args: &[&str],
+) -> Result<Child> {
     Command::new(pgbench)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(["-h", host, "-p", &port.to_string(), "-U", user])
         .args(args)
         .arg(database)
         .stdout(Stdio::piped())
