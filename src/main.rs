@@ -135,7 +135,7 @@ struct ServeArgs {
     /// Log filter when RUST_LOG is unset [default: info].
     #[arg(long, env = "PGSHIFT_LOG_LEVEL")]
     log_level: Option<String>,
-    /// Session worker threads; 0 = one per CPU core [default: 0].
+    /// Session worker threads; 0 = half the CPU cores, at least one [default: 0].
     #[arg(long, env = "PGSHIFT_WORKERS")]
     workers: Option<usize>,
     /// Client sessions served at once [default: 1000].

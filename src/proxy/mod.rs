@@ -1,7 +1,7 @@
 //! The client-facing side of pgshift: the listeners (TCP, and a unix
 //! socket when `listen_unix` is set: [`unix_listener`]), the limit on
 //! concurrent sessions, and graceful shutdown. Each accepted connection is handed to a
-//! worker thread (one per core, [`workers`]) where it becomes one tokio task
+//! worker thread (half the cores by default, [`workers`]) where it becomes one tokio task
 //! ([`connection`]) that negotiates startup, opens its own upstream
 //! connection (session mode) and relays both directions ([`relay`]).
 //!

@@ -1,4 +1,4 @@
-//! Thread-per-core session workers. Each worker thread runs its own
+//! Session workers (half the cores by default). Each worker thread runs its own
 //! single-threaded tokio runtime; the acceptor hands every new connection to
 //! the next worker in turn, and the session stays on that thread for its
 //! whole life. The relay's wake-ups (client readable → write to server →
