@@ -29,7 +29,7 @@ bindir=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresq
 # Time limits, seconds, per run of a suite.
 t_node=${DRIVERS_TIMEOUT_NODE:-240}
 t_asyncpg=${DRIVERS_TIMEOUT_ASYNCPG:-240}
-t_psycopg=${DRIVERS_TIMEOUT_PSYCOPG:-300}
+t_psycopg=${DRIVERS_TIMEOUT_PSYCOPG:-420}
 # psycopg's selection (pytest arguments). By default not: its mypy tests (static typing, and
 # mypy is not installed), its memory-leak tests (test_leak, *_leaks: gc counts, ~270 s), the
 # waiting-loop test_wait_r (40 s) and tests/pool (psycopg_pool's timing, ~100 s) -- see README.
@@ -153,14 +153,14 @@ run_suite() {
             "$py" "$here/lib/drivers.py" unittest "$out/asyncpg" "$res" "$t_asyncpg"
         ;;
     psycopg)
-        rm -rf "$out/psycopg" "$out/psycopg-cache"  # its conftest refuses to run after a killed run
+        rm -rf "$out/psycopg"
         cp -r "$here/vendor/psycopg" "$out/psycopg"
         # psycopg's CI: PSYCOPG_TEST_DSN, the C implementation (here psycopg-binary), pytest
         # -bb. Its random order (pytest-randomly) is left out, so both runs share one order.
         env PSYCOPG_IMPL=binary PATH="$out/venv/bin:$PATH" \
             PSYCOPG_TEST_DSN="host=127.0.0.1 port=$port user=postgres password=$PASSWORD dbname=psycopg_test" \
             "$py" "$here/lib/drivers.py" pytest "$out/psycopg" "$res" "$t_psycopg" \
-            -o cache_dir="$out/psycopg-cache" -q --timeout=60 "${psycopg_args[@]}"
+            -q --timeout=45 "${psycopg_args[@]}"
         ;;
     esac
     "$py" "$here/lib/drivers.py" summary "$res" "$label"

@@ -143,15 +143,47 @@ def run_unittest(workdir, results, timeout):
 
 
 def run_pytest(workdir, results, timeout, args):
+    """pytest with the pytest_jsonl plugin. A test that hangs is ended by
+    pytest-timeout's thread method (--timeout, set by the caller), which ends
+    the whole process: the test is recorded as failed and pytest starts again
+    on the tests after it, until every selected test has a result or the
+    time runs out."""
     open(results, "w").close()
     log = results + ".log"
     open(log, "w").close()
-    env = dict(os.environ, DRIVERS_RESULTS=results,
+    collected = results + ".collected"
+    cache = results + ".cache"  # psycopg's conftest refuses to start after a killed run
+    env = dict(os.environ, DRIVERS_RESULTS=results, DRIVERS_COLLECTED=collected,
                PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.monotonic()
-    code, cut = _run([sys.executable, "-bb", "-m", "pytest", "-p", "pytest_jsonl", *args],
-                     workdir, env, log, timeout)
-    _meta(results, exit=code, seconds=round(time.monotonic() - start, 1), timed_out=cut)
+    code, cut, hung = 0, False, 0
+    while True:
+        left = timeout - (time.monotonic() - start)
+        if left <= 1:
+            cut = True
+            break
+        subprocess.run(["rm", "-rf", cache])
+        mark = os.path.getsize(log)
+        code, cut = _run([sys.executable, "-bb", "-m", "pytest", "-p", "pytest_jsonl",
+                          "-o", f"cache_dir={cache}", "--timeout-method=thread", *args],
+                         workdir, env, log, left)
+        if cut or not os.path.exists(collected):
+            break
+        done, _ = load(results)
+        order = [line.strip() for line in open(collected) if line.strip()]
+        rest = [n for n in order if n not in done]
+        with open(log, "rb") as f:
+            f.seek(mark)
+            said = f.read().decode(errors="replace")
+        if not rest or "+ Timeout +" not in said or hung >= 20:
+            break
+        hung += 1
+        with open(results, "a") as f:
+            f.write(json.dumps({"name": rest[0], "outcome": "failed", "message":
+                                "hung: no result within the per-test time limit; pytest-timeout ended "
+                                "the run, which went on after this test\n" + said[-6000:]}) + "\n")
+    subprocess.run(["rm", "-rf", cache])
+    _meta(results, exit=code, seconds=round(time.monotonic() - start, 1), timed_out=cut, hung=hung)
 
 
 def load(path):

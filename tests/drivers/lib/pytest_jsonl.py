@@ -6,16 +6,20 @@ setup, call or teardown makes it failed; skipped and xfailed are skipped."""
 import json
 import os
 
+import pytest
+
 _state = {}
 
 
-def _write(nodeid, outcome, message):
+def _write(nodeid, outcome, message, seconds):
     with open(os.environ["DRIVERS_RESULTS"], "a", encoding="utf-8") as f:
-        f.write(json.dumps({"name": nodeid, "outcome": outcome, "message": message}) + "\n")
+        f.write(json.dumps({"name": nodeid, "outcome": outcome, "message": message,
+                            "seconds": round(seconds, 3)}) + "\n")
 
 
 def pytest_runtest_logreport(report):
-    st = _state.setdefault(report.nodeid, {"outcome": None, "message": ""})
+    st = _state.setdefault(report.nodeid, {"outcome": None, "message": "", "seconds": 0.0})
+    st["seconds"] += report.duration
     if report.failed:
         if st["outcome"] != "failed":
             st["outcome"] = "failed"
@@ -30,5 +34,27 @@ def pytest_runtest_logreport(report):
     elif report.passed and report.when == "call" and st["outcome"] is None:
         st["outcome"] = "passed"
     if report.when == "teardown":
-        _write(report.nodeid, st["outcome"] or "passed", st["message"])
+        _write(report.nodeid, st["outcome"] or "passed", st["message"], st["seconds"])
         del _state[report.nodeid]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Writes the selected tests, in order, to $DRIVERS_COLLECTED, then leaves
+    out those already in $DRIVERS_RESULTS: a run resumed after a test that hung
+    (pytest-timeout ends the process) goes on with the next one."""
+    collected = os.environ.get("DRIVERS_COLLECTED")
+    if collected:
+        with open(collected, "w", encoding="utf-8") as f:
+            f.writelines(item.nodeid + "\n" for item in items)
+    done = set()
+    if os.path.exists(os.environ["DRIVERS_RESULTS"]):
+        with open(os.environ["DRIVERS_RESULTS"], encoding="utf-8") as f:
+            done = {json.loads(line)["name"] for line in f if line.strip()}
+    if done:
+        keep = [item for item in items if item.nodeid not in done]
+        gone = [item for item in items if item.nodeid in done]
+        if gone:
+            config.hook.pytest_deselected(items=gone)
+            items[:] = keep
+
