@@ -16,7 +16,10 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use tracing::warn;
+
 use super::framing::HEADER_LEN;
+use super::scram::{self, Bridge, BridgeError, ClientFirst, NoVerifier, Verifier, Verifiers};
 use super::wire::{sqlstate, ErrorResponse};
 
 /// Postgres' `PG_MAX_AUTH_TOKEN_LENGTH`: the largest authentication
@@ -28,6 +31,8 @@ const MAX_SERVER_MESSAGE: usize = 1 << 20;
 /// How the exchange ended other than with `AuthenticationOk`.
 #[derive(Debug)]
 pub enum AuthEnd {
+    /// pgshift refused: this error is for the client.
+    Refused(ErrorResponse),
     /// The server refused (its ErrorResponse was passed on) or closed.
     ServerClosed,
     /// The client hung up or gave up (Terminate).
@@ -45,11 +50,20 @@ impl From<std::io::Error> for AuthEnd {
     }
 }
 
-/// Relays the exchange until the server says `AuthenticationOk`. With
-/// `client_tls` (pgshift terminates the client's TLS), SCRAM-SHA-256-PLUS
-/// is taken off the mechanisms the client is offered: its channel binding
-/// would name pgshift's certificate, which the server cannot match.
-pub async fn exchange<C, S>(client: &mut C, server: &mut S, client_tls: bool) -> Result<(), AuthEnd>
+/// Relays the exchange until the server says `AuthenticationOk`.
+/// SCRAM-SHA-256-PLUS is always taken off the mechanisms the client is
+/// offered: its channel binding names the client's own connection — to
+/// pgshift, in plain TCP or TLS pgshift terminates — never the server's,
+/// so the server could not match it (Postgres itself offers it to none but
+/// its own TLS clients; node-postgres picks it whenever it is offered).
+///
+/// With `across` (the upstream session is TLS), a SCRAM exchange whose
+/// client could bind a channel is carried across by [`super::scram`].
+pub async fn exchange<C, S>(
+    client: &mut C,
+    server: &mut S,
+    across: Option<&Across<'_>>,
+) -> Result<(), AuthEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
@@ -64,15 +78,19 @@ where
                 )))
             }
         };
-        let frame = match (client_tls, frame[0], auth_code(&frame)) {
-            (true, b'R', Some(SASL)) => without_channel_binding(&frame),
+        let frame = match (frame[0], auth_code(&frame)) {
+            (b'R', Some(SASL)) if offers_channel_binding(&frame) => without_channel_binding(&frame),
             _ => frame,
         };
         client.write_all(&frame).await?;
         match frame[0] {
             b'R' => match auth_code(&frame) {
                 Some(0) => return Ok(()),
-                Some(code) if needs_response(code) => respond(client, server).await?,
+                Some(SASL) => sasl(client, server, across).await?,
+                Some(code) if needs_response(code) => {
+                    let response = read_response(client).await?;
+                    server.write_all(&response).await?;
+                }
                 Some(_) => {}
                 None => {
                     return Err(AuthEnd::ServerProtocol(
@@ -87,12 +105,11 @@ where
     }
 }
 
-/// Reads the client's one response and passes it on. Its tag is checked
-/// before its body is read.
-async fn respond<C, S>(client: &mut C, server: &mut S) -> Result<(), AuthEnd>
+/// Reads the client's one response. Its tag is checked before its body is
+/// read.
+async fn read_response<C>(client: &mut C) -> Result<BytesMut, AuthEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncWrite + Unpin,
 {
     let mut head = [0u8; HEADER_LEN];
     if client.read_exact(&mut head).await.is_err() {
@@ -120,13 +137,183 @@ where
             )))
         }
     };
-    Ok(server.write_all(&frame).await?)
+    Ok(frame)
+}
+
+/// What carrying a SCRAM exchange across needs: the role, the verifiers
+/// read lately, and the configuration to read one with.
+pub struct Across<'a> {
+    pub role: &'a str,
+    pub verifiers: &'a Verifiers,
+    pub config: &'a crate::config::Config,
+}
+
+impl Across<'_> {
+    /// The role's verifier: a recent one, unless `fresh`.
+    async fn verifier(&self, fresh: bool) -> Result<Verifier, AuthEnd> {
+        if let Some(v) = self.verifiers.cached(self.role).filter(|_| !fresh) {
+            return Ok(v);
+        }
+        match scram::fetch(self.config, self.role).await {
+            Ok(v) => {
+                self.verifiers.keep(self.role, &v);
+                Ok(v)
+            }
+            Err(NoVerifier::NotScram) => Err(self.wrong_password()),
+            Err(NoVerifier::Unreadable(reason)) => {
+                warn!(role = self.role, %reason, "cannot read a SCRAM verifier");
+                Err(AuthEnd::Refused(ErrorResponse::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("pgshift cannot complete SCRAM authentication for a client that supports channel binding: the upstream session is TLS, so Postgres refuses the client's \"could bind\" flag, and pgshift could not read the role's SCRAM verifier to carry the exchange across ({reason})"),
+                ).with_hint("Let pgshift's control role read pg_catalog.pg_authid (a superuser), or connect with channel_binding=disable, or to pgshift without TLS.")))
+            }
+        }
+    }
+
+    /// Postgres' own answer to a wrong password.
+    fn wrong_password(&self) -> AuthEnd {
+        self.verifiers.forget(self.role);
+        AuthEnd::Refused(ErrorResponse::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{}\"", self.role),
+        ))
+    }
+}
+
+/// The SASL exchange: relayed as it is, unless the client said it could
+/// bind a channel (GS2 `y`) to a server reached over TLS.
+async fn sasl<C, S>(
+    client: &mut C,
+    server: &mut S,
+    across: Option<&Across<'_>>,
+) -> Result<(), AuthEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let response = read_response(client).await?;
+    let first = initial_response(&response[HEADER_LEN..])
+        .filter(|(mechanism, _)| *mechanism == b"SCRAM-SHA-256")
+        .and_then(|(_, data)| ClientFirst::parse(data))
+        .filter(ClientFirst::binds_if_offered);
+    match (across, first) {
+        (Some(across), Some(first)) => carry_across(client, server, across, &first).await,
+        _ => Ok(server.write_all(&response).await?),
+    }
+}
+
+/// SASLInitialResponse's mechanism and data.
+fn initial_response(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|b| *b == 0)?;
+    let len = body.get(end + 1..end + 5)?;
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    let data = body.get(end + 5..)?;
+    (usize::try_from(len).ok() == Some(data.len())).then(|| (&body[..end], data))
+}
+
+/// The rest of a SCRAM exchange, carried across (see [`super::scram`]).
+async fn carry_across<C, S>(
+    client: &mut C,
+    server: &mut S,
+    across: &Across<'_>,
+    first: &ClientFirst<'_>,
+) -> Result<(), AuthEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut verifier = across.verifier(false).await?;
+    let unbound = format!("{}{}", first.unbound_gs2(), first.bare);
+    let mut initial = b"SCRAM-SHA-256\0".to_vec();
+    initial.extend_from_slice(&(unbound.len() as i32).to_be_bytes());
+    initial.extend_from_slice(unbound.as_bytes());
+    server.write_all(&message(b'p', &initial)).await?;
+    let challenge = sasl_step(client, server, SASL_CONTINUE).await?;
+    let server_first = std::str::from_utf8(&challenge[HEADER_LEN + 4..])
+        .map_err(|_| AuthEnd::ServerProtocol("a SCRAM challenge that is not UTF-8".into()))?;
+    // A password changed since the verifier was read: read it again.
+    if scram::salt_and_iterations(server_first) != Some((&verifier.salt, verifier.iterations)) {
+        verifier = across.verifier(true).await?;
+    }
+    client.write_all(&challenge).await?;
+    let response = read_response(client).await?;
+    let bridge = Bridge {
+        verifier: &verifier,
+        client_first: first,
+        server_first,
+    };
+    let done = match bridge.rebind(&response[HEADER_LEN..]) {
+        Ok(done) => done,
+        Err(BridgeError::WrongProof) => return Err(across.wrong_password()),
+        Err(BridgeError::Malformed) => {
+            return Err(AuthEnd::ClientProtocol(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "malformed SCRAM message: pgshift expected the client's final SCRAM-SHA-256 message (c=, r=, p=) for the header it sent first",
+            )))
+        }
+    };
+    server
+        .write_all(&message(b'p', done.to_server.as_bytes()))
+        .await?;
+    let outcome = sasl_step(client, server, SASL_FINAL).await?;
+    if &outcome[HEADER_LEN + 4..] != done.server_says.as_bytes() {
+        return Err(AuthEnd::ServerProtocol(
+            "the server's SCRAM signature does not match the role's verifier".into(),
+        ));
+    }
+    let mut body = SASL_FINAL.to_be_bytes().to_vec();
+    body.extend_from_slice(done.to_client.as_bytes());
+    client.write_all(&message(b'R', &body)).await?;
+    Ok(())
+}
+
+/// The server's next SASL message, which must be Authentication `code`;
+/// an ErrorResponse is passed to the client and ends the exchange.
+async fn sasl_step<C, S>(client: &mut C, server: &mut S, code: u32) -> Result<BytesMut, AuthEnd>
+where
+    C: AsyncWrite + Unpin,
+    S: AsyncRead + Unpin,
+{
+    match read_frame(server, MAX_SERVER_MESSAGE).await {
+        Ok(Some(frame)) if frame[0] == b'R' && auth_code(&frame) == Some(code) => Ok(frame),
+        Ok(Some(frame)) if frame[0] == b'E' => {
+            client.write_all(&frame).await?;
+            Err(AuthEnd::ServerClosed)
+        }
+        Ok(None) => Err(AuthEnd::ServerClosed),
+        Ok(Some(frame)) => Err(AuthEnd::ServerProtocol(format!(
+            "message type {} in the middle of a SCRAM exchange",
+            frame[0]
+        ))),
+        Err(FrameTooLong(len)) => Err(AuthEnd::ServerProtocol(format!(
+            "a {len}-byte message in the middle of a SCRAM exchange"
+        ))),
+    }
+}
+
+/// A frame: `tag`, its length, `body`.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(tag);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// AuthenticationSASL: the server lists its SASL mechanisms.
 const SASL: u32 = 10;
+/// AuthenticationSASLContinue: the server's challenge.
+const SASL_CONTINUE: u32 = 11;
+/// AuthenticationSASLFinal: the server's signature.
+const SASL_FINAL: u32 = 12;
 /// The mechanism with channel binding.
 const SCRAM_PLUS: &[u8] = b"SCRAM-SHA-256-PLUS";
+
+/// An AuthenticationSASL frame lists SCRAM-SHA-256-PLUS.
+fn offers_channel_binding(frame: &[u8]) -> bool {
+    let list = frame.get(HEADER_LEN + 4..).unwrap_or_default();
+    list.split(|b| *b == 0).any(|n| n == SCRAM_PLUS)
+}
 
 /// An AuthenticationSASL frame without SCRAM-SHA-256-PLUS.
 fn without_channel_binding(frame: &[u8]) -> BytesMut {
@@ -210,7 +397,7 @@ mod tests {
         let (mut server, mut server_peer) = tokio::io::duplex(1 << 20);
         client_peer.write_all(&client_says).await.unwrap();
         server_peer.write_all(&server_says).await.unwrap();
-        let result = exchange(&mut client, &mut server, false).await;
+        let result = exchange(&mut client, &mut server, None).await;
         drop((client, server_peer));
         let mut to_client = Vec::new();
         client_peer.read_to_end(&mut to_client).await.unwrap();

@@ -57,8 +57,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sen
         Ok(server) => server,
         Err(err) => return reject(&mut client, err).await,
     };
-    let client_tls = client.is_tls();
-    if !authenticate(&mut client, &mut server, limits.startup_timeout, client_tls).await {
+    let across = auth::Across {
+        role: user,
+        verifiers: &shared.verifiers,
+        config: &shared.config,
+    };
+    let across = server.is_tls().then_some(&across);
+    if !authenticate(&mut client, &mut server, limits.startup_timeout, across).await {
         return;
     }
     // Counted once authenticated, as Postgres counts a role's connection
@@ -143,6 +148,12 @@ async fn startup(shared: &Shared, client: Stream) -> Option<(Stream, bytes::Byte
         StartupPacket::Startup { raw, params } => Some((client, raw, params)),
         StartupPacket::CancelRequest(packet) => {
             cancel::forward(shared, packet).await;
+            // Closed as Postgres closes it once the cancel is handled:
+            // cleanly, with TLS's close_notify when the request came
+            // encrypted (libpq 17's PQcancelBlocking reports a bare close
+            // as "SSL error: unexpected eof").
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), client.shutdown()).await;
             None
         }
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => None,
@@ -220,11 +231,15 @@ async fn authenticate(
     client: &mut Stream,
     server: &mut Stream,
     limit: std::time::Duration,
-    client_tls: bool,
+    across: Option<&auth::Across<'_>>,
 ) -> bool {
-    let outcome = tokio::time::timeout(limit, auth::exchange(client, server, client_tls)).await;
+    let outcome = tokio::time::timeout(limit, auth::exchange(client, server, across)).await;
     let err = match outcome {
         Ok(Ok(())) => return true,
+        Ok(Err(AuthEnd::Refused(err))) => {
+            info!(message = %err.message, "refused a client during authentication");
+            err
+        }
         Ok(Err(AuthEnd::ClientProtocol(err))) => {
             warn!("refused a client that broke the authentication exchange");
             err

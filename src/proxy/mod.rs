@@ -17,6 +17,7 @@ pub mod negotiate;
 pub mod outqueue;
 pub mod refusal;
 pub mod relay;
+pub mod scram;
 pub mod search_path;
 pub mod session;
 pub mod sql_prepared;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub upstream_tls: upstream::UpstreamTlsSetup,
     /// Sessions per user and per database.
     pub counts: Arc<limits::Counts>,
+    /// SCRAM verifiers read lately (see [`scram`]).
+    pub verifiers: scram::Verifiers,
 }
 
 /// A bound, not yet running proxy.
@@ -102,6 +105,7 @@ impl Proxy {
             tls,
             upstream_tls,
             counts: Arc::default(),
+            verifiers: scram::Verifiers::default(),
             sessions: Arc::new(Semaphore::new(config.limits.max_client_connections)),
             config,
             rewriter,

@@ -134,7 +134,10 @@ impl Pump {
             }
             self.out.advance(written);
         }
-        Ok(())
+        // A TLS stream may have taken the plaintext but kept part of its
+        // ciphertext (the socket was full): it leaves only on a flush. A
+        // no-op on plain sockets.
+        dst.flush().await
     }
 
     /// Drops an oversized, empty read buffer.
@@ -448,6 +451,9 @@ async fn relay<CR, CW, SR, SW>(
     if matches!(end, End::ServerClosed | End::ServerIo(_)) {
         take_the_rest(&mut server_r, &mut down).await;
     }
+    if matches!(end, End::ClientClosed) {
+        until_the_server_closes(&mut server_r, &mut server_w).await;
+    }
     // The upstream goes first: a session cut off mid-transaction is rolled
     // back by Postgres when its connection closes.
     drop((server_r, server_w));
@@ -517,6 +523,26 @@ async fn take_the_rest(server_r: &mut (impl AsyncRead + Unpin), down: &mut Pump)
     if !down.inbuf.is_empty() {
         down.out.push(down.inbuf.split().freeze());
     }
+}
+
+/// A client that left (after its Terminate, or not): the server is told
+/// (its end of the connection closes) and its own close awaited, within
+/// [`FAREWELL_TIMEOUT`], before the client's socket closes — as directly,
+/// where the client sees its connection close when Postgres closes it,
+/// which is only once a running statement ends (Postgres reads the
+/// Terminate after it). Closing the client's side at once woke a libpq
+/// thread still polling the socket another thread had just closed
+/// (psycopg's `test_socket_closed`).
+async fn until_the_server_closes(
+    server_r: &mut (impl AsyncRead + Unpin),
+    server_w: &mut (impl AsyncWrite + Unpin),
+) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+        let _ = server_w.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while let Ok(1..) = server_r.read(&mut sink).await {}
+    })
+    .await;
 }
 
 /// Hands the client what is still queued for it and, at a frame boundary,

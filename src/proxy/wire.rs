@@ -106,6 +106,7 @@ pub fn message_name(direction: Direction, tag: u8) -> &'static str {
 pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
     pub const CANNOT_CONNECT: &str = "08001";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";

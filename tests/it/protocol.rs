@@ -530,3 +530,30 @@ async fn a_statement_before_authentication_is_refused_unread() {
         "{text}"
     );
 }
+
+/// A client that sends Terminate and closes its side while a statement
+/// runs sees its connection close when Postgres closes it — once the
+/// statement has ended and Postgres has read the Terminate — as directly,
+/// not at once (libpq threads polling the socket depend on that timing:
+/// psycopg's `test_socket_closed`).
+#[tokio::test]
+async fn a_client_that_leaves_mid_statement_is_closed_when_the_server_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = TestProxy::start().await;
+    let (mut conn, _, _) = RawConn::startup(proxy.addr).await;
+    let sent = Instant::now();
+    conn.send(&query("select pg_sleep(0.5)")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.send(&terminate()).await;
+    conn.stream.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection closes");
+    assert!(read.is_ok(), "{read:?}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(450),
+        "closed after {:?}, before the server could have",
+        sent.elapsed()
+    );
+}

@@ -201,6 +201,192 @@ async fn scram_over_terminated_tls_offers_no_channel_binding() {
     assert!(err.contains("channel binding"), "a clear error: {err}");
 }
 
+/// SCRAM to a server reached over TLS. The server offers
+/// SCRAM-SHA-256-PLUS there, which binds to its certificate; no client of
+/// pgshift can bind to that, so pgshift offers no PLUS (node-postgres
+/// picks PLUS whenever it is offered, then fails: "requires a
+/// certificate"). A client that could bind then says so (GS2 `y`: libpq
+/// over TLS with its default channel_binding=prefer), which the server
+/// refuses as a downgrade unless pgshift carries the exchange across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_to_a_tls_upstream_works_for_clients_that_could_bind() {
+    let pki = Pki::new();
+    let cluster = tls_cluster_with(
+        &pki,
+        vec!["hostssl all scram_plain 127.0.0.1/32 scram-sha-256".into()],
+    );
+    let proxy = proxy_to(&cluster, "require", None).await;
+    let mut config = proxy.config();
+    config.user(pgshift::cluster::SUPERUSER).dbname("postgres");
+    connect(&config)
+        .await
+        .expect("the superuser through pgshift")
+        .batch_execute(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE scram_plain LOGIN PASSWORD 'plain4scram'",
+        )
+        .await
+        .expect("a SCRAM role");
+    let mut raw = RawConn::connect(proxy.addr).await;
+    raw.send(&startup_message(&[
+        ("user", "scram_plain"),
+        ("database", "postgres"),
+    ]))
+    .await;
+    let offer = raw.read().await.expect("an authentication request");
+    assert_eq!(offer.tag, b'R');
+    assert_eq!(&offer.body[..4], &10u32.to_be_bytes(), "AuthenticationSASL");
+    let mechanisms: Vec<_> = offer.body[4..]
+        .split(|b| *b == 0)
+        .filter(|m| !m.is_empty())
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(mechanisms, ["SCRAM-SHA-256"]);
+    // And the exchange itself goes through.
+    let mut config = proxy.config();
+    config
+        .user("scram_plain")
+        .password("plain4scram")
+        .dbname("postgres");
+    let client = connect(&config).await.expect("SCRAM through pgshift");
+    let row = client
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "scram_plain");
+    // libpq over TLS to pgshift, channel_binding=prefer (its default).
+    let files = pki.files();
+    let port = cluster.port();
+    let proxy = TestProxy::with(move |c| {
+        c.tls = Some(files);
+        c.client_tls = ClientTls::Allow;
+        c.upstream = pgshift::config::Upstream {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        c.upstream_tls = pgshift::proxy::upstream::UpstreamTlsConfig {
+            mode: pgshift::proxy::upstream::UpstreamTls::Require,
+            ca: None,
+        };
+    })
+    .await;
+    for settings in ["sslmode=require", "sslmode=disable"] {
+        let (ok, out, err) = psql(
+            &proxy,
+            "scram_plain",
+            Some("plain4scram"),
+            settings,
+            "select current_user",
+        )
+        .await;
+        assert!(ok, "{settings}: {err}");
+        assert_eq!(out, "scram_plain");
+    }
+    // A wrong password gets Postgres' own answer, bound or not.
+    for settings in ["sslmode=require", "sslmode=disable"] {
+        let (ok, _, err) = psql(&proxy, "scram_plain", Some("wrong"), settings, "select 1").await;
+        assert!(!ok);
+        assert!(
+            err.contains("password authentication failed for user \"scram_plain\""),
+            "{settings}: {err}"
+        );
+    }
+    // Binding required cannot be had through a proxy that ends TLS.
+    let (ok, _, err) = psql(
+        &proxy,
+        "scram_plain",
+        Some("plain4scram"),
+        "sslmode=require channel_binding=require",
+        "select 1",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("channel binding"), "{err}");
+}
+
+/// Bulk data both ways with TLS on both sides of pgshift. A TLS write may
+/// take the plaintext and keep part of its ciphertext when the socket is
+/// full; unless it is flushed, that part waits for the next write, which
+/// a client that has sent everything (a COPY's last rows) never causes:
+/// both ends then wait for each other (psycopg's test_copy_table_across
+/// hung that way, now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_copies_over_tls_both_ways_never_stall() {
+    use futures_util::{SinkExt, TryStreamExt};
+    let pki = Pki::new();
+    let cluster = tls_cluster(&pki);
+    let files = pki.files();
+    let port = cluster.port();
+    let proxy = TestProxy::with(move |c| {
+        c.tls = Some(files);
+        c.client_tls = ClientTls::Allow;
+        c.upstream = pgshift::config::Upstream {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        c.upstream_tls = pgshift::proxy::upstream::UpstreamTlsConfig {
+            mode: pgshift::proxy::upstream::UpstreamTls::Require,
+            ca: None,
+        };
+    })
+    .await;
+    let tls = tls_connector(&pki);
+    let mut config = proxy.config();
+    config
+        .user(pgshift::cluster::SUPERUSER)
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, connection) = config.connect(tls).await.expect("TLS to pgshift");
+    tokio::spawn(connection);
+    client
+        .batch_execute("create table bulk (id int, label text)")
+        .await
+        .unwrap();
+    let rounds = async {
+        for round in 0..20 {
+            let sink = client
+                .copy_in::<_, bytes::Bytes>("copy bulk from stdin")
+                .await
+                .unwrap();
+            futures_util::pin_mut!(sink);
+            let mut chunk = String::new();
+            for i in 0..20_000 {
+                chunk.push_str(&format!("{i}\tround {round} row {i} {}\n", "x".repeat(40)));
+            }
+            sink.send(bytes::Bytes::from(chunk)).await.unwrap();
+            assert_eq!(sink.finish().await.unwrap(), 20_000);
+            let out: Vec<bytes::Bytes> = client
+                .copy_out("copy (select * from bulk where id < 5000) to stdout")
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(
+                out.concat().iter().filter(|b| **b == b'\n').count(),
+                5000 * (round + 1)
+            );
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), rounds)
+        .await
+        .expect("every COPY completes");
+}
+
+/// A tokio-postgres TLS connector trusting `pki`'s CA.
+fn tls_connector(pki: &Pki) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pki.ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(pgshift::proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
 /// PostgreSQL 17's direct TLS: a ClientHello first, ALPN `postgresql`.
 #[tokio::test]
 async fn direct_tls_is_accepted() {
@@ -230,6 +416,51 @@ async fn direct_tls_is_accepted() {
     let mut first = [0u8; 1];
     tls.read_exact(&mut first).await.unwrap();
     assert_eq!(first[0], b'R', "the server's authentication, over TLS");
+}
+
+/// A CancelRequest sent over TLS (libpq 17's PQcancelBlocking) is
+/// forwarded, and its connection closed as Postgres closes it: with TLS's
+/// close_notify (a bare close is "SSL error: unexpected eof" to libpq).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_over_tls_is_forwarded_and_closed_cleanly() {
+    let pki = Pki::new();
+    let proxy = tls_proxy(&pki, ClientTls::Allow).await;
+    let (mut sleeper, pid, key) = RawConn::startup(proxy.addr).await;
+    sleeper.send(&query("select pg_sleep(30)")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pki.ca_pem) {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(pgshift::proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap(); // SSLRequest
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer[0], b'S');
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the handshake");
+    let mut cancel = vec![0, 0, 0, 16, 4, 210, 22, 46];
+    cancel.extend_from_slice(&pid.to_be_bytes());
+    cancel.extend_from_slice(&key.to_be_bytes());
+    tls.write_all(&cancel).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut rest),
+    )
+    .await
+    .expect("closed");
+    assert!(closed.is_ok(), "a clean TLS close: {closed:?}");
+    assert!(rest.is_empty(), "no answer to a cancel");
+    let replies = sleeper.until_ready().await;
+    let error = replies.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(error.field(b'C').as_deref(), Some("57014"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,6 +540,11 @@ fn rustls_pemfile_certs(pem: &str) -> Vec<rustls_pki_types::CertificateDer<'stat
 /// A throwaway Postgres with `ssl = on` that refuses plaintext from
 /// 127.0.0.1 (`hostnossl … reject`), its certificate signed by `pki`.
 fn tls_cluster(pki: &Pki) -> pgshift::cluster::Cluster {
+    tls_cluster_with(pki, Vec::new())
+}
+
+/// [`tls_cluster`] with `hba` lines before its own.
+fn tls_cluster_with(pki: &Pki, hba: Vec<String>) -> pgshift::cluster::Cluster {
     use std::os::unix::fs::PermissionsExt;
     let dir = pki.dir.join("server");
     std::fs::create_dir_all(&dir).unwrap();
@@ -327,10 +563,12 @@ fn tls_cluster(pki: &Pki) -> pgshift::cluster::Cluster {
         std::fs::set_permissions(&pki.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let options = pgshift::cluster::ClusterOptions {
-        hba_lines: vec![
-            "hostnossl all all 127.0.0.1/32 reject".into(),
-            "hostssl all all 127.0.0.1/32 trust".into(),
-        ],
+        hba_lines: [
+            vec!["hostnossl all all 127.0.0.1/32 reject".to_string()],
+            hba,
+            vec!["hostssl all all 127.0.0.1/32 trust".to_string()],
+        ]
+        .concat(),
         settings: vec![
             ("ssl".into(), "on".into()),
             ("ssl_cert_file".into(), format!("'{}'", cert.display())),
