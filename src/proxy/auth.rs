@@ -20,7 +20,7 @@ use tracing::warn;
 
 use super::framing::HEADER_LEN;
 use super::scram::{self, Bridge, BridgeError, ClientFirst, NoVerifier, Verifier, Verifiers};
-use super::wire::{sqlstate, ErrorResponse};
+use super::wire::{encode_frame, split_cstr, sqlstate, ErrorResponse};
 
 /// Postgres' `PG_MAX_AUTH_TOKEN_LENGTH`: the largest authentication
 /// message body it reads.
@@ -149,17 +149,18 @@ pub struct Across<'a> {
 }
 
 impl Across<'_> {
-    /// The role's verifier: a recent one, unless `fresh`.
-    async fn verifier(&self, fresh: bool) -> Result<Verifier, AuthEnd> {
+    /// The role's verifier: a recent one, unless `fresh`; `None` when the
+    /// role has no SCRAM secret.
+    async fn verifier(&self, fresh: bool) -> Result<Option<Verifier>, AuthEnd> {
         if let Some(v) = self.verifiers.cached(self.role).filter(|_| !fresh) {
-            return Ok(v);
+            return Ok(Some(v));
         }
         match scram::fetch(self.config, self.role).await {
             Ok(v) => {
                 self.verifiers.keep(self.role, &v);
-                Ok(v)
+                Ok(Some(v))
             }
-            Err(NoVerifier::NotScram) => Err(self.wrong_password()),
+            Err(NoVerifier::NotScram) => Ok(None),
             Err(NoVerifier::Unreadable(reason)) => {
                 warn!(role = self.role, %reason, "cannot read a SCRAM verifier");
                 Err(AuthEnd::Refused(ErrorResponse::fatal(
@@ -192,23 +193,34 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let response = read_response(client).await?;
+    let Some(across) = across else {
+        return Ok(server.write_all(&response).await?);
+    };
     let first = initial_response(&response[HEADER_LEN..])
         .filter(|(mechanism, _)| *mechanism == b"SCRAM-SHA-256")
         .and_then(|(_, data)| ClientFirst::parse(data))
         .filter(ClientFirst::binds_if_offered);
-    match (across, first) {
-        (Some(across), Some(first)) => carry_across(client, server, across, &first).await,
+    let verifier = match first {
+        Some(_) => across.verifier(false).await?,
+        None => None,
+    };
+    match (first, verifier) {
+        (Some(first), Some(verifier)) => {
+            carry_across(client, server, across, &first, verifier).await
+        }
+        // No SCRAM secret (no such role, or another kind of password):
+        // the server answers as it answers anyone, with nothing told by
+        // pgshift about whether the role exists.
         _ => Ok(server.write_all(&response).await?),
     }
 }
 
 /// SASLInitialResponse's mechanism and data.
 fn initial_response(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = body.iter().position(|b| *b == 0)?;
-    let len = body.get(end + 1..end + 5)?;
-    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-    let data = body.get(end + 5..)?;
-    (usize::try_from(len).ok() == Some(data.len())).then(|| (&body[..end], data))
+    let (mechanism, rest) = split_cstr(body)?;
+    let (len, data) = rest.split_first_chunk::<4>()?;
+    (usize::try_from(i32::from_be_bytes(*len)).ok() == Some(data.len()))
+        .then_some((mechanism, data))
 }
 
 /// The rest of a SCRAM exchange, carried across (see [`super::scram`]).
@@ -217,23 +229,25 @@ async fn carry_across<C, S>(
     server: &mut S,
     across: &Across<'_>,
     first: &ClientFirst<'_>,
+    mut verifier: Verifier,
 ) -> Result<(), AuthEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut verifier = across.verifier(false).await?;
     let unbound = format!("{}{}", first.unbound_gs2(), first.bare);
-    let mut initial = b"SCRAM-SHA-256\0".to_vec();
-    initial.extend_from_slice(&(unbound.len() as i32).to_be_bytes());
-    initial.extend_from_slice(unbound.as_bytes());
-    server.write_all(&message(b'p', &initial)).await?;
+    let len = (unbound.len() as i32).to_be_bytes();
+    let initial = encode_frame(b'p', &[b"SCRAM-SHA-256\0", &len, unbound.as_bytes()]);
+    server.write_all(&initial).await?;
     let challenge = sasl_step(client, server, SASL_CONTINUE).await?;
     let server_first = std::str::from_utf8(&challenge[HEADER_LEN + 4..])
         .map_err(|_| AuthEnd::ServerProtocol("a SCRAM challenge that is not UTF-8".into()))?;
     // A password changed since the verifier was read: read it again.
     if scram::salt_and_iterations(server_first) != Some((&verifier.salt, verifier.iterations)) {
-        verifier = across.verifier(true).await?;
+        verifier = across
+            .verifier(true)
+            .await?
+            .ok_or_else(|| across.wrong_password())?;
     }
     client.write_all(&challenge).await?;
     let response = read_response(client).await?;
@@ -253,7 +267,7 @@ where
         }
     };
     server
-        .write_all(&message(b'p', done.to_server.as_bytes()))
+        .write_all(&encode_frame(b'p', &[done.to_server.as_bytes()]))
         .await?;
     let outcome = sasl_step(client, server, SASL_FINAL).await?;
     if &outcome[HEADER_LEN + 4..] != done.server_says.as_bytes() {
@@ -261,9 +275,9 @@ where
             "the server's SCRAM signature does not match the role's verifier".into(),
         ));
     }
-    let mut body = SASL_FINAL.to_be_bytes().to_vec();
-    body.extend_from_slice(done.to_client.as_bytes());
-    client.write_all(&message(b'R', &body)).await?;
+    let code = SASL_FINAL.to_be_bytes();
+    let signature = encode_frame(b'R', &[&code, done.to_client.as_bytes()]);
+    client.write_all(&signature).await?;
     Ok(())
 }
 
@@ -291,15 +305,6 @@ where
     }
 }
 
-/// A frame: `tag`, its length, `body`.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.push(tag);
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
 /// AuthenticationSASL: the server lists its SASL mechanisms.
 const SASL: u32 = 10;
 /// AuthenticationSASLContinue: the server's challenge.
@@ -318,21 +323,17 @@ fn offers_channel_binding(frame: &[u8]) -> bool {
 /// An AuthenticationSASL frame without SCRAM-SHA-256-PLUS.
 fn without_channel_binding(frame: &[u8]) -> BytesMut {
     let list = frame.get(HEADER_LEN + 4..).unwrap_or_default();
-    let mut body = BytesMut::with_capacity(list.len() + 4);
-    body.extend_from_slice(&SASL.to_be_bytes());
+    let mut names = Vec::with_capacity(list.len());
     for name in list
         .split(|b| *b == 0)
         .filter(|n| !n.is_empty() && *n != SCRAM_PLUS)
     {
-        body.extend_from_slice(name);
-        body.extend_from_slice(&[0]);
+        names.extend_from_slice(name);
+        names.push(0);
     }
-    body.extend_from_slice(&[0]);
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(b"R");
-    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    names.push(0);
+    let frame = encode_frame(b'R', &[&SASL.to_be_bytes(), &names]);
+    BytesMut::from(&frame[..])
 }
 
 /// The code of an Authentication message.
