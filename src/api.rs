@@ -45,9 +45,13 @@ pub struct NewMigration {
     /// `set_default`: the column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
-    /// `set_default`: the new default expression.
+    /// `set_default`: the new default expression; `add_column`: the
+    /// column's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    /// `add_column`: the column is NOT NULL once the migration is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_null: Option<bool>,
 }
 
 impl NewMigration {
@@ -75,6 +79,12 @@ impl NewMigration {
             ("column", self.column.is_some()),
             ("default", self.default.is_some()),
         ];
+        if op == Op::AddColumn {
+            return self.add_column_spec();
+        }
+        if self.not_null.is_some() {
+            return Err(err(format!("{} takes no not_null", op.as_str())));
+        }
         if op.is_catalog() {
             let column_keys = [
                 ("from", self.from.is_some()),
@@ -126,6 +136,46 @@ impl NewMigration {
             )),
             _ => Ok(spec),
         }
+    }
+}
+
+impl NewMigration {
+    /// An `add_column`'s spec: `column`, `type`, optional `default`,
+    /// `not_null` and `up`, and no other key.
+    fn add_column_spec(
+        &self,
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
+    {
+        use crate::rewrite::migration::{MigrationSpec, SpecError};
+        let err = |reason: String| SpecError {
+            id: self.id.clone(),
+            reason,
+        };
+        let wrong: Vec<&str> = [
+            ("from", self.from.is_some()),
+            ("to", self.to.is_some()),
+            ("down", self.down.is_some()),
+            ("definition", self.definition.is_some()),
+            ("name", self.name.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(k, _)| *k)
+        .collect();
+        if !wrong.is_empty() {
+            return Err(err(format!("add_column takes no {}", wrong.join(", "))));
+        }
+        let (Some(column), Some(type_name)) = (&self.column, &self.new_type) else {
+            return Err(err("add_column needs \"column\" and \"type\"".into()));
+        };
+        let keys = crate::add_column::AddColumnKeys {
+            column: column.clone(),
+            type_name: type_name.clone(),
+            default: self.default.clone(),
+            not_null: self.not_null.unwrap_or(false),
+            up: self.up.clone(),
+        };
+        MigrationSpec::add_column(&self.id, &self.table, &keys)
     }
 }
 

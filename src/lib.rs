@@ -22,6 +22,7 @@
 
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod add_column;
 pub mod admin;
 pub mod admin_client;
 pub mod api;

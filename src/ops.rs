@@ -53,6 +53,10 @@ pub enum Op {
     SetNotNull,
     /// `column`: its `NOT NULL` dropped at contract.
     DropNotNull,
+    /// `column`, `type`, optional `default`, `not_null` and `up`: added
+    /// nullable at expand, filled by the backfill, NOT NULL by the check
+    /// path; hidden from an unmarked client's `*` until reads switch.
+    AddColumn,
 }
 
 impl Op {
@@ -68,13 +72,17 @@ impl Op {
             Op::SetDefault => "set_default",
             Op::SetNotNull => "set_not_null",
             Op::DropNotNull => "drop_not_null",
+            Op::AddColumn => "add_column",
         }
     }
 
     /// An operation on the catalog only: no column moves, nothing to
     /// rewrite.
     pub fn is_catalog(self) -> bool {
-        !matches!(self, Op::CopyColumn | Op::RenameColumn | Op::ChangeType)
+        !matches!(
+            self,
+            Op::CopyColumn | Op::RenameColumn | Op::ChangeType | Op::AddColumn
+        )
     }
 
     /// The operation named `text` (as stored).
@@ -189,6 +197,11 @@ fn name_key(key: &str, value: Option<&String>) -> Result<String, String> {
         return Err(format!("{key} {text:?}: expected one name"));
     }
     Ok(fold(&ident))
+}
+
+/// One column name given on its own, folded.
+pub fn column_name(text: &str) -> Result<String, String> {
+    name_key("column", Some(&text.to_string()))
 }
 
 /// Whether `name` (as written in a statement) is `table`.
@@ -531,7 +544,7 @@ fn keyed(
 }
 
 /// A default: one expression, nothing after it, as Postgres will read it.
-fn default_expr(text: &str) -> Result<String, String> {
+pub fn default_expr(text: &str) -> Result<String, String> {
     let dialect = PostgreSqlDialect {};
     let mut p = parser(&dialect, text)?;
     let expr = p.parse_expr().map_err(|e| format!("default: {e}"))?;

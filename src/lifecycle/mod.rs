@@ -18,6 +18,7 @@
 //! [`foreign_keys`], [`not_null`], [`dependents`], [`handover`]; the
 //! state: [`store`]; the other proxies: [`peers`].
 
+mod add_column;
 mod backfill;
 mod catalog_steps;
 pub mod checks;
@@ -508,6 +509,8 @@ impl Lifecycle {
         }
         if let Some(catalog) = &spec.catalog {
             self.check_catalog_add(&client, &spec, &catalog.op).await?;
+        } else if let Some(added) = &spec.added {
+            self.check_added_add(&client, &spec, added).await?;
         } else {
             self.check_column_add(&client, &spec).await?;
         }
@@ -558,6 +561,10 @@ impl Lifecycle {
         }
         if record.spec.in_place {
             self.act_in_place(record, action).await?;
+            return self.status_of(id);
+        }
+        if record.spec.added.is_some() {
+            self.act_added(record, action).await?;
             return self.status_of(id);
         }
         match action {

@@ -254,7 +254,12 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let table: String = row.try_get(1)?;
     let op_text: String = row.try_get(32)?;
     let op = crate::api::Op::parse(&op_text).ok_or_else(|| invalid(format!("op {op_text:?}")))?;
-    let mut spec = if op.is_catalog() {
+    let mut spec = if op == crate::api::Op::AddColumn {
+        let keys_json: Option<String> = row.try_get(34)?;
+        let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
+            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;
+        MigrationSpec::add_column(&id, &table, &keys).map_err(|e| invalid(e.reason))?
+    } else if op.is_catalog() {
         let keys_json: Option<String> = row.try_get(34)?;
         let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
             .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;
@@ -377,10 +382,11 @@ pub async fn insert_if_absent(
                 &spec.down,
                 &record.phase.as_str(),
                 &spec.op().as_str(),
-                &spec
-                    .catalog
-                    .as_ref()
-                    .and_then(|c| serde_json::to_string(&c.keys).ok()),
+                &match (&spec.catalog, &spec.added) {
+                    (Some(c), _) => serde_json::to_string(&c.keys).ok(),
+                    (None, Some(a)) => serde_json::to_string(&a.keys).ok(),
+                    (None, None) => None,
+                },
             ],
         )
         .await?;

@@ -83,9 +83,12 @@ impl Lifecycle {
         record: &mut Record,
     ) -> Result<(), ActionError> {
         let table = record.spec.table.to_string();
-        let old_not_null = ddl::column_info(client, &table, &record.spec.from)
-            .await?
-            .is_some_and(|c| c.not_null);
+        let old_not_null = match &record.spec.added {
+            Some(added) => added.not_null,
+            None => ddl::column_info(client, &table, &record.spec.from)
+                .await?
+                .is_some_and(|c| c.not_null),
+        };
         if old_not_null || record.not_null_check.is_some() {
             record.not_null_check =
                 Some(not_null::add_valid_check(client, &table, &record.spec.to, self.lock).await?);

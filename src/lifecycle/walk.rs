@@ -35,15 +35,42 @@ pub struct Walk {
     /// `up(a)` over the table's own row.
     up: String,
     new: String,
+    /// The rows the backfill writes (`b is distinct from up(a)`; for an
+    /// added column, those it is NULL in, when there is a value to give).
+    fix: String,
+    /// The rows the parity check counts as mismatches (for an added
+    /// column: NULL in a column that is to be NOT NULL).
+    bad: String,
 }
 
 impl Walk {
     pub fn new(record: &Record, key: &[(String, String)]) -> Walk {
         let spec = &record.spec;
         let names: Vec<String> = key.iter().map(|(c, _)| quote_ident(c)).collect();
-        let up = match (&spec.up, &spec.new_type) {
-            (Some(up), Some(ty)) => format!("({})::{ty}", up),
-            _ => quote_ident(&spec.from),
+        let new = quote_ident(&spec.to);
+        let (up, fix, bad) = match (&spec.added, &spec.up, &spec.new_type) {
+            (Some(added), _, _) => {
+                let fill = added.fill();
+                let fix = match fill {
+                    Some(_) => format!("{new} is null"),
+                    None => "false".into(),
+                };
+                let bad = match added.not_null {
+                    true => format!("{new} is null"),
+                    false => "false".into(),
+                };
+                (fill.unwrap_or_else(|| "null".into()), fix, bad)
+            }
+            (None, Some(up), Some(ty)) => {
+                let up = format!("({})::{ty}", up);
+                let differs = format!("{new} is distinct from {up}");
+                (up, differs.clone(), differs)
+            }
+            _ => {
+                let up = quote_ident(&spec.from);
+                let differs = format!("{new} is distinct from {up}");
+                (up, differs.clone(), differs)
+            }
         };
         Walk {
             table: spec.table.to_string(),
@@ -60,7 +87,9 @@ impl Walk {
                 .join(", "),
             key_types: key.iter().map(|(_, ty)| ty.clone()).collect(),
             up,
-            new: quote_ident(&spec.to),
+            new,
+            fix,
+            bad,
         }
     }
 
@@ -211,10 +240,11 @@ impl Walk {
     /// in one simple query with the COMMIT that releases its row locks.
     fn range_update(&self, cursor: &Option<Vec<String>>, upper: &[String]) -> String {
         format!(
-            "update {t} set {b} = {up} where {after} and {up_to} and {b} is distinct from {up}",
+            "update {t} set {b} = {up} where {after} and {up_to} and {fix}",
             t = self.table,
             b = self.new,
             up = self.up,
+            fix = self.fix,
             after = self.after(cursor),
             up_to = self.up_to(upper),
         )
@@ -283,9 +313,8 @@ impl Walk {
         let query = format!(
             "select count(*), count(*) filter (where pgshift_bad),
                     coalesce((array_agg(({key_text})::text order by {keys}) filter (where pgshift_bad))[1:5], '{{}}')
-               from (select {keys}, {b} is distinct from {up} as pgshift_bad from {t}) r",
-            b = self.new,
-            up = self.up,
+               from (select {keys}, {bad} as pgshift_bad from {t}) r",
+            bad = self.bad,
             t = self.table,
         );
         client
@@ -326,9 +355,8 @@ impl Walk {
     fn count_range_query(&self, cursor: &Option<Vec<String>>, batch: i32) -> String {
         let (keys, key_text) = (&self.key_list, &self.key_text);
         let range = format!(
-            "select {keys}, {b} is distinct from {up} as pgshift_bad from {t} where {after} order by {keys} limit {batch}",
-            b = self.new,
-            up = self.up,
+            "select {keys}, {bad} as pgshift_bad from {t} where {after} order by {keys} limit {batch}",
+            bad = self.bad,
             t = self.table,
             after = self.after(cursor),
         );

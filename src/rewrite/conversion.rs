@@ -84,26 +84,59 @@ const FUNCTIONS: &[&str] = &[
 /// Checks `text` as a conversion over `column` (folded as Postgres folds
 /// it); `Err` says what is wrong.
 pub fn check(text: &str, column: &str) -> Result<(), String> {
+    let expr = one_expression(text)?;
+    let mut reads = Reads {
+        only: Some(column),
+        names: Vec::new(),
+    };
+    walk(&expr, &mut reads, 0)?;
+    if reads.names.is_empty() {
+        return Err(format!("does not reference column {column:?}"));
+    }
+    Ok(())
+}
+
+/// Checks `text` as a value over a row (an added column's `up`): the
+/// same allow-list, any of the row's columns by their bare names. Answers
+/// the expression printed again and the columns it reads (folded).
+pub fn check_over_row(text: &str) -> Result<(String, Vec<String>), String> {
+    let expr = one_expression(text)?;
+    let mut reads = Reads {
+        only: None,
+        names: Vec::new(),
+    };
+    walk(&expr, &mut reads, 0)?;
+    reads.names.sort();
+    reads.names.dedup();
+    Ok((expr.to_string(), reads.names))
+}
+
+fn one_expression(text: &str) -> Result<Expr, String> {
+    if text.len() > 16 * 1024 {
+        return Err("longer than 16384 bytes".into());
+    }
     let dialect = PostgreSqlDialect {};
     let mut parser = Parser::new(&dialect)
+        .with_recursion_limit(MAX_DEPTH)
         .try_with_sql(text)
         .map_err(|e| e.to_string())?;
     let expr = parser.parse_expr().map_err(|e| e.to_string())?;
     if parser.peek_token().token != Token::EOF {
         return Err("unexpected text after the expression".into());
     }
-    let mut named = false;
-    walk(&expr, column, &mut named, 0)?;
-    if !named {
-        return Err(format!("does not reference column {column:?}"));
-    }
-    Ok(())
+    Ok(expr)
+}
+
+/// The columns an expression reads, and the one it may read (`None`: any).
+struct Reads<'c> {
+    only: Option<&'c str>,
+    names: Vec<String>,
 }
 
 /// How deep an expression may nest.
 const MAX_DEPTH: usize = 64;
 
-fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(), String> {
+fn walk(expr: &Expr, reads: &mut Reads<'_>, depth: usize) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err(format!("nests more than {MAX_DEPTH} deep"));
     }
@@ -113,21 +146,21 @@ fn walk(expr: &Expr, column: &str, named: &mut bool, depth: usize) -> Result<(),
                 Some(_) => ident.value.clone(),
                 None => ident.value.to_lowercase(),
             };
-            if name != column {
+            if let Some(column) = reads.only.filter(|c| *c != name) {
                 return Err(format!(
                     "reads {name:?}: a conversion may read only the column {column:?}"
                 ));
             }
-            *named = true;
+            reads.names.push(name);
             Ok(())
         }
-        Expr::Function(f) => function(f, column, named, depth),
+        Expr::Function(f) => function(f, reads, depth),
         Expr::BinaryOp { op, .. } if !plain_operator(op) => Err(format!(
             "uses the operator {op}, which a conversion may not (arithmetic, comparison, logic, ||)"
         )),
         _ => children(expr)?
             .into_iter()
-            .try_for_each(|e| walk(e, column, named, depth + 1)),
+            .try_for_each(|e| walk(e, reads, depth + 1)),
     }
 }
 
@@ -225,7 +258,7 @@ fn children(expr: &Expr) -> Result<Vec<&Expr>, String> {
     })
 }
 
-fn function(f: &Function, column: &str, named: &mut bool, depth: usize) -> Result<(), String> {
+fn function(f: &Function, reads: &mut Reads<'_>, depth: usize) -> Result<(), String> {
     let name = f.name.to_string().to_lowercase();
     if f.name.0.len() != 1 || !FUNCTIONS.contains(&name.as_str()) {
         return Err(format!(
@@ -258,7 +291,7 @@ fn function(f: &Function, column: &str, named: &mut bool, depth: usize) -> Resul
                 ))
             }
         };
-        walk(expr, column, named, depth + 1)?;
+        walk(expr, reads, depth + 1)?;
     }
     Ok(())
 }

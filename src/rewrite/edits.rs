@@ -27,7 +27,7 @@ fn column_name(spec: &MigrationSpec, which: Which) -> &str {
 
 /// The column reads come from in the phase.
 fn source(m: &ActiveMigration) -> &str {
-    if m.reads_new() {
+    if m.reads_new() || m.spec.added.is_some() {
         &m.spec.to
     } else {
         &m.spec.from
@@ -44,7 +44,10 @@ pub fn expansion(sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Ref
         edits.push(star_edit(star, targets)?);
     }
     for implied in &sites.implied {
-        implied_edits(implied, &targets[implied.target], &mut edits)?;
+        let t = &targets[implied.target];
+        if t.m.spec.added.is_none() {
+            implied_edits(implied, t, &mut edits)?;
+        }
     }
     Ok(edits)
 }
@@ -77,7 +80,7 @@ fn star_edit(star: &Star, targets: &[Target<'_>]) -> Result<Edit, Refusal> {
     })
 }
 
-fn no_catalog(t: &Target<'_>, k: usize) -> Refusal {
+pub(super) fn no_catalog(t: &Target<'_>, k: usize) -> Refusal {
     (
         k,
         format!(
@@ -98,12 +101,17 @@ fn columns_of(
     let spec = &t.m.spec;
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
+    // An added column stays out of `*` until reads switch to it.
+    let shape = match spec.added.is_some() && !t.m.reads_new() {
+        true => Shape::Old,
+        false => Shape::Union,
+    };
     Ok(shaped(
         physical,
         (&spec.from, &spec.to),
         t.old_at,
         spec.in_place,
-        Shape::Union,
+        shape,
     )
     .iter()
     .filter(|c| !except.contains(c))
@@ -258,11 +266,13 @@ pub fn rewrite(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<E
         });
     }
     let mut edits = Vec::new();
-    for c in &sites.conflicts {
+    // An added column is written and matched on as it is.
+    let added = |k: usize| targets[k].m.spec.added.is_some();
+    for c in sites.conflicts.iter().filter(|c| !added(c.target)) {
         edits.push(conflict_edit(c, &targets[c.target])?);
     }
     let mut inserted: Vec<usize> = Vec::new();
-    for w in &sites.writes {
+    for w in sites.writes.iter().filter(|w| !added(w.target)) {
         if !w.assign {
             if inserted.contains(&w.target) {
                 let spec = &targets[w.target].m.spec;

@@ -365,9 +365,11 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     if stars.is_empty() {
         return 0;
     }
-    let mut ids: Vec<&str> = stars
+    // An added column joins `*` at the switch: the result changes there.
+    let mut ids: Vec<(&str, bool)> = stars
         .iter()
-        .filter_map(|&i| rules.migrations.get(i).map(|m| m.spec.id.as_str()))
+        .filter_map(|&i| rules.migrations.get(i))
+        .map(|m| (m.spec.id.as_str(), m.spec.added.is_some() && m.reads_new()))
         .collect();
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();

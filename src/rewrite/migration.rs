@@ -43,6 +43,9 @@ pub struct MigrationSpec {
     /// An operation that changes only the catalog (an index, a constraint,
     /// a default): no rewrite rules, `from` and `to` empty.
     pub catalog: Option<Box<CatalogSpec>>,
+    /// A column added (`"op": "add_column"`): `to` is the column, `from`
+    /// is empty (there is no old column).
+    pub added: Option<Box<crate::add_column::AddedColumn>>,
 }
 
 /// A catalog operation and the keys it was given (stored as given, and
@@ -200,6 +203,7 @@ impl MigrationSpec {
             old_after: None,
             in_place: false,
             catalog: None,
+            added: None,
         })
     }
 
@@ -229,12 +233,43 @@ impl MigrationSpec {
             old_after: None,
             in_place: false,
             catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
+            added: None,
+        })
+    }
+
+    /// An `add_column` on `table` with `keys`, checked.
+    pub fn add_column(
+        id: &str,
+        table: &str,
+        keys: &crate::add_column::AddColumnKeys,
+    ) -> Result<MigrationSpec, SpecError> {
+        let table = id_and_table(id, table)?;
+        let added = crate::add_column::AddedColumn::parse(keys).map_err(|reason| SpecError {
+            id: id.to_string(),
+            reason: format!("add_column: {reason}"),
+        })?;
+        Ok(MigrationSpec {
+            id: id.to_string(),
+            table,
+            from: String::new(),
+            to: added.column.clone(),
+            new_type: None,
+            up: None,
+            down: None,
+            down_type: None,
+            old_after: None,
+            in_place: false,
+            catalog: None,
+            added: Some(Box::new(added)),
         })
     }
 
     /// What the migration does.
     pub fn op(&self) -> crate::ops::Op {
         use crate::ops::Op;
+        if self.added.is_some() {
+            return Op::AddColumn;
+        }
         match (&self.catalog, self.in_place, &self.new_type) {
             (Some(c), _, _) => c.op.op(),
             (None, true, _) => Op::RenameColumn,
@@ -245,9 +280,10 @@ impl MigrationSpec {
 
     /// The table's columns this migration moves or names.
     pub fn columns(&self) -> Vec<String> {
-        match &self.catalog {
-            Some(c) => c.op.columns(),
-            None => vec![self.from.clone(), self.to.clone()],
+        match (&self.catalog, &self.added) {
+            (Some(c), _) => c.op.columns(),
+            (None, Some(a)) => vec![a.column.clone()],
+            (None, None) => vec![self.from.clone(), self.to.clone()],
         }
     }
 
@@ -367,6 +403,32 @@ pub fn substitute(expression: &str, column: &str, value: &str) -> String {
             text: format!("({value})"),
         })
         .collect();
+    splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
+}
+
+/// `expression` with each reference to a column of `values` replaced by
+/// `(value)` (a word called as a function, or a type after `::`, is not a
+/// reference).
+pub fn substitute_all(expression: &str, values: &[(String, String)]) -> String {
+    use super::text::{splice, tokenize, Edit};
+    let Ok(toks) = tokenize(expression) else {
+        return expression.to_string();
+    };
+    let mut edits: Vec<Edit> = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        let called = toks.get(i + 1).is_some_and(|n| n.token == Token::LParen);
+        let cast = i > 0 && toks[i - 1].token == Token::DoubleColon;
+        if called || cast {
+            continue;
+        }
+        if let Some((_, value)) = values.iter().find(|(c, _)| super::text::names(&t.token, c)) {
+            edits.push(Edit {
+                start: t.start,
+                end: t.end,
+                text: format!("({value})"),
+            });
+        }
+    }
     splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
 }
 

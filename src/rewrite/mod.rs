@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use search_path::SearchPath;
 
+pub mod added;
 pub mod catalog;
 pub mod conversion;
 pub mod edits;

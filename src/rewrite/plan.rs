@@ -32,7 +32,6 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
 
 use super::catalog::Catalog;
-use super::edits;
 use super::migration::MigrationSpec;
 use super::resolve::{self, Context, Sites, Target};
 use super::rules::{ActiveMigration, Rules};
@@ -41,6 +40,7 @@ use super::search_path::Resolved;
 use super::text::{
     folded, names, splice, split_statements, tokenize, tokenize_for_parser, LineIndex, Tok,
 };
+use super::{added, edits};
 
 /// What to do with a statement text.
 #[derive(Debug, PartialEq, Eq)]
@@ -339,7 +339,15 @@ impl<'r> Text<'_, 'r> {
             }
             return Ok((Vec::new(), Vec::new()));
         }
-        let sites = walk_in_shape(self.tokens, index, targets, &self.rules.catalog, statement);
+        let mut sites = walk_in_shape(self.tokens, index, targets, &self.rules.catalog, statement);
+        // An INSERT that leaves an added column to its default needs nothing.
+        sites.implied.retain(|i| {
+            let t = &targets[i.target];
+            t.m.spec
+                .added
+                .as_deref()
+                .is_none_or(|a| added::gives_value(i, t, a))
+        });
         if let Some(notes) = notes {
             self.note(&sites, notes);
         }
@@ -358,6 +366,7 @@ impl<'r> Text<'_, 'r> {
             (true, true) => {
                 *expanded = true;
                 edits::expansion(&sites, targets)
+                    .and_then(|e| added::expansion(self.sql, &sites, targets, e))
             }
             (true, false) => Err((
                 0,

@@ -57,11 +57,16 @@ impl Target<'_> {
                 spec.in_place,
                 shape,
             )),
-            None => Columns::Unknown(match shape {
-                Shape::Union => vec![spec.from.clone(), spec.to.clone()],
-                Shape::Old => vec![spec.from.clone()],
-                Shape::New => vec![spec.to.clone()],
-            }),
+            None => Columns::Unknown(
+                match shape {
+                    Shape::Union => vec![spec.from.clone(), spec.to.clone()],
+                    Shape::Old => vec![spec.from.clone()],
+                    Shape::New => vec![spec.to.clone()],
+                }
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect(),
+            ),
         }
     }
 
@@ -202,6 +207,11 @@ pub struct Implied {
     /// The byte offset of the column list's `)`.
     pub list_close: Option<usize>,
     pub source: ImpliedSource,
+    /// Only for a column added with `up` (given over the row's values):
+    /// each row's values (the VALUES rows, or the select list as one row),
+    /// and where a value appended to each row goes.
+    pub rows: Vec<Vec<Value>>,
+    pub row_ends: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1339,6 +1349,10 @@ impl Walker<'_, '_> {
             }
             Some(_) => ImpliedSource::Query,
         };
+        let (rows, row_ends) = match self.cx.targets[k].m.spec.added.as_ref() {
+            Some(a) if a.up.is_some() => self.rows_and_ends(insert, k, &source)?,
+            _ => (Vec::new(), Vec::new()),
+        };
         Some(Implied {
             target: k,
             after_target: after.start,
@@ -1350,7 +1364,48 @@ impl Walker<'_, '_> {
                 .collect(),
             list_close,
             source,
+            rows,
+            row_ends,
         })
+    }
+
+    /// An INSERT's rows of values and where a value appended to each goes
+    /// (before a VALUES row's `)`, after the select list's last item).
+    fn rows_and_ends(
+        &mut self,
+        insert: &Insert,
+        k: usize,
+        source: &ImpliedSource,
+    ) -> Option<(Vec<Vec<Value>>, Vec<usize>)> {
+        match source {
+            ImpliedSource::DefaultValues(..) => Some((Vec::new(), Vec::new())),
+            ImpliedSource::Values { closes, .. } => {
+                let rows = self.source_rows(insert, k)?;
+                Some((rows, closes.clone()))
+            }
+            ImpliedSource::Query => {
+                let select = match insert.source.as_deref().map(|q| q.body.as_ref()) {
+                    Some(SetExpr::Select(select)) => select,
+                    _ => {
+                        self.refuse(k, "inserts from a set operation into a table whose new column is given by up over the row; insert from each query on its own");
+                        return None;
+                    }
+                };
+                let end = self
+                    .offset(select.select_token.0.span.start)
+                    .and_then(|open| super::text::select_items(self.cx.tokens, open))
+                    .and_then(|items| items.last().map(|&(_, end)| end));
+                let row = self.select_row(select, k)?;
+                let Some(end) = end else {
+                    self.refuse(
+                        k,
+                        "has an INSERT … SELECT whose select list pgshift cannot split",
+                    );
+                    return None;
+                };
+                Some((vec![row], vec![end]))
+            }
+        }
     }
 
     fn update(&mut self, update: &Update, outer: Option<&Scope<'_>>) -> Columns {

@@ -29,6 +29,9 @@ impl ActiveMigration {
     /// The old column `a` physically exists. A rename in place has one
     /// column, named `a` until the switch renames it `b`.
     pub fn has_old(&self) -> bool {
+        if self.spec.added.is_some() {
+            return false; // an added column has no old one
+        }
         match self.spec.in_place {
             true => matches!(self.phase, Phase::Planned | Phase::Expanded),
             false => self.phase.has_old(),

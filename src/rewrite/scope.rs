@@ -255,7 +255,8 @@ pub fn shaped(
     shape: Shape,
 ) -> Vec<String> {
     let mut columns: Vec<String> = physical.to_vec();
-    if !columns.iter().any(|c| c == from) {
+    // An added column has no old one (`from` empty).
+    if !from.is_empty() && !columns.iter().any(|c| c == from) {
         columns.insert(old_at.min(columns.len()), from.to_string());
     }
     if !columns.iter().any(|c| c == to) {

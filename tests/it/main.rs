@@ -1,6 +1,7 @@
 //! Integration tests: every test talks to a real Postgres through a real
 //! pgshift, with real clients (tokio-postgres, psql, pgbench, raw sockets).
 
+mod add_column;
 mod admin;
 mod battery;
 mod catalog;
