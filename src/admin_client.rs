@@ -103,7 +103,7 @@ fn print_answer<T: serde::de::DeserializeOwned>(
 
 /// One migration, a few lines.
 fn describe(m: &MigrationStatus) -> String {
-    if let Some(definition) = &m.definition {
+    if let Some(definition) = m.definition.as_ref().filter(|_| m.op.is_catalog()) {
         let mut out = format!(
             "{id}: {op} on {table}  phase {phase}\n  {definition}\n",
             id = m.id,
@@ -123,11 +123,14 @@ fn describe(m: &MigrationStatus) -> String {
     }
     let b = &m.backfill;
     let mut out = format!(
-        "{id}: {op} {table}.{from} -> {to}{ty}  phase {phase}, reads from {source}\n",
+        "{id}: {op} {table}{from} -> {to}{ty}  phase {phase}, reads from {source}\n",
         id = m.id,
         op = m.op.as_str(),
         table = m.table,
-        from = m.from,
+        from = match m.from.as_str() {
+            "" => String::new(),
+            from => format!(".{from}"),
+        },
         to = m.to,
         ty = m
             .new_type
@@ -140,6 +143,9 @@ fn describe(m: &MigrationStatus) -> String {
             ReadSource::Old => "old",
         },
     );
+    if let Some(definition) = &m.definition {
+        out.push_str(&format!("  {definition}\n"));
+    }
     if b.rows_done > 0 || b.running {
         let state = if b.running {
             "running"

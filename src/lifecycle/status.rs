@@ -82,11 +82,11 @@ impl Lifecycle {
             }),
             statements,
             old_shape,
-            definition: r
-                .spec
-                .catalog
-                .as_ref()
-                .map(|c| c.op.describe(&r.spec.table)),
+            definition: match (&r.spec.catalog, &r.spec.added) {
+                (Some(c), _) => Some(c.op.describe(&r.spec.table)),
+                (None, Some(a)) => Some(a.describe(&r.spec.table.to_string())),
+                (None, None) => None,
+            },
             index_build: self
                 .builds
                 .lock()
