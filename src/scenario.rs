@@ -3,8 +3,9 @@
 //! through pgshift in `-M prepared` and `-M simple`, it renames
 //! `pgbench_accounts.abalance → balance` and changes
 //! `pgbench_tellers.tbalance` from integer to bigint (`tbalance_big`) —
-//! both made NOT NULL first, as most real columns are —
-//! driving both through expand → backfill → validate → switch-reads →
+//! both made NOT NULL first, as most real columns are — and adds
+//! `pgbench_history.kind text NOT NULL`, given by `up` over each row (every
+//! pgbench INSERT leaves it out), driving all three through expand → backfill → validate → switch-reads →
 //! contract, then complete once the load has ended — checking after each
 //! step the tpcb invariant on every column that holds the truth (the sums
 //! of account, teller and branch balances and of the history's deltas are
@@ -42,7 +43,15 @@ pub fn migrations() -> Vec<ActiveMigration> {
         Some("tbalance::bigint"),
         Some("tbalance_big::integer"),
     );
-    [rename, retype]
+    let kind = crate::add_column::AddColumnKeys {
+        column: "kind".into(),
+        type_name: "text".into(),
+        default: None,
+        not_null: true,
+        up: Some(HISTORY_KIND.into()),
+    };
+    let added = MigrationSpec::add_column("history_kind", "pgbench_history", &kind);
+    [rename, retype, added]
         .into_iter()
         .flatten()
         .map(|spec| ActiveMigration {
@@ -51,6 +60,10 @@ pub fn migrations() -> Vec<ActiveMigration> {
         })
         .collect()
 }
+
+/// The added `pgbench_history.kind`'s value over the row: every pgbench
+/// INSERT (both shapes leave it out) is given it.
+pub const HISTORY_KIND: &str = "CASE WHEN delta < 0 THEN 'debit' ELSE 'credit' END";
 
 /// The tpcb-like script on the new columns, and an UPDATE of another
 /// column of the renamed table (as most application writes are): with the
@@ -179,7 +192,7 @@ pub async fn run(
         Duration::from_secs_f64((f64::from(options.duration_secs) * 0.15).clamp(0.5, 10.0));
     tokio::time::sleep(warm_up).await;
 
-    let ids = ["accounts_balance", "tellers_bigint"];
+    let ids = ["accounts_balance", "tellers_bigint", "history_kind"];
     let step = |action: &'static str, body: Value| {
         let lifecycle = Arc::clone(&lifecycle);
         async move {
@@ -252,7 +265,7 @@ pub async fn run(
         }
         if statuses.iter().all(|s| s.phase == Phase::Backfilled) {
             println!(
-                "  {:>6.1} s  both backfills done → phase backfilled",
+                "  {:>6.1} s  every backfill done → phase backfilled",
                 started.elapsed().as_secs_f64()
             );
             break;
@@ -332,6 +345,7 @@ pub async fn run(
         .invariant("complete", &["balance", "tbalance_big"])
         .await?;
     ok &= check.not_null_carried().await?;
+    ok &= check.kind_given().await?;
 
     println!();
     println!("| client group | transactions | failed | TPS | mean latency ms |");
@@ -471,6 +485,32 @@ impl Checker {
         println!(
             "             balance and tbalance_big NOT NULL as abalance and tbalance were: {}",
             if holds { "yes" } else { "NO" }
+        );
+        Ok(holds)
+    }
+}
+
+impl Checker {
+    /// Every history row has the kind its delta gives (the rows inserted
+    /// before expand through the backfill, the others through their own
+    /// INSERT), and the column ended NOT NULL.
+    async fn kind_given(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "select count(*), count(*) filter (where kind is distinct from ({HISTORY_KIND})),
+                            (select attnotnull from pg_attribute where attrelid = 'pgbench_history'::regclass and attname = 'kind')
+                       from pgbench_history"
+                ),
+                &[],
+            )
+            .await?;
+        let (rows, wrong, not_null): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+        let holds = wrong == 0 && not_null && rows > 0;
+        println!(
+            "             pgbench_history.kind: {rows} rows, {wrong} without the kind up gives, NOT NULL: {}",
+            if not_null { "yes" } else { "NO" }
         );
         Ok(holds)
     }
