@@ -9,11 +9,14 @@
 //! `INSERT INTO users (first, last, full_name) VALUES ($1, $2,
 //! ((($1)::text) || ' ' || (($2)::text))::text)`.
 
-use super::catalog::{is_constant_expression, TableDef};
+use sqlparser::tokenizer::Token;
+
+use super::catalog::{is_constant_expression, Catalog, TableDef};
 use super::edits::{no_catalog, Refusal};
 use super::migration::{quote_ident, substitute_all};
 use super::resolve::{Implied, ImpliedSource, Sites, Target, Value};
-use super::text::Edit;
+use super::rules::ActiveMigration;
+use super::text::{copy_table, Edit, Tok};
 use crate::add_column::AddedColumn;
 
 /// `edits` (the expansion of a statement's `*` and implied columns) with
@@ -92,6 +95,53 @@ fn implied_edits(
         });
     }
     Ok(())
+}
+
+/// `COPY t FROM …` (no column list) once the column is added: given the
+/// old shape's column list, so its rows keep their width and the column
+/// its default. `Ok(None)`: as written (a column list, or not added yet).
+/// Refused when the column is given by `up`: COPY rows are not rewritten.
+pub fn copy_from(
+    sql: &str,
+    tokens: &[Tok],
+    m: &ActiveMigration,
+    catalog: &Catalog,
+) -> Result<Option<String>, String> {
+    let (Some(added), Some(j)) = (&m.spec.added, copy_table(tokens, &m.spec.table.name)) else {
+        return Ok(None);
+    };
+    let has_list = tokens.get(j + 1).is_some_and(|t| t.token == Token::LParen);
+    if has_list || !m.has_new() {
+        return Ok(None);
+    }
+    let c = quote_ident(&added.column);
+    if added.up.is_some() {
+        return Err(format!(
+            "copies rows into the table without a column list while {c} is being added and given by up over each row, which COPY rows cannot be; list the columns, {c} included, or use INSERT"
+        ));
+    }
+    let spec = &m.spec;
+    let def = catalog
+        .table(Some(&spec.table.schema), &spec.table.name)
+        .ok_or_else(|| {
+            format!(
+                "copies into {} without a column list, which is not in pgshift's catalog snapshot",
+                spec.table
+            )
+        })?;
+    let list: Vec<String> = def
+        .columns
+        .iter()
+        .filter(|col| col.name != added.column)
+        .map(|col| quote_ident(&col.name))
+        .collect();
+    let at = tokens[j].end;
+    Ok(Some(format!(
+        "{} ({}){}",
+        &sql[..at],
+        list.join(", "),
+        &sql[at..]
+    )))
 }
 
 /// Whether INSERT `i`, which leaves `added`'s column out, is given a
@@ -311,6 +361,26 @@ mod tests {
         assert_eq!(
             planned("select full_name from users", UP, Phase::Expanded),
             "select full_name from users"
+        );
+    }
+
+    #[test]
+    fn copy_keeps_the_old_shape() {
+        assert_eq!(
+            planned("COPY users FROM STDIN", None, Phase::Expanded),
+            "COPY users (id, first, last) FROM STDIN"
+        );
+        assert_eq!(
+            planned("COPY users FROM STDIN", None, Phase::Planned),
+            "COPY users FROM STDIN"
+        );
+        let listed = "COPY users (first, last, full_name) FROM STDIN";
+        assert_eq!(planned(listed, UP, Phase::Expanded), listed);
+        let r = planned("COPY users FROM STDIN", UP, Phase::Expanded);
+        assert!(r.starts_with("refused:") && r.contains("list the columns"), "{r}");
+        assert_eq!(
+            planned("COPY users TO STDOUT", None, Phase::Expanded),
+            "COPY (SELECT users.id, users.first, users.last FROM users) TO STDOUT"
         );
     }
 }

@@ -38,7 +38,8 @@ use super::rules::{ActiveMigration, Rules};
 use super::scope::{Shape, Which};
 use super::search_path::Resolved;
 use super::text::{
-    folded, names, splice, split_statements, tokenize, tokenize_for_parser, LineIndex, Tok,
+    copy_table, folded, names, splice, split_statements, tokenize, tokenize_for_parser, LineIndex,
+    Tok,
 };
 use super::{added, edits};
 
@@ -604,6 +605,16 @@ fn plan_copy<'r>(
         return plan;
     }
     for m in &migrations {
+        if m.spec.added.is_some() {
+            return match added::copy_from(sql, tokens, m, &rules.catalog) {
+                Ok(None) => Plan::Unchanged,
+                Ok(Some(text)) => Plan::Replaced {
+                    text,
+                    by: relevant.to_vec(),
+                },
+                Err(reason) => refuse(m, reason),
+            };
+        }
         if let Some(reason) = copy_from_refusal(tokens, m) {
             return refuse(m, reason);
         }
@@ -675,16 +686,7 @@ fn plan_copy_to<'r>(
 /// one migrating column exists and the COPY writes (or implies) just it.
 fn copy_from_refusal(tokens: &[Tok], m: &ActiveMigration) -> Option<String> {
     let spec = &m.spec;
-    let mut j = 1;
-    while j + 1 < tokens.len() && tokens[j + 1].token == Token::Period {
-        j += 2;
-    }
-    if !tokens
-        .get(j)
-        .is_some_and(|t| names(&t.token, &spec.table.name))
-    {
-        return None;
-    }
+    let j = copy_table(tokens, &spec.table.name)?;
     let next = j + 1;
     let has_column_list = tokens.get(next).map(|t| &t.token) == Some(&Token::LParen);
     let lists = |c: &str| {

@@ -327,6 +327,19 @@ pub fn splice(text: &str, edits: &mut [Edit]) -> Option<String> {
     Some(out)
 }
 
+/// The index of the table's name in `COPY [schema.]table …`, when the
+/// COPY names a table called `table` there.
+pub fn copy_table(tokens: &[Tok], table: &str) -> Option<usize> {
+    let mut j = 1;
+    while j + 1 < tokens.len() && tokens[j + 1].token == Token::Period {
+        j += 2;
+    }
+    tokens
+        .get(j)
+        .is_some_and(|t| names(&t.token, table))
+        .then_some(j)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
