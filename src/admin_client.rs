@@ -131,7 +131,10 @@ fn describe(m: &MigrationStatus) -> String {
             "" => String::new(),
             from => format!(".{from}"),
         },
-        to = m.to,
+        to = match m.to.as_str() {
+            "" => "(dropped)",
+            to => to,
+        },
         ty = m
             .new_type
             .as_ref()

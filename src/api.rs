@@ -82,6 +82,9 @@ impl NewMigration {
         if op == Op::AddColumn {
             return self.add_column_spec();
         }
+        if op == Op::DropColumn {
+            return self.drop_column_spec();
+        }
         if self.not_null.is_some() {
             return Err(err(format!("{} takes no not_null", op.as_str())));
         }
@@ -140,6 +143,40 @@ impl NewMigration {
 }
 
 impl NewMigration {
+    /// A `drop_column`'s spec: `column`, and no other key.
+    fn drop_column_spec(
+        &self,
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
+    {
+        use crate::rewrite::migration::{MigrationSpec, SpecError};
+        let err = |reason: String| SpecError {
+            id: self.id.clone(),
+            reason,
+        };
+        let wrong: Vec<&str> = [
+            ("from", self.from.is_some()),
+            ("to", self.to.is_some()),
+            ("type", self.new_type.is_some()),
+            ("up", self.up.is_some()),
+            ("down", self.down.is_some()),
+            ("definition", self.definition.is_some()),
+            ("name", self.name.is_some()),
+            ("default", self.default.is_some()),
+            ("not_null", self.not_null.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(k, _)| *k)
+        .collect();
+        if !wrong.is_empty() {
+            return Err(err(format!("drop_column takes no {}", wrong.join(", "))));
+        }
+        let Some(column) = &self.column else {
+            return Err(err("drop_column needs \"column\"".into()));
+        };
+        MigrationSpec::drop_column(&self.id, &self.table, column)
+    }
+
     /// An `add_column`'s spec: `column`, `type`, optional `default`,
     /// `not_null` and `up`, and no other key.
     fn add_column_spec(

@@ -57,6 +57,10 @@ pub enum Op {
     /// nullable at expand, filled by the backfill, NOT NULL by the check
     /// path; hidden from an unmarked client's `*` until reads switch.
     AddColumn,
+    /// `column`: hidden from the new shape at the switch (an unmarked
+    /// client's `*` and positional INSERTs), dropped at contract once no
+    /// client has named it.
+    DropColumn,
 }
 
 impl Op {
@@ -73,6 +77,7 @@ impl Op {
             Op::SetNotNull => "set_not_null",
             Op::DropNotNull => "drop_not_null",
             Op::AddColumn => "add_column",
+            Op::DropColumn => "drop_column",
         }
     }
 
@@ -81,7 +86,7 @@ impl Op {
     pub fn is_catalog(self) -> bool {
         !matches!(
             self,
-            Op::CopyColumn | Op::RenameColumn | Op::ChangeType | Op::AddColumn
+            Op::CopyColumn | Op::RenameColumn | Op::ChangeType | Op::AddColumn | Op::DropColumn
         )
     }
 

@@ -25,6 +25,7 @@ pub mod checks;
 mod contract;
 pub mod ddl;
 pub mod dependents;
+mod drop_column;
 mod expand;
 pub mod foreign_keys;
 pub mod handover;
@@ -511,6 +512,8 @@ impl Lifecycle {
             self.check_catalog_add(&client, &spec, &catalog.op).await?;
         } else if let Some(added) = &spec.added {
             self.check_added_add(&client, &spec, added).await?;
+        } else if spec.dropped {
+            self.check_dropped_add(&client, &spec).await?;
         } else {
             self.check_column_add(&client, &spec).await?;
         }
@@ -565,6 +568,10 @@ impl Lifecycle {
         }
         if record.spec.added.is_some() {
             self.act_added(record, action).await?;
+            return self.status_of(id);
+        }
+        if record.spec.dropped {
+            self.act_dropped(record, action).await?;
             return self.status_of(id);
         }
         match action {

@@ -85,6 +85,11 @@ impl Lifecycle {
             definition: match (&r.spec.catalog, &r.spec.added) {
                 (Some(c), _) => Some(c.op.describe(&r.spec.table)),
                 (None, Some(a)) => Some(a.describe(&r.spec.table.to_string())),
+                (None, None) if r.spec.dropped => Some(format!(
+                    "ALTER TABLE {} DROP COLUMN {}",
+                    r.spec.table,
+                    crate::names::quote_ident(&r.spec.from)
+                )),
                 (None, None) => None,
             },
             index_build: self

@@ -254,7 +254,11 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let table: String = row.try_get(1)?;
     let op_text: String = row.try_get(32)?;
     let op = crate::api::Op::parse(&op_text).ok_or_else(|| invalid(format!("op {op_text:?}")))?;
-    let mut spec = if op == crate::api::Op::AddColumn {
+    let mut spec = if op == crate::api::Op::DropColumn {
+        let from: Option<String> = row.try_get(2)?;
+        MigrationSpec::drop_column(&id, &table, from.as_deref().unwrap_or_default())
+            .map_err(|e| invalid(e.reason))?
+    } else if op == crate::api::Op::AddColumn {
         let keys_json: Option<String> = row.try_get(34)?;
         let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
             .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;

@@ -377,7 +377,10 @@ mod tests {
         let listed = "COPY users (first, last, full_name) FROM STDIN";
         assert_eq!(planned(listed, UP, Phase::Expanded), listed);
         let r = planned("COPY users FROM STDIN", UP, Phase::Expanded);
-        assert!(r.starts_with("refused:") && r.contains("list the columns"), "{r}");
+        assert!(
+            r.starts_with("refused:") && r.contains("list the columns"),
+            "{r}"
+        );
         assert_eq!(
             planned("COPY users TO STDOUT", None, Phase::Expanded),
             "COPY (SELECT users.id, users.first, users.last FROM users) TO STDOUT"

@@ -27,6 +27,9 @@ fn column_name(spec: &MigrationSpec, which: Which) -> &str {
 
 /// The column reads come from in the phase.
 fn source(m: &ActiveMigration) -> &str {
+    if m.spec.dropped {
+        return &m.spec.from; // read as it is while it exists
+    }
     if m.reads_new() || m.spec.added.is_some() {
         &m.spec.to
     } else {
@@ -45,7 +48,7 @@ pub fn expansion(sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Ref
     }
     for implied in &sites.implied {
         let t = &targets[implied.target];
-        if t.m.spec.added.is_none() {
+        if t.m.spec.added.is_none() && !t.m.spec.dropped {
             implied_edits(implied, t, &mut edits)?;
         }
     }
@@ -101,10 +104,12 @@ fn columns_of(
     let spec = &t.m.spec;
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
-    // An added column stays out of `*` until reads switch to it.
-    let shape = match spec.added.is_some() && !t.m.reads_new() {
-        true => Shape::Old,
-        false => Shape::Union,
+    // An added column stays out of `*` until reads switch to it; a
+    // dropped one leaves it at the switch.
+    let shape = match (spec.added.is_some(), spec.dropped, t.m.reads_new()) {
+        (true, _, false) => Shape::Old,
+        (_, true, true) => Shape::New,
+        _ => Shape::Union,
     };
     Ok(shaped(
         physical,
@@ -266,8 +271,11 @@ pub fn rewrite(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<E
         });
     }
     let mut edits = Vec::new();
-    // An added column is written and matched on as it is.
-    let added = |k: usize| targets[k].m.spec.added.is_some();
+    // An added or a dropped column is written and matched on as it is.
+    let added = |k: usize| {
+        let spec = &targets[k].m.spec;
+        spec.added.is_some() || spec.dropped
+    };
     for c in sites.conflicts.iter().filter(|c| !added(c.target)) {
         edits.push(conflict_edit(c, &targets[c.target])?);
     }

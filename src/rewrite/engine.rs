@@ -365,11 +365,15 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     if stars.is_empty() {
         return 0;
     }
-    // An added column joins `*` at the switch: the result changes there.
+    // An added column joins `*` at the switch, a dropped one leaves it:
+    // the result changes there.
     let mut ids: Vec<(&str, bool)> = stars
         .iter()
         .filter_map(|&i| rules.migrations.get(i))
-        .map(|m| (m.spec.id.as_str(), m.spec.added.is_some() && m.reads_new()))
+        .map(|m| {
+            let joins = m.spec.added.is_some() || m.spec.dropped;
+            (m.spec.id.as_str(), joins && m.reads_new())
+        })
         .collect();
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -46,6 +46,9 @@ pub struct MigrationSpec {
     /// A column added (`"op": "add_column"`): `to` is the column, `from`
     /// is empty (there is no old column).
     pub added: Option<Box<crate::add_column::AddedColumn>>,
+    /// A column dropped (`"op": "drop_column"`): `from` is the column,
+    /// `to` is empty (the new shape has no such column).
+    pub dropped: bool,
 }
 
 /// A catalog operation and the keys it was given (stored as given, and
@@ -204,6 +207,7 @@ impl MigrationSpec {
             in_place: false,
             catalog: None,
             added: None,
+            dropped: false,
         })
     }
 
@@ -234,6 +238,31 @@ impl MigrationSpec {
             in_place: false,
             catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
             added: None,
+            dropped: false,
+        })
+    }
+
+    /// A `drop_column` of `column` on `table`, checked.
+    pub fn drop_column(id: &str, table: &str, column: &str) -> Result<MigrationSpec, SpecError> {
+        let table = id_and_table(id, table)?;
+        let from = crate::ops::column_name(column).map_err(|e| SpecError {
+            id: id.to_string(),
+            reason: format!("drop_column: {e}"),
+        })?;
+        Ok(MigrationSpec {
+            id: id.to_string(),
+            table,
+            from,
+            to: String::new(),
+            new_type: None,
+            up: None,
+            down: None,
+            down_type: None,
+            old_after: None,
+            in_place: false,
+            catalog: None,
+            added: None,
+            dropped: true,
         })
     }
 
@@ -261,6 +290,7 @@ impl MigrationSpec {
             in_place: false,
             catalog: None,
             added: Some(Box::new(added)),
+            dropped: false,
         })
     }
 
@@ -269,6 +299,9 @@ impl MigrationSpec {
         use crate::ops::Op;
         if self.added.is_some() {
             return Op::AddColumn;
+        }
+        if self.dropped {
+            return Op::DropColumn;
         }
         match (&self.catalog, self.in_place, &self.new_type) {
             (Some(c), _, _) => c.op.op(),
@@ -283,6 +316,7 @@ impl MigrationSpec {
         match (&self.catalog, &self.added) {
             (Some(c), _) => c.op.columns(),
             (None, Some(a)) => vec![a.column.clone()],
+            (None, None) if self.dropped => vec![self.from.clone()],
             (None, None) => vec![self.from.clone(), self.to.clone()],
         }
     }

@@ -18,6 +18,7 @@ use search_path::SearchPath;
 pub mod added;
 pub mod catalog;
 pub mod conversion;
+pub mod dropped;
 pub mod edits;
 pub mod engine;
 pub mod literals;

@@ -41,7 +41,7 @@ use super::text::{
     copy_table, folded, names, splice, split_statements, tokenize, tokenize_for_parser, LineIndex,
     Tok,
 };
-use super::{added, edits};
+use super::{added, dropped, edits};
 
 /// What to do with a statement text.
 #[derive(Debug, PartialEq, Eq)]
@@ -341,13 +341,15 @@ impl<'r> Text<'_, 'r> {
             return Ok((Vec::new(), Vec::new()));
         }
         let mut sites = walk_in_shape(self.tokens, index, targets, &self.rules.catalog, statement);
-        // An INSERT that leaves an added column to its default needs nothing.
+        // An INSERT that leaves an added column to its default, or a dropped
+        // one as the table has it, needs nothing.
         sites.implied.retain(|i| {
             let t = &targets[i.target];
-            t.m.spec
-                .added
-                .as_deref()
-                .is_none_or(|a| added::gives_value(i, t, a))
+            match (&t.m.spec.added, t.m.spec.dropped) {
+                (Some(a), _) => added::gives_value(i, t, a),
+                (None, true) => dropped::new_shape_list(i, t).is_some(),
+                (None, false) => true,
+            }
         });
         if let Some(notes) = notes {
             self.note(&sites, notes);
@@ -368,6 +370,7 @@ impl<'r> Text<'_, 'r> {
                 *expanded = true;
                 edits::expansion(&sites, targets)
                     .and_then(|e| added::expansion(self.sql, &sites, targets, e))
+                    .and_then(|e| dropped::expansion(&sites, targets, e))
             }
             (true, false) => Err((
                 0,

@@ -32,6 +32,9 @@ impl ActiveMigration {
         if self.spec.added.is_some() {
             return false; // an added column has no old one
         }
+        if self.spec.dropped {
+            return self.phase.has_old();
+        }
         match self.spec.in_place {
             true => matches!(self.phase, Phase::Planned | Phase::Expanded),
             false => self.phase.has_old(),
@@ -40,6 +43,9 @@ impl ActiveMigration {
 
     /// The new column `b` physically exists.
     pub fn has_new(&self) -> bool {
+        if self.spec.dropped {
+            return false; // a dropped column has no new one
+        }
         match self.spec.in_place {
             true => self.phase.reads_new(),
             false => self.phase.has_new(),
@@ -173,7 +179,10 @@ impl Rules {
     ) -> Rules {
         let migrations: Vec<ActiveMigration> = migrations
             .iter()
+            // A dropped column, once gone, leaves nothing to serve: a
+            // client naming it gets Postgres' own error, as direct.
             .filter(|m| m.phase.rules_active() && m.spec.catalog.is_none())
+            .filter(|m| !m.spec.dropped || m.phase.has_old())
             .cloned()
             .collect();
         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());

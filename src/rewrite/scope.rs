@@ -259,7 +259,8 @@ pub fn shaped(
     if !from.is_empty() && !columns.iter().any(|c| c == from) {
         columns.insert(old_at.min(columns.len()), from.to_string());
     }
-    if !columns.iter().any(|c| c == to) {
+    // A dropped column has no new one (`to` empty).
+    if !to.is_empty() && !columns.iter().any(|c| c == to) {
         let at = match in_place {
             true => columns
                 .iter()

@@ -7,6 +7,7 @@ mod battery;
 mod catalog;
 mod catalog_ops;
 mod cli;
+mod drop_column;
 mod faults;
 mod harness;
 mod in_place;
