@@ -35,6 +35,9 @@ pub struct AddColumnKeys {
     pub not_null: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub up: Option<String>,
+    /// Which sessions see the column in `*` before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_shape: Option<crate::rewrite::marker::ShapeMarker>,
 }
 
 /// A checked `add_column`.
@@ -83,6 +86,9 @@ impl AddedColumn {
             }
             None => (None, Vec::new()),
         };
+        if let Some(marker) = &keys.new_shape {
+            marker.check()?;
+        }
         if keys.not_null && default.is_none() && up.is_none() {
             return Err(format!(
                 "a NOT NULL column needs a value for the rows that exist and for INSERTs that leave it out: give \"default\" or \"up\" (or both) for {}",

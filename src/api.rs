@@ -52,6 +52,10 @@ pub struct NewMigration {
     /// `add_column`: the column is NOT NULL once the migration is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_null: Option<bool>,
+    /// `add_column`, `drop_column`: the sessions served in the new shape
+    /// whatever the read switch says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_shape: Option<crate::rewrite::marker::ShapeMarker>,
 }
 
 impl NewMigration {
@@ -85,8 +89,12 @@ impl NewMigration {
         if op == Op::DropColumn {
             return self.drop_column_spec();
         }
-        if self.not_null.is_some() {
-            return Err(err(format!("{} takes no not_null", op.as_str())));
+        if self.not_null.is_some() || self.new_shape.is_some() {
+            let key = match self.not_null {
+                Some(_) => "not_null",
+                None => "new_shape",
+            };
+            return Err(err(format!("{} takes no {key}", op.as_str())));
         }
         if op.is_catalog() {
             let column_keys = [
@@ -174,7 +182,7 @@ impl NewMigration {
         let Some(column) = &self.column else {
             return Err(err("drop_column needs \"column\"".into()));
         };
-        MigrationSpec::drop_column(&self.id, &self.table, column)
+        MigrationSpec::drop_column(&self.id, &self.table, column, self.new_shape.clone())
     }
 
     /// An `add_column`'s spec: `column`, `type`, optional `default`,
@@ -211,6 +219,7 @@ impl NewMigration {
             default: self.default.clone(),
             not_null: self.not_null.unwrap_or(false),
             up: self.up.clone(),
+            new_shape: self.new_shape.clone(),
         };
         MigrationSpec::add_column(&self.id, &self.table, &keys)
     }

@@ -49,6 +49,7 @@ pub fn migrations() -> Vec<ActiveMigration> {
         default: None,
         not_null: true,
         up: Some(HISTORY_KIND.into()),
+        new_shape: None,
     };
     let added = MigrationSpec::add_column("history_kind", "pgbench_history", &kind);
     [rename, retype, added]

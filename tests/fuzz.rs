@@ -296,7 +296,7 @@ proptest! {
         type_change in any::<bool>(),
     ) {
         let r = rewriter(phase, type_change);
-        let state = SessionState::new(true, SessionContext::new(None, Arc::from("u"), None));
+        let state = SessionState::new(true, SessionContext::new(None, Arc::from("u"), None, None));
         let client: Vec<u8> = client.concat();
         let server: Vec<u8> = server.concat();
         // Interleaved as a session sees them: client, then server answers.

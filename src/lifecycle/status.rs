@@ -82,16 +82,7 @@ impl Lifecycle {
             }),
             statements,
             old_shape,
-            definition: match (&r.spec.catalog, &r.spec.added) {
-                (Some(c), _) => Some(c.op.describe(&r.spec.table)),
-                (None, Some(a)) => Some(a.describe(&r.spec.table.to_string())),
-                (None, None) if r.spec.dropped => Some(format!(
-                    "ALTER TABLE {} DROP COLUMN {}",
-                    r.spec.table,
-                    crate::names::quote_ident(&r.spec.from)
-                )),
-                (None, None) => None,
-            },
+            definition: definition(&r.spec),
             index_build: self
                 .builds
                 .lock()
@@ -291,4 +282,31 @@ impl MigrationFamilies {
             self.mismatches,
         );
     }
+}
+
+/// What a migration does in one line, where `from → to` does not say it
+/// (a catalog operation, an added or a dropped column), with the sessions
+/// it serves in the new shape.
+fn definition(spec: &crate::rewrite::migration::MigrationSpec) -> Option<String> {
+    let mut text = match (&spec.catalog, &spec.added) {
+        (Some(c), _) => c.op.describe(&spec.table),
+        (None, Some(a)) => a.describe(&spec.table.to_string()),
+        (None, None) if spec.dropped => format!(
+            "ALTER TABLE {} DROP COLUMN {}",
+            spec.table,
+            crate::names::quote_ident(&spec.from)
+        ),
+        (None, None) => return None,
+    };
+    if let Some(m) = &spec.new_shape {
+        let mut who = Vec::new();
+        if let Some(app) = &m.application_name {
+            who.push(format!("application_name LIKE {app:?}"));
+        }
+        if let Some(role) = &m.role {
+            who.push(format!("role {role:?}"));
+        }
+        text.push_str(&format!("; new shape: {}", who.join(" or ")));
+    }
+    Some(text)
 }

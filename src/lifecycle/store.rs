@@ -256,7 +256,17 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let op = crate::api::Op::parse(&op_text).ok_or_else(|| invalid(format!("op {op_text:?}")))?;
     let mut spec = if op == crate::api::Op::DropColumn {
         let from: Option<String> = row.try_get(2)?;
-        MigrationSpec::drop_column(&id, &table, from.as_deref().unwrap_or_default())
+        let keys_json: Option<String> = row.try_get(34)?;
+        let marker: Option<crate::rewrite::marker::ShapeMarker> = keys_json
+            .as_deref()
+            .map(|k| serde_json::from_str::<serde_json::Value>(k).map(|v| v["new_shape"].clone()))
+            .transpose()
+            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?
+            .filter(|v| !v.is_null())
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| invalid(format!("new_shape: {e}")))?;
+        MigrationSpec::drop_column(&id, &table, from.as_deref().unwrap_or_default(), marker)
             .map_err(|e| invalid(e.reason))?
     } else if op == crate::api::Op::AddColumn {
         let keys_json: Option<String> = row.try_get(34)?;
@@ -389,7 +399,10 @@ pub async fn insert_if_absent(
                 &match (&spec.catalog, &spec.added) {
                     (Some(c), _) => serde_json::to_string(&c.keys).ok(),
                     (None, Some(a)) => serde_json::to_string(&a.keys).ok(),
-                    (None, None) => None,
+                    (None, None) => spec
+                        .new_shape
+                        .as_ref()
+                        .map(|m| serde_json::json!({ "new_shape": m }).to_string()),
                 },
             ],
         )

@@ -90,10 +90,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sen
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
     );
+    let marked = params
+        .shape
+        .clone()
+        .or_else(|| {
+            let options = params.options.as_deref()?;
+            search_path::option_value(options, "pgshift.shape")
+        })
+        .and_then(|v| crate::rewrite::marker::Marked::parse(&v));
     let context = SessionContext::new(
         params.application_name.as_deref().map(Arc::from),
         Arc::from(user),
         search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
+        marked,
     );
     relay::run(&shared, rewriter, context, client, server).await;
 }

@@ -244,6 +244,7 @@ impl Book {
                 c.application.clone(),
                 c.user.clone(),
                 path.cloned(),
+                c.marked,
             ));
         }
     }

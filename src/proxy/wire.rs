@@ -230,6 +230,8 @@ pub struct StartupParams {
     pub search_path: Option<String>,
     /// The `options` parameter (`-c name=value …`).
     pub options: Option<String>,
+    /// `pgshift.shape` given as a startup parameter of its own.
+    pub shape: Option<String>,
 }
 
 /// Why a startup packet was refused.
@@ -305,6 +307,7 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
             b"application_name" => params.application_name = Some(value),
             b"search_path" => params.search_path = Some(value),
             b"options" => params.options = Some(value),
+            b"pgshift.shape" => params.shape = Some(value),
             _ => {}
         }
         body = rest;

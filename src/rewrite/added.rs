@@ -283,6 +283,7 @@ mod tests {
             default: Some("''".into()),
             not_null: up.is_some(),
             up: up.map(str::to_string),
+            new_shape: None,
         };
         let spec = MigrationSpec::add_column("m", "users", &keys).unwrap();
         let m = ActiveMigration { spec, phase };

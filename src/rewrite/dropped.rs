@@ -1,9 +1,9 @@
-//! A column being dropped (`"op": "drop_column"`): once reads are
-//! switched, the new shape (an unmarked client's) no longer has it, so a
-//! positional INSERT of the new shape's width is given the new shape's
-//! column list — its values would otherwise land one column off. Reads,
-//! writes and `*` of the column are `super::edits`' (it is read and
-//! written as it is while it exists).
+//! A column being dropped (`"op": "drop_column"`): the new shape (an
+//! unmarked client's once reads are switched, a marked one's throughout:
+//! `super::marker`) no longer has it, so a positional INSERT of the new
+//! shape's width is given the new shape's column list — its values would
+//! otherwise land one column off. Reads, writes and `*` of the column are
+//! `super::edits`' (it is read and written as it is while it exists).
 
 use super::edits::{no_catalog, Refusal};
 use super::migration::quote_ident;
@@ -15,7 +15,7 @@ use super::text::Edit;
 /// `None` when the INSERT needs nothing.
 pub fn new_shape_list(i: &Implied, t: &Target<'_>) -> Option<Vec<String>> {
     let spec = &t.m.spec;
-    if !spec.dropped || !t.m.reads_new() || !i.columns.is_empty() {
+    if !spec.dropped || !super::marker::sees_new(t.m) || !i.columns.is_empty() {
         return None;
     }
     let width = match &i.source {
@@ -71,7 +71,7 @@ mod tests {
 
     /// `users (id, legacy, name)` dropping `legacy` in `phase`.
     fn planned(sql: &str, phase: Phase) -> String {
-        let spec = MigrationSpec::drop_column("m", "users", "legacy").unwrap();
+        let spec = MigrationSpec::drop_column("m", "users", "legacy", None).unwrap();
         let m = ActiveMigration { spec, phase };
         let mut columns = vec!["id", "legacy", "name"];
         if !m.has_old() {

@@ -105,8 +105,9 @@ fn columns_of(
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
     // An added column stays out of `*` until reads switch to it; a
-    // dropped one leaves it at the switch.
-    let shape = match (spec.added.is_some(), spec.dropped, t.m.reads_new()) {
+    // dropped one leaves it at the switch (or as the session is marked).
+    let sees_new = (spec.added.is_some() || spec.dropped) && super::marker::sees_new(t.m);
+    let shape = match (spec.added.is_some(), spec.dropped, sees_new) {
         (true, _, false) => Shape::Old,
         (_, true, true) => Shape::New,
         _ => Shape::Union,

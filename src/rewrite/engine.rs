@@ -372,7 +372,7 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
         .filter_map(|&i| rules.migrations.get(i))
         .map(|m| {
             let joins = m.spec.added.is_some() || m.spec.dropped;
-            (m.spec.id.as_str(), joins && m.reads_new())
+            (m.spec.id.as_str(), joins && super::marker::sees_new(m))
         })
         .collect();
     ids.sort_unstable();

@@ -49,6 +49,9 @@ pub struct MigrationSpec {
     /// A column dropped (`"op": "drop_column"`): `from` is the column,
     /// `to` is empty (the new shape has no such column).
     pub dropped: bool,
+    /// Which sessions are served in the new shape whatever the read
+    /// switch says (an added or a dropped column's `*`).
+    pub new_shape: Option<super::marker::ShapeMarker>,
 }
 
 /// A catalog operation and the keys it was given (stored as given, and
@@ -208,6 +211,7 @@ impl MigrationSpec {
             catalog: None,
             added: None,
             dropped: false,
+            new_shape: None,
         })
     }
 
@@ -239,16 +243,26 @@ impl MigrationSpec {
             catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
             added: None,
             dropped: false,
+            new_shape: None,
         })
     }
 
     /// A `drop_column` of `column` on `table`, checked.
-    pub fn drop_column(id: &str, table: &str, column: &str) -> Result<MigrationSpec, SpecError> {
+    pub fn drop_column(
+        id: &str,
+        table: &str,
+        column: &str,
+        new_shape: Option<super::marker::ShapeMarker>,
+    ) -> Result<MigrationSpec, SpecError> {
         let table = id_and_table(id, table)?;
-        let from = crate::ops::column_name(column).map_err(|e| SpecError {
+        let err = |reason: String| SpecError {
             id: id.to_string(),
-            reason: format!("drop_column: {e}"),
-        })?;
+            reason: format!("drop_column: {reason}"),
+        };
+        let from = crate::ops::column_name(column).map_err(err)?;
+        if let Some(marker) = &new_shape {
+            marker.check().map_err(err)?;
+        }
         Ok(MigrationSpec {
             id: id.to_string(),
             table,
@@ -263,6 +277,7 @@ impl MigrationSpec {
             catalog: None,
             added: None,
             dropped: true,
+            new_shape,
         })
     }
 
@@ -289,6 +304,7 @@ impl MigrationSpec {
             old_after: None,
             in_place: false,
             catalog: None,
+            new_shape: keys.new_shape.clone(),
             added: Some(Box::new(added)),
             dropped: false,
         })

@@ -22,6 +22,7 @@ pub mod dropped;
 pub mod edits;
 pub mod engine;
 pub mod literals;
+pub mod marker;
 pub mod migration;
 pub mod plan;
 pub mod resolve;
@@ -142,8 +143,11 @@ pub struct SessionContext {
     pub user: Arc<str>,
     /// The session's own `search_path`; `None`: the database's default.
     pub search_path: Option<SearchPath>,
-    /// Tells sessions that resolve names differently apart in the plan
-    /// cache (a hash of the user and the path).
+    /// The shape the session asked for at startup (`pgshift.shape`).
+    pub marked: Option<marker::Marked>,
+    /// Tells sessions that resolve names or shapes differently apart in
+    /// the plan cache (a hash of the user, the path, the application and
+    /// the mark).
     pub key: u64,
 }
 
@@ -152,15 +156,19 @@ impl SessionContext {
         application: Option<Arc<str>>,
         user: Arc<str>,
         search_path: Option<SearchPath>,
+        marked: Option<marker::Marked>,
     ) -> SessionContext {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         user.hash(&mut h);
         search_path.hash(&mut h);
+        application.hash(&mut h);
+        marked.hash(&mut h);
         SessionContext {
             application,
             user,
             search_path,
+            marked,
             key: h.finish(),
         }
     }

@@ -332,8 +332,13 @@ pub fn from_startup(search_path: Option<&str>, options: Option<&str>) -> Option<
     if let Some(value) = search_path {
         return Some(SearchPath::parse_list(value));
     }
-    let options = options?;
-    // Options are separated by spaces; a backslash escapes the next byte.
+    option_value(options?, "search_path").map(|v| SearchPath::parse_list(&v))
+}
+
+/// The value the startup `options` (`-c name=value`, `--name=value`,
+/// separated by spaces, `\` escaping the next character) give setting
+/// `name` last, as Postgres reads them (`-` and `_` alike in the name).
+pub fn option_value(options: &str, name: &str) -> Option<String> {
     let mut words = Vec::new();
     let mut current = String::new();
     let mut chars = options.chars();
@@ -361,9 +366,9 @@ pub fn from_startup(search_path: Option<&str>, options: Option<&str>) -> Option<
             }
             w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
         };
-        if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
-            if name.replace('-', "_").eq_ignore_ascii_case("search_path") {
-                found = Some(SearchPath::parse_list(value));
+        if let Some((key, value)) = setting.and_then(|s| s.split_once('=')) {
+            if key.replace('-', "_").eq_ignore_ascii_case(name) {
+                found = Some(value.to_string());
             }
         }
         i += 1;

@@ -51,6 +51,7 @@ async fn adding() -> (String, tokio_postgres::Client, String, String, Driven) {
         default: Some("''".into()),
         not_null: true,
         up: Some("first || ' ' || last".into()),
+        new_shape: None,
     };
     let spec = MigrationSpec::add_column(&id, &table, &keys).unwrap();
     let d = driven_all(vec![spec], &dbname).await;
@@ -382,4 +383,77 @@ async fn add_column_is_checked_at_post() {
             "{body}: {code} {answer}"
         );
     }
+}
+
+/// The width of `SELECT *` over `table` for a session of `app` with
+/// startup `options`.
+async fn star_width(d: &Driven, dbname: &str, table: &str, app: &str, options: &str) -> usize {
+    let mut config = d.proxy.config();
+    config.dbname(dbname).application_name(app);
+    if !options.is_empty() {
+        config.options(options);
+    }
+    let client = connect(&config).await.unwrap();
+    client
+        .query_one(&format!("select * from {table} limit 1"), &[])
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_session_sees_its_own_shape_whatever_the_read_switch_says() {
+    let (dbname, direct, table, _, d) = adding().await;
+    let admin = d.admin.as_str();
+    // A second migration, on its own table, with a marker in its spec.
+    let marked_table = format!("{table}_m");
+    direct
+        .batch_execute(&format!(
+            "create table {marked_table} (id int primary key, name text); insert into {marked_table} values (1, 'a')"
+        ))
+        .await
+        .unwrap();
+    let id = unique("add_marked");
+    let (code, answer) = post(
+        admin,
+        "/migrations",
+        json!({"id": id, "op": "add_column", "table": marked_table, "column": "nick", "type": "text",
+               "new_shape": {"application_name": "web-v2%"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    step(admin, &id, "expand", json!({}), "expanded").await;
+    let width = |app: &'static str, options: &'static str| {
+        let (d, dbname, table) = (&d, dbname.clone(), marked_table.clone());
+        async move { star_width(d, &dbname, &table, app, options).await }
+    };
+    assert_eq!(width("web-v1", "").await, 2, "unmarked, before the switch");
+    assert_eq!(width("web-v2.4", "").await, 3, "marked new by the spec");
+    assert_eq!(
+        width("cron", "-c pgshift.shape=new").await,
+        3,
+        "marked new at startup"
+    );
+    for action in ["backfill", "validate"] {
+        let (code, _) = post(admin, &format!("/migrations/{id}/{action}"), json!({})).await;
+        assert!(code == 200 || code == 202);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    assert_eq!(width("web-v1", "").await, 3, "unmarked, after the switch");
+    assert_eq!(
+        width("web-v1", "-c pgshift.shape=old").await,
+        2,
+        "marked old at startup"
+    );
+    // Direct, Postgres takes the dotted setting as it is.
+    let mut config = db().config_for(&dbname);
+    config.options("-c pgshift.shape=new");
+    let direct_marked = connect(&config).await.unwrap();
+    let shown: String = direct_marked
+        .query_one("select current_setting('pgshift.shape')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "new");
 }

@@ -42,7 +42,7 @@ async fn dropping() -> (String, tokio_postgres::Client, String, String, Driven) 
         ))
         .await
         .unwrap();
-    let spec = MigrationSpec::drop_column(&id, &table, "legacy").unwrap();
+    let spec = MigrationSpec::drop_column(&id, &table, "legacy", None).unwrap();
     let d = driven_all(vec![spec], &dbname).await;
     (dbname, direct, table, id, d)
 }

@@ -1,0 +1,182 @@
+//! Which shape a session is in for a migration whose statements cannot
+//! tell (an added or a dropped column: the old shape's `*` has one column
+//! list, the new shape's another). A session is *marked* at startup:
+//!
+//! - by the migration's `new_shape`: an `application_name` LIKE pattern
+//!   or a role (the session's user) — the new shape;
+//! - else by the startup setting `pgshift.shape` (`new` or `old`), sent as
+//!   `options=-c pgshift.shape=new` (Postgres accepts the dotted custom
+//!   setting too, so the session behaves the same direct).
+//!
+//! An unmarked session follows the read switch.
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::ActiveMigration;
+
+/// The shape a session asked for at startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Marked {
+    Old,
+    New,
+}
+
+impl Marked {
+    /// `pgshift.shape`'s value (`new` or `old`, any case); `None` for
+    /// anything else.
+    pub fn parse(value: &str) -> Option<Marked> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "new" => Some(Marked::New),
+            "old" => Some(Marked::Old),
+            _ => None,
+        }
+    }
+}
+
+/// Which sessions a migration serves in the new shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeMarker {
+    /// A LIKE pattern over `application_name` (`%` any run, `_` one
+    /// character, `\` escapes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// The session's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl ShapeMarker {
+    /// At least one key, and nothing longer than Postgres' names allow
+    /// (an application name is cut at 63 bytes).
+    pub fn check(&self) -> Result<(), String> {
+        if self.application_name.is_none() && self.role.is_none() {
+            return Err("new_shape needs \"application_name\" (a LIKE pattern) or \"role\"".into());
+        }
+        for (key, value) in [
+            ("application_name", &self.application_name),
+            ("role", &self.role),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > 256) {
+                return Err(format!("new_shape.{key} is longer than 256 bytes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a session of `application` and `user` is marked new.
+    pub fn matches(&self, application: Option<&str>, user: &str) -> bool {
+        let by_app = match (&self.application_name, application) {
+            (Some(pattern), Some(app)) => like(app.as_bytes(), pattern.as_bytes()),
+            _ => false,
+        };
+        by_app || self.role.as_deref() == Some(user)
+    }
+}
+
+/// SQL `LIKE` (case-sensitive), iterative with one backtrack point: time
+/// linear in the product of the lengths at worst, no recursion.
+fn like(text: &[u8], pattern: &[u8]) -> bool {
+    let (mut t, mut p) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'%') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(b'\\') if pattern.get(p + 1) == Some(&text[t]) => {
+                p += 2;
+                t += 1;
+            }
+            Some(&c) if c != b'\\' && (c == b'_' || c == text[t]) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'%')
+}
+
+/// The shape the session being rewritten is marked with for `m`, if any.
+pub fn marked(m: &ActiveMigration) -> Option<Marked> {
+    super::with_current_session(|s| {
+        let s = s?;
+        let by_spec = m
+            .spec
+            .new_shape
+            .as_ref()
+            .is_some_and(|k| k.matches(s.application.as_deref(), &s.user));
+        match by_spec {
+            true => Some(Marked::New),
+            false => s.marked,
+        }
+    })
+}
+
+/// Whether the session's `*` over `m`'s table is the new shape's: an
+/// added column in it, a dropped one out of it.
+pub fn sees_new(m: &ActiveMigration) -> bool {
+    match marked(m) {
+        Some(Marked::New) => true,
+        Some(Marked::Old) => false,
+        None => m.reads_new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_as_postgres_reads_it() {
+        for (text, pattern, want) in [
+            ("billing-v2", "billing-v2%", true),
+            ("billing-v2.3", "billing-v2%", true),
+            ("billing-v1", "billing-v2%", false),
+            ("api", "a_i", true),
+            ("aXi", "a_i", true),
+            ("ai", "a_i", false),
+            ("50%", "50\\%", true),
+            ("500", "50\\%", false),
+            ("anything", "%", true),
+            ("", "%", true),
+            ("", "", true),
+            ("a", "", false),
+            ("Billing", "billing%", false),
+            ("abcabc", "%bc%c", true),
+        ] {
+            assert_eq!(
+                like(text.as_bytes(), pattern.as_bytes()),
+                want,
+                "{text} LIKE {pattern}"
+            );
+        }
+        // No blow-up on the classic pathological pattern.
+        let text = "a".repeat(5000);
+        let pattern = format!("{}b", "%a".repeat(100));
+        assert!(!like(text.as_bytes(), pattern.as_bytes()));
+    }
+
+    #[test]
+    fn a_marker_names_an_application_pattern_or_a_role() {
+        let m = ShapeMarker {
+            application_name: Some("web-v2%".into()),
+            role: Some("app_v2".into()),
+        };
+        assert!(m.matches(Some("web-v2-7f9c"), "app"));
+        assert!(m.matches(None, "app_v2"));
+        assert!(!m.matches(Some("web-v1"), "app"));
+        assert!(ShapeMarker::default().check().is_err());
+        assert_eq!(Marked::parse(" NEW "), Some(Marked::New));
+        assert_eq!(Marked::parse("v2"), None);
+    }
+}
