@@ -15,10 +15,15 @@
 //! operation took, and the load's TPS, p99 latency and longest transaction
 //! (a lock that holds writes back shows in the last).
 //!
-//! The operations: an index on `pgbench_accounts (bid, abalance)`, and a
+//! The operations: an index on `pgbench_accounts (bid, abalance)`; a
 //! foreign key `pgbench_accounts (bid) → pgbench_branches (bid)` (its
 //! `NOT VALID` step locks both tables briefly, and the tpcb-like script
-//! updates both).
+//! updates both); and `acode text NOT NULL` added to `pgbench_accounts`
+//! with every row given `'a' || aid` — classic: `ADD COLUMN`, an `UPDATE`
+//! per 1,000 keys, a `NOT VALID` check, `VALIDATE`, `SET NOT NULL`, the
+//! check dropped; naive: `ADD COLUMN`, one `UPDATE` of every row, `SET NOT
+//! NULL`; pgshift: `add_column` with `up`, through expand, backfill,
+//! validate, switch-reads, contract, complete.
 //!
 //! Run: `cargo bench --bench catalog_ops` (`PGSHIFT_BENCH_ROUNDS`, default
 //! 3).
@@ -41,7 +46,13 @@ const WINDOW: f64 = 5.0;
 const GAP: f64 = 2.0;
 
 const METHODS: [&str; 4] = ["none", "classic", "pgshift", "naive"];
-const OPERATIONS: [&str; 2] = ["create_index", "foreign_key"];
+const OPERATIONS: [&str; 3] = ["create_index", "foreign_key", "add_column"];
+
+/// Keys per batch of the classic fill by hand (pgshift's default batch).
+const FILL_BATCH: i32 = 1000;
+/// Seconds the load is given per `add_column` method beyond the window
+/// (its fill walks every row of `pgbench_accounts`).
+const FILL_ROOM: f64 = 90.0;
 
 /// One window: the operation's seconds, the load's TPS and p99 (ms).
 #[derive(Clone, Copy)]
@@ -96,7 +107,8 @@ fn run_round(
     let (_pgshift, port, addr) = start_pgshift_driving(cluster, rt, &dir, db)?;
     let slots = OPERATIONS.len() * METHODS.len();
     // Room for operations longer than their window.
-    let secs = (3.0 + slots as f64 * (WINDOW + GAP) * 2.0) as u32;
+    let secs =
+        (3.0 + slots as f64 * (WINDOW + GAP) * 2.0 + METHODS.len() as f64 * FILL_ROOM) as u32;
     let pgbench = cluster.binaries().tool("pgbench");
     let prefix = dir.join("tx").display().to_string();
     let args = logged_tpcb_args(secs, &prefix);
@@ -109,7 +121,9 @@ fn run_round(
         for k in 0..METHODS.len() {
             let m = (k + round) % METHODS.len();
             let id = format!("{operation}_{}", METHODS[m]);
-            let (start, op_s) = rt.block_on(operate(&addr, cluster.port(), db, o, m, &id))?;
+            let (start, op_s) = rt
+                .block_on(operate(&addr, cluster.port(), db, o, m, &id))
+                .map_err(|e| anyhow::anyhow!("{id}: {e:?}"))?;
             let end = start + op_s.max(WINDOW);
             let rest = end - unix_secs();
             if rest > 0.0 {
@@ -195,13 +209,98 @@ async fn operate(
                 )
                 .await?
         }
+        ("add_column", "classic") => add_column_classic(&direct).await?,
+        ("add_column", "naive") => {
+            direct
+                .batch_execute(
+                    "alter table pgbench_accounts add column acode text;
+                     update pgbench_accounts set acode = 'a' || aid;
+                     alter table pgbench_accounts alter column acode set not null",
+                )
+                .await?
+        }
         (op, _) => through_pgshift(addr, op, id).await?,
     }
     Ok((start, timer.elapsed().as_secs_f64()))
 }
 
+/// `sql` under a 1 s lock timeout, tried again (up to 30 times) while it
+/// times out — the articles' lock discipline, by hand.
+async fn with_retries(direct: &tokio_postgres::Client, sql: &str) -> Result<()> {
+    direct.batch_execute("set lock_timeout = '1s'").await?;
+    for _ in 0..30 {
+        match direct.batch_execute(sql).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other.map_err(|e| anyhow::anyhow!("{sql}: {e:?}")),
+        }
+    }
+    bail!("{sql}: no lock in 30 attempts")
+}
+
+/// `acode text NOT NULL` the articles' way, each step its own statement,
+/// each ALTER under the lock discipline.
+async fn add_column_classic(direct: &tokio_postgres::Client) -> Result<()> {
+    with_retries(direct, "alter table pgbench_accounts add column acode text").await?;
+    let max: i32 = direct
+        .query_one("select max(aid) from pgbench_accounts", &[])
+        .await?
+        .get(0);
+    let mut lo = 0;
+    while lo < max {
+        direct
+            .execute(
+                "update pgbench_accounts set acode = 'a' || aid where aid > $1 and aid <= $2 and acode is null",
+                &[&lo, &(lo + FILL_BATCH)],
+            )
+            .await?;
+        lo += FILL_BATCH;
+    }
+    for sql in [
+        "alter table pgbench_accounts add constraint acode_nn check (acode is not null) not valid",
+        "alter table pgbench_accounts validate constraint acode_nn",
+        "alter table pgbench_accounts alter column acode set not null;
+         alter table pgbench_accounts drop constraint acode_nn",
+    ] {
+        with_retries(direct, sql).await?;
+    }
+    Ok(())
+}
+
+/// `acode` through pgshift: every step, the backfill waited for.
+async fn add_column_pgshift(addr: &str, id: &str) -> Result<()> {
+    let spec = json!({"id": id, "op": "add_column", "table": "pgbench_accounts",
+        "column": "acode", "type": "text", "not_null": true, "up": "'a' || aid"});
+    admin(addr, "POST", "/migrations", Some(&spec)).await?;
+    let step = |action: &'static str, body: serde_json::Value| {
+        let path = format!("/migrations/{id}/{action}");
+        async move { admin(addr, "POST", &path, Some(&body)).await }
+    };
+    step("expand", json!({})).await?;
+    step("backfill", json!({})).await?;
+    loop {
+        let status = admin(addr, "GET", &format!("/migrations/{id}"), None).await?;
+        if status["phase"] == "backfilled" {
+            break;
+        }
+        if let Some(e) = status["backfill"]["error"].as_str() {
+            bail!("backfill of {id}: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step("validate", json!({})).await?;
+    step("switch-reads", json!({"to": "new"})).await?;
+    step("contract", json!({"force": true})).await?;
+    step("complete", json!({})).await?;
+    Ok(())
+}
+
 /// The operation through pgshift's admin port, added to complete.
 async fn through_pgshift(addr: &str, op: &str, id: &str) -> Result<()> {
+    if op == "add_column" {
+        return add_column_pgshift(addr, id).await;
+    }
     let spec = match op {
         "create_index" => json!({"id": id, "op": "create_index", "table": "pgbench_accounts",
             "definition": "create index accounts_bid_balance_idx on pgbench_accounts (bid, abalance)"}),
@@ -221,6 +320,14 @@ async fn undo(pg_port: u16, db: &str, o: usize) -> Result<()> {
     let direct = connect(pg_port, db).await?;
     let sql = match OPERATIONS[o] {
         "create_index" => "drop index concurrently if exists accounts_bid_balance_idx",
+        "add_column" => {
+            direct
+                .batch_execute("alter table pgbench_accounts drop column if exists acode")
+                .await?;
+            // The next method starts from a table without the dead rows
+            // (VACUUM runs outside a transaction block: its own Query).
+            "vacuum pgbench_accounts"
+        }
         _ => "alter table pgbench_accounts drop constraint if exists accounts_bid_fk",
     };
     direct.batch_execute(sql).await?;

@@ -2,7 +2,7 @@
 //!
 //! | phase | physically | unmarked clients see |
 //! |---|---|---|
-//! | expand | `ADD COLUMN` nullable (a constant default with it); rules published; then a default that is not part of the add | `*` without it; old-shape INSERTs given `up` |
+//! | expand | `ADD COLUMN` nullable (a constant default with it); rules published; then a default that is not part of the add (expand again finishes it, should it fail) | `*` without it; old-shape INSERTs given `up` |
 //! | backfill | `c := up` (or the default that is not a constant) where `c` is NULL, in batches | as above |
 //! | validate | NOT NULL columns: no row holds NULL, proven by a valid `CHECK (c IS NOT NULL)` | as above |
 //! | switch-reads | — | `*` with it |
@@ -78,10 +78,16 @@ impl Lifecycle {
     /// on old-shape INSERTs are given `up`), then a default that was not
     /// part of the add (new rows only).
     async fn expand_added(&self, mut record: Record) -> Result<(), ActionError> {
+        let added = added_of(&record)?.clone();
+        if record.phase == Phase::Expanded {
+            // An expand whose SET DEFAULT failed is finished by running it
+            // again.
+            let client = self.connect().await?;
+            return self.default_after_add(&client, &record, &added).await;
+        }
         if record.phase != Phase::Planned {
             return Err(Self::illegal(&record, "expand", "phase planned"));
         }
-        let added = added_of(&record)?.clone();
         let client = self.connect().await?;
         let table = record.spec.table.to_string();
         let attempts =
@@ -97,22 +103,30 @@ impl Lifecycle {
             true,
         )
         .await?;
-        if let Some(default) = added.default_after_add() {
-            ddl::run_with_lock_timeout(
-                &client,
-                &format!("alter table {table} alter column {c} set default {default}"),
-                self.lock,
-            )
-            .await?;
-            store::event(
-                &client,
-                &record.spec.id,
-                "admin",
-                "expand",
-                &format!("{c} DEFAULT {default} (new rows)"),
-            )
-            .await?;
+        self.default_after_add(&client, &record, &added).await
+    }
+
+    /// A default that was not part of the add, set once the rules are out
+    /// (new rows only), unless it is there already.
+    async fn default_after_add(
+        &self,
+        client: &tokio_postgres::Client,
+        record: &Record,
+        added: &AddedColumn,
+    ) -> Result<(), ActionError> {
+        let Some(default) = added.default_after_add() else {
+            return Ok(());
+        };
+        let table = record.spec.table.to_string();
+        let info = Self::existing_column(client, &table, &added.column).await?;
+        if info.default.is_some() {
+            return Ok(());
         }
+        let c = quote_ident(&added.column);
+        let sql = format!("alter table {table} alter column {c} set default {default}");
+        ddl::run_with_lock_timeout(client, &sql, self.lock).await?;
+        let detail = format!("{c} DEFAULT {default} (new rows)");
+        store::event(client, &record.spec.id, "admin", "expand", &detail).await?;
         Ok(())
     }
 

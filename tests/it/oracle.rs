@@ -14,8 +14,10 @@
 //! exist, equal to each other.
 //!
 //! Each phase × shape (old, new) × migration (a rename, the same rename
-//! done in place, and integer cents → numeric(12,2)) runs
-//! `PGSHIFT_ORACLE_CASES` statements (default 150: 3,600 in all);
+//! done in place, integer cents → numeric(12,2), a column added and a
+//! column dropped — whose shapes only the session's `pgshift.shape` mark
+//! tells apart — less the shapes that do not exist in a phase) runs
+//! `PGSHIFT_ORACLE_CASES` statements (default 150: 5,700 in all);
 //! `PGSHIFT_ORACLE_SEED` replays a run.
 
 use std::sync::Arc;
@@ -54,6 +56,19 @@ enum Kind {
     RenameInPlace,
     /// integer cents → numeric(12,2)
     Retype,
+    /// `c int` added (no `up`): the client names `a` in both shapes; the
+    /// shapes differ in `*`, RETURNING * and positional INSERTs.
+    AddColumn,
+    /// `legacy int`, between `a` and `note`, dropped: likewise.
+    DropColumn,
+}
+
+impl Kind {
+    /// An added or a dropped column: the statement cannot tell the
+    /// shapes apart, the session's mark does.
+    fn marked(self) -> bool {
+        matches!(self, Kind::AddColumn | Kind::DropColumn)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,14 +88,27 @@ impl Run {
     /// The column the client names.
     fn col(&self) -> &'static str {
         match self.shape {
+            _ if self.kind.marked() => "a",
             Shape::Old => "a",
             Shape::New => "b",
+        }
+    }
+
+    /// Whether the client's shape exists in the phase: not the new shape
+    /// of an added column before it is added, nor the old shape of a
+    /// dropped one once it is gone (as direct).
+    fn served(&self) -> bool {
+        match (self.kind, self.shape) {
+            (Kind::AddColumn, Shape::New) => self.phase != Phase::Planned,
+            (Kind::DropColumn, Shape::Old) => self.phase.has_old(),
+            _ => true,
         }
     }
 
     /// The migrating column the client does not see.
     fn hidden(&self) -> &'static str {
         match self.shape {
+            _ if self.kind.marked() => "b",
             Shape::Old => "b",
             Shape::New => "a",
         }
@@ -121,6 +149,15 @@ impl Run {
                 Some("a::numeric / 100"),
                 Some("(b * 100)::integer"),
             ),
+            Kind::AddColumn => {
+                let keys = pgshift::add_column::AddColumnKeys {
+                    column: "c".into(),
+                    type_name: "int".into(),
+                    ..Default::default()
+                };
+                MigrationSpec::add_column("oracle", &self.table, &keys)
+            }
+            Kind::DropColumn => MigrationSpec::drop_column("oracle", &self.table, "legacy", None),
         }
         .unwrap()
     }
@@ -137,8 +174,14 @@ impl Run {
     /// (add b, later drop a; or, in place, rename a to b), with seed rows.
     fn physical_ddl(&self) -> String {
         let t = &self.table;
+        if self.kind.marked() {
+            let m = self.migration();
+            let with_new = self.kind == Kind::AddColumn && m.has_new();
+            let with_old = self.kind == Kind::DropColumn && m.has_old();
+            return self.marked_ddl(with_old, with_new);
+        }
         let b_type = match self.kind {
-            Kind::Rename | Kind::RenameInPlace => "int",
+            Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => "int",
             Kind::Retype => "numeric(12,2)",
         };
         let mut ddl = format!("create table {t} (id int primary key, a int, note text);");
@@ -165,7 +208,7 @@ impl Run {
         }
         if self.phase.has_new() {
             let up = match self.kind {
-                Kind::Rename | Kind::RenameInPlace => "a",
+                Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => "a",
                 Kind::Retype => "(a::numeric / 100)::numeric(12,2)",
             };
             ddl += &format!("update {t} set b = {up};");
@@ -189,9 +232,35 @@ impl Run {
         ddl
     }
 
+    /// The table of an added (`c`) or dropped (`legacy`) column's kind,
+    /// with `legacy` and `c` as asked, and the seed rows.
+    fn marked_ddl(&self, legacy: bool, c: bool) -> String {
+        let t = &self.table;
+        let legacy_col = if legacy { "legacy int, " } else { "" };
+        let mut ddl =
+            format!("create table {t} (id int primary key, a int, {legacy_col}note text);");
+        if c {
+            ddl += &format!("alter table {t} add column c int;");
+        }
+        for id in 1..=8 {
+            ddl += &format!(
+                "insert into {t} (id, a, note) values ({id}, {}, 'seed');",
+                id * 3
+            );
+        }
+        ddl + &self.other_ddl()
+    }
+
     /// The reference table: the client's shape, the same seed rows.
     fn reference_ddl(&self) -> String {
         let t = &self.table;
+        match (self.kind, self.shape) {
+            (Kind::AddColumn, Shape::Old) => return self.marked_ddl(false, false),
+            (Kind::AddColumn, Shape::New) => return self.marked_ddl(false, true),
+            (Kind::DropColumn, Shape::Old) => return self.marked_ddl(true, false),
+            (Kind::DropColumn, Shape::New) => return self.marked_ddl(false, false),
+            _ => {}
+        }
         let c = self.col();
         let mut ddl = format!(
             "create table {t} (id int primary key, {c} {}, note text);",
@@ -220,7 +289,7 @@ impl Run {
         // Positional INSERTs are read in the old shape: for a type change
         // a new-shape client's value would be taken as the old type.
         let m = self.migration();
-        let position_known = m.has_old() || self.kind == Kind::RenameInPlace;
+        let position_known = m.has_old() || self.kind == Kind::RenameInPlace || self.kind.marked();
         let positional = position_known && (self.kind != Kind::Retype || self.shape == Shape::Old);
         let (h, ty) = (self.hidden(), self.col_type());
         let forms = if positional { 45 } else { 44 };
@@ -409,7 +478,13 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
     let mut rng = Rng(seed() ^ 0x9E37_79B9_7F4A_7C15 | 1);
     let mut checked = 0usize;
 
-    for kind in [Kind::Rename, Kind::RenameInPlace, Kind::Retype] {
+    for kind in [
+        Kind::Rename,
+        Kind::RenameInPlace,
+        Kind::Retype,
+        Kind::AddColumn,
+        Kind::DropColumn,
+    ] {
         for phase in [
             Phase::Planned,
             Phase::Expanded,
@@ -423,13 +498,24 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                     phase,
                     table: unique("oracle"),
                 };
+                if !run.served() {
+                    continue;
+                }
                 let context = format!("{kind:?} {phase} {shape:?} shape (seed {})", seed());
                 direct.batch_execute(&run.physical_ddl()).await.unwrap();
                 reference.batch_execute(&run.reference_ddl()).await.unwrap();
                 let rules = Arc::new(RulesCell::with_catalog(&[run.migration()], catalog().await));
                 let proxy =
                     TestProxy::with_rewriter(Arc::new(MigrationRewriter::new(rules)), |_| {}).await;
-                let app = proxy.connect().await;
+                // An added or dropped column's client says its shape.
+                let mut config = proxy.config();
+                if kind.marked() {
+                    config.options(match shape {
+                        Shape::Old => "-c pgshift.shape=old",
+                        Shape::New => "-c pgshift.shape=new",
+                    });
+                }
+                let app = connect(&config).await.unwrap();
 
                 // Parameter and result types, extended protocol.
                 let (t, x) = (&run.table, run.col());
@@ -478,9 +564,11 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                     run_simple(&reference, &all, "").await,
                     "{context}: final contents"
                 );
-                if run.migration().has_old() && run.migration().has_new() {
+                if run.migration().has_old() && run.migration().has_new() && !kind.marked() {
                     let up = match kind {
-                        Kind::Rename | Kind::RenameInPlace => "a",
+                        Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => {
+                            "a"
+                        }
                         Kind::Retype => "(a::numeric / 100)::numeric(12,2)",
                     };
                     let differ: i64 = direct
@@ -496,5 +584,5 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
             }
         }
     }
-    assert!(checked >= 24 * cases());
+    assert!(checked >= 38 * cases());
 }
