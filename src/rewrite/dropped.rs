@@ -121,6 +121,7 @@ mod tests {
                 "select legacy from users where id = $1",
                 "update users set legacy = $1 where id = $2",
                 "insert into users (id, legacy, name) values ($1, $2, $3)",
+                "insert into users (id, legacy) select '1', 'l' union all select '2', 'm'",
             ] {
                 assert_eq!(planned(sql, phase), sql, "{phase}");
             }

@@ -1175,8 +1175,18 @@ impl Walker<'_, '_> {
             }
             return;
         }
-        let Some(rows) = self.source_rows(insert, k) else {
-            return;
+        // An added or a dropped column is written as it is: its values are
+        // not needed (and may come from any query), only that it is named.
+        let as_written = {
+            let spec = &self.cx.targets[k].m.spec;
+            spec.added.is_some() || spec.dropped
+        };
+        let rows = match as_written {
+            true => Vec::new(),
+            false => match self.source_rows(insert, k) {
+                Some(rows) => rows,
+                None => return,
+            },
         };
         for (i, which, id) in named {
             self.sites.evidence[k][usize::from(which == Which::To)] += 1;
