@@ -151,6 +151,33 @@ impl NewMigration {
 }
 
 impl NewMigration {
+    /// `Err` naming the keys given that `op` does not take (it takes
+    /// `id`, `op`, `table` and `allowed`).
+    fn takes_only(&self, op: &str, allowed: &[&str]) -> Result<(), String> {
+        let given = [
+            ("from", self.from.is_some()),
+            ("to", self.to.is_some()),
+            ("type", self.new_type.is_some()),
+            ("up", self.up.is_some()),
+            ("down", self.down.is_some()),
+            ("definition", self.definition.is_some()),
+            ("name", self.name.is_some()),
+            ("column", self.column.is_some()),
+            ("default", self.default.is_some()),
+            ("not_null", self.not_null.is_some()),
+            ("new_shape", self.new_shape.is_some()),
+        ];
+        let wrong: Vec<&str> = given
+            .iter()
+            .filter(|(k, g)| *g && !allowed.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+        match wrong.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{op} takes no {}", wrong.join(", "))),
+        }
+    }
+
     /// A `drop_column`'s spec: `column`, and no other key.
     fn drop_column_spec(
         &self,
@@ -161,24 +188,8 @@ impl NewMigration {
             id: self.id.clone(),
             reason,
         };
-        let wrong: Vec<&str> = [
-            ("from", self.from.is_some()),
-            ("to", self.to.is_some()),
-            ("type", self.new_type.is_some()),
-            ("up", self.up.is_some()),
-            ("down", self.down.is_some()),
-            ("definition", self.definition.is_some()),
-            ("name", self.name.is_some()),
-            ("default", self.default.is_some()),
-            ("not_null", self.not_null.is_some()),
-        ]
-        .iter()
-        .filter(|(_, g)| *g)
-        .map(|(k, _)| *k)
-        .collect();
-        if !wrong.is_empty() {
-            return Err(err(format!("drop_column takes no {}", wrong.join(", "))));
-        }
+        self.takes_only("drop_column", &["column", "new_shape"])
+            .map_err(err)?;
         let Some(column) = &self.column else {
             return Err(err("drop_column needs \"column\"".into()));
         };
@@ -196,20 +207,8 @@ impl NewMigration {
             id: self.id.clone(),
             reason,
         };
-        let wrong: Vec<&str> = [
-            ("from", self.from.is_some()),
-            ("to", self.to.is_some()),
-            ("down", self.down.is_some()),
-            ("definition", self.definition.is_some()),
-            ("name", self.name.is_some()),
-        ]
-        .iter()
-        .filter(|(_, g)| *g)
-        .map(|(k, _)| *k)
-        .collect();
-        if !wrong.is_empty() {
-            return Err(err(format!("add_column takes no {}", wrong.join(", "))));
-        }
+        let keys = ["column", "type", "default", "not_null", "up", "new_shape"];
+        self.takes_only("add_column", &keys).map_err(err)?;
         let (Some(column), Some(type_name)) = (&self.column, &self.new_type) else {
             return Err(err("add_column needs \"column\" and \"type\"".into()));
         };

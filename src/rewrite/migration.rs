@@ -215,6 +215,27 @@ impl MigrationSpec {
         })
     }
 
+    /// A spec of `id` on `table` that moves no column yet (the fields
+    /// every constructor sets the same).
+    fn bare(id: &str, table: TableName) -> MigrationSpec {
+        MigrationSpec {
+            id: id.to_string(),
+            table,
+            from: String::new(),
+            to: String::new(),
+            new_type: None,
+            up: None,
+            down: None,
+            down_type: None,
+            old_after: None,
+            in_place: false,
+            catalog: None,
+            added: None,
+            dropped: false,
+            new_shape: None,
+        }
+    }
+
     /// A catalog operation `op` on `table` with `keys`, checked.
     pub fn catalog(
         id: &str,
@@ -230,20 +251,8 @@ impl MigrationSpec {
         let parsed = crate::ops::CatalogOp::parse(op, &table, &keys)
             .map_err(|e| err(format!("{}: {e}", op.as_str())))?;
         Ok(MigrationSpec {
-            id: id.to_string(),
-            table,
-            from: String::new(),
-            to: String::new(),
-            new_type: None,
-            up: None,
-            down: None,
-            down_type: None,
-            old_after: None,
-            in_place: false,
             catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
-            added: None,
-            dropped: false,
-            new_shape: None,
+            ..MigrationSpec::bare(id, table)
         })
     }
 
@@ -264,20 +273,10 @@ impl MigrationSpec {
             marker.check().map_err(err)?;
         }
         Ok(MigrationSpec {
-            id: id.to_string(),
-            table,
             from,
-            to: String::new(),
-            new_type: None,
-            up: None,
-            down: None,
-            down_type: None,
-            old_after: None,
-            in_place: false,
-            catalog: None,
-            added: None,
             dropped: true,
             new_shape,
+            ..MigrationSpec::bare(id, table)
         })
     }
 
@@ -293,20 +292,10 @@ impl MigrationSpec {
             reason: format!("add_column: {reason}"),
         })?;
         Ok(MigrationSpec {
-            id: id.to_string(),
-            table,
-            from: String::new(),
             to: added.column.clone(),
-            new_type: None,
-            up: None,
-            down: None,
-            down_type: None,
-            old_after: None,
-            in_place: false,
-            catalog: None,
             new_shape: keys.new_shape.clone(),
             added: Some(Box::new(added)),
-            dropped: false,
+            ..MigrationSpec::bare(id, table)
         })
     }
 

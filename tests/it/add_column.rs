@@ -11,25 +11,10 @@ use std::time::Duration;
 
 use pgshift::add_column::AddColumnKeys;
 use pgshift::rewrite::migration::MigrationSpec;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::harness::*;
-
-async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
-    pgshift::admin::request(admin, "POST", path, Some(&body), None)
-        .await
-        .unwrap()
-}
-
-/// Posts `action` for migration `id` and checks the phase it answers.
-async fn step(admin: &str, id: &str, action: &str, body: Value, phase: &str) {
-    let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
-    assert!(
-        matches!(code, 200 | 202) && answer["phase"].as_str() == Some(phase),
-        "{action}: {code} {answer}"
-    );
-}
 
 /// A users table of 3,000 rows (a serial key, NOT NULL names, a nullable
 /// email) and pgshift driving `full_name text NOT NULL DEFAULT ''` with
@@ -226,10 +211,10 @@ async fn not_null_and_checks(direct: &tokio_postgres::Client, table: &str) -> (b
 async fn an_added_not_null_column_serves_both_shapes_through_every_phase() {
     let (dbname, direct, table, id, d) = adding().await;
     let admin = d.admin.as_str();
-    step(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
     let load = Load::start(&d.proxy, &dbname, &table).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    step(
+    step_to(
         admin,
         &id,
         "backfill",
@@ -247,12 +232,12 @@ async fn an_added_not_null_column_serves_both_shapes_through_every_phase() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    step(admin, &id, "validate", json!({}), "validated").await;
+    step_to(admin, &id, "validate", json!({}), "validated").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     load.switched.store(true, Ordering::Relaxed);
-    step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    step(admin, &id, "contract", json!({}), "contracted").await;
+    step_to(admin, &id, "contract", json!({}), "contracted").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (done, errors) = load.finish().await;
     // A `*` prepared before the switch and run after it changes its
@@ -290,7 +275,7 @@ async fn an_added_not_null_column_serves_both_shapes_through_every_phase() {
         .await
         .unwrap();
     assert_eq!(row.len(), 5);
-    step(admin, &id, "complete", json!({}), "complete").await;
+    step_to(admin, &id, "complete", json!({}), "complete").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,10 +283,10 @@ async fn an_added_column_rolls_back_from_every_phase_before_complete() {
     for stop_at in ["expanded", "validated", "switched", "contracted"] {
         let (dbname, direct, table, id, d) = adding().await;
         let admin = d.admin.as_str();
-        step(admin, &id, "expand", json!({}), "expanded").await;
+        step_to(admin, &id, "expand", json!({}), "expanded").await;
         let client = d.proxy.connect_to(&dbname).await;
         if stop_at != "expanded" {
-            step(admin, &id, "backfill", json!({}), "backfilling").await;
+            step_to(admin, &id, "backfill", json!({}), "backfilling").await;
             for _ in 0..100 {
                 let (_, s) =
                     pgshift::admin::request(admin, "GET", &format!("/migrations/{id}"), None, None)
@@ -312,13 +297,13 @@ async fn an_added_column_rolls_back_from_every_phase_before_complete() {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            step(admin, &id, "validate", json!({}), "validated").await;
+            step_to(admin, &id, "validate", json!({}), "validated").await;
         }
         if matches!(stop_at, "switched" | "contracted") {
-            step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+            step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
         }
         if stop_at == "contracted" {
-            step(admin, &id, "contract", json!({}), "contracted").await;
+            step_to(admin, &id, "contract", json!({}), "contracted").await;
         }
         client
             .execute(
@@ -327,7 +312,7 @@ async fn an_added_column_rolls_back_from_every_phase_before_complete() {
             )
             .await
             .unwrap();
-        step(admin, &id, "rollback", json!({}), "rolled_back").await;
+        step_to(admin, &id, "rollback", json!({}), "rolled_back").await;
         let columns: i64 = direct
             .query_one(
                 "select count(*) from pg_attribute where attrelid = $1::text::regclass and attnum > 0 and not attisdropped",
@@ -377,7 +362,7 @@ async fn add_column_is_checked_at_post() {
             "takes no from",
         ),
     ] {
-        let (code, answer) = post(admin, "/migrations", body.clone()).await;
+        let (code, answer) = admin_post(admin, "/migrations", body.clone()).await;
         assert!(
             (code == 400 || code == 409) && answer.to_string().contains(says),
             "{body}: {code} {answer}"
@@ -414,7 +399,7 @@ async fn a_marked_session_sees_its_own_shape_whatever_the_read_switch_says() {
         .await
         .unwrap();
     let id = unique("add_marked");
-    let (code, answer) = post(
+    let (code, answer) = admin_post(
         admin,
         "/migrations",
         json!({"id": id, "op": "add_column", "table": marked_table, "column": "nick", "type": "text",
@@ -422,7 +407,7 @@ async fn a_marked_session_sees_its_own_shape_whatever_the_read_switch_says() {
     )
     .await;
     assert_eq!(code, 201, "{answer}");
-    step(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
     let width = |app: &'static str, options: &'static str| {
         let (d, dbname, table) = (&d, dbname.clone(), marked_table.clone());
         async move { star_width(d, &dbname, &table, app, options).await }
@@ -435,11 +420,11 @@ async fn a_marked_session_sees_its_own_shape_whatever_the_read_switch_says() {
         "marked new at startup"
     );
     for action in ["backfill", "validate"] {
-        let (code, _) = post(admin, &format!("/migrations/{id}/{action}"), json!({})).await;
+        let (code, _) = admin_post(admin, &format!("/migrations/{id}/{action}"), json!({})).await;
         assert!(code == 200 || code == 202);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
     assert_eq!(width("web-v1", "").await, 3, "unmarked, after the switch");
     assert_eq!(
         width("web-v1", "-c pgshift.shape=old").await,

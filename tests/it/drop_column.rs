@@ -10,24 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgshift::rewrite::migration::MigrationSpec;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::harness::*;
-
-async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
-    pgshift::admin::request(admin, "POST", path, Some(&body), None)
-        .await
-        .unwrap()
-}
-
-async fn step(admin: &str, id: &str, action: &str, body: Value, phase: &str) {
-    let (code, answer) = post(admin, &format!("/migrations/{id}/{action}"), body).await;
-    assert!(
-        code == 200 && answer["phase"].as_str() == Some(phase),
-        "{action}: {code} {answer}"
-    );
-}
 
 /// `orders (id, legacy text NOT NULL, note text)` with 500 rows, and
 /// pgshift driving the drop of `legacy`.
@@ -171,17 +157,17 @@ async fn new_shape(
 async fn a_dropped_column_serves_both_shapes_until_the_old_one_goes_quiet() {
     let (dbname, direct, table, id, d) = dropping().await;
     let admin = d.admin.as_str();
-    step(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
     let load = Load::start(&d.proxy, &dbname, &table).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (code, _) = post(admin, &format!("/migrations/{id}/backfill"), json!({})).await;
+    let (code, _) = admin_post(admin, &format!("/migrations/{id}/backfill"), json!({})).await;
     assert_eq!(code, 409, "nothing to backfill");
-    step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
     // Every statement begun from now on is served after the switch.
     load.switched.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The old shape still names the column: the contract waits.
-    let (code, answer) = post(
+    let (code, answer) = admin_post(
         admin,
         &format!("/migrations/{id}/contract"),
         json!({"window_secs": 60}),
@@ -190,7 +176,7 @@ async fn a_dropped_column_serves_both_shapes_until_the_old_one_goes_quiet() {
     assert_eq!(code, 409, "{answer}");
     load.old_stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    step(
+    step_to(
         admin,
         &id,
         "contract",
@@ -233,22 +219,22 @@ async fn a_dropped_column_serves_both_shapes_until_the_old_one_goes_quiet() {
         .unwrap()
         .get(0);
     assert!(positional > 0, "new-shape positional INSERTs landed");
-    step(admin, &id, "complete", json!({}), "complete").await;
+    step_to(admin, &id, "complete", json!({}), "complete").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_column_rolls_back_with_its_not_null() {
     let (dbname, direct, table, id, d) = dropping().await;
     let admin = d.admin.as_str();
-    step(admin, &id, "expand", json!({}), "expanded").await;
-    step(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
     let client = d.proxy.connect_to(&dbname).await;
     // A new-shape row leaves legacy NULL: the NOT NULL cannot come back.
     client
         .execute(&format!("insert into {table} (note) values ('x')"), &[])
         .await
         .unwrap();
-    let (code, answer) = post(admin, &format!("/migrations/{id}/rollback"), json!({})).await;
+    let (code, answer) = admin_post(admin, &format!("/migrations/{id}/rollback"), json!({})).await;
     assert!(
         code == 409 && answer.to_string().contains("fill them"),
         "{code} {answer}"
@@ -260,7 +246,7 @@ async fn a_dropped_column_rolls_back_with_its_not_null() {
         )
         .await
         .unwrap();
-    step(admin, &id, "rollback", json!({}), "rolled_back").await;
+    step_to(admin, &id, "rollback", json!({}), "rolled_back").await;
     let row = direct
         .query_one(
             "select attnotnull, (select count(*) from pg_constraint where conrelid = a.attrelid and contype = 'c')

@@ -616,3 +616,24 @@ pub async fn driven_with(
         server,
     }
 }
+
+/// `POST path` with `body` on the admin port at `admin`: (status, answer).
+pub async fn admin_post(
+    admin: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    pgshift::admin::request(admin, "POST", path, Some(&body), None)
+        .await
+        .unwrap()
+}
+
+/// Posts `action` for migration `id` and checks it is taken (200, or 202
+/// for a backfill) and answers `phase`.
+pub async fn step_to(admin: &str, id: &str, action: &str, body: serde_json::Value, phase: &str) {
+    let (code, answer) = admin_post(admin, &format!("/migrations/{id}/{action}"), body).await;
+    assert!(
+        matches!(code, 200 | 202) && answer["phase"].as_str() == Some(phase),
+        "{action}: {code} {answer}"
+    );
+}
