@@ -308,6 +308,37 @@ mod tests {
 
     const UP: Option<&str> = Some("first || ' ' || last");
 
+    /// [`planned`] for a session marked `mark` at startup.
+    fn planned_as(sql: &str, phase: Phase, mark: super::super::marker::Marked) -> String {
+        use std::sync::Arc;
+        let context = Arc::new(super::super::SessionContext::new(
+            None,
+            Arc::from("u"),
+            None,
+            Some(mark),
+        ));
+        super::super::with_session(Some(&context), || planned(sql, None, phase))
+    }
+
+    #[test]
+    fn a_session_marked_new_sees_the_column_once_it_exists() {
+        use super::super::marker::Marked;
+        let star = "select * from users where id = 1";
+        // Not added yet: the table as it is (no column that does not exist).
+        assert_eq!(
+            planned_as(star, Phase::Planned, Marked::New),
+            "select users.id, users.first, users.last from users where id = 1"
+        );
+        assert_eq!(
+            planned_as(star, Phase::Expanded, Marked::New),
+            "select users.id, users.first, users.last, users.full_name from users where id = 1"
+        );
+        assert_eq!(
+            planned_as(star, Phase::Switched, Marked::Old),
+            "select users.id, users.first, users.last from users where id = 1"
+        );
+    }
+
     #[test]
     fn an_insert_that_leaves_the_column_out_is_given_up_over_its_own_row() {
         assert_eq!(

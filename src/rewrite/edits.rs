@@ -104,26 +104,24 @@ fn columns_of(
     let spec = &t.m.spec;
     let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
     let q = quote_ident(qualifier);
-    // An added column stays out of `*` until reads switch to it; a
-    // dropped one leaves it at the switch (or as the session is marked).
-    let sees_new = (spec.added.is_some() || spec.dropped) && super::marker::sees_new(t.m);
-    let shape = match (spec.added.is_some(), spec.dropped, sees_new) {
-        (true, _, false) => Shape::Old,
-        (_, true, true) => Shape::New,
-        _ => Shape::Union,
+    // An added or a dropped column: the table as it is, without the
+    // column when the session's shape does not have it.
+    let columns = match super::marker::hidden(t.m) {
+        Some(hidden) => physical.iter().filter(|c| **c != hidden).cloned().collect(),
+        None => shaped(
+            physical,
+            (&spec.from, &spec.to),
+            t.old_at,
+            spec.in_place,
+            Shape::Union,
+        ),
     };
-    Ok(shaped(
-        physical,
-        (&spec.from, &spec.to),
-        t.old_at,
-        spec.in_place,
-        shape,
-    )
-    .iter()
-    .filter(|c| !except.contains(c))
-    .map(|c| format!("{q}.{}", quote_ident(c)))
-    .collect::<Vec<_>>()
-    .join(", "))
+    Ok(columns
+        .iter()
+        .filter(|c| !except.contains(c))
+        .map(|c| format!("{q}.{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// The value an INSERT that leaves both migrating columns out writes to

@@ -365,15 +365,13 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     if stars.is_empty() {
         return 0;
     }
-    // An added column joins `*` at the switch, a dropped one leaves it:
-    // the result changes there.
+    // An added column joins `*` (at expand for a session marked new, at
+    // the switch for an unmarked one), a dropped one leaves it: the
+    // result changes there.
     let mut ids: Vec<(&str, bool)> = stars
         .iter()
         .filter_map(|&i| rules.migrations.get(i))
-        .map(|m| {
-            let joins = m.spec.added.is_some() || m.spec.dropped;
-            (m.spec.id.as_str(), joins && super::marker::sees_new(m))
-        })
+        .map(|m| (m.spec.id.as_str(), super::marker::star_has_column(m)))
         .collect();
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -132,6 +132,30 @@ pub fn sees_new(m: &ActiveMigration) -> bool {
     }
 }
 
+/// For an added or a dropped column: the column the session's `*` over
+/// the table leaves out (the empty name when it leaves out none); `None`
+/// for other migrations.
+pub fn hidden(m: &ActiveMigration) -> Option<&str> {
+    let spec = &m.spec;
+    match (spec.added.is_some(), spec.dropped, sees_new(m)) {
+        (true, _, false) => Some(&spec.to),
+        (_, true, true) => Some(&spec.from),
+        (true, _, true) | (_, true, false) => Some(""),
+        (false, false, _) => None,
+    }
+}
+
+/// Whether the session's `*` over an added or dropped column's table has
+/// that column (what its result key tells apart); false for others.
+pub fn star_has_column(m: &ActiveMigration) -> bool {
+    let spec = &m.spec;
+    match (spec.added.is_some(), spec.dropped) {
+        (true, _) => m.has_new() && sees_new(m),
+        (_, true) => m.has_old() && !sees_new(m),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
