@@ -419,3 +419,77 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+/// A table with an added column joined with one whose column is renamed:
+/// found by the application battery (42702 from Postgres on an unqualified
+/// column of the added-to table that the physical renamed table also has).
+mod beside_a_rename {
+    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::migration::{MigrationSpec, Phase};
+    use super::super::plan::{plan, Plan};
+    use super::super::rules::{ActiveMigration, RulesCell};
+    use crate::add_column::AddColumnKeys;
+
+    fn table(columns: &[&str]) -> TableDef {
+        TableDef {
+            columns: columns
+                .iter()
+                .map(|c| ColumnDef {
+                    name: c.to_string(),
+                    type_name: "text".into(),
+                    not_null: false,
+                    default: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_join_of_the_renamed_table_and_the_added_to_one_resolves_as_before() {
+        // `name` is the org's in the new shape: qualified while the users
+        // table physically has a `name` too (Postgres would find it
+        // ambiguous), as it is once that is gone.
+        for phase in [Phase::Planned, Phase::Expanded, Phase::Switched] {
+            let out = planned_join(phase);
+            assert!(out.contains("o.name as org_name"), "{phase}: {out}");
+        }
+        let out = planned_join(Phase::Contracted);
+        assert!(out.contains(", name as org_name"), "{out}");
+    }
+
+    fn planned_join(phase: Phase) -> String {
+        let rename =
+            MigrationSpec::new("r", "app.users", "name", "full_name", None, None, None).unwrap();
+        let keys = AddColumnKeys {
+            column: "slug".into(),
+            type_name: "text".into(),
+            ..AddColumnKeys::default()
+        };
+        let add = MigrationSpec::add_column("a", "app.orgs", &keys).unwrap();
+        let rename = ActiveMigration {
+            spec: rename,
+            phase,
+        };
+        let add = ActiveMigration { spec: add, phase };
+        let mut users = vec!["id", "name", "org_id", "email", "full_name"];
+        users.retain(|c| match *c {
+            "name" => rename.has_old(),
+            "full_name" => rename.has_new(),
+            _ => true,
+        });
+        let mut orgs = vec!["id", "name", "slug"];
+        orgs.retain(|c| *c != "slug" || add.has_new());
+        let mut catalog = Catalog::empty();
+        catalog.insert("app", "users", table(&users));
+        catalog.insert("app", "orgs", table(&orgs));
+        let cell = RulesCell::with_catalog(&[rename, add], catalog);
+        let sql = "select u.id, full_name, name as org_name from app.users u join app.orgs o on o.id = u.org_id where u.email like $1";
+        cell.with(|rules| match plan(sql, rules) {
+            Plan::Unchanged => sql.to_string(),
+            Plan::Replaced { text, .. } => text,
+            Plan::Refused { reason, .. } => format!("refused: {reason}"),
+            Plan::Error { message, .. } => format!("error: {message}"),
+        })
+    }
+}

@@ -971,7 +971,15 @@ impl Walker<'_, '_> {
                 let Some(r) = scope.relation(level, relation) else {
                     return;
                 };
-                match r.migration {
+                if r.migration.is_some() {
+                    self.sites.touches = true;
+                }
+                // Another column of a migrating table is any relation's
+                // column: qualified when the physical tables make it clash.
+                let migrating = r
+                    .migration
+                    .filter(|&k| self.cx.targets[k].which(&column).is_some());
+                match migrating {
                     Some(k) => self.migrating_column(k, r, &column, qualifier.is_empty(), scope, level, relation, start, ident, end, usage),
                     None if qualifier.is_empty() && scope.clashes(level, relation, &column) => {
                         match &r.name {

@@ -69,7 +69,7 @@ EXPECTED = [
 def expected_error(sqlstate, message, phase):
     return any(sqlstate == code and message == text and phase in phases
                for code, text, phases in EXPECTED)
-MIGRATIONS = ["users_full_name", "orders_amount_decimal"]
+MIGRATIONS = ["users_full_name", "orders_amount_decimal", "orgs_slug"]
 SHAPES = ["old", "new"]
 COLUMNS = {"old": ("name", "amount"), "new": ("full_name", "amount_decimal")}
 
@@ -264,10 +264,18 @@ def physical_parity(conn, when):
                          "from app.users").fetchone()
     orders = conn.execute("select count(*), count(*) filter (where amount is distinct from "
                           "(amount_decimal * 100)::integer) from app.orders").fetchone()
+    # orgs.slug (added with up = lower(name)) once it exists: every row has it, the apps
+    # never name it, so every value came from the backfill or from pgshift's INSERT rewrite.
+    has_slug = conn.execute("select exists (select 1 from information_schema.columns where "
+                            "table_schema = 'app' and table_name = 'orgs' and column_name = 'slug')").fetchone()[0]
+    orgs = (conn.execute("select count(*), count(*) filter (where slug is distinct from lower(name)) "
+                         "from app.orgs").fetchone() if has_slug else (0, 0))
     check = {"when": when, "users_rows": users[0], "users_mismatches": users[1],
-             "orders_rows": orders[0], "orders_mismatches": orders[1]}
+             "orders_rows": orders[0], "orders_mismatches": orders[1],
+             "orgs_rows": orgs[0], "orgs_mismatches": orgs[1]}
     print(f"  both columns agree? {when}: users {users[1]} of {users[0]} rows differ, "
-          f"orders {orders[1]} of {orders[0]} rows differ", flush=True)
+          f"orders {orders[1]} of {orders[0]} rows differ"
+          + (f", orgs.slug {orgs[1]} of {orgs[0]} rows without lower(name)" if has_slug else ""), flush=True)
     return check
 
 
@@ -562,7 +570,7 @@ class Run:
         totals = {k: sum(c[k] for c in cells.values()) for k in ("ops", "errors", "wrong", "expected")}
         lifecycle_ok = self.admin is None or all(s["ok"] for s in self.admin.steps)
         physical_ok = all(p.get("users_mismatches") == 0 and p.get("orders_mismatches") == 0
-                          for p in self.physical)
+                          and p.get("orgs_mismatches") == 0 for p in self.physical)
         models_ok = all(m["equal"] for m in self.model_checks)
         exits_ok = all(x["exit"] == 0 for x in app_exits)
         attribution_ok = not any(x["new_shape_apps_counted_as_old"] for x in self.attribution)

@@ -81,6 +81,15 @@ to = "amount_decimal"
 type = "numeric(12,2)"
 up = "amount::numeric / 100"
 down = "(amount_decimal * 100)::integer"
+
+[[migrations]]
+id = "orgs_slug"
+op = "add_column"
+table = "app.orgs"
+column = "slug"
+type = "text"
+not_null = true
+up = "lower(name)"
 EOF
     : >"$dir/pgshift.log"
     setsid "$pgshift_bin" serve --config "$dir/pgshift.toml" >>"$dir/pgshift.log" 2>&1 &

@@ -4,8 +4,10 @@
 //! old and the new shape at once, through pgshift, while it drives a rename
 //! (`app.users.name → full_name`, NOT NULL) and a type change
 //! (`app.orders.amount` integer cents → `amount_decimal numeric(12,2)`, NOT
-//! NULL, CHECKed, partially indexed) through their whole lifecycle from the
-//! admin port, and again through a rollback. Each app checks every read
+//! NULL, CHECKed, partially indexed) and an added column (`app.orgs.slug
+//! text NOT NULL`, `up = lower(name)`, which no app names: every org they
+//! insert is given it) through their whole lifecycle from the admin port,
+//! and again through a rollback. Each app checks every read
 //! against a model of what it wrote; the run passes with zero errors (but
 //! the documented ones), zero wrong reads, every model equal to the
 //! database read in the app's shape, both physical columns equal on every
@@ -63,6 +65,19 @@ fn migrations() -> Vec<MigrationSpec> {
             Some("numeric(12,2)"),
             Some("amount::numeric / 100"),
             Some("(amount_decimal * 100)::integer"),
+        )
+        .unwrap(),
+        // No app names it: every org an app inserts is given lower(name).
+        MigrationSpec::add_column(
+            "orgs_slug",
+            "app.orgs",
+            &pgshift::add_column::AddColumnKeys {
+                column: "slug".into(),
+                type_name: "text".into(),
+                not_null: true,
+                up: Some("lower(name)".into()),
+                ..Default::default()
+            },
         )
         .unwrap(),
     ]
