@@ -6,7 +6,7 @@
 //! | backfill | `c := up` (or the default that is not a constant) where `c` is NULL, in batches | as above |
 //! | validate | NOT NULL columns: no row holds NULL, proven by a valid `CHECK (c IS NOT NULL)` | as above |
 //! | switch-reads | — | `*` with it |
-//! | contract | `SET NOT NULL` (proven by the check, no scan), check dropped | as above |
+//! | contract | refused while clients' INSERTs were given `up` within the window (old-shape use; `force`); `SET NOT NULL` (proven by the check, no scan), check dropped | as above |
 //! | complete | — | rules off |
 //! | rollback (any phase before complete) | rules off, then `DROP COLUMN` | the table as it was |
 //!
@@ -42,7 +42,7 @@ impl Lifecycle {
             Action::Resume => self.resume(record).await,
             Action::Validate(options) => self.validate(record, &options).await,
             Action::SwitchReads(to) => self.switch_reads(record, to.to).await,
-            Action::Contract(_) => self.contract_added(record).await,
+            Action::Contract(options) => self.contract_added(record, &options).await,
             Action::Complete => self.complete(record).await,
             Action::Rollback => self.rollback_added(record).await,
         }
@@ -132,7 +132,11 @@ impl Lifecycle {
 
     /// `contract`: a NOT NULL column is made so (proven by the valid check
     /// from validate, no scan) and the check dropped.
-    async fn contract_added(&self, mut record: Record) -> Result<(), ActionError> {
+    async fn contract_added(
+        &self,
+        mut record: Record,
+        options: &crate::api::Contract,
+    ) -> Result<(), ActionError> {
         if record.phase != Phase::Switched {
             return Err(Self::illegal(
                 &record,
@@ -142,6 +146,9 @@ impl Lifecycle {
         }
         let added = added_of(&record)?.clone();
         let client = self.connect().await?;
+        // Clients whose INSERTs are still given `up` get no value once the
+        // rules are gone: the old-shape guard of every contract.
+        self.check_no_old_shape(&client, &record, options).await?;
         let table = record.spec.table.to_string();
         let c = quote_ident(&added.column);
         let detail = match (&record.not_null_check, added.not_null) {

@@ -411,6 +411,15 @@ impl<'r> Text<'_, 'r> {
                     .iter()
                     .filter(|c| c.which == Which::From)
                     .map(|c| c.target),
+            )
+            // An INSERT that leaves an added column to pgshift's `up` is
+            // the old shape's: once the rules are gone it gets no value.
+            .chain(
+                sites
+                    .implied
+                    .iter()
+                    .map(|i| i.target)
+                    .filter(|&k| self.rules.migrations[self.relevant[k]].spec.added.is_some()),
             );
         let stars = sites.stars.iter().flat_map(|s| {
             s.parts.iter().filter_map(|p| match p {

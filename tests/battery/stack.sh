@@ -89,6 +89,7 @@ table = "app.orgs"
 column = "slug"
 type = "text"
 not_null = true
+default = "''"
 up = "lower(name)"
 EOF
     : >"$dir/pgshift.log"

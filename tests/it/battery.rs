@@ -75,6 +75,9 @@ fn migrations() -> Vec<MigrationSpec> {
                 column: "slug".into(),
                 type_name: "text".into(),
                 not_null: true,
+                // For the INSERTs of apps that never learn of it, once
+                // pgshift no longer gives them `up` (after complete).
+                default: Some("''".into()),
                 up: Some("lower(name)".into()),
                 ..Default::default()
             },

@@ -126,6 +126,13 @@ def create_orgs():
         model.orgs[o.id] = o.name
 
 
+def create_org():
+    """One more org while the migrations run (orgs.slug, never named here, is given lower(name)
+    by pgshift)."""
+    o = Org.objects.create(name=f"{env.tag}-org-{len(model.orgs)}")
+    model.orgs[o.id] = o.name
+
+
 def insert_users():
     fields = [model.new_user_fields() for _ in range(3)]
     users = User.objects.bulk_create([
@@ -340,7 +347,7 @@ def on_error():
     connection.close_if_unusable_or_obsolete()
 
 
-OPS = [("insert_users", insert_users), ("get_user", get_user), ("insert_orders", insert_orders),
+OPS = [("create_org", create_org), ("insert_users", insert_users), ("get_user", get_user), ("insert_orders", insert_orders),
        ("upsert_users", upsert_users), ("rename_user", rename_user), ("increment_login", increment_login),
        ("update_settings", update_settings), ("add_to_amount", add_to_amount), ("set_status", set_status),
        ("filter_json", filter_json), ("filter_by_name", filter_by_name), ("orders_with_users", orders_with_users),
