@@ -12,33 +12,15 @@
 use sqlparser::tokenizer::Token;
 
 use super::catalog::{is_constant_expression, Catalog, TableDef};
-use super::edits::{no_catalog, Refusal};
 use super::migration::{quote_ident, substitute_all};
-use super::resolve::{Implied, ImpliedSource, Sites, Target, Value};
+use super::resolve::{Implied, ImpliedSource, Refusal, Target, Value};
 use super::rules::ActiveMigration;
 use super::text::{copy_table, Edit, Tok};
 use crate::add_column::AddedColumn;
 
-/// `edits` (the expansion of a statement's `*` and implied columns) with
-/// the values of the added columns its INSERTs leave out.
-pub fn expansion(
-    sql: &str,
-    sites: &Sites,
-    targets: &[Target<'_>],
-    mut edits: Vec<Edit>,
-) -> Result<Vec<Edit>, Refusal> {
-    for i in &sites.implied {
-        let t = &targets[i.target];
-        if let Some(added) = &t.m.spec.added {
-            implied_edits(sql, i, t, added, &mut edits)?;
-        }
-    }
-    Ok(edits)
-}
-
 /// The edits giving `added`'s column its value in INSERT `i`, which
 /// leaves it out; none when the column has no `up` (its default applies).
-fn implied_edits(
+pub fn implied_edits(
     sql: &str,
     i: &Implied,
     t: &Target<'_>,
@@ -56,7 +38,7 @@ fn implied_edits(
     let def = t
         .catalog
         .table(Some(&spec.table.schema), &spec.table.name)
-        .ok_or_else(|| no_catalog(t, k))?;
+        .ok_or_else(|| t.no_catalog(k))?;
     let Some(listed) = listed_columns(i, def, added) else {
         return Ok(()); // positional values that reach the added column too
     };

@@ -5,9 +5,8 @@
 //! otherwise land one column off. Reads, writes and `*` of the column are
 //! `super::edits`' (it is read and written as it is while it exists).
 
-use super::edits::{no_catalog, Refusal};
 use super::migration::quote_ident;
-use super::resolve::{Implied, ImpliedSource, Sites, Target};
+use super::resolve::{Implied, ImpliedSource, Refusal, Target};
 use super::text::Edit;
 
 /// The new shape's columns a positional INSERT `i` writes, when they are
@@ -35,31 +34,21 @@ pub fn new_shape_list(i: &Implied, t: &Target<'_>) -> Option<Vec<String>> {
     (list[..] != physical[..width]).then_some(list)
 }
 
-/// `edits` with the new shape's column list given to each positional
-/// INSERT that needs it.
-pub fn expansion(
-    sites: &Sites,
-    targets: &[Target<'_>],
-    mut edits: Vec<Edit>,
-) -> Result<Vec<Edit>, Refusal> {
-    for i in &sites.implied {
-        let t = &targets[i.target];
-        if !t.m.spec.dropped {
-            continue;
-        }
-        if t.physical.is_none() {
-            return Err(no_catalog(t, i.target));
-        }
-        if let Some(list) = new_shape_list(i, t) {
-            let names: Vec<String> = list.iter().map(|c| quote_ident(c)).collect();
-            edits.push(Edit {
-                start: i.after_target,
-                end: i.after_target,
-                text: format!("({}) ", names.join(", ")),
-            });
-        }
+/// The new shape's column list given to positional INSERT `i`, when it
+/// needs one.
+pub fn implied_edits(i: &Implied, t: &Target<'_>, edits: &mut Vec<Edit>) -> Result<(), Refusal> {
+    if t.physical.is_none() {
+        return Err(t.no_catalog(i.target));
     }
-    Ok(edits)
+    if let Some(list) = new_shape_list(i, t) {
+        let names: Vec<String> = list.iter().map(|c| quote_ident(c)).collect();
+        edits.push(Edit {
+            start: i.after_target,
+            end: i.after_target,
+            text: format!("({}) ", names.join(", ")),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

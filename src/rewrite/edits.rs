@@ -15,8 +15,7 @@ use super::rules::ActiveMigration;
 use super::scope::{shaped, Shape, Which};
 use super::text::{splice, Edit};
 
-/// A refusal: the target it is about, and why.
-pub type Refusal = (usize, String);
+pub use super::resolve::Refusal;
 
 fn column_name(spec: &MigrationSpec, which: Which) -> &str {
     match which {
@@ -27,10 +26,10 @@ fn column_name(spec: &MigrationSpec, which: Which) -> &str {
 
 /// The column reads come from in the phase.
 fn source(m: &ActiveMigration) -> &str {
-    if m.spec.dropped {
-        return &m.spec.from; // read as it is while it exists
+    if let Some(column) = m.spec.one_sided() {
+        return column; // read as it is while it exists
     }
-    if m.reads_new() || m.spec.added.is_some() {
+    if m.reads_new() {
         &m.spec.to
     } else {
         &m.spec.from
@@ -41,15 +40,17 @@ fn source(m: &ActiveMigration) -> &str {
 
 /// The edits that make explicit what `*` and an INSERT's implied columns
 /// stand for (the result is planned again as any other statement).
-pub fn expansion(sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Refusal> {
+pub fn expansion(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<Edit>, Refusal> {
     let mut edits = Vec::new();
     for star in &sites.stars {
         edits.push(star_edit(star, targets)?);
     }
     for implied in &sites.implied {
         let t = &targets[implied.target];
-        if t.m.spec.added.is_none() && !t.m.spec.dropped {
-            implied_edits(implied, t, &mut edits)?;
+        match (&t.m.spec.added, t.m.spec.dropped) {
+            (Some(added), _) => super::added::implied_edits(sql, implied, t, added, &mut edits)?,
+            (None, true) => super::dropped::implied_edits(implied, t, &mut edits)?,
+            (None, false) => implied_edits(implied, t, &mut edits)?,
         }
     }
     Ok(edits)
@@ -83,16 +84,6 @@ fn star_edit(star: &Star, targets: &[Target<'_>]) -> Result<Edit, Refusal> {
     })
 }
 
-pub(super) fn no_catalog(t: &Target<'_>, k: usize) -> Refusal {
-    (
-        k,
-        format!(
-            "needs the column list of {} (for *, or an INSERT's implied columns), which is not in pgshift's catalog snapshot (not read yet, or the table is new: send SIGHUP)",
-            t.m.spec.table
-        ),
-    )
-}
-
 /// `q.c1, q.a, …, q.b`: every column the client sees under `*` (but
 /// those in `except`).
 fn columns_of(
@@ -102,7 +93,7 @@ fn columns_of(
     except: &[String],
 ) -> Result<String, Refusal> {
     let spec = &t.m.spec;
-    let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
+    let physical = t.physical.as_ref().ok_or_else(|| t.no_catalog(k))?;
     let q = quote_ident(qualifier);
     // An added or a dropped column: the table as it is, without the
     // column when the session's shape does not have it.
@@ -135,7 +126,7 @@ fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> 
     }
     let def = catalog
         .table(Some(&spec.table.schema), &spec.table.name)
-        .ok_or_else(|| no_catalog(t, k))?;
+        .ok_or_else(|| t.no_catalog(k))?;
     let default = def.column(&spec.from).and_then(|c| c.default.clone());
     match default {
         None => Ok("NULL".into()),
@@ -214,7 +205,7 @@ fn positional_list(
 ) -> Result<Option<String>, Refusal> {
     let k = i.target;
     let spec = &t.m.spec;
-    let physical = t.physical.as_ref().ok_or_else(|| no_catalog(t, k))?;
+    let physical = t.physical.as_ref().ok_or_else(|| t.no_catalog(k))?;
     // Renamed in place, the column stands where it always stood.
     let position_known = spec.in_place
         || match spec.old_after.as_deref() {
@@ -271,15 +262,12 @@ pub fn rewrite(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<E
     }
     let mut edits = Vec::new();
     // An added or a dropped column is written and matched on as it is.
-    let added = |k: usize| {
-        let spec = &targets[k].m.spec;
-        spec.added.is_some() || spec.dropped
-    };
-    for c in sites.conflicts.iter().filter(|c| !added(c.target)) {
+    let as_written = |k: usize| targets[k].m.spec.one_sided().is_some();
+    for c in sites.conflicts.iter().filter(|c| !as_written(c.target)) {
         edits.push(conflict_edit(c, &targets[c.target])?);
     }
     let mut inserted: Vec<usize> = Vec::new();
-    for w in sites.writes.iter().filter(|w| !added(w.target)) {
+    for w in sites.writes.iter().filter(|w| !as_written(w.target)) {
         if !w.assign {
             if inserted.contains(&w.target) {
                 let spec = &targets[w.target].m.spec;

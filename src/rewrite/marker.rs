@@ -136,24 +136,17 @@ pub fn sees_new(m: &ActiveMigration) -> bool {
 /// the table leaves out (the empty name when it leaves out none); `None`
 /// for other migrations.
 pub fn hidden(m: &ActiveMigration) -> Option<&str> {
-    let spec = &m.spec;
-    match (spec.added.is_some(), spec.dropped, sees_new(m)) {
-        (true, _, false) => Some(&spec.to),
-        (_, true, true) => Some(&spec.from),
-        (true, _, true) | (_, true, false) => Some(""),
-        (false, false, _) => None,
-    }
+    let column = m.spec.one_sided()?;
+    // The new shape has an added column, the old one a dropped column.
+    let in_shape = sees_new(m) == m.spec.added.is_some();
+    Some(if in_shape { "" } else { column })
 }
 
 /// Whether the session's `*` over an added or dropped column's table has
 /// that column (what its result key tells apart); false for others.
 pub fn star_has_column(m: &ActiveMigration) -> bool {
-    let spec = &m.spec;
-    match (spec.added.is_some(), spec.dropped) {
-        (true, _) => m.has_new() && sees_new(m),
-        (_, true) => m.has_old() && !sees_new(m),
-        _ => false,
-    }
+    let exists = m.has_new() || m.has_old();
+    hidden(m).is_some_and(|h| h.is_empty()) && exists
 }
 
 #[cfg(test)]

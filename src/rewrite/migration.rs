@@ -316,6 +316,16 @@ impl MigrationSpec {
         }
     }
 
+    /// An added or a dropped column: the one column there is (the other
+    /// name is empty), read and written as it is while it exists.
+    pub fn one_sided(&self) -> Option<&str> {
+        match (&self.added, self.dropped) {
+            (Some(_), _) => Some(&self.to),
+            (None, true) => Some(&self.from),
+            (None, false) => None,
+        }
+    }
+
     /// The table's columns this migration moves or names.
     pub fn columns(&self) -> Vec<String> {
         match (&self.catalog, &self.added) {

@@ -368,9 +368,7 @@ impl<'r> Text<'_, 'r> {
         let edits = match (spells_out, expand) {
             (true, true) => {
                 *expanded = true;
-                edits::expansion(&sites, targets)
-                    .and_then(|e| added::expansion(self.sql, &sites, targets, e))
-                    .and_then(|e| dropped::expansion(&sites, targets, e))
+                edits::expansion(self.sql, &sites, targets)
             }
             (true, false) => Err((
                 0,

@@ -46,7 +46,21 @@ pub struct Target<'r> {
     pub old_at: usize,
 }
 
+/// A refusal: the target it is about, and why.
+pub type Refusal = (usize, String);
+
 impl Target<'_> {
+    /// Target `k`'s refusal for want of its table's columns.
+    pub fn no_catalog(&self, k: usize) -> Refusal {
+        (
+            k,
+            format!(
+                "needs the column list of {} (for *, or an INSERT's implied columns), which is not in pgshift's catalog snapshot (not read yet, or the table is new: send SIGHUP)",
+                self.m.spec.table
+            ),
+        )
+    }
+
     fn shaped(&self, shape: Shape) -> Columns {
         let spec = &self.m.spec;
         match &self.physical {
@@ -1185,10 +1199,7 @@ impl Walker<'_, '_> {
         }
         // An added or a dropped column is written as it is: its values are
         // not needed (and may come from any query), only that it is named.
-        let as_written = {
-            let spec = &self.cx.targets[k].m.spec;
-            spec.added.is_some() || spec.dropped
-        };
+        let as_written = self.cx.targets[k].m.spec.one_sided().is_some();
         let rows = match as_written {
             true => Vec::new(),
             false => match self.source_rows(insert, k) {
