@@ -190,7 +190,7 @@ impl StatementRewriter for MigrationRewriter {
                 key: cache_key(sql, &normalized),
                 cell: self.rules.id(),
                 epoch: rules.epoch,
-                session: super::with_current_session(|s| s.map_or(0, |s| s.key)),
+                session: super::marker::session_key(&rules.migrations),
             };
             let literals = normalized.as_ref().map_or(&[][..], |n| &n.literals[..]);
             if let Some(outcome) = cached_outcome(&at, sql, literals, rules) {
@@ -255,7 +255,7 @@ impl StatementRewriter for MigrationRewriter {
             }
             let normalized = normalize(sql);
             let key = cache_key(sql, &normalized);
-            let session = super::with_current_session(|s| s.map_or(0, |s| s.key));
+            let session = super::marker::session_key(&rules.migrations);
             let cached = PLANS.with(|plans| {
                 lookup(&plans.borrow(), key, self.rules.id(), rules.epoch, session)
                     .map(|c| c.result)

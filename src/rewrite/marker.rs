@@ -122,6 +122,28 @@ pub fn marked(m: &ActiveMigration) -> Option<Marked> {
     })
 }
 
+/// The plan cache's key for the session being rewritten: its context's
+/// key, with the migrations whose `new_shape` marks it folded in. Its
+/// application matters only there, so sessions of many applications
+/// share plans unless a marker tells them apart.
+pub fn session_key(migrations: &[ActiveMigration]) -> u64 {
+    super::with_current_session(|s| {
+        let Some(s) = s else { return 0 };
+        migrations
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                m.spec
+                    .new_shape
+                    .as_ref()
+                    .is_some_and(|k| k.matches(s.application.as_deref(), &s.user))
+            })
+            .fold(s.key, |key, (i, _)| {
+                key.rotate_left(7) ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            })
+    })
+}
+
 /// Whether the session's `*` over `m`'s table is the new shape's: an
 /// added column in it, a dropped one out of it.
 pub fn sees_new(m: &ActiveMigration) -> bool {

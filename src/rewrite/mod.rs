@@ -146,8 +146,9 @@ pub struct SessionContext {
     /// The shape the session asked for at startup (`pgshift.shape`).
     pub marked: Option<marker::Marked>,
     /// Tells sessions that resolve names or shapes differently apart in
-    /// the plan cache (a hash of the user, the path, the application and
-    /// the mark).
+    /// the plan cache (a hash of the user, the path and the mark; the
+    /// application counts only where a migration's marker names it:
+    /// `marker::session_key`).
     pub key: u64,
 }
 
@@ -162,7 +163,6 @@ impl SessionContext {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         user.hash(&mut h);
         search_path.hash(&mut h);
-        application.hash(&mut h);
         marked.hash(&mut h);
         SessionContext {
             application,
