@@ -137,18 +137,10 @@ impl Lifecycle {
         mut record: Record,
         options: &crate::api::Contract,
     ) -> Result<(), ActionError> {
-        if record.phase != Phase::Switched {
-            return Err(Self::illegal(
-                &record,
-                "contract",
-                "reads switched to new (phase switched)",
-            ));
-        }
         let added = added_of(&record)?.clone();
-        let client = self.connect().await?;
         // Clients whose INSERTs are still given `up` get no value once the
         // rules are gone: the old-shape guard of every contract.
-        self.check_no_old_shape(&client, &record, options).await?;
+        let client = self.switched_and_quiet(&record, options).await?;
         let table = record.spec.table.to_string();
         let c = quote_ident(&added.column);
         let detail = match (&record.not_null_check, added.not_null) {
@@ -167,6 +159,25 @@ impl Lifecycle {
         record.phase = Phase::Contracted;
         self.commit(&client, record, "contract", &detail, true)
             .await
+    }
+
+    /// Before an added or dropped column's contract: reads switched, and
+    /// no old-shape client in the window (unless forced). The connection.
+    pub(super) async fn switched_and_quiet(
+        &self,
+        record: &Record,
+        options: &crate::api::Contract,
+    ) -> Result<tokio_postgres::Client, ActionError> {
+        if record.phase != Phase::Switched {
+            return Err(Self::illegal(
+                record,
+                "contract",
+                "reads switched to new (phase switched)",
+            ));
+        }
+        let client = self.connect().await?;
+        self.check_no_old_shape(&client, record, options).await?;
+        Ok(client)
     }
 
     /// `rollback`: the rules off first (no INSERT names the column any

@@ -134,15 +134,7 @@ impl Lifecycle {
         mut record: Record,
         options: &api::Contract,
     ) -> Result<(), ActionError> {
-        if record.phase != Phase::Switched {
-            return Err(Self::illegal(
-                &record,
-                "contract",
-                "reads switched to new (phase switched)",
-            ));
-        }
-        let client = self.connect().await?;
-        self.check_no_old_shape(&client, &record, options).await?;
+        let client = self.switched_and_quiet(&record, options).await?;
         let table = record.spec.table.to_string();
         let c = quote_ident(&record.spec.from);
         let sql = format!("alter table {table} drop column if exists {c}");

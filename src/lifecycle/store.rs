@@ -254,33 +254,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let table: String = row.try_get(1)?;
     let op_text: String = row.try_get(32)?;
     let op = crate::api::Op::parse(&op_text).ok_or_else(|| invalid(format!("op {op_text:?}")))?;
-    let mut spec = if op == crate::api::Op::DropColumn {
-        let from: Option<String> = row.try_get(2)?;
-        let keys_json: Option<String> = row.try_get(34)?;
-        let marker: Option<crate::rewrite::marker::ShapeMarker> = keys_json
-            .as_deref()
-            .map(|k| serde_json::from_str::<serde_json::Value>(k).map(|v| v["new_shape"].clone()))
-            .transpose()
-            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?
-            .filter(|v| !v.is_null())
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| invalid(format!("new_shape: {e}")))?;
-        MigrationSpec::drop_column(&id, &table, from.as_deref().unwrap_or_default(), marker)
-            .map_err(|e| invalid(e.reason))?
-    } else if op == crate::api::Op::AddColumn {
-        let keys_json: Option<String> = row.try_get(34)?;
-        let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
-            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;
-        MigrationSpec::add_column(&id, &table, &keys).map_err(|e| invalid(e.reason))?
-    } else if op.is_catalog() {
-        let keys_json: Option<String> = row.try_get(34)?;
-        let keys = serde_json::from_str(keys_json.as_deref().unwrap_or("{}"))
-            .map_err(|e| invalid(format!("catalog_keys {keys_json:?}: {e}")))?;
-        MigrationSpec::catalog(&id, &table, op, keys).map_err(|e| invalid(e.reason))?
-    } else {
-        column_spec(row, &id, &table, op).map_err(invalid)?
-    };
+    let mut spec = spec_of(row, &id, &table, op).map_err(invalid)?;
     spec.old_after = row.try_get(26)?;
     let phase_text: String = row.try_get(7)?;
     let phase =
@@ -360,6 +334,43 @@ fn column_spec(
         crate::api::Op::RenameColumn => spec.renamed_in_place().map_err(|e| e.reason),
         _ => Ok(spec),
     }
+}
+
+/// A stored migration's spec, checked again, by its operation.
+fn spec_of(
+    row: &tokio_postgres::Row,
+    id: &str,
+    table: &str,
+    op: crate::api::Op,
+) -> Result<MigrationSpec, String> {
+    use crate::api::Op;
+    let spec = match op {
+        Op::DropColumn => {
+            let from: Option<String> = row.try_get(2).map_err(|e| e.to_string())?;
+            let keys: DropColumnKeys = stored_keys(row)?;
+            let column = from.as_deref().unwrap_or_default();
+            MigrationSpec::drop_column(id, table, column, keys.new_shape)
+        }
+        Op::AddColumn => MigrationSpec::add_column(id, table, &stored_keys(row)?),
+        op if op.is_catalog() => MigrationSpec::catalog(id, table, op, stored_keys(row)?),
+        op => return column_spec(row, id, table, op),
+    };
+    spec.map_err(|e| e.reason)
+}
+
+/// What a `drop_column` keeps in `catalog_keys` (its column is `from_column`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropColumnKeys {
+    #[serde(default)]
+    new_shape: Option<crate::rewrite::marker::ShapeMarker>,
+}
+
+/// The stored `catalog_keys` of a migration, as its operation's keys.
+fn stored_keys<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row) -> Result<T, String> {
+    let text: Option<String> = row.try_get(34).map_err(|e| e.to_string())?;
+    serde_json::from_str(text.as_deref().unwrap_or("{}"))
+        .map_err(|e| format!("catalog_keys {text:?}: {e}"))
 }
 
 /// Every migration in the store, by id.
