@@ -198,20 +198,13 @@ impl MigrationSpec {
             }
         }
         Ok(MigrationSpec {
-            id: id.to_string(),
-            table,
             from,
             to,
             new_type: new_type.map(str::to_string),
             up: up.map(str::to_string),
             down_type: down.and_then(outer_cast_type),
             down: down.map(str::to_string),
-            old_after: None,
-            in_place: false,
-            catalog: None,
-            added: None,
-            dropped: false,
-            new_shape: None,
+            ..MigrationSpec::bare(id, table)
         })
     }
 
@@ -437,28 +430,16 @@ impl MigrationSpec {
     }
 }
 
-/// `expression` with every reference to `column` replaced by `(value)`.
+/// `expression` with every reference to `column` replaced by `(value)`
+/// (see [`substitute_all`]).
 pub fn substitute(expression: &str, column: &str, value: &str) -> String {
-    use super::text::{splice, tokenize, Edit};
-    let Ok(toks) = tokenize(expression) else {
-        return expression.to_string();
-    };
-    let mut edits: Vec<Edit> = toks
-        .iter()
-        .filter(|t| super::text::names(&t.token, column))
-        .map(|t| Edit {
-            start: t.start,
-            end: t.end,
-            text: format!("({value})"),
-        })
-        .collect();
-    splice(expression, &mut edits).unwrap_or_else(|| expression.to_string())
+    substitute_all(expression, &[(column, value)])
 }
 
 /// `expression` with each reference to a column of `values` replaced by
 /// `(value)` (a word called as a function, or a type after `::`, is not a
 /// reference).
-pub fn substitute_all(expression: &str, values: &[(String, String)]) -> String {
+pub fn substitute_all<C: AsRef<str>, V: AsRef<str>>(expression: &str, values: &[(C, V)]) -> String {
     use super::text::{splice, tokenize, Edit};
     let Ok(toks) = tokenize(expression) else {
         return expression.to_string();
@@ -470,11 +451,14 @@ pub fn substitute_all(expression: &str, values: &[(String, String)]) -> String {
         if called || cast {
             continue;
         }
-        if let Some((_, value)) = values.iter().find(|(c, _)| super::text::names(&t.token, c)) {
+        if let Some((_, value)) = values
+            .iter()
+            .find(|(c, _)| super::text::names(&t.token, c.as_ref()))
+        {
             edits.push(Edit {
                 start: t.start,
                 end: t.end,
-                text: format!("({value})"),
+                text: format!("({})", value.as_ref()),
             });
         }
     }
