@@ -90,14 +90,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sen
         application_name = params.application_name.as_deref().unwrap_or(""),
         "session started"
     );
-    let marked = params
-        .shape
-        .clone()
-        .or_else(|| {
-            let options = params.options.as_deref()?;
-            search_path::option_value(options, "pgshift.shape")
-        })
-        .and_then(|v| crate::rewrite::marker::Marked::parse(&v));
+    let marked = crate::rewrite::marker::Marked::from_startup(
+        params.shape.as_deref(),
+        params.options.as_deref(),
+    );
     let context = SessionContext::new(
         params.application_name.as_deref().map(Arc::from),
         Arc::from(user),

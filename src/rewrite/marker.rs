@@ -22,6 +22,18 @@ pub enum Marked {
 }
 
 impl Marked {
+    /// The mark a startup packet asks for: `pgshift.shape` as a parameter
+    /// of its own, else in `options` (`-c pgshift.shape=new`).
+    pub fn from_startup(shape: Option<&str>, options: Option<&str>) -> Option<Marked> {
+        match shape {
+            Some(value) => Marked::parse(value),
+            None => Marked::parse(&super::search_path::option_value(
+                options?,
+                "pgshift.shape",
+            )?),
+        }
+    }
+
     /// `pgshift.shape`'s value (`new` or `old`, any case); `None` for
     /// anything else.
     pub fn parse(value: &str) -> Option<Marked> {
@@ -216,6 +228,14 @@ mod tests {
         assert!(!m.matches(Some("web-v1"), "app"));
         assert!(ShapeMarker::default().check().is_err());
         assert_eq!(Marked::parse(" NEW "), Some(Marked::New));
+        assert_eq!(
+            Marked::from_startup(None, Some("-c search_path=a -c pgshift.shape=old")),
+            Some(Marked::Old)
+        );
+        assert_eq!(
+            Marked::from_startup(Some("new"), Some("--pgshift.shape=old")),
+            Some(Marked::New)
+        );
         assert_eq!(Marked::parse("v2"), None);
     }
 }
