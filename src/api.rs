@@ -52,8 +52,8 @@ pub struct NewMigration {
     /// `add_column`: the column is NOT NULL once the migration is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_null: Option<bool>,
-    /// `add_column`, `drop_column`: the sessions served in the new shape
-    /// whatever the read switch says.
+    /// `add_column`, `drop_column`, `change_type` keeping the name: the
+    /// sessions served in the new shape whatever the read switch says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_shape: Option<crate::rewrite::marker::ShapeMarker>,
 }
@@ -88,6 +88,9 @@ impl NewMigration {
         }
         if op == Op::DropColumn {
             return self.drop_column_spec();
+        }
+        if op == Op::ChangeType && self.to.is_none() {
+            return self.change_type_keeping_name_spec();
         }
         if self.not_null.is_some() || self.new_shape.is_some() {
             let key = match self.not_null {
@@ -194,6 +197,37 @@ impl NewMigration {
             return Err(err("drop_column needs \"column\"".into()));
         };
         MigrationSpec::drop_column(&self.id, &self.table, column, self.new_shape.clone())
+    }
+
+    /// A `change_type` without `to`: the column keeps its name; `from`,
+    /// `type`, `up`, `down` and optional `new_shape`.
+    fn change_type_keeping_name_spec(
+        &self,
+    ) -> Result<crate::rewrite::migration::MigrationSpec, crate::rewrite::migration::SpecError>
+    {
+        use crate::rewrite::migration::{MigrationSpec, SpecError};
+        let err = |reason: String| SpecError {
+            id: self.id.clone(),
+            reason,
+        };
+        let keys = ["from", "type", "up", "down", "new_shape"];
+        self.takes_only("change_type", &keys).map_err(err)?;
+        let (Some(from), Some(ty), Some(up), Some(down)) =
+            (&self.from, &self.new_type, &self.up, &self.down)
+        else {
+            return Err(err(
+                "change_type needs \"from\", the new \"type\", \"up\" and \"down\" (and \"to\" only to give the new column another name)".into(),
+            ));
+        };
+        MigrationSpec::change_type_keeping_name(
+            &self.id,
+            &self.table,
+            from,
+            ty,
+            up,
+            down,
+            self.new_shape.clone(),
+        )
     }
 
     /// An `add_column`'s spec: `column`, `type`, optional `default`,

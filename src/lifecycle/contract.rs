@@ -1,7 +1,8 @@
 //! `contract` and `complete`: the checks before the point of no return
 //! (no old-shape client in the window, exclusion constraints carried),
 //! dependents redefined onto the new column, keys handed over, the old
-//! column dropped; `complete` ends the migration's rules.
+//! column dropped (a kept name: and the new column renamed to it, behind
+//! the barrier); `complete` ends the migration's rules.
 
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ impl Lifecycle {
                 let drop_exclusions = options.drop_exclusion_constraints.unwrap_or(false);
                 Self::check_exclusion_constraints(&client, &spec, drop_exclusions).await?;
                 self.prepare_contract(&client, &mut record).await?;
+                if spec.keep_name {
+                    return self.contract_keeping_name(&client, record).await;
+                }
                 // Stop writing a before dropping it: once these rules are
                 // out, nothing reads or writes a any more.
                 record.phase = Phase::Contracted;
@@ -36,10 +40,12 @@ impl Lifecycle {
                 tokio::time::sleep(self.settle).await;
             }
             // A contract whose DROP failed is finished by running it again.
+            // (A kept name's contract is one transaction: nothing left.)
             Phase::Contracted
-                if ddl::column_info(&client, &table, &spec.from)
-                    .await?
-                    .is_some() =>
+                if !spec.keep_name
+                    && ddl::column_info(&client, &table, &spec.from)
+                        .await?
+                        .is_some() =>
             {
                 handover::move_referencing_keys(&client, &spec, self.lock).await?;
             }
@@ -67,6 +73,27 @@ impl Lifecycle {
         )
         .await?;
         Ok(())
+    }
+
+    /// A type change that keeps the column's name: `a` dropped and `b`
+    /// renamed to `a`'s name in one transaction behind the barrier (every
+    /// proxy holds the table's statements meanwhile), and the rules end
+    /// with it: from then on the name is the new column's, for everyone.
+    async fn contract_keeping_name(
+        &self,
+        client: &tokio_postgres::Client,
+        record: Record,
+    ) -> Result<(), ActionError> {
+        let spec = &record.spec;
+        let mut last = handover::final_transaction(client, spec).await?;
+        last.push(format!(
+            "alter table {} rename column {} to {}",
+            spec.table,
+            quote_ident(&spec.to),
+            quote_ident(&spec.from)
+        ));
+        self.behind_barrier(record, last.join("; "), Phase::Contracted, "contract")
+            .await
     }
 
     /// What a contract does while both columns exist and the rules still

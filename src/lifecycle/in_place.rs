@@ -1,7 +1,9 @@
 //! A column rename done in place (`"op": "rename_column"`): nothing is
 //! copied. Both names are served by rewriting while the one physical column
 //! keeps its name; at the switch it is renamed (`ALTER TABLE … RENAME
-//! COLUMN`, a catalog change) behind a barrier, and the rules flip.
+//! COLUMN`, a catalog change) behind a barrier, and the rules flip. The
+//! barrier also serves the contract of a type change that keeps the
+//! column's name (the old column dropped, the new one renamed to it).
 //!
 //! The barrier: the record's `barrier` flag goes up and every proxy
 //! acknowledges it, holding from then on each statement that names the
@@ -117,9 +119,7 @@ impl Lifecycle {
     }
 
     /// Renames the column (`from` → `to` when `forward`, else back) and
-    /// moves the record to `next` in one transaction, behind the barrier;
-    /// retried under the lock discipline, lowering the barrier between
-    /// attempts.
+    /// moves the record to `next`, behind the barrier.
     async fn rename_behind_barrier(
         &self,
         record: Record,
@@ -127,7 +127,6 @@ impl Lifecycle {
         next: Phase,
         action: &str,
     ) -> Result<(), ActionError> {
-        let client = self.connect().await?;
         let spec = &record.spec;
         let (from, to) = match forward {
             true => (&spec.from, &spec.to),
@@ -139,6 +138,21 @@ impl Lifecycle {
             quote_ident(from),
             quote_ident(to)
         );
+        self.behind_barrier(record, rename, next, action).await
+    }
+
+    /// Runs `rename` (DDL naming the table's columns anew) and moves the
+    /// record to `next` in one transaction, behind the barrier; retried
+    /// under the lock discipline, lowering the barrier between attempts.
+    pub(super) async fn behind_barrier(
+        &self,
+        record: Record,
+        rename: String,
+        next: Phase,
+        action: &str,
+    ) -> Result<(), ActionError> {
+        let client = self.connect().await?;
+        let spec = &record.spec;
         let mut flipped = record.clone();
         flipped.phase = next;
         flipped.barrier = false;
@@ -169,7 +183,7 @@ impl Lifecycle {
             }
         }
         Err(ActionError::Failed(format!(
-            "`{rename}` did not get its lock in {} attempts of {} ms (held for the whole last attempt by: {holders}); the column keeps its name and both names are still served",
+            "`{rename}` did not get its lock in {} attempts of {} ms (held for the whole last attempt by: {holders}); nothing changed, and both shapes are still served",
             self.lock.attempts,
             self.rename_lock_timeout().as_millis()
         )))

@@ -543,6 +543,13 @@ impl Lifecycle {
                 )));
             }
         } else {
+            if spec.keep_name && ddl::column_info(client, &table, &spec.to).await?.is_some() {
+                return Err(ActionError::Conflict(format!(
+                    "table {table} already has a column {}, the working name of a type change that keeps {}'s name (left by an earlier migration?)",
+                    quote_ident(&spec.to),
+                    quote_ident(&spec.from)
+                )));
+            }
             // What depends on a is found now, not by a failing DROP at the end.
             let found = dependents::find(client, spec, &self.rules.load().catalog).await?;
             dependents::refuse_uncarried(spec, &found)?;

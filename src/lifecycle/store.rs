@@ -332,8 +332,27 @@ fn column_spec(
     .map_err(|e| e.reason)?;
     match op {
         crate::api::Op::RenameColumn => spec.renamed_in_place().map_err(|e| e.reason),
+        crate::api::Op::ChangeType => {
+            let keys: KeepNameKeys = stored_keys(row)?;
+            Ok(MigrationSpec {
+                keep_name: keys.keep_name,
+                new_shape: keys.new_shape,
+                ..spec
+            })
+        }
         _ => Ok(spec),
     }
+}
+
+/// What a `change_type` keeps in `catalog_keys` (its columns, types and
+/// conversions are in their own columns; `down` over the working name).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepNameKeys {
+    #[serde(default)]
+    keep_name: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    new_shape: Option<crate::rewrite::marker::ShapeMarker>,
 }
 
 /// A stored migration's spec, checked again, by its operation.
@@ -410,6 +429,11 @@ pub async fn insert_if_absent(
                 &match (&spec.catalog, &spec.added) {
                     (Some(c), _) => serde_json::to_string(&c.keys).ok(),
                     (None, Some(a)) => serde_json::to_string(&a.keys).ok(),
+                    (None, None) if spec.keep_name => serde_json::to_string(&KeepNameKeys {
+                        keep_name: true,
+                        new_shape: spec.new_shape.clone(),
+                    })
+                    .ok(),
                     (None, None) => spec
                         .new_shape
                         .as_ref()

@@ -96,8 +96,14 @@ fn columns_of(
     let physical = t.physical.as_ref().ok_or_else(|| t.no_catalog(k))?;
     let q = quote_ident(qualifier);
     // An added or a dropped column: the table as it is, without the
-    // column when the session's shape does not have it.
-    let columns = match super::marker::hidden(t.m) {
+    // column when the session's shape does not have it. A type change
+    // that keeps the name: the one name, where it stands (its physical
+    // new column is the working name no client sees).
+    let hidden = match t.kept_name_new {
+        Some(_) => Some(spec.to.as_str()),
+        None => super::marker::hidden(t.m),
+    };
+    let columns = match hidden {
         Some(hidden) => physical.iter().filter(|c| **c != hidden).cloned().collect(),
         None => shaped(
             physical,
@@ -325,11 +331,17 @@ fn read_edits(sql: &str, u: &ColumnUse, t: &Target<'_>, out: &mut Vec<Edit>) {
         });
         return;
     }
+    // The name the client wrote: `column`'s own, but where a type change
+    // keeps the name (then the physical column may be named otherwise).
+    let client = spec.client_name(u.which);
     let text = if column == source {
-        if qualifier == sql[u.start..u.ident] {
+        if client != column {
+            format!("{qualifier}{}", quote_ident(source))
+        } else if qualifier == sql[u.start..u.ident] {
             return; // read as it is
+        } else {
+            format!("{qualifier}{}", &sql[u.ident..u.end])
         }
-        format!("{qualifier}{}", &sql[u.ident..u.end])
     } else {
         let from = format!("{qualifier}{}", quote_ident(source));
         if column == spec.to {
@@ -338,12 +350,12 @@ fn read_edits(sql: &str, u: &ColumnUse, t: &Target<'_>, out: &mut Vec<Edit>) {
             spec.down_of(&from)
         }
     };
-    let renamed = column != source;
+    let renamed = column != source || client != column;
     match u.usage {
         Use::Item { wrapped: false, .. } if renamed => out.push(Edit {
             start: u.start,
             end: u.end,
-            text: format!("{text} AS {}", quote_ident(column)),
+            text: format!("{text} AS {}", quote_ident(client)),
         }),
         Use::Item {
             wrapped: true,
@@ -352,7 +364,7 @@ fn read_edits(sql: &str, u: &ColumnUse, t: &Target<'_>, out: &mut Vec<Edit>) {
             out.push(Edit {
                 start: item_end,
                 end: item_end,
-                text: format!(" AS {}", quote_ident(column)),
+                text: format!(" AS {}", quote_ident(client)),
             });
             out.push(Edit {
                 start: u.start,

@@ -371,7 +371,14 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     let mut ids: Vec<(&str, bool)> = stars
         .iter()
         .filter_map(|&i| rules.migrations.get(i))
-        .map(|m| (m.spec.id.as_str(), super::marker::star_has_column(m)))
+        .map(|m| {
+            let shaped = match m.spec.keep_name {
+                // A kept name's type changes where the session's shape does.
+                true => super::marker::sees_new(m),
+                false => super::marker::star_has_column(m),
+            };
+            (m.spec.id.as_str(), shaped)
+        })
         .collect();
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -1,6 +1,8 @@
 //! Which shape a session is in for a migration whose statements cannot
 //! tell (an added or a dropped column: the old shape's `*` has one column
-//! list, the new shape's another). A session is *marked* at startup:
+//! list, the new shape's another; a type change that keeps the column's
+//! name: both shapes name it, each with its own type). A session is
+//! *marked* at startup:
 //!
 //! - by the migration's `new_shape`: an `application_name` LIKE pattern
 //!   or a role (the session's user) — the new shape;
@@ -237,5 +239,118 @@ mod tests {
             Some(Marked::New)
         );
         assert_eq!(Marked::parse("v2"), None);
+    }
+}
+
+#[cfg(test)]
+/// A type change that keeps the column's name: the session's shape says
+/// which physical column its `amount` is.
+mod kept_name {
+    use std::sync::Arc;
+
+    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::migration::{MigrationSpec, Phase};
+    use super::super::plan::{plan, Plan};
+    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::{with_session, SessionContext};
+    use super::Marked;
+
+    /// `orders (id, amount integer, note)`, `amount` becoming
+    /// `numeric(12,2)`, planned in `phase` for a session marked `mark`.
+    fn planned(sql: &str, phase: Phase, mark: Option<Marked>) -> String {
+        let spec = MigrationSpec::change_type_keeping_name(
+            "m",
+            "orders",
+            "amount",
+            "numeric(12,2)",
+            "amount::numeric / 100",
+            "(amount * 100)::integer",
+            None,
+        )
+        .unwrap();
+        let m = ActiveMigration { spec, phase };
+        let mut columns = vec![("id", "integer"), ("amount", "integer"), ("note", "text")];
+        if m.has_new() {
+            columns.push(("amount_pgshift_new", "numeric(12,2)"));
+        }
+        let columns = columns
+            .into_iter()
+            .map(|(name, ty)| ColumnDef {
+                name: name.into(),
+                type_name: ty.into(),
+                not_null: false,
+                default: None,
+            })
+            .collect();
+        let mut catalog = Catalog::empty();
+        catalog.insert("public", "orders", TableDef { columns });
+        let cell = RulesCell::with_catalog(&[m], catalog);
+        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
+        with_session(Some(&context), || {
+            cell.with(|rules| match plan(sql, rules) {
+                Plan::Unchanged => sql.to_string(),
+                Plan::Replaced { text, .. } => text,
+                Plan::Refused { reason, .. } => format!("refused: {reason}"),
+                Plan::Error { message, .. } => format!("error: {message}"),
+            })
+        })
+    }
+
+    #[test]
+    fn each_shape_names_its_own_column() {
+        use Phase::{Expanded, Switched};
+        let new = Some(Marked::New);
+        let old = Some(Marked::Old);
+        let read = "select amount from orders where id = $1";
+        // Before the switch an unmarked session is the old shape, after
+        // it the new one; a marked one keeps its shape throughout.
+        assert_eq!(planned(read, Expanded, None), read);
+        assert_eq!(
+            planned(read, Expanded, new),
+            "select ((amount)::numeric / 100)::numeric(12,2) AS amount from orders where id = $1"
+        );
+        assert_eq!(
+            planned(read, Switched, None),
+            "select amount_pgshift_new AS amount from orders where id = $1"
+        );
+        assert_eq!(
+            planned(read, Switched, old),
+            "select ((((amount_pgshift_new)) * 100)::integer) AS amount from orders where id = $1"
+        );
+        // `*` has the one name where it always stood, never the working name.
+        assert_eq!(
+            planned("select * from orders where amount > 5", Switched, None),
+            "select orders.id, orders.amount_pgshift_new AS amount, orders.note from orders where amount_pgshift_new > 5"
+        );
+        assert_eq!(
+            planned("select * from orders", Expanded, old),
+            "select orders.id, orders.amount, orders.note from orders"
+        );
+        // A cast keeps the column's output name.
+        assert_eq!(
+            planned("select amount::text from orders", Switched, None),
+            "select amount_pgshift_new::text AS amount from orders"
+        );
+    }
+
+    #[test]
+    fn writes_reach_both_columns_from_either_shape() {
+        assert_eq!(
+            planned("update orders set amount = $1 where id = 2", Phase::Expanded, Some(Marked::New)),
+            "update orders set amount = (((($1::numeric(12,2))) * 100)::integer), amount_pgshift_new = $1::numeric(12,2) where id = 2"
+        );
+        assert_eq!(
+            planned("update orders set amount = $1 where id = 2", Phase::Switched, Some(Marked::Old)),
+            "update orders set amount = $1::integer, amount_pgshift_new = (($1::integer)::numeric / 100)::numeric(12,2) where id = 2"
+        );
+        // A positional INSERT keeps the table's order, in either shape.
+        assert_eq!(
+            planned("insert into orders values (1, 250, 'x')", Phase::Expanded, None),
+            "insert into orders (id, amount, amount_pgshift_new, note) values (1, 250, ((250)::numeric / 100)::numeric(12,2), 'x')"
+        );
+        assert_eq!(
+            planned("insert into orders values (1, 2.5, 'x')", Phase::Switched, None),
+            "insert into orders (id, amount, amount_pgshift_new, note) values (1, ((((2.5)) * 100)::integer), 2.5, 'x')"
+        );
     }
 }

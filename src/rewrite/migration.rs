@@ -50,8 +50,26 @@ pub struct MigrationSpec {
     /// `to` is empty (the new shape has no such column).
     pub dropped: bool,
     /// Which sessions are served in the new shape whatever the read
-    /// switch says (an added or a dropped column's `*`).
+    /// switch says (an added or a dropped column's `*`; a type change
+    /// that keeps the column's name).
     pub new_shape: Option<super::marker::ShapeMarker>,
+    /// A type change that keeps the column's name (`"op": "change_type"`
+    /// without `"to"`): clients of both shapes name `from`; `to` is the
+    /// physical new column's working name ([`working_name`]), which no
+    /// client names, renamed to `from` at contract. Which column a
+    /// session's `from` is follows its shape ([`super::marker`]).
+    pub keep_name: bool,
+}
+
+/// The working name of the new column of a type change that keeps
+/// `column`'s name: `column` (cut to fit Postgres' 63 bytes) and a suffix.
+pub fn working_name(column: &str) -> String {
+    const SUFFIX: &str = "_pgshift_new";
+    let mut cut = 63 - SUFFIX.len();
+    while !column.is_char_boundary(cut.min(column.len())) {
+        cut -= 1;
+    }
+    format!("{}{SUFFIX}", &column[..cut.min(column.len())])
 }
 
 /// A catalog operation and the keys it was given (stored as given, and
@@ -226,6 +244,56 @@ impl MigrationSpec {
             added: None,
             dropped: false,
             new_shape: None,
+            keep_name: false,
+        }
+    }
+
+    /// A type change of `from` that keeps its name: `up` over `from` (the
+    /// old value), `down` over `from` too (as the new shape names it),
+    /// stored over the working name of the new column.
+    #[allow(clippy::too_many_arguments)]
+    pub fn change_type_keeping_name(
+        id: &str,
+        table: &str,
+        from: &str,
+        new_type: &str,
+        up: &str,
+        down: &str,
+        new_shape: Option<super::marker::ShapeMarker>,
+    ) -> Result<MigrationSpec, SpecError> {
+        let err = |reason: String| SpecError {
+            id: id.to_string(),
+            reason: format!("change_type: {reason}"),
+        };
+        let column = parse_ident(from).map_err(|e| err(format!("from {from:?}: {e}")))?;
+        check_expression(down, &column).map_err(|e| err(format!("down {down:?}: {e}")))?;
+        let to = working_name(&column);
+        let down = substitute(down, &column, &quote_ident(&to));
+        if let Some(marker) = &new_shape {
+            marker.check().map_err(err)?;
+        }
+        let spec = MigrationSpec::new(
+            id,
+            table,
+            &quote_ident(&column),
+            &quote_ident(&to),
+            Some(new_type),
+            Some(up),
+            Some(&down),
+        )?;
+        Ok(MigrationSpec {
+            keep_name: true,
+            new_shape,
+            ..spec
+        })
+    }
+
+    /// The name clients give the column `which` stands for: its own, but
+    /// for a type change that keeps the name (both shapes name `from`).
+    pub fn client_name(&self, which: super::scope::Which) -> &str {
+        match (which, self.keep_name) {
+            (super::scope::Which::From, _) | (_, true) => &self.from,
+            (super::scope::Which::To, false) => &self.to,
         }
     }
 

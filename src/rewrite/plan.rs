@@ -173,8 +173,9 @@ pub struct Notes {
     /// Migrations (indices in `Rules::migrations`) whose old column the
     /// statement names: old-shape use, which holds a contract back.
     pub old_shape: Vec<usize>,
-    /// Migrations whose table's `*` the plan spelled out (with both
-    /// migrating columns): the statement's result has their columns.
+    /// Migrations that shape the statement's result: whose table's `*`
+    /// the plan spelled out, or whose kept-name column it reads (the
+    /// column's type is the session's shape's).
     pub stars: Vec<usize>,
 }
 
@@ -419,12 +420,24 @@ impl<'r> Text<'_, 'r> {
                     .map(|i| i.target)
                     .filter(|&k| self.rules.migrations[self.relevant[k]].spec.added.is_some()),
             );
-        let stars = sites.stars.iter().flat_map(|s| {
-            s.parts.iter().filter_map(|p| match p {
-                resolve::StarPart::Target { target, .. } => Some(*target),
-                _ => None,
+        let kept_name = |k: usize| self.rules.migrations[self.relevant[k]].spec.keep_name;
+        let stars = sites
+            .stars
+            .iter()
+            .flat_map(|s| {
+                s.parts.iter().filter_map(|p| match p {
+                    resolve::StarPart::Target { target, .. } => Some(*target),
+                    _ => None,
+                })
             })
-        });
+            // A kept name's type is the session's shape's.
+            .chain(
+                sites
+                    .uses
+                    .iter()
+                    .map(|u| u.target)
+                    .filter(|&k| kept_name(k)),
+            );
         for (list, found) in [
             (&mut notes.old_shape, old.collect::<Vec<_>>()),
             (&mut notes.stars, stars.collect()),
@@ -536,6 +549,7 @@ fn target<'r>(m: &'r ActiveMigration, catalog: &'r Catalog) -> Target<'r> {
         catalog,
         physical,
         old_at,
+        kept_name_new: m.spec.keep_name.then(|| super::marker::sees_new(m)),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Target<'r> {
     pub physical: Option<Vec<String>>,
     /// Where the old column stands once dropped (its index among them).
     pub old_at: usize,
+    /// For a type change that keeps the column's name: whether the
+    /// session is served the new shape (its `from` is then `to`).
+    pub kept_name_new: Option<bool>,
 }
 
 /// A refusal: the target it is about, and why.
@@ -63,6 +66,13 @@ impl Target<'_> {
 
     fn shaped(&self, shape: Shape) -> Columns {
         let spec = &self.m.spec;
+        if self.kept_name_new.is_some() {
+            // Both shapes name the one column, where it always stood.
+            return match &self.physical {
+                Some(p) => Columns::Known(p.iter().filter(|c| **c != spec.to).cloned().collect()),
+                None => Columns::Unknown(vec![spec.from.clone()]),
+            };
+        }
         match &self.physical {
             Some(p) => Columns::Known(shaped(
                 p,
@@ -87,6 +97,9 @@ impl Target<'_> {
     /// The column `name` is, if it is one of the two.
     fn which(&self, name: &str) -> Option<Which> {
         let spec = &self.m.spec;
+        if let Some(new) = self.kept_name_new {
+            return (name == spec.from).then_some(if new { Which::To } else { Which::From });
+        }
         if name == spec.from {
             Some(Which::From)
         } else if name == spec.to {

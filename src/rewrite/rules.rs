@@ -180,9 +180,10 @@ impl Rules {
         let migrations: Vec<ActiveMigration> = migrations
             .iter()
             // A dropped column, once gone, leaves nothing to serve: a
-            // client naming it gets Postgres' own error, as direct.
+            // client naming it gets Postgres' own error, as direct. A
+            // kept name is the new column's once the old one is gone.
             .filter(|m| m.phase.rules_active() && m.spec.catalog.is_none())
-            .filter(|m| !m.spec.dropped || m.phase.has_old())
+            .filter(|m| !(m.spec.dropped || m.spec.keep_name) || m.phase.has_old())
             .cloned()
             .collect();
         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,6 +11,7 @@ mod drop_column;
 mod faults;
 mod harness;
 mod in_place;
+mod kept_name;
 mod lifecycle;
 mod locks;
 mod oracle;

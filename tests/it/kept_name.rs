@@ -1,0 +1,392 @@
+//! A type change that keeps the column's name (`"op": "change_type"`
+//! without `"to"`) under load: `amount integer` (cents) becomes `amount
+//! numeric(12,2)`. Sessions marked old (`pgshift.shape=old`) read and write
+//! integers, sessions the migration's `new_shape` names read and write
+//! decimals, unmarked ones follow the read switch; every read is checked
+//! against what that session wrote. The contract drops the old column and
+//! renames the new one to `amount` behind the barrier; the index on it
+//! keeps its name.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
+
+use crate::harness::*;
+
+/// `orders (id, amount integer NOT NULL, note)` with 500 rows (amount
+/// `7 * id` cents) and an index on `amount`; the migration registered
+/// through the admin port.
+async fn changing() -> (String, tokio_postgres::Client, String, String, Driven) {
+    let (dbname, direct) = db().fresh_database("keptnamedb").await;
+    let table = unique("orders");
+    let id = unique("amount_decimal");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id serial primary key, amount integer not null, note text);
+             create index {table}_amount_idx on {table} (amount);
+             insert into {table} (amount, note) select 7 * g, 'n' || g from generate_series(1, 500) g;"
+        ))
+        .await
+        .unwrap();
+    let d = driven_all(Vec::new(), &dbname).await;
+    let (code, answer) = admin_post(
+        &d.admin,
+        "/migrations",
+        json!({"id": id, "op": "change_type", "table": table, "from": "amount",
+               "type": "numeric(12,2)", "up": "amount::numeric / 100",
+               "down": "(amount * 100)::integer",
+               "new_shape": {"application_name": "billing-v2%"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    (dbname, direct, table, id, d)
+}
+
+async fn session(d: &Driven, dbname: &str, app: &str, options: &str) -> tokio_postgres::Client {
+    let mut config = d.proxy.config();
+    config.dbname(dbname).application_name(app);
+    if !options.is_empty() {
+        config.options(options);
+    }
+    connect(&config).await.unwrap()
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    old_stop: Arc<AtomicBool>,
+    switched: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    async fn start(d: &Driven, dbname: &str, table: &str) -> Load {
+        let flags = [(); 3].map(|_| Arc::new(AtomicBool::new(false)));
+        let mut tasks = Vec::new();
+        for (k, (app, options)) in [
+            ("billing-v1", "-c pgshift.shape=old"),
+            ("billing-v2.1", ""),
+            ("cron", ""),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let client = session(d, dbname, app, options).await;
+            let [stop, old_stop, switched] = flags.clone();
+            let table = table.to_string();
+            tasks.push(tokio::spawn(async move {
+                let (mut done, mut errors) = (0u64, Vec::new());
+                let mut n = 0i32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let result = match k {
+                        0 if old_stop.load(Ordering::Relaxed) => Ok(()),
+                        0 => old_shape(&client, &table, n).await,
+                        1 => new_shape(&client, &table, n).await,
+                        _ => unmarked(&client, &table, n, &switched).await,
+                    };
+                    match result {
+                        Ok(()) => done += 1,
+                        Err(e) => errors.push(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (done, errors)
+            }));
+        }
+        let [stop, old_stop, switched] = flags;
+        Load {
+            stop,
+            old_stop,
+            switched,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut done, mut errors) = (0, Vec::new());
+        for task in self.tasks {
+            let (d, e) = task.await.unwrap();
+            done += d;
+            errors.extend(e);
+        }
+        (done, errors)
+    }
+}
+
+/// Integers in, integers out (extended and simple protocol).
+async fn old_shape(client: &tokio_postgres::Client, table: &str, n: i32) -> Result<(), String> {
+    let cents = 100 * n + 37;
+    let id: i32 = client
+        .query_one(
+            &format!("insert into {table} (amount, note) values ($1, 'old') returning id"),
+            &[&cents],
+        )
+        .await
+        .map_err(|e| format!("old insert: {e:?}"))?
+        .get(0);
+    let got: i32 = client
+        .query_one(&format!("select amount from {table} where id = $1"), &[&id])
+        .await
+        .map_err(|e| format!("old read: {e:?}"))?
+        .try_get(0)
+        .map_err(|e| format!("old read type: {e:?}"))?;
+    if got != cents {
+        return Err(format!("old read {got}, wrote {cents}"));
+    }
+    client
+        .simple_query(&format!(
+            "update {table} set amount = amount + 1 where id = {id}"
+        ))
+        .await
+        .map_err(|e| format!("old update: {e:?}"))?;
+    let text = first_text(
+        client,
+        &format!("select amount from {table} where id = {id}"),
+    )
+    .await?;
+    match text == (cents + 1).to_string() {
+        true => Ok(()),
+        false => Err(format!("old read {text:?} after the update of {cents}")),
+    }
+}
+
+/// Decimals in, decimals out.
+async fn new_shape(client: &tokio_postgres::Client, table: &str, n: i32) -> Result<(), String> {
+    let id = first_text(
+        client,
+        &format!("insert into {table} (amount, note) values ({n}.25, 'new') returning id"),
+    )
+    .await?;
+    let id: i32 = id.parse().map_err(|e| format!("{e}"))?;
+    let row = client
+        .query_one(
+            &format!("select amount, amount::text from {table} where id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(|e| format!("new read: {e:?}"))?;
+    if row.columns()[0].type_() != &Type::NUMERIC || row.get::<_, String>(1) != format!("{n}.25") {
+        return Err(format!(
+            "new read {:?} of type {}, wrote {n}.25",
+            row.get::<_, String>(1),
+            row.columns()[0].type_()
+        ));
+    }
+    client
+        .execute(
+            &format!("update {table} set amount = amount + 0.5 where id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(|e| format!("new update: {e:?}"))?;
+    let text = first_text(
+        client,
+        &format!("select amount from {table} where id = {id}"),
+    )
+    .await?;
+    match text == format!("{n}.75") {
+        true => Ok(()),
+        false => Err(format!("new read {text:?} after the update of {n}.25")),
+    }
+}
+
+/// A seeded row (never written): cents before the switch, decimals after.
+async fn unmarked(
+    client: &tokio_postgres::Client,
+    table: &str,
+    n: i32,
+    switched: &AtomicBool,
+) -> Result<(), String> {
+    let id = n % 500 + 1;
+    let was_switched = switched.load(Ordering::Relaxed);
+    let text = first_text(
+        client,
+        &format!("select amount from {table} where id = {id}"),
+    )
+    .await?;
+    let (cents, decimal) = (
+        (7 * id).to_string(),
+        format!("{:.2}", 7.0 * id as f64 / 100.0),
+    );
+    match (was_switched, text == cents, text == decimal) {
+        (false, true, _) | (_, _, true) => Ok(()),
+        _ => Err(format!(
+            "unmarked read {text:?} of row {id} ({cents} cents), switched: {was_switched}"
+        )),
+    }
+}
+
+async fn first_text(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e:?}"))?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{sql}: no row"))
+}
+
+async fn wait_for_phase(admin: &str, id: &str, phase: &str) {
+    for _ in 0..300 {
+        let (_, s) =
+            pgshift::admin::request(admin, "GET", &format!("/migrations/{id}"), None, None)
+                .await
+                .unwrap();
+        if s["phase"] == phase {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} never reached {phase}");
+}
+
+async fn columns(direct: &tokio_postgres::Client, table: &str) -> Vec<(String, String)> {
+    direct
+        .query(
+            "select attname::text, format_type(atttypid, atttypmod) from pg_attribute
+              where attrelid = $1::text::regclass and attnum > 0 and not attisdropped order by attnum",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_change_keeping_the_name_serves_each_shape_its_own_type() {
+    let (dbname, direct, table, id, d) = changing().await;
+    let admin = d.admin.as_str();
+    let load = Load::start(&d, &dbname, &table).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    step_to(
+        admin,
+        &id,
+        "backfill",
+        json!({"batch_size": 200}),
+        "backfilling",
+    )
+    .await;
+    wait_for_phase(admin, &id, "backfilled").await;
+    step_to(admin, &id, "validate", json!({}), "validated").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    load.switched.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The old shape still names the column: the contract waits for it.
+    let (code, answer) = admin_post(
+        admin,
+        &format!("/migrations/{id}/contract"),
+        json!({"window_secs": 60}),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    load.old_stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    step_to(
+        admin,
+        &id,
+        "contract",
+        json!({"window_secs": 2}),
+        "contracted",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (done, errors) = load.finish().await;
+    // A statement prepared before the switch and run after it: Postgres'
+    // own answer when a column's type changes under a prepared statement.
+    let errors: Vec<String> = errors
+        .into_iter()
+        .filter(|e| !e.contains("cached plan must not change result type"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(done > 100, "the load ran ({done})");
+    step_to(admin, &id, "complete", json!({}), "complete").await;
+    // One column named amount, of the new type, its index kept by name.
+    let cols = columns(&direct, &table).await;
+    assert_eq!(
+        cols.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["id", "note", "amount"]
+    );
+    assert_eq!(cols[2].1, "numeric(12,2)");
+    let indexed: String = direct
+        .query_one(
+            "select pg_get_indexdef(($1 || '_amount_idx')::regclass)",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(indexed.contains("(amount)"), "{indexed}");
+    let row = direct
+        .query_one(
+            &format!(
+                "select (select amount::text from {table} where id = 3),
+                        (select count(*) from {table} where note = 'old' and amount - trunc(amount) <> 0.38),
+                        (select count(*) from {table} where amount is null)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "0.21", "7 * 3 cents");
+    assert_eq!(
+        row.get::<_, i64>(1),
+        0,
+        "old-shape cents became x.38 dollars"
+    );
+    assert_eq!(row.get::<_, i64>(2), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_change_keeping_the_name_rolls_back_from_the_switch() {
+    let (dbname, direct, table, id, d) = changing().await;
+    let admin = d.admin.as_str();
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "backfill", json!({}), "backfilling").await;
+    wait_for_phase(admin, &id, "backfilled").await;
+    step_to(admin, &id, "validate", json!({}), "validated").await;
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    let client = session(&d, &dbname, "billing-v2", "").await;
+    client
+        .simple_query(&format!("update {table} set amount = 99.5 where id = 1"))
+        .await
+        .unwrap();
+    step_to(admin, &id, "rollback", json!({}), "rolled_back").await;
+    let cols = columns(&direct, &table).await;
+    assert_eq!(
+        cols,
+        [
+            ("id".to_string(), "integer".to_string()),
+            ("amount".into(), "integer".into()),
+            ("note".into(), "text".into())
+        ]
+    );
+    let amount: i32 = direct
+        .query_one(&format!("select amount from {table} where id = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(amount, 9950, "the new shape's write reached the old column");
+    // Rolled back, every session reads the integer again.
+    let text = first_text(&client, &format!("select amount from {table} where id = 1"))
+        .await
+        .unwrap();
+    assert_eq!(text, "9950");
+}
