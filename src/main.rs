@@ -36,7 +36,7 @@ enum Command {
     /// Run the proxy.
     Serve(Box<ServeArgs>),
     /// Start a throwaway local Postgres with pgshift in front of it, and run a
-    /// rename, a type change and an added NOT NULL column under pgbench load
+    /// rename, two type changes (one keeping its name) and an added NOT NULL column under pgbench load
     /// through it, checking everything.
     Demo(DemoArgs),
     /// Show every migration's phase and progress (a client of the admin port).

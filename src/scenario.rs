@@ -3,9 +3,11 @@
 //! through pgshift in `-M prepared` and `-M simple`, it renames
 //! `pgbench_accounts.abalance → balance` and changes
 //! `pgbench_tellers.tbalance` from integer to bigint (`tbalance_big`) —
-//! both made NOT NULL first, as most real columns are — and adds
+//! both made NOT NULL first, as most real columns are — adds
 //! `pgbench_history.kind text NOT NULL`, given by `up` over each row (every
-//! pgbench INSERT leaves it out), driving all three through expand → backfill → validate → switch-reads →
+//! pgbench INSERT leaves it out), and changes `pgbench_branches.bbalance`
+//! to bigint under its own name (both shapes name it; the new-shape groups
+//! are marked by their application_name), driving all four through expand → backfill → validate → switch-reads →
 //! contract, then complete once the load has ended — checking after each
 //! step the tpcb invariant on every column that holds the truth (the sums
 //! of account, teller and branch balances and of the history's deltas are
@@ -52,7 +54,21 @@ pub fn migrations() -> Vec<ActiveMigration> {
         new_shape: None,
     };
     let added = MigrationSpec::add_column("history_kind", "pgbench_history", &kind);
-    [rename, retype, added]
+    // Both shapes name `bbalance`: the new-shape groups are told apart by
+    // their application_name.
+    let kept = MigrationSpec::change_type_keeping_name(
+        "branches_bigint",
+        "pgbench_branches",
+        "bbalance",
+        "bigint",
+        "bbalance::bigint",
+        "bbalance::integer",
+        Some(crate::rewrite::marker::ShapeMarker {
+            application_name: Some(format!("{NEW_SHAPE_APP}%")),
+            role: None,
+        }),
+    );
+    [rename, retype, added, kept]
         .into_iter()
         .flatten()
         .map(|spec| ActiveMigration {
@@ -61,6 +77,10 @@ pub fn migrations() -> Vec<ActiveMigration> {
         })
         .collect()
 }
+
+/// The new-shape groups' `application_name` (what `branches_bigint`'s
+/// `new_shape` names).
+pub const NEW_SHAPE_APP: &str = "pgbench-new-shape";
 
 /// The added `pgbench_history.kind`'s value over the row: every pgbench
 /// INSERT (both shapes leave it out) is given it.
@@ -156,6 +176,7 @@ pub async fn run(
             .args(["-l", "--log-prefix", &log_prefix])
             .args(extra)
             .arg("postgres")
+            .env("PGAPPNAME", if k < 2 { "pgbench" } else { NEW_SHAPE_APP })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -193,7 +214,12 @@ pub async fn run(
         Duration::from_secs_f64((f64::from(options.duration_secs) * 0.15).clamp(0.5, 10.0));
     tokio::time::sleep(warm_up).await;
 
-    let ids = ["accounts_balance", "tellers_bigint", "history_kind"];
+    let ids = [
+        "accounts_balance",
+        "tellers_bigint",
+        "history_kind",
+        "branches_bigint",
+    ];
     let step = |action: &'static str, body: Value| {
         let lifecycle = Arc::clone(&lifecycle);
         async move {
@@ -274,7 +300,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ok &= phases
-        .unmeasured(check.invariant("backfilled", &["balance", "tbalance_big"]))
+        .unmeasured(check.invariant("backfilled", NEW_COLUMNS))
         .await?;
     phases.enter("validate");
     // pgshift's default check: one statement for tables this size.
@@ -289,7 +315,7 @@ pub async fn run(
     step("switch-reads", json!({"to": "new"})).await?;
     phases.enter("reads on new");
     ok &= phases
-        .unmeasured(check.invariant("reads switched", &["balance", "tbalance_big"]))
+        .unmeasured(check.invariant("reads switched", NEW_COLUMNS))
         .await?;
     // The old-shape clients are still running: they are served from the
     // new columns after the contract, so it goes ahead (forced).
@@ -306,7 +332,7 @@ pub async fn run(
     }
     phases.enter("contracted");
     ok &= phases
-        .unmeasured(check.invariant("contracted", &["balance", "tbalance_big"]))
+        .unmeasured(check.invariant("contracted", NEW_COLUMNS))
         .await?;
 
     let mut results = Vec::new();
@@ -342,9 +368,7 @@ pub async fn run(
     );
     let per_phase = phases.report(&dir)?;
     step("complete", Value::Null).await?;
-    ok &= check
-        .invariant("complete", &["balance", "tbalance_big"])
-        .await?;
+    ok &= check.invariant("complete", NEW_COLUMNS).await?;
     ok &= check.not_null_carried().await?;
     ok &= check.kind_given().await?;
 
@@ -372,6 +396,9 @@ pub async fn run(
     }
     Ok(ok)
 }
+
+/// The new columns the invariant includes once they are backfilled.
+const NEW_COLUMNS: &[&str] = &["balance", "tbalance_big", "bbalance_pgshift_new"];
 
 /// How long the fault run's transaction holds its lock.
 const HOLD: Duration = Duration::from_secs(3);
@@ -429,7 +456,8 @@ impl Checker {
                 "select table_name::text, column_name::text from information_schema.columns
                   where table_schema = 'public'
                     and (table_name, column_name) in (('pgbench_accounts', 'abalance'), ('pgbench_accounts', 'balance'),
-                                                      ('pgbench_tellers', 'tbalance'), ('pgbench_tellers', 'tbalance_big'))",
+                                                      ('pgbench_tellers', 'tbalance'), ('pgbench_tellers', 'tbalance_big'),
+                                                      ('pgbench_branches', 'bbalance'), ('pgbench_branches', 'bbalance_pgshift_new'))",
                 &[],
             )
             .await?
@@ -439,14 +467,13 @@ impl Checker {
         let columns: Vec<&(String, String)> = existing
             .iter()
             .filter(|(_, c)| {
-                c == "abalance" || c == "tbalance" || new_columns.contains(&c.as_str())
+                ["abalance", "tbalance", "bbalance"].contains(&c.as_str())
+                    || new_columns.contains(&c.as_str())
             })
             .collect();
-        let mut select = vec![
-            "(select coalesce(sum(delta), 0) from pgbench_history)::int8".to_string(),
-            "(select sum(bbalance) from pgbench_branches)::int8".to_string(),
-        ];
-        let mut names = vec!["history.delta".to_string(), "bbalance".to_string()];
+        let mut select =
+            vec!["(select coalesce(sum(delta), 0) from pgbench_history)::int8".to_string()];
+        let mut names = vec!["history.delta".to_string()];
         for (table, column) in &columns {
             select.push(format!("(select sum({column}) from {table})::int8"));
             names.push(column.clone());
@@ -470,21 +497,23 @@ impl Checker {
         Ok(holds)
     }
 
-    /// The new columns ended NOT NULL, as the old ones were.
+    /// The new columns ended NOT NULL, as the old ones were, with their
+    /// types (`bbalance` is bigint under its own name).
     async fn not_null_carried(&self) -> Result<bool> {
         let row = self
             .client
             .query_one(
                 "select count(*) filter (where attnotnull), count(*) from pg_attribute
-                  where (attrelid, attname) in (('pgbench_accounts'::regclass, 'balance'),
-                                                ('pgbench_tellers'::regclass, 'tbalance_big'))",
+                  where (attrelid, attname, atttypid) in (('pgbench_accounts'::regclass, 'balance', 'int4'::regtype),
+                                                          ('pgbench_tellers'::regclass, 'tbalance_big', 'int8'::regtype),
+                                                          ('pgbench_branches'::regclass, 'bbalance', 'int8'::regtype))",
                 &[],
             )
             .await?;
         let (not_null, found): (i64, i64) = (row.get(0), row.get(1));
-        let holds = not_null == 2 && found == 2;
+        let holds = not_null == 3 && found == 3;
         println!(
-            "             balance and tbalance_big NOT NULL as abalance and tbalance were: {}",
+            "             balance, tbalance_big and bbalance (now bigint) NOT NULL as abalance, tbalance and bbalance were: {}",
             if holds { "yes" } else { "NO" }
         );
         Ok(holds)

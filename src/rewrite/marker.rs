@@ -326,6 +326,9 @@ mod kept_name {
             planned("select * from orders", Expanded, old),
             "select orders.id, orders.amount, orders.note from orders"
         );
+        // The working name is the physical column, as it is.
+        let working = "select amount_pgshift_new from orders";
+        assert_eq!(planned(working, Switched, None), working);
         // A cast keeps the column's output name.
         assert_eq!(
             planned("select amount::text from orders", Switched, None),
