@@ -130,13 +130,19 @@ fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> 
     if !t.m.has_old() {
         return Ok(String::new());
     }
+    // A kept name appended for a new-shape session is read as `b`: its
+    // value is `a`'s default converted.
+    let converted = |d: String| match t.kept_name_new {
+        Some(true) if d != "NULL" => spec.up_of(&d),
+        _ => d,
+    };
     let def = catalog
         .table(Some(&spec.table.schema), &spec.table.name)
         .ok_or_else(|| t.no_catalog(k))?;
     let default = def.column(&spec.from).and_then(|c| c.default.clone());
     match default {
         None => Ok("NULL".into()),
-        Some(d) if is_constant_expression(&d) => Ok(d),
+        Some(d) if is_constant_expression(&d) => Ok(converted(d)),
         Some(d) => Err((k, format!(
             "inserts without naming {} or {}, and its default {d} may give a different value each time it is evaluated; write the column's value explicitly",
             quote_ident(&spec.from),
@@ -146,7 +152,12 @@ fn fill(t: &Target<'_>, k: usize, catalog: &Catalog) -> Result<String, Refusal> 
 }
 
 fn implied_edits(i: &Implied, t: &Target<'_>, edits: &mut Vec<Edit>) -> Result<(), Refusal> {
-    if !t.m.has_new() {
+    // A new-shape session's positional value for a kept name is in the
+    // new type: listed, it is written through `down`.
+    let kept_new_positional = t.kept_name_new == Some(true)
+        && i.columns.is_empty()
+        && matches!(i.source, ImpliedSource::Values { .. });
+    if !t.m.has_new() && !kept_new_positional {
         return Ok(()); // one migrating column: the physical table is the old shape
     }
     let k = i.target;

@@ -258,6 +258,16 @@ mod kept_name {
     /// `orders (id, amount integer, note)`, `amount` becoming
     /// `numeric(12,2)`, planned in `phase` for a session marked `mark`.
     fn planned(sql: &str, phase: Phase, mark: Option<Marked>) -> String {
+        planned_with(sql, phase, mark, None)
+    }
+
+    /// [`planned`], `amount` having the default `default`.
+    fn planned_with(
+        sql: &str,
+        phase: Phase,
+        mark: Option<Marked>,
+        default: Option<&str>,
+    ) -> String {
         let spec = MigrationSpec::change_type_keeping_name(
             "m",
             "orders",
@@ -279,7 +289,7 @@ mod kept_name {
                 name: name.into(),
                 type_name: ty.into(),
                 not_null: false,
-                default: None,
+                default: default.filter(|_| name == "amount").map(str::to_string),
             })
             .collect();
         let mut catalog = Catalog::empty();
@@ -350,6 +360,21 @@ mod kept_name {
         assert_eq!(
             planned("insert into orders values (1, 250, 'x')", Phase::Expanded, None),
             "insert into orders (id, amount, amount_pgshift_new, note) values (1, 250, ((250)::numeric / 100)::numeric(12,2), 'x')"
+        );
+        // Planned, only the old column exists: still through `down`.
+        assert_eq!(
+            planned(
+                "insert into orders values (1, 2.5, 'x')",
+                Phase::Planned,
+                Some(Marked::New)
+            ),
+            "insert into orders (id, amount, note) values (1, ((((2.5)) * 100)::integer), 'x')"
+        );
+        // Left out, the old column's default is the new shape's value
+        // converted (as the backfill would give it).
+        assert_eq!(
+            planned_with("insert into orders (id) values (1)", Phase::Expanded, Some(Marked::New), Some("500")),
+            "insert into orders (id, amount, amount_pgshift_new) values (1, ((((((500)::numeric / 100)::numeric(12,2))) * 100)::integer), ((500)::numeric / 100)::numeric(12,2))"
         );
         assert_eq!(
             planned("insert into orders values (1, 2.5, 'x')", Phase::Switched, None),
