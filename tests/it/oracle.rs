@@ -621,5 +621,5 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
             }
         }
     }
-    assert!(checked >= 38 * cases());
+    assert!(checked >= 45 * cases());
 }
