@@ -89,6 +89,13 @@ impl NewMigration {
         if op == Op::DropColumn {
             return self.drop_column_spec();
         }
+        if op == Op::RenameTable {
+            self.takes_only("rename_table", &["to"]).map_err(err)?;
+            let Some(to) = &self.to else {
+                return Err(err("rename_table needs \"to\" (the new name)".into()));
+            };
+            return MigrationSpec::rename_table(&self.id, &self.table, to);
+        }
         if op == Op::ChangeType && self.to.is_none() {
             return self.change_type_keeping_name_spec();
         }

@@ -61,6 +61,9 @@ pub enum Op {
     /// client's `*` and positional INSERTs), dropped at contract once no
     /// client has named it.
     DropColumn,
+    /// `to`: the table renamed in place at the switch, behind a barrier;
+    /// both names served throughout.
+    RenameTable,
 }
 
 impl Op {
@@ -78,6 +81,7 @@ impl Op {
             Op::DropNotNull => "drop_not_null",
             Op::AddColumn => "add_column",
             Op::DropColumn => "drop_column",
+            Op::RenameTable => "rename_table",
         }
     }
 
@@ -86,7 +90,12 @@ impl Op {
     pub fn is_catalog(self) -> bool {
         !matches!(
             self,
-            Op::CopyColumn | Op::RenameColumn | Op::ChangeType | Op::AddColumn | Op::DropColumn
+            Op::CopyColumn
+                | Op::RenameColumn
+                | Op::ChangeType
+                | Op::AddColumn
+                | Op::DropColumn
+                | Op::RenameTable
         )
     }
 

@@ -304,12 +304,17 @@ impl Lifecycle {
                 format!("{name} via {proxy}, {} s ago", (now - at).max(0) / 1000)
             })
             .collect();
+        let spec = &record.spec;
+        let (old, new) = match &spec.renamed_to {
+            Some(new) => (spec.table.name.as_str(), new.as_str()),
+            None => (spec.from.as_str(), spec.to.as_str()),
+        };
         Err(ActionError::Conflict(format!(
             "old-shape statements (naming {}) were seen in the last {} s from: {}; move them to {} first, or contract with {{\"force\": true}}",
-            quote_ident(&record.spec.from),
+            quote_ident(old),
             window.as_secs(),
             list.join("; "),
-            quote_ident(&record.spec.to),
+            quote_ident(new),
         )))
     }
 

@@ -37,7 +37,7 @@ const BARRIER_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 const BARRIER_DRAIN: Duration = Duration::from_millis(1500);
 
 impl Lifecycle {
-    /// `expand`: nothing to add; the column `to` must not exist.
+    /// `expand`: nothing to add; the column (or table) `to` must not exist.
     pub(super) async fn expand_in_place(&self, mut record: Record) -> Result<(), ActionError> {
         if record.phase != Phase::Planned {
             return Err(Self::illegal(&record, "expand", "phase planned"));
@@ -45,6 +45,12 @@ impl Lifecycle {
         let client = self.connect().await?;
         let spec = &record.spec;
         let table = spec.table.to_string();
+        if spec.renamed_to.is_some() {
+            Self::check_table_rename(&client, spec).await?;
+            record.phase = Phase::Expanded;
+            let detail = "nothing copied: both names served from the one table";
+            return self.commit(&client, record, "expand", detail, true).await;
+        }
         Self::existing_column(&client, &table, &spec.from).await?;
         if ddl::column_info(&client, &table, &spec.to).await?.is_some() {
             let to = quote_ident(&spec.to);
@@ -128,17 +134,60 @@ impl Lifecycle {
         action: &str,
     ) -> Result<(), ActionError> {
         let spec = &record.spec;
-        let (from, to) = match forward {
-            true => (&spec.from, &spec.to),
-            false => (&spec.to, &spec.from),
+        let rename = match &spec.renamed_to {
+            Some(new) => {
+                let (from, to) = match forward {
+                    true => (spec.table.name.as_str(), new.as_str()),
+                    false => (new.as_str(), spec.table.name.as_str()),
+                };
+                format!(
+                    "alter table {}.{} rename to {}",
+                    quote_ident(&spec.table.schema),
+                    quote_ident(from),
+                    quote_ident(to)
+                )
+            }
+            None => {
+                let (from, to) = match forward {
+                    true => (&spec.from, &spec.to),
+                    false => (&spec.to, &spec.from),
+                };
+                format!(
+                    "alter table {} rename column {} to {}",
+                    spec.table,
+                    quote_ident(from),
+                    quote_ident(to)
+                )
+            }
         };
-        let rename = format!(
-            "alter table {} rename column {} to {}",
-            spec.table,
-            quote_ident(from),
-            quote_ident(to)
-        );
         self.behind_barrier(record, rename, next, action).await
+    }
+
+    /// A table rename needs the table, and its new name free in its schema.
+    pub(super) async fn check_table_rename(
+        client: &tokio_postgres::Client,
+        spec: &crate::rewrite::migration::MigrationSpec,
+    ) -> Result<(), ActionError> {
+        let schema = quote_ident(&spec.table.schema);
+        let new = spec.renamed_to.as_deref().unwrap_or_default();
+        let taken = format!("{schema}.{}", quote_ident(new));
+        let row = client
+            .query_one(
+                "select to_regclass($1) is not null, to_regclass($2) is not null",
+                &[&spec.table.to_string(), &taken],
+            )
+            .await?;
+        match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+            (true, false) => Ok(()),
+            (false, _) => Err(ActionError::Conflict(format!(
+                "there is no table {}",
+                spec.table
+            ))),
+            (true, true) => Err(ActionError::Conflict(format!(
+                "schema {schema} already has a relation {}: a table rename needs the name free",
+                quote_ident(new)
+            ))),
+        }
     }
 
     /// Runs `rename` (DDL naming the table's columns anew) and moves the

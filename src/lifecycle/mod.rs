@@ -397,7 +397,12 @@ impl Lifecycle {
             .records()
             .iter()
             .filter(|r| r.barrier)
-            .map(|r| (r.spec.table.name.to_lowercase(), r.barrier_ms))
+            .flat_map(|r| {
+                // A renamed table is held under both its names.
+                let names =
+                    std::iter::once(r.spec.table.name.clone()).chain(r.spec.renamed_to.clone());
+                names.map(move |n| (n.to_lowercase(), r.barrier_ms))
+            })
             .collect();
         if raised.is_empty() {
             return Vec::new();
@@ -514,6 +519,8 @@ impl Lifecycle {
             self.check_added_add(&client, &spec, added).await?;
         } else if spec.dropped {
             self.check_dropped_add(&client, &spec).await?;
+        } else if spec.renamed_to.is_some() {
+            Self::check_table_rename(&client, &spec).await?;
         } else {
             self.check_column_add(&client, &spec).await?;
         }
@@ -569,7 +576,7 @@ impl Lifecycle {
             self.act_catalog(record, action).await?;
             return self.status_of(id);
         }
-        if record.spec.in_place {
+        if record.spec.in_place || record.spec.renamed_to.is_some() {
             self.act_in_place(record, action).await?;
             return self.status_of(id);
         }
@@ -608,7 +615,7 @@ impl Lifecycle {
             Action::Rollback => self.rollback_in_place(record).await,
             Action::Backfill(_) | Action::Pause | Action::Resume | Action::Validate(_) => {
                 Err(ActionError::Conflict(format!(
-                    "migration {:?} renames its column in place: there is nothing to backfill or validate; after expand, switch-reads renames it",
+                    "migration {:?} renames its column or table in place: there is nothing to backfill or validate; after expand, switch-reads renames it",
                     record.spec.id
                 )))
             }

@@ -291,6 +291,11 @@ fn definition(spec: &crate::rewrite::migration::MigrationSpec) -> Option<String>
     let mut text = match (&spec.catalog, &spec.added) {
         (Some(c), _) => c.op.describe(&spec.table),
         (None, Some(a)) => a.describe(&spec.table.to_string()),
+        (None, None) if spec.renamed_to.is_some() => format!(
+            "ALTER TABLE {} RENAME TO {}",
+            spec.table,
+            crate::names::quote_ident(spec.renamed_to.as_deref().unwrap_or_default())
+        ),
         (None, None) if spec.dropped => format!(
             "ALTER TABLE {} DROP COLUMN {}",
             spec.table,

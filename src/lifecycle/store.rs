@@ -371,6 +371,10 @@ fn spec_of(
             MigrationSpec::drop_column(id, table, column, keys.new_shape)
         }
         Op::AddColumn => MigrationSpec::add_column(id, table, &stored_keys(row)?),
+        Op::RenameTable => {
+            let to: Option<String> = row.try_get(3).map_err(|e| e.to_string())?;
+            MigrationSpec::rename_table(id, table, to.as_deref().unwrap_or_default())
+        }
         op if op.is_catalog() => MigrationSpec::catalog(id, table, op, stored_keys(row)?),
         op => return column_spec(row, id, table, op),
     };
@@ -420,7 +424,7 @@ pub async fn insert_if_absent(
                 &spec.id,
                 &spec.table.to_string(),
                 &column_name(&spec.from),
-                &column_name(&spec.to),
+                &column_name(spec.renamed_to.as_deref().unwrap_or(&spec.to)),
                 &spec.new_type,
                 &spec.up,
                 &spec.down,

@@ -59,6 +59,10 @@ pub struct MigrationSpec {
     /// client names, renamed to `from` at contract. Which column a
     /// session's `from` is follows its shape ([`super::marker`]).
     pub keep_name: bool,
+    /// A table renamed (`"op": "rename_table"`): its new name, in the same
+    /// schema (`table` is the old one). No column moves; statements are
+    /// rewritten to name the physical table ([`super::renamed_table`]).
+    pub renamed_to: Option<String>,
 }
 
 /// The working name of the new column of a type change that keeps
@@ -245,7 +249,27 @@ impl MigrationSpec {
             dropped: false,
             new_shape: None,
             keep_name: false,
+            renamed_to: None,
         }
+    }
+
+    /// A `rename_table` of `table` to `to` (a name in the same schema).
+    pub fn rename_table(id: &str, table: &str, to: &str) -> Result<MigrationSpec, SpecError> {
+        let table = id_and_table(id, table)?;
+        let to = parse_ident(to).map_err(|e| SpecError {
+            id: id.to_string(),
+            reason: format!("rename_table: to {to:?}: {e} (a table name, in the table's schema)"),
+        })?;
+        if to == table.name {
+            return Err(SpecError {
+                id: id.to_string(),
+                reason: format!("rename_table: the table is already named {to:?}"),
+            });
+        }
+        Ok(MigrationSpec {
+            renamed_to: Some(to),
+            ..MigrationSpec::bare(id, table)
+        })
     }
 
     /// A type change of `from` that keeps its name: `up` over `from` (the
@@ -369,6 +393,9 @@ impl MigrationSpec {
         if self.dropped {
             return Op::DropColumn;
         }
+        if self.renamed_to.is_some() {
+            return Op::RenameTable;
+        }
         match (&self.catalog, self.in_place, &self.new_type) {
             (Some(c), _, _) => c.op.op(),
             (None, true, _) => Op::RenameColumn,
@@ -389,6 +416,9 @@ impl MigrationSpec {
 
     /// The table's columns this migration moves or names.
     pub fn columns(&self) -> Vec<String> {
+        if self.renamed_to.is_some() {
+            return Vec::new();
+        }
         match (&self.catalog, &self.added) {
             (Some(c), _) => c.op.columns(),
             (None, Some(a)) => vec![a.column.clone()],
@@ -407,8 +437,23 @@ impl MigrationSpec {
         if self.id == other.id {
             return true;
         }
-        if self.table != other.table {
+        // A renamed table is the other one's under either name.
+        let names = |s: &MigrationSpec| {
+            let mut n = vec![s.table.clone()];
+            if let Some(to) = &s.renamed_to {
+                n.push(TableName {
+                    schema: s.table.schema.clone(),
+                    name: to.clone(),
+                });
+            }
+            n
+        };
+        let (mine, theirs) = (names(self), names(other));
+        if !mine.iter().any(|t| theirs.contains(t)) {
             return false;
+        }
+        if self.renamed_to.is_some() || other.renamed_to.is_some() {
+            return true; // nothing else on a table being renamed
         }
         if self.catalog.is_none() && other.catalog.is_none() {
             return true;

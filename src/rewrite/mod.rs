@@ -25,6 +25,7 @@ pub mod literals;
 pub mod marker;
 pub mod migration;
 pub mod plan;
+pub mod renamed_table;
 pub mod resolve;
 pub mod rules;
 pub mod scan;

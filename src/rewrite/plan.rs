@@ -158,10 +158,11 @@ pub fn migrations_named(sql: &str, rules: &Rules) -> Vec<usize> {
     };
     (0..rules.migrations.len())
         .filter(|&i| {
-            matches!(
-                references(&tokens, &rules.migrations[i].spec, &rules.catalog),
-                Reference::Target
-            )
+            rules.migrations[i].spec.renamed_to.is_none()
+                && matches!(
+                    references(&tokens, &rules.migrations[i].spec, &rules.catalog),
+                    Reference::Target
+                )
         })
         .collect()
 }
@@ -191,7 +192,7 @@ pub fn plan_noting<'r>(sql: &str, rules: &'r Rules, notes: &mut Notes) -> Plan<'
 
 /// Plans a text; `notes` is `Some` for the client's own text (not for the
 /// text with `*` spelled out, planned in a second pass).
-fn plan_text<'r>(sql: &str, rules: &'r Rules, notes: Option<&mut Notes>) -> Plan<'r> {
+fn plan_text<'r>(sql: &str, rules: &'r Rules, mut notes: Option<&mut Notes>) -> Plan<'r> {
     let (tokens, raw) = match tokenize_for_parser(sql) {
         Ok(tokens) => tokens,
         Err(e) => {
@@ -201,8 +202,16 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, notes: Option<&mut Notes>) -> Plan
             }
         }
     };
+    if rules.migrations.iter().any(|m| m.spec.renamed_to.is_some()) {
+        if let Some(plan) = plan_renamed(sql, &tokens, rules, notes.as_deref_mut()) {
+            return plan;
+        }
+    }
     let mut relevant: Vec<usize> = Vec::new();
     for (i, m) in rules.migrations.iter().enumerate() {
+        if m.spec.renamed_to.is_some() {
+            continue; // renamed above
+        }
         match references(&tokens, &m.spec, &rules.catalog) {
             Reference::None => {}
             Reference::Target => relevant.push(i),
@@ -247,6 +256,63 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, notes: Option<&mut Notes>) -> Plan
         relevant: &relevant,
     };
     text.plan(&statements, notes)
+}
+
+/// A text that names a renamed table: renamed to the physical tables,
+/// then planned again for the other migrations; `None` when it names no
+/// renamed table by the name it does not have.
+fn plan_renamed<'r>(
+    sql: &str,
+    tokens: &[Tok],
+    rules: &'r Rules,
+    mut notes: Option<&mut Notes>,
+) -> Option<Plan<'r>> {
+    let renamed = match super::renamed_table::rename(sql, tokens, rules) {
+        Ok(renamed) => renamed,
+        Err((i, reason)) => return Some(refuse(&rules.migrations[i], reason)),
+    };
+    if let Some(notes) = notes.as_deref_mut() {
+        for i in renamed.old_shape {
+            if !notes.old_shape.contains(&i) {
+                notes.old_shape.push(i);
+            }
+        }
+    }
+    let text = renamed.text?;
+    let mut by = renamed.by;
+    // The renamed text names the physical table, whichever name the
+    // client used: its old-shape use was noted above.
+    let mut more_notes = Notes::default();
+    let planned = plan_text(&text, rules, Some(&mut more_notes));
+    if let Some(notes) = notes {
+        let renamed_table = |i: &usize| rules.migrations[*i].spec.renamed_to.is_some();
+        for i in more_notes
+            .old_shape
+            .into_iter()
+            .filter(|i| !renamed_table(i))
+        {
+            if !notes.old_shape.contains(&i) {
+                notes.old_shape.push(i);
+            }
+        }
+        for i in more_notes.stars {
+            if !notes.stars.contains(&i) {
+                notes.stars.push(i);
+            }
+        }
+    }
+    Some(match planned {
+        Plan::Unchanged => Plan::Replaced { text, by },
+        Plan::Replaced { text, by: more } => {
+            by.extend(
+                more.into_iter()
+                    .filter(|i| !by.contains(i))
+                    .collect::<Vec<_>>(),
+            );
+            Plan::Replaced { text, by }
+        }
+        other => other,
+    })
 }
 
 /// A text being planned: its tokens and the migrations whose tables it names.

@@ -200,7 +200,11 @@ impl Rules {
             .collect();
         let mut table_names: Vec<String> = migrations
             .iter()
-            .map(|m| m.spec.table.name.to_lowercase())
+            .flat_map(|m| {
+                // A renamed table under both its names.
+                let renamed = m.spec.renamed_to.as_deref().map(str::to_lowercase);
+                std::iter::once(m.spec.table.name.to_lowercase()).chain(renamed)
+            })
             .collect();
         table_names.sort();
         table_names.dedup();

@@ -17,6 +17,7 @@ mod locks;
 mod oracle;
 mod protocol;
 mod refusal;
+mod rename_table;
 mod rewriting;
 mod tls;
 mod tools;
