@@ -423,3 +423,29 @@ pub async fn walk_key(
     }
     Ok((usable && !key.is_empty()).then_some(key))
 }
+
+/// The indexes and constraints of `table` that use a column of `one` and
+/// a column of `other` (names).
+pub async fn objects_spanning(
+    client: &Client,
+    table: &str,
+    one: &[String],
+    other: &[String],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "with t as (select $1::text::regclass as oid),
+                  objects as (
+                    select c.relname::text as name, i.indkey::int2[] as cols
+                      from pg_index i join pg_class c on c.oid = i.indexrelid, t where i.indrelid = t.oid
+                    union all
+                    select k.conname::text, k.conkey from pg_constraint k, t where k.conrelid = t.oid)
+             select distinct name from objects o
+              where exists (select 1 from pg_attribute a, t where a.attrelid = t.oid and a.attnum = any(o.cols) and a.attname = any($2))
+                and exists (select 1 from pg_attribute a, t where a.attrelid = t.oid and a.attnum = any(o.cols) and a.attname = any($3))
+              order by 1",
+            &[&table, &one, &other],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

@@ -279,19 +279,24 @@ impl Lifecycle {
     /// done — and answers whether that happened. True at once without a
     /// barrier.
     pub(super) async fn drained_for_barrier(&self) -> bool {
-        if !self
+        let now = std::time::Instant::now();
+        let held: Vec<String> = self
             .rules
             .load()
             .holds
             .iter()
-            .any(|(_, until)| *until > std::time::Instant::now())
-        {
+            .filter(|(_, until)| *until > now)
+            .map(|(table, _)| table.clone())
+            .collect();
+        if held.is_empty() {
             return true;
         }
         let deadline = tokio::time::Instant::now() + BARRIER_DRAIN;
-        while self.rules.touching_in_flight() > 0 {
+        // Only the held tables' requests: one on another table may wait
+        // for a row lock of a transaction whose next statement is held.
+        while self.rules.touching_in_flight(&held) > 0 {
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(in_flight = self.rules.touching_in_flight(), "requests sent before the rename barrier are still in flight; not acknowledging it yet");
+                tracing::warn!(in_flight = self.rules.touching_in_flight(&held), "requests sent before the rename barrier are still in flight; not acknowledging it yet");
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -499,12 +499,13 @@ impl Lifecycle {
                     && other.spec.clashes_with(&spec));
             if clash {
                 return Err(ActionError::Conflict(format!(
-                    "migration {:?} clashes with migration {:?} (same id; a second column migration on the table; a column it moves; the same index or constraint)",
+                    "migration {:?} clashes with migration {:?} (same id; a column it moves, adds or drops; the same index or constraint; a table being renamed)",
                     spec.id, other.spec.id
                 )));
             }
         }
         let client = self.connect().await?;
+        self.check_beside(&client, &spec).await?;
         let table = spec.table.to_string();
         let exists: bool = client
             .query_one("select to_regclass($1) is not null", &[&table])
@@ -530,6 +531,37 @@ impl Lifecycle {
         self.commit(&client, record, "add", &detail, true).await?;
         drop(_one_at_a_time);
         self.status_of(&spec.id)
+    }
+
+    /// A migration moving a column of a table another one is moving a
+    /// column of: no index or constraint may span both (each migration
+    /// rebuilds and drops its own column's, which would take the other's).
+    async fn check_beside(
+        &self,
+        client: &tokio_postgres::Client,
+        spec: &crate::rewrite::migration::MigrationSpec,
+    ) -> Result<(), ActionError> {
+        if spec.catalog.is_some() {
+            return Ok(());
+        }
+        let table = spec.table.to_string();
+        for other in self.records() {
+            let in_flight = !matches!(other.phase, Phase::Complete | Phase::RolledBack);
+            if !in_flight || other.spec.catalog.is_some() || other.spec.table != spec.table {
+                continue;
+            }
+            let shared =
+                ddl::objects_spanning(client, &table, &spec.columns(), &other.spec.columns())
+                    .await?;
+            if let Some(name) = shared.first() {
+                return Err(ActionError::Conflict(format!(
+                    "{} spans a column of this migration and one of migration {:?}, in flight on the same table: each migration rebuilds its own column's indexes and constraints; finish one first",
+                    quote_ident(name),
+                    other.spec.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// What a migration moving a column needs before it is stored.

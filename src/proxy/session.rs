@@ -26,6 +26,7 @@ use super::statement::{rewrite_frame, Outcome};
 use super::statements::{self, Deallocation, Statements};
 use super::wire::{backend, frontend};
 use crate::metrics::{self, Kind};
+use crate::rewrite::rules::ANY_TABLE;
 use crate::rewrite::search_path;
 use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
 
@@ -98,7 +99,8 @@ struct Timing {
     started: Instant,
     kind: Kind,
     migration: Option<Arc<str>>,
-    touching: bool,
+    /// The migrating tables it names (`*`: some, not known which).
+    touching: Vec<String>,
 }
 
 impl SessionState {
@@ -171,10 +173,11 @@ impl SessionState {
     /// The session ended: its requests still in flight that touch a
     /// migrating table no longer count.
     pub fn abandon_in_flight(&self, rewriter: &dyn StatementRewriter) {
-        let touching = self.with_book(|b| b.timings.iter().filter(|t| t.touching).count());
-        if touching > 0 {
-            rewriter.in_flight(-(touching as i64));
-        }
+        self.with_book(|b| {
+            for t in b.timings.iter().filter(|t| !t.touching.is_empty()) {
+                rewriter.in_flight(&t.touching, -1);
+            }
+        });
     }
 
     /// Asks the session to end at its next idle point.
@@ -259,9 +262,9 @@ pub struct FrontendVisitor<'a> {
     /// What was done to the statements of the extended-protocol batch the
     /// next Sync ends, and the migration that did it (latency metrics).
     batch: (Kind, Option<Arc<str>>),
-    /// The batch (or Query) names a migrating table, itself or through a
-    /// prepared statement it runs.
-    touching: bool,
+    /// The migrating tables the batch (or Query) names, itself or through
+    /// a prepared statement it runs.
+    touching: Vec<String>,
     /// A statement this session prepared (by Parse or PREPARE) names a
     /// migrating table: a Bind or EXECUTE may run it.
     prepared_touching: bool,
@@ -298,7 +301,7 @@ impl<'a> FrontendVisitor<'a> {
             rewriter,
             tracking: rewriter.epoch().is_some(),
             batch: (Kind::Passed, None),
-            touching: false,
+            touching: Vec::new(),
             prepared_touching: false,
         }
     }
@@ -440,13 +443,17 @@ impl<'a> FrontendVisitor<'a> {
     fn note_touching(&mut self, tag: u8, sql: &[u8], sql_command: Option<(&'static str, &str)>) {
         let touched = self.rewriter.touched();
         let executes = matches!(sql_command, Some(("execute", _))) && self.prepared_touching;
-        self.touching |= touched || executes;
+        if executes {
+            self.touching.push(ANY_TABLE.to_string());
+        }
         if touched && (tag == frontend::PARSE || matches!(sql_command, Some(("prepare", _)))) {
             self.prepared_touching = true;
         }
         self.forget_tables_on_rollback(sql);
         if touched {
-            self.note_tables_used(self.rewriter.tables_named(sql));
+            let tables = self.rewriter.tables_named(sql);
+            self.touching.extend(tables.iter().cloned());
+            self.note_tables_used(tables);
         }
     }
 
@@ -478,19 +485,18 @@ impl<'a> FrontendVisitor<'a> {
         self.state.txn_used_tables.store(true, Ordering::Relaxed);
     }
 
-    /// A Bind: whether the statement it runs names a migrating table (its
-    /// tables are then used by the open transaction).
-    fn note_bind(&self, frame: &[u8]) -> bool {
+    /// A Bind: the migrating tables the statement it runs names (they are
+    /// then used by the open transaction).
+    fn note_bind(&self, frame: &[u8]) -> Vec<String> {
         let sql = statements::statement_used(frontend::BIND, frame)
             .and_then(|name| self.state.with_book(|b| b.statements.sql(name)));
         let Some(sql) = sql else {
-            return false;
+            return Vec::new();
         };
         self.forget_tables_on_rollback(&sql);
         let tables = self.rewriter.tables_named(&sql);
-        let touches = !tables.is_empty();
-        self.note_tables_used(tables);
-        touches
+        self.note_tables_used(tables.clone());
+        tables
     }
 
     /// Whether this message must wait for the rename barrier: a Query or
@@ -532,8 +538,8 @@ impl<'a> FrontendVisitor<'a> {
     fn time(&mut self, request: u64) {
         let (kind, migration) = std::mem::replace(&mut self.batch, (Kind::Passed, None));
         let touching = std::mem::take(&mut self.touching);
-        if touching {
-            self.rewriter.in_flight(1);
+        if !touching.is_empty() {
+            self.rewriter.in_flight(&touching, 1);
         }
         let timing = Timing {
             request,
@@ -673,12 +679,13 @@ impl FrameVisitor for FrontendVisitor<'_> {
             // migrating table under the rules now (it may have been
             // prepared before the migration began); from then on the
             // session's Binds are all seen whole.
-            let touches = match frame {
+            let tables = match frame {
                 Some(frame) if self.tracking => self.note_bind(frame),
-                _ => self.prepared_touching,
+                _ if self.prepared_touching => vec![ANY_TABLE.to_string()],
+                _ => Vec::new(),
             };
-            self.touching |= touches;
-            self.prepared_touching |= touches;
+            self.prepared_touching |= !tables.is_empty();
+            self.touching.extend(tables);
         }
         let Some(frame) = frame else {
             return Ok(Verdict::Keep);
@@ -833,14 +840,12 @@ impl FrameVisitor for BackendVisitor<'_> {
                     }
                     b.statements.on_ready(current);
                     let mut done = None;
-                    let mut touching = 0;
                     while b.timings.front().is_some_and(|t| t.request <= current) {
                         let t = b.timings.pop_front();
-                        touching += i64::from(t.as_ref().is_some_and(|t| t.touching));
+                        if let Some(t) = t.as_ref().filter(|t| !t.touching.is_empty()) {
+                            self.rewriter.in_flight(&t.touching, -1);
+                        }
                         done = t.filter(|t| t.request == current);
-                    }
-                    if touching > 0 {
-                        self.rewriter.in_flight(-touching);
                     }
                     done
                 });

@@ -240,8 +240,8 @@ impl StatementRewriter for MigrationRewriter {
         TOUCHED.with(|t| t.get())
     }
 
-    fn in_flight(&self, delta: i64) {
-        self.rules.in_flight(delta);
+    fn in_flight(&self, tables: &[String], delta: i64) {
+        self.rules.in_flight(tables, delta);
     }
 
     fn attribution(&self) -> Option<Arc<str>> {

@@ -382,3 +382,90 @@ mod kept_name {
         );
     }
 }
+
+#[cfg(test)]
+/// Two migrations on one table (a rename and a kept name's type change):
+/// each is planned over the text the other made.
+mod beside_a_rename {
+    use std::sync::Arc;
+
+    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::migration::{MigrationSpec, Phase};
+    use super::super::plan::{plan, Plan};
+    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::{with_session, SessionContext};
+    use super::Marked;
+
+    fn planned(sql: &str, phase: Phase, mark: Option<Marked>) -> String {
+        let rename =
+            MigrationSpec::new("a", "users", "name", "full_name", None, None, None).unwrap();
+        let widen = MigrationSpec::change_type_keeping_name(
+            "b",
+            "users",
+            "login_count",
+            "bigint",
+            "login_count::bigint",
+            "login_count::integer",
+            None,
+        )
+        .unwrap();
+        let (rename, widen) = (
+            ActiveMigration {
+                spec: rename,
+                phase,
+            },
+            ActiveMigration { spec: widen, phase },
+        );
+        let mut columns = vec!["id", "name", "login_count", "email"];
+        if rename.has_new() {
+            columns.extend(["full_name", "login_count_pgshift_new"]);
+        }
+        if !rename.has_old() {
+            columns.retain(|c| *c != "name" && *c != "login_count");
+        }
+        let columns = columns
+            .into_iter()
+            .map(|name| ColumnDef {
+                name: name.into(),
+                type_name: "text".into(),
+                not_null: false,
+                default: None,
+            })
+            .collect();
+        let mut catalog = Catalog::empty();
+        catalog.insert("public", "users", TableDef { columns });
+        let cell = RulesCell::with_catalog(&[rename, widen], catalog);
+        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
+        with_session(Some(&context), || {
+            cell.with(|rules| match plan(sql, rules) {
+                Plan::Unchanged => sql.to_string(),
+                Plan::Replaced { text, .. } => text,
+                Plan::Refused { reason, .. } => format!("refused: {reason}"),
+                Plan::Error { message, .. } => format!("error: {message}"),
+            })
+        })
+    }
+
+    #[test]
+    fn each_migration_rewrites_its_own_column_of_the_one_table() {
+        let new = Some(Marked::New);
+        assert_eq!(
+            planned("select * from users where id = 1", Phase::Expanded, new),
+            "select users.id, users.name, ((users.login_count)::bigint)::bigint AS login_count, users.email, users.name AS full_name from users where id = 1"
+        );
+        assert_eq!(
+            planned("update users set full_name = $1, login_count = login_count + 1 where id = $2", Phase::Expanded, None),
+            "update users set name = $1, full_name = $1, login_count = login_count + 1, login_count_pgshift_new = ((login_count + 1)::bigint)::bigint where id = $2"
+        );
+        // A positional INSERT: the old shape's columns, the working one
+        // left out of the list the first migration spells out.
+        assert_eq!(
+            planned("insert into users values (1, 'a', 2, 'e')", Phase::Switched, Some(Marked::Old)),
+            "insert into users (id, name, full_name, login_count, login_count_pgshift_new, email) values (1, 'a', 'a', 2, ((2)::bigint)::bigint, 'e')"
+        );
+        assert_eq!(
+            planned("select full_name, login_count from users where id = $1", Phase::Switched, Some(Marked::Old)),
+            "select full_name, (((login_count_pgshift_new))::integer) AS login_count from users where id = $1"
+        );
+    }
+}

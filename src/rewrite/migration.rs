@@ -428,11 +428,12 @@ impl MigrationSpec {
     }
 
     /// Whether two migrations may not be in flight together: the same id;
-    /// or on the same table two that move columns (the rewriter serves one
-    /// column pair per table: a second pair's writes would reach only one
-    /// of its columns), a column one of them moves and the other names, or
-    /// an index or constraint both make or drop. (Catalog operations that
-    /// name the same column move nothing: they may.)
+    /// or on the same table a column one of them moves (adds, drops) and
+    /// the other names, an index or constraint both make or drop, or a
+    /// table rename beside anything. (Migrations moving distinct columns of
+    /// one table may: each is planned over the text the other made.
+    /// Catalog operations that name the same column move nothing: they
+    /// may.)
     pub fn clashes_with(&self, other: &MigrationSpec) -> bool {
         if self.id == other.id {
             return true;
@@ -454,9 +455,6 @@ impl MigrationSpec {
         }
         if self.renamed_to.is_some() || other.renamed_to.is_some() {
             return true; // nothing else on a table being renamed
-        }
-        if self.catalog.is_none() && other.catalog.is_none() {
-            return true;
         }
         let moves = |s: &MigrationSpec| match s.catalog {
             None => s.columns(),

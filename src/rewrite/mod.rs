@@ -128,10 +128,12 @@ pub trait StatementRewriter: Send + Sync + 'static {
         false
     }
 
-    /// Requests in flight that touch a migrating table: `delta` more (sent)
-    /// or fewer (answered, or their session ended). The rename barrier is
-    /// acknowledged only once those sent before it are answered.
-    fn in_flight(&self, _delta: i64) {}
+    /// Requests in flight that touch the migrating `tables` (lower-cased;
+    /// [`rules::ANY_TABLE`]: some, not known which): `delta` more (sent) or
+    /// fewer (answered, or their session ended). The rename barrier is
+    /// acknowledged only once those sent before it that touch its table
+    /// are answered.
+    fn in_flight(&self, _tables: &[String], _delta: i64) {}
 }
 
 /// Who a statement being rewritten comes from: what name resolution and

@@ -195,22 +195,99 @@ pub fn plan_noting<'r>(sql: &str, rules: &'r Rules, notes: &mut Notes) -> Plan<'
 fn plan_text<'r>(sql: &str, rules: &'r Rules, mut notes: Option<&mut Notes>) -> Plan<'r> {
     let (tokens, raw) = match tokenize_for_parser(sql) {
         Ok(tokens) => tokens,
-        Err(e) => {
-            return Plan::Refused {
-                migration: rules.migrations.first(),
-                reason: format!("cannot be tokenized ({e})"),
-            }
-        }
+        Err(e) => return untokenizable(rules, e),
     };
     if rules.migrations.iter().any(|m| m.spec.renamed_to.is_some()) {
         if let Some(plan) = plan_renamed(sql, &tokens, rules, notes.as_deref_mut()) {
             return plan;
         }
     }
+    let first = plan_layer(sql, tokens, raw, rules, notes.as_deref_mut(), 0);
+    let layers = layers(rules);
+    if layers == 1 {
+        return first;
+    }
+    // Each further migration on a table planned over the text the ones
+    // before it made (they move distinct columns).
+    let (mut text, mut by) = match first {
+        Plan::Unchanged => (None, Vec::new()),
+        Plan::Replaced { text, by } => (Some(text), by),
+        other => return other,
+    };
+    for layer in 1..layers {
+        let current = text.as_deref().unwrap_or(sql);
+        match plan_in_layer(current, rules, notes.as_deref_mut(), layer) {
+            Plan::Unchanged => {}
+            Plan::Replaced { text: t, by: more } => {
+                text = Some(t);
+                by.extend(
+                    more.into_iter()
+                        .filter(|i| !by.contains(i))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            other => return other,
+        }
+    }
+    match text {
+        Some(text) => Plan::Replaced { text, by },
+        None => Plan::Unchanged,
+    }
+}
+
+fn untokenizable<'r>(rules: &'r Rules, e: impl std::fmt::Display) -> Plan<'r> {
+    Plan::Refused {
+        migration: rules.migrations.first(),
+        reason: format!("cannot be tokenized ({e})"),
+    }
+}
+
+/// How many migrations move columns of one table at most: the layers a
+/// text is planned in, one migration of each table per layer.
+fn layers(rules: &Rules) -> usize {
+    (0..rules.migrations.len())
+        .map(|i| layer_of(rules, i) + 1)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Migration `i`'s layer: how many migrations before it (in the rules'
+/// order) move columns of its table.
+fn layer_of(rules: &Rules, i: usize) -> usize {
+    let table = &rules.migrations[i].spec.table;
+    rules.migrations[..i]
+        .iter()
+        .filter(|m| m.spec.renamed_to.is_none() && m.spec.table == *table)
+        .count()
+}
+
+/// [`plan_layer`] of a text not tokenized yet.
+fn plan_in_layer<'r>(
+    sql: &str,
+    rules: &'r Rules,
+    notes: Option<&mut Notes>,
+    layer: usize,
+) -> Plan<'r> {
+    match tokenize_for_parser(sql) {
+        Ok((tokens, raw)) => plan_layer(sql, tokens, raw, rules, notes, layer),
+        Err(e) => untokenizable(rules, e),
+    }
+}
+
+/// Plans a text for the migrations of one layer (the first migration of
+/// each table is layer 0, the second layer 1, …).
+fn plan_layer<'r>(
+    sql: &str,
+    tokens: Vec<Tok>,
+    raw: Vec<sqlparser::tokenizer::TokenWithSpan>,
+    rules: &'r Rules,
+    notes: Option<&mut Notes>,
+    layer: usize,
+) -> Plan<'r> {
     let mut relevant: Vec<usize> = Vec::new();
     for (i, m) in rules.migrations.iter().enumerate() {
-        if m.spec.renamed_to.is_some() {
-            continue; // renamed above
+        if m.spec.renamed_to.is_some() || layer_of(rules, i) != layer {
+            continue; // renamed above, or planned in another layer
         }
         match references(&tokens, &m.spec, &rules.catalog) {
             Reference::None => {}
@@ -233,7 +310,7 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, mut notes: Option<&mut Notes>) -> 
         );
     }
     if leading(Keyword::COPY) {
-        return plan_copy(sql, &tokens, rules, &relevant, notes);
+        return plan_copy(sql, &tokens, rules, &relevant, notes, layer);
     }
     let statements = match Parser::new(&PostgreSqlDialect {})
         .with_tokens_with_locations(raw)
@@ -254,6 +331,7 @@ fn plan_text<'r>(sql: &str, rules: &'r Rules, mut notes: Option<&mut Notes>) -> 
         tokens: &tokens,
         rules,
         relevant: &relevant,
+        layer,
     };
     text.plan(&statements, notes)
 }
@@ -322,6 +400,8 @@ struct Text<'t, 'r> {
     rules: &'r Rules,
     /// Indices in `rules.migrations`.
     relevant: &'t [usize],
+    /// The layer they are of.
+    layer: usize,
 }
 
 /// One statement's outcome: its edits and the migrations they are for, or
@@ -336,11 +416,7 @@ impl<'r> Text<'_, 'r> {
         if segments.len() != statements.len() {
             return refuse(first, "could not be split into its statements");
         }
-        let targets: Vec<Target<'r>> = self
-            .relevant
-            .iter()
-            .map(|&i| target(&rules.migrations[i], &rules.catalog))
-            .collect();
+        let targets: Vec<Target<'r>> = self.relevant.iter().map(|&i| target(rules, i)).collect();
         let index = LineIndex::new(self.sql);
         let expand = notes.is_some();
         let (mut all_edits, mut by, mut expanded) = (Vec::new(), Vec::new(), false);
@@ -375,7 +451,7 @@ impl<'r> Text<'_, 'r> {
             return Plan::Replaced { text, by };
         }
         // `*` and implied columns spelled out: plan the result.
-        match plan_text(&text, rules, None) {
+        match plan_in_layer(&text, rules, None, self.layer) {
             Plan::Unchanged => Plan::Replaced { text, by },
             Plan::Replaced { text, by: more } => {
                 for i in more {
@@ -419,7 +495,7 @@ impl<'r> Text<'_, 'r> {
             }
         });
         if let Some(notes) = notes {
-            self.note(&sites, notes);
+            self.note(&sites, notes, returns_rows(statement));
         }
         if let Some((k, reason)) = sites.refusals.first() {
             return Err(refuse(targets[*k].m, reason.clone()));
@@ -457,7 +533,7 @@ impl<'r> Text<'_, 'r> {
     }
 
     /// Notes the old shape's use and the `*` spelled out.
-    fn note(&self, sites: &Sites, notes: &mut Notes) {
+    fn note(&self, sites: &Sites, notes: &mut Notes, returns_rows: bool) {
         let old = sites
             .uses
             .iter()
@@ -496,18 +572,26 @@ impl<'r> Text<'_, 'r> {
                     _ => None,
                 })
             })
-            // A kept name's type is the session's shape's.
+            // A kept name's type in the result is the session's shape's
+            // (any read of it in a statement that returns rows: it may be
+            // in an expression of the result).
             .chain(
                 sites
                     .uses
                     .iter()
                     .map(|u| u.target)
-                    .filter(|&k| kept_name(k)),
+                    .filter(|&k| returns_rows && kept_name(k)),
             );
-        for (list, found) in [
-            (&mut notes.old_shape, old.collect::<Vec<_>>()),
-            (&mut notes.stars, stars.collect()),
-        ] {
+        // A `*` spelled out here shows what the table's other migrations
+        // let the session see too: their shape changes its result as well.
+        let rules = self.rules;
+        let starred: Vec<usize> = stars.map(|k| self.relevant[k]).collect();
+        for i in starred.iter().flat_map(|&i| same_table(rules, i)) {
+            if !notes.stars.contains(&i) {
+                notes.stars.push(i);
+            }
+        }
+        for (list, found) in [(&mut notes.old_shape, old.collect::<Vec<_>>())] {
             for k in found {
                 let i = self.relevant[k];
                 if !list.contains(&i) {
@@ -516,6 +600,25 @@ impl<'r> Text<'_, 'r> {
             }
         }
     }
+}
+
+/// Whether a statement answers rows (a query, or a write with RETURNING).
+fn returns_rows(statement: &Statement) -> bool {
+    match statement {
+        Statement::Query(_) => true,
+        Statement::Insert(i) => i.returning.is_some(),
+        Statement::Update(u) => u.returning.is_some(),
+        Statement::Delete(d) => d.returning.is_some(),
+        _ => false,
+    }
+}
+
+/// The migrations on migration `i`'s table (`i` among them).
+fn same_table(rules: &Rules, i: usize) -> Vec<usize> {
+    let table = &rules.migrations[i].spec.table;
+    (0..rules.migrations.len())
+        .filter(|&j| rules.migrations[j].spec.table == *table)
+        .collect()
 }
 
 /// The migrations (indices into the targets) a statement's edits are for.
@@ -592,24 +695,22 @@ fn other_statement(toks: &[Tok], targets: &[Target<'_>]) -> Option<usize> {
     })
 }
 
-/// How the walk sees migration `m`'s table: its physical columns from the
-/// catalog snapshot, and where the old column stands once dropped.
-fn target<'r>(m: &'r ActiveMigration, catalog: &'r Catalog) -> Target<'r> {
-    let spec = &m.spec;
-    let def = catalog.table(Some(&spec.table.schema), &spec.table.name);
-    let physical: Option<Vec<String>> =
-        def.map(|d| d.columns.iter().map(|c| c.name.clone()).collect());
-    let old_at = physical.as_ref().map_or(0, |p| {
-        let before_new = p.iter().position(|c| *c == spec.to).unwrap_or(p.len());
-        match spec.old_after.as_deref() {
-            Some("") => 0,
-            Some(after) => p
-                .iter()
-                .position(|c| c == after)
-                .map_or(before_new, |i| i + 1),
-            None => before_new,
+/// How the walk sees migration `i`'s table: its columns from the catalog
+/// snapshot as the other migrations on the table show them to the client
+/// (their working and hidden columns left out, a dropped old column put
+/// back where it stood), and where its own old column stands once dropped.
+fn target<'r>(rules: &'r Rules, i: usize) -> Target<'r> {
+    let m = &rules.migrations[i];
+    let catalog = &rules.catalog;
+    let physical = physical_columns(m, catalog).map(|mut columns| {
+        for (j, o) in rules.migrations.iter().enumerate() {
+            if j != i && o.spec.renamed_to.is_none() && o.spec.table == m.spec.table {
+                columns = seen_through(o, catalog, &columns);
+            }
         }
+        columns
     });
+    let old_at = physical.as_ref().map_or(0, |p| old_at(&m.spec, p));
     Target {
         m,
         catalog,
@@ -617,6 +718,50 @@ fn target<'r>(m: &'r ActiveMigration, catalog: &'r Catalog) -> Target<'r> {
         old_at,
         kept_name_new: m.spec.keep_name.then(|| super::marker::sees_new(m)),
     }
+}
+
+/// `m`'s table's columns in the catalog snapshot, if it knows the table.
+fn physical_columns(m: &ActiveMigration, catalog: &Catalog) -> Option<Vec<String>> {
+    let spec = &m.spec;
+    let def = catalog.table(Some(&spec.table.schema), &spec.table.name)?;
+    Some(def.columns.iter().map(|c| c.name.clone()).collect())
+}
+
+/// Where `spec`'s old column stands among `columns` once it is dropped.
+fn old_at(spec: &MigrationSpec, columns: &[String]) -> usize {
+    let before_new = columns
+        .iter()
+        .position(|c| *c == spec.to)
+        .unwrap_or(columns.len());
+    match spec.old_after.as_deref() {
+        Some("") => 0,
+        Some(after) => columns
+            .iter()
+            .position(|c| c == after)
+            .map_or(before_new, |i| i + 1),
+        None => before_new,
+    }
+}
+
+/// `columns` as migration `o` (another on the same table) shows them to
+/// the session: what its `*` would list.
+fn seen_through(o: &ActiveMigration, catalog: &Catalog, columns: &[String]) -> Vec<String> {
+    let spec = &o.spec;
+    let hidden = match spec.keep_name {
+        true => Some(spec.to.as_str()),
+        false => super::marker::hidden(o),
+    };
+    if let Some(hidden) = hidden {
+        return columns.iter().filter(|c| **c != hidden).cloned().collect();
+    }
+    let at = physical_columns(o, catalog).map_or(columns.len(), |p| old_at(spec, &p));
+    super::scope::shaped(
+        columns,
+        (&spec.from, &spec.to),
+        at,
+        spec.in_place,
+        Shape::Union,
+    )
 }
 
 /// Walks `statement` in the union of both shapes, then — when its names
@@ -680,6 +825,7 @@ fn plan_copy<'r>(
     rules: &'r Rules,
     relevant: &[usize],
     notes: Option<&mut Notes>,
+    layer: usize,
 ) -> Plan<'r> {
     let migrations: Vec<&ActiveMigration> =
         relevant.iter().map(|&i| &rules.migrations[i]).collect();
@@ -691,7 +837,7 @@ fn plan_copy<'r>(
             }
         }
     }
-    if let Some(plan) = plan_copy_to(sql, tokens, rules, relevant) {
+    if let Some(plan) = plan_copy_to(sql, tokens, rules, relevant, layer) {
         return plan;
     }
     for m in &migrations {
@@ -720,6 +866,7 @@ fn plan_copy_to<'r>(
     tokens: &[Tok],
     rules: &'r Rules,
     relevant: &[usize],
+    layer: usize,
 ) -> Option<Plan<'r>> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let [Statement::Copy {
@@ -760,7 +907,7 @@ fn plan_copy_to<'r>(
             format!("SELECT {list} FROM {}", table.trim_end())
         }
     };
-    let planned = match plan_text(&query, rules, Some(&mut Notes::default())) {
+    let planned = match plan_in_layer(&query, rules, Some(&mut Notes::default()), layer) {
         Plan::Unchanged if matches!(source, CopySource::Query(_)) => return Some(Plan::Unchanged),
         Plan::Unchanged => query,
         Plan::Replaced { text, .. } => text,

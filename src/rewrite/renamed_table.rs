@@ -84,12 +84,14 @@ pub fn rename(sql: &str, tokens: &[Tok], rules: &Rules) -> Result<Renamed, (usiz
         Ok(statements) => statements,
         // Naming the physical table only: nothing to rename.
         Err(_) if !mentions_other(tokens, rules, &mentioned) => return Ok(out),
-        Err(e) => return Err((
-            first,
-            format!(
+        Err(e) => {
+            return Err((
+                first,
+                format!(
                 "names a table being renamed but cannot be parsed by pgshift's SQL parser ({e})"
             ),
-        )),
+            ))
+        }
     };
     let mut found = Relations::default();
     for statement in &statements {

@@ -58,6 +58,10 @@ impl ActiveMigration {
     }
 }
 
+/// A request in flight that touches some migrating table, not known which
+/// (an EXECUTE, or a Bind, of a statement prepared before it was seen).
+pub const ANY_TABLE: &str = "*";
+
 /// How long a proxy holds the statements on a table whose column is being
 /// renamed in place, at most: past it they go on under the rules in force
 /// (the proxy renaming clears the barrier long before, or gives up).
@@ -232,8 +236,9 @@ pub struct RulesCell {
     /// the lifecycle each time it confirms the stored state); 0: no lease
     /// (rules that only change by configuration).
     lease_until_ms: AtomicU64,
-    /// Requests in flight that touch a migrating table, over every session.
-    in_flight: std::sync::atomic::AtomicI64,
+    /// Requests in flight that touch a migrating table, over every
+    /// session, by table (lower-cased; [`ANY_TABLE`]: not known which).
+    in_flight: Mutex<HashMap<String, i64>>,
 }
 
 impl RulesCell {
@@ -253,7 +258,7 @@ impl RulesCell {
             publishing: Mutex::new(()),
             counters,
             lease_until_ms: AtomicU64::new(0),
-            in_flight: std::sync::atomic::AtomicI64::new(0),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -375,14 +380,30 @@ impl RulesCell {
         (now > until).then(|| now - until)
     }
 
-    /// Counts requests in flight that touch a migrating table.
-    pub fn in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::AcqRel);
+    /// Counts a request in flight that touches the migrating `tables`.
+    pub fn in_flight(&self, tables: &[String], delta: i64) {
+        let mut counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, table) in tables.iter().enumerate() {
+            if tables[..k].contains(table) {
+                continue; // one request, counted once per table
+            }
+            let count = counts.entry(table.clone()).or_insert(0);
+            *count += delta;
+            if *count == 0 {
+                counts.remove(table);
+            }
+        }
     }
 
-    /// Requests in flight that touch a migrating table now.
-    pub fn touching_in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Acquire)
+    /// Requests in flight now that touch one of `tables` (or some table
+    /// not known).
+    pub fn touching_in_flight(&self, tables: &[String]) -> i64 {
+        let counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        counts
+            .iter()
+            .filter(|(t, _)| t.as_str() == ANY_TABLE || tables.contains(t))
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// This cell's identity (unique in the process).

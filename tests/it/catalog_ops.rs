@@ -452,10 +452,9 @@ async fn definitions_that_are_not_what_the_operation_names_are_refused() {
             400,
             "unknown field",
         ),
-        // A second column pair on a table whose first is in flight: its
-        // writes would reach only one of its columns.
+        // A second migration of the column the first one moves.
         (
-            json!({"id": "j", "op": "rename_column", "table": "users", "from": "email", "to": "mail"}),
+            json!({"id": "j", "op": "rename_column", "table": "users", "from": "cents", "to": "cost"}),
             409,
             "clashes",
         ),

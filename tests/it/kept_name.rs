@@ -390,3 +390,185 @@ async fn a_type_change_keeping_the_name_rolls_back_from_the_switch() {
         .unwrap();
     assert_eq!(text, "9950");
 }
+
+/// Two migrations on one table at once: `name → full_name` (copied) and
+/// `login_count` to bigint keeping its name, each with its own phase, both
+/// shapes reading and writing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_migrations_on_one_table_each_serve_their_own_column() {
+    let (dbname, direct) = db().fresh_database("twoontable").await;
+    let table = unique("users");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id serial primary key, name text not null, login_count integer not null default 0, email text);
+             create index {table}_both on {table} (email, login_count);
+             insert into {table} (name) select 'u' || g from generate_series(1, 300) g;"
+        ))
+        .await
+        .unwrap();
+    let d = driven_all(Vec::new(), &dbname).await;
+    let admin = d.admin.as_str();
+    let post =
+        |body: serde_json::Value| async move { admin_post(admin, "/migrations", body).await };
+    let (code, answer) =
+        post(json!({"id": "rename", "table": table, "from": "name", "to": "full_name"})).await;
+    assert_eq!(code, 201, "{answer}");
+    let widen = json!({"id": "widen", "op": "change_type", "table": table, "from": "login_count",
+                       "type": "bigint", "up": "login_count::bigint", "down": "login_count::integer",
+                       "new_shape": {"application_name": "v2-%"}});
+    // An index over login_count and a column no migration moves is
+    // carried (`_both`); one spanning both migrations' columns is refused.
+    direct
+        .batch_execute(&format!(
+            "create index {table}_span on {table} (name, login_count)"
+        ))
+        .await
+        .unwrap();
+    let (code, answer) = post(widen.clone()).await;
+    assert!(
+        code == 409 && answer.to_string().contains("spans"),
+        "{code} {answer}"
+    );
+    direct
+        .batch_execute(&format!("drop index {table}_span"))
+        .await
+        .unwrap();
+    let (code, answer) = post(widen).await;
+    assert_eq!(code, 201, "{answer}");
+
+    let old = session(&d, &dbname, "v1-api", "-c pgshift.shape=old").await;
+    let new = session(&d, &dbname, "v2-api", "").await;
+    let mut errors = Vec::new();
+    let round = |step: &'static str| {
+        let (old, new, table) = (&old, &new, table.clone());
+        async move {
+            let mut errs = Vec::new();
+            for n in 0..20i32 {
+                let id: i32 = match old
+                    .query_one(
+                        &format!(
+                            "insert into {table} (name, login_count) values ($1, $2) returning id"
+                        ),
+                        &[&format!("o{n}"), &n],
+                    )
+                    .await
+                {
+                    Ok(r) => r.get(0),
+                    Err(e) => {
+                        errs.push(format!("{step}: old insert: {e:?}"));
+                        continue;
+                    }
+                };
+                let r = new
+                    .execute(
+                        &format!("update {table} set login_count = login_count + $1, full_name = full_name || '!' where id = $2"),
+                        &[&10i64, &id],
+                    )
+                    .await;
+                if let Err(e) = r {
+                    errs.push(format!("{step}: new update: {e:?}"));
+                }
+                match old
+                    .query_one(
+                        &format!("select name, login_count from {table} where id = $1"),
+                        &[&id],
+                    )
+                    .await
+                {
+                    Ok(row)
+                        if row.get::<_, String>(0) == format!("o{n}!")
+                            && row.get::<_, i32>(1) == n + 10 => {}
+                    Ok(row) => errs.push(format!("{step}: old read {row:?}")),
+                    Err(e) => errs.push(format!("{step}: old read: {e:?}")),
+                }
+                match new
+                    .query_one(
+                        &format!("select full_name, login_count from {table} where id = $1"),
+                        &[&id],
+                    )
+                    .await
+                {
+                    Ok(row)
+                        if row.get::<_, String>(0) == format!("o{n}!")
+                            && row.get::<_, i64>(1) == i64::from(n) + 10 => {}
+                    Ok(row) => errs.push(format!("{step}: new read {row:?}")),
+                    Err(e) => errs.push(format!("{step}: new read: {e:?}")),
+                }
+            }
+            errs
+        }
+    };
+    errors.extend(round("planned").await);
+    for (action, body, phase) in [
+        ("expand", json!({}), "expanded"),
+        ("backfill", json!({}), "backfilling"),
+    ] {
+        for id in ["rename", "widen"] {
+            step_to(admin, id, action, body.clone(), phase).await;
+        }
+        errors.extend(round(action).await);
+    }
+    for id in ["rename", "widen"] {
+        wait_for_phase(admin, id, "backfilled").await;
+        step_to(admin, id, "validate", json!({}), "validated").await;
+    }
+    // Each its own phase: one switched, the other not yet.
+    step_to(
+        admin,
+        "widen",
+        "switch-reads",
+        json!({"to": "new"}),
+        "switched",
+    )
+    .await;
+    errors.extend(round("widen switched").await);
+    step_to(
+        admin,
+        "rename",
+        "switch-reads",
+        json!({"to": "new"}),
+        "switched",
+    )
+    .await;
+    errors.extend(round("both switched").await);
+    for id in ["widen", "rename"] {
+        step_to(admin, id, "contract", json!({"force": true}), "contracted").await;
+    }
+    drop(old);
+    let errors_new: Vec<String> = {
+        let mut errs = Vec::new();
+        let row = new
+            .query_one(
+                &format!("select full_name, login_count from {table} where id = 1"),
+                &[],
+            )
+            .await;
+        match row {
+            Ok(row) if row.get::<_, String>(0) == "u1" && row.get::<_, i64>(1) == 0 => {}
+            other => errs.push(format!("contracted: new read {other:?}")),
+        }
+        errs
+    };
+    errors.extend(errors_new);
+    assert!(
+        errors.is_empty(),
+        "{} errors, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    for id in ["widen", "rename"] {
+        step_to(admin, id, "complete", json!({}), "complete").await;
+    }
+    let cols = columns(&direct, &table).await;
+    assert_eq!(
+        cols.iter()
+            .map(|(n, t)| format!("{n} {t}"))
+            .collect::<Vec<_>>(),
+        [
+            "id integer",
+            "email text",
+            "full_name text",
+            "login_count bigint"
+        ]
+    );
+}
