@@ -469,3 +469,73 @@ mod beside_a_rename {
         );
     }
 }
+#[cfg(test)]
+/// The result key of a statement reading a kept name (found by the
+/// application battery: asyncpg's prepared reads refused at the contract).
+mod result_keys {
+    use std::sync::Arc;
+
+    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::migration::{MigrationSpec, Phase};
+    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::{with_session, SessionContext, StatementRewriter};
+    use super::{Marked, ShapeMarker};
+
+    #[test]
+    fn a_kept_names_new_shape_keeps_its_key_through_the_contract() {
+        let rename =
+            MigrationSpec::new("r", "app.users", "name", "full_name", None, None, None).unwrap();
+        let marker = ShapeMarker {
+            application_name: Some("%-new-%".into()),
+            role: None,
+        };
+        let widen = MigrationSpec::change_type_keeping_name(
+            "w",
+            "app.users",
+            "login_count",
+            "bigint",
+            "login_count::bigint",
+            "login_count::integer",
+            Some(marker),
+        )
+        .unwrap();
+        let columns = ["id", "full_name", "login_count", "login_count_pgshift_new"]
+            .iter()
+            .map(|n| ColumnDef {
+                name: n.to_string(),
+                type_name: "text".into(),
+                not_null: false,
+                default: None,
+            })
+            .collect();
+        let mut catalog = Catalog::empty();
+        catalog.insert("app", "users", TableDef { columns });
+        let sql = b"SELECT app.users.id, app.users.full_name, app.users.login_count FROM app.users WHERE app.users.email = $1";
+        let key = |app: &str, mark: Option<Marked>, contracted: bool| {
+            let mut ms = vec![ActiveMigration {
+                spec: rename.clone(),
+                phase: Phase::Contracted,
+            }];
+            if !contracted {
+                ms.push(ActiveMigration {
+                    spec: widen.clone(),
+                    phase: Phase::Switched,
+                });
+            }
+            let cell = Arc::new(RulesCell::with_catalog(&ms, catalog.clone()));
+            let rewriter = super::super::engine::MigrationRewriter::new(cell);
+            let context = Arc::new(SessionContext::new(
+                Some(Arc::from(app)),
+                Arc::from("app"),
+                None,
+                mark,
+            ));
+            with_session(Some(&context), || rewriter.result_key(sql))
+        };
+        // The new shape's type is the table's once done: no change.
+        assert_eq!(key("api-new-1", None, false), key("api-new-1", None, true));
+        // The old shape's type changes at the contract.
+        let old = Some(Marked::Old);
+        assert_ne!(key("api-v1", old, false), key("api-v1", old, true));
+    }
+}

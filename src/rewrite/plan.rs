@@ -509,10 +509,17 @@ impl<'r> Text<'_, 'r> {
         }
         let spells_out = !sites.stars.is_empty() || !sites.implied.is_empty();
         let edits = match (spells_out, expand) {
-            (true, true) => {
-                *expanded = true;
-                edits::expansion(self.sql, &sites, targets)
-            }
+            (true, true) => match edits::expansion(self.sql, &sites, targets) {
+                // Nothing to spell out in this phase (an INSERT leaving the
+                // columns to the table while only one exists): the reads
+                // and writes are rewritten as they are.
+                Ok(none) if none.is_empty() => edits::rewrite(self.sql, &sites, targets),
+                Ok(spelled) => {
+                    *expanded = true;
+                    Ok(spelled)
+                }
+                Err(e) => Err(e),
+            },
             (true, false) => Err((
                 0,
                 "selects * or leaves columns implied in a way pgshift could not spell out".into(),
@@ -562,31 +569,27 @@ impl<'r> Text<'_, 'r> {
                     .map(|i| i.target)
                     .filter(|&k| self.rules.migrations[self.relevant[k]].spec.added.is_some()),
             );
-        let kept_name = |k: usize| self.rules.migrations[self.relevant[k]].spec.keep_name;
-        let stars = sites
-            .stars
-            .iter()
-            .flat_map(|s| {
-                s.parts.iter().filter_map(|p| match p {
-                    resolve::StarPart::Target { target, .. } => Some(*target),
-                    _ => None,
-                })
-            })
-            // A kept name's type in the result is the session's shape's
-            // (any read of it in a statement that returns rows: it may be
-            // in an expression of the result).
-            .chain(
-                sites
-                    .uses
-                    .iter()
-                    .map(|u| u.target)
-                    .filter(|&k| returns_rows && kept_name(k)),
-            );
+        let rules = self.rules;
+        let kept_name = |k: usize| rules.migrations[self.relevant[k]].spec.keep_name;
         // A `*` spelled out here shows what the table's other migrations
         // let the session see too: their shape changes its result as well.
-        let rules = self.rules;
-        let starred: Vec<usize> = stars.map(|k| self.relevant[k]).collect();
-        for i in starred.iter().flat_map(|&i| same_table(rules, i)) {
+        let stars = sites.stars.iter().flat_map(|s| {
+            s.parts.iter().filter_map(|p| match p {
+                resolve::StarPart::Target { target, .. } => Some(*target),
+                _ => None,
+            })
+        });
+        let starred = stars.flat_map(|k| same_table(rules, self.relevant[k]));
+        // A kept name's type in the result is the session's shape's (any
+        // read of it in a statement that returns rows: it may be in an
+        // expression of the result).
+        let kept = sites
+            .uses
+            .iter()
+            .map(|u| u.target)
+            .filter(|&k| returns_rows && kept_name(k))
+            .map(|k| self.relevant[k]);
+        for i in starred.chain(kept).collect::<Vec<_>>() {
             if !notes.stars.contains(&i) {
                 notes.stars.push(i);
             }

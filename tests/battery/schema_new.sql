@@ -18,7 +18,7 @@ create table app.users (
     org_id bigint not null references app.orgs (id),
     email text not null unique,
     full_name text not null,
-    login_count integer not null default 0,
+    login_count bigint not null default 0,
     settings jsonb not null default '{}',
     email_domain text generated always as (split_part(email, '@', 2)) stored,
     created_at timestamptz not null default now(),

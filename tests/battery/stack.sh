@@ -91,6 +91,16 @@ type = "text"
 not_null = true
 default = "''"
 up = "lower(name)"
+
+[[migrations]]
+id = "users_login_count_bigint"
+op = "change_type"
+table = "app.users"
+from = "login_count"
+type = "bigint"
+up = "login_count::bigint"
+down = "login_count::integer"
+new_shape = { application_name = "%-new-%" }
 EOF
     : >"$dir/pgshift.log"
     setsid "$pgshift_bin" serve --config "$dir/pgshift.toml" >>"$dir/pgshift.log" 2>&1 &

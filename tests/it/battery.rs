@@ -83,6 +83,22 @@ fn migrations() -> Vec<MigrationSpec> {
             },
         )
         .unwrap(),
+        // Beside the rename, on the same table: both shapes name
+        // login_count; new-shape apps are marked by their application_name
+        // (`sqla_sync-new-…`), old ones pin themselves with pgshift.shape.
+        MigrationSpec::change_type_keeping_name(
+            "users_login_count_bigint",
+            "app.users",
+            "login_count",
+            "bigint",
+            "login_count::bigint",
+            "login_count::integer",
+            Some(pgshift::rewrite::marker::ShapeMarker {
+                application_name: Some("%-new-%".into()),
+                role: None,
+            }),
+        )
+        .unwrap(),
     ]
 }
 

@@ -572,3 +572,33 @@ async fn two_migrations_on_one_table_each_serve_their_own_column() {
         ]
     );
 }
+
+/// A statement prepared by a new-shape session before the contract runs
+/// after it as before: its result (the new type) does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shape_statement_prepared_before_the_contract_runs_after_it() {
+    let (dbname, _direct, table, id, d) = changing().await;
+    let admin = d.admin.as_str();
+    step_to(admin, &id, "expand", json!({}), "expanded").await;
+    step_to(admin, &id, "backfill", json!({}), "backfilling").await;
+    wait_for_phase(admin, &id, "backfilled").await;
+    step_to(admin, &id, "validate", json!({}), "validated").await;
+    let new = session(&d, &dbname, "billing-v2", "").await;
+    let before = new
+        .prepare(&format!("select id, amount from {table} where id = $1"))
+        .await
+        .unwrap();
+    step_to(admin, &id, "switch-reads", json!({"to": "new"}), "switched").await;
+    let switched = new
+        .prepare(&format!("select amount, note from {table} where id = $1"))
+        .await
+        .unwrap();
+    for s in [&before, &switched] {
+        new.query_one(s, &[&3i32]).await.unwrap();
+    }
+    step_to(admin, &id, "contract", json!({"force": true}), "contracted").await;
+    for s in [&before, &switched] {
+        let row = new.query_one(s, &[&3i32]).await.unwrap();
+        assert_eq!(row.columns().len(), 2);
+    }
+}

@@ -19,7 +19,7 @@ settings.configure(
     DATABASES={"default": {
         "ENGINE": "django.db.backends.postgresql", "HOST": env.host, "PORT": env.port, "NAME": env.db,
         "USER": env.user, "PASSWORD": env.password or "",
-        "OPTIONS": {"options": "-c search_path=app,public", "application_name": env.tag},
+        "OPTIONS": {"options": f"-c search_path=app,public {env.options}".strip(), "application_name": env.tag},
     }},
     INSTALLED_APPS=[], USE_TZ=True, TIME_ZONE="UTC",
 )

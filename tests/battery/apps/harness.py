@@ -73,6 +73,10 @@ class Env:
         self.log_path = e["BATTERY_LOG"]
         self.model_path = e["BATTERY_MODEL"]
         self.pause = int(e.get("BATTERY_PAUSE_MS", "20")) / 1000
+        # The old version pins itself to the old shape of users.login_count (a type change
+        # that keeps the name: the statement cannot tell); the new one is marked by its
+        # application_name (the migration's new_shape). Postgres takes the setting as is.
+        self.options = "-c pgshift.shape=old" if self.shape.old else ""
 
 
 class Model:

@@ -21,7 +21,9 @@ LIKE = f"{env.tag}-%"
 engine = create_async_engine(
     URL.create("postgresql+asyncpg", username=env.user, password=env.password, host=env.host, port=env.port,
                database=env.db),
-    connect_args={"server_settings": {"application_name": env.tag}}, pool_size=2, pool_pre_ping=True)
+    connect_args={"server_settings": {"application_name": env.tag,
+                                      **({"pgshift.shape": "old"} if shape.old else {})}},
+    pool_size=2, pool_pre_ping=True)
 Session = async_sessionmaker(engine, expire_on_commit=False)
 
 

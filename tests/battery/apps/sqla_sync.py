@@ -17,7 +17,7 @@ LIKE = f"{env.tag}-%"
 engine = create_engine(
     URL.create("postgresql+psycopg", username=env.user, password=env.password, host=env.host, port=env.port,
                database=env.db),
-    connect_args={"application_name": env.tag}, pool_size=2, pool_pre_ping=True)
+    connect_args={"application_name": env.tag, "options": env.options}, pool_size=2, pool_pre_ping=True)
 Session = sessionmaker(engine, expire_on_commit=False)
 
 

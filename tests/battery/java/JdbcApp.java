@@ -79,6 +79,9 @@ public class JdbcApp {
         if (env.get("BATTERY_PASSWORD") != null) p.setProperty("password", env.get("BATTERY_PASSWORD"));
         p.setProperty("ApplicationName", tag);
         p.setProperty("currentSchema", "app");
+        // the old version pins itself to the old shape of users.login_count (the new one is
+        // marked by its application_name, the migration's new_shape)
+        if ("old".equals(env.get("BATTERY_SHAPE"))) p.setProperty("options", "-c pgshift.shape=old");
         // send application_name in the startup packet (older servers get it by SET), so pgshift sees it
         p.setProperty("assumeMinServerVersion", "9.0");
         return DriverManager.getConnection(

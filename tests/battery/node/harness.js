@@ -52,6 +52,13 @@ class Shape {
   expectTotal(what, got, cents) { expect(what, got, this.old ? String(cents) : decimal(cents)); }
 
   exportAmount(cents) { return this.old ? cents : decimal(cents); }
+
+  // users.login_count: integer in the old shape, bigint (a string in node-postgres) in the new
+  count(n) { return this.old ? n : String(n); }
+
+  // the startup options: the old version pins itself to the old shape of login_count (the new
+  // one is marked by its application_name, the migration's new_shape)
+  options() { return this.old ? '-c pgshift.shape=old' : undefined; }
 }
 
 // a small seeded generator, so that a run can be replayed from its tag

@@ -22,7 +22,7 @@ const sequelize = new Sequelize(env.db, env.user, env.password, {
   port: env.port,
   dialect: 'postgres',
   logging: false,
-  dialectOptions: { application_name: env.tag },
+  dialectOptions: { application_name: env.tag, options: shape.options() },
   pool: { max: 2, min: 1 },
 });
 
@@ -36,7 +36,9 @@ const User = sequelize.define('User', {
   orgId: { type: DataTypes.BIGINT, allowNull: false, field: 'org_id' },
   email: { type: DataTypes.TEXT, allowNull: false, unique: true },
   [NAME]: { type: DataTypes.TEXT, allowNull: false },
-  loginCount: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 0, field: 'login_count' },
+  loginCount: {
+    type: shape.old ? DataTypes.INTEGER : DataTypes.BIGINT, allowNull: false, defaultValue: 0, field: 'login_count',
+  },
   settings: { type: DataTypes.JSONB, allowNull: false, defaultValue: {} },
 }, { schema: 'app', tableName: 'users', timestamps: true, createdAt: 'created_at', updatedAt: 'updated_at' });
 
@@ -61,7 +63,7 @@ function myUserIds() { return [...model.users.values()].map((u) => u.id); }
 
 function checkUser(what, u, m) {
   expect(`${what} ${NAME}`, u[NAME], m.name);
-  expect(`${what} login_count`, u.loginCount, m.loginCount);
+  expect(`${what} login_count`, u.loginCount, shape.count(m.loginCount));
   expect(`${what} settings`, u.settings, m.settings);
   expect(`${what} org_id`, u.orgId, m.orgId);
 }
@@ -112,7 +114,7 @@ async function upsertUsers() {
   existing.settings = rows[0].settings;
   model.addUser(got[1].id, fresh);
   expect('id of the upserted existing user', got[0].id, existing.id);
-  expect('login_count returned by the upsert', got[0].loginCount, existing.loginCount);
+  expect('login_count returned by the upsert', got[0].loginCount, shape.count(existing.loginCount));
 }
 
 async function getUser() {
