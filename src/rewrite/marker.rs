@@ -370,6 +370,12 @@ mod kept_name {
             ),
             "insert into orders (id, amount, note) values (1, ((((2.5)) * 100)::integer), 'x')"
         );
+        // Leaving the column to the table (nothing to spell out while
+        // only the old column exists), its RETURNING is still the shape's.
+        assert_eq!(
+            planned("insert into orders (id) values (1) returning amount", Phase::Planned, Some(Marked::New)),
+            "insert into orders (id) values (1) returning ((amount)::numeric / 100)::numeric(12,2) AS amount"
+        );
         // Left out, the old column's default is the new shape's value
         // converted (as the backfill would give it).
         assert_eq!(
