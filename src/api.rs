@@ -99,7 +99,8 @@ impl NewMigration {
         if op == Op::ChangeType && self.to.is_none() {
             return self.change_type_keeping_name_spec();
         }
-        if self.not_null.is_some() || self.new_shape.is_some() {
+        let filled = op == Op::SetNotNull;
+        if self.not_null.is_some() || (self.new_shape.is_some() && !filled) {
             let key = match self.not_null {
                 Some(_) => "not_null",
                 None => "new_shape",
@@ -111,7 +112,7 @@ impl NewMigration {
                 ("from", self.from.is_some()),
                 ("to", self.to.is_some()),
                 ("type", self.new_type.is_some()),
-                ("up", self.up.is_some()),
+                ("up", self.up.is_some() && !filled),
                 ("down", self.down.is_some()),
             ];
             let wrong = given(&column_keys);
@@ -127,6 +128,8 @@ impl NewMigration {
                 name: self.name.clone(),
                 column: self.column.clone(),
                 default: self.default.clone(),
+                up: self.up.clone(),
+                new_shape: self.new_shape.clone(),
             };
             return MigrationSpec::catalog(&self.id, &self.table, op, keys);
         }

@@ -118,6 +118,14 @@ pub struct CatalogKeys {
     pub column: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
+    /// `set_not_null`: the value old-shape writes of NULL are given (a
+    /// constant expression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<String>,
+    /// `set_not_null` with `up`: the sessions served in the new shape
+    /// (their NULLs are refused, as once the column is NOT NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_shape: Option<crate::rewrite::marker::ShapeMarker>,
 }
 
 /// What kind of constraint an `add_constraint` adds, which decides how.

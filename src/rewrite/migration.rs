@@ -335,7 +335,29 @@ impl MigrationSpec {
         };
         let parsed = crate::ops::CatalogOp::parse(op, &table, &keys)
             .map_err(|e| err(format!("{}: {e}", op.as_str())))?;
+        let filled = op == crate::ops::Op::SetNotNull;
+        match (&keys.up, &keys.new_shape) {
+            (None, Some(_)) if filled => {
+                return Err(err("set_not_null takes new_shape only with up".into()))
+            }
+            (Some(_), _) | (_, Some(_)) if !filled => {
+                return Err(err(format!("{} takes no up or new_shape", op.as_str())))
+            }
+            _ => {}
+        }
+        if let Some(up) = &keys.up {
+            let checked = crate::ops::default_expr(up).map_err(|e| err(format!("set_not_null: up {up:?}: {e}")))?;
+            if !super::catalog::is_constant_expression(&checked) {
+                return Err(err(format!(
+                    "set_not_null: up {up:?} must be a constant (the value old-shape writes of NULL are given)"
+                )));
+            }
+        }
+        if let Some(marker) = &keys.new_shape {
+            marker.check().map_err(err)?;
+        }
         Ok(MigrationSpec {
+            new_shape: keys.new_shape.clone(),
             catalog: Some(Box::new(CatalogSpec { op: parsed, keys })),
             ..MigrationSpec::bare(id, table)
         })
@@ -382,6 +404,16 @@ impl MigrationSpec {
             added: Some(Box::new(added)),
             ..MigrationSpec::bare(id, table)
         })
+    }
+
+    /// A `set_not_null` with `up`: the column, and the value old-shape
+    /// writes of NULL to it are given.
+    pub fn fill(&self) -> Option<(&str, &str)> {
+        let c = self.catalog.as_ref()?;
+        match &c.op {
+            crate::ops::CatalogOp::SetNotNull { column } => Some((column, c.keys.up.as_deref()?)),
+            _ => None,
+        }
     }
 
     /// What the migration does.
