@@ -227,7 +227,9 @@ impl Lifecycle {
                 self.set_default(&client, &mut record, column, &op).await?
             }
             CatalogOp::SetNotNull { column } => {
-                self.expand_set_not_null(&client, &table, column).await?
+                let fill = record.spec.fill().map(|(_, fill)| fill.to_string());
+                self.expand_set_not_null(&client, &table, column, fill.as_deref())
+                    .await?
             }
             CatalogOp::DropNotNull { column } => {
                 self.check_not_null_op(&client, &table, column, false)

@@ -3,7 +3,8 @@
 //!
 //! - `set_not_null`: at expand, `CHECK (c IS NOT NULL) NOT VALID` (new
 //!   writes checked at once; refused while rows hold NULL, since such a
-//!   check fails every later UPDATE of those rows); at validate, the check
+//!   check fails every later UPDATE of those rows — with `up`, those rows
+//!   are given it first, in batches); at validate, the check
 //!   validated without blocking writes; at contract, `SET NOT NULL` (proven
 //!   by the check: no scan under the exclusive lock) and the check dropped.
 //!   Rollback takes off whatever of it is there, NOT NULL included.
@@ -58,12 +59,13 @@ impl Lifecycle {
     }
 
     /// `set_not_null` at expand: the NOT VALID check, once no row holds
-    /// NULL.
+    /// NULL (with a fill, the rows holding NULL are given it first).
     pub(super) async fn expand_set_not_null(
         &self,
         client: &Client,
         table: &TableName,
         column: &str,
+        fill: Option<&str>,
     ) -> Result<String, ActionError> {
         let t = table.to_string();
         let c = quote_ident(column);
@@ -77,6 +79,10 @@ impl Lifecycle {
             .get(0);
         if !exists {
             self.check_not_null_op(client, table, column, true).await?;
+            if let Some(fill) = fill {
+                let filled = fill_nulls(client, &t, &c, fill).await?;
+                tracing::info!(table = %t, column = %c, rows = filled, "rows holding NULL given the fill");
+            }
             // A plain read: it takes no lock that holds back writes.
             let nulls: bool = client
                 .query_one(
@@ -156,5 +162,22 @@ impl Lifecycle {
         let sql = format!("alter table {t} drop constraint if exists {check}");
         ddl::run_with_lock_timeout(client, &sql, self.lock).await?;
         Ok(format!("{check} dropped"))
+    }
+}
+
+/// Gives the rows of `t` holding NULL in `c` the `fill` (a constant
+/// checked when the migration was registered), 1,000 rows a transaction;
+/// the rows filled.
+async fn fill_nulls(client: &Client, t: &str, c: &str, fill: &str) -> Result<u64, ActionError> {
+    let batch = format!(
+        "update {t} set {c} = ({fill}) where ctid = any(array(select ctid from {t} where {c} is null limit 1000))"
+    );
+    let mut total = 0;
+    loop {
+        let n = client.execute(batch.as_str(), &[]).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
     }
 }

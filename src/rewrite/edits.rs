@@ -3,7 +3,8 @@
 //! source (converted by `up`/`down`, aliased so the client sees its own
 //! column's name), a write to every physical column of the phase, a `*`
 //! spelled out with both migrating columns, an INSERT given the columns it
-//! left implied. The rest of the text is kept byte for byte.
+//! left implied; for a NOT NULL being set with a fill, the old shape's
+//! NULLs given the fill. The rest of the text is kept byte for byte.
 
 use super::catalog::{is_constant_expression, Catalog};
 use super::migration::{quote_ident, MigrationSpec};
@@ -29,6 +30,9 @@ fn source(m: &ActiveMigration) -> &str {
     if let Some(column) = m.spec.one_sided() {
         return column; // read as it is while it exists
     }
+    if m.spec.fill().is_some() {
+        return &m.spec.from; // one column, read as it is
+    }
     if m.reads_new() {
         &m.spec.to
     } else {
@@ -47,6 +51,10 @@ pub fn expansion(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec
     }
     for implied in &sites.implied {
         let t = &targets[implied.target];
+        if let Some(fill) = t.fill {
+            fill_implied(implied, t, fill, &mut edits)?;
+            continue;
+        }
         match (&t.m.spec.added, t.m.spec.dropped) {
             (Some(added), _) => super::added::implied_edits(sql, implied, t, added, &mut edits)?,
             (None, true) => super::dropped::implied_edits(implied, t, &mut edits)?,
@@ -278,8 +286,15 @@ pub fn rewrite(sql: &str, sites: &Sites, targets: &[Target<'_>]) -> Result<Vec<E
         });
     }
     let mut edits = Vec::new();
-    // An added or a dropped column is written and matched on as it is.
-    let as_written = |k: usize| targets[k].m.spec.one_sided().is_some();
+    // An added or a dropped column is written and matched on as it is; a
+    // column whose NOT NULL is being set is given its fill for NULL.
+    let as_written =
+        |k: usize| targets[k].m.spec.one_sided().is_some() || targets[k].m.spec.fill().is_some();
+    for w in sites.writes.iter() {
+        if let Some(fill) = targets[w.target].fill {
+            fill_edits(sql, w, &targets[w.target], fill, &mut reads)?;
+        }
+    }
     for c in sites.conflicts.iter().filter(|c| !as_written(c.target)) {
         edits.push(conflict_edit(c, &targets[c.target])?);
     }
@@ -412,6 +427,130 @@ fn conflict_edit(c: &ConflictColumn, t: &Target<'_>) -> Result<Edit, Refusal> {
     })
 }
 
+// ---- a NOT NULL being set: NULL writes given the fill -------------------
+
+/// Whether an INSERT leaving the column out is given the fill: in a session
+/// that fills, when the column has no default, and the INSERT has VALUES
+/// or DEFAULT VALUES with a column list (or none) pgshift can extend.
+pub fn fills_implied(i: &Implied, t: &Target<'_>) -> bool {
+    let spec = &t.m.spec;
+    let no_default = t
+        .catalog
+        .table(Some(&spec.table.schema), &spec.table.name)
+        .and_then(|d| d.column(&spec.from))
+        .is_some_and(|c| c.default.is_none());
+    let extendable = match &i.source {
+        ImpliedSource::Values { .. } => !i.columns.is_empty() && i.list_close.is_some(),
+        ImpliedSource::DefaultValues(..) => true,
+        ImpliedSource::Query => false,
+    };
+    t.fill.is_some() && no_default && extendable
+}
+
+/// The fill typed as the column (so an untyped value beside it in
+/// `coalesce` takes the column's type).
+fn typed_fill(t: &Target<'_>, fill: &str) -> String {
+    match declared_type(t, Which::From) {
+        Some(ty) => format!("({fill})::{ty}"),
+        None => fill.to_string(),
+    }
+}
+
+/// An INSERT that leaves the column out gets it, with the fill.
+fn fill_implied(
+    i: &Implied,
+    t: &Target<'_>,
+    fill: &str,
+    edits: &mut Vec<Edit>,
+) -> Result<(), Refusal> {
+    let column = quote_ident(&t.m.spec.from);
+    let value = typed_fill(t, fill);
+    match &i.source {
+        ImpliedSource::DefaultValues(start, end) => edits.push(Edit {
+            start: *start,
+            end: *end,
+            text: format!("({column}) VALUES ({value})"),
+        }),
+        ImpliedSource::Values { closes, .. } => {
+            let close = i.list_close.ok_or_else(|| {
+                (
+                    i.target,
+                    "has an INSERT column list pgshift cannot place".to_string(),
+                )
+            })?;
+            edits.push(Edit {
+                start: close,
+                end: close,
+                text: format!(", {column}"),
+            });
+            for &row in closes {
+                edits.push(Edit {
+                    start: row,
+                    end: row,
+                    text: format!(", {value}"),
+                });
+            }
+        }
+        ImpliedSource::Query => {}
+    }
+    Ok(())
+}
+
+/// A write of the column: each value (but DEFAULT) as `coalesce(value,
+/// fill)`, its own reads rewritten (taken out of `reads`).
+fn fill_edits(
+    sql: &str,
+    w: &Write,
+    t: &Target<'_>,
+    fill: &str,
+    reads: &mut Vec<Edit>,
+) -> Result<(), Refusal> {
+    let value = typed_fill(t, fill);
+    for v in w.values.iter().filter(|v| !v.default) {
+        let text = value_text(sql, v, reads)
+            .ok_or_else(|| (w.target, "needs overlapping rewrites".to_string()))?;
+        // A constant other than NULL (the fill itself, once spelled out)
+        // needs nothing.
+        let null = text.to_ascii_lowercase().contains("null");
+        if is_constant_expression(&text) && !null {
+            if text != sql[v.range.0..v.range.1] {
+                reads.push(Edit {
+                    start: v.range.0,
+                    end: v.range.1,
+                    text,
+                });
+            }
+            continue;
+        }
+        reads.push(Edit {
+            start: v.range.0,
+            end: v.range.1,
+            text: format!("coalesce({text}, {value})"),
+        });
+    }
+    Ok(())
+}
+
+/// A written value's text with the rewrites of its own reads (taken out
+/// of `reads`).
+fn value_text(sql: &str, v: &Value, reads: &mut Vec<Edit>) -> Option<String> {
+    let (start, end) = v.range;
+    let mut inner: Vec<Edit> = Vec::new();
+    reads.retain(|e| {
+        if e.start >= start && e.end <= end {
+            inner.push(Edit {
+                start: e.start - start,
+                end: e.end - start,
+                text: e.text.clone(),
+            });
+            false
+        } else {
+            true
+        }
+    });
+    splice(&sql[start..end], &mut inner)
+}
+
 /// A conversion between the two columns' values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Convert {
@@ -508,21 +647,7 @@ fn write_edits(
     let targets = write_targets(m, w.which);
     let mut value_texts: Vec<Vec<String>> = Vec::new();
     for v in &w.values {
-        let (start, end) = v.range;
-        let mut inner: Vec<Edit> = Vec::new();
-        reads.retain(|e| {
-            if e.start >= start && e.end <= end {
-                inner.push(Edit {
-                    start: e.start - start,
-                    end: e.end - start,
-                    text: e.text.clone(),
-                });
-                false
-            } else {
-                true
-            }
-        });
-        let mut value = splice(&sql[start..end], &mut inner)
+        let mut value = value_text(sql, v, reads)
             .ok_or_else(|| (k, "needs overlapping rewrites".to_string()))?;
         check_value(v, targets.len(), m).map_err(|r| (k, r))?;
         if !spec.is_rename() && v.untyped {
@@ -574,4 +699,88 @@ fn write_edits(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+/// A NOT NULL being set with a fill (`set_not_null` with `up`).
+mod filled {
+    use std::sync::Arc;
+
+    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::marker::Marked;
+    use super::super::migration::{MigrationSpec, Phase};
+    use super::super::plan::{plan, Plan};
+    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::{with_session, SessionContext};
+
+    fn planned(sql: &str, mark: Option<Marked>) -> String {
+        let keys = crate::ops::CatalogKeys {
+            column: Some("phone".into()),
+            up: Some("'unknown'".into()),
+            ..Default::default()
+        };
+        let spec = MigrationSpec::catalog("m", "users", crate::ops::Op::SetNotNull, keys).unwrap();
+        let m = ActiveMigration {
+            spec,
+            phase: Phase::Expanded,
+        };
+        let columns = ["id", "name", "phone"]
+            .iter()
+            .map(|c| ColumnDef {
+                name: c.to_string(),
+                type_name: "text".into(),
+                not_null: false,
+                default: None,
+            })
+            .collect();
+        let mut catalog = Catalog::empty();
+        catalog.insert("public", "users", TableDef { columns });
+        let cell = RulesCell::with_catalog(&[m], catalog);
+        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
+        with_session(Some(&context), || {
+            cell.with(|rules| match plan(sql, rules) {
+                Plan::Unchanged => sql.to_string(),
+                Plan::Replaced { text, .. } => text,
+                Plan::Refused { reason, .. } => format!("refused: {reason}"),
+                Plan::Error { message, .. } => format!("error: {message}"),
+            })
+        })
+    }
+
+    #[test]
+    fn the_old_shapes_nulls_are_given_the_fill() {
+        let fill = "('unknown')::text";
+        assert_eq!(
+            planned(
+                "insert into users (id, name, phone) values (1, 'a', $1)",
+                None
+            ),
+            format!("insert into users (id, name, phone) values (1, 'a', coalesce($1, {fill}))")
+        );
+        assert_eq!(
+            planned(
+                "update users set phone = null, name = 'x' where id = 1",
+                None
+            ),
+            format!("update users set phone = coalesce(null, {fill}), name = 'x' where id = 1")
+        );
+        assert_eq!(
+            planned(
+                "insert into users (id, name) values (1, 'a'), (2, 'b')",
+                None
+            ),
+            format!(
+                "insert into users (id, name, phone) values (1, 'a', {fill}), (2, 'b', {fill})"
+            )
+        );
+        for unchanged in [
+            "select * from users where phone is null",
+            "insert into users (id, phone) values (1, default)",
+        ] {
+            assert_eq!(planned(unchanged, None), unchanged);
+        }
+        // The new shape's NULL meets the check, as once NOT NULL.
+        let new = "insert into users (id, name, phone) values (1, 'a', null)";
+        assert_eq!(planned(new, Some(Marked::New)), new);
+    }
 }

@@ -346,7 +346,8 @@ impl MigrationSpec {
             _ => {}
         }
         if let Some(up) = &keys.up {
-            let checked = crate::ops::default_expr(up).map_err(|e| err(format!("set_not_null: up {up:?}: {e}")))?;
+            let checked = crate::ops::default_expr(up)
+                .map_err(|e| err(format!("set_not_null: up {up:?}: {e}")))?;
             if !super::catalog::is_constant_expression(&checked) {
                 return Err(err(format!(
                     "set_not_null: up {up:?} must be a constant (the value old-shape writes of NULL are given)"

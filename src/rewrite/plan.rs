@@ -489,10 +489,18 @@ impl<'r> Text<'_, 'r> {
         sites.implied.retain(|i| {
             let t = &targets[i.target];
             match (&t.m.spec.added, t.m.spec.dropped) {
+                _ if t.m.spec.fill().is_some() => edits::fills_implied(i, t),
                 (Some(a), _) => added::gives_value(i, t, a),
                 (None, true) => dropped::new_shape_list(i, t).is_some(),
                 (None, false) => true,
             }
+        });
+        // A `*` over a table whose NOT NULL is being set is the table.
+        let filled = |k: usize| targets[k].m.spec.fill().is_some();
+        sites.stars.retain(|s| {
+            s.parts
+                .iter()
+                .any(|p| matches!(p, resolve::StarPart::Target { target, .. } if !filled(*target)))
         });
         if let Some(notes) = notes {
             self.note(&sites, notes, returns_rows(statement));
@@ -541,6 +549,12 @@ impl<'r> Text<'_, 'r> {
 
     /// Notes the old shape's use and the `*` spelled out.
     fn note(&self, sites: &Sites, notes: &mut Notes, returns_rows: bool) {
+        let filled = |k: &usize| {
+            self.rules.migrations[self.relevant[*k]]
+                .spec
+                .fill()
+                .is_some()
+        };
         let old = sites
             .uses
             .iter()
@@ -594,7 +608,9 @@ impl<'r> Text<'_, 'r> {
                 notes.stars.push(i);
             }
         }
-        for (list, found) in [(&mut notes.old_shape, old.collect::<Vec<_>>())] {
+        // (A column whose NOT NULL is being set has one name: no shape.)
+        let old: Vec<usize> = old.filter(|k| !filled(k)).collect();
+        for (list, found) in [(&mut notes.old_shape, old)] {
             for k in found {
                 let i = self.relevant[k];
                 if !list.contains(&i) {
@@ -720,6 +736,13 @@ fn target<'r>(rules: &'r Rules, i: usize) -> Target<'r> {
         physical,
         old_at,
         kept_name_new: m.spec.keep_name.then(|| super::marker::sees_new(m)),
+        // (Unmarked sessions are the old shape until the migration ends:
+        // a NOT NULL has no read switch.)
+        fill: m
+            .spec
+            .fill()
+            .filter(|_| super::marker::marked(m) != Some(super::marker::Marked::New))
+            .map(|(_, fill)| fill),
     }
 }
 
@@ -853,6 +876,9 @@ fn plan_copy<'r>(
                 },
                 Err(reason) => refuse(m, reason),
             };
+        }
+        if m.spec.fill().is_some() {
+            continue; // COPY writes as given (a NULL meets the check)
         }
         if let Some(reason) = copy_from_refusal(tokens, m) {
             return refuse(m, reason);

@@ -47,6 +47,9 @@ pub struct Target<'r> {
     /// For a type change that keeps the column's name: whether the
     /// session is served the new shape (its `from` is then `to`).
     pub kept_name_new: Option<bool>,
+    /// For a `set_not_null` with `up`, in a session of the old shape: the
+    /// value its writes of NULL to the column are given.
+    pub fill: Option<&'r str>,
 }
 
 /// A refusal: the target it is about, and why.

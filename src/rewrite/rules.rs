@@ -186,9 +186,18 @@ impl Rules {
             // A dropped column, once gone, leaves nothing to serve: a
             // client naming it gets Postgres' own error, as direct. A
             // kept name is the new column's once the old one is gone.
-            .filter(|m| m.phase.rules_active() && m.spec.catalog.is_none())
+            .filter(|m| m.phase.rules_active())
+            .filter(|m| m.spec.catalog.is_none() || m.spec.fill().is_some())
             .filter(|m| !(m.spec.dropped || m.spec.keep_name) || m.phase.has_old())
-            .cloned()
+            .map(|m| match m.spec.fill() {
+                // A set_not_null with a fill: its column is the one written.
+                Some((column, _)) => {
+                    let mut m = m.clone();
+                    m.spec.from = column.to_string();
+                    m
+                }
+                None => m.clone(),
+            })
             .collect();
         let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
         let counters = migrations

@@ -742,3 +742,89 @@ async fn an_expand_goes_on_when_the_client_that_asked_for_it_goes_away() {
         "the index is built and valid"
     );
 }
+
+/// `set_not_null` with `up`: rows holding NULL are given the fill at
+/// expand, and so are the old shape's writes of NULL (unmarked sessions)
+/// until the migration ends, while the new shape's NULL meets the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_null_set_with_a_fill_gives_the_old_shapes_nulls_the_fill() {
+    let (dbname, direct) = db().fresh_database("notnullfill").await;
+    direct
+        .batch_execute(
+            "create table contacts (id int primary key, name text, phone text);
+             insert into contacts select g, 'c' || g, case when g % 3 = 0 then null else 'p' || g end
+               from generate_series(1, 2500) g;",
+        )
+        .await
+        .unwrap();
+    let d = driven_all(vec![], &dbname).await;
+    let (code, answer) = post(
+        &d.admin,
+        "/migrations",
+        json!({"id": "phone", "op": "set_not_null", "table": "contacts", "column": "phone",
+               "up": "'unknown'", "new_shape": {"application_name": "v2-%"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{answer}");
+    let old = d.proxy.connect_to(&dbname).await;
+    let mut config = d.proxy.config();
+    config.dbname(&dbname).application_name("v2-web");
+    let new = connect(&config).await.unwrap();
+    let write_nulls = |base: i32| {
+        let old = &old;
+        async move {
+            old.execute(
+                "insert into contacts (id, name) values ($1, 'left out')",
+                &[&base],
+            )
+            .await
+            .unwrap();
+            old.execute(
+                "insert into contacts (id, name, phone) values ($1, 'null', $2)",
+                &[&(base + 1), &None::<String>],
+            )
+            .await
+            .unwrap();
+            old.execute("update contacts set phone = null where id = 1", &[])
+                .await
+                .unwrap();
+        }
+    };
+    write_nulls(10_000).await;
+    step_to(&d.admin, "phone", "expand", json!({}), "expanded").await;
+    write_nulls(10_010).await;
+    let refused = new
+        .execute(
+            "insert into contacts (id, name, phone) values (20000, 'new', null)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("23514"));
+    step_to(&d.admin, "phone", "validate", json!({}), "validated").await;
+    step_to(&d.admin, "phone", "contract", json!({}), "contracted").await;
+    write_nulls(10_020).await;
+    step_to(&d.admin, "phone", "complete", json!({}), "complete").await;
+    let row = direct
+        .query_one(
+            "select count(*) filter (where phone is null), count(*) filter (where phone = 'unknown'),
+                    (select attnotnull from pg_attribute where attrelid = 'contacts'::regclass and attname = 'phone')
+               from contacts",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+    assert_eq!(
+        row.get::<_, i64>(1),
+        833 + 7,
+        "2500 / 3 seeded NULLs, 7 written"
+    );
+    assert!(row.get::<_, bool>(2), "NOT NULL");
+    // Complete: the rules are gone, a NULL fails as direct.
+    let e = old
+        .execute("insert into contacts (id, name) values (30000, 'x')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23502"));
+}
