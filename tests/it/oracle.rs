@@ -65,6 +65,9 @@ enum Kind {
     /// column `a_pgshift_new` until contract): the session's mark says
     /// which type its `a` has.
     KeptName,
+    /// The table renamed `…_r` (`a` unchanged): the old shape names the
+    /// table by its old name, the new shape by its new one.
+    RenameTable,
 }
 
 impl Kind {
@@ -77,6 +80,12 @@ impl Kind {
     /// The session says its shape (the statement cannot).
     fn says_shape(self) -> bool {
         self.marked() || self == Kind::KeptName
+    }
+
+    /// The client names `a` in both shapes (what tells them apart is the
+    /// session's mark, or the table's name).
+    fn one_name(self) -> bool {
+        self.says_shape() || self == Kind::RenameTable
     }
 }
 
@@ -97,7 +106,7 @@ impl Run {
     /// The column the client names.
     fn col(&self) -> &'static str {
         match self.shape {
-            _ if self.kind.says_shape() => "a",
+            _ if self.kind.one_name() => "a",
             Shape::Old => "a",
             Shape::New => "b",
         }
@@ -117,7 +126,7 @@ impl Run {
     /// The migrating column the client does not see.
     fn hidden(&self) -> &'static str {
         match self.shape {
-            _ if self.kind.says_shape() => "b",
+            _ if self.kind.one_name() => "b",
             Shape::Old => "b",
             Shape::New => "a",
         }
@@ -144,8 +153,19 @@ impl Run {
         }
     }
 
+    /// The name the client gives the migrating table.
+    fn client_table(&self) -> String {
+        match (self.kind, self.shape) {
+            (Kind::RenameTable, Shape::New) => format!("{}_r", self.table),
+            _ => self.table.clone(),
+        }
+    }
+
     fn spec(&self) -> MigrationSpec {
         match self.kind {
+            Kind::RenameTable => {
+                MigrationSpec::rename_table("oracle", &self.table, &format!("{}_r", self.table))
+            }
             Kind::Rename => MigrationSpec::new("oracle", &self.table, "a", "b", None, None, None),
             Kind::RenameInPlace => {
                 MigrationSpec::new("oracle", &self.table, "a", "b", None, None, None)
@@ -200,8 +220,27 @@ impl Run {
             let with_old = self.kind == Kind::DropColumn && m.has_old();
             return self.marked_ddl(with_old, with_new);
         }
+        if self.kind == Kind::RenameTable {
+            let physical = match self.migration().reads_new() {
+                true => format!("{t}_r"),
+                false => t.clone(),
+            };
+            let mut ddl =
+                format!("create table {physical} (id int primary key, a int, note text);");
+            for id in 1..=8 {
+                ddl += &format!(
+                    "insert into {physical} (id, a, note) values ({id}, {}, 'seed');",
+                    id * 3
+                );
+            }
+            return ddl + &self.other_ddl();
+        }
         let b_type = match self.kind {
-            Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => "int",
+            Kind::Rename
+            | Kind::RenameInPlace
+            | Kind::AddColumn
+            | Kind::DropColumn
+            | Kind::RenameTable => "int",
             Kind::Retype | Kind::KeptName => "numeric(12,2)",
         };
         let b = self.spec().to;
@@ -229,7 +268,11 @@ impl Run {
         }
         if self.phase.has_new() {
             let up = match self.kind {
-                Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => "a",
+                Kind::Rename
+                | Kind::RenameInPlace
+                | Kind::AddColumn
+                | Kind::DropColumn
+                | Kind::RenameTable => "a",
                 Kind::Retype | Kind::KeptName => "(a::numeric / 100)::numeric(12,2)",
             };
             ddl += &format!("update {t} set {b} = {up};");
@@ -277,7 +320,7 @@ impl Run {
 
     /// The reference table: the client's shape, the same seed rows.
     fn reference_ddl(&self) -> String {
-        let t = &self.table;
+        let t = &self.client_table();
         match (self.kind, self.shape) {
             (Kind::AddColumn, Shape::Old) => return self.marked_ddl(false, false),
             (Kind::AddColumn, Shape::New) => return self.marked_ddl(false, true),
@@ -304,7 +347,8 @@ impl Run {
 
     /// One statement of the grammar.
     fn statement(&self, rng: &mut Rng) -> String {
-        let (t, x) = (&self.table, self.col());
+        let (t, x) = (&self.client_table(), self.col());
+        let o = format!("{}_o", self.table);
         let id = rng.range(1, 24);
         let v = self.value(rng);
         let w = self.value(rng);
@@ -315,7 +359,9 @@ impl Run {
         // Positional INSERTs are read in the old shape: for a type change
         // a new-shape client's value would be taken as the old type.
         let m = self.migration();
-        let position_known = m.has_old() || self.kind == Kind::RenameInPlace || self.kind.marked();
+        let position_known = m.has_old()
+            || matches!(self.kind, Kind::RenameInPlace | Kind::RenameTable)
+            || self.kind.marked();
         // (A kept name's new column stands last once renamed.)
         let positional = position_known && (self.kind != Kind::Retype || self.shape == Shape::Old);
         let (h, ty) = (self.hidden(), self.col_type());
@@ -377,13 +423,13 @@ impl Run {
             ),
             // Joins with a table whose column only the shape tells apart.
             29 => format!(
-                "select {t}.id, {x}, {h}, label from {t} join {t}_o o on o.id = {t}.id where {h} > {w} order by {t}.id"
+                "select {t}.id, {x}, {h}, label from {t} join {o} o on o.id = {t}.id where {h} > {w} order by {t}.id"
             ),
             30 => format!(
-                "select o.id from {t}_o o where exists (select 1 from {t} q where q.id = o.id and {x} is not null and {h} > 0) order by o.id"
+                "select o.id from {o} o where exists (select 1 from {t} q where q.id = o.id and {x} is not null and {h} > 0) order by o.id"
             ),
             31 => format!(
-                "select {h}, count(*) from {t} join {t}_o using (id) group by {h} order by {h}"
+                "select {h}, count(*) from {t} join {o} using (id) group by {h} order by {h}"
             ),
             // CTEs, recursive too; set operations; window functions.
             32 => format!(
@@ -417,9 +463,9 @@ impl Run {
                 "with moved as (update {t} set {x} = {x} + {step} where id = {id} returning id, {x}) select id, {x} from moved"
             ),
             42 => format!(
-                "select s.id, s.{x} from {t} s, lateral (select {h} from {t}_o where {t}_o.id = s.id) l where l.{h} > {w} order by s.id"
+                "select s.id, s.{x} from {t} s, lateral (select {h} from {o} where {o}.id = s.id) l where l.{h} > {w} order by s.id"
             ),
-            43 => format!("select * from {t} q join {t}_o o on o.id = q.id where q.id = {id}"),
+            43 => format!("select * from {t} q join {o} o on o.id = q.id where q.id = {id}"),
             // Positional: the client's shape has x second. (Not once a is
             // dropped: its place is unknown, and pgshift refuses.)
             _ => format!("insert into {t} values ({id}, {v}, 'positional')"),
@@ -512,6 +558,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
         Kind::AddColumn,
         Kind::DropColumn,
         Kind::KeptName,
+        Kind::RenameTable,
     ] {
         for phase in [
             Phase::Planned,
@@ -546,7 +593,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                 let app = connect(&config).await.unwrap();
 
                 // Parameter and result types, extended protocol.
-                let (t, x) = (&run.table, run.col());
+                let (t, x) = (&run.client_table(), run.col());
                 for sql in [
                     format!("update {t} set {x} = $1 where id = $2"),
                     format!("update {t} set {x} = {x} + $1 where id = $2 returning {x}"),
@@ -600,11 +647,14 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                     run_simple(&reference, &all, "").await,
                     "{context}: final contents"
                 );
-                if run.migration().has_old() && run.migration().has_new() && !kind.marked() {
+                let one_column = kind.marked() || kind == Kind::RenameTable;
+                if run.migration().has_old() && run.migration().has_new() && !one_column {
                     let up = match kind {
-                        Kind::Rename | Kind::RenameInPlace | Kind::AddColumn | Kind::DropColumn => {
-                            "a"
-                        }
+                        Kind::Rename
+                        | Kind::RenameInPlace
+                        | Kind::AddColumn
+                        | Kind::DropColumn
+                        | Kind::RenameTable => "a",
                         Kind::Retype | Kind::KeptName => "(a::numeric / 100)::numeric(12,2)",
                     };
                     let b = run.spec().to;
@@ -621,5 +671,5 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
             }
         }
     }
-    assert!(checked >= 45 * cases());
+    assert!(checked >= 53 * cases());
 }
