@@ -602,3 +602,40 @@ async fn a_new_shape_statement_prepared_before_the_contract_runs_after_it() {
         assert_eq!(row.columns().len(), 2);
     }
 }
+
+/// A rollback from every phase before contract leaves the column as it
+/// was, with every value, the working column gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_change_keeping_the_name_rolls_back_from_every_phase() {
+    let steps: [(&str, serde_json::Value, &str); 5] = [
+        ("expand", json!({}), "expanded"),
+        ("backfill", json!({}), "backfilling"),
+        ("validate", json!({}), "validated"),
+        ("switch-reads", json!({"to": "new"}), "switched"),
+        ("switch-reads", json!({"to": "old"}), "validated"),
+    ];
+    for taken in 0..=steps.len() {
+        let (dbname, direct, table, id, d) = changing().await;
+        for (action, body, phase) in &steps[..taken] {
+            step_to(&d.admin, &id, action, body.clone(), phase).await;
+            if *action == "backfill" {
+                wait_for_phase(&d.admin, &id, "backfilled").await;
+            }
+        }
+        step_to(&d.admin, &id, "rollback", json!({}), "rolled_back").await;
+        let cols = columns(&direct, &table).await;
+        assert_eq!(
+            cols[1],
+            ("amount".to_string(), "integer".to_string()),
+            "after {taken} steps"
+        );
+        assert_eq!(cols.len(), 3, "after {taken} steps: {cols:?}");
+        let client = session(&d, &dbname, "billing-v2", "").await;
+        let sum: i64 = client
+            .query_one(&format!("select sum(amount)::int8 from {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sum, 7 * 500 * 501 / 2, "after {taken} steps");
+    }
+}
