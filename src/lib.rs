@@ -38,6 +38,7 @@ pub mod pgerror;
 pub mod proxy;
 pub mod rewrite;
 pub mod scenario;
+pub mod sql_plan;
 pub mod telemetry;
 
 #[cfg(test)]

@@ -44,6 +44,19 @@ enum Command {
     /// Run a lifecycle step: expand, backfill, pause, resume, validate,
     /// switch-reads, contract, complete, rollback.
     Migrate(MigrateArgs),
+    /// Read plain SQL migration files and print what pgshift would do with
+    /// each statement: pass, make safe, migrate, or refuse (exit code 2
+    /// when a statement is refused).
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// A .sql file, or a directory of them (read in version order).
+    path: std::path::PathBuf,
+    /// text, or json (for CI).
+    #[arg(long, default_value = "text")]
+    format: String,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +453,7 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     match cli.command {
+        Command::Plan(args) => plan(&args),
         Command::Serve(args) => {
             let args = *args;
             let overrides = Overrides {
@@ -570,4 +584,29 @@ fn main() -> Result<()> {
             }))
         }
     }
+}
+
+/// `pgshift plan`: prints the plan; exits 2 when a statement is refused.
+fn plan(args: &PlanArgs) -> Result<()> {
+    use pgshift::sql_plan;
+    let mut steps = Vec::new();
+    let files = sql_plan::files(&args.path)
+        .with_context(|| format!("cannot read {}", args.path.display()))?;
+    for file in files {
+        let sql = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        steps.extend(sql_plan::plan_text(&file.display().to_string(), &sql));
+    }
+    match args.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&steps)?),
+        "text" => print!("{}", sql_plan::render(&steps)),
+        other => anyhow::bail!("--format {other:?}: text or json"),
+    }
+    if steps
+        .iter()
+        .any(|s| s.decision.verdict == sql_plan::Verdict::Refuse)
+    {
+        std::process::exit(2);
+    }
+    Ok(())
 }

@@ -151,3 +151,18 @@ fn a_type_change_in_every_phase() {
         );
     }
 }
+
+/// `pgshift plan` of the sample migrations under `tests/plan/` (every
+/// rule, a transaction, comments, a dollar-quoted body, a `down` given in
+/// a comment, files in version order, a `.down.sql` left out).
+#[test]
+fn the_plan_of_sample_migration_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan");
+    let mut steps = Vec::new();
+    for file in pgshift::sql_plan::files(&dir).unwrap() {
+        let sql = std::fs::read_to_string(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        steps.extend(pgshift::sql_plan::plan_text(&name, &sql));
+    }
+    insta::assert_snapshot!("plan_of_sample_files", pgshift::sql_plan::render(&steps));
+}

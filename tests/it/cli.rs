@@ -1103,3 +1103,44 @@ async fn until_backfilled(admin: &str, id: &str) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `pgshift plan`: the JSON a CI job reads, exit code 2 when a statement
+/// is refused, 0 when none is; each migration it proposes is one the
+/// admin port accepts.
+#[tokio::test]
+async fn plan_reads_migration_files_and_says_what_it_would_do() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan");
+    let out = Command::new(BIN)
+        .args(["plan", "--format", "json"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "DROP TABLE is refused");
+    let steps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = steps.as_array().unwrap();
+    let verdict = |needle: &str| {
+        steps
+            .iter()
+            .find(|s| s["statement"].as_str().unwrap_or("").contains(needle))
+            .map(|s| s["verdict"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(verdict("RENAME COLUMN name TO full_name"), "migrate");
+    assert_eq!(verdict("DROP TABLE old_audit"), "refuse");
+    assert_eq!(verdict("CREATE INDEX users_name_idx"), "make_safe");
+    assert_eq!(verdict("ADD COLUMN phone text"), "pass");
+    // The proposed migrations pass the admin port's own checks.
+    for step in steps.iter().filter(|s| s["verdict"] != "refuse") {
+        if let Some(m) = step.get("migration") {
+            let m: pgshift::api::NewMigration = serde_json::from_value(m.clone()).unwrap();
+            m.spec().unwrap_or_else(|e| panic!("{step}: {e}"));
+        }
+    }
+    let later = Command::new(BIN)
+        .arg("plan")
+        .arg(dir.join("V10__later.sql"))
+        .output()
+        .unwrap();
+    assert_eq!(later.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&later.stdout).contains("migrate [change-type]"));
+}

@@ -1,0 +1,1 @@
+-- golang-migrate's down file: pgshift plan leaves it out.

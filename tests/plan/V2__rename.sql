@@ -1,0 +1,16 @@
+ALTER TABLE users RENAME COLUMN name TO full_name;
+ALTER TABLE public.users ALTER COLUMN amount TYPE bigint;
+ALTER TABLE users ALTER COLUMN amount TYPE numeric(12,2) USING amount::numeric / 100;
+ALTER TABLE users ADD COLUMN phone text;
+ALTER TABLE users ADD COLUMN status text NOT NULL DEFAULT 'new';
+ALTER TABLE users ALTER COLUMN phone SET NOT NULL;
+ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id);
+ALTER TABLE orders ADD CONSTRAINT orders_ok CHECK (total >= 0) NOT VALID;
+ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);
+ALTER TABLE users DROP COLUMN legacy;
+ALTER TABLE users RENAME TO customers;
+CREATE INDEX CONCURRENTLY users_email_idx ON users (email);
+DROP INDEX users_name_idx;
+DROP TABLE old_audit;
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
+UPDATE users SET phone = '' WHERE phone IS NULL;
