@@ -33,6 +33,9 @@ pub struct Config {
     pub upstream: Upstream,
     /// Default `tracing` filter when `RUST_LOG` is not set.
     pub log_level: String,
+    /// What the DDL gate does with DDL sent through pgshift (`ddl`:
+    /// `pass`, `warn`, `guard`; default `warn`).
+    pub ddl: crate::sql_plan::gate::DdlMode,
     /// Session worker threads (one event loop each).
     pub workers: usize,
     pub limits: Limits,
@@ -235,6 +238,7 @@ impl Default for Config {
                 port: 5432,
             },
             log_level: "info".into(),
+            ddl: Default::default(),
             workers: default_workers(),
             limits: Limits::default(),
             control: Control::default(),
@@ -287,6 +291,7 @@ struct FileConfig {
     listen_unix: Option<String>,
     upstream: Option<String>,
     log_level: Option<String>,
+    ddl: Option<String>,
     workers: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
@@ -377,6 +382,7 @@ pub struct Overrides {
     pub listen_unix: Option<String>,
     pub upstream: Option<String>,
     pub log_level: Option<String>,
+    pub ddl: Option<String>,
     pub workers: Option<usize>,
     pub max_client_connections: Option<usize>,
     pub max_message_size: Option<usize>,
@@ -403,6 +409,18 @@ pub struct Overrides {
     pub upstream_tls: Option<String>,
     pub admin_tls: Option<bool>,
     pub upstream_ca: Option<String>,
+}
+
+/// The DDL gate's mode as configured (`warn` when not given).
+fn ddl_mode(text: Option<String>) -> Result<crate::sql_plan::gate::DdlMode, ConfigError> {
+    let Some(text) = text else {
+        return Ok(Default::default());
+    };
+    crate::sql_plan::gate::DdlMode::parse(&text).ok_or_else(|| ConfigError::Invalid {
+        key: "ddl",
+        value: text,
+        reason: "expected pass, warn or guard".into(),
+    })
 }
 
 /// A secret (a token, a password) given as itself or as a file holding it
@@ -755,6 +773,7 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            ddl: ddl_mode(o.ddl.clone().or(file.ddl))?,
             workers: match o.workers.or(file.workers) {
                 None | Some(0) => default_workers(),
                 Some(n) => n,

@@ -149,6 +149,11 @@ struct ServeArgs {
     /// Log filter when RUST_LOG is unset [default: info].
     #[arg(long, env = "PGSHIFT_LOG_LEVEL")]
     log_level: Option<String>,
+    /// What to do with DDL sent through pgshift: pass, warn (log and count
+    /// the rules it breaks), guard (refuse what is not safe as written)
+    /// [default: warn].
+    #[arg(long, env = "PGSHIFT_DDL")]
+    ddl: Option<String>,
     /// Session worker threads; 0 = half the CPU cores, at least one [default: 0].
     #[arg(long, env = "PGSHIFT_WORKERS")]
     workers: Option<usize>,
@@ -461,6 +466,7 @@ fn main() -> Result<()> {
                 listen_unix: args.listen_unix,
                 upstream: args.upstream,
                 log_level: args.log_level,
+                ddl: args.ddl,
                 workers: args.workers,
                 max_client_connections: args.max_client_connections,
                 max_message_size: args.max_message_size,
@@ -514,7 +520,8 @@ fn main() -> Result<()> {
                         reloaded,
                     ));
                 }
-                let rewriter: Arc<dyn StatementRewriter> = Arc::new(MigrationRewriter::new(rules));
+                let rewriter: Arc<dyn StatementRewriter> =
+                    Arc::new(MigrationRewriter::new(rules).with_ddl(config.ddl));
                 let proxy = Proxy::bind(config, rewriter)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;

@@ -110,6 +110,48 @@ impl Latency {
     }
 }
 
+/// DDL statements the gate found not safe as written, by rule and verdict
+/// (`sql_plan::gate`).
+#[derive(Debug, Default)]
+pub struct DdlRules {
+    counts: Family<DdlLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DdlLabels {
+    rule: &'static str,
+    verdict: &'static str,
+}
+
+impl DdlRules {
+    pub fn count(&self, rule: &'static str, verdict: crate::sql_plan::Verdict) {
+        use crate::sql_plan::Verdict;
+        let verdict = match verdict {
+            Verdict::Pass => "pass",
+            Verdict::MakeSafe => "make_safe",
+            Verdict::Migrate => "migrate",
+            Verdict::Refuse => "refuse",
+        };
+        self.counts
+            .get_or_create(&DdlLabels { rule, verdict })
+            .inc();
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "pgshift_ddl_statements",
+            "DDL statements sent through pgshift that are not safe on a live table as written, by the rule they break and what pgshift would do",
+            self.counts.clone(),
+        );
+    }
+}
+
+/// The process's DDL gate counts.
+pub fn ddl() -> &'static DdlRules {
+    static DDL: OnceLock<DdlRules> = OnceLock::new();
+    DDL.get_or_init(DdlRules::default)
+}
+
 /// The process's latency histograms.
 pub fn latency() -> &'static Latency {
     static LATENCY: OnceLock<Latency> = OnceLock::new();

@@ -123,6 +123,7 @@ impl Lifecycle {
         self.register_proxy(&mut registry);
         self.register_migrations(&mut registry);
         crate::metrics::latency().register(&mut registry);
+        crate::metrics::ddl().register(&mut registry);
         crate::metrics::encode(&registry)
     }
 

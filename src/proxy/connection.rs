@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::{debug, info, warn};
 
 use crate::rewrite::search_path;
-use crate::rewrite::{PassThrough, SessionContext, StatementRewriter};
+use crate::rewrite::{SessionContext, StatementRewriter};
 
 use super::auth::{self, AuthEnd};
 use super::negotiate::{negotiate, Negotiated, Refusal};
@@ -42,11 +42,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sen
     span.record("user", user);
     span.record("database", database);
     // Migrations belong to one database: sessions to any other are relayed
-    // without rewriting.
+    // without rewriting, but for the DDL gate.
+    let ddl_only = crate::sql_plan::gate::DdlOnly(shared.config.ddl);
     let rewriter: &dyn StatementRewriter = if database == shared.config.control.database {
         &*shared.rewriter
     } else {
-        &PassThrough
+        &ddl_only
     };
     let _permit = match admit(&shared, user) {
         Ok(permit) => permit,

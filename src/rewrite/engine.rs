@@ -43,11 +43,22 @@ const CACHE_BYTES: usize = if cfg!(test) { 256 << 10 } else { 32 << 20 };
 #[derive(Debug, Clone)]
 pub struct MigrationRewriter {
     rules: Arc<RulesCell>,
+    /// What the DDL gate does with DDL statements.
+    ddl: crate::sql_plan::gate::DdlMode,
 }
 
 impl MigrationRewriter {
     pub fn new(rules: Arc<RulesCell>) -> Self {
-        MigrationRewriter { rules }
+        MigrationRewriter {
+            rules,
+            ddl: Default::default(),
+        }
+    }
+
+    /// The rewriter with the DDL gate in `mode`.
+    pub fn with_ddl(mut self, mode: crate::sql_plan::gate::DdlMode) -> Self {
+        self.ddl = mode;
+        self
     }
 }
 
@@ -169,6 +180,12 @@ fn too_large(len: usize) -> Refusal {
 
 impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
+        use crate::sql_plan::gate;
+        if self.ddl != gate::DdlMode::Pass && gate::is_ddl(sql) {
+            if let Some(refusal) = gate::check(sql, self.ddl) {
+                return Rewrite::Refused(refusal);
+            }
+        }
         self.rules.with(|rules| {
             let touched = !rules.migrations.is_empty() && mentions_any(sql, &rules.table_names);
             TOUCHED.with(|t| t.set(touched));

@@ -6,6 +6,7 @@
 //! a [`rules::Decision`]. Nothing here touches a database: unqualified
 //! tables are taken as `public`'s.
 
+pub mod gate;
 pub mod rules;
 
 use std::path::{Path, PathBuf};

@@ -177,3 +177,62 @@ async fn refusal_inside_an_extended_pipeline_skips_to_sync() {
     let reply = conn.until_ready().await;
     assert_eq!(reply[0].field(b'C').as_deref(), Some("0A000"));
 }
+
+/// The DDL gate in `guard`: a DDL statement that is not safe on a live
+/// table as written is refused with 0A000, the rule and what to send
+/// instead; its safe form passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ddl_gate_guards_what_is_not_safe_as_written() {
+    use pgshift::rewrite::engine::MigrationRewriter;
+    use pgshift::rewrite::rules::RulesCell;
+    let (dbname, direct) = db().fresh_database("ddlgate").await;
+    direct
+        .batch_execute("create table users (id int primary key, name text)")
+        .await
+        .unwrap();
+    let rewriter = MigrationRewriter::new(Arc::new(RulesCell::new(&[])))
+        .with_ddl(pgshift::sql_plan::gate::DdlMode::Guard);
+    // (A database without migrations: the gate's mode from the config.)
+    let proxy = TestProxy::with_rewriter(Arc::new(rewriter), |c| {
+        c.ddl = pgshift::sql_plan::gate::DdlMode::Guard;
+    })
+    .await;
+    let client = proxy.connect_to(&dbname).await;
+    let e = client
+        .batch_execute("alter table users rename column name to full_name")
+        .await
+        .unwrap_err();
+    let db_error = e.as_db_error().unwrap();
+    assert_eq!(db_error.code().code(), "0A000");
+    assert!(
+        db_error.message().contains("rename-column"),
+        "{}",
+        db_error.message()
+    );
+    assert!(db_error.hint().unwrap_or("").contains("POST /migrations"));
+    let e = client
+        .batch_execute("create index users_name_idx on users (name)")
+        .await
+        .unwrap_err();
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .hint()
+        .unwrap_or("")
+        .contains("create_index"));
+    // The safe forms, and everything else, pass.
+    client
+        .batch_execute("create index concurrently users_name_idx on users (name)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("alter table users add column phone text; select 1")
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("select count(*) from users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

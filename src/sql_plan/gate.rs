@@ -1,0 +1,164 @@
+//! The DDL gate on live traffic (`ddl = pass | warn | guard`): a DDL
+//! statement a client sends through pgshift (`ALTER`, `CREATE`, `DROP`
+//! first) is planned as `pgshift plan` plans a file. With `warn` (the
+//! default) it passes as sent, and each rule it breaks is logged and
+//! counted (`pgshift_ddl_statements_total{rule, verdict}`); with `guard`,
+//! a statement that is not safe as written is refused with `0A000`, the
+//! rule, and what to send instead. Other statements cost one look at their
+//! first word.
+
+use crate::rewrite::Refusal;
+
+use super::{plan_text, Verdict};
+
+/// What the gate does with DDL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DdlMode {
+    /// Passes it, unread.
+    Pass,
+    /// Passes it, and logs and counts the rules it breaks.
+    #[default]
+    Warn,
+    /// Refuses what is not safe as written.
+    Guard,
+}
+
+impl DdlMode {
+    pub fn parse(text: &str) -> Option<DdlMode> {
+        match text {
+            "pass" => Some(DdlMode::Pass),
+            "warn" => Some(DdlMode::Warn),
+            "guard" => Some(DdlMode::Guard),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `sql`'s first word (after white space and comments) is ALTER,
+/// CREATE or DROP.
+pub fn is_ddl(sql: &[u8]) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = trim_start(rest);
+        if let Some(after) = rest.strip_prefix(b"--") {
+            rest = after.splitn(2, |&b| b == b'\n').nth(1).unwrap_or(&[]);
+        } else if let Some(after) = rest.strip_prefix(b"/*") {
+            rest = match after.windows(2).position(|w| w == b"*/") {
+                Some(end) => &after[end + 2..],
+                None => &[],
+            };
+        } else {
+            break;
+        }
+    }
+    let word: &[u8] = rest
+        .split(|b| !b.is_ascii_alphabetic())
+        .next()
+        .unwrap_or(&[]);
+    [&b"alter"[..], b"create", b"drop"]
+        .iter()
+        .any(|w| word.eq_ignore_ascii_case(w))
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &s[n..]
+}
+
+/// Plans a DDL text; counts and logs what it breaks; with `guard`, the
+/// refusal of the first statement that is not safe as written.
+pub fn check(sql: &[u8], mode: DdlMode) -> Option<Refusal> {
+    let text = std::str::from_utf8(sql).ok()?;
+    for step in plan_text("", text) {
+        let d = &step.decision;
+        if d.verdict == Verdict::Pass {
+            continue;
+        }
+        crate::metrics::ddl().count(d.rule, d.verdict);
+        let instead = instead(&step.decision);
+        tracing::warn!(rule = d.rule, verdict = ?d.verdict, statement = %step.statement, instead = %instead, "DDL that is not safe on a live table: {}", d.detail);
+        if mode == DdlMode::Guard {
+            return Some(Refusal {
+                code: "0A000",
+                message: format!(
+                    "pgshift refused a DDL statement (rule {}): {}",
+                    d.rule, d.detail
+                ),
+                detail: None,
+                hint: Some(instead),
+                routine: None,
+            });
+        }
+    }
+    None
+}
+
+/// The rewriter of sessions to a database without migrations: the DDL
+/// gate alone.
+#[derive(Debug, Clone, Copy)]
+pub struct DdlOnly(pub DdlMode);
+
+impl crate::rewrite::StatementRewriter for DdlOnly {
+    fn rewrite<'a>(
+        &self,
+        _kind: crate::rewrite::StatementKind,
+        sql: &'a [u8],
+    ) -> crate::rewrite::Rewrite<'a> {
+        if self.0 != DdlMode::Pass && is_ddl(sql) {
+            if let Some(refusal) = check(sql, self.0) {
+                return crate::rewrite::Rewrite::Refused(refusal);
+            }
+        }
+        crate::rewrite::Rewrite::Unchanged
+    }
+}
+
+/// What to send instead, in words.
+fn instead(d: &super::Decision) -> String {
+    match (&d.safe, &d.migration) {
+        (Some(safe), _) => format!("send instead: {safe}"),
+        (None, Some(m)) => format!(
+            "run it as a pgshift migration: POST /migrations {}",
+            serde_json::to_string(m).unwrap_or_default()
+        ),
+        (None, None) => "see pgshift's operator's guide §7.1 for the rule".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_is_told_by_its_first_word() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c int",
+            "  -- a comment\n create index i on t (c)",
+            "/* x */drop table t",
+        ] {
+            assert!(is_ddl(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "update t set c = 1",
+            "/* alter */ select 1",
+            "altered",
+        ] {
+            assert!(!is_ddl(sql.as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
+    fn guard_refuses_what_is_not_safe_and_names_the_rule() {
+        let r = check(
+            b"ALTER TABLE users RENAME COLUMN name TO full_name",
+            DdlMode::Guard,
+        )
+        .unwrap();
+        assert_eq!(r.code, "0A000");
+        assert!(r.message.contains("rename-column"), "{}", r.message);
+        assert!(r.hint.unwrap().contains("\"op\":\"rename_column\""));
+        assert!(check(b"CREATE INDEX CONCURRENTLY i ON t (c)", DdlMode::Guard).is_none());
+        assert!(check(b"ALTER TABLE users RENAME COLUMN a TO b", DdlMode::Warn).is_none());
+    }
+}
