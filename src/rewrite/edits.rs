@@ -704,14 +704,9 @@ fn write_edits(
 #[cfg(test)]
 /// A NOT NULL being set with a fill (`set_not_null` with `up`).
 mod filled {
-    use std::sync::Arc;
-
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
     use super::super::marker::Marked;
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
-    use super::super::{with_session, SessionContext};
+    use super::super::rules::ActiveMigration;
 
     fn planned(sql: &str, mark: Option<Marked>) -> String {
         let keys = crate::ops::CatalogKeys {
@@ -724,27 +719,9 @@ mod filled {
             spec,
             phase: Phase::Expanded,
         };
-        let columns = ["id", "name", "phone"]
-            .iter()
-            .map(|c| ColumnDef {
-                name: c.to_string(),
-                type_name: "text".into(),
-                not_null: false,
-                default: None,
-            })
-            .collect();
-        let mut catalog = Catalog::empty();
-        catalog.insert("public", "users", TableDef { columns });
-        let cell = RulesCell::with_catalog(&[m], catalog);
-        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
-        with_session(Some(&context), || {
-            cell.with(|rules| match plan(sql, rules) {
-                Plan::Unchanged => sql.to_string(),
-                Plan::Replaced { text, .. } => text,
-                Plan::Refused { reason, .. } => format!("refused: {reason}"),
-                Plan::Error { message, .. } => format!("error: {message}"),
-            })
-        })
+        let users =
+            super::super::testing::table(&[("id", "text"), ("name", "text"), ("phone", "text")]);
+        super::super::testing::planned(sql, &[m], vec![("public", "users", users)], mark)
     }
 
     #[test]

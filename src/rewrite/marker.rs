@@ -246,13 +246,8 @@ mod tests {
 /// A type change that keeps the column's name: the session's shape says
 /// which physical column its `amount` is.
 mod kept_name {
-    use std::sync::Arc;
-
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
-    use super::super::{with_session, SessionContext};
+    use super::super::rules::ActiveMigration;
     use super::Marked;
 
     /// `orders (id, amount integer, note)`, `amount` becoming
@@ -283,27 +278,9 @@ mod kept_name {
         if m.has_new() {
             columns.push(("amount_pgshift_new", "numeric(12,2)"));
         }
-        let columns = columns
-            .into_iter()
-            .map(|(name, ty)| ColumnDef {
-                name: name.into(),
-                type_name: ty.into(),
-                not_null: false,
-                default: default.filter(|_| name == "amount").map(str::to_string),
-            })
-            .collect();
-        let mut catalog = Catalog::empty();
-        catalog.insert("public", "orders", TableDef { columns });
-        let cell = RulesCell::with_catalog(&[m], catalog);
-        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
-        with_session(Some(&context), || {
-            cell.with(|rules| match plan(sql, rules) {
-                Plan::Unchanged => sql.to_string(),
-                Plan::Replaced { text, .. } => text,
-                Plan::Refused { reason, .. } => format!("refused: {reason}"),
-                Plan::Error { message, .. } => format!("error: {message}"),
-            })
-        })
+        let mut orders = super::super::testing::table(&columns);
+        orders.columns[1].default = default.map(str::to_string);
+        super::super::testing::planned(sql, &[m], vec![("public", "orders", orders)], mark)
     }
 
     #[test]
@@ -393,13 +370,8 @@ mod kept_name {
 /// Two migrations on one table (a rename and a kept name's type change):
 /// each is planned over the text the other made.
 mod beside_a_rename {
-    use std::sync::Arc;
-
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
-    use super::super::{with_session, SessionContext};
+    use super::super::rules::ActiveMigration;
     use super::Marked;
 
     fn planned(sql: &str, phase: Phase, mark: Option<Marked>) -> String {
@@ -426,30 +398,14 @@ mod beside_a_rename {
         if rename.has_new() {
             columns.extend(["full_name", "login_count_pgshift_new"]);
         }
-        if !rename.has_old() {
-            columns.retain(|c| *c != "name" && *c != "login_count");
-        }
-        let columns = columns
-            .into_iter()
-            .map(|name| ColumnDef {
-                name: name.into(),
-                type_name: "text".into(),
-                not_null: false,
-                default: None,
-            })
-            .collect();
-        let mut catalog = Catalog::empty();
-        catalog.insert("public", "users", TableDef { columns });
-        let cell = RulesCell::with_catalog(&[rename, widen], catalog);
-        let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
-        with_session(Some(&context), || {
-            cell.with(|rules| match plan(sql, rules) {
-                Plan::Unchanged => sql.to_string(),
-                Plan::Replaced { text, .. } => text,
-                Plan::Refused { reason, .. } => format!("refused: {reason}"),
-                Plan::Error { message, .. } => format!("error: {message}"),
-            })
-        })
+        let columns: Vec<(&str, &str)> = columns.into_iter().map(|c| (c, "text")).collect();
+        let users = super::super::testing::table(&columns);
+        super::super::testing::planned(
+            sql,
+            &[rename, widen],
+            vec![("public", "users", users)],
+            mark,
+        )
     }
 
     #[test]

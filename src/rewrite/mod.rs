@@ -31,6 +31,8 @@ pub mod rules;
 pub mod scan;
 pub mod scope;
 pub mod search_path;
+#[cfg(test)]
+mod testing;
 pub mod text;
 
 /// Where a statement came from.

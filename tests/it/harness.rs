@@ -637,3 +637,54 @@ pub async fn step_to(admin: &str, id: &str, action: &str, body: serde_json::Valu
         "{action}: {code} {answer}"
     );
 }
+
+/// Waits for load tasks that each answer (operations done, errors seen),
+/// and sums what they answered.
+pub async fn joined(tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>) -> (u64, Vec<String>) {
+    let (mut done, mut errors) = (0, Vec::new());
+    for task in tasks {
+        let (d, e) = task.await.unwrap();
+        done += d;
+        errors.extend(e);
+    }
+    (done, errors)
+}
+
+/// Contracts migration `id` the way an operator would while the old shape
+/// still runs: refused (409, answering with `says`) within a 60 s window;
+/// then, once `old_stop` is set and the old shape has been quiet for 2.5 s,
+/// contracted with a 2 s window.
+pub async fn contract_once_quiet(
+    admin: &str,
+    id: &str,
+    old_stop: &std::sync::atomic::AtomicBool,
+    says: &str,
+) {
+    let path = format!("/migrations/{id}/contract");
+    let (code, answer) = admin_post(admin, &path, serde_json::json!({"window_secs": 60})).await;
+    assert!(
+        code == 409 && answer.to_string().contains(says),
+        "{code} {answer}"
+    );
+    old_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let window = serde_json::json!({"window_secs": 2});
+    step_to(admin, id, "contract", window, "contracted").await;
+}
+
+/// A load ran (at least `min` operations) with no error but Postgres' own
+/// answer to a statement prepared before its result changed (`cached plan
+/// must not change result type`, which drivers heal) where `tolerated`.
+pub fn assert_clean(done: u64, errors: Vec<String>, min: u64, tolerated: bool) {
+    let errors: Vec<String> = errors
+        .into_iter()
+        .filter(|e| !(tolerated && e.contains("cached plan must not change result type")))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(done >= min, "the load ran ({done} operations)");
+}

@@ -82,6 +82,19 @@ impl Kind {
         self.marked() || self == Kind::KeptName
     }
 
+    /// cents → numeric(12,2): `b` is `up(a)`, not `a`.
+    fn converts(self) -> bool {
+        matches!(self, Kind::Retype | Kind::KeptName)
+    }
+
+    /// `b`'s value over `a`'s.
+    fn up(self) -> &'static str {
+        match self.converts() {
+            false => "a",
+            true => "(a::numeric / 100)::numeric(12,2)",
+        }
+    }
+
     /// The client names `a` in both shapes (what tells them apart is the
     /// session's mark, or the table's name).
     fn one_name(self) -> bool {
@@ -235,13 +248,9 @@ impl Run {
             }
             return ddl + &self.other_ddl();
         }
-        let b_type = match self.kind {
-            Kind::Rename
-            | Kind::RenameInPlace
-            | Kind::AddColumn
-            | Kind::DropColumn
-            | Kind::RenameTable => "int",
-            Kind::Retype | Kind::KeptName => "numeric(12,2)",
+        let b_type = match self.kind.converts() {
+            false => "int",
+            true => "numeric(12,2)",
         };
         let b = self.spec().to;
         let mut ddl = format!("create table {t} (id int primary key, a int, note text);");
@@ -267,14 +276,7 @@ impl Run {
             );
         }
         if self.phase.has_new() {
-            let up = match self.kind {
-                Kind::Rename
-                | Kind::RenameInPlace
-                | Kind::AddColumn
-                | Kind::DropColumn
-                | Kind::RenameTable => "a",
-                Kind::Retype | Kind::KeptName => "(a::numeric / 100)::numeric(12,2)",
-            };
+            let up = self.kind.up();
             ddl += &format!("update {t} set {b} = {up};");
         }
         if !self.phase.has_old() {
@@ -649,14 +651,7 @@ async fn generated_statements_match_a_table_in_the_clients_shape() {
                 );
                 let one_column = kind.marked() || kind == Kind::RenameTable;
                 if run.migration().has_old() && run.migration().has_new() && !one_column {
-                    let up = match kind {
-                        Kind::Rename
-                        | Kind::RenameInPlace
-                        | Kind::AddColumn
-                        | Kind::DropColumn
-                        | Kind::RenameTable => "a",
-                        Kind::Retype | Kind::KeptName => "(a::numeric / 100)::numeric(12,2)",
-                    };
+                    let up = kind.up();
                     let b = run.spec().to;
                     let differ: i64 = direct
                         .query_one(

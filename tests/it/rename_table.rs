@@ -94,13 +94,7 @@ impl Load {
 
     async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let (mut done, mut errors) = (0, Vec::new());
-        for task in self.tasks {
-            let (d, e) = task.await.unwrap();
-            done += d;
-            errors.extend(e);
-        }
-        (done, errors)
+        joined(self.tasks).await
     }
 }
 
@@ -195,35 +189,10 @@ async fn a_renamed_table_serves_both_names_until_the_old_one_goes_quiet() {
     );
     assert!(!table_exists(&direct, &names.0).await);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (code, answer) = admin_post(
-        admin,
-        &format!("/migrations/{id}/contract"),
-        json!({"window_secs": 60}),
-    )
-    .await;
-    assert!(
-        code == 409 && answer.to_string().contains(&names.0),
-        "{code} {answer}"
-    );
-    load.old_stop.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    step_to(
-        admin,
-        &id,
-        "contract",
-        json!({"window_secs": 2}),
-        "contracted",
-    )
-    .await;
+    contract_once_quiet(admin, &id, &load.old_stop, &names.0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (done, errors) = load.finish().await;
-    assert!(
-        errors.is_empty(),
-        "{} errors, e.g. {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
-    assert!(done > 100, "the load ran ({done})");
+    assert_clean(done, errors, 100, false);
     step_to(admin, &id, "complete", json!({}), "complete").await;
     // The foreign key followed the table; both applications' rows are there.
     let row = direct
