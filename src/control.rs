@@ -107,6 +107,30 @@ where
 
 /// The columns of every user table, view and foreign table of the
 /// database, in position order.
+/// A number that changes when a table's columns do (what the catalog
+/// snapshot holds): the newest transaction that wrote the rows behind the
+/// snapshot, and their count. One row, read in about the time of the
+/// snapshot itself.
+pub async fn catalog_signature(client: &Client) -> Result<i64, ControlError> {
+    let row = client
+        .query_one(
+            "select count(*)::int8 * 1000003
+                    + coalesce(max(greatest(a.xmin::text::int8, c.xmin::text::int8, coalesce(d.xmin::text::int8, 0))), 0)
+               from pg_attribute a
+               join pg_class c on c.oid = a.attrelid
+               join pg_namespace n on n.oid = c.relnamespace
+               left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+              where c.relkind in ('r', 'p', 'v', 'm', 'f')
+                and a.attnum > 0 and not a.attisdropped
+                and n.nspname not in ('pg_catalog', 'information_schema')
+                and n.nspname not like 'pg\\_toast%'
+                and n.nspname not like 'pg\\_temp%'",
+            &[],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
 pub async fn read_catalog(client: &Client) -> Result<Catalog, ControlError> {
     let rows = client
         .query(

@@ -147,7 +147,14 @@ pub struct Lifecycle {
     /// The state version whose rules are in force here.
     applied: AtomicI64,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The catalog's signature when the snapshot in force was read, and
+    /// the polls since it was last compared ([`control::catalog_signature`]).
+    catalog_seen: Mutex<(Option<i64>, u32)>,
 }
+
+/// Polls between two looks at the catalog's signature (at the default
+/// poll of 200 ms: every 2 s).
+const CATALOG_POLLS: u32 = 10;
 
 impl Drop for Lifecycle {
     fn drop(&mut self) {
@@ -212,6 +219,7 @@ impl Lifecycle {
             options,
             applied: AtomicI64::new(0),
             poller: Mutex::new(None),
+            catalog_seen: Mutex::new((None, 0)),
         });
         lifecycle.reload(&lifecycle.config.clone()).await?;
         // Other proxies' changes arrive through the state version.
@@ -308,9 +316,51 @@ impl Lifecycle {
             }
         }
         drop(synced);
+        if let Err(e) = self.follow_catalog(client).await {
+            tracing::warn!(error = %e, "cannot read the catalog; the snapshot in force stays");
+        }
         let applied = self.applied.load(Ordering::Acquire);
         self.heartbeat(client, applied).await?;
         self.renew_lease();
+        Ok(())
+    }
+
+    /// Every [`CATALOG_POLLS`] polls, or at the next one after DDL passed
+    /// through this proxy: when the catalog changed (DDL run here or
+    /// anywhere else), a fresh snapshot is published, so `*` and name
+    /// resolution never plan with a table's old columns for long.
+    async fn follow_catalog(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), control::ControlError> {
+        let due = {
+            let mut seen = self.catalog_seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.1 += 1;
+            let due = seen.1 >= CATALOG_POLLS || crate::rewrite::rules::take_catalog_stale();
+            if due {
+                seen.1 = 0;
+            }
+            due
+        };
+        if !due {
+            return Ok(());
+        }
+        let signature = control::catalog_signature(client).await?;
+        let last = self
+            .catalog_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if last == Some(signature) {
+            return Ok(());
+        }
+        let catalog = control::read_catalog(client).await?;
+        self.catalog_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = Some(signature);
+        let epoch = self.rules.publish_catalog(catalog);
+        tracing::info!(epoch, "the catalog changed: a fresh snapshot is in force");
         Ok(())
     }
 

@@ -181,9 +181,12 @@ fn too_large(len: usize) -> Refusal {
 impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
         use crate::sql_plan::gate;
-        if self.ddl != gate::DdlMode::Pass && gate::is_ddl(sql) {
-            if let Some(refusal) = gate::check(sql, self.ddl) {
-                return Rewrite::Refused(refusal);
+        if gate::is_ddl(sql) {
+            super::rules::catalog_may_have_changed();
+            if self.ddl != gate::DdlMode::Pass {
+                if let Some(refusal) = gate::check(sql, self.ddl) {
+                    return Rewrite::Refused(refusal);
+                }
             }
         }
         self.rules.with(|rules| {

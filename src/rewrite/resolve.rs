@@ -61,7 +61,7 @@ impl Target<'_> {
         (
             k,
             format!(
-                "needs the column list of {} (for *, or an INSERT's implied columns), which is not in pgshift's catalog snapshot (not read yet, or the table is new: send SIGHUP)",
+                "needs the column list of {} (for *, or an INSERT's implied columns), which is not in pgshift's catalog snapshot (not read yet, or the table is new: it is read within seconds, or at once on SIGHUP)",
                 self.m.spec.table
             ),
         )

@@ -58,6 +58,20 @@ impl ActiveMigration {
     }
 }
 
+/// DDL passed through this proxy since the lifecycle last looked at the
+/// catalog: it looks at its next poll.
+static CATALOG_STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that DDL passed through (the catalog may have changed).
+pub fn catalog_may_have_changed() {
+    CATALOG_STALE.store(true, Ordering::Relaxed);
+}
+
+/// Whether DDL passed through since the last call.
+pub fn take_catalog_stale() -> bool {
+    CATALOG_STALE.swap(false, Ordering::Relaxed)
+}
+
 /// A request in flight that touches some migrating table, not known which
 /// (an EXECUTE, or a Bind, of a statement prepared before it was seen).
 pub const ANY_TABLE: &str = "*";

@@ -6,6 +6,7 @@
 //! them — and sessions to other databases are not rewritten at all.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgshift::rewrite::engine::MigrationRewriter;
 use pgshift::rewrite::migration::{MigrationSpec, Phase};
@@ -460,4 +461,65 @@ async fn unqualified_names_follow_each_sessions_search_path() {
         .batch_execute(&format!("drop owned by {role}; drop role {role}"))
         .await
         .unwrap();
+}
+
+/// The catalog snapshot follows DDL: a column added directly on Postgres
+/// is in a migrating table's `*` within a few seconds, and one added
+/// through pgshift at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_snapshot_follows_ddl_run_anywhere() {
+    let (dbname, direct) = db().fresh_database("catalogfollows").await;
+    let table = unique("accounts");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int, note text); insert into {table} values (1, 5, 'x')"
+        ))
+        .await
+        .unwrap();
+    let spec = MigrationSpec::new("m", &table, "bal", "balance", None, None, None).unwrap();
+    let d = driven_all(vec![spec], &dbname).await;
+    let client = d.proxy.connect_to(&dbname).await;
+    let width = || {
+        let (client, table) = (&client, table.clone());
+        async move {
+            client
+                .query_one(&format!("select * from {table} where id = 1"), &[])
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    // planned: the old shape's * (id, bal, note) and the new column.
+    let before = width().await;
+    let started = std::time::Instant::now();
+    direct
+        .batch_execute(&format!("alter table {table} add column extra int"))
+        .await
+        .unwrap();
+    while width().await == before {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the snapshot never saw the column"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let direct_took = started.elapsed();
+    let started = std::time::Instant::now();
+    client
+        .batch_execute(&format!("alter table {table} add column extra2 int"))
+        .await
+        .unwrap();
+    while width().await == before + 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the snapshot never saw the column"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Through pgshift: the next poll (200 ms), not the periodic look (2 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "through pgshift {:?} (directly {direct_took:?})",
+        started.elapsed()
+    );
 }
