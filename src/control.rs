@@ -113,7 +113,7 @@ where
 /// snapshot itself.
 pub async fn catalog_signature(client: &Client) -> Result<i64, ControlError> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "select count(*)::int8 * 1000003
                     + coalesce(max(greatest(a.xmin::text::int8, c.xmin::text::int8, coalesce(d.xmin::text::int8, 0))), 0)
                from pg_attribute a

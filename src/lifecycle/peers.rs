@@ -43,9 +43,11 @@ pub async fn bump(client: &Client) -> Result<i64, tokio_postgres::Error> {
         .get(0))
 }
 
+/// The state version (every poll: one round trip, the statement sent with
+/// its types rather than prepared, executed and closed).
 pub async fn version(client: &Client) -> Result<i64, tokio_postgres::Error> {
     Ok(client
-        .query_one("select version from pgshift.state", &[])
+        .query_typed_one("select version from pgshift.state", &[])
         .await?
         .get(0))
 }
@@ -74,8 +76,10 @@ pub async fn heartbeat(
 ) -> Result<(), tokio_postgres::Error> {
     // A map of strings and numbers always serializes.
     let old_shape = serde_json::to_string(old_shape).unwrap_or_else(|_| "{}".into());
+    // Every poll: one round trip (typed, not prepared).
+    use tokio_postgres::types::Type;
     client
-        .execute(
+        .query_typed(
             &format!(
                 "insert into pgshift.proxies (id, address, applied_version, heartbeat_ms, started_ms, old_shape)
                  values ($1, $2, $3, {NOW_MS}, {NOW_MS}, $4::text::jsonb)
@@ -83,7 +87,12 @@ pub async fn heartbeat(
                                                 heartbeat_ms = excluded.heartbeat_ms, address = excluded.address,
                                                 old_shape = excluded.old_shape"
             ),
-            &[&id, &address, &applied, &old_shape],
+            &[
+                (&id, Type::TEXT),
+                (&address, Type::TEXT),
+                (&applied, Type::INT8),
+                (&old_shape, Type::TEXT),
+            ],
         )
         .await?;
     Ok(())
