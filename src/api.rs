@@ -455,6 +455,47 @@ impl Action {
     }
 }
 
+/// `POST /migrations/{id}/autopilot`: what the autopilot does with a
+/// migration. `to-switch` expands, backfills, validates and switches reads
+/// once no mismatch is found; `full` also contracts once no client has
+/// named the old shape for `contract_after_secs`, then completes. `off`
+/// stops it (and clears why it stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autopilot {
+    pub mode: AutopilotMode,
+    #[serde(default = "default_contract_after")]
+    pub contract_after_secs: u64,
+    /// Why it stopped (the first anomaly it met): set by pgshift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+fn default_contract_after() -> u64 {
+    600
+}
+
+impl Default for Autopilot {
+    fn default() -> Self {
+        Autopilot {
+            mode: AutopilotMode::Off,
+            contract_after_secs: default_contract_after(),
+            stopped: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AutopilotMode {
+    #[default]
+    #[serde(rename = "off")]
+    Off,
+    #[serde(rename = "to-switch")]
+    ToSwitch,
+    #[serde(rename = "full")]
+    Full,
+}
+
 /// `GET /status`: the proxy and every migration it knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -490,6 +531,9 @@ pub struct MigrationStatus {
     /// An index being built for it, now (`pg_stat_progress_create_index`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_build: Option<IndexBuild>,
+    /// The autopilot, when it is on or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autopilot: Option<Autopilot>,
 }
 
 /// An index build in progress, as `pg_stat_progress_create_index` shows it.

@@ -42,6 +42,31 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// `POST /migrations/{id}/autopilot`.
+async fn set_autopilot(
+    state: &Arc<AdminState>,
+    actor: &'static str,
+    id: &str,
+    body: Value,
+) -> Response {
+    let settings = match serde_json::from_value::<api::Autopilot>(body) {
+        Ok(settings) => settings,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("autopilot: {e} (send {{\"mode\": \"off\" | \"to-switch\" | \"full\", \"contract_after_secs\": N}})"),
+            )
+        }
+    };
+    match lifecycle(state) {
+        Some(l) => answer(
+            ACTOR.scope(actor, l.set_autopilot(id, settings)).await,
+            StatusCode::OK,
+        ),
+        None => not_started(),
+    }
+}
+
 async fn page() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
@@ -106,6 +131,9 @@ async fn act(
         Ok(body) => body,
         Err(r) => return r,
     };
+    if action == "autopilot" {
+        return set_autopilot(&state, actor, &id, body).await;
+    }
     let action = match api::Action::parse(&action, &body) {
         Ok(action) => action,
         Err(e @ api::ActionError::Unknown(_)) => {

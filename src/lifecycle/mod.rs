@@ -19,6 +19,7 @@
 //! state: [`store`]; the other proxies: [`peers`].
 
 mod add_column;
+mod autopilot;
 mod backfill;
 mod catalog_steps;
 pub mod checks;
@@ -150,6 +151,8 @@ pub struct Lifecycle {
     /// The catalog's signature when the snapshot in force was read, and
     /// the polls since it was last compared ([`control::catalog_signature`]).
     catalog_seen: Mutex<(Option<i64>, u32)>,
+    /// An autopilot step is under way here.
+    autopilot_busy: std::sync::atomic::AtomicBool,
 }
 
 /// Polls between two looks at the catalog's signature (at the default
@@ -220,6 +223,7 @@ impl Lifecycle {
             applied: AtomicI64::new(0),
             poller: Mutex::new(None),
             catalog_seen: Mutex::new((None, 0)),
+            autopilot_busy: std::sync::atomic::AtomicBool::new(false),
         });
         lifecycle.reload(&lifecycle.config.clone()).await?;
         // Other proxies' changes arrive through the state version.
@@ -234,7 +238,10 @@ impl Lifecycle {
                 }
                 if let Some(c) = &client {
                     let followed = match this.follow(c).await {
-                        Ok(()) => this.adopt_orphaned_backfills(c).await,
+                        Ok(()) => match this.adopt_orphaned_backfills(c).await {
+                            Ok(()) => this.autopilot_step(c).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     if let Err(e) = followed {

@@ -89,6 +89,9 @@ impl Lifecycle {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&r.spec.id)
                 .cloned(),
+            autopilot: (r.autopilot.mode != crate::api::AutopilotMode::Off
+                || r.autopilot.stopped.is_some())
+            .then(|| r.autopilot.clone()),
         }
     }
 

@@ -66,6 +66,7 @@ alter table pgshift.migrations add column if not exists op text not null default
 alter table pgshift.migrations add column if not exists barrier_ms bigint;
 alter table pgshift.migrations add column if not exists catalog_keys jsonb;
 alter table pgshift.migrations add column if not exists catalog_undo text;
+alter table pgshift.migrations add column if not exists autopilot jsonb;
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,
@@ -155,6 +156,8 @@ pub struct Record {
     /// A catalog operation's way back, recorded before it changes
     /// anything: `set_default`'s previous default (`""`: there was none).
     pub catalog_undo: Option<String>,
+    /// What the autopilot does with the migration.
+    pub autopilot: crate::api::Autopilot,
 }
 
 /// What a contract changed outside the migrating columns while both still
@@ -214,6 +217,7 @@ impl Record {
             barrier: false,
             barrier_ms: None,
             catalog_undo: None,
+            autopilot: Default::default(),
         }
     }
 }
@@ -243,7 +247,7 @@ const COLUMNS: &str = "id, table_name, from_column, to_column, new_type, up, dow
     validation_mismatches, validation_samples, validation_ms, write_path_changed_ms, not_null_check,
     batch_target_ms, max_replication_lag_ms, max_lock_waits, old_after, backfill_workers,
     backfill_slices::text, carried::text, backfill_end, backfill_error, op, barrier_ms,
-    catalog_keys::text, catalog_undo";
+    catalog_keys::text, catalog_undo, autopilot::text";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
     let id: String = row.try_get(0)?;
@@ -304,6 +308,11 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Record, StoreError> {
         barrier: row.try_get::<_, Option<i64>>(33)?.is_some(),
         barrier_ms: row.try_get(33)?,
         catalog_undo: row.try_get(35)?,
+        autopilot: {
+            let text: Option<String> = row.try_get(36)?;
+            serde_json::from_str(text.as_deref().unwrap_or("{\"mode\":\"off\"}"))
+                .map_err(|e| invalid(format!("autopilot {text:?}: {e}")))?
+        },
     })
 }
 
@@ -488,6 +497,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                    backfill_error = $26,
                    barrier_ms = case when $27 then coalesce(barrier_ms, {NOW_MS}) end,
                    catalog_undo = $28,
+                   autopilot = $29::text::jsonb,
                    updated_ms = {NOW_MS}
                  where id = $1"
             ),
@@ -520,6 +530,7 @@ pub async fn save(client: &impl GenericClient, r: &Record) -> Result<(), StoreEr
                 &b.error,
                 &r.barrier,
                 &r.catalog_undo,
+                &serde_json::to_string(&r.autopilot).unwrap_or_else(|_| "{}".into()),
             ],
         )
         .await?;

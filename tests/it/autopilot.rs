@@ -1,0 +1,146 @@
+//! The autopilot (`POST /migrations/{id}/autopilot`): a migration carried
+//! from planned to complete with no operator step while clients of the new
+//! shape write through pgshift, and stopped at its first anomaly with the
+//! migration left where it was and the reason on `/status`.
+
+use std::time::Duration;
+
+use pgshift::rewrite::migration::MigrationSpec;
+use serde_json::json;
+
+use crate::harness::*;
+
+async fn migration_of(admin: &str, id: &str) -> serde_json::Value {
+    pgshift::admin::request(admin, "GET", &format!("/migrations/{id}"), None, None)
+        .await
+        .unwrap()
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_autopilot_carries_a_rename_to_complete() {
+    let (dbname, direct) = db().fresh_database("autopilot").await;
+    let table = unique("accounts");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null);
+             insert into {table} select g, g from generate_series(1, 3000) g;"
+        ))
+        .await
+        .unwrap();
+    let id = unique("auto");
+    let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
+    let d = driven_all(vec![spec], &dbname).await;
+    let (code, answer) = admin_post(
+        &d.admin,
+        &format!("/migrations/{id}/autopilot"),
+        json!({"mode": "full", "contract_after_secs": 2}),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    // The new application writes meanwhile (never the old name).
+    let client = d.proxy.connect_to(&dbname).await;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        client
+            .execute(
+                &format!("update {table} set balance = balance + 1 where id = $1"),
+                &[&(n % 3000 + 1)],
+            )
+            .await
+            .unwrap();
+        let m = migration_of(&d.admin, &id).await;
+        if m["phase"] == "complete" {
+            assert!(m["autopilot"]["stopped"].is_null(), "{m}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the autopilot stopped short: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sum: i64 = direct
+        .query_one(&format!("select sum(balance)::int8 from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 3000 * 3001 / 2 + n as i64, "every write landed");
+    let by: i64 = direct
+        .query_one(
+            "select count(*) from pgshift.events where migration_id = $1 and actor = 'autopilot'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(by >= 6, "each step an event by the autopilot ({by})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autopilot_stops_at_its_first_anomaly_and_says_why() {
+    let (dbname, direct) = db().fresh_database("autopilotstop").await;
+    let table = unique("accounts");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null); insert into {table} values (1, 1)"
+        ))
+        .await
+        .unwrap();
+    let id = unique("auto_stop");
+    // An `up` that fails on the row holding 1 (division by zero): the
+    // backfill stops on it.
+    let spec = MigrationSpec::new(
+        &id,
+        &table,
+        "bal",
+        "balance",
+        Some("bigint"),
+        Some("(bal / (bal - 1))::bigint"),
+        Some("balance::integer"),
+    )
+    .unwrap();
+    let d = driven_all(vec![spec], &dbname).await;
+    let (code, answer) = admin_post(
+        &d.admin,
+        &format!("/migrations/{id}/autopilot"),
+        json!({"mode": "to-switch"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    let started = std::time::Instant::now();
+    let m = loop {
+        let m = migration_of(&d.admin, &id).await;
+        if !m["autopilot"]["stopped"].is_null() {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never stopped: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(m["phase"], "backfilling", "{m}");
+    let why = m["autopilot"]["stopped"].as_str().unwrap();
+    assert!(
+        why.contains("the backfill stopped") && why.contains("division by zero"),
+        "{why}"
+    );
+    // Off clears it; a bad mode is a 400.
+    let (code, answer) = admin_post(
+        &d.admin,
+        &format!("/migrations/{id}/autopilot"),
+        json!({"mode": "off"}),
+    )
+    .await;
+    assert!(code == 200 && answer.get("autopilot").is_none(), "{answer}");
+    let (code, _) = admin_post(
+        &d.admin,
+        &format!("/migrations/{id}/autopilot"),
+        json!({"mode": "always"}),
+    )
+    .await;
+    assert_eq!(code, 400);
+}
