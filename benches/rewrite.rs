@@ -56,6 +56,20 @@ fn rewrite(c: &mut Criterion) {
     group.bench_function("fast_path_other_table", |b| {
         b.iter(|| std::hint::black_box(run(&r, OTHER)))
     });
+    // The DDL gate's look at every statement's first word (`ddl = warn`,
+    // the default) against none (`pass`), and the rewriter of a database
+    // without migrations (the gate alone) against the pass-through seam.
+    let no_gate = rewriter().with_ddl(pgshift::sql_plan::gate::DdlMode::Pass);
+    group.bench_function("fast_path_other_table_gate_off", |b| {
+        b.iter(|| std::hint::black_box(run(&no_gate, OTHER)))
+    });
+    let gate_only = pgshift::sql_plan::gate::DdlOnly(pgshift::sql_plan::gate::DdlMode::Warn);
+    group.bench_function("gate_only_other_table", |b| {
+        b.iter(|| std::hint::black_box(run(&gate_only, OTHER)))
+    });
+    group.bench_function("baseline_passthrough_other_table", |b| {
+        b.iter(|| std::hint::black_box(run(&PassThrough, OTHER)))
+    });
     group.bench_function("cached_dual_write_update", |b| {
         b.iter(|| std::hint::black_box(run(&r, UPDATE)))
     });
