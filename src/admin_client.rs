@@ -73,6 +73,27 @@ pub async fn migrate(target: &Target, action: &Action, id: &str) -> anyhow::Resu
     print_answer(target, code, &answer, |m: MigrationStatus| describe(&m))
 }
 
+/// `pgshift migrate autopilot ID --mode …`: the autopilot's settings.
+pub async fn autopilot(
+    target: &Target,
+    id: &str,
+    settings: &crate::api::Autopilot,
+) -> anyhow::Result<()> {
+    target.use_ca();
+    let body = serde_json::to_value(settings)?;
+    let path = format!("/migrations/{id}/autopilot");
+    let (code, answer) = admin::request(
+        &target.admin,
+        "POST",
+        &path,
+        Some(&body),
+        target.token.as_deref(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    print_answer(target, code, &answer, |m: MigrationStatus| describe(&m))
+}
+
 /// Prints an answer: as received with `--json`, else read as a `T` and
 /// told by `human`. A non-2xx answer is an error carrying its message.
 fn print_answer<T: serde::de::DeserializeOwned>(
@@ -148,6 +169,14 @@ fn describe(m: &MigrationStatus) -> String {
     );
     if let Some(definition) = &m.definition {
         out.push_str(&format!("  {definition}\n"));
+    }
+    if let Some(a) = &m.autopilot {
+        let mode = serde_json::to_value(a.mode).unwrap_or_default();
+        let mode = mode.as_str().unwrap_or("?");
+        match &a.stopped {
+            Some(why) => out.push_str(&format!("  autopilot {mode}: STOPPED: {why}\n")),
+            None => out.push_str(&format!("  autopilot {mode}\n")),
+        }
     }
     if b.rows_done > 0 || b.running {
         let state = if b.running {

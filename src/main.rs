@@ -79,13 +79,20 @@ struct AdminArgs {
 
 #[derive(Debug, Args)]
 struct MigrateArgs {
-    /// expand | backfill | pause | resume | validate | switch-reads | contract | complete | rollback
+    /// expand | backfill | pause | resume | validate | switch-reads | contract | complete | rollback | autopilot
     action: String,
     /// The migration id.
     id: String,
     /// switch-reads: new or old.
     #[arg(long)]
     to: Option<String>,
+    /// autopilot: off, to-switch or full.
+    #[arg(long)]
+    mode: Option<String>,
+    /// autopilot: how long no client may have named the old shape before
+    /// the full autopilot contracts, in seconds [default: 600].
+    #[arg(long)]
+    contract_after_secs: Option<u64>,
     /// backfill: rows per batch.
     #[arg(long)]
     batch_size: Option<u32>,
@@ -535,6 +542,22 @@ fn main() -> Result<()> {
             token: args.token,
             json: args.json,
         })),
+        Command::Migrate(args) if args.action == "autopilot" => {
+            let target = admin_client::Target {
+                ca: args.target.admin_ca,
+                admin: args.target.admin,
+                token: args.target.token,
+                json: args.target.json,
+            };
+            let mut body = serde_json::json!({ "mode": args.mode.as_deref().unwrap_or("") });
+            if let Some(secs) = args.contract_after_secs {
+                body["contract_after_secs"] = secs.into();
+            }
+            // Checked here as the admin port checks it.
+            let settings: pgshift::api::Autopilot = serde_json::from_value(body)
+                .map_err(|e| anyhow::anyhow!("autopilot: {e} (--mode off, to-switch or full)"))?;
+            runtime.block_on(admin_client::autopilot(&target, &args.id, &settings))
+        }
         Command::Migrate(args) => {
             let mut body = serde_json::Map::new();
             if let Some(to) = args.to {

@@ -128,14 +128,35 @@ async fn the_autopilot_stops_at_its_first_anomaly_and_says_why() {
         why.contains("the backfill stopped") && why.contains("division by zero"),
         "{why}"
     );
-    // Off clears it; a bad mode is a 400.
-    let (code, answer) = admin_post(
-        &d.admin,
-        &format!("/migrations/{id}/autopilot"),
-        json!({"mode": "off"}),
-    )
-    .await;
-    assert!(code == 200 && answer.get("autopilot").is_none(), "{answer}");
+    // The command line shows why; off clears it; a bad mode is a 400.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["status", "--admin", &d.admin])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("autopilot to-switch: STOPPED: the backfill stopped"),
+        "{shown}"
+    );
+    let off = std::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args([
+            "migrate",
+            "autopilot",
+            &id,
+            "--mode",
+            "off",
+            "--admin",
+            &d.admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        off.status.success(),
+        "{}",
+        String::from_utf8_lossy(&off.stderr)
+    );
+    let m = migration_of(&d.admin, &id).await;
+    assert!(m.get("autopilot").is_none(), "{m}");
     let (code, _) = admin_post(
         &d.admin,
         &format!("/migrations/{id}/autopilot"),
