@@ -18,6 +18,10 @@ use super::{ActionError, Lifecycle};
 use crate::api::{self, Action, AutopilotMode, ReadSource};
 use crate::rewrite::migration::Phase;
 
+/// How long the full autopilot waits before trying a contract again that
+/// old-shape clients held back.
+const CONTRACT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The advisory lock whose holder drives every autopilot of the database.
 const AUTOPILOT_LOCK: i64 = 0x7067_7368_6966_7401; // "pgshift" + 1
 
@@ -112,14 +116,19 @@ impl Lifecycle {
         }
         let this = Arc::clone(self);
         tokio::spawn(super::ACTOR.scope("autopilot", async move {
-            this.autopilot_run(&id, action).await;
+            if this.autopilot_run(&id, action).await {
+                // Old clients remain: look again in a while, not at every
+                // poll (each attempt opens a connection and asks every proxy).
+                tokio::time::sleep(CONTRACT_RETRY).await;
+            }
             this.autopilot_busy.store(false, Ordering::Release);
         }));
         Ok(())
     }
 
-    /// Runs one step; an anomaly stops the autopilot.
-    async fn autopilot_run(self: &Arc<Self>, id: &str, action: Action) {
+    /// Runs one step; an anomaly stops the autopilot. True when the step
+    /// waits for old-shape clients to go (the contract's guard).
+    async fn autopilot_run(self: &Arc<Self>, id: &str, action: Action) -> bool {
         let name = action.name();
         tracing::info!(migration = %id, action = name, "autopilot: next step");
         let stopped = match self.act(id, action).await {
@@ -132,7 +141,10 @@ impl Lifecycle {
             },
             // The old shape is still in use: the contract waits, as it
             // would for an operator.
-            Err(ActionError::Conflict(m)) if name == "contract" && m.contains("old-shape") => None,
+            Err(ActionError::Conflict(m)) if name == "contract" && m.contains("old-shape") => {
+                tracing::info!(migration = %id, "autopilot: old-shape clients remain; the contract waits");
+                return true;
+            }
             Err(e) => Some(format!("{name} failed: {e}")),
         };
         if let Some(reason) = stopped {
@@ -141,6 +153,7 @@ impl Lifecycle {
                 tracing::warn!(migration = %id, error = %e, "cannot record why the autopilot stopped");
             }
         }
+        false
     }
 
     async fn stop_autopilot(&self, id: &str, reason: &str) -> Result<(), ActionError> {

@@ -165,3 +165,64 @@ async fn the_autopilot_stops_at_its_first_anomaly_and_says_why() {
     .await;
     assert_eq!(code, 400);
 }
+
+/// The full autopilot waits at the contract while an old-shape client
+/// still names the old column (not an anomaly), and contracts once it has
+/// been quiet for `contract_after_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_autopilot_waits_for_old_clients_before_the_contract() {
+    let (dbname, direct) = db().fresh_database("autopilotwait").await;
+    let table = unique("accounts");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null); insert into {table} values (1, 1)"
+        ))
+        .await
+        .unwrap();
+    let id = unique("auto_wait");
+    let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
+    let d = driven_all(vec![spec], &dbname).await;
+    let old = d.proxy.connect_to(&dbname).await;
+    let (code, answer) = admin_post(
+        &d.admin,
+        &format!("/migrations/{id}/autopilot"),
+        json!({"mode": "full", "contract_after_secs": 2}),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    // The old application keeps reading its column through the switch.
+    let started = std::time::Instant::now();
+    let mut switched_at = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        old.query_one(&format!("select bal from {table} where id = 1"), &[])
+            .await
+            .unwrap();
+        let m = migration_of(&d.admin, &id).await;
+        assert!(m["autopilot"]["stopped"].is_null(), "{m}");
+        assert_ne!(
+            m["phase"], "contracted",
+            "contracted while the old shape ran"
+        );
+        if m["phase"] == "switched" {
+            let at = *switched_at.get_or_insert_with(std::time::Instant::now);
+            if at.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(switched_at.is_some(), "never reached switched");
+    drop(old);
+    let quiet = std::time::Instant::now();
+    loop {
+        let m = migration_of(&d.admin, &id).await;
+        if m["phase"] == "complete" {
+            break;
+        }
+        assert!(
+            quiet.elapsed() < Duration::from_secs(30),
+            "never completed: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
