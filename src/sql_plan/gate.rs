@@ -5,7 +5,7 @@
 //! counted (`pgshift_ddl_statements_total{rule, verdict}`); with `guard`,
 //! a statement that is not safe as written is refused with `0A000`, the
 //! rule, and what to send instead. Other statements cost one look at their
-//! first word.
+//! first word and their `;`.
 
 use crate::rewrite::Refusal;
 
@@ -159,6 +159,8 @@ mod tests {
         assert!(r.message.contains("rename-column"), "{}", r.message);
         assert!(r.hint.unwrap().contains("\"op\":\"rename_column\""));
         assert!(check(b"CREATE INDEX CONCURRENTLY i ON t (c)", DdlMode::Guard).is_none());
+        let in_a_transaction = b"BEGIN; ALTER TABLE users RENAME COLUMN a TO b; COMMIT";
+        assert!(check(in_a_transaction, DdlMode::Guard).is_some());
         assert!(check(b"ALTER TABLE users RENAME COLUMN a TO b", DdlMode::Warn).is_none());
     }
 }
