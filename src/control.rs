@@ -105,47 +105,45 @@ where
     });
 }
 
-/// The columns of every user table, view and foreign table of the
-/// database, in position order.
-/// A number that changes when a table's columns do (what the catalog
-/// snapshot holds): the newest transaction that wrote the rows behind the
-/// snapshot, and their count. One row, read in about the time of the
-/// snapshot itself.
-pub async fn catalog_signature(client: &Client) -> Result<i64, ControlError> {
-    let row = client
-        .query_typed_one(
-            "select count(*)::int8 * 1000003
-                    + coalesce(max(greatest(a.xmin::text::int8, c.xmin::text::int8, coalesce(d.xmin::text::int8, 0))), 0)
-               from pg_attribute a
+/// The column rows of every user table, view and foreign table, what the
+/// catalog snapshot is read from (`a`, `c`, `n`, `d`: the attribute, its
+/// relation, namespace and default).
+const CATALOG_ROWS: &str = "from pg_attribute a
                join pg_class c on c.oid = a.attrelid
                join pg_namespace n on n.oid = c.relnamespace
                left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
               where c.relkind in ('r', 'p', 'v', 'm', 'f')
                 and a.attnum > 0 and not a.attisdropped
                 and n.nspname not in ('pg_catalog', 'information_schema')
-                and n.nspname not like 'pg\\_toast%'
-                and n.nspname not like 'pg\\_temp%'",
-            &[],
-        )
-        .await?;
+                and n.nspname not like 'pg\\_toast%'";
+
+/// A number that changes when a table's columns do (what the catalog
+/// snapshot holds): the newest transaction that wrote the rows behind the
+/// snapshot, and their count (other sessions' temporary tables left out).
+/// One row, read in about the time of the snapshot itself.
+pub async fn catalog_signature(client: &Client) -> Result<i64, ControlError> {
+    let sql = format!(
+        "select count(*)::int8 * 1000003
+                + coalesce(max(greatest(a.xmin::text::int8, c.xmin::text::int8, coalesce(d.xmin::text::int8, 0))), 0)
+           {CATALOG_ROWS}
+            and n.nspname not like 'pg\\_temp%'"
+    );
+    let row = client.query_typed_one(&sql, &[]).await?;
     Ok(row.try_get(0)?)
 }
 
+/// The columns of every user table, view and foreign table of the
+/// database, in position order.
 pub async fn read_catalog(client: &Client) -> Result<Catalog, ControlError> {
     let rows = client
         .query(
-            "select n.nspname::text, c.relname::text, a.attname::text,
+            &format!(
+                "select n.nspname::text, c.relname::text, a.attname::text,
                     format_type(a.atttypid, a.atttypmod), a.attnotnull,
                     pg_get_expr(d.adbin, d.adrelid)
-               from pg_attribute a
-               join pg_class c on c.oid = a.attrelid
-               join pg_namespace n on n.oid = c.relnamespace
-               left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-              where c.relkind in ('r', 'p', 'v', 'm', 'f')
-                and a.attnum > 0 and not a.attisdropped
-                and n.nspname not in ('pg_catalog', 'information_schema')
-                and n.nspname not like 'pg\\_toast%'
-              order by 1, 2, a.attnum",
+               {CATALOG_ROWS}
+              order by 1, 2, a.attnum"
+            ),
             &[],
         )
         .await?;

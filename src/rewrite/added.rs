@@ -407,24 +407,15 @@ mod tests {
 /// found by the application battery (42702 from Postgres on an unqualified
 /// column of the added-to table that the physical renamed table also has).
 mod beside_a_rename {
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
+    use super::super::catalog::TableDef;
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::rules::ActiveMigration;
+    use super::super::testing;
     use crate::add_column::AddColumnKeys;
 
     fn table(columns: &[&str]) -> TableDef {
-        TableDef {
-            columns: columns
-                .iter()
-                .map(|c| ColumnDef {
-                    name: c.to_string(),
-                    type_name: "text".into(),
-                    not_null: false,
-                    default: None,
-                })
-                .collect(),
-        }
+        let typed: Vec<(&str, &str)> = columns.iter().map(|c| (*c, "text")).collect();
+        testing::table(&typed)
     }
 
     #[test]
@@ -462,16 +453,11 @@ mod beside_a_rename {
         });
         let mut orgs = vec!["id", "name", "slug"];
         orgs.retain(|c| *c != "slug" || add.has_new());
-        let mut catalog = Catalog::empty();
-        catalog.insert("app", "users", table(&users));
-        catalog.insert("app", "orgs", table(&orgs));
-        let cell = RulesCell::with_catalog(&[rename, add], catalog);
+        let tables = vec![
+            ("app", "users", table(&users)),
+            ("app", "orgs", table(&orgs)),
+        ];
         let sql = "select u.id, full_name, name as org_name from app.users u join app.orgs o on o.id = u.org_id where u.email like $1";
-        cell.with(|rules| match plan(sql, rules) {
-            Plan::Unchanged => sql.to_string(),
-            Plan::Replaced { text, .. } => text,
-            Plan::Refused { reason, .. } => format!("refused: {reason}"),
-            Plan::Error { message, .. } => format!("error: {message}"),
-        })
+        testing::planned(sql, &[rename, add], tables, None)
     }
 }

@@ -53,37 +53,20 @@ pub fn implied_edits(i: &Implied, t: &Target<'_>, edits: &mut Vec<Edit>) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::rules::ActiveMigration;
+    use super::super::testing;
 
     /// `users (id, legacy, name)` dropping `legacy` in `phase`.
     fn planned(sql: &str, phase: Phase) -> String {
         let spec = MigrationSpec::drop_column("m", "users", "legacy", None).unwrap();
         let m = ActiveMigration { spec, phase };
-        let mut columns = vec!["id", "legacy", "name"];
+        let mut columns = vec![("id", "text"), ("legacy", "text"), ("name", "text")];
         if !m.has_old() {
-            columns.retain(|c| *c != "legacy");
+            columns.retain(|c| c.0 != "legacy");
         }
-        let columns = columns
-            .into_iter()
-            .map(|name| ColumnDef {
-                name: name.into(),
-                type_name: "text".into(),
-                not_null: false,
-                default: None,
-            })
-            .collect();
-        let mut catalog = Catalog::empty();
-        catalog.insert("public", "users", TableDef { columns });
-        let cell = RulesCell::with_catalog(&[m], catalog);
-        cell.with(|rules| match plan(sql, rules) {
-            Plan::Unchanged => sql.to_string(),
-            Plan::Replaced { text, .. } => text,
-            Plan::Refused { reason, .. } => format!("refused: {reason}"),
-            Plan::Error { message, .. } => format!("error: {message}"),
-        })
+        let users = testing::table(&columns);
+        testing::planned(sql, &[m], vec![("public", "users", users)], None)
     }
 
     #[test]

@@ -316,10 +316,9 @@ impl Visitor for Relations {
 
 #[cfg(test)]
 mod tests {
-    use super::super::catalog::{Catalog, ColumnDef, TableDef};
     use super::super::migration::{MigrationSpec, Phase};
-    use super::super::plan::{plan_noting, Notes, Plan};
-    use super::super::rules::{ActiveMigration, RulesCell};
+    use super::super::rules::ActiveMigration;
+    use super::super::testing::{planned_noting, table};
 
     /// `public.customers` renamed `clients`, planned in `phase`: the text
     /// and whether it was old-shape use.
@@ -331,28 +330,9 @@ mod tests {
         } else {
             "customers"
         };
-        let columns = ["id", "name"]
-            .iter()
-            .map(|c| ColumnDef {
-                name: c.to_string(),
-                type_name: "text".into(),
-                not_null: false,
-                default: None,
-            })
-            .collect();
-        let mut catalog = Catalog::empty();
-        catalog.insert("public", name, TableDef { columns });
-        let cell = RulesCell::with_catalog(&[m], catalog);
-        cell.with(|rules| {
-            let mut notes = Notes::default();
-            let text = match plan_noting(sql, rules, &mut notes) {
-                Plan::Unchanged => sql.to_string(),
-                Plan::Replaced { text, .. } => text,
-                Plan::Refused { reason, .. } => format!("refused: {reason}"),
-                Plan::Error { message, .. } => format!("error: {message}"),
-            };
-            (text, !notes.old_shape.is_empty())
-        })
+        let def = table(&[("id", "text"), ("name", "text")]);
+        let (text, notes) = planned_noting(sql, &[m], vec![("public", name, def)], None);
+        (text, !notes.old_shape.is_empty())
     }
 
     fn text(sql: &str, phase: Phase) -> String {

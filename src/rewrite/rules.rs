@@ -72,6 +72,22 @@ pub fn take_catalog_stale() -> bool {
     CATALOG_STALE.swap(false, Ordering::Relaxed)
 }
 
+/// Buckets of the in-flight counts by table name.
+const IN_FLIGHT_BUCKETS: usize = 64;
+
+/// The in-flight bucket of a migrating table's name ([`ANY_TABLE`]'s is
+/// the last one).
+fn bucket(table: &str) -> usize {
+    if table == ANY_TABLE {
+        return IN_FLIGHT_BUCKETS;
+    }
+    // FNV-1a: stable, and cheap for names this short.
+    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % IN_FLIGHT_BUCKETS as u64) as usize
+}
+
 /// A request in flight that touches some migrating table, not known which
 /// (an EXECUTE, or a Bind, of a statement prepared before it was seen).
 pub const ANY_TABLE: &str = "*";
@@ -260,8 +276,10 @@ pub struct RulesCell {
     /// (rules that only change by configuration).
     lease_until_ms: AtomicU64,
     /// Requests in flight that touch a migrating table, over every
-    /// session, by table (lower-cased; [`ANY_TABLE`]: not known which).
-    in_flight: Mutex<HashMap<String, i64>>,
+    /// session, counted in the bucket of each table's name (the last one:
+    /// [`ANY_TABLE`]). Atomics, no lock: every such request counts here
+    /// twice. Names sharing a bucket only make a barrier wait longer.
+    in_flight: [std::sync::atomic::AtomicI64; IN_FLIGHT_BUCKETS + 1],
 }
 
 impl RulesCell {
@@ -281,7 +299,7 @@ impl RulesCell {
             publishing: Mutex::new(()),
             counters,
             lease_until_ms: AtomicU64::new(0),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(0)),
         }
     }
 
@@ -405,27 +423,24 @@ impl RulesCell {
 
     /// Counts a request in flight that touches the migrating `tables`.
     pub fn in_flight(&self, tables: &[String], delta: i64) {
-        let mut counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         for (k, table) in tables.iter().enumerate() {
             if tables[..k].contains(table) {
                 continue; // one request, counted once per table
             }
-            let count = counts.entry(table.clone()).or_insert(0);
-            *count += delta;
-            if *count == 0 {
-                counts.remove(table);
-            }
+            self.in_flight[bucket(table)].fetch_add(delta, Ordering::AcqRel);
         }
     }
 
     /// Requests in flight now that touch one of `tables` (or some table
-    /// not known).
+    /// not known, or a table whose name shares a bucket).
     pub fn touching_in_flight(&self, tables: &[String]) -> i64 {
-        let counts = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        counts
+        let mut buckets: Vec<usize> = tables.iter().map(|t| bucket(t)).collect();
+        buckets.push(IN_FLIGHT_BUCKETS);
+        buckets.sort_unstable();
+        buckets.dedup();
+        buckets
             .iter()
-            .filter(|(t, _)| t.as_str() == ANY_TABLE || tables.contains(t))
-            .map(|(_, n)| *n)
+            .map(|&b| self.in_flight[b].load(Ordering::Acquire))
             .sum()
     }
 
@@ -504,5 +519,30 @@ mod tests {
         let other = Arc::new(RulesCell::new(&[]));
         assert!(other.with(|r| r.table_names.is_empty()));
         assert_eq!(cell.with(|r| r.epoch), 3);
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_waits_for_its_tables_and_the_unknown_ones_only() {
+        let cell = RulesCell::new(&[]);
+        let (branches, tellers) = ("branches".to_string(), "tellers".to_string());
+        cell.in_flight(&[tellers.clone(), tellers.clone()], 1);
+        assert_eq!(
+            cell.touching_in_flight(std::slice::from_ref(&tellers)),
+            1,
+            "counted once"
+        );
+        if bucket(&branches) != bucket(&tellers) {
+            assert_eq!(cell.touching_in_flight(std::slice::from_ref(&branches)), 0);
+        }
+        cell.in_flight(&[ANY_TABLE.to_string()], 1);
+        assert_eq!(cell.touching_in_flight(std::slice::from_ref(&branches)), 1);
+        cell.in_flight(std::slice::from_ref(&tellers), -1);
+        cell.in_flight(&[ANY_TABLE.to_string()], -1);
+        assert_eq!(cell.touching_in_flight(&[tellers, branches]), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::catalog::{Catalog, ColumnDef, TableDef};
 use super::marker::Marked;
-use super::plan::{plan, Plan};
+use super::plan::{plan_noting, Notes, Plan};
 use super::rules::{ActiveMigration, RulesCell};
 use super::{with_session, SessionContext};
 
@@ -33,6 +33,16 @@ pub fn planned(
     tables: Vec<(&str, &str, TableDef)>,
     mark: Option<Marked>,
 ) -> String {
+    planned_noting(sql, migrations, tables, mark).0
+}
+
+/// [`planned`], with what planning noted.
+pub fn planned_noting(
+    sql: &str,
+    migrations: &[ActiveMigration],
+    tables: Vec<(&str, &str, TableDef)>,
+    mark: Option<Marked>,
+) -> (String, Notes) {
     let mut catalog = Catalog::empty();
     for (schema, name, def) in tables {
         catalog.insert(schema, name, def);
@@ -40,11 +50,15 @@ pub fn planned(
     let cell = RulesCell::with_catalog(migrations, catalog);
     let context = Arc::new(SessionContext::new(None, Arc::from("app"), None, mark));
     with_session(Some(&context), || {
-        cell.with(|rules| match plan(sql, rules) {
-            Plan::Unchanged => sql.to_string(),
-            Plan::Replaced { text, .. } => text,
-            Plan::Refused { reason, .. } => format!("refused: {reason}"),
-            Plan::Error { message, .. } => format!("error: {message}"),
+        cell.with(|rules| {
+            let mut notes = Notes::default();
+            let text = match plan_noting(sql, rules, &mut notes) {
+                Plan::Unchanged => sql.to_string(),
+                Plan::Replaced { text, .. } => text,
+                Plan::Refused { reason, .. } => format!("refused: {reason}"),
+                Plan::Error { message, .. } => format!("error: {message}"),
+            };
+            (text, notes)
         })
     })
 }

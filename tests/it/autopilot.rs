@@ -10,6 +10,21 @@ use serde_json::json;
 
 use crate::harness::*;
 
+/// A fresh database with `accounts (id, bal NOT NULL)` holding `rows`
+/// rows (`bal` = `id`).
+async fn accounts(prefix: &str, rows: i32) -> (String, tokio_postgres::Client, String) {
+    let (dbname, direct) = db().fresh_database(prefix).await;
+    let table = unique("accounts");
+    direct
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, bal int not null);
+             insert into {table} select g, g from generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+    (dbname, direct, table)
+}
+
 async fn migration_of(admin: &str, id: &str) -> serde_json::Value {
     pgshift::admin::request(admin, "GET", &format!("/migrations/{id}"), None, None)
         .await
@@ -19,15 +34,7 @@ async fn migration_of(admin: &str, id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_autopilot_carries_a_rename_to_complete() {
-    let (dbname, direct) = db().fresh_database("autopilot").await;
-    let table = unique("accounts");
-    direct
-        .batch_execute(&format!(
-            "create table {table} (id int primary key, bal int not null);
-             insert into {table} select g, g from generate_series(1, 3000) g;"
-        ))
-        .await
-        .unwrap();
+    let (dbname, direct, table) = accounts("autopilot", 3000).await;
     let id = unique("auto");
     let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
     let d = driven_all(vec![spec], &dbname).await;
@@ -81,14 +88,7 @@ async fn the_full_autopilot_carries_a_rename_to_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autopilot_stops_at_its_first_anomaly_and_says_why() {
-    let (dbname, direct) = db().fresh_database("autopilotstop").await;
-    let table = unique("accounts");
-    direct
-        .batch_execute(&format!(
-            "create table {table} (id int primary key, bal int not null); insert into {table} values (1, 1)"
-        ))
-        .await
-        .unwrap();
+    let (dbname, _, table) = accounts("autopilotstop", 1).await;
     let id = unique("auto_stop");
     // An `up` that fails on the row holding 1 (division by zero): the
     // backfill stops on it.
@@ -171,14 +171,7 @@ async fn the_autopilot_stops_at_its_first_anomaly_and_says_why() {
 /// been quiet for `contract_after_secs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_autopilot_waits_for_old_clients_before_the_contract() {
-    let (dbname, direct) = db().fresh_database("autopilotwait").await;
-    let table = unique("accounts");
-    direct
-        .batch_execute(&format!(
-            "create table {table} (id int primary key, bal int not null); insert into {table} values (1, 1)"
-        ))
-        .await
-        .unwrap();
+    let (dbname, _, table) = accounts("autopilotwait", 1).await;
     let id = unique("auto_wait");
     let spec = MigrationSpec::new(&id, &table, "bal", "balance", None, None, None).unwrap();
     let d = driven_all(vec![spec], &dbname).await;
