@@ -34,8 +34,12 @@ pub struct Config {
     /// Default `tracing` filter when `RUST_LOG` is not set.
     pub log_level: String,
     /// What the DDL gate does with DDL sent through pgshift (`ddl`:
-    /// `pass`, `warn`, `guard`; default `warn`).
+    /// `pass`, `warn`, `guard`, `migrate`; default `warn`).
     pub ddl: crate::sql_plan::gate::DdlMode,
+    /// The autopilot of the migrations `ddl = migrate` makes
+    /// (`ddl_autopilot`: `off`, `to-switch`, `full` (default);
+    /// `ddl_contract_after_secs`, default 600).
+    pub ddl_autopilot: crate::api::Autopilot,
     /// Session worker threads (one event loop each).
     pub workers: usize,
     pub limits: Limits,
@@ -239,6 +243,7 @@ impl Default for Config {
             },
             log_level: "info".into(),
             ddl: Default::default(),
+            ddl_autopilot: default_ddl_autopilot(),
             workers: default_workers(),
             limits: Limits::default(),
             control: Control::default(),
@@ -292,6 +297,8 @@ struct FileConfig {
     upstream: Option<String>,
     log_level: Option<String>,
     ddl: Option<String>,
+    ddl_autopilot: Option<String>,
+    ddl_contract_after_secs: Option<u64>,
     workers: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
@@ -383,6 +390,8 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub log_level: Option<String>,
     pub ddl: Option<String>,
+    pub ddl_autopilot: Option<String>,
+    pub ddl_contract_after_secs: Option<u64>,
     pub workers: Option<usize>,
     pub max_client_connections: Option<usize>,
     pub max_message_size: Option<usize>,
@@ -419,8 +428,37 @@ fn ddl_mode(text: Option<String>) -> Result<crate::sql_plan::gate::DdlMode, Conf
     crate::sql_plan::gate::DdlMode::parse(&text).ok_or_else(|| ConfigError::Invalid {
         key: "ddl",
         value: text,
-        reason: "expected pass, warn or guard".into(),
+        reason: "expected pass, warn, guard or migrate".into(),
     })
+}
+
+fn default_ddl_autopilot() -> crate::api::Autopilot {
+    crate::api::Autopilot {
+        mode: crate::api::AutopilotMode::Full,
+        ..Default::default()
+    }
+}
+
+/// The autopilot of migrations made by `ddl = migrate`.
+fn ddl_autopilot(
+    mode: Option<String>,
+    contract_after_secs: Option<u64>,
+) -> Result<crate::api::Autopilot, ConfigError> {
+    let mut autopilot = default_ddl_autopilot();
+    if let Some(text) = mode {
+        autopilot.mode =
+            serde_json::from_value(serde_json::Value::String(text.clone())).map_err(|_| {
+                ConfigError::Invalid {
+                    key: "ddl_autopilot",
+                    value: text,
+                    reason: "expected off, to-switch or full".into(),
+                }
+            })?;
+    }
+    if let Some(secs) = contract_after_secs {
+        autopilot.contract_after_secs = secs;
+    }
+    Ok(autopilot)
 }
 
 /// A secret (a token, a password) given as itself or as a file holding it
@@ -774,6 +812,10 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             ddl: ddl_mode(o.ddl.clone().or(file.ddl))?,
+            ddl_autopilot: ddl_autopilot(
+                o.ddl_autopilot.clone().or(file.ddl_autopilot),
+                o.ddl_contract_after_secs.or(file.ddl_contract_after_secs),
+            )?,
             workers: match o.workers.or(file.workers) {
                 None | Some(0) => default_workers(),
                 Some(n) => n,

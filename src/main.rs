@@ -157,10 +157,19 @@ struct ServeArgs {
     #[arg(long, env = "PGSHIFT_LOG_LEVEL")]
     log_level: Option<String>,
     /// What to do with DDL sent through pgshift: pass, warn (log and count
-    /// the rules it breaks), guard (refuse what is not safe as written)
-    /// [default: warn].
+    /// the rules it breaks), guard (refuse what is not safe as written),
+    /// migrate (carry renames, type changes, indexes… out as pgshift
+    /// migrations, both shapes served) [default: warn].
     #[arg(long, env = "PGSHIFT_DDL")]
     ddl: Option<String>,
+    /// The autopilot of migrations made by --ddl migrate: off, to-switch,
+    /// full [default: full].
+    #[arg(long, env = "PGSHIFT_DDL_AUTOPILOT")]
+    ddl_autopilot: Option<String>,
+    /// Seconds without old-shape clients before the full autopilot of a
+    /// migration made by --ddl migrate contracts it [default: 600].
+    #[arg(long, env = "PGSHIFT_DDL_CONTRACT_AFTER_SECS")]
+    ddl_contract_after_secs: Option<u64>,
     /// Session worker threads; 0 = half the CPU cores, at least one [default: 0].
     #[arg(long, env = "PGSHIFT_WORKERS")]
     workers: Option<usize>,
@@ -353,6 +362,7 @@ async fn run_lifecycle(
     config: Config,
     rules: Arc<RulesCell>,
     slot: Arc<OnceLock<Arc<Lifecycle>>>,
+    carrier: pgshift::sql_plan::migrate::CarrierSlot,
     reloads: tokio::sync::watch::Receiver<Option<Config>>,
 ) {
     if let Some(addr) = config.admin {
@@ -405,6 +415,10 @@ async fn run_lifecycle(
     };
     tracing::info!(database = %config.control.database, "migration lifecycle started");
     let _ = slot.set(Arc::clone(&lifecycle));
+    let _ = carrier.set(Arc::new(pgshift::lifecycle::carry::GateCarrier {
+        lifecycle: Arc::clone(&lifecycle),
+        autopilot: config.ddl_autopilot.clone(),
+    }));
     apply_reloads(&lifecycle, &rules, reloads).await;
 }
 
@@ -474,6 +488,8 @@ fn main() -> Result<()> {
                 upstream: args.upstream,
                 log_level: args.log_level,
                 ddl: args.ddl,
+                ddl_autopilot: args.ddl_autopilot,
+                ddl_contract_after_secs: args.ddl_contract_after_secs,
                 workers: args.workers,
                 max_client_connections: args.max_client_connections,
                 max_message_size: args.max_message_size,
@@ -511,11 +527,13 @@ fn main() -> Result<()> {
                 let rules = start_rules(&config).await;
                 log_rules(&config.migrations, rules.epoch());
                 let lifecycle = Arc::new(OnceLock::new());
+                let carrier: pgshift::sql_plan::migrate::CarrierSlot = Arc::default();
                 let (reloaded, reloads) = tokio::sync::watch::channel(None);
                 tokio::spawn(run_lifecycle(
                     config.clone(),
                     Arc::clone(&rules),
                     Arc::clone(&lifecycle),
+                    Arc::clone(&carrier),
                     reloads,
                 ));
                 if let Some(path) = args.config {
@@ -527,8 +545,11 @@ fn main() -> Result<()> {
                         reloaded,
                     ));
                 }
-                let rewriter: Arc<dyn StatementRewriter> =
-                    Arc::new(MigrationRewriter::new(rules).with_ddl(config.ddl));
+                let rewriter: Arc<dyn StatementRewriter> = Arc::new(
+                    MigrationRewriter::new(rules)
+                        .with_ddl(config.ddl)
+                        .with_carrier(carrier),
+                );
                 let proxy = Proxy::bind(config, rewriter)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;

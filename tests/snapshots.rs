@@ -86,6 +86,7 @@ fn rewritten(spec: &MigrationSpec, phase: Phase, new_type: &str) -> String {
             Rewrite::Unchanged => "=".to_string(),
             Rewrite::Replaced(text) => format!("→ {text}"),
             Rewrite::Refused(refusal) => format!("✗ {} {}", refusal.code, refusal.message),
+            Rewrite::Done(tag) => format!("✓ {tag}"),
         };
         out.push_str(&format!("{sql}\n  {upstream}\n\n"));
     }

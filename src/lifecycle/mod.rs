@@ -21,6 +21,7 @@
 mod add_column;
 mod autopilot;
 mod backfill;
+pub mod carry;
 mod catalog_steps;
 pub mod checks;
 mod contract;

@@ -56,6 +56,9 @@ pub struct SessionState {
     /// A search-path change waits for its transaction's outcome: the
     /// server side reads command tags.
     path_watch: AtomicBool,
+    /// A statement pgshift carried out waits for its `DO`'s tag to be
+    /// replaced: the server side reads command tags.
+    answering: AtomicBool,
     /// The book's `txn_tables` is not empty (read without its lock).
     txn_used_tables: AtomicBool,
 }
@@ -64,6 +67,9 @@ pub struct SessionState {
 struct Book {
     /// Refusals whose marker error has not come back yet, oldest first.
     refusals: VecDeque<PendingRefusal>,
+    /// Statements pgshift carried out, sent as a no-op `DO`: (request,
+    /// the CommandComplete to answer its `DO` with), oldest first.
+    answers: VecDeque<(u64, Bytes)>,
     /// Prepared statements and the rules epoch of each.
     statements: Statements,
     /// SQL-level prepared statements (PREPARE / EXECUTE).
@@ -109,6 +115,7 @@ impl SessionState {
     pub fn new(track_activity: bool, context: SessionContext) -> Self {
         let book = Book {
             refusals: VecDeque::new(),
+            answers: VecDeque::new(),
             statements: Statements::default(),
             sql_prepared: SqlPrepared::default(),
             path: PathTracker::new(context.search_path.clone()),
@@ -130,6 +137,7 @@ impl SessionState {
             book: Mutex::new(book),
             refusal_seq: AtomicU64::new(0),
             path_watch: AtomicBool::new(false),
+            answering: AtomicBool::new(false),
             txn_used_tables: AtomicBool::new(false),
         }
     }
@@ -313,6 +321,7 @@ impl<'a> FrontendVisitor<'a> {
             Outcome::Keep => return,
             Outcome::Replace(_) => Kind::Rewritten,
             Outcome::Refuse(_) => Kind::Refused,
+            Outcome::Answer(..) => Kind::Rewritten,
         };
         self.batch.0 = self.batch.0.max(kind);
         if self.batch.1.is_none() {
@@ -506,6 +515,17 @@ impl<'a> FrontendVisitor<'a> {
         let Some(frame) = frame else {
             return false;
         };
+        // A DDL statement pgshift is carrying out (the gate's migrate mode).
+        let statement_sql = match tag {
+            frontend::QUERY => frame
+                .get(HEADER_LEN..)
+                .map(|s| s.strip_suffix(&[0]).unwrap_or(s)),
+            frontend::PARSE => statements::parse_fields(frame).map(|f| f.sql),
+            _ => None,
+        };
+        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql)) {
+            return true;
+        }
         if !self.tracking || !self.rewriter.holding() {
             return false;
         }
@@ -549,6 +569,16 @@ impl<'a> FrontendVisitor<'a> {
             touching,
         };
         self.state.with_book(|b| b.timings.push_back(timing));
+    }
+
+    /// A statement of request `request` went as a no-op `DO`: its
+    /// CommandComplete is to say `tag`.
+    fn answer_with(&self, request: u64, tag: &'static str) {
+        let complete =
+            super::wire::encode_frame(backend::COMMAND_COMPLETE, &[tag.as_bytes(), b"\0"]);
+        self.state
+            .with_book(|b| b.answers.push_back((request, complete)));
+        self.state.answering.store(true, Ordering::Relaxed);
     }
 
     /// Records a refusal and returns the marker frame to send instead.
@@ -601,7 +631,7 @@ impl<'a> FrontendVisitor<'a> {
         };
         let (parse, refused) = match outcome {
             Ok(Outcome::Keep) => (parse, false),
-            Ok(Outcome::Replace(rewritten)) => (rewritten, false),
+            Ok(Outcome::Replace(rewritten) | Outcome::Answer(rewritten, _)) => (rewritten, false),
             Ok(Outcome::Refuse(refusal)) => (
                 self.refuse(request, frontend::PARSE, &parse, &refusal),
                 true,
@@ -745,6 +775,10 @@ impl FrameVisitor for FrontendVisitor<'_> {
         Ok(match outcome {
             Outcome::Keep => Verdict::Keep,
             Outcome::Replace(bytes) => Verdict::Replace(bytes),
+            Outcome::Answer(bytes, tag) => {
+                self.answer_with(request, tag);
+                Verdict::Replace(bytes)
+            }
             Outcome::Refuse(refusal) => {
                 Verdict::Replace(self.refuse(request, tag, frame, &refusal))
             }
@@ -757,7 +791,7 @@ impl FrameVisitor for FrontendVisitor<'_> {
 fn sent_fingerprint(outcome: &Outcome, sql: &[u8]) -> Option<u64> {
     match outcome {
         Outcome::Keep => Some(statements::fingerprint(sql)),
-        Outcome::Replace(frame) => {
+        Outcome::Replace(frame) | Outcome::Answer(frame, _) => {
             statements::parse_fields(frame).map(|f| statements::fingerprint(f.sql))
         }
         Outcome::Refuse(_) => None,
@@ -786,7 +820,10 @@ impl FrameVisitor for BackendVisitor<'_> {
         match tag {
             backend::READY_FOR_QUERY | backend::ERROR_RESPONSE => Handling::Whole,
             backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE if self.tracking => Handling::Whole,
-            backend::COMMAND_COMPLETE if self.state.path_watch.load(Ordering::Relaxed) => {
+            backend::COMMAND_COMPLETE
+                if self.state.path_watch.load(Ordering::Relaxed)
+                    || self.state.answering.load(Ordering::Relaxed) =>
+            {
                 Handling::Whole
             }
             _ => Handling::Forward,
@@ -803,7 +840,16 @@ impl FrameVisitor for BackendVisitor<'_> {
             state.path_outcome(tag, frame);
         }
         match tag {
-            backend::COMMAND_COMPLETE => Ok(Verdict::Keep),
+            backend::COMMAND_COMPLETE => Ok(state.with_book(|b| match b.answers.front() {
+                Some((request, _))
+                    if *request == current && frame.get(HEADER_LEN..) == Some(b"DO\0") =>
+                {
+                    b.answers
+                        .pop_front()
+                        .map_or(Verdict::Keep, |(_, c)| Verdict::Replace(c))
+                }
+                _ => Verdict::Keep,
+            })),
             backend::ERROR_RESPONSE => Ok(state.with_book(|b| match b.refusals.front() {
                 Some(p) if p.request == current && p.matches(frame) => {
                     let error = p.error.clone();
@@ -837,6 +883,12 @@ impl FrameVisitor for BackendVisitor<'_> {
                     }
                     while b.refusals.front().is_some_and(|p| p.request <= current) {
                         b.refusals.pop_front();
+                    }
+                    while b.answers.front().is_some_and(|(r, _)| *r <= current) {
+                        b.answers.pop_front();
+                    }
+                    if b.answers.is_empty() {
+                        state.answering.store(false, Ordering::Relaxed);
                     }
                     b.statements.on_ready(current);
                     let mut done = None;

@@ -18,7 +18,14 @@ pub enum Outcome {
     Replace(Bytes),
     /// Refuse it.
     Refuse(Refusal),
+    /// pgshift carried it out: send this no-op frame instead (a `DO` block
+    /// of the same message kind) and answer its `DO` with the tag.
+    Answer(Bytes, &'static str),
 }
+
+/// The statement sent in place of one pgshift carried out: it runs
+/// nothing, takes no lock, and leaves the transaction as it was.
+const NO_OP: &[u8] = b"DO $pgshift_done$ BEGIN END $pgshift_done$";
 
 /// A Query or Parse frame whose body does not follow the protocol.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +54,10 @@ pub fn rewrite_frame(
                     &[new_sql.as_bytes(), b"\0"],
                 ))),
                 Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
+                Rewrite::Done(tag) => Ok(Outcome::Answer(
+                    encode_frame(frontend::QUERY, &[NO_OP, b"\0"]),
+                    tag,
+                )),
             }
         }
         frontend::PARSE => {
@@ -61,6 +72,11 @@ pub fn rewrite_frame(
                     &[name, b"\0", new_sql.as_bytes(), b"\0", params],
                 ))),
                 Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
+                // (No parameter types: the no-op takes none.)
+                Rewrite::Done(tag) => Ok(Outcome::Answer(
+                    encode_frame(frontend::PARSE, &[name, b"\0", NO_OP, b"\0", &[0, 0]]),
+                    tag,
+                )),
             }
         }
         _ => Ok(Outcome::Keep),

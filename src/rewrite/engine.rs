@@ -45,6 +45,8 @@ pub struct MigrationRewriter {
     rules: Arc<RulesCell>,
     /// What the DDL gate does with DDL statements.
     ddl: crate::sql_plan::gate::DdlMode,
+    /// The jobs of the gate's `migrate` mode.
+    migrating: Option<Arc<crate::sql_plan::migrate::Migrating>>,
 }
 
 impl MigrationRewriter {
@@ -52,7 +54,14 @@ impl MigrationRewriter {
         MigrationRewriter {
             rules,
             ddl: Default::default(),
+            migrating: None,
         }
+    }
+
+    /// The rewriter carrying DDL out through `carrier` in `migrate` mode.
+    pub fn with_carrier(mut self, carrier: crate::sql_plan::migrate::CarrierSlot) -> Self {
+        self.migrating = Some(Arc::new(crate::sql_plan::migrate::Migrating::new(carrier)));
+        self
     }
 
     /// The rewriter with the DDL gate in `mode`.
@@ -183,6 +192,12 @@ impl StatementRewriter for MigrationRewriter {
         use crate::sql_plan::gate;
         if gate::is_ddl(sql) {
             super::rules::catalog_may_have_changed();
+            if let Some(answer) = self.migrating.as_ref().and_then(|m| m.answer(sql)) {
+                return match answer {
+                    Ok(tag) => Rewrite::Done(tag),
+                    Err(refusal) => Rewrite::Refused(refusal),
+                };
+            }
             if self.ddl != gate::DdlMode::Pass {
                 if let Some(refusal) = gate::check(sql, self.ddl) {
                     return Rewrite::Refused(refusal);
@@ -254,6 +269,13 @@ impl StatementRewriter for MigrationRewriter {
 
     fn holding(&self) -> bool {
         self.rules.with(|rules| !rules.holds.is_empty())
+    }
+
+    fn pending(&self, sql: &[u8]) -> bool {
+        use crate::sql_plan::gate;
+        self.ddl == gate::DdlMode::Migrate
+            && gate::is_ddl(sql)
+            && self.migrating.as_ref().is_some_and(|m| m.pending(sql))
     }
 
     fn touched(&self) -> bool {
@@ -438,7 +460,7 @@ fn plan_for_cache(
                         );
                     }
                 }
-                Rewrite::Refused(_) => {}
+                Rewrite::Refused(_) | Rewrite::Done(_) => {}
             }
         }
         let (outcome, tally, result) = check(sql, rules);
@@ -656,6 +678,7 @@ mod tests {
             Rewrite::Unchanged => "=".into(),
             Rewrite::Replaced(text) => text.into_owned(),
             Rewrite::Refused(x) => format!("refused: {}", x.message),
+            Rewrite::Done(tag) => format!("done: {tag}"),
         }
     }
 

@@ -633,7 +633,7 @@ fn id_and_table(id: &str, table: &str) -> Result<TableName, SpecError> {
 }
 
 /// Folds one identifier: unquoted → lower case, quoted → as written.
-fn parse_ident(text: &str) -> Result<String, String> {
+pub fn parse_ident(text: &str) -> Result<String, String> {
     match tokens(text)?.as_slice() {
         [Token::Word(w)] if w.quote_style.is_some() => Ok(w.value.clone()),
         [Token::Word(w)] => Ok(w.value.to_lowercase()),

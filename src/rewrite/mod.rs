@@ -55,6 +55,9 @@ pub enum Rewrite<'a> {
     /// session behaves as if the statement had failed on the server
     /// (transaction aborted, rest of the pipeline skipped up to Sync).
     Refused(Refusal),
+    /// Do not run the statement: pgshift carried it out (the DDL gate's
+    /// `migrate` mode); the client is answered with this command tag.
+    Done(&'static str),
 }
 
 /// Why a statement was refused, as the client will read it.
@@ -110,6 +113,13 @@ pub trait StatementRewriter: Send + Sync + 'static {
     /// the answer turns false when the rules flip or the barrier lapses.
     /// `locked`: the tables the session's open transaction has used.
     fn holds(&self, _sql: &[u8], _locked: &[String]) -> bool {
+        false
+    }
+
+    /// Whether a statement must wait while pgshift carries it out (the
+    /// DDL gate's `migrate` mode): asked before each Query or Parse; the
+    /// session holds it and asks again shortly.
+    fn pending(&self, _sql: &[u8]) -> bool {
         false
     }
 

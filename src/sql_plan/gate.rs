@@ -4,8 +4,10 @@
 //! default) it passes as sent, and each rule it breaks is logged and
 //! counted (`pgshift_ddl_statements_total{rule, verdict}`); with `guard`,
 //! a statement that is not safe as written is refused with `0A000`, the
-//! rule, and what to send instead. Other statements cost one look at their
-//! first word and their `;`.
+//! rule, and what to send instead; with `migrate`, a statement that has a
+//! pgshift migration is carried out as one ([`super::migrate`]) and the
+//! rest is treated as `guard` treats it, the short-lock forms passed.
+//! Other statements cost one look at their first word and their `;`.
 
 use crate::rewrite::Refusal;
 
@@ -21,6 +23,9 @@ pub enum DdlMode {
     Warn,
     /// Refuses what is not safe as written.
     Guard,
+    /// Carries out as a pgshift migration what has one (one statement per
+    /// Query), refuses what has no safe form, passes the rest.
+    Migrate,
 }
 
 impl DdlMode {
@@ -29,14 +34,20 @@ impl DdlMode {
             "pass" => Some(DdlMode::Pass),
             "warn" => Some(DdlMode::Warn),
             "guard" => Some(DdlMode::Guard),
+            "migrate" => Some(DdlMode::Migrate),
             _ => None,
         }
     }
 }
 
-/// Whether `sql`'s first word (after white space and comments) is ALTER,
-/// CREATE or DROP.
+/// Whether a statement of `sql` starts (after white space and comments)
+/// with ALTER, CREATE or DROP: the first, or one after a `;` (a `;` in a
+/// string or comment only makes the text planned).
 pub fn is_ddl(sql: &[u8]) -> bool {
+    sql.split(|&b| b == b';').any(starts_ddl)
+}
+
+fn starts_ddl(sql: &[u8]) -> bool {
     let mut rest = sql;
     loop {
         rest = trim_start(rest);
@@ -77,7 +88,19 @@ pub fn check(sql: &[u8], mode: DdlMode) -> Option<Refusal> {
         crate::metrics::ddl().count(d.rule, d.verdict);
         let instead = instead(&step.decision);
         tracing::warn!(rule = d.rule, verdict = ?d.verdict, statement = %step.statement, instead = %instead, "DDL that is not safe on a live table: {}", d.detail);
-        if mode == DdlMode::Guard {
+        let refused = match mode {
+            DdlMode::Guard => true,
+            // (Sent alone, a statement with a migration is carried out
+            // before it gets here.)
+            DdlMode::Migrate => d.verdict == Verdict::Refuse || d.migration.is_some(),
+            DdlMode::Pass | DdlMode::Warn => false,
+        };
+        if refused {
+            let alone = mode == DdlMode::Migrate && d.verdict != Verdict::Refuse;
+            let hint = match alone {
+                true => "send it as a statement of its own (one statement per Query, outside a multi-statement string): pgshift then carries it out as a migration".to_string(),
+                false => instead,
+            };
             return Some(Refusal {
                 code: "0A000",
                 message: format!(
@@ -85,7 +108,7 @@ pub fn check(sql: &[u8], mode: DdlMode) -> Option<Refusal> {
                     d.rule, d.detail
                 ),
                 detail: None,
-                hint: Some(instead),
+                hint: Some(hint),
                 routine: None,
             });
         }
@@ -104,8 +127,14 @@ impl crate::rewrite::StatementRewriter for DdlOnly {
         _kind: crate::rewrite::StatementKind,
         sql: &'a [u8],
     ) -> crate::rewrite::Rewrite<'a> {
-        if self.0 != DdlMode::Pass && is_ddl(sql) {
-            if let Some(refusal) = check(sql, self.0) {
+        // No migrations on this database: what migrate would carry out is
+        // refused, as guard refuses it.
+        let mode = match self.0 {
+            DdlMode::Migrate => DdlMode::Guard,
+            mode => mode,
+        };
+        if mode != DdlMode::Pass && is_ddl(sql) {
+            if let Some(refusal) = check(sql, mode) {
                 return crate::rewrite::Rewrite::Refused(refusal);
             }
         }
@@ -135,6 +164,7 @@ mod tests {
             "ALTER TABLE t ADD COLUMN c int",
             "  -- a comment\n create index i on t (c)",
             "/* x */drop table t",
+            "BEGIN; ALTER TABLE t RENAME COLUMN a TO b; COMMIT",
         ] {
             assert!(is_ddl(sql.as_bytes()), "{sql}");
         }
@@ -143,6 +173,7 @@ mod tests {
             "update t set c = 1",
             "/* alter */ select 1",
             "altered",
+            "select 1; update t set c = 2;",
         ] {
             assert!(!is_ddl(sql.as_bytes()), "{sql}");
         }

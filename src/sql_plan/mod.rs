@@ -6,7 +6,9 @@
 //! a [`rules::Decision`]. Nothing here touches a database: unqualified
 //! tables are taken as `public`'s.
 
+pub mod downs;
 pub mod gate;
+pub mod migrate;
 pub mod rules;
 
 use std::path::{Path, PathBuf};

@@ -372,11 +372,16 @@ impl RawConn {
     /// Connects and completes a trust-auth startup as the test user; returns
     /// the BackendKeyData (pid, key) the client was given.
     pub async fn startup(addr: SocketAddr) -> (RawConn, i32, i32) {
+        RawConn::startup_to(addr, &db().dbname).await
+    }
+
+    /// [`RawConn::startup`] to database `dbname`.
+    pub async fn startup_to(addr: SocketAddr, dbname: &str) -> (RawConn, i32, i32) {
         let mut conn = RawConn::connect(addr).await;
         let db = db();
         conn.send(&startup_message(&[
             ("user", &db.user),
-            ("database", &db.dbname),
+            ("database", dbname),
         ]))
         .await;
         let mut key = (0, 0);
@@ -578,6 +583,43 @@ pub async fn driven_with_tokens(
     tokens: pgshift::admin::Tokens,
 ) -> Driven {
     driven_with(specs, dbname, tokens, |_| {}).await
+}
+
+/// [`driven_with`] whose proxy runs the DDL gate in `migrate`: a DDL
+/// statement with a migration for it is carried out by the lifecycle,
+/// given `autopilot`.
+pub async fn driven_migrating(dbname: &str, autopilot: pgshift::api::Autopilot) -> Driven {
+    use pgshift::rewrite::rules::RulesCell;
+    use pgshift::sql_plan::gate::DdlMode;
+    let config = control_config_for(dbname);
+    let rules = Arc::new(RulesCell::new(&config.migrations));
+    let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
+        .await
+        .expect("the lifecycle starts");
+    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = listener.local_addr().unwrap().to_string();
+    let carrier: pgshift::sql_plan::migrate::CarrierSlot = Arc::default();
+    let _ = carrier.set(Arc::new(pgshift::lifecycle::carry::GateCarrier {
+        lifecycle: Arc::clone(&lifecycle),
+        autopilot,
+    }));
+    let rewriter = pgshift::rewrite::engine::MigrationRewriter::new(rules)
+        .with_ddl(DdlMode::Migrate)
+        .with_carrier(carrier);
+    let server = tokio::spawn(pgshift::admin::serve(
+        listener,
+        lifecycle,
+        Default::default(),
+    ));
+    let control = config.control.clone();
+    let proxy = TestProxy::with_rewriter(Arc::new(rewriter), move |c| c.control = control).await;
+    Driven {
+        proxy,
+        admin,
+        server,
+    }
 }
 
 /// [`driven_with_tokens`] with the control settings adjusted (its role).

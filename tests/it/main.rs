@@ -8,6 +8,7 @@ mod battery;
 mod catalog;
 mod catalog_ops;
 mod cli;
+mod ddl_migrate;
 mod drop_column;
 mod faults;
 mod harness;

@@ -1,0 +1,131 @@
+//! Carrying out the migration a DDL statement became (the DDL gate's
+//! `migrate` mode, `pgshift apply`): added — or found, when the same
+//! migration is in flight already — then stepped. A catalog operation (an
+//! index, a constraint, a default, NOT NULL) is carried to `complete`, so
+//! that the statement's effect is there when its client is answered; a
+//! column or table migration is expanded (both shapes served from then on)
+//! and left to the autopilot it is given.
+
+use std::sync::Arc;
+
+use super::store::Record;
+use super::{ddl, ActionError, Lifecycle};
+use crate::api::{self, Action, MigrationStatus, NewMigration, Op};
+use crate::ops::CatalogOp;
+use crate::rewrite::migration::{parse_ident, Phase};
+
+impl Lifecycle {
+    /// Adds `m` (a type change without `down` gets the exact one where
+    /// there is one) and steps it as the module says; the autopilot
+    /// `autopilot` takes a column or table migration on from `expanded`.
+    pub async fn carry(
+        self: &Arc<Self>,
+        m: &NewMigration,
+        autopilot: api::Autopilot,
+    ) -> Result<MigrationStatus, ActionError> {
+        let mut m = m.clone();
+        if m.op == Some(Op::ChangeType) && m.down.is_none() {
+            m.down = Some(self.derived_down(&m).await?);
+        }
+        let id = self.added_or_found(&mut m).await?;
+        let record = self.record(&id)?;
+        if record.spec.catalog.is_some() {
+            while let Some(action) = catalog_next(&self.record(&id)?) {
+                self.act(&id, action).await?;
+            }
+        } else {
+            if record.phase == Phase::Planned {
+                self.act(&id, Action::Expand).await?;
+            }
+            if autopilot.mode != api::AutopilotMode::Off {
+                self.set_autopilot(&id, autopilot).await?;
+            }
+        }
+        self.status_of(&id)
+    }
+
+    /// The id of `m` once stored: the same migration in flight is taken
+    /// as it is (the statement sent again); a finished one, or another
+    /// under the id, leaves the id to it and `m` gets `id_2`, `id_3`….
+    async fn added_or_found(&self, m: &mut NewMigration) -> Result<String, ActionError> {
+        let spec = m
+            .spec()
+            .map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        let records = self.records();
+        let taken = |id: &str| records.iter().find(|r| r.spec.id == id);
+        if let Some(r) = taken(&m.id) {
+            let finished = matches!(r.phase, Phase::Complete | Phase::RolledBack);
+            if r.spec == spec && !finished {
+                return Ok(r.spec.id.clone());
+            }
+            let base = m.id.clone();
+            m.id = (2..)
+                .map(|n| format!("{base}_{n}"))
+                .find(|id| taken(id).is_none())
+                .unwrap_or(base);
+        }
+        Ok(self.add(m).await?.id)
+    }
+
+    /// The exact `down` of a type change, from the column's type now.
+    async fn derived_down(&self, m: &NewMigration) -> Result<String, ActionError> {
+        let (Some(from), Some(new_type)) = (&m.from, &m.new_type) else {
+            return Err(ActionError::BadRequest(
+                "change_type needs from and type".into(),
+            ));
+        };
+        let column = parse_ident(from).map_err(ActionError::BadRequest)?;
+        let client = self.connect().await?;
+        let Some(info) = ddl::column_info(&client, &m.table, &column).await? else {
+            return Err(ActionError::Conflict(format!(
+                "table {} has no column {from}",
+                m.table
+            )));
+        };
+        crate::sql_plan::downs::derived_down(from, &info.type_name, new_type).ok_or_else(|| {
+            ActionError::BadRequest(format!(
+                "pgshift does not know how to turn {new_type} back into {} exactly, so it cannot serve clients of the old type: run the change as a migration with \"down\" given (POST /migrations, or a -- pgshift: down = … comment for pgshift plan/apply)",
+                info.type_name
+            ))
+        })
+    }
+}
+
+/// The lifecycle as the DDL gate's carrier: each migration given the
+/// configured autopilot, its events recorded as by `ddl-gate`.
+pub struct GateCarrier {
+    pub lifecycle: Arc<Lifecycle>,
+    pub autopilot: api::Autopilot,
+}
+
+impl crate::sql_plan::migrate::Carrier for GateCarrier {
+    fn carry(
+        &self,
+        m: NewMigration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        let (lifecycle, autopilot) = (Arc::clone(&self.lifecycle), self.autopilot.clone());
+        Box::pin(super::ACTOR.scope("ddl-gate", async move {
+            let status = lifecycle.carry(&m, autopilot).await;
+            status.map(|s| s.id).map_err(|e| e.to_string())
+        }))
+    }
+}
+
+/// The next step of a catalog operation on its way to `complete`.
+fn catalog_next(r: &Record) -> Option<Action> {
+    let validates = matches!(
+        r.spec.catalog.as_ref().map(|c| &c.op),
+        Some(
+            CatalogOp::CreateIndex { .. }
+                | CatalogOp::AddConstraint { .. }
+                | CatalogOp::SetNotNull { .. }
+        )
+    );
+    match r.phase {
+        Phase::Planned => Some(Action::Expand),
+        Phase::Expanded if validates => Some(Action::Validate(Default::default())),
+        Phase::Expanded | Phase::Validated => Some(Action::Contract(Default::default())),
+        Phase::Contracted => Some(Action::Complete),
+        _ => None,
+    }
+}

@@ -1,0 +1,301 @@
+//! The DDL gate in `migrate`: an application's own migration, sent through
+//! pgshift as its migration tool sends it (a transaction, one DDL statement
+//! at a time, the tool's own bookkeeping), becomes pgshift migrations while
+//! the previous version of the application keeps serving through pgshift;
+//! the autopilot carries each to complete once the old version is gone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// The previous application version: reads and writes `name`, `amount`
+/// (an integer, of whatever width) and `legacy`, until `stop`.
+fn old_app(
+    client: tokio_postgres::Client,
+    table: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut done, mut errors) = (0u64, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let id = (done % 500 + 1) as i32;
+            let read = format!("select name, amount, legacy from {table} where id = $1");
+            let write = format!("update {table} set name = $1, amount = amount + 1 where id = $2");
+            let insert = format!(
+                "insert into {table} (name, amount, legacy) values ($1, 7, 'x') returning id, name"
+            );
+            let steps = async {
+                let row = client.query_one(&read, &[&id]).await?;
+                // (An integer either way, as Python's, Ruby's and
+                // JavaScript's drivers read it: no shape marker here, so
+                // the amount follows the read switch to bigint.)
+                let _: String = row.get(0);
+                let amount = row.try_get::<_, i32>(1).map(i64::from);
+                assert!(amount.or_else(|_| row.try_get::<_, i64>(1)).is_ok());
+                client
+                    .execute(&write, &[&format!("old {done}"), &id])
+                    .await?;
+                client.query_one(&insert, &[&"old"]).await?;
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            match steps.await {
+                Ok(()) => done += 1,
+                Err(e) => errors.push(format!("old: {e:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (done, errors)
+    })
+}
+
+/// The new application version: `full_name`, no `legacy`, the amount read
+/// as text (an integer before the read switch, a bigint after). Until the
+/// contract it writes amounts the old column holds too: the old version
+/// reads every row.
+fn new_app(
+    client: tokio_postgres::Client,
+    table: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut done, mut errors) = (0u64, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let id = (done % 500 + 1) as i32;
+            let read = format!("select full_name, amount::text from {table} where id = $1");
+            let write = format!("update {table} set full_name = $1 where id = $2");
+            let insert =
+                format!("insert into {table} (full_name, amount) values ($1, 123) returning id");
+            let steps = async {
+                let row = client.query_one(&read, &[&id]).await?;
+                let _: String = row.get(0);
+                client
+                    .execute(&write, &[&format!("new {done}"), &id])
+                    .await?;
+                client.query_one(&insert, &[&"new"]).await?;
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            match steps.await {
+                Ok(()) => done += 1,
+                Err(e) => errors.push(format!("new: {e:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (done, errors)
+    })
+}
+
+async fn phases(admin: &str) -> Vec<(String, String)> {
+    let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
+        .await
+        .unwrap();
+    status["migrations"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
+                    (s("id"), s("phase"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
+    let (dbname, direct) = db().fresh_database("ddlmigrate").await;
+    let t = unique("people");
+    direct
+        .batch_execute(&format!(
+            "create table {t} (id serial primary key, name text not null, amount integer not null, email text, legacy text);
+             insert into {t} (name, amount, email, legacy) select 'n' || g, g, 'e' || g, 'l' from generate_series(1, 2000) g;
+             create table tool_history (version text primary key);"
+        ))
+        .await
+        .unwrap();
+    let autopilot = pgshift::api::Autopilot {
+        mode: pgshift::api::AutopilotMode::Full,
+        contract_after_secs: 2,
+        stopped: None,
+    };
+    let d = driven_migrating(&dbname, autopilot).await;
+    let (old_stop, new_stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let old = vec![
+        old_app(
+            d.proxy.connect_to(&dbname).await,
+            t.clone(),
+            Arc::clone(&old_stop),
+        ),
+        old_app(
+            d.proxy.connect_to(&dbname).await,
+            t.clone(),
+            Arc::clone(&old_stop),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The migration tool: one transaction, one statement at a time (both
+    // protocols), its own bookkeeping in the same transaction.
+    let tool = d.proxy.connect_to(&dbname).await;
+    tool.batch_execute("begin").await.unwrap();
+    tool.execute(
+        &format!("alter table {t} rename column name to full_name"),
+        &[],
+    )
+    .await
+    .unwrap();
+    tool.batch_execute(&format!(
+        "alter table {t} alter column amount type bigint using amount::bigint"
+    ))
+    .await
+    .unwrap();
+    tool.execute(&format!("alter table {t} drop column legacy"), &[])
+        .await
+        .unwrap();
+    tool.execute("insert into tool_history values ('0002')", &[])
+        .await
+        .unwrap();
+    tool.batch_execute("commit").await.unwrap();
+    // An index, answered with its own command tag once it is built.
+    let (mut raw, _, _) = RawConn::startup_to(d.proxy.addr, &dbname).await;
+    raw.send(&query(&format!(
+        "create index {t}_email_idx on {t} (email)"
+    )))
+    .await;
+    let reply = raw.until_ready().await;
+    let complete = reply
+        .iter()
+        .find(|m| m.tag == b'C')
+        .expect("a CommandComplete");
+    assert_eq!(&complete.body[..], b"CREATE INDEX\0", "{reply:?}");
+
+    // The new version starts beside the old one.
+    let new = vec![new_app(
+        d.proxy.connect_to(&dbname).await,
+        t.clone(),
+        Arc::clone(&new_stop),
+    )];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    old_stop.store(true, Ordering::Relaxed);
+    let (old_done, old_errors) = joined(old).await;
+    // The autopilot carries every migration to complete once the old
+    // version has been gone for 2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = phases(&d.admin).await;
+        if now.len() == 4 && now.iter().all(|(_, p)| p == "complete") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not complete: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    new_stop.store(true, Ordering::Relaxed);
+    let (new_done, new_errors) = joined(new).await;
+    // Complete, the column takes what only a bigint holds.
+    let client = d.proxy.connect_to(&dbname).await;
+    client
+        .execute(
+            &format!("insert into {t} (full_name, amount) values ('big', 5000000000)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_clean(old_done, old_errors, 50, false);
+    assert_clean(new_done, new_errors, 50, true);
+
+    // The table as the DDL says, the tool's bookkeeping as it wrote it.
+    let columns: Vec<(String, String)> = direct
+        .query(
+            "select column_name::text, data_type::text from information_schema.columns where table_name = $1 order by ordinal_position",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"full_name") && !names.contains(&"name") && !names.contains(&"legacy"),
+        "{columns:?}"
+    );
+    assert!(
+        columns.contains(&("amount".into(), "bigint".into())),
+        "{columns:?}"
+    );
+    let index: Option<String> = direct
+        .query_one("select to_regclass($1)::text", &[&format!("{t}_email_idx")])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(index.is_some());
+    let history: Vec<String> = direct
+        .query("select version from tool_history", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(history, vec!["0002".to_string()]);
+    let big: i64 = direct
+        .query_one(
+            &format!("select count(*) from {t} where amount = 5000000000"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(big > 0, "the new version's bigint values are kept");
+}
+
+/// What `migrate` cannot carry out is refused with what to send instead,
+/// and nothing is half-done: a type change with no exact way back, and a
+/// migration inside a multi-statement string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_migrate_cannot_carry_out_is_refused_whole() {
+    let (dbname, direct) = db().fresh_database("ddlrefuse").await;
+    let t = unique("things");
+    direct
+        .batch_execute(&format!(
+            "create table {t} (id int primary key, price numeric(10,2), label text)"
+        ))
+        .await
+        .unwrap();
+    let d = driven_migrating(&dbname, Default::default()).await;
+    let client = d.proxy.connect_to(&dbname).await;
+    let e = client
+        .batch_execute(&format!("alter table {t} alter column price type integer"))
+        .await
+        .unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "0A000");
+    assert!(e.message().contains("down"), "{}", e.message());
+    let e = client
+        .batch_execute(&format!(
+            "begin; alter table {t} rename column label to title; commit"
+        ))
+        .await
+        .unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert!(
+        e.hint().unwrap_or("").contains("statement of its own"),
+        "{e:?}"
+    );
+    assert!(phases(&d.admin).await.is_empty(), "no migration was made");
+    // Everything else passes as written.
+    client
+        .batch_execute(&format!(
+            "alter table {t} add column note text; create table {t}_more (id int)"
+        ))
+        .await
+        .unwrap();
+}
