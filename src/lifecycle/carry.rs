@@ -13,6 +13,7 @@ use super::{ddl, ActionError, Lifecycle};
 use crate::api::{self, Action, MigrationStatus, NewMigration, Op};
 use crate::ops::CatalogOp;
 use crate::rewrite::migration::{parse_ident, Phase};
+use crate::sql_plan::migrate::Carried;
 
 impl Lifecycle {
     /// Adds `m` (a type change without `down` gets the exact one where
@@ -102,12 +103,67 @@ impl crate::sql_plan::migrate::Carrier for GateCarrier {
     fn carry(
         &self,
         m: NewMigration,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        backend_pid: i32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Carried, String>> + Send>> {
         let (lifecycle, autopilot) = (Arc::clone(&self.lifecycle), self.autopilot.clone());
         Box::pin(super::ACTOR.scope("ddl-gate", async move {
-            let status = lifecycle.carry(&m, autopilot).await;
-            status.map(|s| s.id).map_err(|e| e.to_string())
+            let carried = async {
+                if let Some(why) = lifecycle.as_written(&m, backend_pid).await? {
+                    return Ok(Carried::AsWritten(why));
+                }
+                let status = lifecycle.carry(&m, autopilot).await?;
+                Ok(Carried::Done(status.id))
+            };
+            carried.await.map_err(|e: ActionError| e.to_string())
         }))
+    }
+}
+
+impl Lifecycle {
+    /// Why the statement of `m`, sent by the session of server process
+    /// `backend_pid`, goes to Postgres as written rather than carried
+    /// out (`None`: carried out). Its table is not there for other
+    /// sessions (created in the client's open transaction): nobody else
+    /// uses it. The client's transaction holds a lock on it (it changed or
+    /// read the table before): the lifecycle's DDL would wait for that
+    /// transaction while it waits for the lifecycle; an index or a
+    /// constraint goes as written, a change of the table's shape is
+    /// refused (sent as written, it would break the clients of the old
+    /// shape).
+    async fn as_written(
+        &self,
+        m: &NewMigration,
+        backend_pid: i32,
+    ) -> Result<Option<String>, ActionError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "select to_regclass($1) is not null,
+                        exists (select 1 from pg_locks
+                                 where pid = $2 and granted and relation = to_regclass($1))",
+                &[&m.table, &backend_pid],
+            )
+            .await?;
+        let (exists, locked): (bool, bool) = (row.get(0), row.get(1));
+        if !exists {
+            return Ok(Some(format!(
+                "table {} is not there for other sessions (created in the open transaction, or missing)",
+                m.table
+            )));
+        }
+        if !locked {
+            return Ok(None);
+        }
+        if m.op.is_some_and(|op| op.is_catalog()) {
+            return Ok(Some(format!(
+                "the transaction sending it holds a lock on {} already: built from outside, it would wait for that transaction",
+                m.table
+            )));
+        }
+        Err(ActionError::Conflict(format!(
+            "the transaction sending it holds a lock on {} already (it changed or read the table earlier), and pgshift cannot change the table from outside that transaction without waiting for it: send the statement in a transaction of its own (Django: a migration of its own, or atomic = False; Rails: disable_ddl_transaction!; Alembic: transaction_per_migration = True)",
+            m.table
+        )))
     }
 }
 

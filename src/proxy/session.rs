@@ -12,7 +12,7 @@
 //! the sharing `Send`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ pub struct SessionState {
     /// A statement pgshift carried out waits for its `DO`'s tag to be
     /// replaced: the server side reads command tags.
     answering: AtomicBool,
+    /// The server process of the session (from BackendKeyData; 0 before).
+    backend_pid: AtomicI32,
     /// The book's `txn_tables` is not empty (read without its lock).
     txn_used_tables: AtomicBool,
 }
@@ -138,6 +140,7 @@ impl SessionState {
             refusal_seq: AtomicU64::new(0),
             path_watch: AtomicBool::new(false),
             answering: AtomicBool::new(false),
+            backend_pid: AtomicI32::new(0),
             txn_used_tables: AtomicBool::new(false),
         }
     }
@@ -523,7 +526,8 @@ impl<'a> FrontendVisitor<'a> {
             frontend::PARSE => statements::parse_fields(frame).map(|f| f.sql),
             _ => None,
         };
-        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql)) {
+        let pid = self.state.backend_pid.load(Ordering::Relaxed);
+        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql, pid)) {
             return true;
         }
         if !self.tracking || !self.rewriter.holding() {
@@ -819,6 +823,7 @@ impl FrameVisitor for BackendVisitor<'_> {
     fn handling(&self, tag: u8) -> Handling {
         match tag {
             backend::READY_FOR_QUERY | backend::ERROR_RESPONSE => Handling::Whole,
+            backend::BACKEND_KEY_DATA => Handling::Whole,
             backend::PARSE_COMPLETE | backend::CLOSE_COMPLETE if self.tracking => Handling::Whole,
             backend::COMMAND_COMPLETE
                 if self.state.path_watch.load(Ordering::Relaxed)
@@ -840,6 +845,13 @@ impl FrameVisitor for BackendVisitor<'_> {
             state.path_outcome(tag, frame);
         }
         match tag {
+            backend::BACKEND_KEY_DATA => {
+                if let Some(pid) = frame.get(HEADER_LEN..HEADER_LEN + 4) {
+                    let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+                    state.backend_pid.store(pid, Ordering::Relaxed);
+                }
+                Ok(Verdict::Keep)
+            }
             backend::COMMAND_COMPLETE => Ok(state.with_book(|b| match b.answers.front() {
                 Some((request, _))
                     if *request == current && frame.get(HEADER_LEN..) == Some(b"DO\0") =>

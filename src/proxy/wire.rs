@@ -41,6 +41,7 @@ pub mod backend {
     pub const PARSE_COMPLETE: u8 = b'1';
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
 }
 
 /// Which peer sent a message.

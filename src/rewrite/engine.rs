@@ -191,17 +191,20 @@ impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
         use crate::sql_plan::gate;
         if gate::is_ddl(sql) {
+            use crate::sql_plan::migrate::Answer;
             super::rules::catalog_may_have_changed();
-            if let Some(answer) = self.migrating.as_ref().and_then(|m| m.answer(sql)) {
-                return match answer {
-                    Ok(tag) => Rewrite::Done(tag),
-                    Err(refusal) => Rewrite::Refused(refusal),
-                };
-            }
-            if self.ddl != gate::DdlMode::Pass {
-                if let Some(refusal) = gate::check(sql, self.ddl) {
-                    return Rewrite::Refused(refusal);
+            let answer = self.migrating.as_ref().and_then(|m| m.answer(sql));
+            match answer {
+                Some(Answer::Tag(tag)) => return Rewrite::Done(tag),
+                Some(Answer::Refuse(refusal)) => return Rewrite::Refused(refusal),
+                // Sent as written (its table is the client's own so far).
+                Some(Answer::AsWritten) => {}
+                None if self.ddl != gate::DdlMode::Pass => {
+                    if let Some(refusal) = gate::check(sql, self.ddl) {
+                        return Rewrite::Refused(refusal);
+                    }
                 }
+                None => {}
             }
         }
         self.rules.with(|rules| {
@@ -271,11 +274,14 @@ impl StatementRewriter for MigrationRewriter {
         self.rules.with(|rules| !rules.holds.is_empty())
     }
 
-    fn pending(&self, sql: &[u8]) -> bool {
+    fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
         use crate::sql_plan::gate;
         self.ddl == gate::DdlMode::Migrate
             && gate::is_ddl(sql)
-            && self.migrating.as_ref().is_some_and(|m| m.pending(sql))
+            && self
+                .migrating
+                .as_ref()
+                .is_some_and(|m| m.pending(sql, backend_pid))
     }
 
     fn touched(&self) -> bool {

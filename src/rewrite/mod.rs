@@ -117,9 +117,10 @@ pub trait StatementRewriter: Send + Sync + 'static {
     }
 
     /// Whether a statement must wait while pgshift carries it out (the
-    /// DDL gate's `migrate` mode): asked before each Query or Parse; the
+    /// DDL gate's `migrate` mode): asked before each Query or Parse of the
+    /// session served by server process `backend_pid` (0: not known); the
     /// session holds it and asks again shortly.
-    fn pending(&self, _sql: &[u8]) -> bool {
+    fn pending(&self, _sql: &[u8], _backend_pid: i32) -> bool {
         false
     }
 

@@ -22,13 +22,38 @@ use super::{plan_text, Verdict};
 /// A finished job no session came back for is forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(300);
 
+/// What carrying a statement's migration out came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// Carried out: the migration's id.
+    Done(String),
+    /// Not pgshift's to carry out: the statement goes to Postgres as
+    /// written, for this reason (its table is not there for other
+    /// sessions: created in the client's open transaction, or missing).
+    AsWritten(String),
+}
+
 /// What carries a migration out: added and stepped until the statement's
-/// effect is there (the lifecycle). `Err` is the reason, for the client.
+/// effect is there (the lifecycle), for the session served by server
+/// process `backend_pid` (0: not known). `Err` is the reason, for the
+/// client.
 pub trait Carrier: Send + Sync + 'static {
     fn carry(
         &self,
         m: NewMigration,
-    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+        backend_pid: i32,
+    ) -> Pin<Box<dyn Future<Output = Result<Carried, String>> + Send>>;
+}
+
+/// The answer to a statement whose job has finished.
+#[derive(Debug)]
+pub enum Answer {
+    /// Carried out: the client gets this command tag.
+    Tag(&'static str),
+    /// Failed: the client gets this error.
+    Refuse(Refusal),
+    /// Sent to Postgres as written.
+    AsWritten,
 }
 
 /// The lifecycle, once it has started (it may start after the proxy).
@@ -37,6 +62,7 @@ pub type CarrierSlot = Arc<OnceLock<Arc<dyn Carrier>>>;
 enum Job {
     Running,
     Done(&'static str, Instant),
+    AsWritten(Instant),
     Failed(String, Instant),
 }
 
@@ -88,7 +114,7 @@ fn record(jobs: &Jobs, k: u64, job: Job) {
     let mut jobs = lock(jobs);
     jobs.retain(|_, j| match j {
         Job::Running => true,
-        Job::Done(_, at) | Job::Failed(_, at) => at.elapsed() < FORGET_AFTER,
+        Job::Done(_, at) | Job::AsWritten(at) | Job::Failed(_, at) => at.elapsed() < FORGET_AFTER,
     });
     jobs.insert(k, job);
 }
@@ -104,7 +130,7 @@ impl Migrating {
     /// Whether the session must hold `sql` (a DDL statement): its
     /// migration is being carried out. The first time a statement that
     /// becomes a migration is asked about, its job starts.
-    pub fn pending(&self, sql: &[u8]) -> bool {
+    pub fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
         let k = key(sql);
         if let Some(job) = lock(&self.jobs).get(&k) {
             return matches!(job, Job::Running);
@@ -123,12 +149,16 @@ impl Migrating {
         record(&self.jobs, k, Job::Running);
         tracing::info!(migration = %m.id, table = %m.table, "DDL gate: carrying a statement out as a migration");
         let jobs = Arc::clone(&self.jobs);
-        let run = carrier.carry(m);
+        let run = carrier.carry(m, backend_pid);
         runtime.spawn(async move {
             let job = match run.await {
-                Ok(id) => {
+                Ok(Carried::Done(id)) => {
                     tracing::info!(migration = %id, "DDL gate: the statement's migration is carried out; answering its client");
                     Job::Done(tag, Instant::now())
+                }
+                Ok(Carried::AsWritten(why)) => {
+                    tracing::info!(reason = %why, "DDL gate: the statement goes to Postgres as written");
+                    Job::AsWritten(Instant::now())
                 }
                 Err(why) => {
                     tracing::warn!(reason = %why, "DDL gate: the statement's migration failed; refusing it");
@@ -142,15 +172,16 @@ impl Migrating {
 
     /// The answer to a statement whose job has finished: its command tag,
     /// or why it failed. The job is forgotten.
-    pub fn answer(&self, sql: &[u8]) -> Option<Result<&'static str, Refusal>> {
+    pub fn answer(&self, sql: &[u8]) -> Option<Answer> {
         let k = key(sql);
         let mut jobs = lock(&self.jobs);
         if matches!(jobs.get(&k)?, Job::Running) {
             return None;
         }
         match jobs.remove(&k)? {
-            Job::Done(tag, _) => Some(Ok(tag)),
-            Job::Failed(why, _) => Some(Err(failed(why))),
+            Job::Done(tag, _) => Some(Answer::Tag(tag)),
+            Job::AsWritten(_) => Some(Answer::AsWritten),
+            Job::Failed(why, _) => Some(Answer::Refuse(failed(why))),
             Job::Running => None,
         }
     }
