@@ -11,6 +11,7 @@ mod cli;
 mod ddl_migrate;
 mod drop_column;
 mod faults;
+mod frameworks;
 mod harness;
 mod in_place;
 mod kept_name;

@@ -1,0 +1,140 @@
+//! Frameworks' own migrations through pgshift with `ddl = migrate`
+//! (`tests/frameworks/`): the tool runs its migration as it always does,
+//! through pgshift, while the previous version of the application serves
+//! through pgshift; both versions see no error and read what they wrote,
+//! the autopilot carries every migration to complete, and the schema and
+//! the tool's history table end as a direct run leaves them.
+//!
+//! The Python packages are the battery's (`tests/battery/setup.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `python tests/frameworks/django/shop_run.py ARGS` against `addr` /
+/// database `dbname`, the models in `version`.
+fn shop(
+    env: &Path,
+    addr: (&str, u16),
+    dbname: &str,
+    version: u8,
+    args: &[&str],
+) -> tokio::process::Command {
+    let test_db = db();
+    let mut cmd = tokio::process::Command::new(env.join("venv/bin/python"));
+    cmd.arg(repo().join("tests/frameworks/django/shop_run.py"))
+        .args(args)
+        .env("PGHOST", addr.0)
+        .env("PGPORT", addr.1.to_string())
+        .env("PGDATABASE", dbname)
+        .env("PGUSER", &test_db.user)
+        .env("PGAPPNAME", format!("shop-v{version}"))
+        .env("SHOP_VERSION", version.to_string())
+        .kill_on_drop(true);
+    if let Some(p) = &test_db.password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd
+}
+
+/// The last line of a run's output as JSON; panics with the output unless
+/// it succeeded.
+fn last_json(what: &str, out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or("null");
+    serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
+}
+
+async fn run(what: &str, mut cmd: tokio::process::Command) -> serde_json::Value {
+    last_json(what, &cmd.output().await.expect(what))
+}
+
+async fn all_complete(admin: &str) -> Vec<(String, String)> {
+    let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
+        .await
+        .unwrap();
+    status["migrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
+            (s("id"), s("phase"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_migration_runs_zero_downtime_through_the_gate() {
+    let env = crate::battery::environment();
+    let test_db = db();
+    let pg = (test_db.host.as_str(), test_db.port);
+    // The same migrations run directly, for what they should leave.
+    let (direct_db, _) = db().fresh_database("djangodirect").await;
+    run(
+        "direct migrate",
+        shop(&env, pg, &direct_db, 2, &["migrate", "0002"]),
+    )
+    .await;
+    let expected = run("direct report", shop(&env, pg, &direct_db, 2, &["report"])).await;
+
+    let (dbname, _direct) = db().fresh_database("django").await;
+    let autopilot = pgshift::api::Autopilot {
+        mode: pgshift::api::AutopilotMode::Full,
+        contract_after_secs: 2,
+        stopped: None,
+    };
+    let d = driven_migrating(&dbname, autopilot).await;
+    let ip = d.proxy.addr.ip().to_string();
+    let proxy = (ip.as_str(), d.proxy.addr.port());
+    run(
+        "migrate 0001",
+        shop(&env, proxy, &dbname, 1, &["migrate", "0001"]),
+    )
+    .await;
+    // Version 1 serves; version 2's migration runs; version 2 starts.
+    let old = shop(&env, proxy, &dbname, 1, &["serve", "10"]).output();
+    let old = tokio::spawn(old);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run(
+        "migrate 0002",
+        shop(&env, proxy, &dbname, 2, &["migrate", "0002"]),
+    )
+    .await;
+    let new = tokio::spawn(shop(&env, proxy, &dbname, 2, &["serve", "22"]).output());
+    let old = last_json("version 1", &old.await.unwrap().unwrap());
+    // Version 1 gone, the autopilot contracts after 2 s and completes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let phases = all_complete(&d.admin).await;
+        if phases.len() == 4 && phases.iter().all(|(_, p)| p == "complete") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not complete: {phases:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let new = last_json("version 2", &new.await.unwrap().unwrap());
+    for (version, answer) in [("1", &old), ("2", &new)] {
+        assert_eq!(answer["error_count"], 0, "version {version}: {answer}");
+        assert!(
+            answer["ops"].as_u64().unwrap_or(0) > 50,
+            "version {version}: {answer}"
+        );
+    }
+    let got = run("report", shop(&env, proxy, &dbname, 2, &["report"])).await;
+    assert_eq!(
+        got, expected,
+        "the schema and django_migrations as a direct run leaves them"
+    );
+}
