@@ -18,7 +18,7 @@ pub struct Target {
 
 impl Target {
     /// Verifies an HTTPS admin port with `ca` from now on, when given.
-    fn use_ca(&self) {
+    pub(crate) fn use_ca(&self) {
         if let Some(ca) = &self.ca {
             admin::set_ca(ca.clone());
         }
@@ -49,7 +49,46 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
             out.push_str(&describe(m));
         }
         out
-    })
+    })?;
+    if !target.json {
+        print!("{}", applied_files(target).await);
+    }
+    Ok(())
+}
+
+/// The files `pgshift apply` carried out, a line each (nothing when none,
+/// or when the admin port predates them).
+async fn applied_files(target: &Target) -> String {
+    let answer = admin::request(
+        &target.admin,
+        "GET",
+        "/applied-files",
+        None,
+        target.token.as_deref(),
+    )
+    .await;
+    let files: Vec<crate::api::AppliedFile> = match answer {
+        Ok((200, body)) => serde_json::from_value(body).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let mut out = String::new();
+    if !files.is_empty() {
+        out.push_str("applied files:\n");
+    }
+    for f in files {
+        let made = match f.migrations.is_empty() {
+            true => String::new(),
+            false => format!(", migrations {}", f.migrations.join(", ")),
+        };
+        out.push_str(&format!(
+            "  {}  {}  {} statements{made}  sha256 {}\n",
+            f.file,
+            f.applied_at.unwrap_or_default(),
+            f.statements,
+            f.checksum.chars().take(12).collect::<String>(),
+        ));
+    }
+    out
 }
 
 /// `pgshift migrate ACTION ID`.

@@ -455,6 +455,25 @@ impl Action {
     }
 }
 
+/// A migration file `pgshift apply` carried out (`GET` and `POST
+/// /applied-files`), recorded in `pgshift.applied_files`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedFile {
+    /// Its file name (`V2__rename.sql`), the key.
+    pub file: String,
+    /// SHA-256 of its text, in hex.
+    pub checksum: String,
+    /// Statements run.
+    pub statements: i32,
+    /// The pgshift migrations it made.
+    #[serde(default)]
+    pub migrations: Vec<String>,
+    /// When (set by pgshift, RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+}
+
 /// `POST /migrations/{id}/autopilot`: what the autopilot does with a
 /// migration. `to-switch` expands, backfills, validates and switches reads
 /// once no mismatch is found; `full` also contracts once no client has

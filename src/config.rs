@@ -40,6 +40,9 @@ pub struct Config {
     /// (`ddl_autopilot`: `off`, `to-switch`, `full` (default);
     /// `ddl_contract_after_secs`, default 600).
     pub ddl_autopilot: crate::api::Autopilot,
+    /// The gate's mode per role (`[ddl_roles]`, `role = "mode"`), in
+    /// place of `ddl` for that role's sessions.
+    pub ddl_roles: std::collections::BTreeMap<String, crate::sql_plan::gate::DdlMode>,
     /// Session worker threads (one event loop each).
     pub workers: usize,
     pub limits: Limits,
@@ -244,6 +247,7 @@ impl Default for Config {
             log_level: "info".into(),
             ddl: Default::default(),
             ddl_autopilot: default_ddl_autopilot(),
+            ddl_roles: Default::default(),
             workers: default_workers(),
             limits: Limits::default(),
             control: Control::default(),
@@ -299,6 +303,8 @@ struct FileConfig {
     ddl: Option<String>,
     ddl_autopilot: Option<String>,
     ddl_contract_after_secs: Option<u64>,
+    #[serde(default)]
+    ddl_roles: std::collections::BTreeMap<String, String>,
     workers: Option<usize>,
     #[serde(default)]
     limits: FileLimits,
@@ -430,6 +436,18 @@ fn ddl_mode(text: Option<String>) -> Result<crate::sql_plan::gate::DdlMode, Conf
         value: text,
         reason: "expected pass, warn, guard or migrate".into(),
     })
+}
+
+/// `[ddl_roles]`: each role's mode, checked.
+fn ddl_roles(
+    file: &std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, crate::sql_plan::gate::DdlMode>, ConfigError> {
+    file.iter()
+        .map(|(role, mode)| {
+            let parsed = ddl_mode(Some(mode.clone()))?;
+            Ok((role.clone(), parsed))
+        })
+        .collect()
 }
 
 fn default_ddl_autopilot() -> crate::api::Autopilot {
@@ -812,6 +830,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             ddl: ddl_mode(o.ddl.clone().or(file.ddl))?,
+            ddl_roles: ddl_roles(&file.ddl_roles)?,
             ddl_autopilot: ddl_autopilot(
                 o.ddl_autopilot.clone().or(file.ddl_autopilot),
                 o.ddl_contract_after_secs.or(file.ddl_contract_after_secs),

@@ -26,6 +26,7 @@ pub mod add_column;
 pub mod admin;
 pub mod admin_client;
 pub mod api;
+pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod control;

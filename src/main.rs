@@ -48,6 +48,23 @@ enum Command {
     /// each statement: pass, make safe, migrate, or refuse (exit code 2
     /// when a statement is refused).
     Plan(PlanArgs),
+    /// Carry plain SQL migration files out through a running pgshift: each
+    /// statement sent with the DDL gate in migrate, each file recorded
+    /// (skipped once applied; an applied file that changed is an error).
+    /// Exit code 2 when a statement has no safe form (nothing is sent).
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    /// A .sql file, or a directory of them (applied in version order).
+    path: std::path::PathBuf,
+    /// pgshift's listener as a libpq URL (postgres://user@host:6432/db) or
+    /// key=value string; not the database's own address.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    target: AdminArgs,
 }
 
 #[derive(Debug, Args)]
@@ -556,6 +573,23 @@ fn main() -> Result<()> {
                 proxy.run(telemetry::shutdown_signal()).await;
                 Ok(())
             })
+        }
+        Command::Apply(args) => {
+            let apply = pgshift::apply::Apply {
+                path: args.path,
+                database_url: args.database_url,
+                target: admin_client::Target {
+                    ca: args.target.admin_ca,
+                    admin: args.target.admin,
+                    token: args.target.token,
+                    json: args.target.json,
+                },
+            };
+            if runtime.block_on(pgshift::apply::apply(&apply))? == pgshift::apply::Outcome::Refused
+            {
+                std::process::exit(2);
+            }
+            Ok(())
         }
         Command::Status(args) => runtime.block_on(admin_client::status(&admin_client::Target {
             ca: args.admin_ca,

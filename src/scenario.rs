@@ -66,6 +66,7 @@ pub fn migrations() -> Vec<ActiveMigration> {
         Some(crate::rewrite::marker::ShapeMarker {
             application_name: Some(format!("{NEW_SHAPE_APP}%")),
             role: None,
+            ..Default::default()
         }),
     );
     [rename, retype, added, kept]

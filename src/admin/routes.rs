@@ -34,6 +34,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/migrations", post(add))
         .route("/migrations/{id}", get(status_of))
         .route("/migrations/{id}/{action}", post(act))
+        .route("/applied-files", get(applied).post(record_applied))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -63,6 +64,36 @@ async fn set_autopilot(
             ACTOR.scope(actor, l.set_autopilot(id, settings)).await,
             StatusCode::OK,
         ),
+        None => not_started(),
+    }
+}
+
+/// `GET /applied-files`: what `pgshift apply` has carried out.
+async fn applied(State(state): State<Arc<AdminState>>) -> Response {
+    match lifecycle(&state) {
+        Some(l) => match l.applied_files().await {
+            Ok(files) => json(StatusCode::OK, files),
+            Err(e) => answer_error(e),
+        },
+        None => not_started(),
+    }
+}
+
+/// `POST /applied-files`: records a file `pgshift apply` carried out.
+async fn record_applied(State(state): State<Arc<AdminState>>, request: Request) -> Response {
+    let body = match read_json(request).await {
+        Ok(body) => body,
+        Err(r) => return r,
+    };
+    let file = match serde_json::from_value::<api::AppliedFile>(body) {
+        Ok(file) => file,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("applied file: {e}")),
+    };
+    match lifecycle(&state) {
+        Some(l) => match l.record_applied(&file).await {
+            Ok(file) => json(StatusCode::CREATED, file),
+            Err(e) => answer_error(e),
+        },
         None => not_started(),
     }
 }
@@ -240,18 +271,20 @@ fn json(status: StatusCode, body: impl serde::Serialize) -> Response {
 fn answer(result: Result<MigrationStatus, ActionError>, ok: StatusCode) -> Response {
     match result {
         Ok(v) => json(ok, v),
-        Err(e) => {
-            let status = match e {
-                ActionError::NotFound(_) => StatusCode::NOT_FOUND,
-                ActionError::Conflict(_) => StatusCode::CONFLICT,
-                ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                // Postgres refused a statement of the step for what it
-                // is (rows breaking a constraint, an `up` failing on a
-                // row): not pgshift's failure, and retrying cannot help.
-                ActionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            refuse(status, e.to_string())
-        }
+        Err(e) => answer_error(e),
     }
+}
+
+fn answer_error(e: ActionError) -> Response {
+    let status = match e {
+        ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+        ActionError::Conflict(_) => StatusCode::CONFLICT,
+        ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        // Postgres refused a statement of the step for what it is (rows
+        // breaking a constraint, an `up` failing on a row): not pgshift's
+        // failure, and retrying cannot help.
+        ActionError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(status, e.to_string())
 }

@@ -28,6 +28,16 @@ impl Lifecycle {
         if m.op == Some(Op::ChangeType) && m.down.is_none() {
             m.down = Some(self.derived_down(&m).await?);
         }
+        // A deployment runs its migrations, then starts the new version:
+        // sessions that connect from now on are the new shape.
+        let shaped = matches!(m.op, Some(Op::AddColumn | Op::DropColumn))
+            || (m.op == Some(Op::ChangeType) && m.to.is_none());
+        if shaped && m.new_shape.is_none() {
+            m.new_shape = Some(crate::rewrite::marker::ShapeMarker {
+                connected_after_ms: Some(now_ms()),
+                ..Default::default()
+            });
+        }
         let id = self.added_or_found(&mut m).await?;
         let record = self.record(&id)?;
         if record.spec.catalog.is_some() {
@@ -56,7 +66,12 @@ impl Lifecycle {
         let taken = |id: &str| records.iter().find(|r| r.spec.id == id);
         if let Some(r) = taken(&m.id) {
             let finished = matches!(r.phase, Phase::Complete | Phase::RolledBack);
-            if r.spec == spec && !finished {
+            // (The same statement again: its marker's time aside.)
+            let same = crate::rewrite::migration::MigrationSpec {
+                new_shape: r.spec.new_shape.clone(),
+                ..spec
+            } == r.spec;
+            if same && !finished {
                 return Ok(r.spec.id.clone());
             }
             let base = m.id.clone();
@@ -140,7 +155,10 @@ impl Lifecycle {
             .query_one(
                 "select to_regclass($1) is not null,
                         exists (select 1 from pg_locks
-                                 where pid = $2 and granted and relation = to_regclass($1))",
+                                 where pid = $2 and granted and relation = to_regclass($1)),
+                        (select pg_has_role(a.usesysid, c.relowner, 'USAGE')
+                           from pg_stat_activity a, pg_class c
+                          where a.pid = $2 and c.oid = to_regclass($1))",
                 &[&m.table, &backend_pid],
             )
             .await?;
@@ -148,6 +166,15 @@ impl Lifecycle {
         if !exists {
             return Ok(Some(format!(
                 "table {} is not there for other sessions (created in the open transaction, or missing)",
+                m.table
+            )));
+        }
+        // pgshift changes the table as its control role: only for a client
+        // that could change it itself (its owner, or a member of the
+        // owning role, as ALTER TABLE and CREATE INDEX require).
+        if row.get::<_, Option<bool>>(2) != Some(true) {
+            return Ok(Some(format!(
+                "the session's role does not own table {}: Postgres answers it (pgshift carries DDL out only for a client that could run it itself)",
                 m.table
             )));
         }
@@ -165,6 +192,12 @@ impl Lifecycle {
             m.table
         )))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The next step of a catalog operation on its way to `complete`.

@@ -19,6 +19,7 @@
 //! state: [`store`]; the other proxies: [`peers`].
 
 mod add_column;
+pub mod applied;
 mod autopilot;
 mod backfill;
 pub mod carry;

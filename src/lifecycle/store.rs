@@ -67,6 +67,13 @@ alter table pgshift.migrations add column if not exists barrier_ms bigint;
 alter table pgshift.migrations add column if not exists catalog_keys jsonb;
 alter table pgshift.migrations add column if not exists catalog_undo text;
 alter table pgshift.migrations add column if not exists autopilot jsonb;
+create table if not exists pgshift.applied_files (
+    file text primary key,
+    checksum text not null,
+    applied_at timestamptz not null default now(),
+    statements integer not null,
+    migrations text[] not null default '{}'
+);
 create table if not exists pgshift.events (
     id bigserial primary key,
     migration_id text not null,

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::rewrite::search_path;
 use crate::rewrite::{SessionContext, StatementRewriter};
+use crate::sql_plan::gate::DdlMode;
 
 use super::auth::{self, AuthEnd};
 use super::negotiate::{negotiate, Negotiated, Refusal};
@@ -95,13 +96,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, client: Stream, _alive: mpsc::Sen
         params.shape.as_deref(),
         params.options.as_deref(),
     );
-    let context = SessionContext::new(
+    let mut context = SessionContext::new(
         params.application_name.as_deref().map(Arc::from),
         Arc::from(user),
         search_path::from_startup(params.search_path.as_deref(), params.options.as_deref()),
         marked,
     );
+    context.ddl = Some(ddl_mode(&shared.config, user, &params));
     relay::run(&shared, rewriter, context, client, server).await;
+}
+
+/// The DDL gate's mode for a session of `user` that sent `params`.
+fn ddl_mode(config: &crate::config::Config, user: &str, params: &StartupParams) -> DdlMode {
+    let asked = match (&params.ddl, &params.options) {
+        (Some(value), _) => Some(value.clone()),
+        (None, Some(options)) => search_path::option_value(options, "pgshift.ddl"),
+        _ => None,
+    };
+    let asked = asked.and_then(|v| DdlMode::parse(v.trim()));
+    DdlMode::for_session(config.ddl, config.ddl_roles.get(user).copied(), asked)
 }
 
 /// The startup exchange within `startup_timeout` (TLS included): the

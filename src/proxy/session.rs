@@ -254,12 +254,15 @@ impl Book {
         let path = self.path.effective();
         if self.context.search_path.as_ref() != path {
             let c = &self.context;
-            self.context = Arc::new(SessionContext::new(
+            let mut next = SessionContext::new(
                 c.application.clone(),
                 c.user.clone(),
                 path.cloned(),
                 c.marked,
-            ));
+            );
+            next.connected_ms = c.connected_ms;
+            next.backend_pid = c.backend_pid;
+            self.context = Arc::new(next);
         }
     }
 }
@@ -279,6 +282,9 @@ pub struct FrontendVisitor<'a> {
     /// A statement this session prepared (by Parse or PREPARE) names a
     /// migrating table: a Bind or EXECUTE may run it.
     prepared_touching: bool,
+    /// The session's DDL gate is in `migrate`: its DDL may be held while
+    /// pgshift carries it out.
+    carries_ddl: bool,
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -314,6 +320,8 @@ impl<'a> FrontendVisitor<'a> {
             batch: (Kind::Passed, None),
             touching: Vec::new(),
             prepared_touching: false,
+            carries_ddl: state.with_book(|b| b.context.ddl)
+                == Some(crate::sql_plan::gate::DdlMode::Migrate),
         }
     }
 
@@ -341,9 +349,18 @@ impl<'a> FrontendVisitor<'a> {
         let Some(name) = statements::statement_used(frontend::BIND, bind) else {
             return;
         };
-        if let Some((kind, migration)) = self.state.with_book(|b| b.statements.class(name)) {
+        let (class, old_shape, context) = self.state.with_book(|b| {
+            let old_shape = b.statements.old_shape(name);
+            let context = old_shape.as_ref().map(|_| b.context.clone());
+            (b.statements.class(name), old_shape, context)
+        });
+        if let Some((kind, migration)) = class {
             self.batch.0 = self.batch.0.max(kind);
             self.batch.1.get_or_insert(migration);
+        }
+        if let (Some(ids), Some(context)) = (old_shape, context) {
+            self.rewriter
+                .saw_old_shape(&ids, context.application.as_deref());
         }
     }
 
@@ -372,6 +389,7 @@ impl<'a> FrontendVisitor<'a> {
                         (Outcome::Replace(_), Some(m)) => Some((Kind::Rewritten, m)),
                         _ => None,
                     };
+                    let old_shape = self.rewriter.old_shape_named();
                     state.with_book(|b| {
                         b.statements.parsed(
                             statement.request,
@@ -381,6 +399,7 @@ impl<'a> FrontendVisitor<'a> {
                             sent,
                         );
                         b.statements.set_class(fields.name, class);
+                        b.statements.set_old_shape(fields.name, old_shape);
                     });
                 }
             }
@@ -520,6 +539,7 @@ impl<'a> FrontendVisitor<'a> {
         };
         // A DDL statement pgshift is carrying out (the gate's migrate mode).
         let statement_sql = match tag {
+            _ if !self.carries_ddl => None,
             frontend::QUERY => frame
                 .get(HEADER_LEN..)
                 .map(|s| s.strip_suffix(&[0]).unwrap_or(s)),
@@ -609,6 +629,9 @@ impl<'a> FrontendVisitor<'a> {
         };
         let parse = statements::parse_frame(name, &stale.sql, &stale.param_types);
         let rewritten = self.rewrite(frontend::PARSE, &parse);
+        let old_shape = self.rewriter.old_shape_named();
+        self.state
+            .with_book(|b| b.statements.set_old_shape(name, old_shape));
         if let (Some(sent), Ok(outcome)) = (stale.sent, &rewritten) {
             if sent_fingerprint(outcome, &stale.sql) == Some(sent) {
                 // The new rules rewrite it to the text the server holds:
@@ -620,7 +643,8 @@ impl<'a> FrontendVisitor<'a> {
             }
         }
         let now = self.result_key(&stale.sql);
-        let outcome = if now == stale.result || stale.unseen {
+        let same = crate::rewrite::engine::same_result(stale.result, now);
+        let outcome = if same || stale.unseen {
             if now != stale.result {
                 self.state.with_book(|b| b.statements.set_result(name, now));
             }
@@ -849,6 +873,11 @@ impl FrameVisitor for BackendVisitor<'_> {
                 if let Some(pid) = frame.get(HEADER_LEN..HEADER_LEN + 4) {
                     let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
                     state.backend_pid.store(pid, Ordering::Relaxed);
+                    state.with_book(|b| {
+                        let mut context = (*b.context).clone();
+                        context.backend_pid = pid;
+                        b.context = Arc::new(context);
+                    });
                 }
                 Ok(Verdict::Keep)
             }

@@ -63,6 +63,9 @@ struct Entry {
     /// The migration that rewrote (or refused) it, with which: what its
     /// executions count as in the latency metrics (`None`: passed).
     class: Option<(Kind, Arc<str>)>,
+    /// The migrations whose old shape it names: each execution is
+    /// old-shape use.
+    old_shape: Vec<Arc<str>>,
 }
 
 /// What re-preparing a stale statement needs.
@@ -190,6 +193,7 @@ impl Statements {
                 parsed_in: request,
                 shown: false,
                 class: None,
+                old_shape: Vec::new(),
             },
         );
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
@@ -260,6 +264,21 @@ impl Statements {
             self.classified |= class.is_some();
             entry.class = class;
         }
+    }
+
+    /// Statement `name` names the old shape of `migrations` (its Binds are
+    /// then looked at).
+    pub fn set_old_shape(&mut self, name: &[u8], migrations: Vec<Arc<str>>) {
+        if let Some(entry) = self.entries.get_mut(name) {
+            self.classified |= !migrations.is_empty();
+            entry.old_shape = migrations;
+        }
+    }
+
+    /// The migrations whose old shape statement `name` names, if any.
+    pub fn old_shape(&self, name: &[u8]) -> Option<Vec<Arc<str>>> {
+        let entry = self.entries.get(name)?;
+        (!entry.old_shape.is_empty()).then(|| entry.old_shape.clone())
     }
 
     /// Whether a statement of this session was ever rewritten by a

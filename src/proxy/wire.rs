@@ -233,6 +233,8 @@ pub struct StartupParams {
     pub options: Option<String>,
     /// `pgshift.shape` given as a startup parameter of its own.
     pub shape: Option<String>,
+    /// `pgshift.ddl` given as a startup parameter of its own.
+    pub ddl: Option<String>,
 }
 
 /// Why a startup packet was refused.
@@ -309,6 +311,7 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
             b"search_path" => params.search_path = Some(value),
             b"options" => params.options = Some(value),
             b"pgshift.shape" => params.shape = Some(value),
+            b"pgshift.ddl" => params.ddl = Some(value),
             _ => {}
         }
         body = rest;

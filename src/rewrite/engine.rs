@@ -112,6 +112,9 @@ thread_local! {
     /// The migration the last statement this thread rewrote or refused
     /// counts for ([`StatementRewriter::attribution`]).
     static ATTRIBUTED: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
+    /// The migrations whose old shape the last statement this thread
+    /// rewrote names ([`StatementRewriter::old_shape_named`]).
+    static OLD_SHAPE: RefCell<Vec<Arc<str>>> = const { RefCell::new(Vec::new()) };
     /// Whether the last statement this thread was asked about names a
     /// migrating table ([`StatementRewriter::touched`]).
     static TOUCHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -132,6 +135,12 @@ impl Tally {
         if let Some(c) = self.refused.and_then(|i| rules.counters.get(i)) {
             c.refused.fetch_add(1, Ordering::Relaxed);
         }
+        OLD_SHAPE.with(|o| {
+            let mut o = o.borrow_mut();
+            o.clear();
+            let ids = self.old_shape.iter().filter_map(|&i| rules.counters.get(i));
+            o.extend(ids.map(|c| Arc::clone(&c.id)));
+        });
         if !self.old_shape.is_empty() {
             super::with_current_session(|s| {
                 let application = s.and_then(|s| s.application.as_deref());
@@ -193,23 +202,30 @@ impl StatementRewriter for MigrationRewriter {
         if gate::is_ddl(sql) {
             use crate::sql_plan::migrate::Answer;
             super::rules::catalog_may_have_changed();
-            let answer = self.migrating.as_ref().and_then(|m| m.answer(sql));
+            let pid = super::with_current_session(|s| s.map_or(0, |s| s.backend_pid));
+            let answer = self.migrating.as_ref().and_then(|m| m.answer(sql, pid));
             match answer {
                 Some(Answer::Tag(tag)) => return Rewrite::Done(tag),
                 Some(Answer::Refuse(refusal)) => return Rewrite::Refused(refusal),
                 // Sent as written (its table is the client's own so far).
                 Some(Answer::AsWritten) => {}
-                None if self.ddl != gate::DdlMode::Pass => {
-                    if let Some(refusal) = gate::check(sql, self.ddl) {
+                None => {
+                    let mode = super::with_current_session(|s| s.and_then(|s| s.ddl));
+                    let mode = mode.unwrap_or(self.ddl);
+                    if let Some(refusal) = gate::check(sql, mode) {
                         return Rewrite::Refused(refusal);
                     }
                 }
-                None => {}
             }
         }
         self.rules.with(|rules| {
             let touched = !rules.migrations.is_empty() && mentions_any(sql, &rules.table_names);
             TOUCHED.with(|t| t.set(touched));
+            OLD_SHAPE.with(|o| {
+                if let Ok(mut o) = o.try_borrow_mut() {
+                    o.clear();
+                }
+            });
             if !touched {
                 return Rewrite::Unchanged;
             }
@@ -276,8 +292,7 @@ impl StatementRewriter for MigrationRewriter {
 
     fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
         use crate::sql_plan::gate;
-        self.ddl == gate::DdlMode::Migrate
-            && gate::is_ddl(sql)
+        gate::is_ddl(sql)
             && self
                 .migrating
                 .as_ref()
@@ -294,6 +309,18 @@ impl StatementRewriter for MigrationRewriter {
 
     fn attribution(&self) -> Option<Arc<str>> {
         ATTRIBUTED.with(|a| a.borrow().clone())
+    }
+
+    fn old_shape_named(&self) -> Vec<Arc<str>> {
+        OLD_SHAPE.with(|o| o.borrow().clone())
+    }
+
+    fn saw_old_shape(&self, migrations: &[Arc<str>], application: Option<&str>) {
+        self.rules.with(|rules| {
+            for c in rules.counters.iter().filter(|c| migrations.contains(&c.id)) {
+                c.saw_old_shape(application);
+            }
+        })
     }
 
     fn result_key(&self, sql: &[u8]) -> u64 {
@@ -428,10 +455,25 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     if ids.is_empty() {
         return 0;
     }
+    // Only kept names' old shapes: the types the table had before the
+    // migration (what a statement prepared then was answered with).
+    let as_before = stars
+        .iter()
+        .filter_map(|&i| rules.migrations.get(i))
+        .all(|m| m.spec.keep_name);
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ids.hash(&mut h);
-    (h.finish() >> 1) | 1 // never 0 nor the unknown result (all ones)
+    // Never 0 nor the unknown result (all ones); bit 1 says `as_before`.
+    ((h.finish() >> 3) << 2) | (u64::from(as_before) << 1) | 1
+}
+
+/// Whether a statement prepared when its result key was `prepared` may
+/// run unchanged for its client under rules that give it `now`: the same
+/// key, or a key that answers with the types the table had before any
+/// migration (a kept name's old shape) for a statement prepared then.
+pub fn same_result(prepared: u64, now: u64) -> bool {
+    prepared == now || (prepared == 0 && now & 2 != 0 && now != u64::MAX)
 }
 
 /// Plans `sql` for this use and for the cache: with its literals replaced

@@ -58,14 +58,22 @@ pub struct ShapeMarker {
     /// The session's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Sessions that connected at or after this time (Unix ms): what the
+    /// DDL gate marks its migrations with, as a deployment starts the new
+    /// version once its migrations have run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_after_ms: Option<i64>,
 }
 
 impl ShapeMarker {
     /// At least one key, and nothing longer than Postgres' names allow
     /// (an application name is cut at 63 bytes).
     pub fn check(&self) -> Result<(), String> {
-        if self.application_name.is_none() && self.role.is_none() {
-            return Err("new_shape needs \"application_name\" (a LIKE pattern) or \"role\"".into());
+        if self.application_name.is_none()
+            && self.role.is_none()
+            && self.connected_after_ms.is_none()
+        {
+            return Err("new_shape needs \"application_name\" (a LIKE pattern), \"role\" or \"connected_after_ms\"".into());
         }
         for (key, value) in [
             ("application_name", &self.application_name),
@@ -85,6 +93,14 @@ impl ShapeMarker {
             _ => false,
         };
         by_app || self.role.as_deref() == Some(user)
+    }
+
+    /// Whether the session is marked new.
+    pub fn matches_session(&self, s: &super::SessionContext) -> bool {
+        let connected_after = self
+            .connected_after_ms
+            .is_some_and(|at| s.connected_ms >= at);
+        connected_after || self.matches(s.application.as_deref(), &s.user)
     }
 }
 
@@ -128,10 +144,19 @@ pub fn marked(m: &ActiveMigration) -> Option<Marked> {
             .spec
             .new_shape
             .as_ref()
-            .is_some_and(|k| k.matches(s.application.as_deref(), &s.user));
-        match by_spec {
-            true => Some(Marked::New),
-            false => s.marked,
+            .is_some_and(|k| k.matches_session(s));
+        // A session that connected before a time marker's time is the
+        // old shape (not unmarked, following the read switch).
+        let by_time = m
+            .spec
+            .new_shape
+            .as_ref()
+            .is_some_and(|k| k.connected_after_ms.is_some());
+        match (by_spec, s.marked) {
+            (true, _) => Some(Marked::New),
+            (false, Some(mark)) => Some(mark),
+            (false, None) if by_time => Some(Marked::Old),
+            (false, None) => None,
         }
     })
 }
@@ -150,7 +175,7 @@ pub fn session_key(migrations: &[ActiveMigration]) -> u64 {
                 m.spec
                     .new_shape
                     .as_ref()
-                    .is_some_and(|k| k.matches(s.application.as_deref(), &s.user))
+                    .is_some_and(|k| k.matches_session(s))
             })
             .fold(s.key, |key, (i, _)| {
                 key.rotate_left(7) ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -188,6 +213,8 @@ pub fn star_has_column(m: &ActiveMigration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::SessionContext;
+    use std::sync::Arc;
 
     #[test]
     fn like_as_postgres_reads_it() {
@@ -224,11 +251,23 @@ mod tests {
         let m = ShapeMarker {
             application_name: Some("web-v2%".into()),
             role: Some("app_v2".into()),
+            ..Default::default()
         };
         assert!(m.matches(Some("web-v2-7f9c"), "app"));
         assert!(m.matches(None, "app_v2"));
         assert!(!m.matches(Some("web-v1"), "app"));
         assert!(ShapeMarker::default().check().is_err());
+        let since = ShapeMarker {
+            connected_after_ms: Some(1_000),
+            ..Default::default()
+        };
+        let session = |at| SessionContext {
+            connected_ms: at,
+            ..SessionContext::new(None, Arc::from("app"), None, None)
+        };
+        assert!(since.matches_session(&session(1_000)));
+        assert!(!since.matches_session(&session(999)));
+        assert!(since.check().is_ok());
         assert_eq!(Marked::parse(" NEW "), Some(Marked::New));
         assert_eq!(
             Marked::from_startup(None, Some("-c search_path=a -c pgshift.shape=old")),
@@ -450,6 +489,7 @@ mod result_keys {
         let marker = ShapeMarker {
             application_name: Some("%-new-%".into()),
             role: None,
+            ..Default::default()
         };
         let widen = MigrationSpec::change_type_keeping_name(
             "w",

@@ -116,6 +116,18 @@ pub trait StatementRewriter: Send + Sync + 'static {
         false
     }
 
+    /// The migrations whose old shape (old column) the statement last
+    /// passed to [`StatementRewriter::rewrite`] on this thread names;
+    /// asked right after it, for a prepared statement's later executions.
+    fn old_shape_named(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+
+    /// A prepared statement naming `migrations`' old shape runs again (its
+    /// Bind), for a session of `application`: counted as old-shape use, as
+    /// its Parse was, so that a contract waits for it.
+    fn saw_old_shape(&self, _migrations: &[Arc<str>], _application: Option<&str>) {}
+
     /// Whether a statement must wait while pgshift carries it out (the
     /// DDL gate's `migrate` mode): asked before each Query or Parse of the
     /// session served by server process `backend_pid` (0: not known); the
@@ -166,6 +178,15 @@ pub struct SessionContext {
     /// application counts only where a migration's marker names it:
     /// `marker::session_key`).
     pub key: u64,
+    /// When the session connected (Unix ms): a marker may count sessions
+    /// that connected after a time as the new shape.
+    pub connected_ms: i64,
+    /// The server process serving the session (0 until its BackendKeyData).
+    pub backend_pid: i32,
+    /// The DDL gate's mode for the session (its role's, or what it asked
+    /// for at startup, [`crate::sql_plan::gate::DdlMode::for_session`]);
+    /// `None`: the rewriter's own.
+    pub ddl: Option<crate::sql_plan::gate::DdlMode>,
 }
 
 impl SessionContext {
@@ -186,6 +207,11 @@ impl SessionContext {
             search_path,
             marked,
             key: h.finish(),
+            backend_pid: 0,
+            ddl: None,
+            connected_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
         }
     }
 }

@@ -29,6 +29,32 @@ pub enum DdlMode {
 }
 
 impl DdlMode {
+    /// How strictly the mode treats DDL that is not safe as written.
+    fn rank(self) -> u8 {
+        match self {
+            DdlMode::Pass => 0,
+            DdlMode::Warn => 1,
+            DdlMode::Guard => 2,
+            DdlMode::Migrate => 3,
+        }
+    }
+
+    /// A session's mode: its role's (`ddl_roles`), else `configured`;
+    /// then what it asked for at startup (`pgshift.ddl`), if that is
+    /// stricter — a client cannot turn the gate down, only up (`migrate`
+    /// is `guard` that also carries migrations out).
+    pub fn for_session(
+        configured: DdlMode,
+        role: Option<DdlMode>,
+        asked: Option<DdlMode>,
+    ) -> DdlMode {
+        let base = role.unwrap_or(configured);
+        match asked {
+            Some(asked) if asked.rank() > base.rank() => asked,
+            _ => base,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<DdlMode> {
         match text {
             "pass" => Some(DdlMode::Pass),
@@ -79,6 +105,9 @@ fn trim_start(s: &[u8]) -> &[u8] {
 /// Plans a DDL text; counts and logs what it breaks; with `guard`, the
 /// refusal of the first statement that is not safe as written.
 pub fn check(sql: &[u8], mode: DdlMode) -> Option<Refusal> {
+    if mode == DdlMode::Pass {
+        return None;
+    }
     let text = std::str::from_utf8(sql).ok()?;
     for step in plan_text("", text) {
         let d = &step.decision;
@@ -177,6 +206,16 @@ mod tests {
         ] {
             assert!(!is_ddl(sql.as_bytes()), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_session_turns_the_gate_up_never_down() {
+        use DdlMode::*;
+        assert_eq!(DdlMode::for_session(Warn, None, Some(Migrate)), Migrate);
+        assert_eq!(DdlMode::for_session(Guard, None, Some(Pass)), Guard);
+        assert_eq!(DdlMode::for_session(Guard, Some(Warn), None), Warn);
+        assert_eq!(DdlMode::for_session(Warn, Some(Pass), Some(Guard)), Guard);
+        assert_eq!(DdlMode::for_session(Migrate, None, Some(Warn)), Migrate);
     }
 
     #[test]

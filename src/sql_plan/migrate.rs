@@ -99,9 +99,12 @@ pub fn migration_of(sql: &str) -> Option<(NewMigration, &'static str)> {
     Some((m, tag))
 }
 
-fn key(sql: &[u8]) -> u64 {
+/// A job is its session's (its server process) and its statement's: a
+/// session is answered only for what it sent.
+fn key(sql: &[u8], backend_pid: i32) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sql.hash(&mut h);
+    backend_pid.hash(&mut h);
     h.finish()
 }
 
@@ -131,7 +134,7 @@ impl Migrating {
     /// migration is being carried out. The first time a statement that
     /// becomes a migration is asked about, its job starts.
     pub fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
-        let k = key(sql);
+        let k = key(sql, backend_pid);
         if let Some(job) = lock(&self.jobs).get(&k) {
             return matches!(job, Job::Running);
         }
@@ -170,10 +173,11 @@ impl Migrating {
         true
     }
 
-    /// The answer to a statement whose job has finished: its command tag,
-    /// or why it failed. The job is forgotten.
-    pub fn answer(&self, sql: &[u8]) -> Option<Answer> {
-        let k = key(sql);
+    /// The answer to a statement of the session served by `backend_pid`
+    /// whose job has finished: its command tag, or why it failed. The job
+    /// is forgotten.
+    pub fn answer(&self, sql: &[u8], backend_pid: i32) -> Option<Answer> {
+        let k = key(sql, backend_pid);
         let mut jobs = lock(&self.jobs);
         if matches!(jobs.get(&k)?, Job::Running) {
             return None;

@@ -96,6 +96,7 @@ fn migrations() -> Vec<MigrationSpec> {
             Some(pgshift::rewrite::marker::ShapeMarker {
                 application_name: Some("%-new-%".into()),
                 role: None,
+                ..Default::default()
             }),
         )
         .unwrap(),

@@ -17,10 +17,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `python tests/frameworks/django/shop_run.py ARGS` against `addr` /
-/// database `dbname`, the models in `version`.
-fn shop(
+/// `python tests/frameworks/SCRIPT ARGS` against `addr` / database
+/// `dbname`, the application in `version`.
+fn app(
     env: &Path,
+    script: &str,
     addr: (&str, u16),
     dbname: &str,
     version: u8,
@@ -28,14 +29,14 @@ fn shop(
 ) -> tokio::process::Command {
     let test_db = db();
     let mut cmd = tokio::process::Command::new(env.join("venv/bin/python"));
-    cmd.arg(repo().join("tests/frameworks/django/shop_run.py"))
+    cmd.arg(repo().join("tests/frameworks").join(script))
         .args(args)
         .env("PGHOST", addr.0)
         .env("PGPORT", addr.1.to_string())
         .env("PGDATABASE", dbname)
         .env("PGUSER", &test_db.user)
-        .env("PGAPPNAME", format!("shop-v{version}"))
-        .env("SHOP_VERSION", version.to_string())
+        .env("PGAPPNAME", format!("app-v{version}"))
+        .env("APP_VERSION", version.to_string())
         .kill_on_drop(true);
     if let Some(p) = &test_db.password {
         cmd.env("PGPASSWORD", p);
@@ -60,7 +61,7 @@ async fn run(what: &str, mut cmd: tokio::process::Command) -> serde_json::Value 
     last_json(what, &cmd.output().await.expect(what))
 }
 
-async fn all_complete(admin: &str) -> Vec<(String, String)> {
+async fn phases(admin: &str) -> Vec<(String, String)> {
     let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
         .await
         .unwrap();
@@ -75,21 +76,22 @@ async fn all_complete(admin: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_django_migration_runs_zero_downtime_through_the_gate() {
+/// One framework's run: its migration `first` directly (the expected
+/// end) and through pgshift, version 1 serving, migration `second` run
+/// by the tool through pgshift, version 2 starting; `migrations`: how
+/// many pgshift migrations the second becomes.
+async fn framework_run(script: &str, migrate: &str, first: &str, second: &str, migrations: usize) {
     let env = crate::battery::environment();
     let test_db = db();
     let pg = (test_db.host.as_str(), test_db.port);
+    let cmd =
+        |addr, dbname: &str, version, args: &[&str]| app(&env, script, addr, dbname, version, args);
     // The same migrations run directly, for what they should leave.
-    let (direct_db, _) = db().fresh_database("djangodirect").await;
-    run(
-        "direct migrate",
-        shop(&env, pg, &direct_db, 2, &["migrate", "0002"]),
-    )
-    .await;
-    let expected = run("direct report", shop(&env, pg, &direct_db, 2, &["report"])).await;
+    let (direct_db, _) = db().fresh_database("fwdirect").await;
+    run("direct migrate", cmd(pg, &direct_db, 2, &[migrate, second])).await;
+    let expected = run("direct report", cmd(pg, &direct_db, 2, &["report"])).await;
 
-    let (dbname, _direct) = db().fresh_database("django").await;
+    let (dbname, direct) = db().fresh_database("framework").await;
     let autopilot = pgshift::api::Autopilot {
         mode: pgshift::api::AutopilotMode::Full,
         contract_after_secs: 2,
@@ -98,43 +100,63 @@ async fn a_django_migration_runs_zero_downtime_through_the_gate() {
     let d = driven_migrating(&dbname, autopilot).await;
     let ip = d.proxy.addr.ip().to_string();
     let proxy = (ip.as_str(), d.proxy.addr.port());
-    run(
-        "migrate 0001",
-        shop(&env, proxy, &dbname, 1, &["migrate", "0001"]),
-    )
-    .await;
+    run("first migration", cmd(proxy, &dbname, 1, &[migrate, first])).await;
     // Version 1 serves; version 2's migration runs; version 2 starts.
-    let old = shop(&env, proxy, &dbname, 1, &["serve", "10"]).output();
-    let old = tokio::spawn(old);
+    let old = tokio::spawn(cmd(proxy, &dbname, 1, &["serve", "10"]).output());
     tokio::time::sleep(Duration::from_secs(2)).await;
     run(
-        "migrate 0002",
-        shop(&env, proxy, &dbname, 2, &["migrate", "0002"]),
+        "second migration",
+        cmd(proxy, &dbname, 2, &[migrate, second]),
     )
     .await;
-    let new = tokio::spawn(shop(&env, proxy, &dbname, 2, &["serve", "22"]).output());
+    let new = tokio::spawn(cmd(proxy, &dbname, 2, &["serve", "22"]).output());
     let old = last_json("version 1", &old.await.unwrap().unwrap());
     // Version 1 gone, the autopilot contracts after 2 s and completes.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let phases = all_complete(&d.admin).await;
-        if phases.len() == 4 && phases.iter().all(|(_, p)| p == "complete") {
+        let phases = phases(&d.admin).await;
+        if phases.len() == migrations && phases.iter().all(|(_, p)| p == "complete") {
             break;
         }
         assert!(Instant::now() < deadline, "not complete: {phases:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let new = last_json("version 2", &new.await.unwrap().unwrap());
+    let events: Vec<String> = direct
+        .query("select extract(epoch from at)::float8::text || ' ' || migration_id || ' ' || action || ' ' || actor from pgshift.events order by id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     for (version, answer) in [("1", &old), ("2", &new)] {
-        assert_eq!(answer["error_count"], 0, "version {version}: {answer}");
+        assert_eq!(
+            answer["error_count"], 0,
+            "version {version}: {answer}\n{events:#?}"
+        );
         assert!(
             answer["ops"].as_u64().unwrap_or(0) > 50,
             "version {version}: {answer}"
         );
     }
-    let got = run("report", shop(&env, proxy, &dbname, 2, &["report"])).await;
+    let got = run("report", cmd(proxy, &dbname, 2, &["report"])).await;
     assert_eq!(
         got, expected,
-        "the schema and django_migrations as a direct run leaves them"
+        "the schema and the tool's history as a direct run leaves them"
     );
+}
+
+/// Django: RenameField, AlterField to BigIntegerField, RemoveField,
+/// AddIndex, by `manage.py migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_django_migration_runs_zero_downtime_through_the_gate() {
+    framework_run("django/shop_run.py", "migrate", "0001", "0002", 4).await;
+}
+
+/// Alembic: a column renamed and one widened (`alter_column`), a NOT NULL
+/// column with a server default, an index, a dropped column, by `alembic
+/// upgrade` (every revision in one transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alembic_migration_runs_zero_downtime_through_the_gate() {
+    framework_run("alembic/accounts_run.py", "upgrade", "0001", "0002", 5).await;
 }

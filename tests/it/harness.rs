@@ -589,8 +589,17 @@ pub async fn driven_with_tokens(
 /// statement with a migration for it is carried out by the lifecycle,
 /// given `autopilot`.
 pub async fn driven_migrating(dbname: &str, autopilot: pgshift::api::Autopilot) -> Driven {
+    driven_gate(dbname, autopilot, pgshift::sql_plan::gate::DdlMode::Migrate).await
+}
+
+/// [`driven_migrating`] with the proxy's configured gate in `mode` (a
+/// session may still ask for `migrate`).
+pub async fn driven_gate(
+    dbname: &str,
+    autopilot: pgshift::api::Autopilot,
+    mode: pgshift::sql_plan::gate::DdlMode,
+) -> Driven {
     use pgshift::rewrite::rules::RulesCell;
-    use pgshift::sql_plan::gate::DdlMode;
     let config = control_config_for(dbname);
     let rules = Arc::new(RulesCell::new(&config.migrations));
     let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
@@ -606,7 +615,7 @@ pub async fn driven_migrating(dbname: &str, autopilot: pgshift::api::Autopilot) 
         autopilot,
     }));
     let rewriter = pgshift::rewrite::engine::MigrationRewriter::new(rules)
-        .with_ddl(DdlMode::Migrate)
+        .with_ddl(mode)
         .with_carrier(carrier);
     let server = tokio::spawn(pgshift::admin::serve(
         listener,
@@ -614,7 +623,11 @@ pub async fn driven_migrating(dbname: &str, autopilot: pgshift::api::Autopilot) 
         Default::default(),
     ));
     let control = config.control.clone();
-    let proxy = TestProxy::with_rewriter(Arc::new(rewriter), move |c| c.control = control).await;
+    let proxy = TestProxy::with_rewriter(Arc::new(rewriter), move |c| {
+        c.control = control;
+        c.ddl = mode;
+    })
+    .await;
     Driven {
         proxy,
         admin,

@@ -2488,3 +2488,51 @@ async fn the_whole_lifecycle_runs_as_a_role_that_only_owns_the_table() {
         .get(0);
     assert!(!superuser);
 }
+
+/// An old-shape statement prepared once and executed again and again (as
+/// pgjdbc, asyncpg and psycopg's prepared statements run) holds the
+/// contract while it runs: each execution is old-shape use, not only its
+/// Parse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_old_shape_statement_holds_the_contract_while_it_runs() {
+    let (dbname, _direct, table, id, d) = renamed_v_to_w("prepold", 200).await;
+    let (code, body) = post(&d.admin, &format!("/migrations/{id}/expand"), json!({})).await;
+    assert_eq!(code, 200, "{body}");
+    switch_to_new(&d.admin, &id).await;
+    // (Once the catalog poll has seen the expanded table: no new rules
+    // while the statement runs, so it is not parsed again.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut config = d.proxy.config();
+    config.dbname(&dbname).application_name("old-reporting");
+    let client = connect(&config).await.unwrap();
+    let statement = client
+        .prepare(&format!("select v from {table} where id = $1"))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = std::sync::Arc::clone(&stop);
+    let old = tokio::spawn(async move {
+        let mut n = 0;
+        while !running.load(std::sync::atomic::Ordering::Relaxed) {
+            client
+                .query_one(&statement, &[&(n % 200 + 1)])
+                .await
+                .unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        n
+    });
+    // Parsed 4.5 s ago, executed ever since: not quiet for 3 s.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (code, body) = post(
+        &d.admin,
+        &format!("/migrations/{id}/contract"),
+        json!({"window_secs": 3}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.to_string().contains("old-reporting"), "{body}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(old.await.unwrap() > 50);
+}

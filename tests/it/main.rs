@@ -3,6 +3,7 @@
 
 mod add_column;
 mod admin;
+mod apply;
 mod autopilot;
 mod battery;
 mod catalog;

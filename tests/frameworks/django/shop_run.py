@@ -1,7 +1,7 @@
 """shop_run.py — the Django side of pgshift's framework test (tests/it/frameworks.rs).
 
     shop_run.py migrate TARGET           manage.py migrate shop TARGET, through $PGPORT
-    shop_run.py serve SECONDS            the app in version $SHOP_VERSION: ORM traffic for SECONDS,
+    shop_run.py serve SECONDS            the app in version $APP_VERSION: ORM traffic for SECONDS,
                                          every read checked against what this process wrote;
                                          prints {"ops": N, "errors": [...]} as its last line
     shop_run.py report                   the schema and django_migrations, as JSON
@@ -35,7 +35,7 @@ from django.db import connection, transaction  # noqa: E402
 
 from shop.models import Customer  # noqa: E402
 
-V1 = os.environ.get("SHOP_VERSION", "2") == "1"
+V1 = os.environ.get("APP_VERSION", "2") == "1"
 
 
 def serve(seconds):

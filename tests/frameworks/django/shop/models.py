@@ -1,4 +1,4 @@
-"""The shop's models in the version the process runs (SHOP_VERSION): 1 before the
+"""The shop's models in the version the process runs (APP_VERSION): 1 before the
 migration 0002_reshape, 2 after it. Two versions of one app, as an old and a new
 deployment of the same code base run side by side during a rollout."""
 
@@ -9,7 +9,7 @@ from django.db import models
 
 class Customer(models.Model):
     email = models.TextField()
-    if os.environ.get("SHOP_VERSION", "2") == "1":
+    if os.environ.get("APP_VERSION", "2") == "1":
         name = models.TextField()
         amount = models.IntegerField()
         legacy = models.TextField(null=True)
