@@ -38,6 +38,9 @@ impl Lifecycle {
                 ..Default::default()
             });
         }
+        if let Some(id) = self.default_dropped_of_added(&m).await? {
+            return self.status_of(&id);
+        }
         let id = self.added_or_found(&mut m).await?;
         let record = self.record(&id)?;
         if record.spec.catalog.is_some() {
@@ -81,6 +84,47 @@ impl Lifecycle {
                 .unwrap_or(base);
         }
         Ok(self.add(m).await?.id)
+    }
+
+    /// `DROP DEFAULT` of a column an `add_column` in flight is adding
+    /// (Django adds a column with its default, then drops the default):
+    /// run at once under the lock discipline and recorded as an event of
+    /// that migration, whose `up` still gives old-shape INSERTs the value.
+    /// The migration's id; `None` for any other statement.
+    async fn default_dropped_of_added(
+        &self,
+        m: &NewMigration,
+    ) -> Result<Option<String>, ActionError> {
+        let (Some(Op::SetDefault), Some(column), None) = (m.op, &m.column, &m.default) else {
+            return Ok(None);
+        };
+        let spec = m
+            .spec()
+            .map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        let column = parse_ident(column).map_err(ActionError::BadRequest)?;
+        let adding = self.records().into_iter().find(|r| {
+            !matches!(r.phase, Phase::Complete | Phase::RolledBack)
+                && r.spec.table == spec.table
+                && r.spec
+                    .added
+                    .as_ref()
+                    .is_some_and(|a| a.column == column && a.up.is_some())
+        });
+        let Some(record) = adding else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "alter table {} alter column {} drop default",
+            spec.table,
+            crate::names::quote_ident(&column)
+        );
+        let id = record.spec.id.clone();
+        let _one_at_a_time = self.action.lock().await;
+        let client = self.connect().await?;
+        ddl::run_with_lock_timeout(&client, &sql, self.lock).await?;
+        let record = self.record(&id)?;
+        self.commit(&client, record, "default", &sql, false).await?;
+        Ok(Some(id))
     }
 
     /// The exact `down` of a type change, from the column's type now.

@@ -79,6 +79,16 @@ fn table_of(name: &ObjectName) -> String {
     }
 }
 
+/// The last part of a name, folded (`"Users"` → `Users`, `Users` →
+/// `users`).
+fn last_folded(name: &ObjectName) -> String {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(id)) => folded(id),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
 fn folded(id: &Ident) -> String {
     match id.quote_style {
         Some(_) => id.value.clone(),
@@ -152,11 +162,7 @@ fn create_index(index: &sqlparser::ast::CreateIndex, text: &str) -> Decision {
         );
     }
     let table = table_of(&index.table_name);
-    let name = index
-        .name
-        .as_ref()
-        .map(|n| n.to_string())
-        .unwrap_or_default();
+    let name = index.name.as_ref().map(last_folded).unwrap_or_default();
     let mut m = new_migration(id_of(&["index", &name]), Op::CreateIndex, &table);
     m.definition = Some(text.trim().trim_end_matches(';').to_string());
     migrate(
@@ -169,7 +175,7 @@ fn create_index(index: &sqlparser::ast::CreateIndex, text: &str) -> Decision {
 
 fn alter_table(name: &ObjectName, op: &AlterTableOperation, down: Option<&str>) -> Decision {
     let table = table_of(name);
-    let bare = name.0.last().map(|p| p.to_string()).unwrap_or_default();
+    let bare = last_folded(name);
     match op {
         AlterTableOperation::RenameColumn {
             old_column_name,
@@ -269,6 +275,16 @@ fn alter_column(
                 m,
             )
         }
+        AlterColumnOperation::DropDefault => {
+            let mut m = new_migration(id_of(&[bare, &c, "drop_default"]), Op::SetDefault, table);
+            m.column = Some(quote_ident(&c));
+            migrate(
+                Verdict::MakeSafe,
+                "lock-timeout",
+                "a short exclusive lock: taken under lock_timeout, retried",
+                m,
+            )
+        }
         AlterColumnOperation::SetDataType {
             data_type, using, ..
         } => change_type(
@@ -340,6 +356,12 @@ fn add_column(table: &str, bare: &str, def: &sqlparser::ast::ColumnDef) -> Decis
     let mut m = new_migration(id_of(&[bare, "add", &c]), Op::AddColumn, table);
     m.column = Some(quote_ident(&c));
     m.new_type = Some(def.data_type.to_string());
+    // A constant default is also the value of the rows that exist and of
+    // old-shape INSERTs: they keep it should the default be dropped next
+    // (Django adds a column with its default, then drops the default).
+    if not_null && constant {
+        m.up = default.clone();
+    }
     m.default = default;
     m.not_null = not_null.then_some(true);
     let detail = "a NOT NULL column (or a volatile default) fails or rewrites the table: added nullable, filled, NOT NULL by the check path; old clients' * and INSERTs keep their shape";

@@ -147,10 +147,11 @@ async fn framework_run(script: &str, migrate: &str, first: &str, second: &str, m
 }
 
 /// Django: RenameField, AlterField to BigIntegerField, RemoveField,
-/// AddIndex, by `manage.py migrate`.
+/// AddField NOT NULL with a default (which Django adds, then drops the
+/// database default of), AddIndex, by `manage.py migrate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_django_migration_runs_zero_downtime_through_the_gate() {
-    framework_run("django/shop_run.py", "migrate", "0001", "0002", 4).await;
+    framework_run("django/shop_run.py", "migrate", "0001", "0002", 5).await;
 }
 
 /// Alembic: a column renamed and one widened (`alter_column`), a NOT NULL

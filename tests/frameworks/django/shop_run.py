@@ -55,13 +55,15 @@ def serve(seconds):
             have = (got.name if V1 else got.full_name, got.amount)
             if have != want:
                 errors.append(f"read {pk}: {have} != {want}")
+            if not V1 and got.status != "active":
+                errors.append(f"status of {pk}: {got.status!r}")
             renamed = f"{want[0]}!"
             update = {"name": renamed} if V1 else {"full_name": renamed}
             Customer.objects.filter(pk=pk).update(amount=want[1] + 1, **update)
             mine[pk] = (renamed, want[1] + 1)
             ops += 1
         except Exception as e:  # every error counts
-            errors.append(f"{type(e).__name__}: {e}")
+            errors.append(f"{time.time():.3f} {type(e).__name__}: {e}")
             connection.close()
             time.sleep(0.05)
         time.sleep(0.002)
@@ -70,7 +72,7 @@ def serve(seconds):
 
 def report():
     with connection.cursor() as cur:
-        cur.execute("select column_name, data_type, is_nullable from information_schema.columns"
+        cur.execute("select column_name, data_type, is_nullable, column_default from information_schema.columns"
                     " where table_name = 'shop_customer' order by column_name")
         columns = cur.fetchall()
         cur.execute("select indexname from pg_indexes where tablename = 'shop_customer' order by 1")

@@ -16,6 +16,7 @@ class Customer(models.Model):
     else:
         full_name = models.TextField()
         amount = models.BigIntegerField()
+        status = models.TextField(default="active")
 
         class Meta:
             indexes = [models.Index(fields=["email"], name="shop_customer_email_idx")]
