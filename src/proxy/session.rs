@@ -29,6 +29,7 @@ use crate::metrics::{self, Kind};
 use crate::rewrite::rules::ANY_TABLE;
 use crate::rewrite::search_path;
 use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
+use crate::sql_plan::gate::DdlMode;
 
 /// The shared state of one session.
 pub struct SessionState {
@@ -282,9 +283,11 @@ pub struct FrontendVisitor<'a> {
     /// A statement this session prepared (by Parse or PREPARE) names a
     /// migrating table: a Bind or EXECUTE may run it.
     prepared_touching: bool,
-    /// The session's DDL gate is in `migrate`: its DDL may be held while
-    /// pgshift carries it out.
+    /// The session's DDL gate is in `guard` or `migrate`: its DDL may be
+    /// held while pgshift carries it out (the safe forms of catalog
+    /// changes; in `migrate`, every migration too).
     carries_ddl: bool,
+    carries_all_ddl: bool,
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -320,8 +323,11 @@ impl<'a> FrontendVisitor<'a> {
             batch: (Kind::Passed, None),
             touching: Vec::new(),
             prepared_touching: false,
-            carries_ddl: state.with_book(|b| b.context.ddl)
-                == Some(crate::sql_plan::gate::DdlMode::Migrate),
+            carries_ddl: matches!(
+                state.with_book(|b| b.context.ddl),
+                Some(DdlMode::Migrate | DdlMode::Guard)
+            ),
+            carries_all_ddl: state.with_book(|b| b.context.ddl) == Some(DdlMode::Migrate),
         }
     }
 
@@ -547,7 +553,8 @@ impl<'a> FrontendVisitor<'a> {
             _ => None,
         };
         let pid = self.state.backend_pid.load(Ordering::Relaxed);
-        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql, pid)) {
+        let catalog_only = !self.carries_all_ddl;
+        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql, pid, catalog_only)) {
             return true;
         }
         if !self.tracking || !self.rewriter.holding() {

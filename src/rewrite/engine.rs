@@ -290,13 +290,13 @@ impl StatementRewriter for MigrationRewriter {
         self.rules.with(|rules| !rules.holds.is_empty())
     }
 
-    fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
+    fn pending(&self, sql: &[u8], backend_pid: i32, catalog_only: bool) -> bool {
         use crate::sql_plan::gate;
         gate::is_ddl(sql)
             && self
                 .migrating
                 .as_ref()
-                .is_some_and(|m| m.pending(sql, backend_pid))
+                .is_some_and(|m| m.pending(sql, backend_pid, catalog_only))
     }
 
     fn touched(&self) -> bool {

@@ -129,10 +129,11 @@ pub trait StatementRewriter: Send + Sync + 'static {
     fn saw_old_shape(&self, _migrations: &[Arc<str>], _application: Option<&str>) {}
 
     /// Whether a statement must wait while pgshift carries it out (the
-    /// DDL gate's `migrate` mode): asked before each Query or Parse of the
-    /// session served by server process `backend_pid` (0: not known); the
-    /// session holds it and asks again shortly.
-    fn pending(&self, _sql: &[u8], _backend_pid: i32) -> bool {
+    /// DDL gate's `migrate` mode; with `catalog_only`, `guard`'s: only the
+    /// safe forms of catalog changes): asked before each Query or Parse of
+    /// the session served by server process `backend_pid` (0: not known);
+    /// the session holds it and asks again shortly.
+    fn pending(&self, _sql: &[u8], _backend_pid: i32, _catalog_only: bool) -> bool {
         false
     }
 

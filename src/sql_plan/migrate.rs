@@ -94,6 +94,7 @@ pub fn migration_of(sql: &str) -> Option<(NewMigration, &'static str)> {
     let m = d.migration.clone().filter(|_| carried)?;
     let tag = match m.op {
         Some(Op::CreateIndex) => "CREATE INDEX",
+        Some(Op::DropIndex) => "DROP INDEX",
         _ => "ALTER TABLE",
     };
     Some((m, tag))
@@ -133,12 +134,15 @@ impl Migrating {
     /// Whether the session must hold `sql` (a DDL statement): its
     /// migration is being carried out. The first time a statement that
     /// becomes a migration is asked about, its job starts.
-    pub fn pending(&self, sql: &[u8], backend_pid: i32) -> bool {
+    pub fn pending(&self, sql: &[u8], backend_pid: i32, catalog_only: bool) -> bool {
         let k = key(sql, backend_pid);
         if let Some(job) = lock(&self.jobs).get(&k) {
             return matches!(job, Job::Running);
         }
-        let Some((m, tag)) = std::str::from_utf8(sql).ok().and_then(migration_of) else {
+        let carried = std::str::from_utf8(sql).ok().and_then(migration_of);
+        let Some((m, tag)) =
+            carried.filter(|(m, _)| !catalog_only || m.op.is_some_and(|op| op.is_catalog()))
+        else {
             return false;
         };
         let (Some(carrier), Ok(runtime)) = (

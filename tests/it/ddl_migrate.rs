@@ -398,3 +398,66 @@ async fn a_role_that_does_not_own_the_table_gets_postgres_answer() {
     }
     assert!(phases(&d.admin).await.is_empty(), "no migration was made");
 }
+
+/// `guard` carries out the safe forms of catalog changes itself (an index
+/// built CONCURRENTLY, a foreign key NOT VALID then validated, NOT NULL
+/// by the check path), answering with the statement's own tag, and
+/// refuses what needs a migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_applies_the_safe_forms_itself() {
+    let (dbname, direct) = db().fresh_database("ddlguard").await;
+    let (parent, child) = (unique("parents"), unique("children"));
+    direct
+        .batch_execute(&format!(
+            "create table {parent} (id int primary key);
+             create table {child} (id int primary key, parent_id int, label text);
+             insert into {parent} select generate_series(1, 100);
+             insert into {child} select g, g, 'l' from generate_series(1, 100) g;"
+        ))
+        .await
+        .unwrap();
+    let d = driven_gate(
+        &dbname,
+        Default::default(),
+        pgshift::sql_plan::gate::DdlMode::Guard,
+    )
+    .await;
+    let (mut raw, _, _) = RawConn::startup_to(d.proxy.addr, &dbname).await;
+    for (sql, tag) in [
+        (format!("create index {child}_label on {child} (label)"), "CREATE INDEX"),
+        (
+            format!("alter table {child} add constraint {child}_fk foreign key (parent_id) references {parent} (id)"),
+            "ALTER TABLE",
+        ),
+        (format!("alter table {child} alter column label set not null"), "ALTER TABLE"),
+    ] {
+        raw.send(&query(&sql)).await;
+        let reply = raw.until_ready().await;
+        let complete = reply.iter().find(|m| m.tag == b'C');
+        assert_eq!(
+            complete.map(|m| &m.body[..]),
+            Some(format!("{tag}\0").as_bytes()),
+            "{sql}: {reply:?}"
+        );
+    }
+    let row = direct
+        .query_one(
+            &format!(
+                "select (select indisvalid from pg_index where indexrelid = '{child}_label'::regclass),
+                        (select convalidated from pg_constraint where conname = '{child}_fk'),
+                        (select attnotnull from pg_attribute where attrelid = '{child}'::regclass and attname = 'label')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (valid, validated, not_null): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    assert!(valid && validated && not_null);
+    let client = d.proxy.connect_to(&dbname).await;
+    let e = client
+        .batch_execute(&format!("alter table {child} rename column label to title"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "0A000");
+    assert!(phases(&d.admin).await.iter().all(|(_, p)| p == "complete"));
+}
