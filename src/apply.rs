@@ -65,7 +65,7 @@ pub async fn apply(a: &Apply) -> anyhow::Result<Outcome> {
         println!("nothing applied: these statements have no safe form");
         return Ok(Outcome::Refused);
     }
-    let client = connect(&a.database_url).await?;
+    let client = connect(&a.database_url, Some("-c pgshift.ddl=migrate")).await?;
     for p in &pending {
         run_file(a, &client, p).await?;
     }
@@ -177,18 +177,23 @@ async fn get<T: serde::de::DeserializeOwned>(target: &Target, path: &str) -> any
         .with_context(|| format!("GET {path}: an answer pgshift did not expect"))
 }
 
-/// A session to pgshift at `url` whose DDL gate is in `migrate`, with TLS
-/// as the URL's `sslmode` says.
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+/// A session to `url` (with `options` added to its startup options), with
+/// TLS as the URL's `sslmode` says.
+pub(crate) async fn connect(
+    url: &str,
+    options: Option<&str>,
+) -> anyhow::Result<tokio_postgres::Client> {
     use crate::proxy::upstream::{UpstreamTls, UpstreamTlsSetup};
     use tokio_postgres::config::SslMode;
     let mut config: tokio_postgres::Config = url
         .parse()
         .with_context(|| "--database-url: not a libpq URL or key=value string".to_string())?;
-    let options = config.get_options().unwrap_or("").to_string();
-    config.options(format!("{options} -c pgshift.ddl=migrate").trim());
+    if let Some(more) = options {
+        let given = config.get_options().unwrap_or("").to_string();
+        config.options(format!("{given} {more}").trim());
+    }
     if config.get_application_name().is_none() {
-        config.application_name("pgshift-apply");
+        config.application_name("pgshift");
     }
     let mode = match config.get_ssl_mode() {
         SslMode::Disable => UpstreamTls::Disable,

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod names;
 pub mod ops;
 pub mod pgerror;
+pub mod plan_db;
 pub mod proxy;
 pub mod rewrite;
 pub mod scenario;

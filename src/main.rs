@@ -74,6 +74,11 @@ struct PlanArgs {
     /// text, or json (for CI).
     #[arg(long, default_value = "text")]
     format: String,
+    /// Complete the plan from this database (a libpq URL: the database's
+    /// own, or pgshift's): a type change's exact down from the column's
+    /// type, each table's size. Nothing is written.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -681,6 +686,12 @@ fn plan(args: &PlanArgs) -> Result<()> {
         let sql = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         steps.extend(sql_plan::plan_text(&file.display().to_string(), &sql));
+    }
+    if let Some(url) = &args.database_url {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(pgshift::plan_db::complete(url, &mut steps))?;
     }
     match args.format.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&steps)?),

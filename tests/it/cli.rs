@@ -1144,3 +1144,65 @@ async fn plan_reads_migration_files_and_says_what_it_would_do() {
     assert_eq!(later.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&later.stdout).contains("migrate [change-type]"));
 }
+
+/// `pgshift plan --database-url`: a type change without a `down` gets the
+/// exact one from the column's type in the database, or says why there is
+/// none; each migration names its table's size.
+#[tokio::test]
+async fn plan_with_a_database_derives_downs_and_sizes_tables() {
+    let (dbname, direct) = db().fresh_database("plandb").await;
+    direct
+        .batch_execute(
+            "create table users (id int primary key, amount integer, price numeric(10,2), name varchar(40));
+             insert into users select g, g, g, 'n' from generate_series(1, 1000) g; analyze users;",
+        )
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("plandb"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("V1__types.sql"),
+        "ALTER TABLE users ALTER COLUMN amount TYPE bigint;\nALTER TABLE users ALTER COLUMN name TYPE varchar(80);\nALTER TABLE users ALTER COLUMN price TYPE integer;\n",
+    )
+    .unwrap();
+    let test_db = db();
+    let url = format!(
+        "postgres://{}@{}:{}/{dbname}",
+        test_db.user, test_db.host, test_db.port
+    );
+    let plan = |url: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["plan", "--format", "json"]).arg(&dir);
+        if let Some(url) = url {
+            cmd.args(["--database-url", url]);
+        }
+        if let Some(p) = &test_db.password {
+            cmd.env("PGPASSWORD", p);
+        }
+        let out = cmd.output().unwrap();
+        let steps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), steps.as_array().unwrap().clone())
+    };
+    let (code, steps) = plan(None);
+    assert_eq!(code, Some(2));
+    assert!(steps.iter().all(|s| s["rule"] == "change-type-needs-down"));
+    let (code, steps) = plan(Some(&url));
+    assert_eq!(code, Some(2), "integer has no exact down: {steps:?}");
+    let downs: Vec<&str> = steps
+        .iter()
+        .map(|s| s["migration"]["down"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(downs, ["amount::integer", "name::varchar(40)", ""]);
+    assert!(
+        steps[0]["detail"].as_str().unwrap().contains("~1000 rows"),
+        "{steps:?}"
+    );
+    assert!(
+        steps[2]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("numeric(10,2) to INTEGER"),
+        "{steps:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
