@@ -464,8 +464,44 @@ fn result_key(stars: &[usize], rules: &Rules) -> u64 {
     ids.sort_unstable();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ids.hash(&mut h);
+    table_columns(stars, rules).hash(&mut h);
     // Never 0 nor the unknown result (all ones); bit 1 says `as_before`.
     ((h.finish() >> 3) << 2) | (u64::from(as_before) << 1) | 1
+}
+
+/// The columns of the tables of `stars`' migrations in the catalog
+/// snapshot, but those the migrations themselves manage (told by their
+/// ids and shapes): a column added or dropped by other DDL changes what a
+/// `*` over the table answers, as it does on Postgres.
+fn table_columns<'r>(stars: &[usize], rules: &'r Rules) -> Vec<&'r str> {
+    let migrations: Vec<_> = stars
+        .iter()
+        .filter_map(|&i| rules.migrations.get(i))
+        .collect();
+    let managed = |c: &str| {
+        rules
+            .migrations
+            .iter()
+            .any(|m| m.spec.from == c || m.spec.to == c)
+    };
+    let mut columns: Vec<&str> = Vec::new();
+    let mut seen: Vec<&crate::names::TableName> = Vec::new();
+    for m in migrations {
+        let table = &m.spec.table;
+        if seen.contains(&table) {
+            continue;
+        }
+        seen.push(table);
+        if let Some(def) = rules.catalog.table(Some(&table.schema), &table.name) {
+            columns.extend(
+                def.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .filter(|c| !managed(c)),
+            );
+        }
+    }
+    columns
 }
 
 /// Whether a statement prepared when its result key was `prepared` may
@@ -992,6 +1028,31 @@ mod tests {
     fn with_catalog(m: ActiveMigration) -> MigrationRewriter {
         let phase = m.phase;
         MigrationRewriter::new(Arc::new(RulesCell::with_catalog(&[m], catalog(phase))))
+    }
+
+    /// A column added by other DDL changes what a prepared `*` over the
+    /// migrating table answers: its result key changes (the use fails
+    /// once, as on Postgres), while the migration's own columns are told
+    /// by its phase.
+    #[test]
+    fn a_column_added_under_a_star_changes_its_result_key() {
+        let m = accounts(Phase::Expanded);
+        let cell = Arc::new(RulesCell::with_catalog(&[m], catalog(Phase::Expanded)));
+        let r = MigrationRewriter::new(Arc::clone(&cell));
+        let star = b"select * from pgbench_accounts";
+        let before = r.result_key(star);
+        assert_ne!(before, 0);
+        let explicit = r.result_key(b"select aid from pgbench_accounts");
+        let mut wider = catalog(Phase::Expanded);
+        let mut table = wider
+            .table(Some("public"), "pgbench_accounts")
+            .unwrap()
+            .clone();
+        table.columns.push(column("extra", "integer", None));
+        wider.insert("public", "pgbench_accounts", table);
+        cell.publish_catalog(wider);
+        assert_ne!(r.result_key(star), before);
+        assert_eq!(r.result_key(b"select aid from pgbench_accounts"), explicit);
     }
 
     #[test]
