@@ -599,16 +599,8 @@ pub async fn driven_gate(
     autopilot: pgshift::api::Autopilot,
     mode: pgshift::sql_plan::gate::DdlMode,
 ) -> Driven {
-    use pgshift::rewrite::rules::RulesCell;
     let config = control_config_for(dbname);
-    let rules = Arc::new(RulesCell::new(&config.migrations));
-    let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
-        .await
-        .expect("the lifecycle starts");
-    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = listener.local_addr().unwrap().to_string();
+    let (rules, lifecycle, listener, admin) = lifecycle_and_admin(&config).await;
     let carrier: pgshift::sql_plan::migrate::CarrierSlot = Arc::default();
     let _ = carrier.set(Arc::new(pgshift::lifecycle::carry::GateCarrier {
         lifecycle: Arc::clone(&lifecycle),
@@ -635,6 +627,27 @@ pub async fn driven_gate(
     }
 }
 
+/// The rules, the lifecycle started over `config`, and an admin port's
+/// listener on a free loopback port with its `host:port`.
+async fn lifecycle_and_admin(
+    config: &Config,
+) -> (
+    Arc<pgshift::rewrite::rules::RulesCell>,
+    Arc<pgshift::lifecycle::Lifecycle>,
+    tokio::net::TcpListener,
+    String,
+) {
+    let rules = Arc::new(pgshift::rewrite::rules::RulesCell::new(&config.migrations));
+    let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
+        .await
+        .expect("the lifecycle starts");
+    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let admin = listener.local_addr().unwrap().to_string();
+    (rules, lifecycle, listener, admin)
+}
+
 /// [`driven_with_tokens`] with the control settings adjusted (its role).
 pub async fn driven_with(
     specs: Vec<pgshift::rewrite::migration::MigrationSpec>,
@@ -643,7 +656,7 @@ pub async fn driven_with(
     adjust: impl FnOnce(&mut Config),
 ) -> Driven {
     use pgshift::rewrite::migration::Phase;
-    use pgshift::rewrite::rules::{ActiveMigration, RulesCell};
+    use pgshift::rewrite::rules::ActiveMigration;
     let mut config = control_config_for(dbname);
     adjust(&mut config);
     config.migrations = specs
@@ -653,14 +666,7 @@ pub async fn driven_with(
             phase: Phase::Planned,
         })
         .collect();
-    let rules = Arc::new(RulesCell::new(&config.migrations));
-    let lifecycle = pgshift::lifecycle::Lifecycle::start(config.clone(), Arc::clone(&rules))
-        .await
-        .expect("the lifecycle starts");
-    let listener = pgshift::admin::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let admin = listener.local_addr().unwrap().to_string();
+    let (rules, lifecycle, listener, admin) = lifecycle_and_admin(&config).await;
     let server = tokio::spawn(pgshift::admin::serve(listener, lifecycle, tokens));
     let control = config.control.clone();
     let rewriter = pgshift::rewrite::engine::MigrationRewriter::new(rules);
