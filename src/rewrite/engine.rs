@@ -221,15 +221,11 @@ impl StatementRewriter for MigrationRewriter {
         self.rules.with(|rules| {
             let touched = !rules.migrations.is_empty() && mentions_any(sql, &rules.table_names);
             TOUCHED.with(|t| t.set(touched));
-            OLD_SHAPE.with(|o| {
-                if let Ok(mut o) = o.try_borrow_mut() {
-                    o.clear();
-                }
-            });
             if !touched {
                 return Rewrite::Unchanged;
             }
             ATTRIBUTED.with(|a| a.borrow_mut().take());
+            OLD_SHAPE.with(|o| o.borrow_mut().clear());
             // Rules this proxy could not confirm lately may be out of date
             // (another proxy may have changed the phase): fail safe.
             if let Some(late_ms) = self.rules.lease_lapsed() {
@@ -312,7 +308,11 @@ impl StatementRewriter for MigrationRewriter {
     }
 
     fn old_shape_named(&self) -> Vec<Arc<str>> {
-        OLD_SHAPE.with(|o| o.borrow().clone())
+        // (Kept only for statements that named a migrating table.)
+        match TOUCHED.with(|t| t.get()) {
+            true => OLD_SHAPE.with(|o| o.borrow().clone()),
+            false => Vec::new(),
+        }
     }
 
     fn saw_old_shape(&self, migrations: &[Arc<str>], application: Option<&str>) {

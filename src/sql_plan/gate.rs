@@ -70,7 +70,7 @@ impl DdlMode {
 /// with ALTER, CREATE or DROP: the first, or one after a `;` (a `;` in a
 /// string or comment only makes the text planned).
 pub fn is_ddl(sql: &[u8]) -> bool {
-    sql.split(|&b| b == b';').any(starts_ddl)
+    starts_ddl(sql) || memchr::memchr_iter(b';', sql).any(|at| starts_ddl(&sql[at + 1..]))
 }
 
 fn starts_ddl(sql: &[u8]) -> bool {
