@@ -71,8 +71,10 @@ struct Book {
     /// Refusals whose marker error has not come back yet, oldest first.
     refusals: VecDeque<PendingRefusal>,
     /// Statements pgshift carried out, sent as a no-op `DO`: (request,
-    /// the CommandComplete to answer its `DO` with), oldest first.
-    answers: VecDeque<(u64, Bytes)>,
+    /// the CommandComplete to answer its `DO` with, and whether it ends
+    /// with its request — a Query's does; a Parse's waits for the first
+    /// Execute of it, which may come in a later request), oldest first.
+    answers: VecDeque<(u64, Bytes, bool)>,
     /// Prepared statements and the rules epoch of each.
     statements: Statements,
     /// SQL-level prepared statements (PREPARE / EXECUTE).
@@ -602,13 +604,13 @@ impl<'a> FrontendVisitor<'a> {
         self.state.with_book(|b| b.timings.push_back(timing));
     }
 
-    /// A statement of request `request` went as a no-op `DO`: its
-    /// CommandComplete is to say `tag`.
-    fn answer_with(&self, request: u64, tag: &'static str) {
+    /// A statement (a Query's, or a Parse's: `in_request`) of request
+    /// `request` went as a no-op `DO`: its CommandComplete is to say `tag`.
+    fn answer_with(&self, request: u64, tag: &'static str, in_request: bool) {
         let complete =
             super::wire::encode_frame(backend::COMMAND_COMPLETE, &[tag.as_bytes(), b"\0"]);
         self.state
-            .with_book(|b| b.answers.push_back((request, complete)));
+            .with_book(|b| b.answers.push_back((request, complete, in_request)));
         self.state.answering.store(true, Ordering::Relaxed);
     }
 
@@ -810,8 +812,8 @@ impl FrameVisitor for FrontendVisitor<'_> {
         Ok(match outcome {
             Outcome::Keep => Verdict::Keep,
             Outcome::Replace(bytes) => Verdict::Replace(bytes),
-            Outcome::Answer(bytes, tag) => {
-                self.answer_with(request, tag);
+            Outcome::Answer(bytes, command) => {
+                self.answer_with(request, command, tag == frontend::QUERY);
                 Verdict::Replace(bytes)
             }
             Outcome::Refuse(refusal) => {
@@ -889,12 +891,12 @@ impl FrameVisitor for BackendVisitor<'_> {
                 Ok(Verdict::Keep)
             }
             backend::COMMAND_COMPLETE => Ok(state.with_book(|b| match b.answers.front() {
-                Some((request, _))
-                    if *request == current && frame.get(HEADER_LEN..) == Some(b"DO\0") =>
+                Some((request, _, _))
+                    if *request <= current && frame.get(HEADER_LEN..) == Some(b"DO\0") =>
                 {
                     b.answers
                         .pop_front()
-                        .map_or(Verdict::Keep, |(_, c)| Verdict::Replace(c))
+                        .map_or(Verdict::Keep, |(_, c, _)| Verdict::Replace(c))
                 }
                 _ => Verdict::Keep,
             })),
@@ -932,9 +934,9 @@ impl FrameVisitor for BackendVisitor<'_> {
                     while b.refusals.front().is_some_and(|p| p.request <= current) {
                         b.refusals.pop_front();
                     }
-                    while b.answers.front().is_some_and(|(r, _)| *r <= current) {
-                        b.answers.pop_front();
-                    }
+                    // (A Parse's waits for its Execute, whenever it comes.)
+                    b.answers
+                        .retain(|(r, _, in_request)| !(*in_request && *r <= current));
                     if b.answers.is_empty() {
                         state.answering.store(false, Ordering::Relaxed);
                     }

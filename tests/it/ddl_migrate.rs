@@ -440,6 +440,28 @@ async fn guard_applies_the_safe_forms_itself() {
             "{sql}: {reply:?}"
         );
     }
+    // A statement prepared in one request and executed in the next (as
+    // drivers with named statements do): its Execute says its own tag.
+    raw.send(
+        &[
+            parse(
+                "s1",
+                &format!("alter table {child} alter column label set default 'x'"),
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.until_ready().await;
+    raw.send(&[bind("s1"), execute(), sync()].concat()).await;
+    let reply = raw.until_ready().await;
+    let complete = reply.iter().find(|m| m.tag == b'C').map(|m| m.body.clone());
+    assert_eq!(
+        complete.as_deref(),
+        Some(&b"ALTER TABLE\0"[..]),
+        "{reply:?}"
+    );
     let row = direct
         .query_one(
             &format!(
