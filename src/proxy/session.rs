@@ -398,14 +398,16 @@ impl<'a> FrontendVisitor<'a> {
                         _ => None,
                     };
                     let old_shape = self.rewriter.old_shape_named();
+                    // A statement pgshift carried out is a no-op `DO` on the
+                    // server under any rules: never re-prepared (planned
+                    // again, its DDL would be carried out or refused anew).
+                    let epoch = match outcome {
+                        Outcome::Answer(..) => u64::MAX,
+                        _ => statement.epoch,
+                    };
                     state.with_book(|b| {
-                        b.statements.parsed(
-                            statement.request,
-                            fields,
-                            statement.epoch,
-                            result,
-                            sent,
-                        );
+                        b.statements
+                            .parsed(statement.request, fields, epoch, result, sent);
                         b.statements.set_class(fields.name, class);
                         b.statements.set_old_shape(fields.name, old_shape);
                     });

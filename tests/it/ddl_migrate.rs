@@ -482,4 +482,29 @@ async fn guard_applies_the_safe_forms_itself() {
         .unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "0A000");
     assert!(phases(&d.admin).await.iter().all(|(_, p)| p == "complete"));
+    // New rules between its Parse and its Execute (another migration
+    // added): the statement carried out is not planned again.
+    raw.send(
+        &[
+            parse(
+                "s2",
+                &format!("create index {child}_id on {child} (id, label)"),
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.until_ready().await;
+    let body = serde_json::json!({"id": "later", "table": parent, "op": "rename_column", "from": "id", "to": "pid"});
+    let (code, answer) = admin_post(&d.admin, "/migrations", body).await;
+    assert_eq!(code, 201, "{answer}");
+    raw.send(&[bind("s2"), execute(), sync()].concat()).await;
+    let reply = raw.until_ready().await;
+    let complete = reply.iter().find(|m| m.tag == b'C').map(|m| m.body.clone());
+    assert_eq!(
+        complete.as_deref(),
+        Some(&b"CREATE INDEX\0"[..]),
+        "{reply:?}"
+    );
 }
