@@ -10,71 +10,73 @@ use std::time::Duration;
 
 use crate::harness::*;
 
+/// One application version's statements over the table.
+struct Version {
+    label: &'static str,
+    /// Reads row `$1`.
+    read: String,
+    /// Sets the name of row `$2` to `$1`.
+    write: String,
+    /// Inserts a row named `$1`.
+    insert: String,
+    /// What it checks of a row read.
+    check: fn(&tokio_postgres::Row),
+}
+
 /// The previous application version: reads and writes `name`, `amount`
-/// (an integer) and `legacy`, until `stop`.
-fn old_app(
-    client: tokio_postgres::Client,
-    table: String,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
-    tokio::spawn(async move {
-        let (mut done, mut errors) = (0u64, Vec::new());
-        while !stop.load(Ordering::Relaxed) {
-            let id = (done % 500 + 1) as i32;
-            let read = format!("select name, amount, legacy from {table} where id = $1");
-            let write = format!("update {table} set name = $1, amount = amount + 1 where id = $2");
-            let insert = format!(
-                "insert into {table} (name, amount, legacy) values ($1, 7, 'x') returning id, name"
-            );
-            let steps = async {
-                let row = client.query_one(&read, &[&id]).await?;
-                // (Still an integer: connected before the migration.)
-                let (_, _): (String, i32) = (row.get(0), row.get(1));
-                client
-                    .execute(&write, &[&format!("old {done}"), &id])
-                    .await?;
-                client.query_one(&insert, &[&"old"]).await?;
-                Ok::<_, tokio_postgres::Error>(())
-            };
-            match steps.await {
-                Ok(()) => done += 1,
-                Err(e) => errors.push(format!("old: {e:?}")),
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        (done, errors)
-    })
+/// (an integer: connected before the migration, it keeps its type) and
+/// `legacy`.
+fn old_version(table: &str) -> Version {
+    Version {
+        label: "old",
+        read: format!("select name, amount, legacy from {table} where id = $1"),
+        write: format!("update {table} set name = $1, amount = amount + 1 where id = $2"),
+        insert: format!(
+            "insert into {table} (name, amount, legacy) values ($1, 7, 'x') returning id, name"
+        ),
+        check: |row| {
+            let (_, _): (String, i32) = (row.get(0), row.get(1));
+        },
+    }
 }
 
 /// The new application version: `full_name`, no `legacy`, the amount read
 /// as text (an integer before the read switch, a bigint after). Until the
 /// contract it writes amounts the old column holds too: the old version
 /// reads every row.
-fn new_app(
+fn new_version(table: &str) -> Version {
+    Version {
+        label: "new",
+        read: format!("select full_name, amount::text from {table} where id = $1"),
+        write: format!("update {table} set full_name = $1 where id = $2"),
+        insert: format!("insert into {table} (full_name, amount) values ($1, 123) returning id"),
+        check: |row| {
+            let _: String = row.get(0);
+        },
+    }
+}
+
+/// `v`'s traffic over `client` until `stop`: (operations done, errors).
+fn app(
     client: tokio_postgres::Client,
-    table: String,
+    v: Version,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
     tokio::spawn(async move {
         let (mut done, mut errors) = (0u64, Vec::new());
         while !stop.load(Ordering::Relaxed) {
             let id = (done % 500 + 1) as i32;
-            let read = format!("select full_name, amount::text from {table} where id = $1");
-            let write = format!("update {table} set full_name = $1 where id = $2");
-            let insert =
-                format!("insert into {table} (full_name, amount) values ($1, 123) returning id");
             let steps = async {
-                let row = client.query_one(&read, &[&id]).await?;
-                let _: String = row.get(0);
-                client
-                    .execute(&write, &[&format!("new {done}"), &id])
-                    .await?;
-                client.query_one(&insert, &[&"new"]).await?;
+                let row = client.query_one(&v.read, &[&id]).await?;
+                (v.check)(&row);
+                let name = format!("{} {done}", v.label);
+                client.execute(&v.write, &[&name, &id]).await?;
+                client.query_one(&v.insert, &[&v.label]).await?;
                 Ok::<_, tokio_postgres::Error>(())
             };
             match steps.await {
                 Ok(()) => done += 1,
-                Err(e) => errors.push(format!("new: {e:?}")),
+                Err(e) => errors.push(format!("{}: {e:?}", v.label)),
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -121,18 +123,11 @@ async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    let old = vec![
-        old_app(
-            d.proxy.connect_to(&dbname).await,
-            t.clone(),
-            Arc::clone(&old_stop),
-        ),
-        old_app(
-            d.proxy.connect_to(&dbname).await,
-            t.clone(),
-            Arc::clone(&old_stop),
-        ),
-    ];
+    let mut old = Vec::new();
+    for _ in 0..2 {
+        let client = d.proxy.connect_to(&dbname).await;
+        old.push(app(client, old_version(&t), Arc::clone(&old_stop)));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The migration tool: one transaction, one statement at a time (both
@@ -171,11 +166,8 @@ async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
     assert_eq!(&complete.body[..], b"CREATE INDEX\0", "{reply:?}");
 
     // The new version starts beside the old one.
-    let new = vec![new_app(
-        d.proxy.connect_to(&dbname).await,
-        t.clone(),
-        Arc::clone(&new_stop),
-    )];
+    let client = d.proxy.connect_to(&dbname).await;
+    let new = vec![app(client, new_version(&t), Arc::clone(&new_stop))];
     tokio::time::sleep(Duration::from_secs(3)).await;
     old_stop.store(true, Ordering::Relaxed);
     let (old_done, old_errors) = joined(old).await;
