@@ -156,9 +156,16 @@ impl Migrating {
         record(&self.jobs, k, Job::Running);
         tracing::info!(migration = %m.id, table = %m.table, "DDL gate: carrying a statement out as a migration");
         let jobs = Arc::clone(&self.jobs);
-        let run = carrier.carry(m, backend_pid);
+        // Carried in a task of its own: should it fail outright (a panic),
+        // the session is refused, not held for ever.
+        let run = runtime.spawn(carrier.carry(m, backend_pid));
         runtime.spawn(async move {
-            let job = match run.await {
+            let carried = run.await.unwrap_or_else(|e| {
+                Err(format!(
+                    "pgshift's lifecycle stopped while carrying it out ({e})"
+                ))
+            });
+            let job = match carried {
                 Ok(Carried::Done(id)) => {
                     tracing::info!(migration = %id, "DDL gate: the statement's migration is carried out; answering its client");
                     Job::Done(tag, Instant::now())
