@@ -12,7 +12,7 @@
 //! the sharing `Send`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,6 @@ pub struct SessionState {
     /// A statement pgshift carried out waits for its `DO`'s tag to be
     /// replaced: the server side reads command tags.
     answering: AtomicBool,
-    /// The server process of the session (from BackendKeyData; 0 before).
-    backend_pid: AtomicI32,
     /// The book's `txn_tables` is not empty (read without its lock).
     txn_used_tables: AtomicBool,
 }
@@ -143,7 +141,6 @@ impl SessionState {
             refusal_seq: AtomicU64::new(0),
             path_watch: AtomicBool::new(false),
             answering: AtomicBool::new(false),
-            backend_pid: AtomicI32::new(0),
             txn_used_tables: AtomicBool::new(false),
         }
     }
@@ -285,11 +282,10 @@ pub struct FrontendVisitor<'a> {
     /// A statement this session prepared (by Parse or PREPARE) names a
     /// migrating table: a Bind or EXECUTE may run it.
     prepared_touching: bool,
-    /// The session's DDL gate is in `guard` or `migrate`: its DDL may be
-    /// held while pgshift carries it out (the safe forms of catalog
-    /// changes; in `migrate`, every migration too).
-    carries_ddl: bool,
-    carries_all_ddl: bool,
+    /// Whether the session's DDL may be held while pgshift carries it out,
+    /// and then only catalog changes' safe forms (`guard`: `Some(true)`)
+    /// or every migration too (`migrate`: `Some(false)`).
+    carries_ddl: Option<bool>,
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -325,11 +321,11 @@ impl<'a> FrontendVisitor<'a> {
             batch: (Kind::Passed, None),
             touching: Vec::new(),
             prepared_touching: false,
-            carries_ddl: matches!(
-                state.with_book(|b| b.context.ddl),
-                Some(DdlMode::Migrate | DdlMode::Guard)
-            ),
-            carries_all_ddl: state.with_book(|b| b.context.ddl) == Some(DdlMode::Migrate),
+            carries_ddl: match state.with_book(|b| b.context.ddl) {
+                Some(DdlMode::Guard) => Some(true),
+                Some(DdlMode::Migrate) => Some(false),
+                _ => None,
+            },
         }
     }
 
@@ -547,19 +543,25 @@ impl<'a> FrontendVisitor<'a> {
         let Some(frame) = frame else {
             return false;
         };
-        // A DDL statement pgshift is carrying out (the gate's migrate mode).
-        let statement_sql = match tag {
-            _ if !self.carries_ddl => None,
-            frontend::QUERY => frame
-                .get(HEADER_LEN..)
-                .map(|s| s.strip_suffix(&[0]).unwrap_or(s)),
-            frontend::PARSE => statements::parse_fields(frame).map(|f| f.sql),
-            _ => None,
-        };
-        let pid = self.state.backend_pid.load(Ordering::Relaxed);
-        let catalog_only = !self.carries_all_ddl;
-        if statement_sql.is_some_and(|sql| self.rewriter.pending(sql, pid, catalog_only)) {
-            return true;
+        // A DDL statement pgshift is carrying out (the gate's guard and
+        // migrate modes).
+        if let Some(catalog_only) = self.carries_ddl {
+            let sql = match tag {
+                frontend::QUERY => frame
+                    .get(HEADER_LEN..)
+                    .map(|s| s.strip_suffix(&[0]).unwrap_or(s)),
+                frontend::PARSE => statements::parse_fields(frame).map(|f| f.sql),
+                _ => None,
+            };
+            // (The server process, for the job's key, read only for DDL.)
+            let pid = || self.state.with_book(|b| b.context.backend_pid);
+            let carried = |sql: &[u8]| {
+                crate::sql_plan::gate::is_ddl(sql)
+                    && self.rewriter.pending(sql, pid(), catalog_only)
+            };
+            if sql.is_some_and(carried) {
+                return true;
+            }
         }
         if !self.tracking || !self.rewriter.holding() {
             return false;
@@ -883,7 +885,6 @@ impl FrameVisitor for BackendVisitor<'_> {
             backend::BACKEND_KEY_DATA => {
                 if let Some(pid) = frame.get(HEADER_LEN..HEADER_LEN + 4) {
                     let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
-                    state.backend_pid.store(pid, Ordering::Relaxed);
                     state.with_book(|b| {
                         let mut context = (*b.context).clone();
                         context.backend_pid = pid;

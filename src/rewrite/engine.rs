@@ -287,12 +287,9 @@ impl StatementRewriter for MigrationRewriter {
     }
 
     fn pending(&self, sql: &[u8], backend_pid: i32, catalog_only: bool) -> bool {
-        use crate::sql_plan::gate;
-        gate::is_ddl(sql)
-            && self
-                .migrating
-                .as_ref()
-                .is_some_and(|m| m.pending(sql, backend_pid, catalog_only))
+        self.migrating
+            .as_ref()
+            .is_some_and(|m| m.pending(sql, backend_pid, catalog_only))
     }
 
     fn touched(&self) -> bool {

@@ -130,9 +130,9 @@ pub trait StatementRewriter: Send + Sync + 'static {
 
     /// Whether a statement must wait while pgshift carries it out (the
     /// DDL gate's `migrate` mode; with `catalog_only`, `guard`'s: only the
-    /// safe forms of catalog changes): asked before each Query or Parse of
-    /// the session served by server process `backend_pid` (0: not known);
-    /// the session holds it and asks again shortly.
+    /// safe forms of catalog changes): asked before each DDL Query or Parse
+    /// (`sql_plan::gate::is_ddl`) of the session served by server process
+    /// `backend_pid`; the session holds it and asks again shortly.
     fn pending(&self, _sql: &[u8], _backend_pid: i32, _catalog_only: bool) -> bool {
         false
     }
