@@ -5,7 +5,6 @@
 //! run before anything is sent.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use pgshift::apply::{apply, Apply, Outcome};
 use pgshift::sql_plan::gate::DdlMode;
@@ -85,23 +84,7 @@ async fn apply_carries_files_out_once_and_refuses_a_changed_one() {
         )
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, status) = pgshift::admin::request(&d.admin, "GET", "/status", None, None)
-            .await
-            .unwrap();
-        let phases: Vec<String> = status["migrations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["phase"].as_str().unwrap_or("").to_string())
-            .collect();
-        if phases.len() == 3 && phases.iter().all(|p| p == "complete") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{phases:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    all_complete(&d.admin, 3, 60).await;
     let (kind, index): (String, Option<String>) = {
         let row = direct
             .query_one(

@@ -84,23 +84,6 @@ fn app(
     })
 }
 
-async fn phases(admin: &str) -> Vec<(String, String)> {
-    let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
-        .await
-        .unwrap();
-    status["migrations"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .map(|m| {
-                    let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
-                    (s("id"), s("phase"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
     let (dbname, direct) = db().fresh_database("ddlmigrate").await;
@@ -173,18 +156,7 @@ async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
     let (old_done, old_errors) = joined(old).await;
     // The autopilot carries every migration to complete once the old
     // version has been gone for 2 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let now = phases(&d.admin).await;
-        if now.len() == 4 && now.iter().all(|(_, p)| p == "complete") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not complete: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    all_complete(&d.admin, 4, 90).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     new_stop.store(true, Ordering::Relaxed);
     let (new_done, new_errors) = joined(new).await;
@@ -229,13 +201,7 @@ async fn an_applications_own_ddl_becomes_zero_downtime_migrations() {
         .unwrap()
         .get(0);
     assert!(index.is_some());
-    let history: Vec<String> = direct
-        .query("select version from tool_history", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let history = strings(&direct, "select version from tool_history", &[]).await;
     assert_eq!(history, vec!["0002".to_string()]);
     let big: i64 = direct
         .query_one(

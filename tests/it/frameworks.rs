@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -61,21 +61,6 @@ async fn run(what: &str, mut cmd: tokio::process::Command) -> serde_json::Value 
     last_json(what, &cmd.output().await.expect(what))
 }
 
-async fn phases(admin: &str) -> Vec<(String, String)> {
-    let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
-        .await
-        .unwrap();
-    status["migrations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
-            (s("id"), s("phase"))
-        })
-        .collect()
-}
-
 /// One framework's run: its migration `first` directly (the expected
 /// end) and through pgshift, version 1 serving, migration `second` run
 /// by the tool through pgshift, version 2 starting; `migrations`: how
@@ -112,23 +97,9 @@ async fn framework_run(script: &str, migrate: &str, first: &str, second: &str, m
     let new = tokio::spawn(cmd(proxy, &dbname, 2, &["serve", "22"]).output());
     let old = last_json("version 1", &old.await.unwrap().unwrap());
     // Version 1 gone, the autopilot contracts after 2 s and completes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let phases = phases(&d.admin).await;
-        if phases.len() == migrations && phases.iter().all(|(_, p)| p == "complete") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not complete: {phases:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    all_complete(&d.admin, migrations, 60).await;
     let new = last_json("version 2", &new.await.unwrap().unwrap());
-    let events: Vec<String> = direct
-        .query("select extract(epoch from at)::float8::text || ' ' || migration_id || ' ' || action || ' ' || actor from pgshift.events order by id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let events = strings(&direct, "select extract(epoch from at)::float8::text || ' ' || migration_id || ' ' || action || ' ' || actor from pgshift.events order by id", &[]).await;
     for (version, answer) in [("1", &old), ("2", &new)] {
         assert_eq!(
             answer["error_count"], 0,

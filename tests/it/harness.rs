@@ -689,6 +689,49 @@ pub async fn admin_post(
         .unwrap()
 }
 
+/// Every migration's (id, phase) on the admin port at `admin`.
+pub async fn phases(admin: &str) -> Vec<(String, String)> {
+    let (_, status) = pgshift::admin::request(admin, "GET", "/status", None, None)
+        .await
+        .unwrap();
+    status["migrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap_or("").to_string();
+            (s("id"), s("phase"))
+        })
+        .collect()
+}
+
+/// Waits (at most `secs`) until the admin port at `admin` has `count`
+/// migrations, all complete (the autopilot's work).
+pub async fn all_complete(admin: &str, count: usize, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = phases(admin).await;
+        if now.len() == count && now.iter().all(|(_, p)| p == "complete") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not complete: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The first column of every row `sql` answers, as text.
+pub async fn strings(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<String> {
+    let rows = client.query(sql, params).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 /// Posts `action` for migration `id` and checks it is taken (200, or 202
 /// for a backfill) and answers `phase`.
 pub async fn step_to(admin: &str, id: &str, action: &str, body: serde_json::Value, phase: &str) {

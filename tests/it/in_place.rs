@@ -20,16 +20,6 @@ async fn post(admin: &str, path: &str, body: Value) -> (u16, Value) {
         .unwrap()
 }
 
-/// The first column of every row `sql` answers, as text.
-async fn strings(
-    client: &tokio_postgres::Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Vec<String> {
-    let rows = client.query(sql, params).await.unwrap();
-    rows.iter().map(|r| r.get(0)).collect()
-}
-
 /// How many times migration `id`'s barrier was lowered after a failed
 /// attempt.
 async fn lowered(direct: &tokio_postgres::Client, id: &str) -> i64 {
