@@ -110,5 +110,144 @@ fn seam(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, framing, seam);
+/// One pgbench `-S` transaction in each protocol: what the client sends and
+/// what the server answers.
+struct Transaction {
+    name: &'static str,
+    /// Sent once before the transactions (a prepared statement's Parse).
+    setup: (Vec<u8>, Vec<u8>),
+    client: Vec<u8>,
+    server: Vec<u8>,
+}
+
+fn transactions() -> Vec<Transaction> {
+    let sql = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;\0";
+    let bind = |name: &[u8]| {
+        let mut bind = b"\0".to_vec();
+        bind.extend_from_slice(name);
+        bind.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0, 5]);
+        bind.extend_from_slice(b"12345");
+        bind.extend_from_slice(&[0, 0]);
+        bind
+    };
+    let parse = |name: &[u8]| [name, b"\0", sql, &[0, 0]].concat();
+    let row = [
+        frame(b'D', &[0, 1, 0, 0, 0, 4, b'1', b'2', b'3', b'4']),
+        frame(b'C', b"SELECT 1\0"),
+        frame(b'Z', b"I"),
+    ]
+    .concat();
+    let description = frame(b'T', &[&[0, 1][..], b"abalance\0", &[0; 18]].concat());
+    let simple = b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\0";
+    vec![
+        Transaction {
+            name: "simple",
+            setup: (Vec::new(), Vec::new()),
+            client: frame(b'Q', simple),
+            server: [description.clone(), row.clone()].concat(),
+        },
+        Transaction {
+            name: "extended",
+            setup: (Vec::new(), Vec::new()),
+            client: [
+                frame(b'P', &parse(b"")),
+                frame(b'B', &bind(b"")),
+                frame(b'D', b"P\0"),
+                frame(b'E', b"\0\0\0\0\0"),
+                frame(b'S', b""),
+            ]
+            .concat(),
+            server: [frame(b'1', b""), frame(b'2', b""), description, row.clone()].concat(),
+        },
+        Transaction {
+            name: "prepared",
+            setup: (
+                [frame(b'P', &parse(b"P0_1")), frame(b'S', b"")].concat(),
+                [frame(b'1', b""), frame(b'Z', b"I")].concat(),
+            ),
+            client: [
+                frame(b'B', &bind(b"P0_1")),
+                frame(b'E', b"\0\0\0\0\0"),
+                frame(b'S', b""),
+            ]
+            .concat(),
+            server: [frame(b'2', b""), row].concat(),
+        },
+    ]
+}
+
+/// One relay direction's buffers, reused from transaction to transaction.
+struct Direction {
+    inbuf: BytesMut,
+    splitter: FrameSplitter,
+    out: OutQueue,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Direction {
+            inbuf: BytesMut::with_capacity(8192),
+            splitter: FrameSplitter::new(64 << 20),
+            out: OutQueue::default(),
+        }
+    }
+
+    /// What a pump does with one read: split it, then write it all.
+    fn pass(&mut self, bytes: &[u8], visitor: &mut impl FrameVisitor) -> usize {
+        self.inbuf.put_slice(bytes);
+        self.splitter
+            .split(&mut self.inbuf, visitor, &mut self.out)
+            .unwrap();
+        let n = self.out.remaining();
+        self.out.advance(n);
+        n
+    }
+}
+
+/// A session's per-transaction work in both directions (both visitors, the
+/// splitter, the out queues), with the rewriter `serve` runs when no
+/// migration is active, and with the pass-through one, against copying the
+/// same bytes in and out.
+fn session(c: &mut Criterion) {
+    use pgshift::rewrite::engine::MigrationRewriter;
+    use pgshift::rewrite::rules::RulesCell;
+    use std::sync::Arc;
+    let serve = MigrationRewriter::new(Arc::new(RulesCell::new(&[])));
+    for tx in transactions() {
+        let mut group = c.benchmark_group(format!("session/{}", tx.name));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("baseline_copy", |b| {
+            let mut buf = BytesMut::with_capacity(8192);
+            b.iter(|| {
+                buf.put_slice(&tx.client);
+                let up = buf.split().freeze().len();
+                buf.put_slice(&tx.server);
+                std::hint::black_box(up + buf.split().freeze().len())
+            })
+        });
+        for (name, rewriter) in [
+            (
+                "pgshift_passthrough",
+                &PassThrough as &dyn pgshift::rewrite::StatementRewriter,
+            ),
+            ("pgshift_serve", &serve),
+        ] {
+            group.bench_function(name, |b| {
+                let state = SessionState::new(false, Default::default());
+                let mut frontend = FrontendVisitor::new(&state, rewriter);
+                let mut backend = BackendVisitor::new(&state, rewriter);
+                let (mut up, mut down) = (Direction::new(), Direction::new());
+                up.pass(&tx.setup.0, &mut frontend);
+                down.pass(&tx.setup.1, &mut backend);
+                b.iter(|| {
+                    let n = up.pass(&tx.client, &mut frontend);
+                    std::hint::black_box(n + down.pass(&tx.server, &mut backend))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, framing, seam, session);
 criterion_main!(benches);

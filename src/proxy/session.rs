@@ -354,6 +354,10 @@ impl<'a> FrontendVisitor<'a> {
             return;
         };
         let (class, old_shape, context) = self.state.with_book(|b| {
+            // (Neither is kept until a migration rewrote a statement.)
+            if !b.statements.any_classified() {
+                return (None, None, None);
+            }
             let old_shape = b.statements.old_shape(name);
             let context = old_shape.as_ref().map(|_| b.context.clone());
             (b.statements.class(name), old_shape, context)
@@ -381,19 +385,26 @@ impl<'a> FrontendVisitor<'a> {
                     // change meanwhile, which shape the client was
                     // given is not known, and its next use fails as a
                     // changed result type (the driver prepares again).
-                    let mut result = self.result_key(fields.sql);
+                    // (Only a statement naming a migrating table has a
+                    // result key other than 0.)
+                    let mut result = match self.rewriter.touched() {
+                        true => self.result_key(fields.sql),
+                        false => 0,
+                    };
                     // (Only a `*` can give a statement another shape.)
                     if self.rewriter.epoch() != Some(statement.epoch) && fields.sql.contains(&b'*')
                     {
                         result = statements::UNKNOWN_RESULT;
                     }
-                    let sent =
-                        sent_fingerprint(outcome, fields.sql).unwrap_or(statements::NOTHING_SENT);
+                    let sent = match outcome {
+                        Outcome::Keep => statements::AS_WRITTEN,
+                        _ => sent_fingerprint(outcome, fields.sql)
+                            .unwrap_or(statements::NOTHING_SENT),
+                    };
                     let class = match (outcome, self.rewriter.attribution()) {
                         (Outcome::Replace(_), Some(m)) => Some((Kind::Rewritten, m)),
                         _ => None,
                     };
-                    let old_shape = self.rewriter.old_shape_named();
                     // A statement pgshift carried out is a no-op `DO` on the
                     // server under any rules: never re-prepared (planned
                     // again, its DDL would be carried out or refused anew).
@@ -401,12 +412,14 @@ impl<'a> FrontendVisitor<'a> {
                         Outcome::Answer(..) => u64::MAX,
                         _ => statement.epoch,
                     };
-                    state.with_book(|b| {
-                        b.statements
-                            .parsed(statement.request, fields, epoch, result, sent);
-                        b.statements.set_class(fields.name, class);
-                        b.statements.set_old_shape(fields.name, old_shape);
-                    });
+                    let parsed = statements::Parsed {
+                        epoch,
+                        result,
+                        sent,
+                        class,
+                        old_shape: self.rewriter.old_shape_named(),
+                    };
+                    state.with_book(|b| b.statements.parsed(statement.request, fields, parsed));
                 }
             }
             frontend::QUERY => {

@@ -38,12 +38,13 @@ use super::framing::HEADER_LEN;
 use super::wire::{encode_frame, split_cstr};
 
 /// A statement the client prepared.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Entry {
-    /// The SQL as the client sent it.
-    sql: Bytes,
+    /// The SQL as the client sent it (its buffer reused when the name is
+    /// parsed again, as the unnamed statement is for most queries).
+    sql: Vec<u8>,
     /// The Parse message's parameter type list (count and OIDs), raw.
-    param_types: Bytes,
+    param_types: Vec<u8>,
     /// Rules epoch it was prepared under.
     epoch: u64,
     /// Its result shape's key under those rules (see
@@ -52,7 +53,8 @@ struct Entry {
     /// The epoch of a re-prepare in flight: current once its Parse completes.
     confirming: Option<u64>,
     /// A fingerprint of the SQL the server holds under this name
-    /// ([`NOTHING_SENT`] while that is not known, or nothing).
+    /// ([`NOTHING_SENT`] while that is not known, or nothing;
+    /// [`AS_WRITTEN`]: `sql` itself, fingerprinted when asked).
     sent: u64,
     /// The fingerprint of a re-Parse in flight.
     sending: u64,
@@ -87,6 +89,10 @@ pub struct Stale {
 /// The fingerprint of no SQL: the server holds nothing known.
 pub const NOTHING_SENT: u64 = 0;
 
+/// The server holds the statement's SQL as the client wrote it: its
+/// fingerprint is taken only when a re-prepare asks (fingerprints are odd).
+pub const AS_WRITTEN: u64 = 2;
+
 /// A fingerprint of the SQL text of a Parse sent upstream (never
 /// [`NOTHING_SENT`]).
 pub fn fingerprint(sql: &[u8]) -> u64 {
@@ -104,10 +110,74 @@ pub const UNKNOWN_RESULT: u64 = u64::MAX;
 /// for a `'1'` the statement re-prepared.
 type Swallow = (u64, u8, Option<Vec<u8>>);
 
+/// What is known of a client's Parse once it was rewritten.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Rules epoch it was rewritten under.
+    pub epoch: u64,
+    /// Its result shape's key under those rules.
+    pub result: u64,
+    /// The fingerprint of the SQL sent upstream for it (or [`AS_WRITTEN`]).
+    pub sent: u64,
+    /// The migration that rewrote it (see [`Entry::class`]).
+    pub class: Option<(Kind, Arc<str>)>,
+    /// The migrations whose old shape it names.
+    pub old_shape: Vec<Arc<str>>,
+}
+
+/// The entries by name: the unnamed statement, which most drivers parse
+/// again for every query, in a slot of its own (no hashing, its buffers
+/// reused); named ones in a map.
+#[derive(Debug, Default)]
+struct Entries {
+    unnamed: Option<Entry>,
+    named: HashMap<Vec<u8>, Entry>,
+}
+
+impl Entries {
+    fn get(&self, name: &[u8]) -> Option<&Entry> {
+        match name.is_empty() {
+            true => self.unnamed.as_ref(),
+            false => self.named.get(name),
+        }
+    }
+
+    fn get_mut(&mut self, name: &[u8]) -> Option<&mut Entry> {
+        match name.is_empty() {
+            true => self.unnamed.as_mut(),
+            false => self.named.get_mut(name),
+        }
+    }
+
+    /// `name`'s entry for a new Parse: the old one's buffers, or a new one.
+    fn renewed(&mut self, name: &[u8]) -> &mut Entry {
+        match name.is_empty() {
+            true => self.unnamed.get_or_insert_with(Entry::default),
+            false => self.named.entry(name.to_vec()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) -> Option<Entry> {
+        match name.is_empty() {
+            true => self.unnamed.take(),
+            false => self.named.remove(name),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.unnamed = None;
+        self.named.clear();
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.unnamed.iter().chain(self.named.values())
+    }
+}
+
 /// The registry of one session.
 #[derive(Debug, Default)]
 pub struct Statements {
-    entries: HashMap<Vec<u8>, Entry>,
+    entries: Entries,
     /// A statement was rewritten by a migration (see [`Statements::set_class`]).
     classified: bool,
     /// Oldest epoch among the entries (`u64::MAX` when there are none).
@@ -169,33 +239,25 @@ impl Statements {
         !self.swallow.is_empty()
     }
 
-    /// The client sent Parse (part of request `request`) under `epoch`,
-    /// its result shape's key `result`, the SQL sent upstream for it
-    /// fingerprinted `sent`.
-    pub fn parsed(
-        &mut self,
-        request: u64,
-        fields: &ParseFields<'_>,
-        epoch: u64,
-        result: u64,
-        sent: u64,
-    ) {
-        self.entries.insert(
-            fields.name.to_vec(),
-            Entry {
-                sql: Bytes::copy_from_slice(fields.sql),
-                param_types: Bytes::copy_from_slice(fields.param_types),
-                epoch,
-                result,
-                confirming: None,
-                sent,
-                sending: NOTHING_SENT,
-                parsed_in: request,
-                shown: false,
-                class: None,
-                old_shape: Vec::new(),
-            },
-        );
+    /// The client sent Parse (part of request `request`), rewritten as
+    /// `parsed` says.
+    pub fn parsed(&mut self, request: u64, fields: &ParseFields<'_>, parsed: Parsed) {
+        let epoch = parsed.epoch;
+        self.classified |= parsed.class.is_some() || !parsed.old_shape.is_empty();
+        let entry = self.entries.renewed(fields.name);
+        entry.sql.clear();
+        entry.sql.extend_from_slice(fields.sql);
+        entry.param_types.clear();
+        entry.param_types.extend_from_slice(fields.param_types);
+        entry.epoch = epoch;
+        entry.result = parsed.result;
+        entry.confirming = None;
+        entry.sent = parsed.sent;
+        entry.sending = NOTHING_SENT;
+        entry.parsed_in = request;
+        entry.shown = false;
+        entry.class = parsed.class;
+        entry.old_shape = parsed.old_shape;
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
         self.unconfirmed.push_back((request, fields.name.to_vec()));
         if self.fresh.0 != request {
@@ -234,17 +296,26 @@ impl Statements {
     /// use in request `request` needs (it becomes current when the
     /// re-Parse completes, see [`Statements::on_complete`]).
     pub fn take_stale(&mut self, name: &[u8], epoch: u64, request: u64) -> Option<Stale> {
+        if !self.any_stale(epoch) {
+            return None;
+        }
         let entry = self.entries.get_mut(name)?;
         if entry.epoch >= epoch {
             return None;
         }
         let in_flight = entry.confirming.replace(epoch).is_some();
+        let sent = match entry.sent {
+            _ if in_flight => None,
+            NOTHING_SENT => None,
+            AS_WRITTEN => Some(fingerprint(&entry.sql)),
+            sent => Some(sent),
+        };
         Some(Stale {
-            sql: entry.sql.clone(),
-            param_types: entry.param_types.clone(),
+            sql: Bytes::copy_from_slice(&entry.sql),
+            param_types: Bytes::copy_from_slice(&entry.param_types),
             result: entry.result,
             unseen: entry.parsed_in == request && !entry.shown,
-            sent: (!in_flight && entry.sent != NOTHING_SENT).then_some(entry.sent),
+            sent,
         })
     }
 
@@ -255,14 +326,6 @@ impl Statements {
             entry.confirming = None;
             entry.epoch = entry.epoch.max(epoch);
             self.recompute_oldest();
-        }
-    }
-
-    /// Notes who rewrote statement `name` (see [`Entry::class`]).
-    pub fn set_class(&mut self, name: &[u8], class: Option<(Kind, Arc<str>)>) {
-        if let Some(entry) = self.entries.get_mut(name) {
-            self.classified |= class.is_some();
-            entry.class = class;
         }
     }
 
@@ -281,13 +344,15 @@ impl Statements {
         (!entry.old_shape.is_empty()).then(|| entry.old_shape.clone())
     }
 
-    /// Whether a statement of this session was ever rewritten by a
-    /// migration (its Binds are then looked at).
     /// The SQL statement `name` was prepared with, as the client sent it.
     pub fn sql(&self, name: &[u8]) -> Option<Bytes> {
-        self.entries.get(name).map(|e| e.sql.clone())
+        self.entries
+            .get(name)
+            .map(|e| Bytes::copy_from_slice(&e.sql))
     }
 
+    /// Whether a statement of this session was ever rewritten by a
+    /// migration (its Binds are then looked at).
     pub fn any_classified(&self) -> bool {
         self.classified
     }
@@ -389,6 +454,11 @@ pub enum Deallocation<'s> {
 
 /// Recognizes `DEALLOCATE [PREPARE] name|ALL` and `DISCARD ALL`.
 pub fn deallocation(sql: &[u8]) -> Option<Deallocation<'_>> {
+    // (A byte check first: other statements are not decoded.)
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !first.eq_ignore_ascii_case(&b'd') {
+        return None;
+    }
     let text = std::str::from_utf8(sql)
         .ok()?
         .trim()
@@ -433,10 +503,35 @@ mod tests {
         }
     }
 
+    /// A Parse rewritten under `epoch`, its result key and what was sent.
+    pub(super) fn at(epoch: u64, result: u64, sent: u64) -> Parsed {
+        Parsed {
+            epoch,
+            result,
+            sent,
+            ..Parsed::default()
+        }
+    }
+
+    #[test]
+    fn a_statement_sent_as_written_is_fingerprinted_when_asked() {
+        let mut s = Statements::default();
+        // The unnamed statement, parsed again with other text: the entry
+        // holds the latest, whatever the buffer held before.
+        s.parsed(1, &fields(b"", b"select 1, 2, 3"), at(1, 0, AS_WRITTEN));
+        s.parsed(2, &fields(b"", b"select 4"), at(1, 0, AS_WRITTEN));
+        let stale = s.take_stale(b"", 2, 3).expect("stale under epoch 2");
+        assert_eq!(&stale.sql[..], b"select 4");
+        assert_eq!(stale.sent, Some(fingerprint(b"select 4")));
+        assert_eq!(s.sql(b""), Some(Bytes::from_static(b"select 4")));
+        s.closed(b"");
+        assert!(s.take_stale(b"", 3, 4).is_none());
+    }
+
     #[test]
     fn stale_statements_are_current_once_re_prepared() {
         let mut s = Statements::default();
-        s.parsed(2, &fields(b"s1", b"select 1"), 1, 0, 5);
+        s.parsed(2, &fields(b"s1", b"select 1"), at(1, 0, 5));
         assert!(!s.any_stale(1));
         assert!(s.any_stale(2));
         let stale = s.take_stale(b"s1", 2, 3).unwrap();
@@ -458,7 +553,7 @@ mod tests {
     #[test]
     fn injected_answers_are_swallowed_in_order() {
         let mut s = Statements::default();
-        s.parsed(5, &fields(b"p", b"select 2"), 1, 0, 5);
+        s.parsed(5, &fields(b"p", b"select 2"), at(1, 0, 5));
         s.expect_injected(5, b"p", Some(9));
         assert!(
             !s.on_complete(5, b'1'),
@@ -481,7 +576,7 @@ mod tests {
     #[test]
     fn the_sql_the_server_holds_is_known_only_when_no_reprepare_is_in_flight() {
         let mut s = Statements::default();
-        s.parsed(1, &fields(b"q", b"select 1"), 1, 0, 11);
+        s.parsed(1, &fields(b"q", b"select 1"), at(1, 0, 11));
         assert!(!s.on_complete(1, b'1'), "the client's own ParseComplete");
         assert_eq!(s.take_stale(b"q", 2, 5).unwrap().sent, Some(11));
         s.unchanged(b"q", 2);
@@ -500,11 +595,11 @@ mod tests {
     #[test]
     fn a_statement_is_unseen_until_described_or_its_request_ends() {
         let mut s = Statements::default();
-        s.parsed(4, &fields(b"u", b"select * from t"), 1, 7, 5);
+        s.parsed(4, &fields(b"u", b"select * from t"), at(1, 7, 5));
         let stale = s.take_stale(b"u", 2, 4).unwrap();
         assert!(stale.unseen, "parsed in this request, never described");
         assert!(!s.take_stale(b"u", 2, 5).unwrap().unseen, "a later request");
-        s.parsed(6, &fields(b"d", b"select * from t"), 1, 7, 5);
+        s.parsed(6, &fields(b"d", b"select * from t"), at(1, 7, 5));
         s.described(6);
         assert!(!s.take_stale(b"d", 2, 6).unwrap().unseen, "described");
     }
@@ -512,7 +607,7 @@ mod tests {
     #[test]
     fn a_failed_parse_leaves_no_entry() {
         let mut s = Statements::default();
-        s.parsed(3, &fields(b"bad", b"selec 1"), 1, 0, 5);
+        s.parsed(3, &fields(b"bad", b"selec 1"), at(1, 0, 5));
         s.on_ready(3); // an error skipped everything up to Sync
         assert!(!s.swallowing());
         assert!(s.take_stale(b"bad", 9, 99).is_none());
@@ -521,7 +616,7 @@ mod tests {
     #[test]
     fn a_failed_re_prepare_leaves_the_statement_stale() {
         let mut s = Statements::default();
-        s.parsed(1, &fields(b"s", b"select a from t"), 1, 0, 5);
+        s.parsed(1, &fields(b"s", b"select a from t"), at(1, 0, 5));
         assert!(!s.on_complete(1, b'1'));
         s.on_ready(1);
         assert!(s.take_stale(b"s", 2, 99).is_some());
@@ -580,6 +675,16 @@ mod model_tests {
     use super::*;
     use proptest::prelude::*;
 
+    use super::tests::at;
+
+    /// Statement `n`: 0 is the unnamed statement.
+    fn name_of(n: u8) -> Vec<u8> {
+        match n {
+            0 => Vec::new(),
+            n => vec![b'a' + n],
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Parse(u8, u64),
@@ -614,27 +719,27 @@ mod model_tests {
                 let request = request as u64 + 1;
                 match op {
                     Op::Parse(n, e) => {
-                        let name = vec![b'a' + n];
+                        let name = name_of(n);
                         let fields = ParseFields { name: &name, sql: b"select 1", param_types: b"\0\0" };
-                        book.parsed(request, &fields, e, 0, NOTHING_SENT);
+                        book.parsed(request, &fields, at(e, 0, NOTHING_SENT));
                         model.insert(name, e);
                     }
                     Op::Close(n) => {
-                        book.closed(&[b'a' + n]);
-                        model.remove(&vec![b'a' + n]);
+                        book.closed(&name_of(n)[..]);
+                        model.remove(&name_of(n));
                     }
                     Op::Clear => {
                         book.clear();
                         model.clear();
                     }
                     Op::Unchanged(n, e) => {
-                        book.unchanged(&[b'a' + n], e);
-                        if let Some(current) = model.get_mut(&vec![b'a' + n]) {
+                        book.unchanged(&name_of(n)[..], e);
+                        if let Some(current) = model.get_mut(&name_of(n)) {
                             *current = (*current).max(e);
                         }
                     }
                     Op::TakeStale(n, e) => {
-                        let name = vec![b'a' + n];
+                        let name = name_of(n);
                         let stale = book.take_stale(&name, e, request).is_some();
                         let expected = model.get(&name).is_some_and(|&current| current < e);
                         prop_assert_eq!(stale, expected, "take_stale({:?}, {})", name, e);

@@ -199,6 +199,8 @@ fn too_large(len: usize) -> Refusal {
 impl StatementRewriter for MigrationRewriter {
     fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
         use crate::sql_plan::gate;
+        // (A statement the gate answers touches no table.)
+        TOUCHED.with(|t| t.set(false));
         if gate::is_ddl(sql) {
             use crate::sql_plan::migrate::Answer;
             super::rules::catalog_may_have_changed();
