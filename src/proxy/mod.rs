@@ -28,6 +28,7 @@ pub mod stream;
 pub mod tls;
 mod unix_listener;
 pub mod upstream;
+mod wakes;
 pub mod wire;
 mod workers;
 

@@ -34,6 +34,7 @@ use super::framing::{FrameError, FrameSplitter, FrameVisitor, HEADER_LEN};
 use super::outqueue::OutQueue;
 use super::session::{BackendVisitor, FrontendVisitor, SessionState};
 use super::stream::Stream;
+use super::wakes::Wakes;
 use super::wire::{sqlstate, ErrorResponse};
 use super::{Shared, Stage};
 use crate::rewrite::StatementRewriter;
@@ -93,19 +94,30 @@ impl Pump {
     /// waiting. Returns `Ok(true)` at end of stream.
     async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> io::Result<bool> {
         self.reserve();
-        if src.read_buf(&mut self.inbuf).await? == 0 {
+        let mut spare = self.spare();
+        let mut read = src.read_buf(&mut self.inbuf).await?;
+        if read == 0 {
             return Ok(true);
         }
-        while self.inbuf.len() < COALESCE_LIMIT {
+        // A read that did not fill the buffer took all there was: only a
+        // full one is followed by another (TLS may hold back more; it is
+        // read on the pump's next turn, without waiting for the socket).
+        while read == spare && self.inbuf.len() < COALESCE_LIMIT {
             self.reserve();
-            match poll_once(src.read_buf(&mut self.inbuf)).await {
+            spare = self.spare();
+            read = match poll_once(src.read_buf(&mut self.inbuf)).await {
                 Some(Ok(0)) => return Ok(true),
-                Some(Ok(_)) => {}
+                Some(Ok(read)) => read,
                 None => break,
                 Some(Err(e)) => return Err(e),
-            }
+            };
         }
         Ok(false)
+    }
+
+    /// Room left in the read buffer without growing it.
+    fn spare(&self) -> usize {
+        self.inbuf.capacity() - self.inbuf.len()
     }
 
     fn reserve(&mut self) {
@@ -469,17 +481,48 @@ async fn relay<CR, CW, SR, SW>(
 }
 
 /// Runs the pumps and the idle watch until one of them ends the session,
-/// or the proxy's shutdown stage does.
+/// or the proxy's shutdown stage does. Each is polled only when its own
+/// waker fired ([`Wakes`]), in this order: client→server, server→client,
+/// the idle watch, the stage.
 async fn first_end(
-    mut stage: tokio::sync::watch::Receiver<Stage>,
+    stage: tokio::sync::watch::Receiver<Stage>,
     state: &SessionState,
     c2s: impl Future<Output = End>,
     s2c: impl Future<Output = End>,
     idle: impl Future<Output = End>,
 ) -> End {
-    tokio::pin!(c2s, s2c, idle);
-    let mut current = *stage.borrow_and_update();
+    let stage = stage_end(stage, state);
+    tokio::pin!(c2s, s2c, idle, stage);
+    let wakes = Wakes::new(4);
+    std::future::poll_fn(|cx| {
+        let woken = wakes.take(cx.waker());
+        let parts: [PollPart<'_>; 4] = [
+            &mut |cx| c2s.as_mut().poll(cx),
+            &mut |cx| s2c.as_mut().poll(cx),
+            &mut |cx| idle.as_mut().poll(cx),
+            &mut |cx| stage.as_mut().poll(cx),
+        ];
+        for (i, part) in parts.into_iter().enumerate() {
+            if woken & (1 << i) != 0 {
+                if let Poll::Ready(end) = part(&mut wakes.context(i)) {
+                    return Poll::Ready(end);
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One part of the relay's future, polled with its own context.
+type PollPart<'a> = &'a mut dyn FnMut(&mut std::task::Context<'_>) -> Poll<End>;
+
+/// Completes when the proxy's shutdown stage ends the session: at once
+/// when closing, or when draining finds it idle (otherwise the
+/// server→client pump ends it at its next idle point).
+async fn stage_end(mut stage: tokio::sync::watch::Receiver<Stage>, state: &SessionState) -> End {
     loop {
+        let current = *stage.borrow_and_update();
         match current {
             Stage::Running => {}
             Stage::Draining => {
@@ -490,16 +533,8 @@ async fn first_end(
             }
             Stage::Closing => return End::ShutdownForced,
         }
-        tokio::select! {
-            // Fixed order: no per-poll random number for fairness
-            // between branches that are rarely ready together.
-            biased;
-            end = &mut c2s => return end,
-            end = &mut s2c => return end,
-            end = &mut idle => return end,
-            changed = stage.changed() => {
-                current = if changed.is_ok() { *stage.borrow_and_update() } else { Stage::Closing };
-            }
+        if stage.changed().await.is_err() {
+            return End::ShutdownForced;
         }
     }
 }
