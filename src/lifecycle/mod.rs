@@ -345,7 +345,7 @@ impl Lifecycle {
         let due = {
             let mut seen = self.catalog_seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.1 += 1;
-            let due = seen.1 >= CATALOG_POLLS || crate::rewrite::rules::take_catalog_stale();
+            let due = seen.1 >= CATALOG_POLLS || self.rules.take_catalog_stale();
             if due {
                 seen.1 = 0;
             }

@@ -203,7 +203,7 @@ impl StatementRewriter for MigrationRewriter {
         TOUCHED.with(|t| t.set(false));
         if gate::is_ddl(sql) {
             use crate::sql_plan::migrate::Answer;
-            super::rules::catalog_may_have_changed();
+            self.rules.catalog_may_have_changed();
             let pid = super::with_current_session(|s| s.map_or(0, |s| s.backend_pid));
             let answer = self.migrating.as_ref().and_then(|m| m.answer(sql, pid));
             match answer {
@@ -671,6 +671,20 @@ mod tests {
 
     fn rename(phase: Phase) -> MigrationRewriter {
         MigrationRewriter::new(Arc::new(RulesCell::new(&[accounts(phase)])))
+    }
+
+    /// DDL through one proxy's rewriter marks that proxy's catalog as
+    /// stale and no other's: two proxies in one process (the test suite)
+    /// must not take each other's prompt to look at the catalog.
+    #[test]
+    fn ddl_marks_only_its_own_proxys_catalog_stale() {
+        let (a, b) = (rename(Phase::Expanded), rename(Phase::Expanded));
+        let sql = b"alter table t add column c int";
+        assert!(!a.rules.take_catalog_stale());
+        let _ = a.rewrite(StatementKind::SimpleQuery, sql);
+        assert!(!b.rules.take_catalog_stale());
+        assert!(a.rules.take_catalog_stale());
+        assert!(!a.rules.take_catalog_stale(), "taken once");
     }
 
     #[test]

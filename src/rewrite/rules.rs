@@ -58,20 +58,6 @@ impl ActiveMigration {
     }
 }
 
-/// DDL passed through this proxy since the lifecycle last looked at the
-/// catalog: it looks at its next poll.
-static CATALOG_STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Notes that DDL passed through (the catalog may have changed).
-pub fn catalog_may_have_changed() {
-    CATALOG_STALE.store(true, Ordering::Relaxed);
-}
-
-/// Whether DDL passed through since the last call.
-pub fn take_catalog_stale() -> bool {
-    CATALOG_STALE.swap(false, Ordering::Relaxed)
-}
-
 /// Buckets of the in-flight counts by table name.
 const IN_FLIGHT_BUCKETS: usize = 64;
 
@@ -280,6 +266,10 @@ pub struct RulesCell {
     /// [`ANY_TABLE`]). Atomics, no lock: every such request counts here
     /// twice. Names sharing a bucket only make a barrier wait longer.
     in_flight: [std::sync::atomic::AtomicI64; IN_FLIGHT_BUCKETS + 1],
+    /// DDL passed through this proxy since its lifecycle last looked at
+    /// the catalog: it looks at its next poll. (One flag per proxy: two
+    /// proxies in one process must not take each other's.)
+    catalog_stale: std::sync::atomic::AtomicBool,
 }
 
 impl RulesCell {
@@ -300,7 +290,18 @@ impl RulesCell {
             counters,
             lease_until_ms: AtomicU64::new(0),
             in_flight: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(0)),
+            catalog_stale: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Notes that DDL passed through (the catalog may have changed).
+    pub fn catalog_may_have_changed(&self) {
+        self.catalog_stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether DDL passed through since the last call.
+    pub fn take_catalog_stale(&self) -> bool {
+        self.catalog_stale.swap(false, Ordering::Relaxed)
     }
 
     /// Publishes new migrations (with the catalog snapshot in force);
