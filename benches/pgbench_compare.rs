@@ -207,7 +207,7 @@ fn main() -> Result<()> {
     let migration_config = cluster.root().join("pgshift-migration.toml");
     std::fs::write(
         &migration_config,
-        "[control]\ndatabase = \"postgres\"\n\n[[migrations]]\nid = \"accounts_balance\"\ntable = \"pgbench_accounts\"\nfrom = \"abalance\"\nto = \"balance\"\nphase = \"expanded\"\n",
+        "admin = \"off\"\n\n[control]\ndatabase = \"postgres\"\n\n[[migrations]]\nid = \"accounts_balance\"\ntable = \"pgbench_accounts\"\nfrom = \"abalance\"\nto = \"balance\"\nphase = \"expanded\"\n",
     )?;
     let shift_port = free_port()?;
     let migrating_port = free_port()?;

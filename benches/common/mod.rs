@@ -67,9 +67,13 @@ pub fn start_pgshift_with(
 ) -> Result<Server> {
     let mut cmd = Command::new(PGSHIFT);
     cmd.arg("serve");
-    if let Some(config) = config {
-        cmd.arg("--config").arg(config);
-    }
+    match config {
+        Some(config) => cmd.arg("--config").arg(config),
+        // No admin port unless a config names one: two benches' proxies
+        // would both want the default.
+        None if !extra.contains(&"--admin") => cmd.args(["--admin", "off"]),
+        None => &mut cmd,
+    };
     let child = cmd
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", upstream])
