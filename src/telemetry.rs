@@ -1,6 +1,8 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` when it is set and by
-//! the configured level otherwise. Each client session runs in a `session`
-//! span carrying its peer address, user and database.
+//! the configured level otherwise. Each client session logs in a `session`
+//! span carrying its peer address, user and database: its startup runs in
+//! the span, and the relay enters it only where it logs (a DDL statement,
+//! a refusal, the session's end), not on each wake-up.
 
 use std::io::IsTerminal;
 

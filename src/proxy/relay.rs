@@ -401,11 +401,17 @@ pub(crate) async fn run(
     context: crate::rewrite::SessionContext,
     client: Stream,
     server: Stream,
+    span: tracing::Span,
 ) {
+    let timed = {
+        let limits = &shared.config.limits;
+        limits.idle_timeout.is_some() || limits.idle_in_transaction_timeout.is_some()
+    };
+    let state = SessionState::in_span(timed, context, span);
     relay(
         shared,
         rewriter,
-        context,
+        &state,
         client.into_split(),
         server.into_split(),
     )
@@ -416,7 +422,7 @@ pub(crate) async fn run(
 async fn relay<CR, CW, SR, SW>(
     shared: &Shared,
     rewriter: &dyn StatementRewriter,
-    context: crate::rewrite::SessionContext,
+    state: &SessionState,
     (mut client_r, mut client_w): (CR, CW),
     (mut server_r, mut server_w): (SR, SW),
 ) where
@@ -426,19 +432,17 @@ async fn relay<CR, CW, SR, SW>(
     SW: AsyncWrite + Unpin,
 {
     let limits = &shared.config.limits;
-    let timed = limits.idle_timeout.is_some() || limits.idle_in_transaction_timeout.is_some();
-    let state = SessionState::new(timed, context);
     let mut up = Pump::new(limits.max_message_size);
     let mut down = Pump::new(limits.max_message_size);
 
     let end = {
-        let mut frontend = FrontendVisitor::new(&state, rewriter);
-        let mut backend = BackendVisitor::new(&state, rewriter);
+        let mut frontend = FrontendVisitor::new(state, rewriter);
+        let mut backend = BackendVisitor::new(state, rewriter);
         let c2s = pump(
             &mut client_r,
             &mut server_w,
             &mut up,
-            &state,
+            state,
             &mut frontend,
             Way::Up,
         );
@@ -446,20 +450,22 @@ async fn relay<CR, CW, SR, SW>(
             &mut server_r,
             &mut client_w,
             &mut down,
-            &state,
+            state,
             &mut backend,
             Way::Down,
         );
         let idle = idle_watch(
-            &state,
+            state,
             limits.idle_timeout,
             limits.idle_in_transaction_timeout,
         );
-        first_end(shared.stage.clone(), &state, c2s, s2c, idle).await
+        first_end(shared.stage.clone(), state, c2s, s2c, idle).await
     };
     state.abandon_in_flight(rewriter);
 
-    let farewell = farewell(&end, &state, &shared.config.upstream);
+    let farewell = state
+        .span
+        .in_scope(|| farewell(&end, state, &shared.config.upstream));
     if matches!(end, End::ServerClosed | End::ServerIo(_)) {
         take_the_rest(&mut server_r, &mut down).await;
     }

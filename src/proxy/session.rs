@@ -31,8 +31,15 @@ use crate::rewrite::search_path;
 use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
 use crate::sql_plan::gate::DdlMode;
 
+/// `rollback` as a word, looked for in a transaction that used tables.
+static ROLLBACK: crate::rewrite::scan::Needle<'static> =
+    crate::rewrite::scan::Needle::new(b"rollback");
+
 /// The shared state of one session.
 pub struct SessionState {
+    /// The session's span (peer, user, database): entered only where the
+    /// relay logs, not on every wake-up.
+    pub span: tracing::Span,
     started: Instant,
     /// Whether `last_activity_ms` is kept (only with an idle timeout).
     track_activity: bool,
@@ -53,6 +60,13 @@ pub struct SessionState {
     draining: AtomicBool,
     /// Refusals in flight and prepared statements.
     book: Mutex<Book>,
+    /// The book's oldest statement epoch (`u64::MAX`: none) and whether a
+    /// migration rewrote one of its statements, mirrored after every use
+    /// of the book: a Bind reads them without the lock.
+    statements_oldest: AtomicU64,
+    statements_classified: AtomicBool,
+    /// The request of the statements parsed last (the book's `fresh`).
+    statements_fresh: AtomicU64,
     refusal_seq: AtomicU64,
     /// A search-path change waits for its transaction's outcome: the
     /// server side reads command tags.
@@ -116,6 +130,11 @@ impl SessionState {
     /// Fresh state of a session that has just sent its startup message;
     /// `track_activity` keeps the last-activity clock (for an idle timeout).
     pub fn new(track_activity: bool, context: SessionContext) -> Self {
+        Self::in_span(track_activity, context, tracing::Span::none())
+    }
+
+    /// [`SessionState::new`], logging in `span`.
+    pub fn in_span(track_activity: bool, context: SessionContext, span: tracing::Span) -> Self {
         let book = Book {
             refusals: VecDeque::new(),
             answers: VecDeque::new(),
@@ -127,6 +146,7 @@ impl SessionState {
             txn_tables: Vec::new(),
         };
         SessionState {
+            span,
             started: Instant::now(),
             track_activity,
             last_activity_ms: AtomicU64::new(0),
@@ -138,6 +158,9 @@ impl SessionState {
             terminated: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             book: Mutex::new(book),
+            statements_oldest: AtomicU64::new(u64::MAX),
+            statements_classified: AtomicBool::new(false),
+            statements_fresh: AtomicU64::new(0),
             refusal_seq: AtomicU64::new(0),
             path_watch: AtomicBool::new(false),
             answering: AtomicBool::new(false),
@@ -204,7 +227,32 @@ impl SessionState {
     fn with_book<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
         // A poisoned lock can only follow a panic in this very session.
         let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut book)
+        let result = f(&mut book);
+        let statements = &book.statements;
+        let oldest = statements.oldest_epoch().unwrap_or(u64::MAX);
+        self.statements_oldest.store(oldest, Ordering::Relaxed);
+        let classified = statements.any_classified();
+        self.statements_classified
+            .store(classified, Ordering::Relaxed);
+        let fresh = statements.fresh_request();
+        self.statements_fresh.store(fresh, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether a Describe in request `request` must be looked at whole:
+    /// a statement may be stale under rules of `epoch`, or one parsed in
+    /// the same request may be shown (read without the book's lock).
+    fn describe_looked_at(&self, epoch: u64, request: u64) -> bool {
+        self.statements_oldest.load(Ordering::Relaxed) < epoch
+            || self.statements_fresh.load(Ordering::Relaxed) == request
+    }
+
+    /// Whether a Bind must be looked at whole for its statement: one
+    /// may be stale under rules of `epoch`, or was rewritten by a
+    /// migration (read without the book's lock).
+    fn bind_looked_at(&self, epoch: u64) -> bool {
+        self.statements_oldest.load(Ordering::Relaxed) < epoch
+            || self.statements_classified.load(Ordering::Relaxed)
     }
 
     /// Follows the search-path changes a statement the client sent makes.
@@ -297,13 +345,21 @@ impl<'a> FrontendVisitor<'a> {
         tag: u8,
         frame: &[u8],
     ) -> Result<Outcome, super::statement::MalformedStatement> {
-        if self.tracking {
-            let context = self.state.with_book(|b| b.context.clone());
-            crate::rewrite::with_session(Some(&context), || {
+        let rewrite = || {
+            if self.tracking {
+                let context = self.state.with_book(|b| b.context.clone());
+                crate::rewrite::with_session(Some(&context), || {
+                    rewrite_frame(self.rewriter, tag, frame)
+                })
+            } else {
                 rewrite_frame(self.rewriter, tag, frame)
-            })
-        } else {
-            rewrite_frame(self.rewriter, tag, frame)
+            }
+        };
+        // The DDL gate and the DDL carrier log what they do: in the
+        // session's span, entered only for DDL.
+        match super::statement::statement_sql(tag, frame) {
+            Some(sql) if crate::sql_plan::gate::is_ddl(sql) => self.state.span.in_scope(rewrite),
+            _ => rewrite(),
         }
     }
 
@@ -511,9 +567,7 @@ impl<'a> FrontendVisitor<'a> {
     /// locks of the tables the transaction used: they are all forgotten.
     fn forget_tables_on_rollback(&self, sql: &[u8]) {
         let state = self.state;
-        if state.txn_used_tables.load(Ordering::Relaxed)
-            && crate::rewrite::scan::mentions(sql, b"rollback")
-        {
+        if state.txn_used_tables.load(Ordering::Relaxed) && ROLLBACK.found_in(sql) {
             state.with_book(|b| b.txn_tables.clear());
             state.txn_used_tables.store(false, Ordering::Relaxed);
         }
@@ -553,7 +607,11 @@ impl<'a> FrontendVisitor<'a> {
     /// Parse naming a table under it, an EXECUTE of a statement that does,
     /// or a Bind of a prepared statement that does.
     fn must_hold(&self, tag: u8, frame: Option<&[u8]>) -> bool {
-        let Some(frame) = frame else {
+        // (Only a statement's own frames are held: a Sync, a Describe or
+        // an Execute follows its Bind.)
+        let Some(frame) =
+            frame.filter(|_| matches!(tag, frontend::QUERY | frontend::PARSE | frontend::BIND))
+        else {
             return false;
         };
         // A DDL statement pgshift is carrying out (the gate's guard and
@@ -636,7 +694,9 @@ impl<'a> FrontendVisitor<'a> {
         let seq = self.state.refusal_seq.fetch_add(1, Ordering::Relaxed);
         let pending = PendingRefusal::new(request, seq, refusal);
         let marker = pending.marker_frame(tag, frame);
-        tracing::info!(code = refusal.code, message = %refusal.message, "refused a statement");
+        self.state.span.in_scope(|| {
+            tracing::info!(code = refusal.code, message = %refusal.message, "refused a statement")
+        });
         self.state.with_book(|b| b.refusals.push_back(pending));
         marker
     }
@@ -692,7 +752,9 @@ impl<'a> FrontendVisitor<'a> {
             ),
             Err(_) => return Verdict::Keep,
         };
-        tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules");
+        self.state.span.in_scope(|| {
+            tracing::debug!(statement = %String::from_utf8_lossy(name), epoch, "re-preparing a statement under new rules")
+        });
         // A refusal leaves it stale: refused again at every use, as
         // Postgres would fail it.
         let sent = (!refused)
@@ -718,17 +780,23 @@ impl FrameVisitor for FrontendVisitor<'_> {
             | frontend::FUNCTION_CALL
             | frontend::TERMINATE => Handling::Whole,
             frontend::CLOSE if self.tracking => Handling::Whole,
-            // (A Describe is looked at for what it may show the client.)
-            frontend::DESCRIBE if self.tracking => Handling::Whole,
+            // (A Describe is looked at for what it may show the client,
+            // and may need its statement re-prepared.)
+            frontend::DESCRIBE if self.tracking => {
+                let epoch = self.rewriter.epoch().unwrap_or(0);
+                let request = self.state.requests_sent.load(Ordering::Relaxed) + 1;
+                match self.state.describe_looked_at(epoch, request) {
+                    true => Handling::Whole,
+                    false => Handling::Forward,
+                }
+            }
             frontend::BIND if self.tracking => {
                 let epoch = self.rewriter.epoch().unwrap_or(0);
                 // Whole when it may need re-preparing, or may execute a
                 // statement a migration rewrote (its latency counts there).
-                let look =
-                    |b: &mut Book| b.statements.any_stale(epoch) || b.statements.any_classified();
                 // (and when it may run a statement on a migrating table:
                 // the tables its transaction uses are noted).
-                if self.prepared_touching || self.state.with_book(look) {
+                if self.prepared_touching || self.state.bind_looked_at(epoch) {
                     Handling::Whole
                 } else {
                     Handling::Forward

@@ -32,6 +32,17 @@ const NO_OP: &[u8] = b"DO $pgshift_done$ BEGIN END $pgshift_done$";
 #[error("malformed {0} message: {1}")]
 pub struct MalformedStatement(pub &'static str, pub &'static str);
 
+/// The SQL of a whole `Query` or `Parse` frame (`None` for other frames
+/// and malformed ones).
+pub fn statement_sql(tag: u8, frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(HEADER_LEN..)?;
+    match tag {
+        frontend::QUERY => split_cstr(body).map(|(sql, _)| sql),
+        frontend::PARSE => split_cstr(split_cstr(body)?.1).map(|(sql, _)| sql),
+        _ => None,
+    }
+}
+
 /// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter`:
 /// keep the frame, or replace it with a re-encoded one.
 pub fn rewrite_frame(

@@ -234,6 +234,12 @@ impl Statements {
         self.oldest_epoch.is_some_and(|oldest| oldest < epoch)
     }
 
+    /// The oldest epoch a statement was prepared under (`None`: none
+    /// prepared).
+    pub fn oldest_epoch(&self) -> Option<u64> {
+        self.oldest_epoch
+    }
+
     /// True while injected responses are still to be swallowed.
     pub fn swallowing(&self) -> bool {
         !self.swallow.is_empty()
@@ -261,9 +267,16 @@ impl Statements {
         self.oldest_epoch = Some(self.oldest_epoch.map_or(epoch, |o| o.min(epoch)));
         self.unconfirmed.push_back((request, fields.name.to_vec()));
         if self.fresh.0 != request {
-            self.fresh = (request, Vec::new());
+            // (The list's buffer is kept: a Parse per request is usual.)
+            self.fresh.0 = request;
+            self.fresh.1.clear();
         }
         self.fresh.1.push(fields.name.to_vec());
+    }
+
+    /// The request the statements parsed last belong to (0: none yet).
+    pub fn fresh_request(&self) -> u64 {
+        self.fresh.0
     }
 
     /// A Describe (of a statement or a portal) is part of request
@@ -272,11 +285,14 @@ impl Statements {
         if self.fresh.0 != request {
             return;
         }
-        for name in std::mem::take(&mut self.fresh.1) {
-            if let Some(entry) = self.entries.get_mut(&name) {
+        let fresh = std::mem::take(&mut self.fresh.1);
+        for name in &fresh {
+            if let Some(entry) = self.entries.get_mut(name) {
                 entry.shown = true;
             }
         }
+        self.fresh.1 = fresh;
+        self.fresh.1.clear();
     }
 
     /// The client closed (or deallocated) a statement.

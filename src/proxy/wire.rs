@@ -326,7 +326,7 @@ fn parse_params(mut body: &[u8]) -> Result<StartupParams, StartupError> {
 
 /// Splits a NUL-terminated string off the front of `buf`.
 pub fn split_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|b| *b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{error, Instrument, Span};
+use tracing::{error, Span};
 
 use super::stream::Stream;
 use super::{connection, Shared};
@@ -120,8 +120,9 @@ async fn serve_jobs(mut jobs: mpsc::UnboundedReceiver<Job>, shared: Arc<Shared>)
                 let Some(Job { socket, span, alive }) = job else { break };
                 match socket.register() {
                     Ok(socket) => {
-                        let task = connection::serve(Arc::clone(&shared), socket, alive);
-                        sessions.spawn(task.instrument(span));
+                        // (The session enters its span itself: on each
+                        // wake-up only while it starts.)
+                        sessions.spawn(connection::serve(Arc::clone(&shared), socket, alive, span));
                     }
                     Err(e) => error!(error = %e, "cannot register a connection with the worker"),
                 }

@@ -220,6 +220,11 @@ impl StatementRewriter for MigrationRewriter {
                 }
             }
         }
+        // (Without migrations, no statement is planned: not even the
+        // snapshot is read.)
+        if !self.rules.migrating() {
+            return Rewrite::Unchanged;
+        }
         self.rules.with(|rules| {
             let touched = !rules.migrations.is_empty() && mentions_any(sql, &rules.table_names);
             TOUCHED.with(|t| t.set(touched));
@@ -285,7 +290,7 @@ impl StatementRewriter for MigrationRewriter {
     }
 
     fn holding(&self) -> bool {
-        self.rules.with(|rules| !rules.holds.is_empty())
+        self.rules.holding()
     }
 
     fn pending(&self, sql: &[u8], backend_pid: i32, catalog_only: bool) -> bool {

@@ -270,6 +270,14 @@ pub struct RulesCell {
     /// the catalog: it looks at its next poll. (One flag per proxy: two
     /// proxies in one process must not take each other's.)
     catalog_stale: std::sync::atomic::AtomicBool,
+    /// The newest snapshot's epoch and whether it holds statements on
+    /// some table, stored after the snapshot: read on every Bind and
+    /// Sync with one atomic load (the thread's snapshot cache costs ten
+    /// times that).
+    epoch: AtomicU64,
+    holding: std::sync::atomic::AtomicBool,
+    /// The newest snapshot has migrations (stored after it, as `epoch`).
+    migrating: std::sync::atomic::AtomicBool,
 }
 
 impl RulesCell {
@@ -283,6 +291,7 @@ impl RulesCell {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let counters = Mutex::new(HashMap::new());
         let first = Rules::new(1, migrations, Arc::new(catalog), Vec::new(), &counters);
+        let migrating = !first.migrations.is_empty();
         RulesCell {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: Arc::new(ArcSwap::from_pointee(first)),
@@ -291,6 +300,9 @@ impl RulesCell {
             lease_until_ms: AtomicU64::new(0),
             in_flight: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(0)),
             catalog_stale: std::sync::atomic::AtomicBool::new(false),
+            epoch: AtomicU64::new(1),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            migrating: std::sync::atomic::AtomicBool::new(migrating),
         }
     }
 
@@ -372,7 +384,14 @@ impl RulesCell {
         let epoch = current.epoch + 1;
         let (migrations, catalog, holds) = next(&current);
         let fresh = Rules::new(epoch, &migrations, catalog, holds, &self.counters);
+        let holding = !fresh.holds.is_empty();
+        let migrating = !fresh.migrations.is_empty();
         self.current.store(Arc::new(fresh));
+        // (After the snapshot: an epoch read first never names rules
+        // newer than those a rewrite then loads.)
+        self.epoch.store(epoch, Ordering::Release);
+        self.holding.store(holding, Ordering::Release);
+        self.migrating.store(migrating, Ordering::Release);
         epoch
     }
 
@@ -452,7 +471,19 @@ impl RulesCell {
 
     /// The epoch of the newest snapshot.
     pub fn epoch(&self) -> u64 {
-        self.with(|rules| rules.epoch)
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether the newest snapshot has migrations (without one, no
+    /// statement is planned).
+    pub fn migrating(&self) -> bool {
+        self.migrating.load(Ordering::Acquire)
+    }
+
+    /// Whether the newest snapshot holds statements on some table (the
+    /// rename barrier).
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::Acquire)
     }
 
     /// The newest snapshot, as an owned reference (not for the hot path).

@@ -88,10 +88,14 @@ fn starts_ddl(sql: &[u8]) -> bool {
             break;
         }
     }
-    let word: &[u8] = rest
-        .split(|b| !b.is_ascii_alphabetic())
-        .next()
-        .unwrap_or(&[]);
+    // (Most statements are told apart by their first letter.)
+    let word: &[u8] = match rest.first().map(u8::to_ascii_lowercase) {
+        Some(b'a' | b'c' | b'd') => {
+            let len = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+            &rest[..len]
+        }
+        _ => return false,
+    };
     [&b"alter"[..], b"create", b"drop"]
         .iter()
         .any(|w| word.eq_ignore_ascii_case(w))

@@ -1206,3 +1206,61 @@ async fn plan_with_a_database_derives_downs_and_sizes_tables() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a session logs while it runs (the DDL gate's warning, a refusal)
+/// carries the session's peer, user and database, as what it logs while
+/// it starts does: the relay enters the session's span where it logs.
+#[tokio::test]
+async fn a_sessions_log_lines_name_its_user_and_database() {
+    let mut serve = Serve::spawn(|cmd, port| {
+        cmd.stderr(Stdio::piped()).env("RUST_LOG", "info").args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            &Serve::upstream(),
+            "--ddl",
+            "guard",
+        ]);
+    });
+    let client = serve.ready().await;
+    let table = unique("logged");
+    client
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, name text)"
+        ))
+        .await
+        .unwrap();
+    let refused = client
+        .batch_execute(&format!(
+            "alter table {table} rename column name to full_name"
+        ))
+        .await
+        .expect_err("guard refuses a rename as written");
+    assert!(sqlstate(&refused).is_some(), "{refused}");
+    drop(client);
+    serve.signal(libc::SIGTERM);
+    serve.wait_exit(Duration::from_secs(10)).await;
+    let mut log = String::new();
+    use std::io::Read;
+    serve
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let db = db();
+    for what in ["DDL that is not safe", "refused a statement"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with {what:?} in:\n{log}"));
+        for field in [
+            "session{peer=".to_string(),
+            format!("user=\"{}\"", db.user),
+            format!("database=\"{}\"", db.dbname),
+        ] {
+            assert!(line.contains(&field), "{field:?} not in {line:?}");
+        }
+    }
+}
