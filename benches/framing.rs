@@ -105,7 +105,11 @@ fn seam(c: &mut Criterion) {
         b.iter(|| std::hint::black_box(Bytes::copy_from_slice(&query)))
     });
     group.bench_function("pgshift_passthrough", |b| {
-        b.iter(|| std::hint::black_box(rewrite_frame(&PassThrough, b'Q', &query).unwrap()))
+        b.iter(|| {
+            std::hint::black_box(
+                rewrite_frame(&PassThrough, b'Q', &query, &tracing::Span::none()).unwrap(),
+            )
+        })
     });
     group.finish();
 }

@@ -345,21 +345,15 @@ impl<'a> FrontendVisitor<'a> {
         tag: u8,
         frame: &[u8],
     ) -> Result<Outcome, super::statement::MalformedStatement> {
-        let rewrite = || {
-            if self.tracking {
-                let context = self.state.with_book(|b| b.context.clone());
-                crate::rewrite::with_session(Some(&context), || {
-                    rewrite_frame(self.rewriter, tag, frame)
-                })
-            } else {
-                rewrite_frame(self.rewriter, tag, frame)
-            }
-        };
-        // The DDL gate and the DDL carrier log what they do: in the
-        // session's span, entered only for DDL.
-        match super::statement::statement_sql(tag, frame) {
-            Some(sql) if crate::sql_plan::gate::is_ddl(sql) => self.state.span.in_scope(rewrite),
-            _ => rewrite(),
+        // (What the DDL gate and carrier log goes in the session's span.)
+        let span = &self.state.span;
+        if self.tracking {
+            let context = self.state.with_book(|b| b.context.clone());
+            crate::rewrite::with_session(Some(&context), || {
+                rewrite_frame(self.rewriter, tag, frame, span)
+            })
+        } else {
+            rewrite_frame(self.rewriter, tag, frame, span)
         }
     }
 

@@ -32,23 +32,14 @@ const NO_OP: &[u8] = b"DO $pgshift_done$ BEGIN END $pgshift_done$";
 #[error("malformed {0} message: {1}")]
 pub struct MalformedStatement(pub &'static str, pub &'static str);
 
-/// The SQL of a whole `Query` or `Parse` frame (`None` for other frames
-/// and malformed ones).
-pub fn statement_sql(tag: u8, frame: &[u8]) -> Option<&[u8]> {
-    let body = frame.get(HEADER_LEN..)?;
-    match tag {
-        frontend::QUERY => split_cstr(body).map(|(sql, _)| sql),
-        frontend::PARSE => split_cstr(split_cstr(body)?.1).map(|(sql, _)| sql),
-        _ => None,
-    }
-}
-
 /// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter`:
-/// keep the frame, or replace it with a re-encoded one.
+/// keep the frame, or replace it with a re-encoded one. What the rewriter
+/// logs about a DDL statement goes in `span` (the session's).
 pub fn rewrite_frame(
     rewriter: &dyn StatementRewriter,
     tag: u8,
     frame: &[u8],
+    span: &tracing::Span,
 ) -> Result<Outcome, MalformedStatement> {
     let body = frame.get(HEADER_LEN..).unwrap_or_default();
     match tag {
@@ -58,7 +49,7 @@ pub fn rewrite_frame(
             if !rest.is_empty() {
                 return Err(MalformedStatement("Query", "data after the query string"));
             }
-            match rewriter.rewrite(StatementKind::SimpleQuery, sql) {
+            match rewriter.rewrite_logged(StatementKind::SimpleQuery, sql, span) {
                 Rewrite::Unchanged => Ok(Outcome::Keep),
                 Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
                     frontend::QUERY,
@@ -76,7 +67,7 @@ pub fn rewrite_frame(
                 .ok_or(MalformedStatement("Parse", "unterminated statement name"))?;
             let (sql, params) =
                 split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
-            match rewriter.rewrite(StatementKind::Parse, sql) {
+            match rewriter.rewrite_logged(StatementKind::Parse, sql, span) {
                 Rewrite::Unchanged => Ok(Outcome::Keep),
                 Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
                     frontend::PARSE,
@@ -100,6 +91,11 @@ mod tests {
     use crate::rewrite::PassThrough;
     use std::borrow::Cow;
 
+    /// No session span (nothing here logs).
+    fn none() -> tracing::Span {
+        tracing::Span::none()
+    }
+
     struct Upper;
     impl StatementRewriter for Upper {
         fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
@@ -114,7 +110,7 @@ mod tests {
     #[test]
     fn unchanged_statements_are_kept() {
         assert_eq!(
-            rewrite_frame(&PassThrough, b'Q', &query("select 1")),
+            rewrite_frame(&PassThrough, b'Q', &query("select 1"), &none()),
             Ok(Outcome::Keep)
         );
     }
@@ -122,19 +118,19 @@ mod tests {
     #[test]
     fn replaced_parse_keeps_name_and_parameter_types() {
         let parse = encode_frame(b'P', &[b"stmt\0select $1\0", &[0, 1, 0, 0, 0, 23]]);
-        let out = rewrite_frame(&Upper, b'P', &parse).unwrap();
+        let out = rewrite_frame(&Upper, b'P', &parse, &none()).unwrap();
         let expected = encode_frame(b'P', &[b"stmt\0SELECT $1\0", &[0, 1, 0, 0, 0, 23]]);
         assert_eq!(out, Outcome::Replace(expected));
-        let q = rewrite_frame(&Upper, b'Q', &query("select 2")).unwrap();
+        let q = rewrite_frame(&Upper, b'Q', &query("select 2"), &none()).unwrap();
         assert_eq!(q, Outcome::Replace(query("SELECT 2")));
     }
 
     #[test]
     fn malformed_frames_are_reported() {
         let bad = encode_frame(b'Q', &[b"no terminator"]);
-        assert!(rewrite_frame(&PassThrough, b'Q', &bad).is_err());
+        assert!(rewrite_frame(&PassThrough, b'Q', &bad, &none()).is_err());
         let bad = encode_frame(b'P', &[b"name\0sql"]);
-        assert!(rewrite_frame(&PassThrough, b'P', &bad).is_err());
-        assert!(rewrite_frame(&PassThrough, b'Q', b"Q").is_err());
+        assert!(rewrite_frame(&PassThrough, b'P', &bad, &none()).is_err());
+        assert!(rewrite_frame(&PassThrough, b'Q', b"Q", &none()).is_err());
     }
 }

@@ -196,28 +196,42 @@ fn too_large(len: usize) -> Refusal {
     }
 }
 
+impl MigrationRewriter {
+    /// A DDL statement: the carrier's answer or the gate's refusal;
+    /// `None` to go on with it as written.
+    fn ddl(&self, sql: &[u8]) -> Option<Rewrite<'static>> {
+        use crate::sql_plan::{gate, migrate::Answer};
+        self.rules.catalog_may_have_changed();
+        let pid = super::with_current_session(|s| s.map_or(0, |s| s.backend_pid));
+        match self.migrating.as_ref().and_then(|m| m.answer(sql, pid)) {
+            Some(Answer::Tag(tag)) => Some(Rewrite::Done(tag)),
+            Some(Answer::Refuse(refusal)) => Some(Rewrite::Refused(refusal)),
+            // Sent as written (its table is the client's own so far).
+            Some(Answer::AsWritten) => None,
+            None => {
+                let mode = super::with_current_session(|s| s.and_then(|s| s.ddl));
+                gate::check(sql, mode.unwrap_or(self.ddl)).map(Rewrite::Refused)
+            }
+        }
+    }
+}
+
 impl StatementRewriter for MigrationRewriter {
-    fn rewrite<'a>(&self, _kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
-        use crate::sql_plan::gate;
+    fn rewrite<'a>(&self, kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a> {
+        self.rewrite_logged(kind, sql, &tracing::Span::none())
+    }
+
+    fn rewrite_logged<'a>(
+        &self,
+        _kind: StatementKind,
+        sql: &'a [u8],
+        span: &tracing::Span,
+    ) -> Rewrite<'a> {
         // (A statement the gate answers touches no table.)
         TOUCHED.with(|t| t.set(false));
-        if gate::is_ddl(sql) {
-            use crate::sql_plan::migrate::Answer;
-            self.rules.catalog_may_have_changed();
-            let pid = super::with_current_session(|s| s.map_or(0, |s| s.backend_pid));
-            let answer = self.migrating.as_ref().and_then(|m| m.answer(sql, pid));
-            match answer {
-                Some(Answer::Tag(tag)) => return Rewrite::Done(tag),
-                Some(Answer::Refuse(refusal)) => return Rewrite::Refused(refusal),
-                // Sent as written (its table is the client's own so far).
-                Some(Answer::AsWritten) => {}
-                None => {
-                    let mode = super::with_current_session(|s| s.and_then(|s| s.ddl));
-                    let mode = mode.unwrap_or(self.ddl);
-                    if let Some(refusal) = gate::check(sql, mode) {
-                        return Rewrite::Refused(refusal);
-                    }
-                }
+        if crate::sql_plan::gate::is_ddl(sql) {
+            if let Some(answer) = span.in_scope(|| self.ddl(sql)) {
+                return answer;
             }
         }
         // (Without migrations, no statement is planned: not even the

@@ -83,6 +83,19 @@ pub trait StatementRewriter: Send + Sync + 'static {
     /// client encoding, so not necessarily UTF-8).
     fn rewrite<'a>(&self, kind: StatementKind, sql: &'a [u8]) -> Rewrite<'a>;
 
+    /// [`StatementRewriter::rewrite`], with what it logs about a DDL
+    /// statement (the gate's warning, the carrier's steps) in `span`, the
+    /// session's: the relay enters its span only where it logs, and only
+    /// the rewriter knows which statements are DDL.
+    fn rewrite_logged<'a>(
+        &self,
+        kind: StatementKind,
+        sql: &'a [u8],
+        _span: &tracing::Span,
+    ) -> Rewrite<'a> {
+        self.rewrite(kind, sql)
+    }
+
     /// The epoch of the rules in force, for rewriters whose rules change
     /// while sessions run; statements prepared under an older epoch are
     /// re-prepared before their next use. `None`: rules never change.

@@ -157,8 +157,17 @@ pub struct DdlOnly(pub DdlMode);
 impl crate::rewrite::StatementRewriter for DdlOnly {
     fn rewrite<'a>(
         &self,
+        kind: crate::rewrite::StatementKind,
+        sql: &'a [u8],
+    ) -> crate::rewrite::Rewrite<'a> {
+        self.rewrite_logged(kind, sql, &tracing::Span::none())
+    }
+
+    fn rewrite_logged<'a>(
+        &self,
         _kind: crate::rewrite::StatementKind,
         sql: &'a [u8],
+        span: &tracing::Span,
     ) -> crate::rewrite::Rewrite<'a> {
         // No migrations on this database: what migrate would carry out is
         // refused, as guard refuses it.
@@ -167,7 +176,7 @@ impl crate::rewrite::StatementRewriter for DdlOnly {
             mode => mode,
         };
         if mode != DdlMode::Pass && is_ddl(sql) {
-            if let Some(refusal) = check(sql, mode) {
+            if let Some(refusal) = span.in_scope(|| check(sql, mode)) {
                 return crate::rewrite::Rewrite::Refused(refusal);
             }
         }
