@@ -39,7 +39,7 @@ static ROLLBACK: crate::rewrite::scan::Needle<'static> =
 pub struct SessionState {
     /// The session's span (peer, user, database): entered only where the
     /// relay logs, not on every wake-up.
-    pub span: tracing::Span,
+    pub(super) span: tracing::Span,
     started: Instant,
     /// Whether `last_activity_ms` is kept (only with an idle timeout).
     track_activity: bool,

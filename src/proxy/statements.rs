@@ -285,13 +285,11 @@ impl Statements {
         if self.fresh.0 != request {
             return;
         }
-        let fresh = std::mem::take(&mut self.fresh.1);
-        for name in &fresh {
+        for name in &self.fresh.1 {
             if let Some(entry) = self.entries.get_mut(name) {
                 entry.shown = true;
             }
         }
-        self.fresh.1 = fresh;
         self.fresh.1.clear();
     }
 

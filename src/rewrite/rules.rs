@@ -271,9 +271,9 @@ pub struct RulesCell {
     /// proxies in one process must not take each other's.)
     catalog_stale: std::sync::atomic::AtomicBool,
     /// The newest snapshot's epoch and whether it holds statements on
-    /// some table, stored after the snapshot: read on every Bind and
-    /// Sync with one atomic load (the thread's snapshot cache costs ten
-    /// times that).
+    /// some table, stored after the snapshot: read for every Bind,
+    /// Describe and statement with one atomic load (the thread's snapshot
+    /// cache costs ten times that).
     epoch: AtomicU64,
     holding: std::sync::atomic::AtomicBool,
     /// The newest snapshot has migrations (stored after it, as `epoch`).

@@ -56,8 +56,9 @@ impl<'a> Needle<'a> {
         let byte = name[self.anchor];
         // The anchor can only be where a whole name fits around it.
         let window = &sql[self.anchor..=sql.len() - (m - self.anchor)];
-        let at = |found: usize| {
-            let i = found; // the name starts where the window does
+        // (An anchor found at `i` in the window puts the name's start at
+        // `i` in `sql`: the window begins `anchor` bytes in.)
+        let at = |i: usize| {
             sql[i..i + m].eq_ignore_ascii_case(name)
                 && (i == 0 || !is_ident_byte(sql[i - 1]))
                 && sql.get(i + m).is_none_or(|b| !is_ident_byte(*b))
