@@ -8,13 +8,20 @@
 //! or the Sync that ends an extended-protocol batch) leaving pgshift to
 //! the server's ReadyForQuery for it coming back: the server's time plus
 //! the upstream round trip, as the client sees it minus its own hop.
+//!
+//! Every request is observed, so the histogram is [`Latency`]'s own: a
+//! fixed set of atomic counters (no lock, no float search for the bucket),
+//! read into the OpenMetrics form only when scraped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// What pgshift did with a request's statements.
@@ -56,9 +63,74 @@ struct MigrationLabels {
     kind: Kind,
 }
 
+/// Upper bounds: 100 µs to 3.3 s, doubling, then +Inf.
+const FIRST_BOUND_NS: u64 = 100_000;
+const BOUNDS: usize = 16;
+
+/// A latency histogram of atomic counters: observing is a few relaxed
+/// atomic adds. Clones share the counters.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Per bucket, not cumulative (the last one is +Inf).
+    buckets: [AtomicU64; BOUNDS + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let c = &self.0;
+        c.buckets[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        c.count.fetch_add(1, Ordering::Relaxed);
+        c.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The bucket of a latency: the first whose upper bound (100 µs × 2^i)
+/// is at least `ns`.
+fn bucket(ns: u64) -> usize {
+    // (ns - 1) / 100 µs is 0 up to the first bound, 1 up to the second,
+    // 2–3 up to the third…: its bit length is the bucket.
+    let steps = ns.saturating_sub(1) / FIRST_BOUND_NS;
+    ((u64::BITS - steps.leading_zeros()) as usize).min(BOUNDS)
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let buckets: Vec<(f64, u64)> = c
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let bound = match i {
+                    BOUNDS => f64::INFINITY,
+                    i => (FIRST_BOUND_NS << i) as f64 / 1e9,
+                };
+                (bound, n.load(Ordering::Relaxed))
+            })
+            .collect();
+        let sum = c.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = c.count.load(Ordering::Relaxed);
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn histogram() -> Histogram {
-    // 100 µs to 3.3 s, doubling.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+    Histogram::default()
 }
 
 /// The latency histograms, process-wide.
@@ -84,14 +156,13 @@ impl Latency {
 
     /// Records one request's latency.
     pub fn observe(&self, kind: Kind, migration: Option<&Arc<str>>, took: Duration) {
-        let seconds = took.as_secs_f64();
-        self.handles[kind as usize].observe(seconds);
+        self.handles[kind as usize].observe(took);
         if let Some(migration) = migration {
             let labels = MigrationLabels {
                 migration: migration.to_string(),
                 kind,
             };
-            self.by_migration.get_or_create(&labels).observe(seconds);
+            self.by_migration.get_or_create(&labels).observe(took);
         }
     }
 
@@ -190,5 +261,41 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_latency_counts_in_the_first_bucket_whose_bound_holds_it() {
+        let us = |n: u64| bucket(n * 1_000);
+        assert_eq!(bucket(0), 0);
+        assert_eq!(us(100), 0);
+        assert_eq!(bucket(100_001), 1);
+        assert_eq!(us(200), 1);
+        assert_eq!(us(201), 2);
+        assert_eq!(us(400), 2);
+        assert_eq!(us(401), 3);
+        assert_eq!(us(3_276_800), 15);
+        assert_eq!(us(3_276_801), 16);
+        assert_eq!(bucket(u64::MAX), 16);
+    }
+
+    #[test]
+    fn the_scrape_shows_cumulative_buckets_sum_and_count() {
+        let h = Histogram::default();
+        for us in [50, 150, 150, 5_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let mut registry = Registry::default();
+        registry.register("t", "test", h);
+        let text = encode(&registry);
+        for line in [
+            "t_bucket{le=\"0.0001\"} 1",
+            "t_bucket{le=\"0.0002\"} 3",
+            "t_bucket{le=\"3.2768\"} 3",
+            "t_bucket{le=\"+Inf\"} 4",
+            "t_count 4",
+            "t_sum 5.00035",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in {text}");
+        }
     }
 }
