@@ -32,8 +32,7 @@ use crate::rewrite::{Refusal, SessionContext, StatementRewriter};
 use crate::sql_plan::gate::DdlMode;
 
 /// `rollback` as a word, looked for in a transaction that used tables.
-static ROLLBACK: crate::rewrite::scan::Needle<'static> =
-    crate::rewrite::scan::Needle::new(b"rollback");
+static ROLLBACK: crate::rewrite::scan::Word = crate::rewrite::scan::Word::new(b"rollback");
 
 /// The shared state of one session.
 pub struct SessionState {
@@ -76,6 +75,8 @@ pub struct SessionState {
     answering: AtomicBool,
     /// The book's `txn_tables` is not empty (read without its lock).
     txn_used_tables: AtomicBool,
+    /// The book's `context_version`, mirrored like the statements' state.
+    context_version: AtomicU64,
 }
 
 /// What the session keeps about statements.
@@ -96,6 +97,8 @@ struct Book {
     /// What the rewriter is told about the session (application, user,
     /// search path), rebuilt when the path changes.
     context: Arc<SessionContext>,
+    /// Counts the replacements of `context` (a visitor keeps a copy).
+    context_version: u64,
     /// Requests sent whose ReadyForQuery has not come back, oldest first.
     timings: VecDeque<Timing>,
     /// Migrating tables (lower-cased) the open transaction has used, so
@@ -142,6 +145,7 @@ impl SessionState {
             sql_prepared: SqlPrepared::default(),
             path: PathTracker::new(context.search_path.clone()),
             context: Arc::new(context),
+            context_version: 0,
             timings: VecDeque::new(),
             txn_tables: Vec::new(),
         };
@@ -165,6 +169,7 @@ impl SessionState {
             path_watch: AtomicBool::new(false),
             answering: AtomicBool::new(false),
             txn_used_tables: AtomicBool::new(false),
+            context_version: AtomicU64::new(0),
         }
     }
 
@@ -236,6 +241,8 @@ impl SessionState {
             .store(classified, Ordering::Relaxed);
         let fresh = statements.fresh_request();
         self.statements_fresh.store(fresh, Ordering::Relaxed);
+        self.context_version
+            .store(book.context_version, Ordering::Relaxed);
         result
     }
 
@@ -311,6 +318,7 @@ impl Book {
             next.connected_ms = c.connected_ms;
             next.backend_pid = c.backend_pid;
             self.context = Arc::new(next);
+            self.context_version += 1;
         }
     }
 }
@@ -334,6 +342,10 @@ pub struct FrontendVisitor<'a> {
     /// and then only catalog changes' safe forms (`guard`: `Some(true)`)
     /// or every migration too (`migrate`: `Some(false)`).
     carries_ddl: Option<bool>,
+    /// The book's session context as of `context_version`, kept so a
+    /// statement is rewritten without taking the book's lock.
+    context: std::cell::Cell<Option<Arc<SessionContext>>>,
+    context_version: std::cell::Cell<u64>,
 }
 
 impl<'a> FrontendVisitor<'a> {
@@ -348,12 +360,33 @@ impl<'a> FrontendVisitor<'a> {
         // (What the DDL gate and carrier log goes in the session's span.)
         let span = &self.state.span;
         if self.tracking {
-            let context = self.state.with_book(|b| b.context.clone());
-            crate::rewrite::with_session(Some(&context), || {
+            if super::statement::passes_unread(self.rewriter, tag, frame)? {
+                return Ok(Outcome::Keep);
+            }
+            let context = self.session_context();
+            let (outcome, context) = crate::rewrite::with_session_kept(context, || {
                 rewrite_frame(self.rewriter, tag, frame, span)
-            })
+            });
+            self.context.set(context);
+            outcome
         } else {
             rewrite_frame(self.rewriter, tag, frame, span)
+        }
+    }
+
+    /// The session's context: the visitor's copy, unless the book's
+    /// changed since it was taken.
+    fn session_context(&self) -> Arc<SessionContext> {
+        let version = self.state.context_version.load(Ordering::Relaxed);
+        match self.context.take() {
+            Some(context) if self.context_version.get() == version => context,
+            _ => {
+                let (context, version) = self
+                    .state
+                    .with_book(|b| (b.context.clone(), b.context_version));
+                self.context_version.set(version);
+                context
+            }
         }
     }
 
@@ -376,6 +409,8 @@ impl<'a> FrontendVisitor<'a> {
                 Some(DdlMode::Migrate) => Some(false),
                 _ => None,
             },
+            context: std::cell::Cell::new(None),
+            context_version: std::cell::Cell::new(0),
         }
     }
 
@@ -964,6 +999,7 @@ impl FrameVisitor for BackendVisitor<'_> {
                         let mut context = (*b.context).clone();
                         context.backend_pid = pid;
                         b.context = Arc::new(context);
+                        b.context_version += 1;
                     });
                 }
                 Ok(Verdict::Keep)
@@ -1012,10 +1048,12 @@ impl FrameVisitor for BackendVisitor<'_> {
                     while b.refusals.front().is_some_and(|p| p.request <= current) {
                         b.refusals.pop_front();
                     }
-                    // (A Parse's waits for its Execute, whenever it comes.)
-                    b.answers
-                        .retain(|(r, _, in_request)| !(*in_request && *r <= current));
-                    if b.answers.is_empty() {
+                    if !b.answers.is_empty() {
+                        // (A Parse's waits for its Execute, whenever it comes.)
+                        b.answers
+                            .retain(|(r, _, in_request)| !(*in_request && *r <= current));
+                    }
+                    if b.answers.is_empty() && state.answering.load(Ordering::Relaxed) {
                         state.answering.store(false, Ordering::Relaxed);
                     }
                     b.statements.on_ready(current);

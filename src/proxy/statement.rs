@@ -32,6 +32,45 @@ const NO_OP: &[u8] = b"DO $pgshift_done$ BEGIN END $pgshift_done$";
 #[error("malformed {0} message: {1}")]
 pub struct MalformedStatement(pub &'static str, pub &'static str);
 
+/// A whole `Query` or `Parse` frame's statement name, SQL and parameter
+/// types (a Query has neither name nor types), checked as
+/// [`rewrite_frame`] checks them; `None` for other frames.
+fn split_statement(tag: u8, frame: &[u8]) -> Result<Option<Split<'_>>, MalformedStatement> {
+    let body = frame.get(HEADER_LEN..).unwrap_or_default();
+    match tag {
+        frontend::QUERY => {
+            let (sql, rest) =
+                split_cstr(body).ok_or(MalformedStatement("Query", "unterminated query string"))?;
+            if !rest.is_empty() {
+                return Err(MalformedStatement("Query", "data after the query string"));
+            }
+            Ok(Some((&[], sql, &[])))
+        }
+        frontend::PARSE => {
+            let (name, rest) = split_cstr(body)
+                .ok_or(MalformedStatement("Parse", "unterminated statement name"))?;
+            let (sql, params) =
+                split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
+            Ok(Some((name, sql, params)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A statement frame's name, SQL and parameter types.
+type Split<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// The frame's statement when `rewriter` lets it pass without reading it
+/// ([`StatementRewriter::passes_unread`]): `Ok(true)` to forward it as it
+/// is; `Ok(false)` to call [`rewrite_frame`].
+pub fn passes_unread(
+    rewriter: &dyn StatementRewriter,
+    tag: u8,
+    frame: &[u8],
+) -> Result<bool, MalformedStatement> {
+    Ok(split_statement(tag, frame)?.is_some_and(|(_, sql, _)| rewriter.passes_unread(sql)))
+}
+
 /// Passes the SQL of a whole `Query` or `Parse` frame through `rewriter`:
 /// keep the frame, or replace it with a re-encoded one. What the rewriter
 /// logs about a DDL statement goes in `span` (the session's).
@@ -41,48 +80,33 @@ pub fn rewrite_frame(
     frame: &[u8],
     span: &tracing::Span,
 ) -> Result<Outcome, MalformedStatement> {
-    let body = frame.get(HEADER_LEN..).unwrap_or_default();
-    match tag {
-        frontend::QUERY => {
-            let (sql, rest) =
-                split_cstr(body).ok_or(MalformedStatement("Query", "unterminated query string"))?;
-            if !rest.is_empty() {
-                return Err(MalformedStatement("Query", "data after the query string"));
-            }
-            match rewriter.rewrite_logged(StatementKind::SimpleQuery, sql, span) {
-                Rewrite::Unchanged => Ok(Outcome::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
-                    frontend::QUERY,
-                    &[new_sql.as_bytes(), b"\0"],
-                ))),
-                Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
-                Rewrite::Done(tag) => Ok(Outcome::Answer(
-                    encode_frame(frontend::QUERY, &[NO_OP, b"\0"]),
-                    tag,
-                )),
-            }
+    let Some((name, sql, params)) = split_statement(tag, frame)? else {
+        return Ok(Outcome::Keep);
+    };
+    let query = tag == frontend::QUERY;
+    let kind = match query {
+        true => StatementKind::SimpleQuery,
+        false => StatementKind::Parse,
+    };
+    Ok(match rewriter.rewrite_logged(kind, sql, span) {
+        Rewrite::Unchanged => Outcome::Keep,
+        Rewrite::Replaced(new_sql) if query => {
+            Outcome::Replace(encode_frame(tag, &[new_sql.as_bytes(), b"\0"]))
         }
-        frontend::PARSE => {
-            let (name, rest) = split_cstr(body)
-                .ok_or(MalformedStatement("Parse", "unterminated statement name"))?;
-            let (sql, params) =
-                split_cstr(rest).ok_or(MalformedStatement("Parse", "unterminated query string"))?;
-            match rewriter.rewrite_logged(StatementKind::Parse, sql, span) {
-                Rewrite::Unchanged => Ok(Outcome::Keep),
-                Rewrite::Replaced(new_sql) => Ok(Outcome::Replace(encode_frame(
-                    frontend::PARSE,
-                    &[name, b"\0", new_sql.as_bytes(), b"\0", params],
-                ))),
-                Rewrite::Refused(refusal) => Ok(Outcome::Refuse(refusal)),
-                // (No parameter types: the no-op takes none.)
-                Rewrite::Done(tag) => Ok(Outcome::Answer(
-                    encode_frame(frontend::PARSE, &[name, b"\0", NO_OP, b"\0", &[0, 0]]),
-                    tag,
-                )),
-            }
+        Rewrite::Replaced(new_sql) => Outcome::Replace(encode_frame(
+            tag,
+            &[name, b"\0", new_sql.as_bytes(), b"\0", params],
+        )),
+        Rewrite::Refused(refusal) => Outcome::Refuse(refusal),
+        Rewrite::Done(command) if query => {
+            Outcome::Answer(encode_frame(tag, &[NO_OP, b"\0"]), command)
         }
-        _ => Ok(Outcome::Keep),
-    }
+        // (No parameter types: the no-op takes none.)
+        Rewrite::Done(command) => Outcome::Answer(
+            encode_frame(tag, &[name, b"\0", NO_OP, b"\0", &[0, 0]]),
+            command,
+        ),
+    })
 }
 
 #[cfg(test)]

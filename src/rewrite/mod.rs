@@ -96,6 +96,15 @@ pub trait StatementRewriter: Send + Sync + 'static {
         self.rewrite(kind, sql)
     }
 
+    /// The rewriter's answer for `sql` when it is known without the
+    /// session or a plan: `true` when [`StatementRewriter::rewrite`] would
+    /// leave it unchanged, naming no migrating table, and has noted so as
+    /// `rewrite` would (the caller forwards the statement as it is, without
+    /// setting up the session for the rewriter). `false`: ask `rewrite`.
+    fn passes_unread(&self, _sql: &[u8]) -> bool {
+        false
+    }
+
     /// The epoch of the rules in force, for rewriters whose rules change
     /// while sessions run; statements prepared under an older epoch are
     /// re-prepared before their next use. `None`: rules never change.
@@ -244,6 +253,18 @@ pub fn with_session<R>(context: Option<&Arc<SessionContext>>, f: impl FnOnce() -
     let out = f();
     SESSION.with(|s| *s.borrow_mut() = None);
     out
+}
+
+/// [`with_session`] for a caller that keeps the context: it is moved in
+/// and handed back (`None` if `f` ran a nested [`with_session`]), without
+/// touching its reference count.
+pub fn with_session_kept<R>(
+    context: Arc<SessionContext>,
+    f: impl FnOnce() -> R,
+) -> (R, Option<Arc<SessionContext>>) {
+    SESSION.with(|s| *s.borrow_mut() = Some(context));
+    let out = f();
+    (out, SESSION.with(|s| s.borrow_mut().take()))
 }
 
 /// Reads the context of the statement being rewritten (`None` outside

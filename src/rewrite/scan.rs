@@ -30,6 +30,54 @@ pub struct Needle<'a> {
     anchor: usize,
 }
 
+/// A fixed word to look for as a whole word, ignoring ASCII case, with a
+/// skip table built at compile time (Horspool): the scan looks at the byte
+/// under the word's last position and jumps by how far that byte is from
+/// the word's end, so most bytes of a statement are never read. For the
+/// words pgshift checks in every statement (`search_path`, `rollback`),
+/// where [`Needle`]'s anchor byte is common in SQL text (`_`, `l`).
+pub struct Word {
+    name: &'static [u8],
+    /// How far the scan may move when the byte under the word's last
+    /// position is this one.
+    skip: [u8; 256],
+}
+
+impl Word {
+    /// `name`: ASCII, 1 to 255 bytes.
+    pub const fn new(name: &'static [u8]) -> Word {
+        assert!(!name.is_empty() && name.len() < 256);
+        let m = name.len();
+        let mut skip = [m as u8; 256];
+        let mut i = 0;
+        while i + 1 < m {
+            let shift = (m - 1 - i) as u8;
+            skip[name[i].to_ascii_lowercase() as usize] = shift;
+            skip[name[i].to_ascii_uppercase() as usize] = shift;
+            i += 1;
+        }
+        Word { name, skip }
+    }
+
+    /// True when `sql` holds the word as a whole word.
+    pub fn found_in(&self, sql: &[u8]) -> bool {
+        let (name, m) = (self.name, self.name.len());
+        let last = name[m - 1].to_ascii_lowercase();
+        let mut at = 0;
+        while let Some(window) = sql.get(at..at + m) {
+            if window[m - 1].to_ascii_lowercase() == last
+                && window.eq_ignore_ascii_case(name)
+                && (at == 0 || !is_ident_byte(sql[at - 1]))
+                && sql.get(at + m).is_none_or(|b| !is_ident_byte(*b))
+            {
+                return true;
+            }
+            at += usize::from(self.skip[usize::from(window[m - 1])]);
+        }
+        false
+    }
+}
+
 /// Letters from the rarest in SQL text to the most common (anything else
 /// but `_` ranks with the rarest letters).
 const LETTERS_BY_FREQUENCY: &[u8; 26] = b"qzjxkvbywgpfmuhcdlrsniotae";
@@ -166,6 +214,31 @@ mod tests {
                 naive(sql.as_bytes(), name.as_bytes()),
                 "{:?} in {:?}", name, sql
             );
+            // (A `Word` is `'static`: the name is leaked, once per case.)
+            let word = Word::new(Box::leak(name.clone().into_boxed_str()).as_bytes());
+            proptest::prop_assert_eq!(
+                word.found_in(sql.as_bytes()),
+                naive(sql.as_bytes(), name.as_bytes()),
+                "{:?} in {:?} (skip table)", name, sql
+            );
+        }
+    }
+
+    #[test]
+    fn a_fixed_word_is_found_whole_in_any_case() {
+        const PATH: Word = Word::new(b"search_path");
+        for (sql, found) in [
+            ("SET search_path TO x", true),
+            ("set SEARCH_PATH = x", true),
+            ("select set_config('Search_Path', 'x', false)", true),
+            ("search_path", true),
+            ("SELECT my_search_path FROM t", false),
+            ("SELECT search_paths", false),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+            ("search_pat", false),
+            ("", false),
+        ] {
+            assert_eq!(PATH.found_in(sql.as_bytes()), found, "{sql}");
         }
     }
 }

@@ -167,7 +167,7 @@ pub enum Change {
 /// Whether `sql` may change the search path: a byte check so that other
 /// statements are not tokenized.
 pub fn may_change(sql: &[u8]) -> bool {
-    static SEARCH_PATH: super::scan::Needle<'static> = super::scan::Needle::new(b"search_path");
+    static SEARCH_PATH: super::scan::Word = super::scan::Word::new(b"search_path");
     SEARCH_PATH.found_in(sql)
         || starts_with_word(sql, b"reset")
         || starts_with_word(sql, b"discard")
