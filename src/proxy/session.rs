@@ -733,6 +733,10 @@ impl<'a> FrontendVisitor<'a> {
     /// A Bind or Describe of a statement prepared under older rules:
     /// re-prepare it first (Close + Parse injected, their answers swallowed).
     fn reprepare(&self, request: u64, tag: u8, frame: &[u8], epoch: u64) -> Verdict {
+        // (No statement older than the rules: nothing to look up.)
+        if self.state.statements_oldest.load(Ordering::Relaxed) >= epoch {
+            return Verdict::Keep;
+        }
         let Some(name) = statements::statement_used(tag, frame) else {
             return Verdict::Keep;
         };
