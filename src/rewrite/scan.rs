@@ -6,6 +6,10 @@
 //! The scan may say "maybe" for a statement that does not touch the table
 //! (the name inside a string literal, a column of the same name); it never
 //! says "no" for one that names the table.
+//!
+//! Two searchers: [`Needle`] for any name (the migrating tables'), anchored
+//! on its rarest byte; [`Word`] for the fixed words read in every statement
+//! (`search_path`, `rollback`), with a skip table built at compile time.
 
 /// True when `sql` contains one of `names` (lower case) as a whole word,
 /// ignoring ASCII case.
