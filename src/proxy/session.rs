@@ -351,16 +351,22 @@ pub struct FrontendVisitor<'a> {
 impl<'a> FrontendVisitor<'a> {
     /// Passes a Query or Parse frame through the rewriter, attributed to
     /// the session's application while rules are in force (the old-shape
-    /// report); without rules, straight through.
+    /// report); without rules, straight through. `read`: the statement's
+    /// SQL when the caller has already split the frame (a Parse).
     fn rewrite(
         &self,
         tag: u8,
         frame: &[u8],
+        read: Option<&[u8]>,
     ) -> Result<Outcome, super::statement::MalformedStatement> {
         // (What the DDL gate and carrier log goes in the session's span.)
         let span = &self.state.span;
         if self.tracking {
-            if super::statement::passes_unread(self.rewriter, tag, frame)? {
+            let unread = match read {
+                Some(sql) => self.rewriter.passes_unread(sql),
+                None => super::statement::passes_unread(self.rewriter, tag, frame)?,
+            };
+            if unread {
                 return Ok(Outcome::Keep);
             }
             let context = self.session_context();
@@ -747,7 +753,7 @@ impl<'a> FrontendVisitor<'a> {
             return Verdict::Keep;
         };
         let parse = statements::parse_frame(name, &stale.sql, &stale.param_types);
-        let rewritten = self.rewrite(frontend::PARSE, &parse);
+        let rewritten = self.rewrite(frontend::PARSE, &parse, None);
         let old_shape = self.rewriter.old_shape_named();
         self.state
             .with_book(|b| b.statements.set_old_shape(name, old_shape));
@@ -907,7 +913,11 @@ impl FrameVisitor for FrontendVisitor<'_> {
         if self.tracking {
             self.state.path_changes(sql);
         }
-        let outcome = self.rewrite(tag, frame_now).map_err(|e| e.to_string())?;
+        // (A Parse's fields, split above, are the frame's as sent.)
+        let read = parse.as_ref().map(|fields| fields.sql);
+        let outcome = self
+            .rewrite(tag, frame_now, read)
+            .map_err(|e| e.to_string())?;
         self.note_touching(tag, sql, sql_command);
         let outcome = match (outcome, replacement) {
             (Outcome::Keep, Some(bytes)) => Outcome::Replace(bytes),
